@@ -1,0 +1,113 @@
+"""`load(name)`: a hub id, a local Hugging Face folder or `zoo:NAME` -> `Model`.
+
+Nothing is downloaded when `HF_HUB_OFFLINE` is set or the hub cannot be reached;
+a model that is not on this machine then fails at once with a one-line error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+
+import torch
+
+from ..errors import MechscopeError
+from .families import FAMILIES, adapter_for
+
+log = logging.getLogger(__name__)
+HUB_HOST = "huggingface.co"
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True if a TCP connection to the hub opens within `timeout` (DNS included)."""
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            pass
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result)
+
+
+def resolve_source(name: str) -> tuple[str, bool]:
+    """Where to load `name` from, and whether that is a local folder."""
+    if name.startswith("zoo:"):
+        from ..zoo import zoo_path
+        return str(zoo_path(name[4:])), True
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path), True
+    if name.startswith((".", "/", "~")) or path.suffix:
+        raise MechscopeError(f"no model folder at '{name}': give a folder holding config.json and weights, a hub id, or zoo:NAME")
+    return name, False
+
+
+def _config(source: str, local: bool):
+    from transformers import AutoConfig
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=True), True
+    except (OSError, ValueError) as err:
+        if local:
+            raise MechscopeError(f"'{source}' is not a Hugging Face model folder ({err.__class__.__name__}: no usable config.json)") from None
+    if hub_offline() or not hub_reachable():
+        raise MechscopeError(
+            f"model '{source}' is not on this machine and the hub is offline: download it once where the hub is "
+            f"reachable (huggingface-cli download {source}) or pass a local folder / zoo:NAME")
+    try:
+        return AutoConfig.from_pretrained(source), False
+    except OSError as err:
+        raise MechscopeError(f"could not find model '{source}' on the hub: {str(err).splitlines()[0]}") from None
+
+
+def _model_class(config):
+    import transformers
+    for arch in config.architectures or []:
+        if hasattr(transformers, arch):
+            return getattr(transformers, arch)
+    if config.model_type == "bert":
+        return transformers.AutoModel
+    return transformers.AutoModelForCausalLM
+
+
+def _check_supported(config) -> None:
+    if adapter_for(config.model_type) is None:
+        families = "; ".join(f"{a.family} ({', '.join(a.model_types)})" for a in FAMILIES)
+        arch = (config.architectures or ["?"])[0]
+        raise MechscopeError(
+            f"architecture {arch} (model_type '{config.model_type}') is not supported yet. Supported: {families}. "
+            "To add it, write one Adapter table in mechscope/models/families.py")
+
+
+def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None):
+    """Load a model by hub id, local folder or `zoo:NAME`, ready for recording and editing."""
+    from transformers import AutoTokenizer
+
+    from ..model import Model
+
+    source, local = resolve_source(name)
+    config, cached = _config(source, local)
+    _check_supported(config)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    log.info("loading %s (%s) from %s", name, config.model_type, source)
+    kwargs = {"local_files_only": cached}
+    hf = _model_class(config).from_pretrained(source, dtype=dtype or torch.float32, **kwargs)
+    if device is not None:
+        hf = hf.to(device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError):
+        log.warning("%s has no tokenizer; pass token ids instead of text", name)
+        tokenizer = None
+    return Model(hf, tokenizer, name=name)

@@ -1,0 +1,56 @@
+"""`Run`: what one (batched) forward pass gives back: tokens, logits, recorded activations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .errors import MechscopeError
+
+
+class Cache(dict):
+    """Recorded activations by site name; a missing name says what was recorded."""
+
+    def __missing__(self, name: str):
+        recorded = ", ".join(self) or "nothing"
+        raise MechscopeError(f"'{name}' was not recorded in this run (recorded: {recorded}); pass it in record=[...]")
+
+
+@dataclass
+class Run:
+    tokens: Int[Tensor, "batch pos"]
+    mask: Int[Tensor, "batch pos"]
+    """1 for real tokens, 0 for padding (sequences are right-padded)."""
+    logits: Float[Tensor, "batch pos vocab"] | None
+    """None when the model has no LM head or the run stopped after its last recorded site."""
+    cache: Cache
+    output: Tensor | None = None
+    """The model's main output: logits, or the last hidden state for encoders."""
+    tokenizer: Any = field(default=None, repr=False)
+
+    @property
+    def lengths(self) -> Int[Tensor, "batch"]:
+        return self.mask.sum(-1)
+
+    def str_tokens(self, row: int = 0) -> list[str]:
+        """The tokens of one sequence as strings (padding left out)."""
+        if self.tokenizer is None:
+            return [str(t) for t in self.tokens[row, : int(self.lengths[row])].tolist()]
+        ids = self.tokens[row, : int(self.lengths[row])].tolist()
+        return [self.tokenizer.decode([t]) for t in ids]
+
+    def top_tokens(self, k: int = 5, position: int = -1) -> list[list[tuple[str, float]]]:
+        """For each sequence, the k most likely next tokens at `position` with probabilities.
+        Negative positions count back from each sequence's own last token."""
+        if self.logits is None:
+            raise MechscopeError("this run has no logits (encoder without LM head, or logits=False)")
+        rows = torch.arange(len(self.tokens))
+        index = self.lengths + position if position < 0 else torch.full_like(self.lengths, position)
+        probs = self.logits[rows, index.to(self.logits.device)].float().softmax(-1)
+        top = probs.topk(min(k, probs.shape[-1]), dim=-1)
+        decode = (lambda t: self.tokenizer.decode([t])) if self.tokenizer is not None else str
+        return [[(decode(t), p) for t, p in zip(ids.tolist(), ps.tolist())] for ids, ps in zip(top.indices, top.values)]

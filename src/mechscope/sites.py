@@ -1,0 +1,213 @@
+"""One string namespace for every activation, compatible with TransformerLens hook names.
+
+A `Site` says which module boundary an activation is read at and how to view the raw
+tensor there (e.g. split a fused qkv projection into heads). `SiteTable` builds the
+sites of one model from its adapter and resolves names and globs, with errors that
+say what exists.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+from .errors import MechscopeError
+from .models.adapter import Adapter
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The sizes of a transformer that every method needs."""
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+
+
+class View:
+    """Whole tensor: the site is exactly the raw tensor at the boundary."""
+
+    head_dim: int | None = None
+    editable = True
+    index = 0  # which element of a tuple output holds the raw tensor
+
+    def read(self, raw: Tensor) -> Tensor:
+        return raw
+
+    def write(self, raw: Tensor, value: Tensor) -> Tensor:
+        return value
+
+
+@dataclass(frozen=True)
+class HeadsView(View):
+    """[..., head * d_head] seen as [..., head, d_head]."""
+
+    n_heads: int
+    d_head: int
+    head_dim: int = 2
+
+    def read(self, raw: Tensor) -> Tensor:
+        return raw.unflatten(-1, (self.n_heads, self.d_head))
+
+    def write(self, raw: Tensor, value: Tensor) -> Tensor:
+        return value.flatten(-2)
+
+
+@dataclass(frozen=True)
+class FusedQKVView(View):
+    """One of q, k, v (part 0, 1, 2) out of a fused projection, as [..., head, d_head]."""
+
+    part: int
+    neox: bool  # NeoX interleaves per head: [head, 3, d_head]; GPT-2 is [3, head, d_head]
+    n_heads: int
+    d_head: int
+    head_dim: int = 2
+
+    def _split(self, raw: Tensor) -> Tensor:
+        if self.neox:
+            return raw.unflatten(-1, (self.n_heads, 3, self.d_head)).transpose(-3, -2)
+        return raw.unflatten(-1, (3, self.n_heads, self.d_head))
+
+    def read(self, raw: Tensor) -> Tensor:
+        return self._split(raw).select(-3, self.part)
+
+    def write(self, raw: Tensor, value: Tensor) -> Tensor:
+        parts = list(self._split(raw).unbind(-3))
+        parts[self.part] = value
+        stacked = torch.stack(parts, dim=-3)
+        return (stacked.transpose(-3, -2) if self.neox else stacked).flatten(-3)
+
+
+class PatternView(View):
+    """Attention probabilities, output[1] of an eager attention module. Read-only: the
+    attention function has already used them when the module returns."""
+
+    head_dim = 1
+    editable = False
+    index = 1
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    module: str
+    """Path of the module, relative to the full Hugging Face model."""
+    boundary: str
+    """'in': the module's first input; 'out': its output."""
+    view: View
+    dims: tuple[str, ...]
+    sizes: tuple[int | None, ...]
+    layer: int | None = None
+
+    @property
+    def pos_dim(self) -> int | None:
+        return self.dims.index("q_pos") if "q_pos" in self.dims else (1 if "pos" in self.dims else None)
+
+    def describe(self) -> str:
+        shape = ", ".join(d if s is None else f"{d}={s}" for d, s in zip(self.dims, self.sizes))
+        return f"{self.name} [{shape}]"
+
+
+def _qkv_view(adapter: Adapter, part: int, n: int, d_head: int) -> View:
+    if adapter.qkv_layout == "separate":
+        return HeadsView(n, d_head)
+    return FusedQKVView(part, adapter.qkv_layout == "neox_fused", n, d_head)
+
+
+def _block_sites(adapter: Adapter, dims: Dims, layer: int, prefix: str, parallel: bool) -> list[Site]:
+    def path(rel: str) -> str:
+        return prefix + adapter.block(layer, rel)
+
+    blk, d = f"blocks.{layer}.", dims
+    resid = (("batch", "pos", "d_model"), (None, None, d.d_model))
+    per_head = lambda n: (("batch", "pos", "head", "d_head"), (None, None, n, d.d_head))  # noqa: E731
+    block = prefix + f"{adapter.blocks}.{layer}"
+    sites = [Site(blk + "hook_resid_pre", block, "in", View(), *resid, layer=layer)]
+    sites += [
+        Site(blk + "attn.hook_q", path(adapter.q), "out", _qkv_view(adapter, 0, d.n_heads, d.d_head), *per_head(d.n_heads), layer),
+        Site(blk + "attn.hook_k", path(adapter.k), "out", _qkv_view(adapter, 1, d.n_kv_heads, d.d_head), *per_head(d.n_kv_heads), layer),
+        Site(blk + "attn.hook_v", path(adapter.v), "out", _qkv_view(adapter, 2, d.n_kv_heads, d.d_head), *per_head(d.n_kv_heads), layer),
+        Site(blk + "attn.hook_pattern", path(adapter.attention), "out", PatternView(),
+             ("batch", "head", "q_pos", "k_pos"), (None, d.n_heads, None, None), layer),
+        Site(blk + "attn.hook_z", path(adapter.o), "in", HeadsView(d.n_heads, d.d_head), *per_head(d.n_heads), layer),
+        Site(blk + "hook_attn_out", path(adapter.attn_out.module), adapter.attn_out.boundary, View(), *resid, layer),
+    ]
+    if adapter.resid_mid is not None and not parallel:
+        sites.append(Site(blk + "hook_resid_mid", path(adapter.resid_mid.module), adapter.resid_mid.boundary, View(), *resid, layer))
+    sites += [
+        Site(blk + "mlp.hook_post", path(adapter.mlp_down), "in", View(), ("batch", "pos", "d_mlp"), (None, None, d.d_mlp), layer),
+        Site(blk + "hook_mlp_out", path(adapter.mlp_out.module), adapter.mlp_out.boundary, View(), *resid, layer),
+        Site(blk + "hook_resid_post", block, "out", View(), *resid, layer=layer),
+    ]
+    return sites
+
+
+def build_sites(adapter: Adapter, dims: Dims, prefix: str, parallel: bool, has_logits: bool) -> list[Site]:
+    """Every site of a model, in the order the forward pass computes them."""
+    resid = (("batch", "pos", "d_model"), (None, None, dims.d_model))
+    sites = [Site("hook_embed", prefix + adapter.embed, "out", View(), *resid)]
+    if adapter.pos_embed:
+        sites.append(Site("hook_pos_embed", prefix + adapter.pos_embed, "out", View(), *resid))
+    for layer in range(dims.n_layers):
+        sites += _block_sites(adapter, dims, layer, prefix, parallel)
+    if adapter.final_norm:
+        sites.append(Site("ln_final.hook_normalized", prefix + adapter.final_norm, "out", View(), *resid))
+    if has_logits:
+        sites.append(Site("logits", "", "out", View(), ("batch", "pos", "vocab"), (None, None, dims.d_vocab)))
+    return sites
+
+
+class SiteTable:
+    """The sites of one model, looked up by name or glob."""
+
+    def __init__(self, sites: Iterable[Site], n_layers: int, family: str):
+        self.by_name = {s.name: s for s in sites}
+        self.order = {name: i for i, name in enumerate(self.by_name)}
+        self.n_layers = n_layers
+        self.family = family
+
+    def __getitem__(self, name: str) -> Site:
+        if name not in self.by_name:
+            self._unknown(name)
+        return self.by_name[name]
+
+    def __iter__(self):
+        return iter(self.by_name.values())
+
+    def __len__(self) -> int:
+        return len(self.by_name)
+
+    def resolve(self, patterns: str | Iterable[str]) -> list[str]:
+        """Names matching any of the names or globs, in forward order; unknown names raise."""
+        patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+        found: set[str] = set()
+        for pattern in patterns:
+            if not isinstance(pattern, str):
+                raise MechscopeError(f"site names must be strings, got {pattern!r}")
+            matches = fnmatch.filter(self.by_name, pattern) if any(c in pattern for c in "*?[") else (
+                [pattern] if pattern in self.by_name else [])
+            if not matches:
+                self._unknown(pattern)
+            found.update(matches)
+        return sorted(found, key=self.order.__getitem__)
+
+    def _unknown(self, name: str):
+        layer = re.match(r"blocks\.(\d+)\.", name)
+        if layer and int(layer.group(1)) >= self.n_layers:
+            raise MechscopeError(
+                f"unknown site '{name}': this model has {self.n_layers} layers (0-{self.n_layers - 1})")
+        close = difflib.get_close_matches(name, self.by_name, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        if "hook_resid_mid" in name:
+            hint = f": {self.family} blocks here run attention and MLP in parallel, so there is no resid_mid"
+        raise MechscopeError(f"unknown site '{name}'{hint} (`mechscope info MODEL` lists every site)")

@@ -65,7 +65,9 @@ class Adapter:
     pos_embed: str | None = None
     """Learned absolute position embedding, if any (`hook_pos_embed`)."""
     final_norm: str | None = None
-    """Final norm, relative to the base model (`ln_final.hook_normalized`)."""
+    """Final norm, relative to the base model (`ln_final.hook_normalized`). Hugging Face's
+    last `hidden_states` entry is the final-normed stream when a family has one, so there
+    `hidden_states[-1] == final_norm(blocks.{L-1}.hook_resid_post)`."""
     unembed: str | None = None
     """Head mapping the residual stream to logits, relative to the full model, when it is
     more than the output embedding (BERT's transform + decoder); W_U is always read from
@@ -79,8 +81,6 @@ class Adapter:
     """RMSNorm multiplies by (offset + weight): 1.0 for Gemma, 0.0 elsewhere."""
     parallel_attr: str | None = None
     """Config attribute that, when true, makes attention and MLP read the same input."""
-    hf_last_hidden_normed: bool = False
-    """True when Hugging Face's last `hidden_states` entry has the final norm applied."""
     softcap_attr: str | None = None
     """Config attribute holding the final-logit soft-capping value (Gemma 2)."""
     notes: tuple[str, ...] = field(default=())

@@ -28,7 +28,6 @@ GPT2 = Adapter(
     final_norm="ln_f",
     qkv_layout="gpt2_fused",
     conv1d=True,
-    hf_last_hidden_normed=True,
 )
 
 NEOX = Adapter(
@@ -49,7 +48,6 @@ NEOX = Adapter(
     parallel_attr="use_parallel_residual",
     final_norm="final_layer_norm",
     qkv_layout="neox_fused",
-    hf_last_hidden_normed=True,
     notes=("parallel attention + MLP (use_parallel_residual): no hook_resid_mid",),
 )
 

@@ -92,40 +92,7 @@ class PycodeRecipe:
     """Seconds between checkpoints; does not affect the weights."""
 
 
-# --------------------------------------------------------------------------- data order
-
-
-def chunks_of(stream: torch.Tensor, context: int) -> torch.Tensor:
-    """Non-overlapping windows of ``context + 1`` tokens (inputs plus next-token targets)."""
-    n = (len(stream) - 1) // context
-    if n < 1:
-        raise MechscopeError(f"corpus too small: {len(stream)} tokens for context {context}")
-    return stream[: n * context + 1].unfold(0, context + 1, context)
-
-
-@functools.lru_cache(maxsize=4)
-def _perm(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The order of the chunks in one epoch: a pure function of (seed, epoch)."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-
-
-def batch_for_step(chunks: torch.Tensor, step: int, recipe: PycodeRecipe) -> torch.Tensor:
-    """The training batch of ``step`` [batch, context + 1]: a pure function of the step.
-
-    Each epoch visits every chunk once in a seeded order; resuming needs only the step.
-    """
-    n, b = len(chunks), recipe.batch_size
-    idx = []
-    for i in range(step * b, (step + 1) * b):
-        idx.append(_perm(n, recipe.seed, i // n)[i % n])
-    batch = chunks[torch.stack(idx)].long()
-    if recipe.repeat_fraction > 0:
-        g = torch.Generator().manual_seed(recipe.seed * 7_919 + step)
-        rows = torch.rand(b, generator=g) < recipe.repeat_fraction
-        half = (batch.shape[1] + 1) // 2
-        repeated = torch.cat([batch[:, :half], batch[:, : batch.shape[1] - half]], dim=1)
-        batch = torch.where(rows[:, None], repeated, batch)
-    return batch
+# ------------------------------------------------------------------------ learning rate
 
 
 def lr_at(step: int, recipe: PycodeRecipe) -> float:
@@ -135,3 +102,321 @@ def lr_at(step: int, recipe: PycodeRecipe) -> float:
     span = max(1, recipe.steps - recipe.warmup_steps)
     cos = 0.5 * (1 + math.cos(math.pi * min(1.0, (step - recipe.warmup_steps) / span)))
     return recipe.lr * (recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * cos)
+
+
+# --------------------------------------------------------------------- model, optimizer
+
+
+def model_config(recipe: PycodeRecipe, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
+    """The Llama config for a recipe; ``<|endoftext|>`` is bos, eos and pad."""
+    eos = tokenizer.eos_token_id
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=recipe.d_model,
+        intermediate_size=recipe.d_mlp,
+        num_hidden_layers=recipe.n_layers,
+        num_attention_heads=recipe.n_heads,
+        num_key_value_heads=recipe.n_kv_heads,
+        max_position_embeddings=recipe.context,
+        rope_parameters={"rope_type": "default", "rope_theta": recipe.rope_theta},
+        initializer_range=recipe.init_std,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,  # W_E and W_U are studied separately
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )
+
+
+def build_model(recipe: PycodeRecipe, tokenizer: PreTrainedTokenizerBase) -> LlamaForCausalLM:
+    """A freshly initialised float32 model; the init is seeded without touching global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        model = LlamaForCausalLM(model_config(recipe, tokenizer))
+    return model.float()
+
+
+def make_optimizer(model: torch.nn.Module, recipe: PycodeRecipe) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (embeddings included) and none on norm gains."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": recipe.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=recipe.lr, betas=recipe.betas, foreach=False)
+
+
+# -------------------------------------------------------------------------- checkpoints
+
+_NOT_IN_WEIGHTS = ("checkpoint_every_s", "eval_every", "eval_sequences")
+"""Recipe fields that a resumed run may change: they do not affect the weights."""
+
+
+def _recipe_key(recipe: PycodeRecipe) -> dict:
+    """The JSON form of the recipe fields that determine the weights."""
+    d = json.loads(json.dumps(dataclasses.asdict(recipe)))
+    return {k: v for k, v in d.items() if k not in _NOT_IN_WEIGHTS}
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(ckpt_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
+    """Write model + optimizer tensors (safetensors) and ``state.json``, which commits them."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    osd = opt.state_dict()
+    for pid, st in osd["state"].items():
+        tensors.update({f"optim.{pid}.{k}": v.contiguous() for k, v in st.items()})
+    name = f"step-{state['step']:07d}.safetensors"
+    _atomic_write(ckpt_dir / name, lambda p: safetensors.torch.save_file(tensors, str(p)))
+    meta = {**state, "weights": name, "param_groups": osd["param_groups"]}
+    _atomic_write(ckpt_dir / "state.json", lambda p: p.write_text(json.dumps(meta, indent=1)))
+    for old in ckpt_dir.glob("step-*.safetensors"):
+        if old.name != name:
+            old.unlink()
+    logger.info("checkpoint at step %d in %s", state["step"], ckpt_dir)
+
+
+def load_checkpoint(ckpt_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                    recipe: PycodeRecipe, fingerprint: str) -> dict | None:
+    """Restore model and optimizer from ``ckpt_dir``; return the loop state, or None."""
+    if not (ckpt_dir / "state.json").exists():
+        return None
+    meta = json.loads((ckpt_dir / "state.json").read_text())
+    if meta["recipe"] != _recipe_key(recipe) or meta["fingerprint"] != fingerprint:
+        raise MechscopeError(
+            f"the checkpoint in {ckpt_dir} was made with a different recipe or stdlib: "
+            "rerun with the same recipe and Python, or delete that folder to start over"
+        )
+    tensors = safetensors.torch.load_file(str(ckpt_dir / meta.pop("weights")))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    optim: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            optim.setdefault(int(pid), {})[name] = value
+    opt.load_state_dict({"state": optim, "param_groups": meta.pop("param_groups")})
+    logger.info("resuming from step %d (%s)", meta["step"], ckpt_dir)
+    return meta
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, chunks: torch.Tensor, batch: int = 16) -> float:
+    """Mean next-token cross-entropy (nats/token) over windows [n, context + 1]."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(chunks), batch):
+        x = chunks[i : i + batch].long()
+        logits = model(input_ids=x[:, :-1], use_cache=False).logits
+        total += F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="sum").item()
+        count += x[:, 1:].numel()
+    model.train(was_training)
+    return total / count
+
+
+@torch.no_grad()
+def copying_loss(model: torch.nn.Module, tokenizer_or_vocab_size: PreTrainedTokenizerBase | int,
+                 seq_len: int = 50, batch: int = 32, seed: int = 0) -> tuple[float, float]:
+    """Mean loss on the first and on the second copy of random tokens repeated twice.
+
+    Each row is ``bos, r, r`` with ``r`` ``seq_len`` uniform non-special token ids. The
+    first token of each copy is not scored (it cannot be predicted from context), so both
+    numbers average ``seq_len - 1`` positions per row. Induction heads make the second far
+    below the first, which sits near ``ln(vocab)`` or above.
+    """
+    cfg = model.config
+    tok = tokenizer_or_vocab_size
+    vocab = tok if isinstance(tok, int) else len(tok)
+    special = set() if isinstance(tok, int) else set(tok.all_special_ids)
+    special |= {t for t in (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) if isinstance(t, int)}
+    allowed = torch.tensor([i for i in range(vocab) if i not in special])
+    g = torch.Generator().manual_seed(seed)
+    r = allowed[torch.randint(len(allowed), (batch, seq_len), generator=g)]
+    x = torch.cat([r, r], dim=1)
+    off = 0
+    if isinstance(cfg.bos_token_id, int):
+        x, off = torch.cat([torch.full((batch, 1), cfg.bos_token_id), x], dim=1), 1
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    logits = model(input_ids=x.to(device), use_cache=False).logits.float().cpu()
+    model.train(was_training)
+    losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none")
+    # losses[:, p] scores token p + 1; the copies' scored tokens start at off + 1, off + seq_len + 1
+    first = losses[:, off : off + seq_len - 1].mean().item()
+    second = losses[:, off + seq_len : off + 2 * seq_len - 1].mean().item()
+    return first, second
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: torch.Tensor, lr: float,
+          recipe: PycodeRecipe) -> float:
+    """One optimizer step on ``batch`` [batch, context + 1]; returns the batch loss."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    logits = model(input_ids=batch[:, :-1], use_cache=False).logits
+    loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def _train_loop(model, opt, chunks, tokenizer, recipe: PycodeRecipe, state: dict,
+                ckpt_dir: Path, progress: bool, stop_after: int | None) -> dict:
+    """Run steps ``state["step"]`` .. end, checkpointing every ``checkpoint_every_s``."""
+    end = recipe.steps if stop_after is None else min(recipe.steps, stop_after)
+    bar = tqdm(total=recipe.steps, initial=state["step"], disable=not progress, desc="pycode", unit="step")
+    start, elapsed0, last_ckpt = time.perf_counter(), state["elapsed_s"], time.perf_counter()
+    model.train()
+    while state["step"] < end:
+        step = state["step"]
+        loss = _step(model, opt, pycode_data.batch_for_step(chunks, step, recipe), lr_at(step, recipe), recipe)
+        state["step"] = step + 1
+        state["recent_losses"] = (state["recent_losses"] + [loss])[-50:]
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        if state["step"] % recipe.eval_every == 0 or state["step"] == recipe.steps:
+            first, second = copying_loss(model, tokenizer)
+            state["copying_curve"].append([state["step"], round(first, 4), round(second, 4)])
+            logger.info("step %d loss %.3f copying %.2f -> %.2f", state["step"], loss, first, second)
+        state["elapsed_s"] = elapsed0 + time.perf_counter() - start
+        due = time.perf_counter() - last_ckpt > recipe.checkpoint_every_s
+        if state["step"] < recipe.steps and (due or state["step"] == end):
+            save_checkpoint(ckpt_dir, model, opt, state)
+            last_ckpt = time.perf_counter()
+    bar.close()
+    return state
+
+
+def _write_folder(out_dir: Path, model, tokenizer, card: dict) -> None:
+    """Write the HF folder next to ``out_dir`` and swap it in; the old folder (and its
+    checkpoint) is removed afterwards."""
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (tmp / "CARD.md").write_text(render_card(card))
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _eval_subset(chunks: torch.Tensor, recipe: PycodeRecipe) -> torch.Tensor:
+    """A fixed, seeded sample of at most ``eval_sequences`` windows."""
+    return chunks[pycode_data.perm(len(chunks), recipe.seed, -1)[: recipe.eval_sequences]]
+
+
+def train(out_dir: Path, recipe: PycodeRecipe = PycodeRecipe(), *, progress: bool = True,
+          stop_after: int | None = None) -> dict:
+    """Train the tokenizer and the model; write the HF folder, ``card.json`` and ``CARD.md``.
+
+    Rerunning with the same ``out_dir`` resumes from ``out_dir/checkpoint/``.
+    ``stop_after`` checkpoints and returns ``{"stopped_at_step": N}`` after step N (to
+    time-box a run, and for tests); otherwise returns the card.
+    """
+    out_dir, t0 = Path(out_dir), time.perf_counter()
+    corpus = pycode_data.load_corpus(recipe.heldout_fraction, recipe.include_tests, recipe.max_files)
+    tokenizer = pycode_data.train_tokenizer(corpus.train_texts, recipe.vocab_size)
+    train_stream = pycode_data.encode(tokenizer, corpus.train_texts)
+    heldout_stream = pycode_data.encode(tokenizer, corpus.heldout_texts)
+    chunks = pycode_data.chunks_of(train_stream, recipe.context)
+    model, ckpt_dir = build_model(recipe, tokenizer), out_dir / "checkpoint"
+    opt = make_optimizer(model, recipe)
+    state = load_checkpoint(ckpt_dir, model, opt, recipe, corpus.fingerprint) or {
+        "step": 0, "elapsed_s": 0.0, "recent_losses": [], "copying_curve": [],
+        "recipe": _recipe_key(recipe), "fingerprint": corpus.fingerprint,
+    }
+    state = _train_loop(model, opt, chunks, tokenizer, recipe, state, ckpt_dir, progress, stop_after)
+    if state["step"] < recipe.steps:
+        return {"stopped_at_step": state["step"]}
+    first, second = copying_loss(model, tokenizer)
+    metrics = {
+        "heldout_loss": mean_loss(model, _eval_subset(pycode_data.chunks_of(heldout_stream, recipe.context), recipe)),
+        "train_split_loss": mean_loss(model, _eval_subset(chunks, recipe)),
+        "train_loss_last50": sum(state["recent_losses"]) / len(state["recent_losses"]),
+        "copying_first_loss": first,
+        "copying_second_loss": second,
+        "copying_curve": state["copying_curve"],
+        "train_time_s": round(state["elapsed_s"], 1),
+        "tokens_seen": recipe.steps * recipe.batch_size * recipe.context,
+        "n_params": sum(p.numel() for p in model.parameters()),
+    }
+    card = _card(recipe, corpus, tokenizer, train_stream, heldout_stream, metrics)
+    card["metrics"]["total_time_s_this_run"] = round(time.perf_counter() - t0, 1)
+    _write_folder(out_dir, model, tokenizer, card)
+    return card
+
+
+# --------------------------------------------------------------------------------- card
+
+
+def _card(recipe, corpus, tokenizer, train_stream, heldout_stream, metrics: dict) -> dict:
+    """The machine-readable model card."""
+    import tokenizers
+
+    return {
+        "name": "pycode",
+        "architecture": "LlamaForCausalLM (RoPE, RMSNorm, SwiGLU, grouped-query attention)",
+        "dtype": "float32",
+        "recipe": json.loads(json.dumps(dataclasses.asdict(recipe))),
+        "metrics": metrics,
+        "data": {
+            "source": "Python standard library .py files (sysconfig stdlib path, no site-packages)",
+            "python_version": platform.python_version(),
+            "python_implementation": platform.python_implementation(),
+            "stdlib_fingerprint": corpus.fingerprint,
+            "n_train_files": len(corpus.train_files),
+            "n_heldout_files": len(corpus.heldout_files),
+            "n_skipped_not_utf8": corpus.n_skipped,
+            "train_tokens": len(train_stream),
+            "heldout_tokens": len(heldout_stream),
+            "heldout_files": list(corpus.heldout_files),
+            "vocab_size": len(tokenizer),
+        },
+        "software": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "tokenizers": tokenizers.__version__},
+    }
+
+
+def render_card(card: dict) -> str:
+    """The human-readable model card (``CARD.md``)."""
+    r, m, d = card["recipe"], card["metrics"], card["data"]
+    return f"""# zoo:pycode
+
+A small {card['architecture']} trained by mechscope on the Python {d['python_version']}
+standard library's own source ({d['n_train_files']} train files, {d['train_tokens']:,} tokens;
+test suites {'included' if r['include_tests'] else 'excluded'}). Weights are {card['dtype']},
+untied embeddings; byte-level BPE tokenizer with {d['vocab_size']} tokens, `<|endoftext|>` is
+bos, eos and pad.
+
+| | |
+|---|---|
+| layers / d_model / heads (kv) / d_mlp / context | {r['n_layers']} / {r['d_model']} / {r['n_heads']} ({r['n_kv_heads']}) / {r['d_mlp']} / {r['context']} |
+| parameters | {m['n_params']:,} |
+| steps x batch x context = tokens seen | {r['steps']} x {r['batch_size']} x {r['context']} = {m['tokens_seen']:,} |
+| held-out loss ({d['n_heldout_files']} files chosen by path hash) | {m['heldout_loss']:.3f} nats/token |
+| train-split loss / last-50-step training loss | {m['train_split_loss']:.3f} / {m['train_loss_last50']:.3f} |
+| copying, random tokens repeated twice: 1st / 2nd copy loss | {m['copying_first_loss']:.2f} / {m['copying_second_loss']:.2f} nats |
+| training wall time | {m['train_time_s'] / 60:.1f} min |
+| repeated-span training sequences | {r['repeat_fraction']:.0%} |
+
+Stdlib fingerprint (sorted paths and sizes): `{d['stdlib_fingerprint'][:16]}`. A different
+Python version gives a different corpus and different weights. Rebuild with
+`mechscope.zoo.pycode.train(out_dir, PycodeRecipe())`; every setting is in `card.json`.
+"""

@@ -10,15 +10,22 @@ relative paths and byte sizes) that the model card records.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+
+from mechscope.errors import MechscopeError
+
+if TYPE_CHECKING:
+    from mechscope.zoo.pycode import PycodeRecipe
 
 logger = logging.getLogger(__name__)
 
@@ -159,3 +166,36 @@ def encode(tokenizer: PreTrainedTokenizerFast, texts: tuple[str, ...]) -> torch.
         stream.extend(enc.ids)
     stream.append(eos)
     return torch.tensor(stream, dtype=torch.int32)
+
+
+def chunks_of(stream: torch.Tensor, context: int) -> torch.Tensor:
+    """Non-overlapping windows of ``context + 1`` tokens (inputs plus next-token targets)."""
+    n = (len(stream) - 1) // context
+    if n < 1:
+        raise MechscopeError(f"corpus too small: {len(stream)} tokens for context {context}")
+    return stream[: n * context + 1].unfold(0, context + 1, context)
+
+
+@functools.lru_cache(maxsize=4)
+def perm(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of the chunks in one epoch: a pure function of (seed, epoch)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def batch_for_step(chunks: torch.Tensor, step: int, recipe: PycodeRecipe) -> torch.Tensor:
+    """The training batch of ``step`` [batch, context + 1]: a pure function of the step.
+
+    Each epoch visits every chunk once in a seeded order; resuming needs only the step.
+    """
+    n, b = len(chunks), recipe.batch_size
+    idx = []
+    for i in range(step * b, (step + 1) * b):
+        idx.append(perm(n, recipe.seed, i // n)[i % n])
+    batch = chunks[torch.stack(idx)].long()
+    if recipe.repeat_fraction > 0:
+        g = torch.Generator().manual_seed(recipe.seed * 7_919 + step)
+        rows = torch.rand(b, generator=g) < recipe.repeat_fraction
+        half = (batch.shape[1] + 1) // 2
+        repeated = torch.cat([batch[:, :half], batch[:, : batch.shape[1] - half]], dim=1)
+        batch = torch.where(rows[:, None], repeated, batch)
+    return batch

@@ -1,0 +1,149 @@
+"""Oracle tests of the core on every family: Hugging Face's own outputs are the truth."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mechscope as ms
+from mechscope import edits
+
+from .tiny import FAMILY_NAMES, tiny_model
+
+CAUSAL = [k for k in FAMILY_NAMES if k != "bert"]
+
+
+@pytest.fixture(scope="module", params=FAMILY_NAMES)
+def model(request) -> ms.Model:
+    return tiny_model(request.param)
+
+
+@pytest.fixture(scope="module")
+def ids() -> torch.Tensor:
+    return torch.randint(0, 97, (3, 9), generator=torch.Generator().manual_seed(1))
+
+
+def _eager(model):
+    model.hf.config._attn_implementation = "eager"
+
+
+def test_recording_changes_nothing(model, ids):
+    plain = model.hf(ids).logits
+    every_site = [s.name for s in model.sites if "pattern" not in s.name]
+    run = model.run(ids, record=every_site)
+    assert torch.equal(run.logits, plain)
+    assert len(run.cache) == len(every_site)
+
+
+def test_recording_patterns_changes_nothing(model, ids):
+    before = model.hf.config._attn_implementation
+    run = model.run(ids, record="blocks.*.attn.hook_pattern")
+    assert model.hf.config._attn_implementation == before  # switched back
+    _eager(model)
+    try:
+        eager = model.hf(ids, output_attentions=True)
+    finally:
+        model.hf.config._attn_implementation = before
+    assert torch.allclose(run.logits, eager.logits, atol=1e-6)
+    for layer, attention in enumerate(eager.attentions):
+        pattern = run.cache[f"blocks.{layer}.attn.hook_pattern"]
+        assert torch.allclose(pattern, attention, atol=1e-6)
+        assert torch.allclose(pattern.sum(-1), torch.ones(()), atol=1e-5)
+
+
+def test_resid_post_matches_hidden_states(model, ids):
+    hidden = model.hf(ids, output_hidden_states=True).hidden_states
+    run = model.run(ids, record=["blocks.*.hook_resid_post", "blocks.0.hook_resid_pre"])
+    assert torch.equal(run.cache["blocks.0.hook_resid_pre"], hidden[0])
+    L = model.dims.n_layers
+    for layer in range(L - 1):
+        assert torch.allclose(run.cache[f"blocks.{layer}.hook_resid_post"], hidden[layer + 1], atol=1e-6)
+    # Convention: the last hidden_states entry carries the final norm where the family has one.
+    last = run.cache[f"blocks.{L - 1}.hook_resid_post"]
+    assert torch.allclose(model.final_norm(last), hidden[L], atol=1e-6)
+
+
+def test_residual_stream_adds_up(model, ids):
+    """resid_post = resid_pre + attn_out + mlp_out for pre-norm families (mid in between)."""
+    if model.adapter.family == "BERT encoder":
+        pytest.skip("post-LN blocks: the residual passes through a LayerNorm after each sublayer")
+    run = model.run(ids, record="blocks.*")
+    for layer in range(model.dims.n_layers):
+        c = {k.split(".", 2)[2]: v for k, v in run.cache.items() if k.startswith(f"blocks.{layer}.")}
+        total = c["hook_resid_pre"] + c["hook_attn_out"] + c["hook_mlp_out"]
+        assert torch.allclose(total, c["hook_resid_post"], atol=1e-5)
+        if "hook_resid_mid" in c:
+            assert torch.allclose(c["hook_resid_pre"] + c["hook_attn_out"], c["hook_resid_mid"], atol=1e-5)
+
+
+def test_head_contributions_sum_to_attn_out(model, ids):
+    run = model.run(ids, record=["blocks.*.attn.hook_z", "blocks.*.hook_attn_out"])
+    for layer in range(model.dims.n_layers):
+        per_head, bias = model.head_results(run.cache[f"blocks.{layer}.attn.hook_z"], layer)
+        assert per_head.shape == (*ids.shape, model.dims.n_heads, model.dims.d_model)
+        assert torch.allclose(per_head.sum(-2) + bias, run.cache[f"blocks.{layer}.hook_attn_out"], atol=1e-5)
+
+
+def test_qkv_views_match_weights(model, ids):
+    """hook_q/k/v equal resid-after-norm times W_Q/W_K/W_V plus bias (checks fused layouts)."""
+    run = model.run(ids, record=["blocks.0.attn.hook_*", "blocks.0.hook_resid_pre"])
+    block = model.module(f"{model.adapter.blocks}.0")
+    norm_in = run.cache["blocks.0.hook_resid_pre"]
+    first_norm = next((m for n, m in block.named_children() if n in ("ln_1", "input_layernorm")), None)
+    x = first_norm(norm_in) if first_norm is not None else norm_in
+    for name, w, b in (("q", model.W_Q(0), model.b_Q(0)), ("k", model.W_K(0), model.b_K(0)), ("v", model.W_V(0), model.b_V(0))):
+        expected = torch.einsum("bpm,hmd->bphd", x, w) + b
+        assert torch.allclose(run.cache[f"blocks.0.attn.hook_{name}"], expected, atol=1e-5), name
+
+
+def test_to_logits_reproduces_logits(model, ids):
+    L = model.dims.n_layers
+    run = model.run(ids, record=f"blocks.{L - 1}.hook_resid_post")
+    assert torch.allclose(model.to_logits(run.cache[f"blocks.{L - 1}.hook_resid_post"]), run.logits, atol=1e-5)
+
+
+def test_replace_with_own_value_changes_nothing(model, ids):
+    run = model.run(ids, record="blocks.*")
+    patched = [edits.replace(name, value) for name, value in run.cache.items() if "pattern" not in name]
+    again = model.run(ids, edits=patched)
+    assert torch.allclose(again.logits, run.logits, atol=1e-6)
+
+
+def test_zero_one_head_changes_only_what_depends_on_it(model, ids):
+    run = model.run(ids, record="blocks.*")
+    pos, head = 4, 1
+    ablated = model.run(ids, record="blocks.*", edits=[edits.zero("blocks.1.attn.hook_z", heads=head, positions=pos)])
+    for name, value in run.cache.items():
+        if name.startswith("blocks.0.") or "hook_resid_pre" in name or name.startswith("blocks.1.attn.hook_"):
+            if name == "blocks.1.attn.hook_z":
+                z, z_ab = value, ablated.cache[name]
+                assert torch.equal(z_ab[:, pos, head], torch.zeros_like(z_ab[:, pos, head]))
+                z_ab = z_ab.clone()
+                z_ab[:, pos, head] = z[:, pos, head]
+                assert torch.equal(z, z_ab)
+            else:
+                assert torch.equal(value, ablated.cache[name]), name
+    after = ablated.cache["blocks.1.hook_resid_post"]
+    before = run.cache["blocks.1.hook_resid_post"]
+    if model.adapter.family != "BERT encoder":  # causal: earlier positions cannot see the change
+        assert torch.equal(after[:, :pos], before[:, :pos])
+    assert not torch.allclose(after[:, pos], before[:, pos])
+
+
+def test_gradient_through_edit_matches_finite_difference(model, ids):
+    hf64 = tiny_model(model.name.removeprefix("tiny-"))
+    hf64.hf.double()
+    direction = torch.zeros(model.dims.d_model, dtype=torch.float64, requires_grad=True)
+
+    def objective(vec):
+        run = hf64.run(ids[:1], edits=[edits.add("blocks.0.hook_resid_post", vec, positions=-2)], grad=True)
+        return run.logits[0, -1].log_softmax(-1)[5]
+
+    objective(direction).backward()
+    # Llama-style RMSNorms compute in float32 even in a float64 model, so the step is
+    # large enough to rise above float32 noise; central differences keep it accurate.
+    eps = 1e-3
+    basis = torch.eye(model.dims.d_model, dtype=torch.float64)
+    numeric = torch.stack([(objective(eps * e) - objective(-eps * e)) / (2 * eps) for e in basis[:4]]).detach()
+    assert direction.grad.abs().max() > 0
+    assert torch.allclose(direction.grad[:4], numeric, atol=3e-5, rtol=1e-3)

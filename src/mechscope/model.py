@@ -62,6 +62,19 @@ class Model(WeightAccess):
         return (f"Model({self.name!r}, family={self.adapter.family!r}, layers={d.n_layers}, d_model={d.d_model}, "
                 f"heads={d.n_heads}, kv_heads={d.n_kv_heads})")
 
+    def info(self) -> dict:
+        """What `mechscope info` shows: family, sizes, conventions and every site's shape."""
+        return {
+            "name": self.name,
+            "family": self.adapter.family,
+            "model_type": self.hf.config.model_type,
+            "parameters": sum(p.numel() for p in self.hf.parameters()),
+            "dtype": str(next(self.hf.parameters()).dtype).removeprefix("torch."),
+            **{k: v for k, v in vars(self.dims).items()},
+            "notes": list(self.adapter.notes),
+            "sites": {s.name: dict(zip(s.dims, s.sizes)) for s in self.table},
+        }
+
     # Modules and sites
 
     def module(self, path: str) -> nn.Module:

@@ -54,3 +54,22 @@ class Run:
         top = probs.topk(min(k, probs.shape[-1]), dim=-1)
         decode = (lambda t: self.tokenizer.decode([t])) if self.tokenizer is not None else str
         return [[(decode(t), p) for t, p in zip(ids.tolist(), ps.tolist())] for ids, ps in zip(top.indices, top.values)]
+
+    def next_token_stats(self, row: int = 0) -> dict[str, Tensor]:
+        """Per position of one sequence: entropy (nats) of the next-token distribution,
+        top-1 probability, and probability and rank of the token that actually follows
+        (NaN / -1 at the last position)."""
+        if self.logits is None:
+            raise MechscopeError("this run has no logits (encoder without LM head, or logits=False)")
+        n = int(self.lengths[row])
+        logp = self.logits[row, :n].float().log_softmax(-1)
+        probs = logp.exp()
+        actual = torch.full((n,), float("nan"))
+        rank = torch.full((n,), -1, dtype=torch.long)
+        if n > 1:
+            following = self.tokens[row, 1:n].to(logp.device)
+            p_next = probs[:-1].gather(-1, following[:, None])[:, 0]
+            actual[:-1] = p_next.cpu()
+            rank[:-1] = (probs[:-1] > p_next[:, None]).sum(-1).cpu()
+        return {"entropy": -(probs * logp).sum(-1).cpu(), "top1": probs.max(-1).values.cpu(),
+                "p_actual": actual, "rank_actual": rank}

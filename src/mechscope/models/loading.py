@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -64,7 +65,7 @@ def _config(source: str, local: bool):
     if hub_offline() or not hub_reachable():
         raise MechscopeError(
             f"model '{source}' is not on this machine and the hub is offline: download it once where the hub is "
-            f"reachable (huggingface-cli download {source}) or pass a local folder / zoo:NAME")
+            f"reachable (`hf download {source}`) or pass a local folder / zoo:NAME")
     try:
         return AutoConfig.from_pretrained(source), False
     except OSError as err:
@@ -90,6 +91,20 @@ def _check_supported(config) -> None:
             "To add it, write one Adapter table in mechscope/models/families.py")
 
 
+@contextmanager
+def _quiet_transformers():
+    """No weight-loading progress bar unless the caller asked for INFO logs."""
+    from transformers.utils import logging as hf_logging
+    was_on = hf_logging.is_progress_bar_enabled()
+    if was_on and not log.isEnabledFor(logging.INFO):
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None):
     """Load a model by hub id, local folder or `zoo:NAME`, ready for recording and editing."""
     from transformers import AutoTokenizer
@@ -102,7 +117,8 @@ def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | tor
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     log.info("loading %s (%s) from %s", name, config.model_type, source)
     kwargs = {"local_files_only": cached}
-    hf = _model_class(config).from_pretrained(source, dtype=dtype or torch.float32, **kwargs)
+    with _quiet_transformers():
+        hf = _model_class(config).from_pretrained(source, dtype=dtype or torch.float32, **kwargs)
     if device is not None:
         hf = hf.to(device)
     try:

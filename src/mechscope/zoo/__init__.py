@@ -3,6 +3,7 @@ so that every demo and test runs offline. `load("zoo:NAME")` reads them from her
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 from pathlib import Path
@@ -10,8 +11,8 @@ from pathlib import Path
 from ..errors import MechscopeError
 
 WEIGHTS = Path(__file__).parent / "weights"
-# name -> module holding `train(out_dir, recipe)` and its recipe dataclass
-RECIPES = {"pycode": "mechscope.zoo.pycode"}
+# name -> (module holding `train(out_dir, recipe) -> card`, its recipe dataclass)
+RECIPES = {"pycode": ("mechscope.zoo.pycode", "PycodeRecipe")}
 DESCRIPTIONS = {"pycode": "Llama-architecture causal LM trained on the Python standard library (the default model)"}
 
 
@@ -39,6 +40,10 @@ def card(name: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def recipe_module(name: str):
+def train(name: str, out_dir: Path | None = None, *, seed: int = 0) -> dict:
+    """Train a zoo model with its deterministic recipe; returns the model card."""
     _check(name)
-    return importlib.import_module(RECIPES[name])
+    module_name, recipe_name = RECIPES[name]
+    module = importlib.import_module(module_name)
+    recipe = dataclasses.replace(getattr(module, recipe_name)(), seed=seed)
+    return module.train(Path(out_dir) if out_dir else WEIGHTS / name, recipe)

@@ -1,0 +1,141 @@
+"""The `mechscope` command line. Each command maps onto a library call; no science here.
+
+`main(argv)` returns an exit code, so tests call it directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import MechscopeError
+
+
+def _info(args) -> int:
+    from .models.loading import load
+    info = load(args.model).info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    sites = info.pop("sites")
+    notes = info.pop("notes")
+    for key, value in info.items():
+        print(f"{key:>12}: {value}")
+    for note in notes:
+        print(f"{'note':>12}: {note}")
+    print(f"\n{len(sites)} sites (TransformerLens names; blocks.* repeats per layer):")
+    for name, dims in sites.items():
+        if name.startswith("blocks.") and not name.startswith("blocks.0."):
+            continue
+        shape = ", ".join(d if s is None else f"{d}={s}" for d, s in dims.items())
+        print(f"  {name.replace('blocks.0.', 'blocks.{l}.'):<34} [{shape}]")
+    return 0
+
+
+def _run(args) -> int:
+    from .io import write_tensors
+    from .models.loading import load
+    model = load(args.model)
+    run = model.run(args.prompt, record=args.record or [], positions=args.positions)
+    top = run.top_tokens(args.top) if run.logits is not None else [[]]
+    shapes = {name: list(value.shape) for name, value in run.cache.items()}
+    if args.out:
+        write_tensors(Path(args.out), dict(run.cache), {"model": model.name, "prompt": args.prompt})
+    if args.json:
+        print(json.dumps({"tokens": run.str_tokens(), "top_next": top[0], "recorded": shapes,
+                          "out": args.out}, indent=2))
+        return 0
+    print(f"tokens ({len(run.str_tokens())}): {run.str_tokens()}")
+    if top[0]:
+        print("top next tokens: " + ", ".join(f"{t!r} {p:.3f}" for t, p in top[0]))
+    for name, shape in shapes.items():
+        print(f"  {name:<34} {shape}")
+    if args.out:
+        print(f"wrote {len(shapes)} activations to {args.out}")
+    return 0
+
+
+def _report(args) -> int:
+    from .models.loading import load
+    from .report import build_report
+    path = build_report(load(args.model), args.prompt, Path(args.out))
+    print(f"wrote {path}")
+    return 0
+
+
+def _zoo(args) -> int:
+    from . import zoo
+    if args.zoo_cmd == "list":
+        for name in zoo.names():
+            print(f"{name:<14} {zoo.DESCRIPTIONS.get(name, '')}")
+    elif args.zoo_cmd == "info":
+        print(json.dumps(zoo.card(args.name), indent=2))
+    else:
+        out = Path(args.out) if args.out else zoo.WEIGHTS / args.name
+        card = zoo.train(args.name, out, seed=args.seed)
+        print(json.dumps(card.get("metrics", card), indent=2))
+        print(f"wrote {out}")
+    return 0
+
+
+def _positions(text: str) -> list[int]:
+    try:
+        return [int(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"positions must be comma-separated integers, got {text!r}") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mechscope", description="A microscope for neural networks.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress and loading details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="family, sizes and every site of a model")
+    info.add_argument("model", help="hub id, local folder, or zoo:NAME (e.g. zoo:pycode)")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(func=_info)
+
+    run = sub.add_parser("run", help="one forward pass: top next tokens and recorded activations")
+    run.add_argument("model")
+    run.add_argument("prompt")
+    run.add_argument("--record", action="append", metavar="GLOB", help="site name or glob to record (repeatable)")
+    run.add_argument("--positions", type=_positions, help="record only these positions, e.g. -1 or 0,3,-1")
+    run.add_argument("--top", type=int, default=5, help="how many next tokens to show")
+    run.add_argument("--out", help="write the recorded activations to this .safetensors file")
+    run.add_argument("--json", action="store_true")
+    run.set_defaults(func=_run)
+
+    report = sub.add_parser("report", help="write a self-contained HTML report")
+    report.add_argument("model")
+    report.add_argument("--prompt", required=True)
+    report.add_argument("--out", required=True, help="output folder (index.html goes there)")
+    report.set_defaults(func=_report)
+
+    zoo = sub.add_parser("zoo", help="the bundled, project-trained models")
+    zsub = zoo.add_subparsers(dest="zoo_cmd", required=True)
+    zsub.add_parser("list", help="list zoo models")
+    zinfo = zsub.add_parser("info", help="a zoo model's card")
+    zinfo.add_argument("name")
+    ztrain = zsub.add_parser("train", help="train a zoo model with its deterministic recipe")
+    ztrain.add_argument("name")
+    ztrain.add_argument("--out", help="output folder (default: the package's zoo folder)")
+    ztrain.add_argument("--seed", type=int, default=0)
+    zoo.set_defaults(func=_zoo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except MechscopeError as err:
+        print(f"mechscope: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""`mechscope report`: one self-contained HTML page about a model and a prompt.
+
+Each section is a function (model, run) -> HTML in `sections.py`; later methods add
+theirs to `SECTIONS`. The report computes nothing itself: it asks the model and the
+methods, then formats.
+"""
+
+from __future__ import annotations
+
+import html
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..io import write_text
+from .sections import SECTIONS
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>mechscope report: {title}</title>
+<style>
+body {{ font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #1d2330; padding: 0 1em; }}
+h1 {{ font-size: 1.6em; margin-bottom: 0; }} h2 {{ border-bottom: 1px solid #d8dce4; padding-bottom: .2em; margin-top: 2em; }}
+.sub {{ color: #667; margin-top: .2em; }}
+table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ border: 1px solid #e2e5ec; padding: 3px 7px; text-align: left; vertical-align: top; }}
+th {{ background: #f3f5f9; }} code, .tok {{ font-family: ui-monospace, monospace; white-space: pre; background: #f3f5f9; border-radius: 3px; padding: 0 3px; }}
+.kv td:first-child {{ color: #556; }} img {{ max-width: 100%; }} details {{ margin: .5em 0; }}
+.bar {{ display: inline-block; height: 9px; background: #4c78a8; margin-right: 4px; vertical-align: middle; }}
+</style></head><body>
+<h1>mechscope report</h1><p class="sub">{title} · generated {when}</p>
+{body}
+</body></html>
+"""
+
+
+def build_report(model, prompt: str, out_dir: Path) -> Path:
+    """Run `model` on `prompt` and write `out_dir/index.html` (images inlined)."""
+    run = model.run(prompt, record="blocks.*.hook_resid_post")
+    body = "\n".join(section(model, run) for section in SECTIONS)
+    page = PAGE.format(title=html.escape(f"{model.name} on {prompt[:60]!r}"),
+                       when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), body=body)
+    return write_text(Path(out_dir) / "index.html", page)
+
+
+__all__ = ["build_report", "SECTIONS"]

@@ -1,0 +1,99 @@
+"""Report sections: each takes (model, run) and returns an HTML fragment."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+
+import torch
+
+from .. import zoo
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _figure(width: float, height: float):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt.subplots(figsize=(width, height))
+
+
+def _tok(text: str) -> str:
+    return f'<span class="tok">{html.escape(text)}</span>'
+
+
+def _short_tokens(run) -> list[str]:
+    return [t if len(t) <= 12 else t[:11] + "…" for t in run.str_tokens()]
+
+
+def model_card(model, run) -> str:
+    info = model.info()
+    rows = [(k, info[k]) for k in ("family", "model_type", "parameters", "dtype", "n_layers", "d_model",
+                                  "n_heads", "n_kv_heads", "d_head", "d_mlp", "d_vocab")]
+    rows[2] = ("parameters", f"{info['parameters']:,}")
+    if model.name.startswith("zoo:"):
+        metrics = zoo.card(model.name[4:]).get("metrics", {})
+        rows += [(k, f"{v:.4g}" if isinstance(v, float) else v) for k, v in metrics.items()]
+    table = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in info["notes"])
+    return f"<h2>Model</h2><p><b>{html.escape(model.name)}</b></p><table class='kv'>{table}</table>" + (
+        f"<p>Conventions:</p><ul>{notes}</ul>" if notes else "")
+
+
+def predictions(model, run) -> str:
+    if run.logits is None:
+        return "<h2>Predictions</h2><p>This model has no LM head, so it makes no next-token predictions.</p>"
+    stats = run.next_token_stats()
+    tokens = run.str_tokens()
+    rows = []
+    for pos, token in enumerate(tokens):
+        top = run.top_tokens(5, position=pos)[0]
+        cells = " ".join(f"<span class='bar' style='width:{max(1, round(60 * p))}px'></span>{_tok(t)} {p:.2f}"
+                         for t, p in top)
+        actual = stats["p_actual"][pos].item()
+        follows = "" if math.isnan(actual) else f"{actual:.3f} (rank {int(stats['rank_actual'][pos])})"
+        rows.append(f"<tr><td>{pos}</td><td>{_tok(token)}</td><td>{cells}</td><td>{follows}</td>"
+                    f"<td>{stats['entropy'][pos].item():.2f}</td></tr>")
+    fig, ax = _figure(max(6.0, 0.35 * len(tokens)), 2.6)
+    ax.plot(stats["top1"].numpy(), marker="o", label="top-1 probability")
+    ax.plot(stats["p_actual"].numpy(), marker="x", label="probability of the actual next token")
+    ax2 = ax.twinx()
+    ax2.plot(stats["entropy"].numpy(), color="grey", linestyle="--", label="entropy (nats)")
+    ax.set_xticks(range(len(tokens)), _short_tokens(run), rotation=90, fontsize=8)
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="upper left", fontsize=8)
+    ax2.legend(loc="upper right", fontsize=8)
+    head = "<tr><th>pos</th><th>token</th><th>top-5 next tokens</th><th>p(actual next)</th><th>entropy</th></tr>"
+    return ("<h2>Next-token predictions</h2><p>What the model predicts after each position of the prompt.</p>"
+            f"{_png(fig)}<table>{head}{''.join(rows)}</table>")
+
+
+def residual_norms(model, run) -> str:
+    names = [f"blocks.{layer}.hook_resid_post" for layer in range(model.dims.n_layers)]
+    norms = torch.stack([run.cache[n][0].float().norm(dim=-1) for n in names]).cpu()
+    fig, ax = _figure(max(6.0, 0.35 * norms.shape[1]), 0.4 * len(names) + 1.5)
+    image = ax.imshow(norms.numpy(), aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(names)), [f"L{i}" for i in range(len(names))])
+    ax.set_xticks(range(norms.shape[1]), _short_tokens(run), rotation=90, fontsize=8)
+    fig.colorbar(image, ax=ax, label="‖resid_post‖")
+    return ("<h2>Residual stream</h2><p>Norm of the residual stream after each block, per position "
+            "(<code>blocks.{l}.hook_resid_post</code>).</p>" + _png(fig))
+
+
+def sites(model, run) -> str:
+    rows = "".join(f"<tr><td><code>{html.escape(s.name)}</code></td><td>{html.escape(s.describe().split(' ', 1)[1])}</td></tr>"
+                   for s in model.sites)
+    return (f"<h2>Sites</h2><details><summary>{len(model.sites)} named activations (TransformerLens names) "
+            f"that can be recorded and edited</summary><table>{rows}</table></details>")
+
+
+SECTIONS = [model_card, predictions, residual_norms, sites]

@@ -157,7 +157,8 @@ def build_sites(adapter: Adapter, dims: Dims, prefix: str, parallel: bool, has_l
     resid = (("batch", "pos", "d_model"), (None, None, dims.d_model))
     sites = [Site("hook_embed", prefix + adapter.embed, "out", View(), *resid)]
     if adapter.pos_embed:
-        sites.append(Site("hook_pos_embed", prefix + adapter.pos_embed, "out", View(), *resid))
+        # Position embeddings are computed once and broadcast over the batch: batch=1.
+        sites.append(Site("hook_pos_embed", prefix + adapter.pos_embed, "out", View(), resid[0], (1, None, dims.d_model)))
     for layer in range(dims.n_layers):
         sites += _block_sites(adapter, dims, layer, prefix, parallel)
     if adapter.final_norm:

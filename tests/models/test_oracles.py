@@ -147,3 +147,11 @@ def test_gradient_through_edit_matches_finite_difference(model, ids):
     numeric = torch.stack([(objective(eps * e) - objective(-eps * e)) / (2 * eps) for e in basis[:4]]).detach()
     assert direction.grad.abs().max() > 0
     assert torch.allclose(direction.grad[:4], numeric, atol=3e-5, rtol=1e-3)
+
+
+def test_recorded_shapes_match_declared_dims(model, ids):
+    run = model.run(ids, record="*")
+    sizes = {"batch": ids.shape[0], "pos": ids.shape[1], "q_pos": ids.shape[1], "k_pos": ids.shape[1]}
+    for site in model.sites:
+        expected = tuple(sizes[d] if s is None else s for d, s in zip(site.dims, site.sizes))
+        assert tuple(run.cache[site.name].shape) == expected, site.name

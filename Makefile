@@ -1,0 +1,33 @@
+# `make demo` and `make test` work on a fresh machine: they create .venv when missing,
+# install torch==2.13.0 first when no torch is importable there (a wider range pulls a
+# multi-GB CUDA build on CPU machines), then mechscope with its test extra.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mechscope-installed
+PROMPT ?= def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n
+export HF_HUB_OFFLINE := 1
+
+.PHONY: setup demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/mechscope info zoo:pycode
+	$(VENV)/bin/mechscope report zoo:pycode --prompt "$$(printf '$(PROMPT)')" --out out/demo
+	@echo "open out/demo/index.html in a browser"
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/hooks.py
+
+clean:
+	rm -rf out .pytest_cache

@@ -155,3 +155,15 @@ def test_recorded_shapes_match_declared_dims(model, ids):
     for site in model.sites:
         expected = tuple(sizes[d] if s is None else s for d, s in zip(site.dims, site.sizes))
         assert tuple(run.cache[site.name].shape) == expected, site.name
+
+
+def test_mlp_out_weights(model, ids):
+    """mlp.hook_post @ W_out + b_out gives what the MLP writes (before any post-norm)."""
+    run = model.run(ids, record=["blocks.0.mlp.hook_post", "blocks.0.hook_mlp_out"])
+    b_out = model.b_out(0)
+    out = run.cache["blocks.0.mlp.hook_post"] @ model.W_out(0) + (0 if b_out is None else b_out)
+    if model.adapter.family == "Gemma 2":
+        out = model.block_module(0, "post_feedforward_layernorm")(out)
+    assert torch.allclose(out, run.cache["blocks.0.hook_mlp_out"], atol=1e-5)
+    assert model.W_in(0).shape == (model.dims.d_model, model.dims.d_mlp)
+    assert model.W_E.shape == (97, model.dims.d_model) and model.W_U.shape == (model.dims.d_model, 97)

@@ -37,7 +37,8 @@ class Model(WeightAccess):
         self.dims = self._read_dims()
         parallel = bool(self.adapter.parallel_attr and getattr(hf.config, self.adapter.parallel_attr, False))
         has_logits = hf.get_output_embeddings() is not None
-        self.table = SiteTable(build_sites(self.adapter, self.dims, self._prefix, parallel, has_logits),
+        has_pos = self.adapter.pos_embed is not None and self._has_module(self.adapter.pos_embed)
+        self.table = SiteTable(build_sites(self.adapter, self.dims, self._prefix, parallel, has_logits, has_pos),
                                self.dims.n_layers, self.adapter.family)
         self._held_edits: list[Edit] = []
         if tokenizer is not None and tokenizer.pad_token is None:
@@ -46,7 +47,8 @@ class Model(WeightAccess):
     def _read_dims(self) -> Dims:
         c, a = self.hf.config, self.adapter
         n_heads = c.num_attention_heads
-        down = self.module(a.block(0, a.mlp_down)).weight
+        down_path = a.block(0, a.mlp_down)
+        down = self.module(down_path).weight if self._has_module(down_path) else torch.zeros(0, 0)
         return Dims(
             n_layers=c.num_hidden_layers,
             d_model=c.hidden_size,
@@ -76,6 +78,12 @@ class Model(WeightAccess):
         }
 
     # Modules and sites
+
+    def _has_module(self, path: str) -> bool:
+        try:
+            return isinstance(self.hf.get_submodule(self._prefix + path), nn.Module)
+        except AttributeError:
+            return False
 
     def module(self, path: str) -> nn.Module:
         """A module by path relative to the base model (as written in adapter tables)."""

@@ -142,21 +142,23 @@ def _block_sites(adapter: Adapter, dims: Dims, layer: int, prefix: str, parallel
         Site(blk + "attn.hook_z", path(adapter.o), "in", HeadsView(d.n_heads, d.d_head), *per_head(d.n_heads), layer),
         Site(blk + "hook_attn_out", path(adapter.attn_out.module), adapter.attn_out.boundary, View(), *resid, layer),
     ]
-    if adapter.resid_mid is not None and not parallel:
-        sites.append(Site(blk + "hook_resid_mid", path(adapter.resid_mid.module), adapter.resid_mid.boundary, View(), *resid, layer))
-    sites += [
-        Site(blk + "mlp.hook_post", path(adapter.mlp_down), "in", View(), ("batch", "pos", "d_mlp"), (None, None, d.d_mlp), layer),
-        Site(blk + "hook_mlp_out", path(adapter.mlp_out.module), adapter.mlp_out.boundary, View(), *resid, layer),
-        Site(blk + "hook_resid_post", block, "out", View(), *resid, layer=layer),
-    ]
+    if d.d_mlp:  # attention-only models have no MLP and so no resid_mid either
+        if adapter.resid_mid is not None and not parallel:
+            sites.append(Site(blk + "hook_resid_mid", path(adapter.resid_mid.module), adapter.resid_mid.boundary, View(), *resid, layer))
+        sites += [
+            Site(blk + "mlp.hook_post", path(adapter.mlp_down), "in", View(), ("batch", "pos", "d_mlp"), (None, None, d.d_mlp), layer),
+            Site(blk + "hook_mlp_out", path(adapter.mlp_out.module), adapter.mlp_out.boundary, View(), *resid, layer),
+        ]
+    sites.append(Site(blk + "hook_resid_post", block, "out", View(), *resid, layer=layer))
     return sites
 
 
-def build_sites(adapter: Adapter, dims: Dims, prefix: str, parallel: bool, has_logits: bool) -> list[Site]:
+def build_sites(adapter: Adapter, dims: Dims, prefix: str, parallel: bool, has_logits: bool,
+                has_pos_embed: bool) -> list[Site]:
     """Every site of a model, in the order the forward pass computes them."""
     resid = (("batch", "pos", "d_model"), (None, None, dims.d_model))
     sites = [Site("hook_embed", prefix + adapter.embed, "out", View(), *resid)]
-    if adapter.pos_embed:
+    if has_pos_embed:
         # Position embeddings are computed once and broadcast over the batch: batch=1.
         sites.append(Site("hook_pos_embed", prefix + adapter.pos_embed, "out", View(), resid[0], (1, None, dims.d_model)))
     for layer in range(dims.n_layers):

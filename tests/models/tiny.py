@@ -6,6 +6,7 @@ import torch
 import transformers as T
 
 import mechscope as ms
+from mechscope.zoo.transformer import ToyConfig, ToyTransformer
 
 COMMON = dict(vocab_size=97, max_position_embeddings=64)
 
@@ -27,6 +28,10 @@ def _configs():
         "gemma2": (T.Gemma2ForCausalLM, T.Gemma2Config(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
                                                        num_key_value_heads=2, head_dim=8, intermediate_size=64,
                                                        final_logit_softcapping=2.0, **COMMON)),
+        "toy": (ToyTransformer, ToyConfig(vocab_size=97, n_ctx=64, d_model=32, n_layers=2, n_heads=4, d_head=8,
+                                          d_mlp=64, norm="layernorm")),
+        "toy_attn_only": (ToyTransformer, ToyConfig(vocab_size=97, n_ctx=64, d_model=32, n_layers=2, n_heads=4,
+                                                    d_head=8, d_mlp=0, positions="none")),
         "bert": (T.BertForMaskedLM, T.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
                                                  intermediate_size=64, **COMMON)),
     }

@@ -60,6 +60,8 @@ class Adapter:
     """MLP output projection; its input is `mlp.hook_post` (the neurons)."""
     resid_mid: Tap | None
     """Residual stream between attention and MLP; None for parallel blocks."""
+    attn_in_norm: str | None = None
+    """Norm applied to the residual stream before attention (None for post-LN BERT)."""
     mlp_gate: str | None = None
     """Gate projection of gated MLPs (SwiGLU / GeGLU)."""
     pos_embed: str | None = None

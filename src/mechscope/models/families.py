@@ -20,6 +20,7 @@ GPT2 = Adapter(
     v="attn.c_attn",
     o="attn.c_proj",
     attention="attn",
+    attn_in_norm="ln_1",
     attn_out=Tap("attn.c_proj"),
     mlp_out=Tap("mlp"),
     mlp_in="mlp.c_fc",
@@ -40,6 +41,7 @@ NEOX = Adapter(
     v="attention.query_key_value",
     o="attention.dense",
     attention="attention",
+    attn_in_norm="input_layernorm",
     attn_out=Tap("attention.dense"),
     mlp_out=Tap("mlp"),
     mlp_in="mlp.dense_h_to_4h",
@@ -61,6 +63,7 @@ LLAMA = Adapter(
     v="self_attn.v_proj",
     o="self_attn.o_proj",
     attention="self_attn",
+    attn_in_norm="input_layernorm",
     attn_out=Tap("self_attn.o_proj"),
     mlp_out=Tap("mlp"),
     mlp_in="mlp.up_proj",
@@ -81,6 +84,7 @@ GEMMA2 = Adapter(
     v="self_attn.v_proj",
     o="self_attn.o_proj",
     attention="self_attn",
+    attn_in_norm="input_layernorm",
     attn_out=Tap("post_attention_layernorm"),
     attn_post_norm="post_attention_layernorm",
     mlp_out=Tap("post_feedforward_layernorm"),
@@ -122,7 +126,28 @@ BERT = Adapter(
     ),
 )
 
-FAMILIES: tuple[Adapter, ...] = (GPT2, NEOX, LLAMA, GEMMA2, BERT)
+TOY = Adapter(
+    family="mechscope toy transformer",
+    model_types=("mechscope_toy",),
+    blocks="blocks",
+    embed="embed",
+    pos_embed="pos_embed",
+    q="attn.q",
+    k="attn.k",
+    v="attn.v",
+    o="attn.o",
+    attention="attn",
+    attn_in_norm="ln1",
+    attn_out=Tap("attn.o"),
+    mlp_out=Tap("mlp"),
+    mlp_in="mlp.w_in",
+    mlp_down="mlp.w_out",
+    resid_mid=Tap("ln2", "in"),
+    final_norm="ln_final",
+    notes=("the zoo's own transformer (mechscope/zoo/transformer.py); attention-only variants have no MLP sites",),
+)
+
+FAMILIES: tuple[Adapter, ...] = (GPT2, NEOX, LLAMA, GEMMA2, BERT, TOY)
 
 
 def adapter_for(model_type: str) -> Adapter | None:

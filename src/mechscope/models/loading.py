@@ -111,6 +111,8 @@ def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | tor
 
     from ..model import Model
 
+    from ..zoo import transformer  # noqa: F401  registers the zoo's own architecture with transformers
+
     source, local = resolve_source(name)
     config, cached = _config(source, local)
     _check_supported(config)

@@ -148,29 +148,45 @@ class Model(WeightAccess):
         """
         names = self.table.resolve(record) if record else []
         inputs = self.tokenize(prompts, attention_mask)
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        ids, mask = next(iter(inputs.values())), inputs.get("attention_mask")
         size = batch_size or len(ids)
         if size < 1:
             raise MechscopeError(f"batch_size must be at least 1, got {batch_size}")
         chunks = [self._forward({k: v[i:i + size] for k, v in inputs.items()}, names, positions, edits,
                                 grad, logits or "logits" in names, cache_device) for i in range(0, len(ids), size)]
-        seq = ids.shape[1]
+        seq = ids.shape[1] if mask is not None else 0
         # Chunks are trimmed to their own longest sequence; pad position axes back to `seq`,
-        # except those already cut to the requested positions.
+        # except those already cut to the requested positions. Non-token inputs are not padded.
         pad = {"k_pos"} if isinstance(positions, (int, list, tuple)) else {"pos", "q_pos", "k_pos"}
-        out = _concat([c[0] for c in chunks], seq, ("batch", "pos", "vocab"), {"pos"}) if chunks[0][0] is not None else None
+        pad = pad if mask is not None else set()
+        out_pad = {"pos"} & pad
+        out = _concat([c[0] for c in chunks], seq, ("batch", "pos", "vocab"), out_pad) if chunks[0][0] is not None else None
         cache = Cache({n: _concat([c[1][n] for c in chunks], seq, self.table[n].dims, pad) for n in names if n != "logits"})
         if "logits" in names:
             cache["logits"] = out
-        has_lm = self.hf.get_output_embeddings() is not None
-        return Run(ids, mask, out if has_lm else None, cache, out, self.tokenizer)
+        return Run(ids, mask, out if self.output_is_logits else None, cache, out, self.tokenizer)
+
+    @property
+    def has_lm_head(self) -> bool:
+        return self.hf.get_output_embeddings() is not None
+
+    @property
+    def output_is_logits(self) -> bool:
+        return self.has_lm_head
+
+    def _call(self, inputs: dict[str, Tensor]) -> Tensor:
+        """The wrapped model's own forward; returns its main output."""
+        result = self.hf(**inputs, use_cache=False)
+        return result.logits if hasattr(result, "logits") else result.last_hidden_state
 
     def _forward(self, inputs, names, positions, edits, grad, want_output, cache_device):
         """One chunk: trim padding columns, run with hooks, return (output, recorded)."""
-        if not isinstance(positions, slice):  # a slice cuts the padded axis, which must stay whole
-            length = int(inputs["attention_mask"].sum(-1).max())
-            inputs = {k: v[:, :length] for k, v in inputs.items()}
-        lengths = inputs["attention_mask"].sum(-1)
+        lengths = None
+        if "attention_mask" in inputs:
+            if not isinstance(positions, slice):  # a slice cuts the padded axis, which must stay whole
+                length = int(inputs["attention_mask"].sum(-1).max())
+                inputs = {k: v[:, :length] for k, v in inputs.items()}
+            lengths = inputs["attention_mask"].sum(-1)
         recorded: dict[str, Tensor] = {}
 
         def on_record(name: str, value: Tensor) -> None:
@@ -186,8 +202,7 @@ class Model(WeightAccess):
             on_record=on_record, lengths=lengths, stop_when_recorded=bool(hook_names) and not want_output,
         ):
             try:
-                result = self.hf(**inputs, use_cache=False)
-                output = result.logits if hasattr(result, "logits") else result.last_hidden_state
+                output = self._call(inputs)
             except StopForward:
                 pass
         if output is not None and cache_device is not None:
@@ -197,8 +212,8 @@ class Model(WeightAccess):
     @contextmanager
     def _eager_attention(self, needed: bool) -> Iterator[None]:
         """Attention patterns exist only with eager attention; switch for this forward."""
-        config = self.hf.config
-        before = config._attn_implementation
+        config = getattr(self.hf, "config", None)
+        before = getattr(config, "_attn_implementation", None)
         if not needed or before == "eager":
             yield
             return
@@ -227,8 +242,8 @@ class Model(WeightAccess):
 
     def generate(self, prompts: Prompts, *, max_new_tokens: int = 20, edits: Sequence[Edit] = (), **kwargs) -> str | list[str]:
         """Greedy (or `do_sample=True`) generation with edits active at every step."""
-        if self.hf.get_output_embeddings() is None:
-            raise MechscopeError(f"{self.name} is an encoder without an LM head; it cannot generate")
+        if not self.has_lm_head:
+            raise MechscopeError(f"{self.name} has no LM head; it cannot generate")
         single = isinstance(prompts, str)
         if self.tokenizer is None:
             raise MechscopeError(f"{self.name} has no tokenizer; generate needs text")
@@ -269,6 +284,6 @@ def _concat(parts: list[Tensor], seq: int, dims: tuple[str, ...], pad_dims: set[
     for part in parts:
         pads = []
         for i in reversed(range(part.dim())):
-            pads += [0, seq - part.shape[i] if dims[i] in pad_dims else 0]
+            pads += [0, seq - part.shape[i] if i < len(dims) and dims[i] in pad_dims else 0]
         padded.append(F.pad(part, pads) if any(pads) else part)
     return padded[0] if len(padded) == 1 else torch.cat(padded)

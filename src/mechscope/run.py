@@ -23,8 +23,9 @@ class Cache(dict):
 @dataclass
 class Run:
     tokens: Int[Tensor, "batch pos"]
-    mask: Int[Tensor, "batch pos"]
-    """1 for real tokens, 0 for padding (sequences are right-padded)."""
+    """Token ids; for models that do not read tokens, their input tensor."""
+    mask: Int[Tensor, "batch pos"] | None
+    """1 for real tokens, 0 for padding (sequences are right-padded); None for non-token inputs."""
     logits: Float[Tensor, "batch pos vocab"] | None
     """None when the model has no LM head or the run stopped after its last recorded site."""
     cache: Cache

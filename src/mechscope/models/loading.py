@@ -15,7 +15,10 @@ from pathlib import Path
 
 import torch
 
+from safetensors import SafetensorError
+
 from ..errors import MechscopeError
+from ..zoo.storage import is_module_folder, load_module_folder
 from .families import FAMILIES, adapter_for
 
 log = logging.getLogger(__name__)
@@ -114,13 +117,23 @@ def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | tor
     from ..zoo import transformer  # noqa: F401  registers the zoo's own architecture with transformers
 
     source, local = resolve_source(name)
+    if local and is_module_folder(Path(source)):
+        from ..module_model import ModuleModel
+        module = load_module_folder(Path(source))
+        return ModuleModel(module if device is None else module.to(device), name=name)
     config, cached = _config(source, local)
     _check_supported(config)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     log.info("loading %s (%s) from %s", name, config.model_type, source)
     kwargs = {"local_files_only": cached}
-    with _quiet_transformers():
-        hf = _model_class(config).from_pretrained(source, dtype=dtype or torch.float32, **kwargs)
+    try:
+        with _quiet_transformers():
+            hf = _model_class(config).from_pretrained(source, dtype=dtype or torch.float32, **kwargs)
+    except (SafetensorError, OSError, RuntimeError) as err:
+        if not local:
+            raise
+        raise MechscopeError(f"the weights in {source} could not be read ({str(err).splitlines()[0]}): the file is "
+                             "corrupt, truncated or for another architecture; restore it or retrain (`mechscope zoo train NAME`)") from None
     if device is not None:
         hf = hf.to(device)
     try:

@@ -73,6 +73,9 @@ def _zoo(args) -> int:
             print(f"{name:<14} {zoo.DESCRIPTIONS.get(name, '')}")
     elif args.zoo_cmd == "info":
         print(json.dumps(zoo.card(args.name), indent=2))
+        if args.plots:
+            for path in zoo.plots(args.name, Path(args.plots)):
+                print(f"wrote {path}")
     else:
         out = Path(args.out) if args.out else zoo.WEIGHTS / args.name
         card = zoo.train(args.name, out, seed=args.seed)
@@ -119,6 +122,7 @@ def parser() -> argparse.ArgumentParser:
     zsub.add_parser("list", help="list zoo models")
     zinfo = zsub.add_parser("info", help="a zoo model's card")
     zinfo.add_argument("name")
+    zinfo.add_argument("--plots", metavar="DIR", help="also write the model's figures (PNG) into DIR")
     ztrain = zsub.add_parser("train", help="train a zoo model with its deterministic recipe")
     ztrain.add_argument("name")
     ztrain.add_argument("--out", help="output folder (default: the package's zoo folder)")

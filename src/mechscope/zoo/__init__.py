@@ -12,8 +12,22 @@ from ..errors import MechscopeError
 
 WEIGHTS = Path(__file__).parent / "weights"
 # name -> (module holding `train(out_dir, recipe) -> card`, its recipe dataclass)
-RECIPES = {"pycode": ("mechscope.zoo.pycode", "PycodeRecipe")}
-DESCRIPTIONS = {"pycode": "Llama-architecture causal LM trained on the Python standard library (the default model)"}
+RECIPES = {
+    "pycode": ("mechscope.zoo.pycode", "PycodeRecipe"),
+    "modadd": ("mechscope.zoo.modadd", "ModaddRecipe"),
+    "superposition": ("mechscope.zoo.superposition", "SuperpositionRecipe"),
+    "induction": ("mechscope.zoo.induction", "InductionRecipe"),
+    "chain": ("mechscope.zoo.chain", "ChainRecipe"),
+    "digits": ("mechscope.zoo.digits", "DigitsRecipe"),
+}
+DESCRIPTIONS = {
+    "pycode": "Llama-architecture causal LM trained on the Python standard library (the default model)",
+    "modadd": "1-layer transformer that groks (a + b) mod 113 (Nanda et al. 2023), with training snapshots",
+    "superposition": "Toy Models of Superposition (Elhage et al. 2022): ReLU(W^T W x + b) across sparsities",
+    "induction": "2-layer attention-only transformer with a previous-token and an induction head",
+    "chain": "stacked attention heads: multi-hop variable binding, one layer per hop",
+    "digits": "small CNN on scikit-learn's 8x8 digits",
+}
 
 
 def names() -> list[str]:
@@ -29,7 +43,7 @@ def zoo_path(name: str) -> Path:
     """The shipped Hugging Face folder of a zoo model."""
     _check(name)
     path = WEIGHTS / name
-    if not (path / "config.json").is_file():
+    if not ((path / "config.json").is_file() or (path / "cfg.json").is_file()):
         raise MechscopeError(f"zoo model '{name}' has no weights in {path}: run `mechscope zoo train {name}`")
     return path
 
@@ -40,10 +54,18 @@ def card(name: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _module(name: str):
+    _check(name)
+    return importlib.import_module(RECIPES[name][0])
+
+
+def plots(name: str, out_dir: Path) -> list[Path]:
+    """Write the zoo model's figures (the paper's plots, from the shipped weights) into out_dir."""
+    return list(_module(name).plots(zoo_path(name), Path(out_dir)))
+
+
 def train(name: str, out_dir: Path | None = None, *, seed: int = 0) -> dict:
     """Train a zoo model with its deterministic recipe; returns the model card."""
-    _check(name)
-    module_name, recipe_name = RECIPES[name]
-    module = importlib.import_module(module_name)
-    recipe = dataclasses.replace(getattr(module, recipe_name)(), seed=seed)
+    module = _module(name)
+    recipe = dataclasses.replace(getattr(module, RECIPES[name][1])(), seed=seed)
     return module.train(Path(out_dir) if out_dir else WEIGHTS / name, recipe)

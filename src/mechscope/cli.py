@@ -113,7 +113,7 @@ def parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="write a self-contained HTML report")
     report.add_argument("model")
-    report.add_argument("--prompt", required=True)
+    report.add_argument("--prompt", help="text to run the model on (models that read text)")
     report.add_argument("--out", required=True, help="output folder (index.html goes there)")
     report.set_defaults(func=_report)
 

@@ -1,7 +1,7 @@
 """`mechscope report`: one self-contained HTML page about a model and a prompt.
 
-Each section is a function (model, run) -> HTML in `sections.py`; later methods add
-theirs to `SECTIONS`. The report computes nothing itself: it asks the model and the
+Each section is a function (model, run) -> HTML (or "" when it does not apply; `run`
+is None without a prompt) in `sections.py`; later methods add theirs to `SECTIONS`. The report computes nothing itself: it asks the model and the
 methods, then formats.
 """
 
@@ -11,6 +11,7 @@ import html
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..errors import MechscopeError
 from ..io import write_text
 from .sections import SECTIONS
 
@@ -32,11 +33,20 @@ th {{ background: #f3f5f9; }} code, .tok {{ font-family: ui-monospace, monospace
 """
 
 
-def build_report(model, prompt: str, out_dir: Path) -> Path:
-    """Run `model` on `prompt` and write `out_dir/index.html` (images inlined)."""
-    run = model.run(prompt, record="blocks.*.hook_resid_post")
-    body = "\n".join(section(model, run) for section in SECTIONS)
-    page = PAGE.format(title=html.escape(f"{model.name} on {prompt[:60]!r}"),
+def build_report(model, prompt: str | None, out_dir: Path) -> Path:
+    """Run `model` on `prompt` and write `out_dir/index.html` (images inlined).
+
+    Sections that need a text run are left out when there is no prompt or the model
+    does not read text (toy models, CNNs); zoo models add their figures."""
+    run = None
+    if prompt is not None:
+        if model.tokenizer is None:
+            raise MechscopeError(f"{model.name} has no tokenizer, so it cannot be run on a text prompt; leave out --prompt")
+        run = model.run(prompt, record="blocks.*.hook_resid_post")
+    parts = [section(model, run) for section in SECTIONS]
+    body = "\n".join(part for part in parts if part)
+    title = model.name if prompt is None else f"{model.name} on {prompt[:60]!r}"
+    page = PAGE.format(title=html.escape(title),
                        when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), body=body)
     return write_text(Path(out_dir) / "index.html", page)
 

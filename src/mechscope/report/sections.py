@@ -37,9 +37,9 @@ def _short_tokens(run) -> list[str]:
 
 def model_card(model, run) -> str:
     info = model.info()
-    rows = [(k, info[k]) for k in ("family", "model_type", "parameters", "dtype", "n_layers", "d_model",
-                                  "n_heads", "n_kv_heads", "d_head", "d_mlp", "d_vocab")]
-    rows[2] = ("parameters", f"{info['parameters']:,}")
+    keys = ("family", "model_type", "parameters", "dtype", "n_layers", "d_model", "n_heads", "n_kv_heads",
+            "d_head", "d_mlp", "d_vocab")
+    rows = [(k, f"{info[k]:,}" if k == "parameters" else info[k]) for k in keys if k in info]
     if model.name.startswith("zoo:"):
         metrics = zoo.card(model.name[4:]).get("metrics", {})
         rows += [(k, f"{v:.4g}" if isinstance(v, float) else v) for k, v in metrics.items()]
@@ -50,6 +50,8 @@ def model_card(model, run) -> str:
 
 
 def predictions(model, run) -> str:
+    if run is None:
+        return ""
     if run.logits is None:
         return "<h2>Predictions</h2><p>This model has no LM head, so it makes no next-token predictions.</p>"
     stats = run.next_token_stats()
@@ -78,6 +80,8 @@ def predictions(model, run) -> str:
 
 
 def residual_norms(model, run) -> str:
+    if run is None:
+        return ""
     names = [f"blocks.{layer}.hook_resid_post" for layer in range(model.dims.n_layers)]
     norms = torch.stack([run.cache[n][0].float().norm(dim=-1) for n in names]).cpu()
     fig, ax = _figure(max(6.0, 0.35 * norms.shape[1]), 0.4 * len(names) + 1.5)
@@ -96,4 +100,21 @@ def sites(model, run) -> str:
             f"that can be recorded and edited</summary><table>{rows}</table></details>")
 
 
-SECTIONS = [model_card, predictions, residual_norms, sites]
+def zoo_figures(model, run) -> str:
+    """The zoo model's own figures (the paper's plots), when it has any."""
+    name = model.name.removeprefix("zoo:")
+    if not model.name.startswith("zoo:") or name == "pycode":
+        return ""
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as tmp:
+        images = [f"<figure>{_embed(path)}<figcaption>{html.escape(path.stem)}</figcaption></figure>"
+                  for path in zoo.plots(name, Path(tmp))]
+    return f"<h2>Figures</h2>{''.join(images)}"
+
+
+def _embed(path) -> str:
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+
+
+SECTIONS = [model_card, predictions, residual_norms, zoo_figures, sites]

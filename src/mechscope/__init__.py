@@ -5,11 +5,11 @@
     run = model.run("def add(a, b):\\n    return", record="blocks.*.hook_resid_post")
 """
 
-from . import edits
+from . import attribution, edits, lens
 from .errors import MechscopeError
 from .model import Model
 from .models.loading import load
 from .run import Run
 
 __version__ = "0.1.0"
-__all__ = ["load", "Model", "Run", "MechscopeError", "edits", "__version__"]
+__all__ = ["load", "Model", "Run", "MechscopeError", "edits", "lens", "attribution", "__version__"]

@@ -29,6 +29,18 @@ def _atomic(path: Path, write) -> Path:
     return path
 
 
+def write_bytes(path: Path, data: bytes) -> Path:
+    return _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def write_figure(path: Path, fig, **savefig_kwargs) -> Path:
+    """Save a matplotlib figure atomically; the format follows the file's suffix (PNG by default)."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    savefig_kwargs = {"dpi": 110, "bbox_inches": "tight", **savefig_kwargs}
+    return _atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, **savefig_kwargs))
+
+
 def write_text(path: Path, text: str) -> Path:
     return _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 

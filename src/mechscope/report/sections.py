@@ -117,4 +117,9 @@ def _embed(path) -> str:
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
 
 
-SECTIONS = [model_card, predictions, residual_norms, zoo_figures, sites]
+def _lens(model, run) -> str:
+    from .lens import section
+    return section(model, run)
+
+
+SECTIONS = [model_card, predictions, _lens, residual_norms, zoo_figures, sites]

@@ -1,0 +1,206 @@
+"""The logit lens (nostalgebraist 2020): read every layer's residual stream with the
+model's own final norm and unembedding, as if the model stopped there.
+
+    lens = ms.lens.logit_lens(model, "def add(a, b):\\n    return", targets=[" a"])
+    lens.plot()                        # layer x position: top-1 token and its probability
+    lens.target_probs[:, 0, -1, 0]     # p(" a") at the last position, per layer
+
+Pass a tuned lens (or any `Translator`) as `translator=` to read the streams through it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from ..errors import MechscopeError
+from . import _common as C
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LogitLens(C.Saveable):
+    """What each residual stream predicts, per layer x prompt x position.
+
+    Distributions are softmax(unembed(final_norm(stream))) over the whole vocabulary, or
+    over `vocab_ids` when a subset was asked for (renormalised over the subset). The last
+    layer's stream gives exactly the model's own output distribution.
+    """
+
+    KIND = "logit_lens"
+
+    model_name: str
+    layers: list[str]
+    """Plot label per stream: 'embed' (blocks.0.hook_resid_pre), 'L{l} mid', 'L{l}' (resid_post)."""
+    sites: list[str]
+    tokens: Int[Tensor, "batch pos"]
+    """Input token at each lens position."""
+    positions: Int[Tensor, "batch pos"]
+    """Absolute position of each lens column in its sequence."""
+    mask: Bool[Tensor, "batch pos"]
+    """False where a column is padding (prompts of different lengths, all positions)."""
+    top_ids: Int[Tensor, "layer batch pos k"]
+    top_probs: Float[Tensor, "layer batch pos k"]
+    entropy: Float[Tensor, "layer batch pos"]
+    """Entropy of each layer's distribution, in nats."""
+    kl: Float[Tensor, "layer batch pos"]
+    """KL(final || layer) in nats: the model's output distribution against this layer's."""
+    targets: list[str] = field(default_factory=list)
+    target_ids: Int[Tensor, "target"] | None = None
+    target_probs: Float[Tensor, "layer batch pos target"] | None = None
+    target_ranks: Int[Tensor, "layer batch pos target"] | None = None
+    """0 for the most likely token."""
+    vocab_ids: Int[Tensor, "vocab"] | None = None
+    translator: str = "identity"
+    token_strings: dict[int, str] = field(default_factory=dict)
+    """Text of every token id that appears in `tokens` and `top_ids`."""
+
+    def __post_init__(self) -> None:
+        self.token_strings = {int(k): v for k, v in self.token_strings.items()}
+
+    def text(self, token_id: int) -> str:
+        return self.token_strings.get(int(token_id), str(int(token_id)))
+
+    def top_tokens(self, layer: int | str = -1, row: int = 0, pos: int = -1) -> list[tuple[str, float]]:
+        """The k most likely tokens (text, probability) of one stream at one position."""
+        i = self.layer_index(layer)
+        return [(self.text(t), float(p)) for t, p in zip(self.top_ids[i, row, pos], self.top_probs[i, row, pos])]
+
+    def layer_index(self, layer: int | str) -> int:
+        """Row of a stream given its label ('L3') or its index in `layers` (negative from the end)."""
+        if isinstance(layer, str):
+            if layer not in self.layers:
+                raise MechscopeError(f"no stream {layer!r} in this lens (streams: {', '.join(self.layers)})")
+            return self.layers.index(layer)
+        if not -len(self.layers) <= layer < len(self.layers):
+            raise MechscopeError(f"layer index {layer} is out of range: this lens has {len(self.layers)} streams "
+                                 f"({', '.join(self.layers)})")
+        return layer % len(self.layers)
+
+    def plot(self, row: int = 0, ax=None, max_chars: int = 8):
+        """The classic logit-lens picture for one prompt: streams (embedding at the bottom)
+        by position, coloured by the top-1 probability and labelled with the top-1 token."""
+        keep = self.mask[row].nonzero().flatten().tolist()
+        probs = self.top_probs[:, row, keep, 0].float().numpy()
+        fig, ax = C.figure(max(5.0, 0.75 * len(keep) + 2), max(2.5, 0.32 * len(self.layers) + 1.2)) if ax is None \
+            else (ax.figure, ax)
+        image = ax.imshow(probs, aspect="auto", origin="lower", cmap="Blues", vmin=0, vmax=1)
+        for li in range(len(self.layers)):
+            for col, pos in enumerate(keep):
+                word = self.text(self.top_ids[li, row, pos, 0])[:max_chars]
+                ax.text(col, li, repr(word)[1:-1], ha="center", va="center", fontsize=7,
+                        color="white" if probs[li, col] > 0.6 else "black")
+        ax.set_yticks(range(len(self.layers)), self.layers, fontsize=8)
+        ax.set_xticks(range(len(keep)), [repr(self.text(self.tokens[row, p]))[1:-1][:max_chars] for p in keep],
+                      rotation=60, ha="right", fontsize=8)
+        ax.set_xlabel("input token")
+        ax.set_title(f"{'logit' if self.translator == 'identity' else self.translator} lens: {self.model_name}",
+                     fontsize=9)
+        ax.figure.colorbar(image, ax=ax, label="top-1 probability")
+        return fig
+
+    def to_frame(self):
+        """One row per (layer, prompt, position): top-1 token, its probability, entropy, KL,
+        and the probability and rank of each target."""
+        pd = C.pandas()
+        rows = []
+        for li, label in enumerate(self.layers):
+            for b, p in self.mask.nonzero().tolist():
+                row = {"layer": label, "batch": b, "pos": int(self.positions[b, p]), "token": self.text(self.tokens[b, p]),
+                       "top1": self.text(self.top_ids[li, b, p, 0]), "p_top1": float(self.top_probs[li, b, p, 0]),
+                       "entropy": float(self.entropy[li, b, p]), "kl": float(self.kl[li, b, p])}
+                for ti, target in enumerate(self.targets):
+                    row[f"p[{target}]"] = float(self.target_probs[li, b, p, ti])
+                    row[f"rank[{target}]"] = int(self.target_ranks[li, b, p, ti])
+                rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def logit_lens(
+    model,
+    prompts,
+    *,
+    positions: int | Sequence[int] | None = None,
+    vocab: Sequence[str | int] | None = None,
+    targets: Sequence[str | int] | str | int | None = None,
+    k: int = 10,
+    include_mid: bool = True,
+    layers: Sequence[int] | int | None = None,
+    translator: C.Translator | None = None,
+    batch_size: int | None = None,
+) -> LogitLens:
+    """The logit lens of `prompts` (text, a list of texts, or token ids).
+
+    positions: only these positions of each prompt (negative from its end); None = all.
+    vocab: restrict every distribution to these tokens (strings of one token, or ids),
+    renormalised over them; top-k, entropy, KL and ranks are then within the subset.
+    targets: tokens (one token each) whose probability and rank are reported.
+    include_mid: also read hook_resid_mid (sequential blocks; not with a translator).
+    layers: only these blocks (the embedding stream is then left out); None = all.
+    translator: `translator(resid, index) -> resid` applied before the final norm (a tuned
+    lens); None reads the streams as they are. batch_size: prompts per forward pass.
+    """
+    C.require_lm_head(model, "the logit lens")
+    if k < 1:
+        raise MechscopeError(f"k must be at least 1, got {k}")
+    wanted = C.position_list(positions)
+    chosen = C.streams(model, include_mid=include_mid, layers=layers, with_translator=translator is not None)
+    vocab_ids = torch.tensor(C.token_ids(model, vocab, "vocab token")) if vocab is not None else None
+    target_ids = C.token_ids(model, targets, "target") if targets is not None else []
+    if vocab_ids is not None:
+        outside = [t for t in target_ids if t not in set(vocab_ids.tolist())]
+        if outside:
+            raise MechscopeError(f"targets {[C.decode(model, t) for t in outside]} are not in the vocab subset: "
+                                 "add them to vocab")
+    last = f"blocks.{model.dims.n_layers - 1}.hook_resid_post"
+    run = C.record(model, prompts, [s.site for s in chosen] + [last], wanted, batch_size)
+    absolute, mask = C.absolute_positions(run, wanted)
+    stack = torch.stack([C.translated(model, run, s, translator) for s in chosen])  # [layer, batch, pos, d_model]
+    size = model.dims.d_vocab if vocab_ids is None else len(vocab_ids)
+    stats = _statistics(model, stack, run.cache[last], vocab_ids, target_ids, min(k, size))
+    tokens = run.tokens.cpu().gather(1, absolute.clamp(max=run.tokens.shape[1] - 1))
+    seen = set(tokens[mask].tolist()) | set(stats["top_ids"].flatten().tolist()) | set(target_ids)
+    return LogitLens(
+        model_name=model.name, layers=[s.label for s in chosen], sites=[s.site for s in chosen], tokens=tokens,
+        positions=absolute, mask=mask, targets=[C.decode(model, t) for t in target_ids],
+        target_ids=torch.tensor(target_ids, dtype=torch.long) if target_ids else None, vocab_ids=vocab_ids,
+        translator="identity" if translator is None else type(translator).__name__,
+        token_strings={t: C.decode(model, t) for t in sorted(seen)}, **stats)
+
+
+def _statistics(model, stack: Tensor, final_resid: Tensor, vocab_ids: Tensor | None, target_ids: list[int],
+                k: int) -> dict[str, Tensor | None]:
+    """Top-k, entropy, KL to the final distribution and target probabilities / ranks of
+    every stream, pushing all streams through the head together in bounded chunks."""
+    n_layers, batch, pos, d_model = stack.shape
+    rows = stack.reshape(-1, d_model)
+    final = torch.cat([lp for _, lp in C.chunked_logprobs(model, final_resid.reshape(-1, d_model), vocab_ids)])
+    columns = None
+    if target_ids:
+        columns = torch.tensor(target_ids) if vocab_ids is None else torch.tensor(
+            [vocab_ids.tolist().index(t) for t in target_ids])
+    out = {"top_ids": torch.empty(len(rows), k, dtype=torch.long), "top_probs": torch.empty(len(rows), k),
+           "entropy": torch.empty(len(rows)), "kl": torch.empty(len(rows)),
+           "target_probs": torch.empty(len(rows), len(target_ids)) if target_ids else None,
+           "target_ranks": torch.empty(len(rows), len(target_ids), dtype=torch.long) if target_ids else None}
+    for start, logp in C.chunked_logprobs(model, rows, vocab_ids):
+        end = start + len(logp)
+        probs = logp.exp()
+        ref = final[torch.arange(start, end) % len(final)]
+        top = probs.topk(k, dim=-1)
+        ids = top.indices if vocab_ids is None else vocab_ids.to(top.indices.device)[top.indices]
+        out["top_ids"][start:end], out["top_probs"][start:end] = ids.cpu(), top.values.cpu()
+        out["entropy"][start:end] = -(probs * logp).nansum(-1).cpu()
+        out["kl"][start:end] = (ref.exp() * (ref - logp)).nansum(-1).clamp(min=0).cpu()
+        if columns is not None:
+            chosen = logp[:, columns.to(logp.device)]
+            out["target_probs"][start:end] = chosen.exp().cpu()
+            out["target_ranks"][start:end] = (logp[:, None, :] > chosen[:, :, None]).sum(-1).cpu()
+    shape = (n_layers, batch, pos)
+    return {name: None if v is None else v.reshape(*shape, *v.shape[1:]) for name, v in out.items()}

@@ -122,4 +122,9 @@ def _lens(model, run) -> str:
     return section(model, run)
 
 
-SECTIONS = [model_card, predictions, _lens, residual_norms, zoo_figures, sites]
+def _structure(model, run) -> str:
+    from .structure import section
+    return section(model, run)
+
+
+SECTIONS = [model_card, predictions, _lens, residual_norms, _structure, zoo_figures, sites]

@@ -92,3 +92,11 @@ def test_not_a_model_folder(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(ms.MechscopeError, match="not a Hugging Face model folder"):
         ms.load(str(tmp_path))
+
+
+def test_token_ids_and_lengths_are_checked(gpt2):
+    with pytest.raises(ms.MechscopeError) as err:
+        gpt2.run(torch.tensor([[1, 2, 97]]))
+    assert "outside this model's vocabulary (0-96)" in _one_line(err)
+    with pytest.raises(ms.MechscopeError, match="exceed this model's 64 positions"):
+        gpt2.run(torch.zeros(1, 65, dtype=torch.long))

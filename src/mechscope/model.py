@@ -149,6 +149,7 @@ class Model(WeightAccess):
         names = self.table.resolve(record) if record else []
         inputs = self.tokenize(prompts, attention_mask)
         ids, mask = next(iter(inputs.values())), inputs.get("attention_mask")
+        self._check_tokens(inputs)
         size = batch_size or len(ids)
         if size < 1:
             raise MechscopeError(f"batch_size must be at least 1, got {batch_size}")
@@ -165,6 +166,20 @@ class Model(WeightAccess):
         if "logits" in names:
             cache["logits"] = out
         return Run(ids, mask, out if self.output_is_logits else None, cache, out, self.tokenizer)
+
+    def _check_tokens(self, inputs: dict[str, Tensor]) -> None:
+        """Out-of-range ids or too-long sequences fail here, not deep inside torch."""
+        ids = inputs.get("input_ids")
+        if ids is None or ids.numel() == 0:
+            return
+        vocab = self.module(self.adapter.embed).num_embeddings
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= vocab:
+            raise MechscopeError(f"token id {high if high >= vocab else low} is outside this model's vocabulary (0-{vocab - 1})")
+        if self.adapter.pos_embed and self._has_module(self.adapter.pos_embed):
+            n_ctx = self.module(self.adapter.pos_embed).num_embeddings
+            if ids.shape[1] > n_ctx:
+                raise MechscopeError(f"sequences of {ids.shape[1]} tokens exceed this model's {n_ctx} positions: shorten them")
 
     @property
     def has_lm_head(self) -> bool:

@@ -139,6 +139,6 @@ def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | tor
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError):
-        log.warning("%s has no tokenizer; pass token ids instead of text", name)
+        log.info("%s has no tokenizer; pass token ids instead of text", name)
         tokenizer = None
     return Model(hf, tokenizer, name=name)

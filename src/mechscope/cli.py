@@ -117,6 +117,8 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--out", required=True, help="output folder (index.html goes there)")
     report.set_defaults(func=_report)
 
+    _method_commands(sub)
+
     zoo = sub.add_parser("zoo", help="the bundled, project-trained models")
     zsub = zoo.add_subparsers(dest="zoo_cmd", required=True)
     zsub.add_parser("list", help="list zoo models")
@@ -131,7 +133,30 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _method_commands(sub) -> None:
+    """Commands whose parsers live with their methods (mechscope/commands/)."""
+    from .commands import dla, heads, lens, structure, tuned_lens
+    table = [
+        ("lens", "logit lens (or tuned lens) of a prompt: what each layer predicts", lens.configure, lens.execute),
+        ("lens-train", "train a tuned lens on a local corpus (also: `mechscope lens train`)", tuned_lens.configure,
+         tuned_lens.execute),
+        ("dla", "direct logit attribution of a token (difference) to every head and MLP", dla.configure, dla.execute),
+        ("heads", heads.HELP, heads.configure, heads.execute),
+        ("attention-graph", "attention patterns as graphs: statistics vs random, communities, spectra",
+         structure.configure_attention_graph, structure.execute_attention_graph),
+        ("spectra", "singular-value spectra of every weight and OV/QK circuit (or of a fine-tune's update)",
+         structure.configure_spectra, structure.execute_spectra),
+    ]
+    for name, help_text, configure, execute in table:
+        command = sub.add_parser(name, help=help_text)
+        configure(command)
+        command.set_defaults(func=execute)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["lens", "train"]:  # `lens MODEL PROMPT` and `lens train MODEL` share a name
+        argv = ["lens-train", *argv[2:]]
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

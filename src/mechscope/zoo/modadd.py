@@ -380,7 +380,7 @@ def _analysis_summary(curves) -> dict:
 def plots(folder: Path, out_dir: Path) -> list[Path]:
     """The paper's figures from a modadd folder: progress measures over training, the loss
     history, and the embedding's Fourier norms. Returns the PNG paths."""
-    from ..io import _atomic
+    from ..io import write_figure
     from ..models.loading import load
     from ..toys import grokking
 
@@ -395,5 +395,5 @@ def plots(folder: Path, out_dir: Path) -> list[Path]:
     }
     paths = []
     for name, fig in figures.items():
-        paths.append(_atomic(out_dir / name, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=110)))
+        paths.append(write_figure(out_dir / name, fig, bbox_inches=None))
     return paths

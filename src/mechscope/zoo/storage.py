@@ -31,7 +31,10 @@ def save_module_folder(module: nn.Module, kwargs: dict, out_dir: Path, extra_fil
         save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, tmp / "model.safetensors")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        os.chmod(tmp, 0o755)
+        umask = os.umask(0)
+        os.umask(umask)
+        for path in [tmp, *tmp.iterdir()]:  # mkdtemp makes 0700; give the folder normal permissions
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

@@ -127,4 +127,14 @@ def _structure(model, run) -> str:
     return section(model, run)
 
 
-SECTIONS = [model_card, predictions, _lens, residual_norms, _structure, zoo_figures, sites]
+def _attribution(model, run) -> str:
+    from .reading import attribution
+    return attribution(model, run)
+
+
+def _heads(model, run) -> str:
+    from .reading import heads
+    return heads(model, run)
+
+
+SECTIONS = [model_card, predictions, _lens, _attribution, residual_norms, _heads, _structure, zoo_figures, sites]

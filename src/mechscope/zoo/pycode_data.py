@@ -1,11 +1,11 @@
 """Corpus and tokenizer for the `zoo:pycode` model: the Python standard library's own source.
 
-The corpus is every ``.py`` file under ``sysconfig.get_paths()["stdlib"]``, excluding
-``site-packages`` (and, by default, the test suites), read as UTF-8. Files are split into
-train and held-out by a hash of their path relative to the stdlib root, so the split does
-not depend on the order in which the file system lists them. Because the stdlib differs
-across Python versions, :func:`load_corpus` returns a fingerprint (a SHA-256 of the sorted
-relative paths and byte sizes) that the model card records.
+The corpus is every ``.py`` file under ``sysconfig.get_paths()["stdlib"]`` except
+``site-packages`` and (by default) the test suites, read as UTF-8. Files are
+split into train and held-out by a hash of their path relative to the stdlib root, so the
+split does not depend on the order in which the file system lists them. Because the stdlib
+differs across Python versions, :func:`load_corpus` returns a fingerprint (a SHA-256 of the
+sorted relative paths and byte sizes) that the model card records.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ EOS = "<|endoftext|>"
 TEST_DIRS = frozenset({"test", "tests", "idle_test"})
 """Directory names whose contents count as test suites."""
 
+SKIP_DIRS = frozenset({"site-packages", "__pycache__"})
+"""Never read: third-party packages and caches. (``pydoc_data/topics.py``, 750 KB of generated
+English help text, is kept: it lands in the held-out split and dominates the held-out loss.)"""
+
 
 @dataclass(frozen=True)
 class Corpus:
@@ -62,11 +66,11 @@ def stdlib_root() -> Path:
 
 
 def list_sources(root: Path, include_tests: bool) -> list[str]:
-    """Sorted relative POSIX paths of the ``.py`` files under ``root``, minus site-packages."""
+    """Sorted relative POSIX paths of the ``.py`` files under ``root``, minus ``SKIP_DIRS``."""
     out = []
     for path in root.rglob("*.py"):
         parts = path.relative_to(root).parts
-        if "site-packages" in parts or "__pycache__" in parts:
+        if SKIP_DIRS.intersection(parts[:-1]):
             continue
         if not include_tests and TEST_DIRS.intersection(parts[:-1]):
             continue
@@ -182,10 +186,16 @@ def perm(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
+def eval_subset(chunks: torch.Tensor, recipe: PycodeRecipe) -> torch.Tensor:
+    """A fixed, seeded sample of at most ``recipe.eval_sequences`` windows."""
+    return chunks[perm(len(chunks), recipe.seed, -1)[: recipe.eval_sequences]]
+
+
 def batch_for_step(chunks: torch.Tensor, step: int, recipe: PycodeRecipe) -> torch.Tensor:
     """The training batch of ``step`` [batch, context + 1]: a pure function of the step.
 
-    Each epoch visits every chunk once in a seeded order; resuming needs only the step.
+    Each epoch visits every chunk once in a seeded order; resuming needs only the step. A
+    seeded ``repeat_fraction`` of rows tile their first ``span`` tokens instead.
     """
     n, b = len(chunks), recipe.batch_size
     idx = []
@@ -195,7 +205,8 @@ def batch_for_step(chunks: torch.Tensor, step: int, recipe: PycodeRecipe) -> tor
     if recipe.repeat_fraction > 0:
         g = torch.Generator().manual_seed(recipe.seed * 7_919 + step)
         rows = torch.rand(b, generator=g) < recipe.repeat_fraction
-        half = (batch.shape[1] + 1) // 2
-        repeated = torch.cat([batch[:, :half], batch[:, : batch.shape[1] - half]], dim=1)
-        batch = torch.where(rows[:, None], repeated, batch)
+        lo, hi = recipe.repeat_span
+        span = torch.randint(lo, hi + 1, (b, 1), generator=g)
+        tiled = batch.gather(1, torch.arange(batch.shape[1]) % span)  # [b, context + 1]
+        batch = torch.where(rows[:, None], tiled, batch)
     return batch

@@ -4,7 +4,7 @@ record and edit during a forward pass. The model's own forward always runs uncha
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import torch

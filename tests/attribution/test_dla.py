@@ -12,7 +12,6 @@ from mechscope.attribution import DirectLogitAttribution, direct_logit_attributi
 from ..lens.helpers import check_shapes, minilm_dir, pycode_or_worded
 from ..models.tiny import FAMILY_NAMES, tiny_model
 
-torch.set_num_threads(1)
 DECODERS = [k for k in FAMILY_NAMES if k != "bert"]
 
 

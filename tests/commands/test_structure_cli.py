@@ -20,13 +20,6 @@ from ..models.tiny import tiny_model
 WORDS = ["[UNK]", "[PAD]", "def", "add", "(", "a", ",", "b", ")", ":", "return", "+", "x", "y", "print"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def word_tokenizer() -> T.PreTrainedTokenizerFast:
     """A word-level tokenizer built here (nothing from a hub)."""

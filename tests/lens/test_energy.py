@@ -14,7 +14,6 @@ from mechscope.lens import TokenEnergy, effective_unembedding, token_energy, tok
 from ..models.tiny import tiny_model
 from .helpers import check_shapes
 
-torch.set_num_threads(1)
 SUBSET = [2, 3, 5, 8, 13, 21, 34, 55, 89, 90]
 
 

@@ -12,7 +12,6 @@ from mechscope.lens import LatentLanguage, latent_language
 from ..models.tiny import tiny_model
 from .helpers import check_shapes, minilm_dir
 
-torch.set_num_threads(1)
 EN, FR = 1, 2
 
 

@@ -15,7 +15,6 @@ from mechscope.report.lens import section
 from ..models.tiny import FAMILY_NAMES, tiny_model
 from .helpers import check_shapes, minilm_dir, pycode_or_worded, worded_model
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

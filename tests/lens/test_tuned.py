@@ -20,7 +20,6 @@ from mechscope.zoo import zoo_path
 from tests.lens.helpers import check_shapes, save_worded
 from tests.models.tiny import tiny_model
 
-torch.set_num_threads(1)
 
 
 def random_contexts(n: int = 24, ctx: int = 16, vocab: int = 97, seed: int = 0) -> torch.Tensor:

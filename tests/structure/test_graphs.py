@@ -17,14 +17,6 @@ from mechscope.structure.graph_stats import as_digraph, er_samples
 from ..models.tiny import tiny_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny linear algebra is slower with two contending threads on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def networkx_statistics(a: np.ndarray) -> dict[str, float]:
     g = as_digraph(a)

@@ -16,14 +16,6 @@ from mechscope.errors import MechscopeError
 from ..models.tiny import tiny_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny linear algebra is slower with two contending threads on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.mark.parametrize("d", [2, 7, 32])
 def test_statistics_of_known_spectra(d):

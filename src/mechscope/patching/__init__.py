@@ -3,9 +3,17 @@ between a clean and a corrupted prompt.
 
 - `Task` (clean / corrupt token ids, answers, foils) and metrics (`logit_diff`,
   `answer_prob`, `answer_logit`, `cross_entropy`, `kl_to_clean`; any callable of the logits).
+- `sweep(model, task, metric, sweep="resid"|"attn"|"mlp"|"heads"|"heads-pos", direction=...)`
+  -> `PatchResult`: exact activation patching, many patches per forward along the batch.
+- `patch(model, task, metric, [Patch(site, position, head), ...])`: several patched at once.
+- `attribution_sweep(...)` -> `PatchResult`: first-order estimate from one forward+backward;
+  `agreement(exact, approx)` -> Pearson r and sign agreement.
 """
 
 from .metrics import Metric, answer_logit, answer_prob, as_metric, by_name, cross_entropy, kl_to_clean, logit_diff
+from .attribution import Agreement, agreement, attribution_sweep, site_gradients
+from .result import PatchResult
+from .sweep import SWEEPS, Patch, patch, sweep
 from .task import Task
 
 __all__ = [
@@ -18,4 +26,13 @@ __all__ = [
     "answer_logit",
     "cross_entropy",
     "kl_to_clean",
+    "sweep",
+    "patch",
+    "Patch",
+    "SWEEPS",
+    "PatchResult",
+    "attribution_sweep",
+    "site_gradients",
+    "agreement",
+    "Agreement",
 ]

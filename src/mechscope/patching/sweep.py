@@ -115,9 +115,11 @@ def _site_edit(model, site: str, picks: list[tuple[int, int | None, int | None]]
 
 
 def run_groups(model, task: Task, groups: Sequence[Group], source: dict[str, Tensor], base: Tensor,
-               metric: Metric, batch_size: int | None = None, progress: bool = False) -> Tensor:
+               metric: Metric, batch_size: int | None = None, progress: bool = False,
+               extra: Sequence[E.Edit] = ()) -> Tensor:
     """The metric of each group's patched run: `base` tokens, `source` activations written
-    at the group's patches. Groups ride the batch dimension, `batch_size` rows a forward."""
+    at the group's patches. Groups ride the batch dimension, `batch_size` rows a forward.
+    `extra` edits apply to every copy (they see all copies' rows)."""
     rows = len(task)
     per_forward = max(1, (batch_size or 128) // rows)
     mask = task.attention_mask()
@@ -132,7 +134,7 @@ def run_groups(model, task: Task, groups: Sequence[Group], source: dict[str, Ten
         edits = [_site_edit(model, site, picks, source[site], len(chunk)) for site, picks in by_site.items()]
         with torch.no_grad():
             logits = model.run(base.repeat(len(chunk), 1), attention_mask=mask.repeat(len(chunk), 1),
-                               edits=edits).logits
+                               edits=[*extra, *edits]).logits
         values += [metric(logits[c * rows:(c + 1) * rows]).detach().float().cpu() for c in range(len(chunk))]
     return torch.stack(values) if values else torch.zeros(0)
 

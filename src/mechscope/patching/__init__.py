@@ -8,13 +8,20 @@ between a clean and a corrupted prompt.
 - `patch(model, task, metric, [Patch(site, position, head), ...])`: several patched at once.
 - `attribution_sweep(...)` -> `PatchResult`: first-order estimate from one forward+backward;
   `agreement(exact, approx)` -> Pearson r and sign agreement.
+- `causal_trace(model, prompt, subject)` -> `TraceResult` (ROME): noise the subject's
+  embeddings, restore single states / windows, read the clean answer's probability.
+- `path_patch(model, task, metric, senders, receivers)` -> `PathEffect` (Wang et al. 2022).
+- `ablate(model, task, metric, site, how="zero"|"mean"|"resample")` -> `Ablation`.
 """
 
 from .metrics import Metric, answer_logit, answer_prob, as_metric, by_name, cross_entropy, kl_to_clean, logit_diff
+from .ablate import Ablation, ablate, ablation_edit
 from .attribution import Agreement, agreement, attribution_sweep, site_gradients
 from .result import PatchResult
 from .sweep import SWEEPS, Patch, patch, sweep
 from .task import Task
+from .paths import PathEffect, path_patch
+from .tracing import TraceResult, causal_trace, subject_positions
 
 __all__ = [
     "Task",
@@ -35,4 +42,12 @@ __all__ = [
     "site_gradients",
     "agreement",
     "Agreement",
+    "causal_trace",
+    "TraceResult",
+    "subject_positions",
+    "path_patch",
+    "PathEffect",
+    "ablate",
+    "ablation_edit",
+    "Ablation",
 ]

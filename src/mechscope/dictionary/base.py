@@ -1,0 +1,237 @@
+"""`SparseCoder`: the shape every dictionary shares, and its save/load.
+
+Orientation follows SAELens: W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_out],
+b_dec [d_out]. For an autoencoder (d_out == d_in) the encoder reads x - b_dec.
+
+Scale: `cfg.norm_scale` s multiplies inputs and targets before anything else, so the
+weights live in the normalised space (mean norm sqrt(d)); `decode` divides by s again,
+so `encode`/`decode`/`forward().x_hat` all speak raw activations. Losses are computed in
+the normalised space. `save` keeps s in cfg.json (exact resume); `fold_norm_scale()`
+returns an equivalent coder with s = 1 (what the external formats store).
+
+Training loop contract (S2's trainer):
+    out = coder(x, dead_mask=dead)      # CoderOutput
+    out.loss.backward()
+    coder.before_step()                 # e.g. drop gradient parallel to unit-norm decoder rows
+    opt.step(); coder.after_step()      # e.g. renormalise decoder rows
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from jaxtyping import Bool, Float
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from .. import io
+from ..errors import MechscopeError
+from .config import CoderConfig
+from .median import geometric_median
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "sae.safetensors"
+FORMAT = "mechscope.dictionary"
+
+
+class CoderOutput(NamedTuple):
+    x_hat: Float[Tensor, "batch d_out"]
+    """Reconstruction, in raw activation units."""
+    acts: Float[Tensor, "batch d_sae"]
+    """Post-activation latents (dense; zeros where inactive)."""
+    loss: Float[Tensor, ""]
+    """Total training loss."""
+    parts: dict[str, Tensor]
+    """Named terms (detached): mse, plus l1 / l0 / aux / gate_aux / balance by architecture; l0 (mean active latents)."""
+
+
+_REGISTRY: dict[str, type["SparseCoder"]] = {}
+
+
+def register(cls):
+    _REGISTRY[cls.ARCH] = cls
+    return cls
+
+
+def dtype_of(name: str) -> torch.dtype:
+    return getattr(torch, name)
+
+
+class SparseCoder(nn.Module):
+    """Base class: linear encoder, architecture-specific activation, linear decoder."""
+
+    ARCH = ""
+    UNIT_NORM = False
+    """Keep decoder rows at unit norm (and project their gradient) — the topk family."""
+
+    def __init__(self, cfg: CoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        dtype = dtype_of(cfg.dtype)
+        d_in, d_sae, d_out = cfg.d_in, cfg.d_sae, cfg.out_dim
+        W_dec = torch.randn(d_sae, d_out)
+        W_dec = W_dec / W_dec.norm(dim=-1, keepdim=True) * self.init_row_norm()
+        self.W_dec = nn.Parameter(W_dec.to(dtype))
+        W_enc = W_dec.T.clone() if d_out == d_in else torch.randn(d_in, d_sae) / d_in ** 0.5
+        self.W_enc = nn.Parameter(W_enc.contiguous().to(dtype))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=dtype))
+        self.b_dec = nn.Parameter(torch.zeros(d_out, dtype=dtype))
+
+    def init_row_norm(self) -> float:
+        return 1.0
+
+    # The maps
+
+    @property
+    def autoencoder(self) -> bool:
+        return self.cfg.out_dim == self.cfg.d_in
+
+    def _check(self, x: Tensor) -> None:
+        if x.shape[-1] != self.cfg.d_in:
+            raise MechscopeError(f"this dictionary reads {self.cfg.d_in}-wide activations but got width {x.shape[-1]}"
+                                 f"{' (site ' + self.cfg.hook_name + ')' if self.cfg.hook_name else ''}")
+
+    def scaled(self, x: Tensor) -> Tensor:
+        x = x.to(self.W_enc.dtype)
+        return x * self.cfg.norm_scale if self.cfg.norm_scale != 1.0 else x
+
+    def centered(self, xs: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_in"]:
+        """Normalised input minus the pre-encoder bias (autoencoders only)."""
+        return xs - self.b_dec if self.autoencoder else xs
+
+    def pre_acts(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
+        """Encoder pre-activations of raw inputs."""
+        self._check(x)
+        return self.centered(self.scaled(x)) @ self.W_enc + self.b_enc
+
+    def activate(self, pre: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
+        raise NotImplementedError
+
+    def encode(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
+        """Latent activations of raw inputs (any leading shape)."""
+        lead = x.shape[:-1]
+        acts = self.activate(self.pre_acts(x.reshape(-1, x.shape[-1])))
+        return acts.reshape(*lead, self.cfg.d_sae)
+
+    def decode_scaled(self, acts: Tensor) -> Tensor:
+        return acts.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+
+    def decode(self, acts: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_out"]:
+        """Reconstruction in raw units (normalised reconstruction / norm_scale)."""
+        out = self.decode_scaled(acts)
+        return out / self.cfg.norm_scale if self.cfg.norm_scale != 1.0 else out
+
+    def forward(self, x: Float[Tensor, "batch d_in"], *, dead_mask: Bool[Tensor, "d_sae"] | None = None,
+                target: Float[Tensor, "batch d_out"] | None = None) -> CoderOutput:
+        self._check(x)
+        xs = self.scaled(x)
+        ts = xs if target is None else self.scaled(target)
+        x_hat_s, acts, loss, parts = self.compute(xs, ts, dead_mask)
+        parts = {"mse": mse(x_hat_s, ts).detach(), **{k: v.detach() for k, v in parts.items()},
+                 "l0": (acts != 0).float().sum(-1).mean().detach()}
+        x_hat = x_hat_s / self.cfg.norm_scale if self.cfg.norm_scale != 1.0 else x_hat_s
+        return CoderOutput(x_hat, acts, loss, parts)
+
+    def compute(self, xs: Tensor, ts: Tensor, dead_mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, dict]:
+        """(normalised x_hat, acts, total loss, extra loss terms) for normalised input and target."""
+        raise NotImplementedError
+
+    # Training hooks
+
+    @torch.no_grad()
+    def before_step(self) -> None:
+        """Call after backward, before the optimiser step: remove the gradient component
+        parallel to each unit-norm decoder row (the row norm stays put to first order)."""
+        if self.UNIT_NORM and self.W_dec.grad is not None:
+            W, g = self.W_dec, self.W_dec.grad
+            g -= (g * W).sum(-1, keepdim=True) * W / W.pow(2).sum(-1, keepdim=True).clamp_min(1e-12)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Call after the optimiser step: renormalise decoder rows where the method keeps them unit-norm."""
+        if self.UNIT_NORM:
+            self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    @torch.no_grad()
+    def init_from_data(self, x_sample: Float[Tensor, "n d_in"], target: Tensor | None = None) -> None:
+        """b_dec at the geometric median of the (normalised) sample, or of the target for transcoders."""
+        data = x_sample if self.autoencoder else target
+        if data is None:
+            return
+        self.b_dec.copy_(geometric_median(self.scaled(data.reshape(-1, data.shape[-1])).float()).to(self.b_dec.dtype))
+
+    # Artifacts
+
+    def fold_norm_scale(self) -> "SparseCoder":
+        """An equivalent coder with norm_scale 1: W_enc * s, W_dec / s, b_dec / s (and what each
+        architecture adds); the map on raw activations is unchanged, latents are identical."""
+        s = self.cfg.norm_scale
+        new = build(self.cfg.replace(norm_scale=1.0))
+        state = {k: v.clone() for k, v in self.state_dict().items()}
+        for name, v in self.fold_rules(s).items():
+            state[name] = v
+        new.load_state_dict(state)
+        return new
+
+    def fold_rules(self, s: float) -> dict[str, Tensor]:
+        """Weights that change when the input scale s is folded in."""
+        # (s x - b_dec) W_enc = (x - b_dec / s)(s W_enc); (acts W_dec + b_dec) / s = acts (W_dec / s) + b_dec / s
+        return {"W_enc": self.W_enc.detach() * s, "W_dec": self.W_dec.detach() / s, "b_dec": self.b_dec.detach() / s}
+
+    def save(self, folder: str | Path) -> Path:
+        """cfg.json + sae.safetensors, each written atomically."""
+        folder = Path(folder)
+        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        io.write_tensors(folder / WEIGHTS_FILE, tensors, metadata={"format": FORMAT})
+        io.write_json(folder / "cfg.json", {"format": FORMAT, **self.cfg.to_dict()})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device | None = None) -> "SparseCoder":
+        """Load a mechscope dictionary folder (dispatches on cfg.arch)."""
+        folder = Path(folder)
+        cfg_path = folder / "cfg.json"
+        if not cfg_path.exists():
+            raise MechscopeError(f"{folder} has no cfg.json: it is not a dictionary folder "
+                                 "(for SAELens or sparsify folders use mechscope.dictionary.read)")
+        data = json.loads(cfg_path.read_text())
+        if data.get("format") != FORMAT:
+            raise MechscopeError(f"{folder} is not a mechscope dictionary (cfg.json format={data.get('format')!r}): "
+                                 "use mechscope.dictionary.read for SAELens or sparsify folders")
+        coder = build(CoderConfig.from_dict(data))
+        state = load_file(str(folder / WEIGHTS_FILE), device=str(device or "cpu"))
+        coder.load_state_dict(state)
+        return coder.to(device) if device is not None else coder
+
+    def direction(self, feature: int) -> Float[Tensor, "d_out"]:
+        """Unit decoder row of one latent (for model.steer)."""
+        if not 0 <= feature < self.cfg.d_sae:
+            raise MechscopeError(f"feature {feature} is out of range: this dictionary has {self.cfg.d_sae} latents (0-{self.cfg.d_sae - 1})")
+        row = self.W_dec[feature].detach().float()
+        return row / row.norm().clamp_min(1e-12)
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        return f"arch={c.arch}, d_in={c.d_in}, d_sae={c.d_sae}, d_out={c.out_dim}, hook_name={c.hook_name!r}"
+
+
+def mse(x_hat: Tensor, target: Tensor) -> Tensor:
+    """Squared error summed over the feature axis, averaged over the batch."""
+    return (x_hat.float() - target.float()).pow(2).sum(-1).mean()
+
+
+def normalized_mse(x_hat: Tensor, target: Tensor) -> Tensor:
+    """Squared error divided by the target's variance around its batch mean."""
+    t = target.float()
+    return (x_hat.float() - t).pow(2).sum() / (t - t.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+
+def build(cfg: CoderConfig) -> SparseCoder:
+    """A freshly initialised dictionary of cfg.arch."""
+    from . import batchtopk, gated, jumprelu, matryoshka, relu, switch, topk  # noqa: F401  (register)
+    return _REGISTRY[cfg.arch](cfg)

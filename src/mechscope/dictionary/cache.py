@@ -1,0 +1,175 @@
+"""Activations written to disk once, read back as shuffled batches many times.
+
+    write_cache(model, ["blocks.2.hook_resid_post"], data.train, "runs/acts")
+    reader = CacheReader("runs/acts", batch_tokens=4096, seed=0)
+    for batch, position in reader.batches():        # {site: [4096, d_in]}, step index
+
+Layout: `folder/cfg.json` (model, sites, contexts, shards) and one folder per site
+(`folder/blocks.2.hook_resid_post/`) holding `cfg.json` (model, site, d_in, dtype, n_tokens,
+shard sizes) and shards `shard-00000.npy` ([tokens, d_in], memory-mapped when read), plus
+`folder/tokens-00000.npy` (the token id of every cached row, int32). Shard i holds the kept
+positions (see `SourceConfig`) of contexts [i * shard_contexts, (i + 1) * shard_contexts) in
+corpus order, for every site, so rows line up across sites.
+
+Writing is resumable: every file is written atomically and a shard whose files all exist is
+skipped; the manifests are written last. Reading: batch `step` takes the rows
+`step * batch_tokens ... (step + 1) * batch_tokens` of an endless sequence of seeded
+epoch permutations, a pure function of (seed, epoch, step), so resuming at a step is exact.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from ..errors import MechscopeError
+from ..io import write_bytes, write_json
+from .source import Batch, SourceConfig, keep_mask, rank_slice, record, resolve_sites, site_width
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    write_bytes(path, buf.getvalue())
+
+
+def _shard(i: int) -> str:
+    return f"shard-{i:05d}.npy"
+
+
+def write_cache(model, sites: str | Sequence[str], contexts: Int[Tensor, "n ctx"], folder: str | Path, *,
+                cfg: SourceConfig = SourceConfig(), shard_contexts: int = 256, dtype: str = "float32",
+                progress: bool = False) -> Path:
+    """Record `sites` over `contexts` into `folder` (resuming a partial cache there)."""
+    from tqdm.auto import tqdm
+    if dtype not in DTYPES:
+        raise MechscopeError(f"cache dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if shard_contexts < 1:
+        raise MechscopeError(f"shard_contexts must be at least 1, got {shard_contexts}")
+    folder, names = Path(folder), resolve_sites(model, sites)
+    n_shards = -(-len(contexts) // shard_contexts)
+    meta = {"model": model.name, "sites": names, "contexts": len(contexts), "ctx_len": contexts.shape[1],
+            "contexts_sha256": hashlib.sha256(contexts.to(torch.int64).numpy().tobytes()).hexdigest(),
+            "shard_contexts": shard_contexts, "dtype": dtype, "source": asdict(cfg)}
+    meta = json.loads(json.dumps(meta))  # as it reads back (tuples become lists)
+    _check_partial(folder, meta)
+    write_json(folder / "progress.json", meta)
+    done = 0
+    for i in tqdm(range(n_shards), desc="caching activations", unit="shard", disable=not progress):
+        paths = [folder / s / _shard(i) for s in names] + [folder / f"tokens-{i:05d}.npy"]
+        if all(p.is_file() for p in paths):
+            continue
+        ids = contexts[i * shard_contexts:(i + 1) * shard_contexts]
+        acts = record(model, names, ids, cfg)
+        for s in names:
+            _save_npy(folder / s / _shard(i), acts[s].numpy().astype(DTYPES[dtype]))
+        _save_npy(paths[-1], ids[keep_mask(ids, cfg)].to(torch.int32).numpy())
+        done += 1
+    log.info("cache %s: %d shard(s) written, %d already there", folder, done, n_shards - done)
+    sizes = [int(np.load(folder / f"tokens-{i:05d}.npy", mmap_mode="r").shape[0]) for i in range(n_shards)]
+    for s in names:
+        write_json(folder / s / "cfg.json", {"model": model.name, "site": s, "d_in": site_width(model, s),
+                                             "dtype": dtype, "n_tokens": sum(sizes), "shards": sizes})
+    write_json(folder / "cfg.json", {**meta, "n_tokens": sum(sizes), "shards": sizes})
+    (folder / "progress.json").unlink()
+    return folder
+
+
+def _check_partial(folder: Path, meta: dict) -> None:
+    """A folder holding another cache (or a partial one of other settings) is not overwritten."""
+    for name in ("cfg.json", "progress.json"):
+        path = folder / name
+        if path.is_file():
+            old = json.loads(path.read_text())
+            same = {k: old.get(k) for k in meta} == meta
+            if not same:
+                raise MechscopeError(f"'{folder}' already holds an activation cache with other settings "
+                                     "(model, sites, contexts or dtype): choose another folder or delete it")
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def rows_for_step(n: int, step: int, batch: int, seed: int) -> Tensor:
+    """Global row indices of batch `step`: consecutive slots of seeded epoch permutations."""
+    slots = torch.arange(step * batch, (step + 1) * batch)
+    epochs = slots // n
+    out = torch.empty(batch, dtype=torch.long)
+    for e in epochs.unique():
+        where = epochs == e
+        out[where] = _epoch_order(n, seed, int(e))[slots[where] % n]
+    return out
+
+
+class CacheReader:
+    """Seeded shuffled batches from a cache folder (every site it holds, or `sites`)."""
+
+    def __init__(self, folder: str | Path, *, batch_tokens: int = 4096, seed: int = 0,
+                 sites: Sequence[str] | None = None):
+        self.folder = Path(folder)
+        manifest = self.folder / "cfg.json"
+        if not manifest.is_file():
+            hint = " (writing it did not finish: run the cache command again to resume)" if (
+                self.folder / "progress.json").is_file() else ""
+            raise MechscopeError(f"'{folder}' is not an activation cache: no cfg.json{hint}")
+        self.meta = json.loads(manifest.read_text())
+        missing = [s for s in (sites or []) if s not in self.meta["sites"]]
+        if missing:
+            raise MechscopeError(f"the cache in '{folder}' has no site {missing[0]!r} (it has: {', '.join(self.meta['sites'])})")
+        self.sites = list(sites or self.meta["sites"])
+        self.batch_tokens, self.seed = batch_tokens, seed
+        self.n_tokens = int(self.meta["n_tokens"])
+        if self.n_tokens == 0:
+            raise MechscopeError(f"the cache in '{folder}' holds no tokens")
+        self.widths = {s: int(json.loads((self.folder / s / "cfg.json").read_text())["d_in"]) for s in self.sites}
+        self.offsets = np.cumsum([0, *self.meta["shards"]])
+        self._maps = {s: [np.load(self.folder / s / _shard(i), mmap_mode="r") for i in range(len(self.meta["shards"]))]
+                      for s in self.sites}
+
+    @property
+    def start(self) -> int:
+        return 0
+
+    def rows(self, index: Tensor) -> Batch:
+        """Cached rows by global index, in the order given, as float32 tensors."""
+        order = np.argsort(index.numpy(), kind="stable")
+        wanted = index.numpy()[order]
+        shard = np.searchsorted(self.offsets, wanted, side="right") - 1
+        out = {}
+        for s in self.sites:
+            parts = [np.asarray(self._maps[s][k][wanted[shard == k] - self.offsets[k]]) for k in np.unique(shard)]
+            sorted_rows = torch.from_numpy(np.concatenate(parts).astype(np.float32))
+            result = torch.empty_like(sorted_rows)
+            result[torch.from_numpy(order)] = sorted_rows
+            out[s] = result
+        return out
+
+    def tokens(self) -> Tensor:
+        """The token id of every cached row, in cache order."""
+        return torch.cat([torch.from_numpy(np.load(self.folder / f"tokens-{i:05d}.npy").astype(np.int64))
+                          for i in range(len(self.meta["shards"]))])
+
+    def batches(self, position: int | None = None, *, rank: int = 0, world: int = 1) -> Iterator[tuple[Batch, int]]:
+        """Endless (this rank's slice of batch `step`, step + 1) from step `position`."""
+        step = position or 0
+        share = rank_slice(self.batch_tokens, rank, world)
+        while True:
+            index = rows_for_step(self.n_tokens, step, self.batch_tokens, self.seed)[share]
+            step += 1
+            yield self.rows(index), step

@@ -1,0 +1,91 @@
+"""The one configuration every sparse coder (SAE, later transcoder) is built from."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..errors import MechscopeError
+
+ARCHITECTURES = ("relu", "topk", "batchtopk", "gated", "jumprelu", "matryoshka", "switch")
+
+
+@dataclass(frozen=True)
+class CoderConfig:
+    arch: str
+    """Architecture: relu, topk, batchtopk, gated, jumprelu, matryoshka or switch."""
+    d_in: int
+    """Width of the activation the dictionary reads."""
+    d_sae: int
+    """Number of latents (dictionary size)."""
+    d_out: int | None = None
+    """Width of the reconstruction target; None means d_in (an autoencoder); set it for transcoders."""
+    k: int = 32
+    """Active latents per input (topk, matryoshka and switch per expert; batchtopk on average)."""
+    l1_coeff: float = 1e-3
+    """relu, gated: weight of the L1 sparsity penalty (times decoder row norms)."""
+    l0_coeff: float = 1e-3
+    """jumprelu: weight of the L0 sparsity penalty."""
+    bandwidth: float = 1e-3
+    """jumprelu: width of the rectangle kernel of the straight-through threshold gradient."""
+    aux_k: int = 256
+    """topk-family: dead latents used by the AuxK loss to reconstruct the residual error."""
+    aux_coeff: float = 1 / 32
+    """topk-family: weight of the AuxK loss."""
+    dead_after: int = 10_000_000
+    """Tokens without firing after which a latent counts as dead (the trainer keeps the count)."""
+    prefixes: tuple[int, ...] = ()
+    """matryoshka: nested dictionary widths, ascending, the last equal to d_sae (empty = just d_sae)."""
+    n_experts: int = 8
+    """switch: number of expert dictionaries (d_sae is split evenly between them)."""
+    balance_coeff: float = 1e-2
+    """switch: weight of the load-balancing loss n_experts * sum_i f_i * P_i."""
+    threshold_momentum: float = 0.99
+    """batchtopk, matryoshka: momentum of the running mean of the inference threshold."""
+    hook_name: str = ""
+    """Site the dictionary reads (TransformerLens name, e.g. blocks.3.hook_resid_post)."""
+    model_name: str = ""
+    """Model the dictionary was trained on."""
+    norm_scale: float = 1.0
+    """Inputs (and targets) are multiplied by this before encoding; outputs divided by it."""
+    dtype: str = "float32"
+    """Parameter dtype: float32, bfloat16 or float16."""
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise MechscopeError(f"unknown dictionary architecture '{self.arch}': choose one of {', '.join(ARCHITECTURES)}")
+        if self.d_in < 1 or self.d_sae < 1:
+            raise MechscopeError(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
+        if self.arch in ("topk", "batchtopk", "matryoshka", "switch") and not 1 <= self.k <= self.d_sae:
+            raise MechscopeError(f"k={self.k} must be between 1 and d_sae={self.d_sae}")
+        if self.arch == "switch" and self.d_sae % self.n_experts:
+            raise MechscopeError(f"switch: d_sae={self.d_sae} must be divisible by n_experts={self.n_experts}")
+        if self.arch == "switch" and self.k > self.d_sae // self.n_experts:
+            raise MechscopeError(f"switch: k={self.k} exceeds the {self.d_sae // self.n_experts} latents per expert")
+        if self.prefixes:
+            p = list(self.prefixes)
+            if p != sorted(set(p)) or p[-1] != self.d_sae or p[0] < 1:
+                raise MechscopeError(f"prefixes {self.prefixes} must be ascending, distinct and end with d_sae={self.d_sae}")
+        if self.dtype not in ("float32", "bfloat16", "float16", "float64"):
+            raise MechscopeError(f"dtype '{self.dtype}' is not supported: use float32, bfloat16 or float16")
+
+    @property
+    def out_dim(self) -> int:
+        """d_out, or d_in for an autoencoder."""
+        return self.d_in if self.d_out is None else self.d_out
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["prefixes"] = list(self.prefixes)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CoderConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        if "prefixes" in kwargs:
+            kwargs["prefixes"] = tuple(kwargs["prefixes"])
+        return cls(**kwargs)
+
+    def replace(self, **changes) -> "CoderConfig":
+        return dataclasses.replace(self, **changes)

@@ -93,3 +93,12 @@ def test_trace_command(tmp_path, capsys):
     args = _parse(cmd.configure_trace, ["zoo:pycode", "import os", "--subject", "numpy"])
     assert cmd.execute_trace(args) == 2
     assert "is not in the prompt" in capsys.readouterr().err
+
+
+def test_report_section_builds_a_heatmap_or_skips():
+    from mechscope.report.patching import section
+    model = tiny_model("llama")
+    run = model.run(torch.tensor([[3, 9, 14, 2, 7]]))
+    assert "<img" in section(model, run)
+    assert "Skipped" in section(model, model.run(torch.tensor([[3, 9]])))
+    assert section(model, None) == ""

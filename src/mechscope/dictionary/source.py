@@ -143,6 +143,10 @@ class ActivationSource:
     def start(self) -> list[int]:
         return [0, 0]
 
+    @property
+    def batch_tokens(self) -> int:
+        return self.cfg.batch_tokens
+
     def block(self, index: int) -> Batch:
         """Activations of block `index`, shuffled (seeded by (seed, index))."""
         if self._built is not None and self._built[0] == index:

@@ -1,0 +1,335 @@
+"""Training sparse dictionaries: one or several at once, from a model or an activation cache.
+
+    sae = train(model, "blocks.2.hook_resid_post", CoderConfig("topk", 256, 4096, k=32),
+                TrainConfig(total_tokens=2_000_000), data=data.train, out="runs/sae")
+    sae = train_from_cache("runs/acts", CoderConfig(...), TrainConfig(...), out="runs/sae")
+
+`Trainer` is the fitter (step, evaluate, checkpoint); the `SparseCoder` it returns is the
+artifact. Per step and dictionary: Adam on the coder's loss, the coder's `before_step`
+(gradient projection) and `after_step` (decoder renormalisation), and the dead-latent count
+(tokens since each latent last fired; latents past the window are passed as `dead_mask`,
+which drives AuxK).
+
+Input scale: before step 0 the first `norm_batches` batches give each dictionary its
+`norm_scale` (sqrt(d_in) / mean norm) and the initial b_dec (geometric median); the saved
+artifact has the scale folded into its weights (norm_scale 1).
+
+Checkpoints (`out/checkpoint/`): weights, Adam state, dead counts, RNG state and the data
+position in one safetensors file, then `state.json` (atomic, written last): a crash at any
+moment leaves the previous checkpoint whole. Resuming restores all of it, and because
+batches are a pure function of the data position, continues bit for bit.
+
+Distributed: under `torchrun` (DDP; gloo on CPU, NCCL on GPU) every rank reads a disjoint
+slice of each global batch, gradients are averaged, and the dead counts are combined, so
+N processes with B/N tokens each take the same steps as one process with B. Only rank 0
+writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from jaxtyping import Int
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from ..errors import MechscopeError
+from ..io import write_json, write_tensors
+from .base import SparseCoder, build
+from .config import CoderConfig
+from .source import ActivationSource, Batch, SourceConfig, estimate_norm_scale, first_batches
+from .trainer_config import TrainConfig, distributed
+
+log = logging.getLogger(__name__)
+
+
+class NonFinite(MechscopeError):
+    """NaN or inf in the activations or the loss."""
+
+
+def _fvu(x: Tensor, x_hat: Tensor) -> float:
+    x, x_hat = x.float(), x_hat.float()
+    return float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12))
+
+
+class Trainer:
+    """Fits dictionaries on a stream (`ActivationSource` or `CacheReader`) of batches."""
+
+    def __init__(self, stream, cfgs: Sequence[CoderConfig], cfg: TrainConfig = TrainConfig(), *,
+                 device: str | torch.device | None = None):
+        self.stream, self.cfg = stream, cfg
+        self.rank, self.world = distributed()
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() and self.world > 1 else "cpu"))
+        if stream.batch_tokens != cfg.batch_tokens:
+            raise MechscopeError(f"the data gives batches of {stream.batch_tokens} tokens but batch_tokens is "
+                                 f"{cfg.batch_tokens}: make them equal")
+        self.cfgs = [self._checked(c) for c in cfgs]
+        self.coders: list[SparseCoder] = []
+        self.step_count, self.position, self.history = 0, stream.start, []
+        self.dead = [torch.zeros(c.d_sae, dtype=torch.long, device=self.device) for c in self.cfgs]
+        self._batches = None
+
+    def _checked(self, c: CoderConfig) -> CoderConfig:
+        if not c.hook_name:
+            if len(self.stream.sites) != 1:
+                raise MechscopeError(f"set hook_name on every CoderConfig: the data has several sites ({', '.join(self.stream.sites)})")
+            c = c.replace(hook_name=self.stream.sites[0])
+        if c.hook_name not in self.stream.widths:
+            raise MechscopeError(f"a dictionary reads '{c.hook_name}' but the data holds {', '.join(self.stream.sites)}")
+        width = self.stream.widths[c.hook_name]
+        if c.d_in != width:
+            raise MechscopeError(f"dictionary d_in={c.d_in} but '{c.hook_name}' is {width} wide: set d_in={width}")
+        if c.d_out is not None and c.d_out != c.d_in:
+            raise MechscopeError("transcoders (d_out != d_in) are not trained here yet: leave d_out unset")
+        return c
+
+    # Set-up: scale, initial weights, optimisers
+
+    def setup(self) -> None:
+        """Estimate each input scale, build and initialise the dictionaries (same on every rank)."""
+        sample = first_batches(self.stream, self.cfg.norm_batches) if self.cfg.norm_batches else None
+        cfgs = []
+        for c in self.cfgs:
+            if sample is not None:
+                _check_finite(sample[c.hook_name], "the activations", 0)
+                c = c.replace(norm_scale=estimate_norm_scale(sample[c.hook_name]))
+            cfgs.append(c)
+        self._build(cfgs)
+        if sample is not None:
+            for coder in self.coders:
+                coder.init_from_data(sample[coder.cfg.hook_name].to(self.device))
+
+    def _build(self, cfgs: list[CoderConfig]) -> None:
+        self.cfgs, self.coders = cfgs, []
+        for i, c in enumerate(cfgs):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.cfg.seed * 1_000 + i)
+                self.coders.append(build(c).to(self.device))
+        self.modules = [nn.parallel.DistributedDataParallel(m) if self.world > 1 else m for m in self.coders]
+        self.opts = [torch.optim.Adam(m.parameters(), lr=self.cfg.peak_lr(m.cfg.d_sae), betas=self.cfg.betas)
+                     for m in self.coders]
+
+    # One step
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        """One optimiser step of every dictionary on this rank's slice of a global batch."""
+        out: dict[str, float] = {}
+        for i, (coder, module, opt) in enumerate(zip(self.coders, self.modules, self.opts)):
+            x = batch[coder.cfg.hook_name].to(self.device)
+            _check_finite(x, "the activations", self.step_count, self.world)
+            for group in opt.param_groups:
+                group["lr"] = self.cfg.lr_at(self.step_count, coder.cfg.d_sae)
+            window = self.cfg.dead_window or coder.cfg.dead_after
+            autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (
+                self.cfg.autocast and self.device.type == "cuda") else nullcontext()
+            with autocast:
+                result = module(x, dead_mask=self.dead[i] >= window)
+            _check_finite(result.loss.detach(), "the loss", self.step_count, self.world)
+            result.loss.backward()
+            coder.before_step()
+            if self.cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(coder.parameters(), self.cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            coder.after_step()
+            self._count_dead(i, result.acts.detach())
+            tag = "" if len(self.coders) == 1 else f"{i}."
+            out |= {f"{tag}loss": float(result.loss.detach()), f"{tag}l0": float(result.parts["l0"]),
+                    f"{tag}fvu": _fvu(x, result.x_hat.detach())}
+        self.step_count += 1
+        return out
+
+    def _count_dead(self, i: int, acts: Tensor) -> None:
+        fired = (acts != 0).any(0).to(torch.int32)
+        if self.world > 1:
+            dist.all_reduce(fired, op=dist.ReduceOp.MAX)
+        self.dead[i] += self.cfg.batch_tokens
+        self.dead[i][fired.bool()] = 0
+
+    # Evaluation on held-out activations
+
+    @torch.no_grad()
+    def evaluate(self, heldout: Batch) -> list[dict[str, float]]:
+        """Per dictionary: FVU, L0, MSE on held-out activations, and the dead fraction."""
+        rows = []
+        for i, coder in enumerate(self.coders):
+            x = heldout[coder.cfg.hook_name].to(self.device)
+            acts = coder.encode(x)
+            x_hat = coder.decode(acts)
+            window = self.cfg.dead_window or coder.cfg.dead_after
+            rows.append({"step": self.step_count, "fvu": _fvu(x, x_hat), "l0": float((acts != 0).sum(-1).float().mean()),
+                         "mse": float((x - x_hat).pow(2).sum(-1).mean()),
+                         "dead_fraction": float((self.dead[i] >= window).float().mean())})
+        self.history.append(rows)
+        return rows
+
+    # Checkpoints
+
+    def _identity(self) -> dict:
+        cfgs = [c.replace(norm_scale=1.0).to_dict() for c in self.cfgs]
+        return json.loads(json.dumps({"train": asdict(self.cfg), "coders": cfgs, "sites": list(self.stream.sites),
+                                      "world": self.world}))
+
+    def checkpoint(self, folder: str | Path) -> None:
+        """Write the whole training state to `folder` (rank 0; atomic, previous one removed after)."""
+        if self.rank != 0:
+            return
+        folder = Path(folder)
+        tensors: dict[str, Tensor] = {"rng.cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        groups = []
+        for i, (coder, opt) in enumerate(zip(self.coders, self.opts)):
+            tensors |= {f"coder{i}.{k}": v for k, v in coder.state_dict().items()}
+            sd = opt.state_dict()
+            tensors |= {f"opt{i}.{p}.{k}": v for p, s in sd["state"].items() for k, v in s.items()}
+            tensors[f"dead{i}"] = self.dead[i]
+            groups.append(sd["param_groups"])
+        name = f"step-{self.step_count:07d}.safetensors"
+        write_tensors(folder / name, tensors)
+        write_json(folder / "state.json", {**self._identity(), "file": name, "step": self.step_count,
+                                           "position": self.position, "cfgs": [c.to_dict() for c in self.cfgs],
+                                           "param_groups": groups, "history": self.history})
+        for old in folder.glob("step-*.safetensors"):
+            if old.name != name:
+                old.unlink()
+
+    def load_checkpoint(self, folder: str | Path) -> bool:
+        """Resume from `folder` if it holds a checkpoint of this very run; False if none."""
+        path = Path(folder) / "state.json"
+        if not path.is_file():
+            return False
+        state = json.loads(path.read_text())
+        for key, value in self._identity().items():
+            if key != "world" and state.get(key) != value:
+                raise MechscopeError(f"the checkpoint in '{folder}' belongs to another run (its {key} differs): "
+                                     "delete it, or resume with the same data and settings")
+        self._build([CoderConfig.from_dict(c) for c in state["cfgs"]])
+        tensors = load_file(Path(folder) / state["file"])
+        torch.set_rng_state(tensors.pop("rng.cpu"))
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors.pop("rng.cuda"))
+        for i, (coder, opt) in enumerate(zip(self.coders, self.opts)):
+            prefix = f"coder{i}."
+            coder.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            opt_state: dict = {}
+            for key, value in tensors.items():
+                if key.startswith(f"opt{i}."):
+                    _, p, k = key.split(".", 2)
+                    opt_state.setdefault(int(p), {})[k] = value.to(self.device)
+            opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"][i]})
+            self.dead[i] = tensors[f"dead{i}"].to(self.device)
+        self.step_count, self.position, self.history = state["step"], state["position"], state["history"]
+        log.info("resumed dictionary training from step %d (%s)", self.step_count, folder)
+        return True
+
+    # The loop
+
+    def fit(self, *, checkpoint_dir: str | Path | None = None, heldout: Batch | None = None,
+            progress: bool = True, stop_after: int | None = None) -> list[SparseCoder]:
+        """Train to `cfg.steps` (resuming from `checkpoint_dir` when it has a checkpoint);
+        `stop_after` ends early after that many steps (for tests and interrupted jobs)."""
+        from tqdm.auto import tqdm
+        if checkpoint_dir is None or not self.load_checkpoint(checkpoint_dir):
+            self.setup()
+        batches = self.stream.batches(self.position, rank=self.rank, world=self.world)
+        bar = tqdm(total=self.cfg.steps, initial=self.step_count, desc="dictionary", unit="step",
+                   disable=not progress or self.rank != 0)
+        target = self.cfg.steps if stop_after is None else min(self.cfg.steps, stop_after)
+        while self.step_count < target:
+            batch, position = next(batches)
+            metrics = self.step(batch)
+            self.position = position
+            bar.update()
+            bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()})
+            last = self.step_count == self.cfg.steps
+            if heldout is not None and ((self.cfg.eval_every and self.step_count % self.cfg.eval_every == 0) or last):
+                self.evaluate(heldout)
+            if checkpoint_dir is not None and (self.step_count % self.cfg.checkpoint_every == 0 or last):
+                self.checkpoint(checkpoint_dir)
+        bar.close()
+        return [coder.fold_norm_scale() for coder in self.coders]
+
+
+def _check_finite(x: Tensor, what: str, step: int, world: int = 1) -> None:
+    bad = torch.tensor([0.0 if bool(torch.isfinite(x).all()) else 1.0])
+    if world > 1:
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    if bad.item():
+        raise NonFinite(f"NaN or inf in {what} at step {step}: training stopped; the last checkpoint is "
+                        "untouched (check the model and data, then resume)")
+
+
+def _save(coders: list[SparseCoder], out: Path, trainer: Trainer) -> None:
+    for i, coder in enumerate(coders):
+        folder = out if len(coders) == 1 else out / f"{i}-{coder.cfg.hook_name}"
+        coder.save(folder)
+        history = [rows[i] for rows in trainer.history]
+        write_json(folder / "metrics.json", {"steps": trainer.step_count, "history": history})
+
+
+def fit_and_save(trainer: Trainer, out: str | Path | None, *, heldout: Batch | None = None, progress: bool = True,
+                 stop_after: int | None = None) -> list[SparseCoder]:
+    """Run `trainer` with checkpoints in out/checkpoint and, when it finishes, save the
+    dictionaries to `out` (or out/{i}-{site} for several); rank 0 writes."""
+    ckpt = None if out is None else Path(out) / "checkpoint"
+    coders = trainer.fit(checkpoint_dir=ckpt, heldout=heldout, progress=progress, stop_after=stop_after)
+    if out is not None and trainer.rank == 0 and trainer.step_count == trainer.cfg.steps:
+        _save(coders, Path(out), trainer)
+    if trainer.world > 1:
+        dist.barrier()
+    return coders
+
+
+def train(model, site: str | Sequence[str], coder_cfg: CoderConfig | Sequence[CoderConfig],
+          cfg: TrainConfig = TrainConfig(), *, data: Int[Tensor, "n ctx"], source: SourceConfig = SourceConfig(),
+          heldout: Int[Tensor, "m ctx"] | None = None, out: str | Path | None = None, progress: bool = True,
+          stop_after: int | None = None) -> SparseCoder | list[SparseCoder]:
+    """Train dictionaries on `site`(s) of `model` over token contexts `data` (one forward
+    feeds them all). One config gives one coder back; a list gives a list."""
+    single = isinstance(coder_cfg, CoderConfig)
+    cfgs = [coder_cfg] if single else list(coder_cfg)
+    sites = [site] if isinstance(site, str) else list(site)
+    src_cfg = SourceConfig(**{**asdict(source), "batch_tokens": cfg.batch_tokens, "seed": cfg.seed})
+    stream = ActivationSource(model, sites, data, src_cfg)
+    if len(stream.sites) == 1:
+        cfgs = [c if c.hook_name else c.replace(hook_name=stream.sites[0]) for c in cfgs]
+    cfgs = [c if c.model_name else c.replace(model_name=model.name) for c in cfgs]
+    held = None
+    if heldout is not None and len(heldout):
+        from .source import record
+        held = record(model, stream.sites, heldout, src_cfg)
+    coders = fit_and_save(Trainer(stream, cfgs, cfg, device=model.device), out, heldout=held, progress=progress,
+                          stop_after=stop_after)
+    return coders[0] if single else coders
+
+
+def train_from_cache(cache_dir: str | Path, coder_cfg: CoderConfig | Sequence[CoderConfig],
+                     cfg: TrainConfig = TrainConfig(), *, out: str | Path | None = None, progress: bool = True,
+                     heldout_tokens: int = 0, stop_after: int | None = None) -> SparseCoder | list[SparseCoder]:
+    """Train dictionaries on an activation cache (`write_cache`); `heldout_tokens` > 0
+    evaluates on that many rows read in cache order from its end (they are not excluded
+    from training: hold out contexts when writing the cache for a clean split)."""
+    from .cache import CacheReader
+    single = isinstance(coder_cfg, CoderConfig)
+    cfgs = [coder_cfg] if single else list(coder_cfg)
+    sites = sorted({c.hook_name for c in cfgs if c.hook_name}) or None
+    reader = CacheReader(cache_dir, batch_tokens=cfg.batch_tokens, seed=cfg.seed, sites=sites)
+    cfgs = [c if c.model_name else c.replace(model_name=reader.meta["model"]) for c in cfgs]
+    held = None
+    if heldout_tokens > 0:
+        n = min(heldout_tokens, reader.n_tokens)
+        held = reader.rows(torch.arange(reader.n_tokens - n, reader.n_tokens))
+    coders = fit_and_save(Trainer(reader, cfgs, cfg), out, heldout=held, progress=progress, stop_after=stop_after)
+    return coders[0] if single else coders
+
+
+def steps_note(cfg: TrainConfig) -> str:
+    return f"{cfg.steps} steps x {cfg.batch_tokens} tokens ({cfg.steps * cfg.batch_tokens:,} tokens)"

@@ -193,7 +193,8 @@ class SparseCoder(nn.Module):
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device | None = None) -> "SparseCoder":
-        """Load a mechscope dictionary folder (dispatches on cfg.arch)."""
+        """Load a mechscope dictionary folder (dispatches on cfg.arch), in eval mode
+        (BatchTopK encodes with its learned threshold); call .train() to resume training."""
         folder = Path(folder)
         cfg_path = folder / "cfg.json"
         if not cfg_path.exists():
@@ -206,6 +207,7 @@ class SparseCoder(nn.Module):
         coder = build(CoderConfig.from_dict(data))
         state = load_file(str(folder / WEIGHTS_FILE), device=str(device or "cpu"))
         coder.load_state_dict(state)
+        coder.eval()
         return coder.to(device) if device is not None else coder
 
     def direction(self, feature: int) -> Float[Tensor, "d_out"]:

@@ -1,1 +1,75 @@
-"""placeholder"""
+"""JumpReLU SAE (Rajamanoharan et al. 2024b): acts = pre * 1[pre > theta] with a learned
+per-latent threshold theta = exp(log_threshold), trained with an L0 penalty. The step has no
+gradient wrt theta; straight-through estimators with a rectangle kernel
+K(u) = 1[|u| < 1/2] of width eps = `bandwidth` supply pseudo-gradients:
+
+    d JumpReLU / d theta = -(theta / eps) K((pre - theta) / eps)
+    d H(pre - theta) / d theta = -(1 / eps) K((pre - theta) / eps)
+
+loss = |x - x_hat|^2 + l0_coeff * sum_i 1[pre_i > theta_i]. Decoder rows are kept unit-norm."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .base import SparseCoder, mse, register
+
+
+def _kernel(pre: Tensor, theta: Tensor, eps: float) -> Tensor:
+    return ((pre - theta).abs() < eps / 2).to(pre.dtype) / eps
+
+
+class _JumpReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre, theta, eps):
+        ctx.save_for_backward(pre, theta)
+        ctx.eps = eps
+        return pre * (pre > theta)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, theta = ctx.saved_tensors
+        grad_pre = grad * (pre > theta)
+        grad_theta = (-(theta / ctx.eps) * ((pre - theta).abs() < ctx.eps / 2) * grad).sum(0)
+        return grad_pre, grad_theta, None
+
+
+class _Step(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre, theta, eps):
+        ctx.save_for_backward(pre, theta)
+        ctx.eps = eps
+        return (pre > theta).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, theta = ctx.saved_tensors
+        return None, (-_kernel(pre, theta, ctx.eps) * grad).sum(0), None
+
+
+@register
+class JumpReluSAE(SparseCoder):
+    ARCH = "jumprelu"
+    UNIT_NORM = True
+
+    def __init__(self, cfg, init_threshold: float = 1e-3):
+        super().__init__(cfg)
+        self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(init_threshold), dtype=self.W_enc.dtype))
+
+    @property
+    def threshold(self) -> Tensor:
+        return self.log_threshold.exp()
+
+    def activate(self, pre: Tensor) -> Tensor:
+        return pre * (pre > self.threshold)
+
+    def compute(self, xs, ts, dead_mask):
+        pre = self.centered(xs) @ self.W_enc + self.b_enc
+        theta = self.threshold
+        acts = _JumpReLU.apply(pre, theta, self.cfg.bandwidth)
+        x_hat = self.decode_scaled(acts)
+        l0 = _Step.apply(pre, theta, self.cfg.bandwidth).sum(-1).mean()
+        return x_hat, acts, mse(x_hat, ts) + self.cfg.l0_coeff * l0, {"l0_penalty": l0}

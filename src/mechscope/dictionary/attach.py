@@ -1,0 +1,86 @@
+"""Using a dictionary inside a model's forward pass.
+
+`attach(model, coder)` encodes the activation at the coder's site on every forward, keeps
+the latents (`.acts`, [batch, pos, d_sae]) and, with replace=True, substitutes the
+reconstruction for the activation:
+
+    replace=False                   the forward is untouched; latents are only read
+    replace=True, keep_error=True   x_hat(acts') + (x - x_hat(acts)).detach(): with acts' = acts the
+                                    output is unchanged (to float error) while gradients reach x only
+                                    through the dictionary — the SAE-circuit convention
+    replace=True, keep_error=False  x_hat(acts'): the model runs on the reconstruction
+
+`acts'` is `edit_acts(acts)` when given (clamp or zero features), else acts. It works
+through `mechscope.edits.replace` with a callable, so it composes with other edits.
+Site activations with head axes (hook_z: [batch, pos, head, d_head]) are read flattened to
+[batch, pos, head * d_head], as SAELens does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .. import edits
+from ..errors import MechscopeError
+from .base import SparseCoder
+
+
+def site_of(model, coder: SparseCoder, site: str | None) -> str:
+    """The site to use (default: the coder's hook_name), checked against the coder's width."""
+    site = site or coder.cfg.hook_name
+    if not site:
+        raise MechscopeError("this dictionary does not say which site it reads (cfg.hook_name is empty): pass site=")
+    info = model.table[site]  # unknown sites fail here, with suggestions
+    if info.dims[:2] != ("batch", "pos"):
+        raise MechscopeError(f"site '{site}' has dims {info.dims}: dictionaries read [batch, pos, ...] sites")
+    sizes = info.sizes[2:]
+    if None not in sizes and math.prod(sizes) != coder.cfg.d_in:
+        raise MechscopeError(f"dictionary reads width d_in={coder.cfg.d_in} but site '{site}' has width "
+                             f"{math.prod(sizes)} ({info.describe()}): use a dictionary trained on this site")
+    return site
+
+
+class Attached:
+    """A dictionary attached at a site: a context manager (`with attach(...) as a:`) and an
+    `Edit` (`a.edit`) for `model.run(edits=[...])`; `a.acts` holds the last forward's latents."""
+
+    def __init__(self, model, coder: SparseCoder, site: str, replace: bool, keep_error: bool,
+                 edit_acts: Callable[[Tensor], Tensor] | None):
+        self.model, self.coder, self.site = model, coder, site
+        self.replace, self.keep_error, self.edit_acts = replace, keep_error, edit_acts
+        self.acts: Float[Tensor, "batch pos d_sae"] | None = None
+        self.edit = edits.replace(site, self._apply)
+        self._held = None
+
+    def _apply(self, x: Tensor) -> Tensor:
+        flat = x.reshape(*x.shape[:2], -1)
+        acts = self.coder.encode(flat)
+        self.acts = acts if torch.is_grad_enabled() else acts.detach()
+        if not self.replace:
+            return x
+        new_acts = self.edit_acts(acts) if self.edit_acts is not None else acts
+        x_hat = self.coder.decode(new_acts).to(x.dtype)
+        if self.keep_error:
+            error = flat - (x_hat if new_acts is acts else self.coder.decode(acts).to(x.dtype))
+            x_hat = x_hat + error.detach()
+        return x_hat.reshape(x.shape)
+
+    def __enter__(self) -> "Attached":
+        self._held = self.model.edit(self.edit)
+        self._held.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        held, self._held = self._held, None
+        held.__exit__(*exc)
+
+
+def attach(model, coder: SparseCoder, site: str | None = None, *, replace: bool = False, keep_error: bool = True,
+           edit_acts: Callable[[Tensor], Tensor] | None = None) -> Attached:
+    """Attach `coder` at `site` (default: its hook_name); see the module docstring."""
+    return Attached(model, coder, site_of(model, coder, site), replace, keep_error, edit_acts)

@@ -1,0 +1,216 @@
+"""Reading and writing published dictionary layouts.
+
+- mechscope: cfg.json (format "mechscope.dictionary", every CoderConfig field) + sae.safetensors.
+- SAELens: cfg.json (architecture "standard" | "topk" | "gated" | "jumprelu", d_in, d_sae,
+  hook_name, model_name, dtype, apply_b_dec_to_input, normalize_activations, topk's k in
+  activation_fn_kwargs or top level; newer versions repeat names under "metadata") +
+  sae_weights.safetensors (W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec; threshold
+  for jumprelu; b_gate, b_mag, r_mag instead of b_enc for gated).
+- sparsify: a folder (or one per hookpoint) with cfg.json (expansion_factor, num_latents, k,
+  normalize_decoder, multi_topk, ...) + sae.safetensors (encoder.weight [d_sae, d_in],
+  encoder.bias, W_dec [d_sae, d_in], b_dec [d_in]); encodes topk(relu((x - b_dec) W_enc^T + b)).
+
+Field names follow the brief this module was written from (not re-checked against the
+projects' current sources). External layouts have no input scale: writing folds
+`norm_scale` s into the weights (W_enc * s, W_dec / s, b_dec / s), so the map on raw
+activations and the latents are unchanged. BatchTopK and Matryoshka are written as SAELens
+jumprelu with every threshold at the learned inference threshold — the same inference map.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .. import io
+from ..errors import MechscopeError
+from .base import FORMAT, WEIGHTS_FILE, SparseCoder, build
+from .config import CoderConfig
+
+log = logging.getLogger(__name__)
+
+SAELENS_WEIGHTS = "sae_weights.safetensors"
+_TO_SAELENS = {"relu": "standard", "topk": "topk", "gated": "gated", "jumprelu": "jumprelu",
+               "batchtopk": "jumprelu", "matryoshka": "jumprelu"}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise MechscopeError(f"cannot read {path}: {e}") from e
+
+
+def detect(folder: str | Path) -> str:
+    """'mechscope', 'saelens' or 'sparsify' from the files in a folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MechscopeError(f"{folder} is not a folder: a dictionary is a folder with cfg.json and safetensors")
+    if (folder / SAELENS_WEIGHTS).exists():
+        return "saelens"
+    if (folder / WEIGHTS_FILE).exists():
+        cfg = _read_json(folder / "cfg.json") if (folder / "cfg.json").exists() else {}
+        return "mechscope" if cfg.get("format") == FORMAT else "sparsify"
+    if _hookpoints(folder):
+        return "sparsify"
+    raise MechscopeError(f"{folder} holds no dictionary: expected {WEIGHTS_FILE} (mechscope, sparsify), "
+                         f"{SAELENS_WEIGHTS} (SAELens) or sparsify hookpoint subfolders")
+
+
+def read(folder: str | Path, *, hookpoint: str | None = None) -> SparseCoder:
+    """Load a dictionary in any supported layout (mechscope, SAELens, sparsify)."""
+    kind = detect(folder)
+    if kind == "mechscope":
+        return SparseCoder.load(folder)
+    return read_saelens(folder) if kind == "saelens" else read_sparsify(folder, hookpoint=hookpoint)
+
+
+# SAELens
+
+
+def _saelens_field(cfg: dict, key: str, default=None):
+    return cfg.get(key, (cfg.get("metadata") or {}).get(key, default))
+
+
+def read_saelens(folder: str | Path) -> SparseCoder:
+    folder = Path(folder)
+    cfg = _read_json(folder / "cfg.json")
+    w = load_file(str(folder / SAELENS_WEIGHTS))
+    arch = cfg.get("architecture", "standard")
+    norm = _saelens_field(cfg, "normalize_activations", "none") or "none"
+    if norm not in ("none", "expected_average_only_in"):
+        raise MechscopeError(f"{folder}: normalize_activations={norm!r} rescales each input at run time, "
+                             "which mechscope dictionaries do not do; only 'none' is supported")
+    if norm == "expected_average_only_in":
+        log.warning("%s: normalize_activations='expected_average_only_in' without a stored factor; "
+                    "assuming it was folded into the weights", folder)
+    d_in, d_sae = w["W_enc"].shape
+    kwargs = dict(d_in=d_in, d_sae=d_sae, dtype=_dtype_name(w["W_enc"].dtype),
+                  hook_name=_saelens_field(cfg, "hook_name", "") or "", model_name=_saelens_field(cfg, "model_name", "") or "")
+    if arch == "standard":
+        coder_cfg = CoderConfig("relu", **kwargs)
+    elif arch == "topk":
+        k = (cfg.get("activation_fn_kwargs") or {}).get("k", cfg.get("k"))
+        if k is None:
+            raise MechscopeError(f"{folder}/cfg.json: a topk SAE needs k (activation_fn_kwargs.k or k)")
+        coder_cfg = CoderConfig("topk", k=int(k), **kwargs)
+    elif arch in ("gated", "jumprelu"):
+        coder_cfg = CoderConfig(arch, **kwargs)
+    else:
+        raise MechscopeError(f"{folder}: SAELens architecture {arch!r} is not supported (standard, topk, gated, jumprelu)")
+    state = {"W_enc": w["W_enc"], "W_dec": w["W_dec"], "b_dec": w["b_dec"]}
+    if arch == "gated":
+        state.update(b_enc=w["b_gate"], b_mag=w["b_mag"], r_mag=w["r_mag"])
+    else:
+        state["b_enc"] = w["b_enc"]
+    if arch == "jumprelu":
+        state["log_threshold"] = w["threshold"].float().clamp_min(1e-12).log().to(w["threshold"].dtype)
+    if not _saelens_field(cfg, "apply_b_dec_to_input", True):
+        _fold_b_dec_into_encoder(state, arch)
+    coder = build(coder_cfg)
+    coder.load_state_dict(state)
+    return coder.eval()
+
+
+def _fold_b_dec_into_encoder(state: dict, arch: str) -> None:
+    """Our encoders read x - b_dec; an SAE that reads x directly gets b_enc += b_dec W_enc."""
+    shift = (state["b_dec"].double() @ state["W_enc"].double())
+    state["b_enc"] = (state["b_enc"].double() + shift).to(state["b_enc"].dtype)
+    if arch == "gated":
+        state["b_mag"] = (state["b_mag"].double() + shift * state["r_mag"].double().exp()).to(state["b_mag"].dtype)
+
+
+def write_saelens(coder: SparseCoder, folder: str | Path) -> Path:
+    """Write the SAELens layout (norm_scale folded into the weights)."""
+    arch = coder.cfg.arch
+    if arch not in _TO_SAELENS:
+        raise MechscopeError(f"SAELens has no {arch} architecture: save it in the mechscope layout instead")
+    if arch in ("batchtopk", "matryoshka") and float(coder.threshold) < 0:
+        raise MechscopeError(f"this {arch} dictionary has no inference threshold yet (train it first)")
+    c = coder.fold_norm_scale() if coder.cfg.norm_scale != 1.0 else coder
+    p = {k: v.detach() for k, v in c.state_dict().items()}
+    tensors = {"W_enc": p["W_enc"], "W_dec": p["W_dec"], "b_dec": p["b_dec"]}
+    if arch == "gated":
+        tensors.update(b_gate=p["b_enc"], b_mag=p["b_mag"], r_mag=p["r_mag"])
+    else:
+        tensors["b_enc"] = p["b_enc"]
+    if arch == "jumprelu":
+        tensors["threshold"] = c.threshold.detach()
+    elif arch in ("batchtopk", "matryoshka"):
+        tensors["threshold"] = torch.full((c.cfg.d_sae,), float(c.threshold), dtype=p["W_enc"].dtype)
+    cfg = {"architecture": _TO_SAELENS[arch], "d_in": c.cfg.d_in, "d_sae": c.cfg.d_sae,
+           "dtype": _dtype_name(p["W_enc"].dtype), "model_name": c.cfg.model_name, "hook_name": c.cfg.hook_name,
+           "hook_layer": _layer(c.cfg.hook_name), "hook_head_index": None, "apply_b_dec_to_input": True,
+           "normalize_activations": "none", "activation_fn_str": "topk" if arch == "topk" else "relu",
+           "activation_fn_kwargs": {"k": c.cfg.k} if arch == "topk" else {}, "device": "cpu",
+           "finetuning_scaling_factor": False, "prepend_bos": True}
+    if arch == "topk":
+        cfg["k"] = c.cfg.k
+    folder = Path(folder)
+    io.write_tensors(folder / SAELENS_WEIGHTS, tensors)
+    io.write_json(folder / "cfg.json", cfg)
+    return folder
+
+
+def _layer(hook_name: str) -> int | None:
+    m = re.match(r"blocks\.(\d+)\.", hook_name)
+    return int(m.group(1)) if m else None
+
+
+# sparsify
+
+
+def _hookpoints(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / WEIGHTS_FILE).exists())
+
+
+def _site_of(hookpoint: str) -> str:
+    """sparsify hooks a layer module's output: layers.N (any prefix) is blocks.N.hook_resid_post."""
+    m = re.fullmatch(r"(?:.*\.)?(?:layers|h|layer)\.(\d+)", hookpoint)
+    return f"blocks.{m.group(1)}.hook_resid_post" if m else ""
+
+
+def read_sparsify(folder: str | Path, *, hookpoint: str | None = None) -> SparseCoder:
+    """A sparsify TopK SAE folder, or one hookpoint of a folder of them."""
+    folder = Path(folder)
+    if not (folder / WEIGHTS_FILE).exists():
+        points = _hookpoints(folder)
+        if hookpoint is None and len(points) != 1:
+            raise MechscopeError(f"{folder} holds dictionaries for {len(points)} hookpoints ({', '.join(points)}): "
+                                 "choose one with hookpoint=")
+        hookpoint = hookpoint or points[0]
+        if hookpoint not in points:
+            raise MechscopeError(f"{folder} has no hookpoint {hookpoint!r}; it has {', '.join(points)}")
+        folder = folder / hookpoint
+    cfg = _read_json(folder / "cfg.json")
+    for flag in ("skip_connection", "transcode"):
+        if cfg.get(flag):
+            raise MechscopeError(f"{folder}: sparsify {flag}=true is not supported yet")
+    w = load_file(str(folder / WEIGHTS_FILE))
+    d_sae, d_in = w["encoder.weight"].shape
+    name = hookpoint or folder.name
+    coder = build(CoderConfig("topk", d_in=d_in, d_sae=d_sae, k=int(cfg["k"]), dtype=_dtype_name(w["W_dec"].dtype),
+                              hook_name=_site_of(name), model_name=cfg.get("model", "") or ""))
+    coder.load_state_dict({"W_enc": w["encoder.weight"].T.contiguous(), "b_enc": w["encoder.bias"],
+                           "W_dec": w["W_dec"], "b_dec": w["b_dec"]})
+    return coder.eval()
+
+
+def convert(src: str | Path, dst: str | Path, *, to: str = "mechscope", hookpoint: str | None = None) -> Path:
+    """Read a dictionary in any layout and write it as `to` ('mechscope' or 'saelens')."""
+    coder = read(src, hookpoint=hookpoint)
+    if to == "mechscope":
+        return coder.save(dst)
+    if to == "saelens":
+        return write_saelens(coder, dst)
+    raise MechscopeError(f"cannot convert to {to!r}: choose 'mechscope' or 'saelens'")
+

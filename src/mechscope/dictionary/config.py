@@ -28,6 +28,8 @@ class CoderConfig:
     """jumprelu: weight of the L0 sparsity penalty."""
     bandwidth: float = 1e-3
     """jumprelu: width of the rectangle kernel of the straight-through threshold gradient."""
+    init_threshold: float = 1e-3
+    """jumprelu: initial threshold of every latent (in normalised units)."""
     aux_k: int = 256
     """topk-family: dead latents used by the AuxK loss to reconstruct the residual error."""
     aux_coeff: float = 1 / 32

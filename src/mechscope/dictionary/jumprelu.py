@@ -55,9 +55,9 @@ class JumpReluSAE(SparseCoder):
     ARCH = "jumprelu"
     UNIT_NORM = True
 
-    def __init__(self, cfg, init_threshold: float = 1e-3):
+    def __init__(self, cfg):
         super().__init__(cfg)
-        self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(init_threshold), dtype=self.W_enc.dtype))
+        self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.init_threshold), dtype=self.W_enc.dtype))
 
     @property
     def threshold(self) -> Tensor:

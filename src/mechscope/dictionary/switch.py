@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import SparseCoder, mse, register
-from .topk import aux_loss
+from .topk import aux_loss, dense, sparse_decode
 
 
 @register
@@ -37,36 +37,38 @@ class SwitchSAE(SparseCoder):
         probs = (x_c @ self.W_router + self.b_router).float().softmax(-1)
         return probs, probs.argmax(-1)
 
-    def expert_acts(self, x_c: Tensor, expert: Tensor, scale: Tensor) -> Tensor:
-        """Dense latents: each input's top-k inside its own expert, times `scale`."""
-        acts = x_c.new_zeros(x_c.shape[0], self.cfg.d_sae)
-        m = self.expert_size
+    def select(self, x_c: Tensor, expert: Tensor) -> tuple[Tensor, Tensor]:
+        """(values [batch, k], global latent indices [batch, k]): top-k inside each input's expert."""
+        m, k = self.expert_size, self.cfg.k
+        values = x_c.new_zeros(x_c.shape[0], k)
+        indices = torch.zeros(x_c.shape[0], k, dtype=torch.long, device=x_c.device)
         for e in expert.unique().tolist():
             rows = (expert == e).nonzero()[:, 0]
             pre = x_c[rows] @ self.W_enc[:, e * m:(e + 1) * m] + self.b_enc[e * m:(e + 1) * m]
-            values, local = pre.topk(self.cfg.k, dim=-1, sorted=False)
-            block = x_c.new_zeros(len(rows), self.cfg.d_sae).scatter(1, local + e * m, values.relu() * scale[rows, None])
-            acts = acts.index_add(0, rows, block)
-        return acts
+            v, local = pre.topk(k, dim=-1, sorted=False)
+            values = values.index_copy(0, rows, v.relu())
+            indices = indices.index_copy(0, rows, local + e * m)
+        return values, indices
 
-    def pre_acts(self, x: Tensor) -> Tensor:
-        """Pre-activations of every latent (all experts), without routing."""
-        return super().pre_acts(x)
+    def fold_rules(self, s: float) -> dict[str, Tensor]:
+        return {**super().fold_rules(s), "W_router": self.W_router.detach() * s}  # the router reads x_c too
 
     def encode(self, x: Tensor) -> Tensor:
         self._check(x)
         lead = x.shape[:-1]
         x_c = self.centered(self.scaled(x.reshape(-1, x.shape[-1])))
         probs, expert = self.route(x_c)
-        scale = probs.gather(1, expert[:, None])[:, 0].to(x_c.dtype)
-        return self.expert_acts(x_c, expert, scale).reshape(*lead, self.cfg.d_sae)
+        values, indices = self.select(x_c, expert)
+        values = values * probs.gather(1, expert[:, None]).to(x_c.dtype)
+        return dense(values, indices, self.cfg.d_sae).reshape(*lead, self.cfg.d_sae)
 
     def compute(self, xs, ts, dead_mask):
         x_c = self.centered(xs)
         probs, expert = self.route(x_c)
-        scale = probs.gather(1, expert[:, None])[:, 0].to(x_c.dtype)
-        acts = self.expert_acts(x_c, expert, scale)
-        x_hat = self.decode_scaled(acts)
+        values, indices = self.select(x_c, expert)
+        values = values * probs.gather(1, expert[:, None]).to(x_c.dtype)   # p_e: the router's gradient path
+        acts = dense(values, indices, self.cfg.d_sae)
+        x_hat = sparse_decode(values, indices, self.W_dec, self.b_dec)
         n = self.cfg.n_experts
         f = torch.bincount(expert, minlength=n).float() / len(expert)
         balance = n * (f * probs.mean(0)).sum()

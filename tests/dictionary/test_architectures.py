@@ -1,0 +1,174 @@
+"""The seven architectures: recovery of a known synthetic dictionary, the fast TopK path
+against the dense one, and each method's defining invariant.
+
+Recovery budgets (512 unit atoms in d=64, ~5 active with U[0,1] coefficients, noise 0.01;
+Adam on fresh batches of 128; mean best |cos| between true atoms and decoder rows >= 0.9),
+measured on one thread with seeds 0 and 1 (recovery, L0 on held-out data):
+
+    arch        d_sae  steps  lr     settings                    recovery       L0
+    topk        1024   200    1e-2   k=8                         see report
+    batchtopk   1024   200    1e-2   k=8
+    matryoshka  1024   250    1e-2   k=8, prefixes (128, 1024)
+    switch      2048   200    1e-2   k=8, 2 experts (each expert must hold every atom)
+    relu        1024   250    1e-2   l1_coeff=0.3
+    gated       1024   250    1e-2   l1_coeff=1.0
+    jumprelu    1024   300    1e-2   l0_coeff=1e-2, bandwidth=0.05, init_threshold=0.1
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mechscope.dictionary import CoderConfig, build, geometric_median
+from mechscope.dictionary.topk import TopKEncode
+
+from .synthetic import recovery, train
+
+BUDGETS = {
+    "topk": (1024, 200, 1e-2, dict(k=8)),
+    "batchtopk": (1024, 200, 1e-2, dict(k=8)),
+    "matryoshka": (1024, 250, 1e-2, dict(k=8, prefixes=(128, 1024))),
+    "switch": (2048, 200, 1e-2, dict(k=8, n_experts=2)),
+    "relu": (1024, 250, 1e-2, dict(l1_coeff=0.3)),
+    "gated": (1024, 250, 1e-2, dict(l1_coeff=1.0)),
+    "jumprelu": (1024, 300, 1e-2, dict(l0_coeff=1e-2, bandwidth=0.05, init_threshold=0.1)),
+}
+
+
+@pytest.mark.parametrize("arch", list(BUDGETS))
+def test_recovers_a_known_dictionary(arch):
+    d_sae, steps, lr, extra = BUDGETS[arch]
+    coder, atoms = train(CoderConfig(arch, 64, d_sae, **extra), steps=steps, batch=128, lr=lr)
+    assert recovery(coder.W_dec.detach(), atoms) >= 0.9
+
+
+def test_fast_topk_path_equals_the_dense_path():
+    torch.manual_seed(0)
+    coder = build(CoderConfig("topk", 24, 96, k=6, norm_scale=1.3, aux_k=16))
+    with torch.no_grad():
+        coder.b_enc.normal_(0, 0.3)
+        coder.b_dec.normal_(0, 0.3)
+    x, dead = torch.randn(40, 24), torch.rand(96) < 0.3
+    results = []
+    for fast in (True, False):
+        coder.fast = fast
+        coder.zero_grad()
+        out = coder(x, dead_mask=dead)
+        out.loss.backward()
+        results.append((out, {n: p.grad.clone() for n, p in coder.named_parameters()}))
+    (fast_out, fast_grads), (dense_out, dense_grads) = results
+    for a, b in zip(fast_out[:3], dense_out[:3]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for name in dense_grads:
+        torch.testing.assert_close(fast_grads[name], dense_grads[name], atol=1e-5, rtol=1e-5)
+    # without AuxK, the encoder gradient lives only on columns some input selected
+    coder.fast = True
+    coder.zero_grad()
+    out = coder(x)
+    out.loss.backward()
+    assert coder.W_enc.grad[:, ~(out.acts != 0).any(0)].abs().max() == 0
+
+
+def test_topk_encode_backward_against_autograd_of_the_dense_formula():
+    torch.manual_seed(1)
+    x = torch.randn(8, 10, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(10, 30, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(30, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, W, b: TopKEncode.apply(x, W, b, 4)[0], (x, W, b))
+
+
+def test_batchtopk_keeps_k_per_input_on_average_and_learns_a_threshold():
+    torch.manual_seed(0)
+    coder = build(CoderConfig("batchtopk", 16, 64, k=5, threshold_momentum=0.0))
+    x = torch.randn(32, 16)
+    out = coder(x)
+    assert int((out.acts > 0).sum()) == 5 * 32
+    assert float(coder.threshold) == pytest.approx(float(out.acts.detach()[out.acts > 0].min()))
+    coder.eval()
+    pre = coder.pre_acts(x)
+    torch.testing.assert_close(coder.encode(x), pre.relu() * (pre > coder.threshold), atol=0, rtol=0)
+
+
+def test_matryoshka_loss_is_the_sum_over_prefixes():
+    torch.manual_seed(0)
+    coder = build(CoderConfig("matryoshka", 16, 64, k=5, prefixes=(8, 24, 64)))
+    x = torch.randn(32, 16)
+    out = coder(x)
+    acts = out.acts.detach()
+    total = sum(((acts[:, :m] @ coder.W_dec[:m] + coder.b_dec) - x).pow(2).sum(-1).mean() for m in (8, 24, 64))
+    torch.testing.assert_close(out.loss.detach(), total.detach(), atol=1e-4, rtol=1e-5)
+    assert set(out.parts) >= {"mse_8", "mse_24", "mse_64"}
+
+
+def test_switch_routes_each_input_to_one_expert():
+    torch.manual_seed(0)
+    coder = build(CoderConfig("switch", 16, 64, k=3, n_experts=4))
+    x = torch.randn(50, 16)
+    out = coder(x)
+    experts = (out.acts != 0).reshape(50, 4, 16).any(-1)
+    assert bool((experts.sum(-1) == 1).all())
+    torch.testing.assert_close(coder.decode(out.acts), out.x_hat, atol=1e-6, rtol=0)
+    out.loss.backward()
+    assert coder.W_router.grad.abs().sum() > 0                         # the router learns through p_e
+    # balanced routing with uniform router probabilities gives the minimum, 1
+    with torch.no_grad():
+        coder.W_router.zero_()
+    assert float(coder(x).parts["balance"]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_jumprelu_threshold_pseudo_gradient():
+    """d loss / d theta = -(theta/eps) sum K(...) dL/dacts (JumpReLU) - l0/eps sum K(...) (L0)."""
+    torch.manual_seed(0)
+    coder = build(CoderConfig("jumprelu", 8, 16, l0_coeff=0.5, bandwidth=0.2, init_threshold=0.3))
+    x = torch.randn(64, 8)
+    out = coder(x)
+    out.loss.backward()
+    pre = coder.pre_acts(x).detach()
+    theta = coder.threshold.detach()
+    window = ((pre - theta).abs() < 0.1).double()
+    acts = out.acts.detach().requires_grad_()
+    recon = ((acts @ coder.W_dec.detach() + coder.b_dec.detach()) - x).pow(2).sum(-1).mean()
+    g_acts, = torch.autograd.grad(recon, acts)
+    d_theta = (-(theta / 0.2) * (window * g_acts).sum(0) - 0.5 / 0.2 * window.sum(0) / 64)
+    torch.testing.assert_close(coder.log_threshold.grad.double(), (d_theta * theta).double(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.acts, pre * (pre > theta), atol=0, rtol=0)
+
+
+def test_gated_acts_and_unit_norm_hooks():
+    torch.manual_seed(0)
+    coder = build(CoderConfig("gated", 8, 16))
+    with torch.no_grad():
+        coder.r_mag.normal_()
+        coder.b_mag.normal_()
+        coder.b_enc.normal_()
+    x = torch.randn(20, 8)
+    gate, mag = x @ coder.W_enc + coder.b_enc, x @ (coder.W_enc * coder.r_mag.exp()) + coder.b_mag
+    torch.testing.assert_close(coder.encode(x), (gate > 0) * mag.relu(), atol=1e-5, rtol=1e-5)
+    topk = build(CoderConfig("topk", 8, 16, k=2))
+    topk(torch.randn(20, 8)).loss.backward()
+    topk.before_step()
+    assert (topk.W_dec.grad * topk.W_dec).sum(-1).abs().max() < 1e-5    # no component along the rows
+    with torch.no_grad():
+        topk.W_dec.mul_(3.0)
+    topk.after_step()
+    torch.testing.assert_close(topk.W_dec.norm(dim=-1), torch.ones(16))
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "gated", "jumprelu", "switch"])
+def test_folding_norm_scale_keeps_the_map(arch):
+    torch.manual_seed(0)
+    coder = build(CoderConfig(arch, 8, 32, k=3, n_experts=2, norm_scale=3.0)).eval()
+    with torch.no_grad():
+        coder.b_dec.normal_()
+    folded = coder.fold_norm_scale()
+    x = torch.randn(16, 8)
+    torch.testing.assert_close(folded.encode(x), coder.encode(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(folded.decode(folded.encode(x)), coder.decode(coder.encode(x)), atol=1e-5, rtol=1e-5)
+
+
+def test_geometric_median_ignores_outliers():
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(200, 4) * 0.1 + 2.0, torch.full((20, 4), 1000.0)])
+    median = geometric_median(x)
+    assert (median - 2.0).abs().max() < 0.1 and (x.mean(0) - 2.0).abs().min() > 50

@@ -19,7 +19,7 @@ Site activations with head axes (hook_z: [batch, pos, head, d_head]) are read fl
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from jaxtyping import Float
@@ -70,7 +70,7 @@ class Attached:
             x_hat = x_hat + error.detach()
         return x_hat.reshape(x.shape)
 
-    def __enter__(self) -> "Attached":
+    def __enter__(self) -> Attached:
         self._held = self.model.edit(self.edit)
         self._held.__enter__()
         return self

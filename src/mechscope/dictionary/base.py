@@ -50,7 +50,7 @@ class CoderOutput(NamedTuple):
     """Named terms (detached): mse, plus l1 / l0 / aux / gate_aux / balance by architecture; l0 (mean active latents)."""
 
 
-_REGISTRY: dict[str, type["SparseCoder"]] = {}
+_REGISTRY: dict[str, type[SparseCoder]] = {}
 
 
 def register(cls):
@@ -167,7 +167,7 @@ class SparseCoder(nn.Module):
 
     # Artifacts
 
-    def fold_norm_scale(self) -> "SparseCoder":
+    def fold_norm_scale(self) -> SparseCoder:
         """An equivalent coder with norm_scale 1: W_enc * s, W_dec / s, b_dec / s (and what each
         architecture adds); the map on raw activations is unchanged, latents are identical."""
         s = self.cfg.norm_scale
@@ -192,7 +192,7 @@ class SparseCoder(nn.Module):
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, device: str | torch.device | None = None) -> "SparseCoder":
+    def load(cls, folder: str | Path, device: str | torch.device | None = None) -> SparseCoder:
         """Load a mechscope dictionary folder (dispatches on cfg.arch), in eval mode
         (BatchTopK encodes with its learned threshold); call .train() to resume training."""
         folder = Path(folder)

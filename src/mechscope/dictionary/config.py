@@ -82,12 +82,12 @@ class CoderConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CoderConfig":
+    def from_dict(cls, data: dict) -> CoderConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         if "prefixes" in kwargs:
             kwargs["prefixes"] = tuple(kwargs["prefixes"])
         return cls(**kwargs)
 
-    def replace(self, **changes) -> "CoderConfig":
+    def replace(self, **changes) -> CoderConfig:
         return dataclasses.replace(self, **changes)

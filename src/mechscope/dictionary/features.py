@@ -4,8 +4,8 @@ logits a latent's decoder row promotes, and steering directions."""
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from jaxtyping import Float, Int

@@ -71,3 +71,11 @@ def test_command_eap_and_acdc(tmp_path, capsys):
     assert cmd.execute(_parse(["zoo:induction", str(task), "--method", "acdc", "--top", "3"])) == 2
     assert "--top applies" in capsys.readouterr().err
     assert cmd.execute(_parse(["zoo:induction", str(tmp_path / "missing.json")])) == 2
+
+
+def test_report_section_draws_the_induction_circuit():
+    import mechscope as ms
+    from mechscope.report.circuits import section
+    page = section(ms.load("zoo:induction"), None)
+    assert "Circuit (EAP)" in page and "<img" in page and "a1.h" in page
+    assert section(tiny_model("bert"), None) == ""

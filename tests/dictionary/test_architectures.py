@@ -5,14 +5,19 @@ Recovery budgets (512 unit atoms in d=64, ~5 active with U[0,1] coefficients, no
 Adam on fresh batches of 128; mean best |cos| between true atoms and decoder rows >= 0.9),
 measured on one thread with seeds 0 and 1 (recovery, L0 on held-out data):
 
-    arch        d_sae  steps  lr     settings                    recovery       L0
-    topk        1024   200    1e-2   k=8                         see report
-    batchtopk   1024   200    1e-2   k=8
-    matryoshka  1024   250    1e-2   k=8, prefixes (128, 1024)
-    switch      2048   200    1e-2   k=8, 2 experts (each expert must hold every atom)
-    relu        1024   250    1e-2   l1_coeff=0.3
-    gated       1024   250    1e-2   l1_coeff=1.0
-    jumprelu    1024   300    1e-2   l0_coeff=1e-2, bandwidth=0.05, init_threshold=0.1
+    arch        d_sae  steps  lr    settings                                   recovery      L0
+    topk        1024   200    1e-2  k=8                                        0.965 0.965   7.5
+    batchtopk   1024   200    1e-2  k=8                                        0.966 0.965   4.0-4.3
+    matryoshka  1024   250    1e-2  k=8, prefixes (256, 1024)                  0.945 0.942   5.3-5.5
+    switch      2048   150    1e-2  k=8, 2 experts                             0.957 0.953   7.9
+    relu        1024   250    1e-2  l1_coeff=0.3                               0.966 0.965   6.0-6.3
+    gated       1024   300    1e-2  l1_coeff=1.0                               0.940 0.949   13
+    jumprelu    1024   200    1e-2  l0_coeff=3e-2, bandwidth=0.05, theta0=0.1  0.957 0.962   8.4-9.1
+
+Switch needs 2 experts of 1024: inputs mix atoms at random, so each expert must hold every
+atom. Matryoshka with a 128-wide first prefix stays at ~0.92 (its first latents learn
+mixtures, by design). JumpReLU needs theta0 near the data scale: from 1e-3, Adam moves
+log(theta) too slowly and L0 stays ~80 after 300 steps.
 """
 
 from __future__ import annotations
@@ -26,20 +31,20 @@ from mechscope.dictionary.topk import TopKEncode
 from .synthetic import recovery, train
 
 BUDGETS = {
-    "topk": (1024, 200, 1e-2, dict(k=8)),
-    "batchtopk": (1024, 200, 1e-2, dict(k=8)),
-    "matryoshka": (1024, 250, 1e-2, dict(k=8, prefixes=(128, 1024))),
-    "switch": (2048, 200, 1e-2, dict(k=8, n_experts=2)),
-    "relu": (1024, 250, 1e-2, dict(l1_coeff=0.3)),
-    "gated": (1024, 250, 1e-2, dict(l1_coeff=1.0)),
-    "jumprelu": (1024, 300, 1e-2, dict(l0_coeff=1e-2, bandwidth=0.05, init_threshold=0.1)),
+    "topk": (1024, 200, {"k": 8}),
+    "batchtopk": (1024, 200, {"k": 8}),
+    "matryoshka": (1024, 250, {"k": 8, "prefixes": (256, 1024)}),
+    "switch": (2048, 150, {"k": 8, "n_experts": 2}),
+    "relu": (1024, 250, {"l1_coeff": 0.3}),
+    "gated": (1024, 300, {"l1_coeff": 1.0}),
+    "jumprelu": (1024, 200, {"l0_coeff": 3e-2, "bandwidth": 0.05, "init_threshold": 0.1}),
 }
 
 
 @pytest.mark.parametrize("arch", list(BUDGETS))
 def test_recovers_a_known_dictionary(arch):
-    d_sae, steps, lr, extra = BUDGETS[arch]
-    coder, atoms = train(CoderConfig(arch, 64, d_sae, **extra), steps=steps, batch=128, lr=lr)
+    d_sae, steps, extra = BUDGETS[arch]
+    coder, atoms = train(CoderConfig(arch, 64, d_sae, **extra), steps=steps, batch=128, lr=1e-2)
     assert recovery(coder.W_dec.detach(), atoms) >= 0.9
 
 

@@ -87,6 +87,22 @@ def decode(model, token_id: int) -> str:
     return model.tokenizer.decode([token_id]) if model.tokenizer is not None else str(token_id)
 
 
+def decode_many(model, token_ids: Sequence[int]) -> dict[int, str]:
+    """{id: text} of single tokens, decoded in one tokenizer call (as `decode` does one)."""
+    ids = sorted({int(t) for t in token_ids})
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        return {t: str(t) for t in ids}
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if ids and backend is not None and getattr(tokenizer, "clean_up_tokenization_spaces", True) is False:
+        # a fast tokenizer's `decode` is its backend's, with no clean-up: one Rust call for
+        # all ids (thousands of single `decode` calls cost as much as a forward pass)
+        texts = backend.decode_batch([[t] for t in ids], skip_special_tokens=False)
+        if texts[:4] == [tokenizer.decode([t]) for t in ids[:4]]:
+            return dict(zip(ids, texts))
+    return dict(zip(ids, tokenizer.batch_decode([[t] for t in ids])))
+
+
 def token_ids(model, tokens: Sequence[str | int] | str | int, what: str = "target") -> list[int]:
     """Token ids for strings that must each be one token (or ids, checked against the vocabulary)."""
     items = [tokens] if isinstance(tokens, (str, int)) else list(tokens)

@@ -23,6 +23,9 @@ from . import _common as C
 
 log = logging.getLogger(__name__)
 
+CHUNK_LOGITS = 1 << 20
+"""Logits held at once while unembedding (4 MiB of float32: the elementwise passes stay in cache)."""
+
 
 @dataclass
 class LogitLens(C.Saveable):
@@ -161,46 +164,117 @@ def logit_lens(
     last = f"blocks.{model.dims.n_layers - 1}.hook_resid_post"
     run = C.record(model, prompts, [s.site for s in chosen] + [last], wanted, batch_size)
     absolute, mask = C.absolute_positions(run, wanted)
-    stack = torch.stack([C.translated(model, run, s, translator) for s in chosen])  # [layer, batch, pos, d_model]
+    resids = [C.translated(model, run, s, translator) for s in chosen]
+    reuse = translator is None and chosen[-1].site == last  # the last stream is the model's own output
     size = model.dims.d_vocab if vocab_ids is None else len(vocab_ids)
-    stats = _statistics(model, stack, run.cache[last], vocab_ids, target_ids, min(k, size))
+    stats = _statistics(model, resids, None if reuse else run.cache[last], vocab_ids, target_ids, min(k, size))
     tokens = run.tokens.cpu().gather(1, absolute.clamp(max=run.tokens.shape[1] - 1))
-    seen = set(tokens[mask].tolist()) | set(stats["top_ids"].flatten().tolist()) | set(target_ids)
+    seen = torch.cat([tokens[mask], stats["top_ids"].flatten(), torch.tensor(target_ids, dtype=torch.long)])
     return LogitLens(
         model_name=model.name, layers=[s.label for s in chosen], sites=[s.site for s in chosen], tokens=tokens,
         positions=absolute, mask=mask, targets=[C.decode(model, t) for t in target_ids],
         target_ids=torch.tensor(target_ids, dtype=torch.long) if target_ids else None, vocab_ids=vocab_ids,
         translator="identity" if translator is None else type(translator).__name__,
-        token_strings={t: C.decode(model, t) for t in sorted(seen)}, **stats)
+        token_strings=C.decode_many(model, seen.unique().tolist()), **stats)
 
 
-def _statistics(model, stack: Tensor, final_resid: Tensor, vocab_ids: Tensor | None, target_ids: list[int],
-                k: int) -> dict[str, Tensor | None]:
+def _statistics(model, resids: list[Tensor], final: Tensor | None, vocab_ids: Tensor | None,
+                target_ids: list[int], k: int) -> dict[str, Tensor | None]:
     """Top-k, entropy, KL to the final distribution and target probabilities / ranks of
-    every stream, pushing all streams through the head together in bounded chunks."""
-    n_layers, batch, pos, d_model = stack.shape
-    rows = stack.reshape(-1, d_model)
-    final = torch.cat([lp for _, lp in C.chunked_logprobs(model, final_resid.reshape(-1, d_model), vocab_ids)])
+    every stream [batch, pos, d_model] in `resids`. `final` is the last block's output when
+    it is not `resids[-1]` itself (a translator, or a subset of layers).
+
+    Tokens go through in chunks; within a chunk all streams are stacked [token, stream,
+    d_model] and pushed through the final norm + unembedding in one GEMM, and every
+    statistic comes from those logits with one exp pass (see `_chunk_statistics`)."""
+    batch, pos, d_model = resids[0].shape
+    flat = [r.reshape(-1, d_model) for r in resids] + ([] if final is None else [final.reshape(-1, d_model)])
+    n, width, tokens = len(resids), len(flat), batch * pos
+    size = model.dims.d_vocab if vocab_ids is None else len(vocab_ids)
+    step = max(1, CHUNK_LOGITS // (width * size))
     columns = None
     if target_ids:
         columns = torch.tensor(target_ids) if vocab_ids is None else torch.tensor(
             [vocab_ids.tolist().index(t) for t in target_ids])
-    out = {"top_ids": torch.empty(len(rows), k, dtype=torch.long), "top_probs": torch.empty(len(rows), k),
-           "entropy": torch.empty(len(rows)), "kl": torch.empty(len(rows)),
-           "target_probs": torch.empty(len(rows), len(target_ids)) if target_ids else None,
-           "target_ranks": torch.empty(len(rows), len(target_ids), dtype=torch.long) if target_ids else None}
-    for start, logp in C.chunked_logprobs(model, rows, vocab_ids):
-        end = start + len(logp)
-        probs = logp.exp()
-        ref = final[torch.arange(start, end) % len(final)]
-        top = probs.topk(k, dim=-1)
-        ids = top.indices if vocab_ids is None else vocab_ids.to(top.indices.device)[top.indices]
-        out["top_ids"][start:end], out["top_probs"][start:end] = ids.cpu(), top.values.cpu()
-        out["entropy"][start:end] = -(probs * logp).nansum(-1).cpu()
-        out["kl"][start:end] = (ref.exp() * (ref - logp)).nansum(-1).clamp(min=0).cpu()
-        if columns is not None:
-            chosen = logp[:, columns.to(logp.device)]
-            out["target_probs"][start:end] = chosen.exp().cpu()
-            out["target_ranks"][start:end] = (logp[:, None, :] > chosen[:, :, None]).sum(-1).cpu()
-    shape = (n_layers, batch, pos)
-    return {name: None if v is None else v.reshape(*shape, *v.shape[1:]) for name, v in out.items()}
+    t = len(target_ids)
+    out = {"top_ids": torch.empty(tokens, n, k, dtype=torch.long), "top_probs": torch.empty(tokens, n, k),
+           "entropy": torch.empty(tokens, n), "kl": torch.empty(tokens, n),
+           "target_probs": torch.empty(tokens, n, t) if t else None,
+           "target_ranks": torch.empty(tokens, n, t, dtype=torch.long) if t else None}
+    buffer = None
+    with torch.no_grad():
+        for start in range(0, tokens, step):
+            rows = torch.stack([f[start:start + step] for f in flat], dim=1).to(model.device)
+            logits = model.to_logits(rows).float()  # [token, stream, vocab]
+            if vocab_ids is not None:
+                logits = logits[..., vocab_ids.to(logits.device)]
+            if buffer is None or buffer.device != logits.device:
+                buffer = torch.empty((step, *logits.shape[1:]), device=logits.device)
+            chunk = _chunk_statistics(logits, buffer[:len(logits)], k, columns)
+            for name, value in chunk.items():
+                if value is not None:
+                    out[name][start:start + len(logits)] = value[:, :n].cpu()
+    if vocab_ids is not None:
+        out["top_ids"] = vocab_ids[out["top_ids"]]
+    return {name: None if v is None else v.reshape(batch, pos, n, *v.shape[2:]).movedim(2, 0).contiguous()
+            for name, v in out.items()}
+
+
+def _chunk_statistics(logits: Float[Tensor, "token stream vocab"], buffer: Float[Tensor, "token stream vocab"],
+                      k: int, columns: Tensor | None) -> dict[str, Tensor | None]:
+    """Statistics of every row of `logits` (overwritten); the last stream is the model's output.
+
+    With x = logits - max (in place), e = exp(x) (into `buffer`), s = sum(e), lse = log(s):
+    log p = x - lse, entropy = lse - sum(e x) / s, and KL(final || stream) =
+    sum(pf log pf) - sum(pf log p) where sum(pf log p) = pf . x - lse (sum pf = 1). The final
+    stream's own KL is then exactly 0: both terms are the same computation."""
+    top = topk(logits, k)  # sorted: top.values[..., :1] is each row's max
+    shift = top.values[..., :1]
+    chosen = ranks = None
+    if columns is not None:
+        chosen = logits[..., columns.to(logits.device)]
+        ranks = torch.stack([(logits > chosen[..., i, None]).sum(-1) for i in range(chosen.shape[-1])], dim=-1)
+    x = logits.sub_(shift)
+    e = torch.exp(x, out=buffer)
+    s = e.sum(-1)
+    lse = s.log()
+    pf = e[:, -1] / s[:, -1, None]  # [token, vocab]: the model's own output distribution
+    pf_x = (x * pf[:, None]).sum(-1)  # [token, stream]
+    if pf_x.isnan().any():  # 0 * -inf where a logit is -inf: that term is 0
+        pf_x = (x * pf[:, None]).nansum(-1)
+    e_x = e.mul_(x).sum(-1)
+    if e_x.isnan().any():
+        e_x = e.nansum(-1)
+    log_pf = pf_x - lse
+    lse = lse[..., None]
+    return {"top_ids": top.indices, "top_probs": (top.values - shift - lse).exp_(),
+            "entropy": lse[..., 0] - e_x / s, "kl": (log_pf[:, -1:] - log_pf).clamp_(min=0),
+            "target_probs": None if chosen is None else (chosen - shift - lse).exp_(), "target_ranks": ranks}
+
+
+TOPK_BLOCK = 64
+
+
+def topk(x: Float[Tensor, "... vocab"], k: int) -> torch.return_types.topk:
+    """`x.topk(k, dim=-1)` (sorted, same values; among equal values the ids may differ),
+    in two levels: the k largest values lie in the k blocks of `TOPK_BLOCK` columns with
+    the largest maxima (each of them beats a block maximum that is not among those k).
+    A row-wise block max is a fast vectorised pass and torch's top-k costs per element, so
+    on wide vocabularies this is about twice as fast as one top-k over each whole row."""
+    width = x.shape[-1]
+    blocks = width // TOPK_BLOCK
+    if blocks < 4 * k:
+        return x.topk(k, dim=-1)
+    rows = x.reshape(-1, width)
+    body = rows[:, :blocks * TOPK_BLOCK].unflatten(-1, (blocks, TOPK_BLOCK))  # [row, block, TOPK_BLOCK]
+    best = body.amax(-1).topk(k, dim=-1).indices  # [row, k]
+    flat = (best + blocks * torch.arange(len(rows), device=x.device)[:, None]).flatten()
+    picked = body.reshape(-1, TOPK_BLOCK).index_select(0, flat).view(len(rows), k * TOPK_BLOCK)
+    ids = (best[..., None] * TOPK_BLOCK + torch.arange(TOPK_BLOCK, device=x.device)).flatten(1)
+    if width % TOPK_BLOCK:
+        tail = torch.arange(blocks * TOPK_BLOCK, width, device=x.device)
+        picked = torch.cat([picked, rows[:, tail]], dim=-1)
+        ids = torch.cat([ids, tail.expand(len(rows), -1)], dim=-1)
+    top = picked.topk(k, dim=-1)
+    shape = (*x.shape[:-1], k)
+    return torch.return_types.topk((top.values.view(shape), ids.gather(-1, top.indices).view(shape)))

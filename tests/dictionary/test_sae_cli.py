@@ -1,0 +1,81 @@
+"""`mechscope sae ...`: cache, train (and resume), eval, features, convert, called in-process."""
+
+import argparse
+import json
+
+import pytest
+import torch
+
+import mechscope as ms
+from mechscope.commands import sae
+
+SITE = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sae_cli")
+    from tests.lens.test_tuned import save_worded
+    folder = save_worded(tmp / "model")
+    corpus = tmp / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"})
+                                for i in range(60)))
+    return tmp, folder, corpus
+
+
+def call(argv, capsys):
+    parser = argparse.ArgumentParser()
+    sae.configure(parser)
+    assert sae.execute(parser.parse_args(argv)) == 0
+    return capsys.readouterr().out
+
+
+def test_cache_train_resume_eval_features_convert(setup, capsys):
+    tmp, model, corpus = setup
+    data = ["--data", str(corpus), "--ctx", "16", "--heldout", "0.2"]
+    cached = json.loads(call(["cache", str(model), "--site", SITE, "--out", str(tmp / "acts"), *data, "--json"], capsys))
+    assert cached["sites"] == [SITE] and cached["n_tokens"] > 0
+    train = ["train", str(model), "--site", SITE, "--out", str(tmp / "sae"), "--width", "64", "--k", "4",
+             "--total-tokens", "256", "--batch-tokens", "32", "--warmup", "1", "--checkpoint-every", "3",
+             "--eval-contexts", "3", *data]
+    first = json.loads(call([*train, "--json"], capsys))
+    assert first["steps"] == 8 and first["eval"]["l0"] <= 4.0 and 0 <= first["eval"]["fvu"]
+    coder = ms.dictionary.load(tmp / "sae")
+    assert coder.cfg.hook_name == SITE and coder.cfg.d_sae == 64
+    assert json.loads((tmp / "sae" / "eval.json").read_text()) == first["eval"]
+    again = json.loads(call([*train, "--json"], capsys))  # resumes from the finished checkpoint: same weights
+    assert again["eval"] == first["eval"]
+    assert torch.equal(ms.dictionary.load(tmp / "sae").W_dec, coder.W_dec)
+    from_cache = json.loads(call(["train", str(model), "--cache", str(tmp / "acts"), "--out", str(tmp / "sae2"),
+                                  "--width", "64", "--k", "4", "--total-tokens", "256", "--batch-tokens", "32",
+                                  "--json", "--no-progress"], capsys))
+    assert from_cache["sites"] == [SITE] and "eval" not in from_cache
+    ev = json.loads(call(["eval", str(model), str(tmp / "sae"), *data, "--contexts", "3", "--plot", str(tmp / "d.png"),
+                          "--save", str(tmp / "ev"), "--json"], capsys))
+    assert ev["fvu"] == pytest.approx(first["eval"]["fvu"], rel=1e-6) and (tmp / "d.png").is_file()
+    assert (tmp / "ev" / "density.safetensors").is_file()
+    text = call(["eval", str(model), str(tmp / "sae"), *data, "--contexts", "2"], capsys)
+    assert "ce_loss_score" in text and "fvu" in text
+    feats = json.loads(call(["features", str(model), str(tmp / "sae"), *data, "--features", "0,1", "--json"], capsys))
+    assert {row["feature"] for row in feats["features"]} <= {0, 1}
+    conv = json.loads(call(["convert", str(tmp / "sae"), str(tmp / "lens-sl"), "--to", "saelens", "--json"], capsys))
+    assert conv["to"] == "saelens"
+    back = ms.dictionary.formats.read(tmp / "lens-sl")
+    x = torch.randn(5, 32)
+    torch.testing.assert_close(back.decode(back.encode(x)), coder.decode(coder.encode(x)), rtol=1e-4, atol=1e-5)
+
+
+def test_cli_errors_are_clear(setup):
+    tmp, model, corpus = setup
+    parser = argparse.ArgumentParser()
+    sae.configure(parser)
+    args = parser.parse_args(["train", str(model), "--site", SITE, "--out", str(tmp / "x")])
+    with pytest.raises(ms.MechscopeError, match="give --data"):
+        sae.execute(args)
+    args = parser.parse_args(["train", str(model), "--site", "blocks.9.hook_resid_post", "--out", str(tmp / "x"),
+                              "--data", str(corpus), "--ctx", "16"])
+    with pytest.raises(ms.MechscopeError, match="unknown site"):
+        sae.execute(args)
+    args = parser.parse_args(["eval", str(model), str(tmp / "nothing-here"), "--data", str(corpus)])
+    with pytest.raises(ms.MechscopeError, match="not a folder"):
+        sae.execute(args)

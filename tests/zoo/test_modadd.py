@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 
 import mechscope
 from mechscope.errors import MechscopeError
-from mechscope.toys import grokking
+from mechscope import zoo
+from mechscope.toys import cards, grokking
 from mechscope.zoo import WEIGHTS, modadd
 from mechscope.zoo.modadd import ModaddRecipe
 
@@ -46,7 +47,7 @@ def split(card) -> modadd.ModaddData:
 
 @pytest.fixture(scope="module")
 def curves() -> grokking.GrokkingCurves:
-    return modadd.load_curves(SHIPPED)
+    return cards.load_modadd_curves(SHIPPED)
 
 
 def test_split_is_a_seeded_partition():
@@ -160,9 +161,10 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     """Tiny runs: seed 0 twice and seed 1."""
     root = tmp_path_factory.mktemp("modadd")
     out = {name: root / name for name in ("a", "b", "c")}
-    modadd.train(out["a"], TINY, progress=False)
-    modadd.train(out["b"], TINY, progress=False)
-    modadd.train(out["c"], dataclasses.replace(TINY, seed=1), progress=False)
+    for name, recipe in (("a", TINY), ("b", TINY), ("c", dataclasses.replace(TINY, seed=1))):
+        raw = modadd.train(out[name], recipe, progress=False)
+        assert "analysis" not in raw and not (out[name] / "curves.safetensors").exists()  # raw artifacts only
+        cards.analyse_modadd(out[name], progress=False)
     return out
 
 
@@ -181,6 +183,11 @@ def test_recipe_is_deterministic(runs):
     assert steps == modadd.snapshot_steps(TINY) == [0, 3, 8]
     card = json.loads((runs["a"] / "card.json").read_text())
     assert card["recipe"]["seed"] == 0 and card["metrics"]["steps"] == 8
+    # the analysis added the progress measures of the snapshots, and they match a recomputation
+    curves = cards.load_modadd_curves(runs["a"])
+    assert card["analysis"] == cards.modadd_summary(cards.modadd_curves(runs["a"]))
+    assert [int(s) for s in curves.steps] == steps
+    assert card["metrics"]["total_time_s"] >= card["metrics"]["train_time_s"]
 
 
 def test_corrupt_snapshots_raise(runs, tmp_path):
@@ -200,7 +207,7 @@ def test_corrupt_snapshots_raise(runs, tmp_path):
 
 
 def test_plots_are_written(tmp_path):
-    paths = modadd.plots(SHIPPED, tmp_path / "figures")
+    paths = zoo.plots("modadd", tmp_path / "figures")
     assert len(paths) == 3
     for path in paths:
         assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 10_000
@@ -220,3 +227,14 @@ def test_restricted_and_excluded_logits_on_a_planted_table():
     torch.testing.assert_close(excluded, other.reshape(p * p, p))
     with pytest.raises(MechscopeError):
         grokking.restricted_logits(logits, [7])
+
+
+def test_zoo_train_runs_the_registered_analysis(tmp_path, monkeypatch):
+    """`zoo.train("modadd")` = the recipe's raw artifacts + the analysis mechscope.toys registered."""
+    monkeypatch.setattr(modadd, "ModaddRecipe", lambda: TINY)
+    card = zoo.train("modadd", tmp_path / "m")
+    assert card["analysis"] == json.loads((tmp_path / "m" / "card.json").read_text())["analysis"]
+    assert (tmp_path / "m" / "curves.safetensors").is_file()
+    monkeypatch.delitem(zoo.ANALYSES, "modadd")
+    with pytest.raises(MechscopeError, match="import mechscope.toys"):
+        zoo.plots("modadd", tmp_path / "figures")

@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 import mechscope as ms
+from mechscope import zoo
+from mechscope.toys import cards
 from mechscope.toys import superposition as ts
 from mechscope.zoo import superposition
 from mechscope.zoo.superposition import SuperpositionRecipe, SuperpositionSuite
@@ -85,8 +87,9 @@ def test_dimensionality_sticks_at_one_half(suite):
 
 def test_card_matches_weights(suite):
     card = json.loads((SHIPPED / "card.json").read_text())
-    assert card["metrics"]["pentagon"] == superposition.measure(suite)["pentagon"]
-    assert card["metrics"]["dimensionality"]["dim_star"] == superposition.measure(suite)["dimensionality"]["dim_star"]
+    measured = cards.superposition_metrics(suite)
+    assert card["metrics"]["pentagon"] == measured["pentagon"]
+    assert card["metrics"]["dimensionality"]["dim_star"] == measured["dimensionality"]["dim_star"]
     assert {"recipe", "metrics", "train_time_s", "software", "tolerance"} <= card.keys()
     assert card["recipe"] == json.loads(json.dumps(dataclasses.asdict(SuperpositionRecipe())))
 
@@ -118,16 +121,22 @@ def test_measures_on_known_geometry():
 
 def test_short_runs_are_deterministic(tmp_path):
     runs = {"a": TINY, "b": TINY, "c": dataclasses.replace(TINY, seed=1)}
-    cards = {k: superposition.train(tmp_path / k, r, progress=False) for k, r in runs.items()}
+    raw = {k: superposition.train(tmp_path / k, r, progress=False) for k, r in runs.items()}
+    assert set(raw["a"]["metrics"]) == {"eval_loss"}  # the recipe writes no analysis
+    assert "No feature-geometry metrics yet" in (tmp_path / "a" / "CARD.md").read_text()
+    done = {k: cards.analyse_superposition(tmp_path / k) for k in runs}
     a, b, c = (load_file(tmp_path / k / "model.safetensors") for k in "abc")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["pentagon.W"], c["pentagon.W"])
-    assert cards["a"]["metrics"] == cards["b"]["metrics"]
-    assert isinstance(ms.load(str(tmp_path / "a")).hf, SuperpositionSuite)
+    assert done["a"]["metrics"] == done["b"]["metrics"] and done["a"]["metrics"]["eval_loss"] == raw["a"]["metrics"]["eval_loss"]
+    assert json.loads((tmp_path / "a" / "card.json").read_text()) == done["a"]
+    assert "## pentagon" in (tmp_path / "a" / "CARD.md").read_text()
+    suite = ms.load(str(tmp_path / "a")).hf
+    assert isinstance(suite, SuperpositionSuite) and done["a"]["metrics"]["pentagon"] == cards.superposition_metrics(suite)["pentagon"]
 
 
 def test_plots(tmp_path):
-    paths = superposition.plots(SHIPPED, tmp_path)
+    paths = zoo.plots("superposition", tmp_path)
     assert [p.name for p in paths] == ["superposition_pentagon.png", "superposition_phase.png",
                                        "superposition_dimensionality.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)

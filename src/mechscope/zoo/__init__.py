@@ -1,12 +1,20 @@
 """The zoo: small models mechscope trains itself with deterministic recipes and ships,
-so that every demo and test runs offline. `load("zoo:NAME")` reads them from here."""
+so that every demo and test runs offline. `load("zoo:NAME")` reads them from here.
+
+The zoo sits in the bottom layer (DESIGN §2) and imports no method. Where a zoo model's card
+metrics or figures need a method's analysis (modadd's grokking measures, superposition's
+feature geometry), that method registers an `Analysis` here (`mechscope.toys` does, when it
+is imported); `train` and `plots` then run it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..errors import MechscopeError
 
@@ -28,6 +36,30 @@ DESCRIPTIONS = {
     "chain": "stacked attention heads: multi-hop variable binding, one layer per hop",
     "digits": "small CNN on scikit-learn's 8x8 digits",
 }
+
+
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What a method package adds to a zoo model (registered with `register_analysis`)."""
+
+    after_train: Callable[[Path], dict] | None = None
+    """`after_train(folder) -> card`: add the method's measures to a freshly trained folder
+    (its card.json, extra files) and return the completed card."""
+    plots: Callable[[Path, Path], list[Path]] | None = None
+    """`plots(folder, out_dir) -> [png paths]`: the model's figures, drawn by the method."""
+
+
+ANALYSES: dict[str, Analysis] = {}
+"""name -> the `Analysis` a method package registered for that zoo model."""
+
+
+def register_analysis(name: str, analysis: Analysis) -> None:
+    """Let `train` and `plots` run a method's analysis of zoo model `name` (called by the
+    method's package at import: the arrow points down, from the method to the zoo)."""
+    _check(name)
+    ANALYSES[name] = analysis
 
 
 def names() -> list[str]:
@@ -61,11 +93,21 @@ def _module(name: str):
 
 def plots(name: str, out_dir: Path) -> list[Path]:
     """Write the zoo model's figures (the paper's plots, from the shipped weights) into out_dir."""
-    return list(_module(name).plots(zoo_path(name), Path(out_dir)))
+    module = _module(name)
+    analysis = ANALYSES.get(name)
+    draw = analysis.plots if analysis is not None and analysis.plots else getattr(module, "plots", None)
+    if draw is None:
+        raise MechscopeError(f"zoo model '{name}' has its figures drawn by a method package that is not loaded: "
+                             "`import mechscope.toys` (or `import mechscope`) first")
+    return list(draw(zoo_path(name), Path(out_dir)))
 
 
 def train(name: str, out_dir: Path | None = None, *, seed: int = 0) -> dict:
-    """Train a zoo model with its deterministic recipe; returns the model card."""
+    """Train a zoo model with its deterministic recipe, then run its registered analysis
+    (if any) on the new folder; returns the model card."""
     module = _module(name)
     recipe = dataclasses.replace(getattr(module, RECIPES[name][1])(), seed=seed)
-    return module.train(Path(out_dir) if out_dir else WEIGHTS / name, recipe)
+    folder = Path(out_dir) if out_dir else WEIGHTS / name
+    card = module.train(folder, recipe)
+    analysis = ANALYSES.get(name)
+    return analysis.after_train(folder) if analysis is not None and analysis.after_train else card

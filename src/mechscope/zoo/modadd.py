@@ -6,8 +6,11 @@ last position's logits over the ``p`` number tokens. Training is full-batch Adam
 strong weight decay on a seeded 30% of all ``p * p`` pairs; the model first memorises,
 then forms the Fourier-multiplication circuit and finally cleans up the memorisation, at
 which point test accuracy jumps to 100%. ``train(out_dir)`` writes a Hugging Face folder
-(float32 weights), float16 snapshots under ``snapshots/step_XXXXXX/``, the progress measures
-(``curves.safetensors``, see `mechscope.toys.grokking`), ``card.json`` and ``CARD.md``.
+(float32 weights), float16 snapshots under ``snapshots/step_XXXXXX/``, ``card.json`` and
+``CARD.md``: the raw training artifacts. The progress measures of the snapshots
+(``curves.safetensors``, the card's ``analysis``) and the figures are the grokking analysis
+of `mechscope.toys`, which registers them with `mechscope.zoo` (`zoo.train("modadd")` runs
+both; this module imports no method, DESIGN §2).
 """
 
 from __future__ import annotations
@@ -219,7 +222,7 @@ def train(out_dir: Path, recipe: ModaddRecipe = ModaddRecipe(), *, progress: boo
     """Train the model and write its folder (weights, snapshots, ``card.json``, ``CARD.md``).
 
     Everything is written into a temporary sibling folder, which then replaces ``out_dir``.
-    Returns the card.
+    Returns the card (without the progress measures: `zoo.train("modadd")` adds them).
     """
     out_dir, t0 = Path(out_dir), time.perf_counter()
     split = data(recipe.p, recipe.train_frac, recipe.seed)
@@ -234,10 +237,7 @@ def train(out_dir: Path, recipe: ModaddRecipe = ModaddRecipe(), *, progress: boo
         train_time = time.perf_counter() - t0
         card = _card(recipe, evaluate(model, split, recipe.p), history, train_time, model, split)
         model.save_pretrained(tmp)
-        curves = compute_curves(tmp, split, progress=progress)
-        curves.save(tmp / "curves.safetensors")
-        card["analysis"] = _analysis_summary(curves)
-        card["metrics"]["total_time_s"] = round(time.perf_counter() - t0, 1)  # training + curves
+        card["metrics"]["total_time_s"] = round(time.perf_counter() - t0, 1)  # the analysis adds its own time
         (tmp / "card.json").write_text(json.dumps(card, indent=1) + "\n")
         (tmp / "CARD.md").write_text(render_card(card))
         for path in tmp.rglob("*"):
@@ -343,57 +343,3 @@ def _load_snapshot(path: Path, config: ToyConfig) -> ToyTransformer:
         raise MechscopeError(f"snapshot {path} does not match the folder's config.json: "
                              f"{str(err).splitlines()[0]}") from None
     return model.eval()
-
-
-def compute_curves(folder: Path, split: ModaddData | None = None, *, progress: bool = False):
-    """The grokking progress measures (`mechscope.toys.grokking.GrokkingCurves`) of a folder's
-    snapshots, on its own train/test split."""
-    from ..toys import grokking
-
-    if split is None:
-        recipe = json.loads((Path(folder) / "card.json").read_text())["recipe"]
-        split = data(recipe["p"], recipe["train_frac"], recipe["seed"])
-    return grokking.grokking_curves(load_snapshots(folder), *split, progress=progress)
-
-
-def load_curves(folder: Path):
-    """The progress measures saved with the folder (``curves.safetensors``), else computed."""
-    from ..toys.grokking import GrokkingCurves
-
-    path = Path(folder) / "curves.safetensors"
-    return GrokkingCurves.load(path) if path.is_file() else compute_curves(folder)
-
-
-def _analysis_summary(curves) -> dict:
-    """The card's summary of the progress measures at the last snapshot."""
-    return {
-        "key_frequencies": [int(k) for k in curves.key_freqs],
-        "key_frequency_share": round(float(curves.key_share[-1]), 5),
-        "restricted_loss": float(f"{float(curves.restricted_loss[-1]):.6g}"),
-        "excluded_loss": float(f"{float(curves.excluded_loss[-1]):.6g}"),
-        "gini_embed": round(float(curves.gini_embed[-1]), 4),
-        "gini_neuron": round(float(curves.gini_neuron[-1]), 4),
-        "phase_ends": dict(zip(("memorisation", "circuit_formation", "cleanup"), map(int, curves.phases))),
-    }
-
-
-def plots(folder: Path, out_dir: Path) -> list[Path]:
-    """The paper's figures from a modadd folder: progress measures over training, the loss
-    history, and the embedding's Fourier norms. Returns the PNG paths."""
-    from ..io import write_figure
-    from ..models.loading import load
-    from ..toys import grokking
-
-    folder, out_dir = Path(folder), Path(out_dir)
-    card = json.loads((folder / "card.json").read_text())
-    curves = load_curves(folder)
-    figures = {
-        "modadd_progress_measures.png": curves.plot(),
-        "modadd_loss_history.png": grokking.plot_history(card["history"], card["history_columns"]),
-        "modadd_embedding_fourier.png": grokking.plot_embedding_fourier(
-            load(str(folder)), card["recipe"]["p"], [int(k) for k in curves.key_freqs]),
-    }
-    paths = []
-    for name, fig in figures.items():
-        paths.append(write_figure(out_dir / name, fig, bbox_inches=None))
-    return paths

@@ -32,8 +32,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mechscope.errors import MechscopeError
-from mechscope.io import write_figure
-from mechscope.zoo.storage import load_module_folder, save_module_folder
+from mechscope.zoo.storage import save_module_folder
 
 logger = logging.getLogger(__name__)
 
@@ -262,33 +261,6 @@ def _rounded(t: Tensor, digits: int = 4) -> list:
     return torch.round(t.double(), decimals=digits).tolist()
 
 
-def measure(suite: SuperpositionSuite) -> dict:
-    """The card's metrics, computed from the weights and the buffers that record the data."""
-    from mechscope.toys.superposition import PHASES, FeatureGeometry, longest_plateau, two_in_one_phase
-
-    pent, phase, dim = (suite.experiment(k) for k in ("pentagon", "phase", "dimensionality"))
-    g_pent, g_dim = FeatureGeometry.of(pent.W), FeatureGeometry.of(dim.W)
-    grid = int(round(math.sqrt(phase.n_instances)))
-    phases = two_in_one_phase(phase.W.detach()).view(grid, grid)
-    lo, hi = longest_plateau(g_dim.dim_star, 0.5, TOLERANCE["plateau_tolerance_of_one_half"])
-    inv = 1.0 / dim.feature_probability
-    return {
-        "pentagon": {"sparsity": _rounded(1 - pent.feature_probability),
-                     "feature_norms": _rounded(g_pent.norms, 3),
-                     "n_represented": g_pent.n_represented().tolist(),
-                     "dim_star": _rounded(g_pent.dim_star, 3)},
-        "phase": {"importance_of_feature_2": _rounded(phase.importance[:grid, 1]),
-                  "density": _rounded(phase.feature_probability[::grid]),
-                  "phases_rows_by_density": phases.tolist(), "phase_labels": list(PHASES),
-                  "counts": {PHASES[c]: int((phases == c).sum()) for c in range(len(PHASES))}},
-        "dimensionality": {"inverse_density": _rounded(inv, 3), "dim_star": _rounded(g_dim.dim_star),
-                           "plateau_inverse_density": _rounded(inv[[lo, max(lo, hi - 1)]], 3),
-                           "plateau_n_points": hi - lo,
-                           "plateau_mean_dim_star": round(float(g_dim.dim_star[lo:hi].mean()), 4)
-                           if hi > lo else None},
-    }
-
-
 def build(recipe: SuperpositionRecipe, progress: bool = False) -> tuple[SuperpositionSuite, dict]:
     """Train every experiment of the recipe; returns the suite and each one's eval loss."""
     plan = setups(recipe)
@@ -305,7 +277,8 @@ def build(recipe: SuperpositionRecipe, progress: bool = False) -> tuple[Superpos
 def train(out_dir: Path, recipe: SuperpositionRecipe = SuperpositionRecipe(), *,
           progress: bool = True) -> dict:
     """Train the three experiments; write the module folder with ``card.json`` and ``CARD.md``
-    (atomically) into ``out_dir``; return the card."""
+    (atomically) into ``out_dir``; return the card. Its metrics are the eval losses; the
+    feature-geometry metrics are the analysis `mechscope.toys` registers (`zoo.train` runs it)."""
     start, threads = time.perf_counter(), torch.get_num_threads()
     torch.set_num_threads(1)  # one reduction order, whatever the machine: reproducible bits
     try:
@@ -317,7 +290,7 @@ def train(out_dir: Path, recipe: SuperpositionRecipe = SuperpositionRecipe(), *,
         "architecture": "SuperpositionSuite of ToyModelOfSuperposition: ReLU(W^T W x + b) per instance",
         "recipe": json.loads(json.dumps(dataclasses.asdict(recipe))),
         "experiments": {k: list(v) for k, v in suite.shapes.items()},
-        "metrics": {**measure(suite), "eval_loss": losses},
+        "metrics": {"eval_loss": losses},
         "train_time_s": round(time.perf_counter() - start, 1),
         "software": {"torch": torch.__version__, "threads": 1},
         "tolerance": TOLERANCE,
@@ -329,13 +302,10 @@ def train(out_dir: Path, recipe: SuperpositionRecipe = SuperpositionRecipe(), *,
 
 
 def render_card(card: dict) -> str:
-    """The human-readable model card (``CARD.md``)."""
+    """The human-readable model card (``CARD.md``); the experiments' sections need the
+    feature-geometry metrics (added by the analysis), and say so when they are missing."""
     r, m = card["recipe"], card["metrics"]
-    pent, dim = m["pentagon"], m["dimensionality"]
-    rows = "\n".join(f"| {s:g} | {k} | {' '.join(f'{v:.2f}' for v in norms)} |" for s, k, norms
-                     in zip(pent["sparsity"], pent["n_represented"], pent["feature_norms"]))
-    counts = ", ".join(f"{k}: {v}" for k, v in m["phase"]["counts"].items() if v)
-    return f"""# zoo:superposition
+    head = f"""# zoo:superposition
 
 Toy Models of Superposition (Elhage et al. 2022): x' = ReLU(WᵀWx + b), features uniform in
 [0, 1] present with probability 1 - S, importance-weighted MSE. Three batched experiments,
@@ -343,7 +313,24 @@ each instance trained {r['steps']} Adam steps (lr {r['lr']}, cosine to {r['final
 batch {r['batch_size']}, dimensionality {r['dim_batch_size']}); pentagon and phase instances
 keep the best of {r['restarts']} inits by loss on {r['eval_batch']} fixed samples.
 Trained in {card['train_time_s'] / 60:.1f} min with torch {card['software']['torch']}.
+"""
+    tail = f"""
+Sites: `{{experiment}}.hidden.hook_out`, `{{experiment}}.relu.hook_in|hook_out`; an input
+`[batch, instance, n]` runs the experiment of that shape. Rebuild with
+`mechscope zoo train superposition` (or `mechscope.zoo.train("superposition")`); a retrain
+elsewhere should match `card.json` within its `tolerance`.
+"""
+    if "pentagon" not in m:
+        return head + "\n(No feature-geometry metrics yet: `mechscope.zoo.train` adds them.)\n" + tail
+    return head + _render_experiments(r, m) + tail
 
+
+def _render_experiments(r: dict, m: dict) -> str:
+    pent, dim = m["pentagon"], m["dimensionality"]
+    rows = "\n".join(f"| {s:g} | {k} | {' '.join(f'{v:.2f}' for v in norms)} |" for s, k, norms
+                     in zip(pent["sparsity"], pent["n_represented"], pent["feature_norms"]))
+    counts = ", ".join(f"{k}: {v}" for k, v in m["phase"]["counts"].items() if v)
+    return f"""
 ## pentagon: n={r['pentagon_features']}, m={r['pentagon_hidden']}, importance {r['importance_decay']}^i
 
 | sparsity S | features with ‖W_i‖ > 0.5 | ‖W_i‖ (most important first) |
@@ -359,31 +346,4 @@ Trained in {card['train_time_s'] / 60:.1f} min with torch {card['software']['tor
 D* = m/‖W‖²_F stays within 0.1 of 1/2 for {dim['plateau_n_points']} consecutive sparsities,
 1/(1-S) from {dim['plateau_inverse_density'][0]} to {dim['plateau_inverse_density'][1]}
 (mean {dim['plateau_mean_dim_star']}).
-
-Sites: `{{experiment}}.hidden.hook_out`, `{{experiment}}.relu.hook_in|hook_out`; an input
-`[batch, instance, n]` runs the experiment of that shape. Rebuild with
-`mechscope.zoo.superposition.train(out_dir, SuperpositionRecipe())`; a retrain elsewhere should
-match `card.json` within its `tolerance`.
 """
-
-
-def plots(folder: Path, out_dir: Path) -> list[Path]:
-    """Write the paper's three figures from the weights in ``folder`` as PNGs into ``out_dir``."""
-    from mechscope.toys import superposition as ts
-
-    suite = load_module_folder(Path(folder))
-    pent, phase, dim = (suite.experiment(k) for k in ("pentagon", "phase", "dimensionality"))
-    titles = [f"S = {1 - p:.3g}" for p in pent.feature_probability.tolist()]
-    grid = int(round(math.sqrt(phase.n_instances)))
-    figures = {
-        "superposition_pentagon.png": ts.plot_feature_columns(pent.W, titles, pent.importance),
-        "superposition_phase.png": ts.plot_phase_diagram(
-            ts.two_in_one_phase(phase.W.detach()).view(grid, grid), phase.importance[:grid, 1],
-            phase.feature_probability[::grid]),
-        "superposition_dimensionality.png": ts.plot_dimensionality(
-            ts.FeatureGeometry.of(dim.W), dim.feature_probability),
-    }
-    out = []
-    for name, fig in figures.items():
-        out.append(write_figure(Path(out_dir) / name, fig, bbox_inches=None))
-    return out

@@ -79,3 +79,22 @@ def test_cli_errors_are_clear(setup):
     args = parser.parse_args(["eval", str(model), str(tmp / "nothing-here"), "--data", str(corpus)])
     with pytest.raises(ms.MechscopeError, match="not a folder"):
         sae.execute(args)
+
+
+def test_report_section_shows_metrics_density_and_features(tmp_path):
+    from mechscope.dictionary.config import CoderConfig
+    from mechscope.dictionary.train import train
+    from mechscope.dictionary.trainer_config import TrainConfig
+    from mechscope.report.sae import section
+    from tests.models.tiny import tiny_model
+    model = tiny_model("gpt2")
+    data = torch.randint(1, 97, (16, 9), generator=torch.Generator().manual_seed(0))
+    train(model, SITE, CoderConfig("topk", 32, 64, k=4), TrainConfig(total_tokens=128, batch_tokens=32, warmup_steps=1),
+          data=data, out=tmp_path / "sae", progress=False)
+    assert "No dictionary given" in section(model, None)
+    run = model.run(data[:1])
+    page = section(model, run, tmp_path / "sae")
+    assert "report prompt" in page and "CE loss score" in page and page.count("<img") == 1
+    assert "feature " in page and "held-out" not in page
+    (tmp_path / "sae" / "eval.json").write_text(json.dumps({"l0": 4.0, "fvu": 0.5}))
+    assert "held-out (eval.json)" in section(model, None, tmp_path / "sae")

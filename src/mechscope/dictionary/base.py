@@ -132,8 +132,9 @@ class SparseCoder(nn.Module):
         xs = self.scaled(x)
         ts = xs if target is None else self.scaled(target)
         x_hat_s, acts, loss, parts = self.compute(xs, ts, dead_mask)
-        parts = {"mse": mse(x_hat_s, ts).detach(), **{k: v.detach() for k, v in parts.items()},
-                 "l0": (acts != 0).float().sum(-1).mean().detach()}
+        if "l0" not in parts:  # sparse paths report it from their k values, saving a dense pass
+            parts["l0"] = (acts.detach() != 0).sum(-1, dtype=torch.float32).mean()
+        parts = {"mse": mse(x_hat_s, ts).detach(), **{k: v.detach() for k, v in parts.items()}}
         x_hat = x_hat_s / self.cfg.norm_scale if self.cfg.norm_scale != 1.0 else x_hat_s
         return CoderOutput(x_hat, acts, loss, parts)
 

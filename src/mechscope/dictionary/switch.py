@@ -73,7 +73,7 @@ class SwitchSAE(SparseCoder):
         f = torch.bincount(expert, minlength=n).float() / len(expert)
         balance = n * (f * probs.mean(0)).sum()
         loss = mse(x_hat, ts) + self.cfg.balance_coeff * balance
-        parts = {"balance": balance}
+        parts = {"balance": balance, "l0": (values.detach() > 0).sum(-1, dtype=torch.float32).mean()}
         if dead_mask is not None:
             parts["aux"] = aux_loss(self, x_c, x_hat, ts, dead_mask)
             loss = loss + self.cfg.aux_coeff * parts["aux"]

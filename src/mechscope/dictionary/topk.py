@@ -36,10 +36,11 @@ class TopKEncode(torch.autograd.Function):
         flat_idx = indices.reshape(-1)
         grad_x = grad_W = grad_b = None
         if ctx.needs_input_grad[0]:                                     # sum_j g_bj W_enc[:, idx_bj]
-            grad_x = F.embedding_bag(indices, W_enc.T, per_sample_weights=g.to(W_enc.dtype), mode="sum")
+            rows_of_W = W_enc.T.contiguous()                            # [d_sae, d_in]: gather whole rows
+            grad_x = F.embedding_bag(indices, rows_of_W, per_sample_weights=g.to(W_enc.dtype), mode="sum")
         if ctx.needs_input_grad[1]:                                     # column idx_bj += g_bj x_b
-            rows = (g[..., None] * x_c[:, None, :]).reshape(-1, x_c.shape[-1])
-            grad_W = torch.zeros_like(W_enc.T).index_add_(0, flat_idx, rows.to(W_enc.dtype)).T
+            rows = (g[..., None] * x_c[:, None, :]).reshape(-1, x_c.shape[-1]).to(W_enc.dtype)
+            grad_W = W_enc.new_zeros(W_enc.shape[1], W_enc.shape[0]).index_add_(0, flat_idx, rows).T
         if ctx.needs_input_grad[2]:
             grad_b = torch.zeros(W_enc.shape[1], dtype=g.dtype, device=g.device).index_add_(0, flat_idx, g.reshape(-1))
         return grad_x, grad_W, grad_b, None
@@ -52,7 +53,7 @@ def sparse_decode(values: Float[Tensor, "batch k"], indices: Int[Tensor, "batch 
 
 
 def dense(values: Tensor, indices: Tensor, d_sae: int) -> Float[Tensor, "batch d_sae"]:
-    return torch.zeros(values.shape[0], d_sae, dtype=values.dtype, device=values.device).scatter(1, indices, values)
+    return values.new_zeros(values.shape[0], d_sae).scatter_(1, indices, values)  # in place: no 2nd dense copy
 
 
 def aux_loss(coder: SparseCoder, x_c: Tensor, x_hat: Tensor, target: Tensor, dead_mask: Tensor | None) -> Tensor:
@@ -96,7 +97,7 @@ class TopKSAE(SparseCoder):
         else:
             x_hat = self.decode_scaled(dense(values, indices, self.cfg.d_sae))
         acts = dense(values, indices, self.cfg.d_sae)
-        loss, parts = mse(x_hat, ts), {}
+        loss, parts = mse(x_hat, ts), {"l0": (values.detach() > 0).sum(-1, dtype=torch.float32).mean()}
         if dead_mask is not None:
             parts["aux"] = aux_loss(self, x_c, x_hat, ts, dead_mask)
             loss = loss + self.cfg.aux_coeff * parts["aux"]

@@ -98,7 +98,7 @@ def test_flattened_head_sites():
     torch.testing.assert_close(feature_acts(model, coder, tokens), coder.encode(z.reshape(3, 10, 32)), atol=1e-6, rtol=0)
 
 
-def test_top_contexts_match_a_brute_force_search():
+def test_top_contexts_match_a_brute_force_search(tmp_path):
     model, coder, tokens = tiny_model("gpt2"), _coder(), _tokens(batch=7, pos=12, seed=3)
     acts = feature_acts(model, coder, tokens)                          # [7, 12, 128]
     features = [int(f) for f in (acts > 0).sum((0, 1)).argsort(descending=True)[:3]]
@@ -106,14 +106,17 @@ def test_top_contexts_match_a_brute_force_search():
     for i, f in enumerate(features):
         expected = acts[..., f].flatten().topk(4).values
         torch.testing.assert_close(top.values[i], expected, atol=1e-6, rtol=0)
-        for row in top.rows_of(f):
-            assert abs(float(acts[row["row"], row["pos"], f]) - row["value"]) < 1e-6
-            assert row["tokens"][row["centre"]] == str(int(tokens[row["row"], row["pos"]]))
+        for row in top.rows(f):
+            assert abs(float(acts[row["sequence"], row["pos"], f]) - row["value"]) < 1e-6
+            assert row["tokens"][row["centre"]] == str(int(tokens[row["sequence"], row["pos"]]))
             assert len(row["tokens"]) <= 5
-    assert "feature" in top.to_html() and len(top.table()) == 12
+    assert "feature" in top.to_html() and len(top.rows()) == 12
+    top.save(tmp_path / "top")
+    back = type(top).load(tmp_path / "top")
+    assert back.rows() == top.rows()
 
 
-def test_logit_effect_is_the_normed_decoder_row_through_the_unembedding():
+def test_logit_effect_is_the_normed_decoder_row_through_the_unembedding(tmp_path):
     model, coder = tiny_model("llama"), _coder()
     with torch.no_grad():
         model.module(model.adapter.final_norm).weight.uniform_(0.5, 1.5)
@@ -125,3 +128,7 @@ def test_logit_effect_is_the_normed_decoder_row_through_the_unembedding():
     assert effect.top[0][1] == pytest.approx(float(expected.max()), abs=1e-5)
     assert effect.bottom[0][1] == pytest.approx(float(expected.min()), abs=1e-5)
     torch.testing.assert_close(coder.direction(7).norm(), torch.tensor(1.0))
+    effect.save(tmp_path / "effect")
+    back = type(effect).load(tmp_path / "effect")
+    assert back.top == effect.top and torch.equal(back.logits, effect.logits)
+    assert len(effect.plot().axes[0].patches) == 10

@@ -13,6 +13,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..errors import MechscopeError
+from ..lens import _common as C
 from .attach import site_of
 from .base import SparseCoder
 
@@ -46,36 +47,39 @@ def feature_acts(model, coder: SparseCoder, prompts, *, site: str | None = None)
 
 
 @dataclass
-class TopContexts:
+class TopContexts(C.Saveable):
     """Per feature, its k strongest activations and the token windows around them."""
+
+    KIND = "dictionary_top_contexts"
 
     features: list[int]
     values: Float[Tensor, "feature k"]
     """Activations, descending (0 where a feature fired fewer than k times)."""
-    rows: Int[Tensor, "feature k"]
-    """Sequence index of each activation (-1 where none)."""
+    sequence: Int[Tensor, "feature k"]
+    """Index of the sequence of each activation in the input (-1 where none)."""
     positions: Int[Tensor, "feature k"]
     windows: list[list[list[str]]] = field(default_factory=list)
     """[feature][j] -> the tokens from `context` before to `context` after the position."""
     centre: list[list[int]] = field(default_factory=list)
     """[feature][j] -> index of the activating token within its window."""
 
-    def rows_of(self, feature: int) -> list[dict]:
-        i = self.features.index(feature)
-        return [{"feature": feature, "value": float(v), "row": int(r), "pos": int(p), "tokens": w, "centre": c}
-                for v, r, p, w, c in zip(self.values[i], self.rows[i], self.positions[i], self.windows[i], self.centre[i])
-                if int(r) >= 0]
-
-    def table(self) -> list[dict]:
-        """One dict per (feature, context): feature, value, row, pos, tokens, centre."""
-        return [r for f in self.features for r in self.rows_of(f)]
+    def rows(self, feature: int | None = None) -> list[dict]:
+        """One dict per context (of one feature, or all): feature, value, sequence, pos, tokens, centre."""
+        chosen = self.features if feature is None else [feature]
+        out = []
+        for f in chosen:
+            i = self.features.index(f)
+            out += [{"feature": f, "value": float(v), "sequence": int(r), "pos": int(p), "tokens": w, "centre": c}
+                    for v, r, p, w, c in zip(self.values[i], self.sequence[i], self.positions[i], self.windows[i],
+                                             self.centre[i]) if int(r) >= 0]
+        return out
 
     def to_html(self) -> str:
         """A self-contained HTML fragment; the activating token is highlighted."""
         out = []
         for f in self.features:
             out.append(f"<h4>feature {f}</h4><table>")
-            for r in self.rows_of(f):
+            for r in self.rows(f):
                 toks = [html.escape(t) if j != r["centre"] else f"<b style='background:#fdd'>{html.escape(t)}</b>"
                         for j, t in enumerate(r["tokens"])]
                 out.append(f"<tr><td>{r['value']:.3f}</td><td><code>{''.join(toks)}</code></td></tr>")
@@ -138,13 +142,30 @@ def _decode(model, token: int) -> str:
 
 
 @dataclass
-class LogitEffect:
+class LogitEffect(C.Saveable):
     """Tokens whose logits a feature's decoder row raises (top) and lowers (bottom) directly."""
+
+    KIND = "dictionary_logit_effect"
 
     feature: int
     top: list[tuple[str, float]]
     bottom: list[tuple[str, float]]
     logits: Float[Tensor, "vocab"] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        self.top = [(str(t), float(v)) for t, v in self.top]
+        self.bottom = [(str(t), float(v)) for t, v in self.bottom]
+
+    def plot(self, ax=None):
+        """Bars of the most promoted and most suppressed tokens."""
+        items = self.bottom[::-1] + self.top[::-1]
+        fig, ax = C.figure(5.0, 0.22 * len(items) + 1.0) if ax is None else (ax.figure, ax)
+        ax.barh([repr(t) for t, _ in items], [v for _, v in items],
+                color=["#4c78a8" if v >= 0 else "#e45756" for _, v in items])
+        ax.axvline(0, color="black", linewidth=0.6)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.set_xlabel(f"direct logit effect of feature {self.feature}'s decoder row")
+        return fig
 
 
 @torch.no_grad()

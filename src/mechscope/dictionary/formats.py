@@ -10,8 +10,9 @@
   normalize_decoder, multi_topk, ...) + sae.safetensors (encoder.weight [d_sae, d_in],
   encoder.bias, W_dec [d_sae, d_in], b_dec [d_in]); encodes topk(relu((x - b_dec) W_enc^T + b)).
 
-Field names follow the brief this module was written from (not re-checked against the
-projects' current sources). External layouts have no input scale: writing folds
+File names, the sparsify weights/cfg keys and SAELens's dtype strings were checked against
+the projects' sources; SAELens topk `rescale_acts_by_decoder_norm` is folded from its
+documented meaning, not tested against SAELens itself. External layouts have no input scale: writing folds
 `norm_scale` s into the weights (W_enc * s, W_dec / s, b_dec / s), so the map on raw
 activations and the latents are unchanged. BatchTopK and Matryoshka are written as SAELens
 jumprelu with every threshold at the learned inference threshold — the same inference map.
@@ -116,6 +117,13 @@ def read_saelens(folder: str | Path) -> SparseCoder:
         state["log_threshold"] = w["threshold"].float().clamp_min(1e-12).log().to(w["threshold"].dtype)
     if not _saelens_field(cfg, "apply_b_dec_to_input", True):
         _fold_b_dec_into_encoder(state, arch)
+    if arch == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
+        # latents are pre * |W_dec_i| (selected on that), decoded as (acts / |W_dec_i|) W_dec:
+        # the same map with encoder columns times the norms and unit decoder rows
+        norms = state["W_dec"].float().norm(dim=-1)
+        state["W_enc"] = (state["W_enc"].float() * norms).to(w["W_enc"].dtype)
+        state["b_enc"] = (state["b_enc"].float() * norms).to(w["b_enc"].dtype)
+        state["W_dec"] = (state["W_dec"].float() / norms[:, None]).to(w["W_dec"].dtype)
     coder = build(coder_cfg)
     coder.load_state_dict(state)
     return coder.eval()
@@ -195,6 +203,8 @@ def read_sparsify(folder: str | Path, *, hookpoint: str | None = None) -> Sparse
     for flag in ("skip_connection", "transcode"):
         if cfg.get(flag):
             raise MechscopeError(f"{folder}: sparsify {flag}=true is not supported yet")
+    if cfg.get("activation", "topk") != "topk":
+        raise MechscopeError(f"{folder}: sparsify activation {cfg['activation']!r} is not supported (only topk)")
     w = load_file(str(folder / WEIGHTS_FILE))
     d_sae, d_in = w["encoder.weight"].shape
     name = hookpoint or folder.name

@@ -1,0 +1,154 @@
+"""TopK SAE training throughput: mechscope vs sparsify vs SAELens on the same activations.
+
+    .venv/bin/python bench/sae.py                     # zoo:pycode blocks.2.hook_resid_post, width 4096, k 32
+    .venv/bin/python bench/sae.py --steps 6 --rounds 2 --threads 2 --json out/sae-bench.json
+
+1. Caches `blocks.2.hook_resid_post` of zoo:pycode over held-out standard-library files
+   with `mechscope.dictionary.write_cache` (out/bench-sae/acts; reused when present), shuffles
+   the rows (seed 0), scales them to mean norm sqrt(d_in) and writes one safetensors file
+   every trainer reads, so all see the same batches in the same order.
+2. Measures this machine's dense fp32 matmul rate (torch.mm, the encoder's shape, best of 5).
+3. Runs each trainer in its own interpreter (`bench/_sae_peers.py`; peers from
+   bench/.peers/sparsify and bench/.peers/saelens), `--rounds` times in rotating order,
+   and reports the median tokens/s, the ratio mechscope / peer, the held-out FVU after the
+   same number of steps, and mechscope's achieved FLOP/s / the matmul rate.
+
+FLOPs per step (B tokens, d_in D, width S, k active): encoder forward 2BDS (dense: top-k
+needs every pre-activation), decoder forward 2BkD, backward 4BkD each for encoder and
+decoder (only the k selected latents carry gradient): 2BDS + 10BkD "executed". The dense
+equivalent (every GEMM dense, as a naive implementation would run) is 6BDS + 6BDS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = {"sparsify": ROOT / "bench/.peers/sparsify/bin/python", "saelens": ROOT / "bench/.peers/saelens/bin/python"}
+SITE = "blocks.2.hook_resid_post"
+
+
+def prepare(out: Path, n_tokens: int) -> Path:
+    """Cache the site, then write shuffled, scaled train/held-out rows to one file."""
+    import mechscope as ms
+    from mechscope.data import DataConfig, stdlib_documents, tokenize_documents
+    from mechscope.dictionary.cache import CacheReader, write_cache
+    from mechscope.dictionary.source import estimate_norm_scale
+    from mechscope.io import write_tensors
+    path = out / "acts.safetensors"
+    if path.is_file():
+        return path
+    model = ms.load("zoo:pycode")
+    data = tokenize_documents(stdlib_documents(200), model.tokenizer,
+                              DataConfig("stdlib", ctx_len=128, max_tokens=n_tokens, heldout_fraction=0.0))
+    write_cache(model, SITE, data.train, out / "acts", progress=True)
+    reader = CacheReader(out / "acts")
+    rows = reader.rows(torch.randperm(reader.n_tokens, generator=torch.Generator().manual_seed(0)))[SITE]
+    rows = rows * estimate_norm_scale(rows[:8192])
+    held = min(8192, len(rows) // 8)
+    write_tensors(path, {"train": rows[:-held], "heldout": rows[-held:]})
+    return path
+
+
+def matmul_flops(d_in: int, width: int, batch: int, threads: int) -> float:
+    torch.set_num_threads(threads)
+    a, b = torch.randn(batch, d_in), torch.randn(d_in, width)
+    best = float("inf")
+    for _ in range(6):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * batch * d_in * width / best
+
+
+def run_worker(lib: str, acts: Path, args) -> dict:
+    python = sys.executable if lib == "mechscope" else str(PEERS[lib])
+    cmd = [python, str(ROOT / "bench/_sae_peers.py"), lib, str(acts), "--steps", str(args.steps), "--warmup", "2",
+           "--width", str(args.width), "--k", str(args.k), "--batch", str(args.batch), "--threads", str(args.threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={"OMP_NUM_THREADS": str(args.threads),
+                                                                            "PATH": "/usr/bin:/bin", "HOME": "/root",
+                                                                            "PYTHONPATH": str(ROOT / "src")})
+    if done.returncode != 0:
+        return {"lib": lib, "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--width", type=int, default=4096)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=8, help="timed steps per run (after 2 warm-up steps)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tokens", type=int, default=90_000, help="tokens to cache")
+    p.add_argument("--out", default=str(ROOT / "out/bench-sae"))
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+    if (args.steps + 2) * args.batch > args.tokens * 0.85:
+        p.error("not enough cached tokens for that many steps: raise --tokens")
+    acts = prepare(Path(args.out), args.tokens)
+    libs = ["mechscope"] + [lib for lib, py in PEERS.items() if py.is_file()]
+    missing = [lib for lib, py in PEERS.items() if not py.is_file()]
+    runs: dict[str, list[dict]] = {lib: [] for lib in libs}
+    peak = []
+    for r in range(args.rounds):
+        peak.append(matmul_flops(256, args.width, args.batch, args.threads))
+        for lib in libs[r % len(libs):] + libs[:r % len(libs)]:
+            runs[lib].append(run_worker(lib, acts, args))
+    report = summarise(runs, statistics.median(peak), args)
+    report["missing_peers"] = missing
+    print_report(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def summarise(runs: dict, peak: float, args) -> dict:
+    B, D, S, k = args.batch, 256, args.width, args.k
+    executed, dense = 2 * B * D * S + 10 * B * k * D, 12 * B * D * S
+    rows = {}
+    for lib, results in runs.items():
+        ok = [r for r in results if "error" not in r]
+        if not ok:
+            rows[lib] = {"error": results[0]["error"]}
+            continue
+        tps = statistics.median(r["tokens_per_s"] for r in ok)
+        rows[lib] = {"version": ok[0]["version"], "tokens_per_s": tps, "fvu": statistics.median(r["fvu"] for r in ok),
+                     "executed_flops_per_s": tps / B * executed}
+    ms_tps = rows["mechscope"].get("tokens_per_s")
+    for lib, row in rows.items():
+        if ms_tps and "tokens_per_s" in row:
+            row["mechscope_speedup"] = ms_tps / row["tokens_per_s"]
+    return {"config": vars(args), "matmul_flops_per_s": peak, "libs": rows,
+            "mechscope_executed_flops_ratio": rows["mechscope"].get("executed_flops_per_s", 0) / peak,
+            "mechscope_dense_equivalent_flops_ratio": (ms_tps or 0) / B * dense / peak}
+
+
+def print_report(report: dict) -> None:
+    c = report["config"]
+    print(f"TopK SAE d_in 256, width {c['width']}, k {c['k']}, batch {c['batch']} tokens, {c['threads']} threads, "
+          f"{c['steps']} timed steps x {c['rounds']} rounds")
+    print(f"dense fp32 matmul: {report['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s")
+    print(f"{'library':<12}{'version':<12}{'tokens/s':>12}{'ms/peer':>10}{'FVU':>9}")
+    for lib, row in report["libs"].items():
+        if "error" in row:
+            print(f"{lib:<12}error: {row['error']}")
+            continue
+        print(f"{lib:<12}{row['version']:<12}{row['tokens_per_s']:>12,.0f}{row['mechscope_speedup']:>10.2f}{row['fvu']:>9.4f}")
+    print(f"mechscope achieved / matmul FLOP/s: {report['mechscope_executed_flops_ratio']:.2f} executed "
+          f"({report['mechscope_dense_equivalent_flops_ratio']:.2f} dense-equivalent)")
+    for lib in report.get("missing_peers", []):
+        print(f"{lib}: not installed (see bench/README.md); not timed")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -90,8 +90,10 @@ def eap_ig(model, task, metric=None, *, steps: int = 5, ablation: str = "corrupt
     if steps < 1:
         raise MechscopeError(f"steps must be at least 1, got {steps}")
     patcher, clean, ablated = _setup(model, task, graph, ablation)
-    with torch.no_grad():
-        clean_logits = model.run(task.clean, attention_mask=task.mask).logits
+    clean_logits = None
+    if isinstance(metric, str) and metric in ("kl", "kl_to_clean"):   # only KL needs the clean logits
+        with torch.no_grad():
+            clean_logits = model.run(task.clean, attention_mask=task.mask).logits
     m = resolve_metric(metric, task, clean_logits)
     total = None
     base = ablated[:, :, 0]

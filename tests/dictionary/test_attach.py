@@ -6,11 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+import mechscope as ms
+
 from mechscope.dictionary import CoderConfig, build
 from mechscope.dictionary.attach import attach
 from mechscope.dictionary.features import feature_acts, logit_effect, top_contexts
 from mechscope.errors import MechscopeError
 
+from ..conftest import requires_pycode
 from ..models.tiny import tiny_model
 
 SITE = "blocks.0.hook_resid_post"
@@ -35,7 +38,7 @@ def test_error_term_keeps_the_forward_and_replacement_changes_it(kind):
     clean = model.run(tokens, record=[SITE])
     with attach(model, coder, replace=True, keep_error=True) as a:
         spliced = model.run(tokens).logits
-    torch.testing.assert_close(spliced, clean.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(spliced, clean.logits, atol=1e-6, rtol=0)
     expected = coder.encode(clean.cache[SITE])
     torch.testing.assert_close(a.acts, expected, atol=1e-6, rtol=0)
     with attach(model, coder, replace=True, keep_error=False):
@@ -93,7 +96,7 @@ def test_flattened_head_sites():
     coder = _coder(site="blocks.1.attn.hook_z")
     clean = model.run(tokens, record=["blocks.1.attn.hook_z"])
     with attach(model, coder, replace=True):
-        torch.testing.assert_close(model.run(tokens).logits, clean.logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.run(tokens).logits, clean.logits, atol=1e-6, rtol=0)
     z = clean.cache["blocks.1.attn.hook_z"]
     torch.testing.assert_close(feature_acts(model, coder, tokens), coder.encode(z.reshape(3, 10, 32)), atol=1e-6, rtol=0)
 
@@ -132,3 +135,24 @@ def test_logit_effect_is_the_normed_decoder_row_through_the_unembedding(tmp_path
     back = type(effect).load(tmp_path / "effect")
     assert back.top == effect.top and torch.equal(back.logits, effect.logits)
     assert len(effect.plot().axes[0].patches) == 10
+
+
+@requires_pycode
+def test_prompts_on_a_zoo_model_with_a_tokenizer():
+    """zoo:pycode (GQA Llama with a tokenizer): padded prompt batches, exact forward with the
+    error term, and windows that are the prompt's own token strings."""
+    model = ms.load("zoo:pycode")
+    site = "blocks.2.hook_resid_post"
+    prompts = ["def add(a, b):\n    return a + b\n", "import os\n", "class Foo:\n    x = 1\n"]
+    clean = model.run(prompts, record=[site])
+    torch.manual_seed(0)
+    coder = build(CoderConfig("topk", model.dims.d_model, 256, k=8, hook_name=site)).eval()
+    with attach(model, coder, replace=True):
+        torch.testing.assert_close(model.run(prompts).logits, clean.logits, atol=1e-6, rtol=0)
+    acts = feature_acts(model, coder, prompts)
+    assert acts.shape == (3, clean.tokens.shape[1], 256)
+    assert float(acts[~clean.mask.bool()].abs().max()) == 0                   # padding reads as silent
+    feature = int(acts.sum((0, 1)).argmax())
+    top = top_contexts(model, coder, prompts, feature, k=3, context=3, batch_size=2)
+    for row in top.rows(feature):
+        assert row["tokens"][row["centre"]] == clean.str_tokens(row["sequence"])[row["pos"]]

@@ -5,9 +5,9 @@ the latents (`.acts`, [batch, pos, d_sae]) and, with replace=True, substitutes t
 reconstruction for the activation:
 
     replace=False                   the forward is untouched; latents are only read
-    replace=True, keep_error=True   x_hat(acts') + (x - x_hat(acts)).detach(): with acts' = acts the
-                                    output is unchanged (to float error) while gradients reach x only
-                                    through the dictionary — the SAE-circuit convention
+    replace=True, keep_error=True   x_hat(acts') + (x - x_hat(acts)) with the error detached: with
+                                    acts' = acts the output is exactly unchanged while gradients reach
+                                    x only through the dictionary (SAELens's use_error_term convention)
     replace=True, keep_error=False  x_hat(acts'): the model runs on the reconstruction
 
 `acts'` is `edit_acts(acts)` when given (clamp or zero features), else acts. It works
@@ -66,8 +66,10 @@ class Attached:
         new_acts = self.edit_acts(acts) if self.edit_acts is not None else acts
         x_hat = self.coder.decode(new_acts).to(x.dtype)
         if self.keep_error:
-            error = flat - (x_hat if new_acts is acts else self.coder.decode(acts).to(x.dtype))
-            x_hat = x_hat + error.detach()
+            # x + x_hat(acts') - x_hat(acts), written so the value is exactly x when nothing is
+            # edited (t - t.detach() == 0) and gradients reach x only through the dictionary
+            clean = x_hat if new_acts is acts else self.coder.decode(acts).to(x.dtype)
+            x_hat = flat.detach() + (x_hat - clean.detach())
         return x_hat.reshape(x.shape)
 
     def __enter__(self) -> Attached:

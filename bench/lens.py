@@ -6,7 +6,12 @@
 (a) logit lens cost: `mechscope.lens.logit_lens(model, ids)` over every layer and
     position (embedding, resid_mid and resid_post streams; resid_post only; and every
     stream at the last position only) divided by one forward pass (`model.run(ids)`,
-    logits only) on the same ids. Goal <= 1.5.
+    logits only) on the same ids; wall-clock and process CPU time (the CPU column is the
+    steadier one on a shared machine). Goal <= 1.5. Also printed: the floor that exactness
+    sets, i.e. the full-vocabulary unembedding of every stream at every position alone
+    (`model.to_logits` on streams x tokens rows) ÷ the forward, measured and in multiply-adds;
+    and the CLI's default (`mechscope lens MODEL PROMPT`: one short prompt, k=5) ÷ a forward
+    on that prompt.
 (b) tuned-lens training throughput: tokens/s of mechscope's `TunedLensTrainer.step`
     divided by that of the `tuned-lens` PyPI package's own training loop
     (`tuned_lens.scripts.train_loop.Train.execute`), on the same model folder, the same
@@ -93,32 +98,58 @@ def corpus(model, ctx: int, n: int):
     return data.train[:n]
 
 
-def time_calls(fns: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
-    """Interleaved timings (the start of the cycle rotates every repeat)."""
+def time_calls(fns: dict, repeats: int, warmup: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Interleaved timings, wall-clock and process CPU (the start of the cycle rotates every repeat)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    names, samples = list(fns), {k: [] for k in fns}
+    names, wall, cpu = list(fns), {k: [] for k in fns}, {k: [] for k in fns}
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fns[name]()
-            samples[name].append(time.perf_counter() - start)
-    return samples
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu
+
+
+CLI_PROMPT = "def add(a, b):\n    return a + b\n\nclass Point:\n    def __init__(self, x, y):\n        self.x ="
+
+
+def forward_macs(model, ctx: int) -> tuple[int, int]:
+    """Multiply-adds per token of one forward (every Linear weight once, plus causal attention
+    scores and mixing at mean length ctx/2), and of one full-vocabulary unembedding."""
+    import torch
+    linear = sum(m.weight.numel() for m in model.hf.modules() if isinstance(m, torch.nn.Linear))
+    d = model.dims
+    attention = 2 * d.n_layers * d.n_heads * d.d_head * ctx // 2
+    return linear + attention, d.d_model * d.d_vocab
 
 
 def bench_logit_lens(model, ids, args) -> dict:
     import torch
     from mechscope.lens.logit import logit_lens
+    streams = len(logit_lens(model, ids[:1]).layers)
+    rows = torch.randn(streams * ids.numel(), model.dims.d_model)
+    chunk = 1024
     fns = {"forward": lambda: model.run(ids),
            "logit_lens": lambda: logit_lens(model, ids),
            "logit_lens_post": lambda: logit_lens(model, ids, include_mid=False),
-           "logit_lens_last": lambda: logit_lens(model, ids, positions=-1)}
+           "logit_lens_last": lambda: logit_lens(model, ids, positions=-1),
+           "unembed_only": lambda: [model.to_logits(rows[i:i + chunk]) for i in range(0, len(rows), chunk)],
+           "cli_forward": lambda: model.run(CLI_PROMPT),
+           "cli_lens": lambda: logit_lens(model, CLI_PROMPT, k=5)}
     with torch.inference_mode():
-        samples = time_calls(fns, args.repeats, args.warmup)
-    med = {k: statistics.median(v) for k, v in samples.items()}
-    return {"median_s": med, "ratio": {k: v / med["forward"] for k, v in med.items()},
-            "streams": len(logit_lens(model, ids[:1]).layers), "shape": list(ids.shape)}
+        wall, cpu = time_calls(fns, args.repeats, args.warmup)
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    ratio = lambda m, k: m[k] / m["cli_forward" if k.startswith("cli") else "forward"]  # noqa: E731
+    fwd, unembed = forward_macs(model, ids.shape[1])
+    return {"median_s": med, "median_cpu_s": med_cpu, "ratio": {k: ratio(med, k) for k in med},
+            "ratio_cpu": {k: ratio(med_cpu, k) for k in med_cpu}, "streams": streams, "shape": list(ids.shape),
+            "cli_tokens": int(model.run(CLI_PROMPT).tokens.shape[1]),
+            "macs_per_token": {"forward": fwd, "unembed": unembed,
+                               "lens_floor_ratio": ((fwd - unembed) + streams * unembed) / fwd}}
 
 
 def bench_ours(model, data, args) -> list[float]:
@@ -172,18 +203,7 @@ def bench_tuned_lens(model, folder: Path, data, args, tmp: Path) -> dict:
 
 def report(a: dict | None, b: dict | None, args) -> None:
     if a:
-        m = a["median_s"]
-        print(f"\n(a) logit lens over all layers and positions, {a['shape'][0]} x {a['shape'][1]} tokens, "
-              f"{args.threads} thread(s), median of {args.repeats}")
-        print(f"  {'variant':<44}{'seconds':>10}{'÷ forward':>11}")
-        print(f"  {'one forward pass (model.run, logits)':<44}{m['forward']:>10.4f}{1:>11.2f}")
-        label = f"logit_lens, all {a['streams']} streams (with resid_mid)"
-        print(f"  {label:<44}{m['logit_lens']:>10.4f}"
-              f"{a['ratio']['logit_lens']:>11.2f}")
-        print(f"  {'logit_lens, resid_post only':<44}{m['logit_lens_post']:>10.4f}{a['ratio']['logit_lens_post']:>11.2f}")
-        print(f"  {'logit_lens, all streams, last position only':<44}{m['logit_lens_last']:>10.4f}"
-              f"{a['ratio']['logit_lens_last']:>11.2f}")
-        print("  goal: logit lens ÷ forward <= 1.5")
+        report_logit_lens(a, args)
     if b:
         print(f"\n(b) tuned-lens training, {b['tokens_per_step']} tokens per step, {args.threads} thread(s), "
               f"median step; peer {b['peer_versions']}")
@@ -192,6 +212,27 @@ def report(a: dict | None, b: dict | None, args) -> None:
             ratio = "" if k == "mechscope" else f"{b['ratio'][k]:>13.2f}"
             print(f"  {k:<44}{v:>10.0f}{ratio}")
         print("  goal: mechscope ÷ tuned-lens >= 1")
+
+
+def report_logit_lens(a: dict, args) -> None:
+    m, c, r, rc = a["median_s"], a["median_cpu_s"], a["ratio"], a["ratio_cpu"]
+    print(f"\n(a) logit lens over all layers and positions, {a['shape'][0]} x {a['shape'][1]} tokens, "
+          f"{args.threads} thread(s), median of {args.repeats}")
+    print(f"  {'variant':<52}{'wall s':>9}{'÷ fwd':>7}{'CPU s':>9}{'÷ fwd':>7}")
+    rows = [("forward", "one forward pass (model.run, logits)"),
+            ("logit_lens", f"logit_lens, all {a['streams']} streams (with resid_mid)"),
+            ("logit_lens_post", "logit_lens, resid_post only"),
+            ("logit_lens_last", "logit_lens, all streams, last position only"),
+            ("unembed_only", f"floor: to_logits of {a['streams']} streams x all tokens")]
+    rows += [("cli_forward", f"CLI prompt ({a['cli_tokens']} tokens): one forward"),
+             ("cli_lens", "CLI default: logit_lens(prompt, k=5)")]
+    for key, label in rows:
+        print(f"  {label:<52}{m[key]:>9.4f}{r[key]:>7.2f}{c[key]:>9.4f}{rc[key]:>7.2f}")
+    macs = a["macs_per_token"]
+    print(f"  multiply-adds per token: forward {macs['forward']:,}, one unembedding {macs['unembed']:,}; "
+          f"lens (forward without its unembedding + {a['streams']} unembeddings) ÷ forward = "
+          f"{macs['lens_floor_ratio']:.2f}")
+    print("  goal: logit lens ÷ forward <= 1.5")
 
 
 def main(argv=None) -> None:

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import mechscope as ms
-
 from mechscope.dictionary import CoderConfig, build
 from mechscope.dictionary.attach import attach
 from mechscope.dictionary.features import feature_acts, logit_effect, top_contexts

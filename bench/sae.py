@@ -13,6 +13,15 @@
    and reports the median tokens/s, the ratio mechscope / peer, the held-out FVU after the
    same number of steps, and mechscope's achieved FLOP/s / the matmul rate.
 
+Peers' environments (git-ignored; torch first and pinned, so that no CUDA build is pulled):
+
+    python3.11 -m venv bench/.peers/sparsify && bench/.peers/sparsify/bin/pip install torch==2.13.0
+    bench/.peers/sparsify/bin/pip install eai-sparsify==1.3.3      # EleutherAI's (PyPI "sparsify" is another project)
+    python3.11 -m venv bench/.peers/saelens && bench/.peers/saelens/bin/pip install torch==2.13.0
+    bench/.peers/saelens/bin/pip install sae-lens==6.54.12
+
+A peer whose environment is missing is skipped with a note.
+
 FLOPs per step (B tokens, d_in D, width S, k active): encoder forward 2BDS (dense: top-k
 needs every pre-activation), decoder forward 2BkD, backward 4BkD each for encoder and
 decoder (only the k selected latents carry gradient): 2BDS + 10BkD "executed". The dense

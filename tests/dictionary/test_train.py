@@ -148,3 +148,26 @@ def test_nan_in_activations_names_the_step_and_keeps_the_last_checkpoint(tmp_pat
     assert clean.load_checkpoint(tmp_path / "ckpt") and clean.step_count == 4
     resumed = clean.fit(checkpoint_dir=tmp_path / "ckpt", progress=False)
     assert same(resumed[0], train_from_cache(acts, CODER, small(), progress=False))
+
+
+def test_schedule_warms_up_and_decays_to_zero():
+    cfg = TrainConfig(total_tokens=100 * 8, batch_tokens=8, lr=1.0, warmup_steps=10, decay="linear")
+    lrs = [cfg.lr_at(s, 64) for s in range(100)]
+    assert lrs[:10] == sorted(lrs[:10]) and lrs[0] < 0.2 and lrs[10:80] == [1.0] * 70
+    assert lrs[80] == pytest.approx(1.0) and lrs[99] == pytest.approx(0.05) and lrs[80:] == sorted(lrs[80:], reverse=True)
+    cos = TrainConfig(total_tokens=100 * 8, batch_tokens=8, lr=1.0, warmup_steps=0, decay="cosine")
+    assert cos.lr_at(0, 64) == pytest.approx(1.0) and cos.lr_at(50, 64) == pytest.approx(0.5) and cos.lr_at(99, 64) < 1e-3
+    assert TrainConfig(lr=None).peak_lr(16384) == pytest.approx(2e-4)
+    with pytest.raises(ms.MechscopeError, match="decay"):
+        TrainConfig(decay="step")
+
+
+def test_one_forward_feeds_dictionaries_on_several_sites():
+    model = tiny_model("gpt2")
+    sites = ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"]
+    cfgs = [CODER.replace(hook_name=s) for s in sites] + [CODER.replace(hook_name=sites[0], d_sae=32)]
+    coders = train(model, sites, cfgs, small(total_tokens=64), data=contexts(), progress=False)
+    assert [c.cfg.hook_name for c in coders] == [sites[0], sites[1], sites[0]] and coders[2].cfg.d_sae == 32
+    assert all(c.cfg.model_name == "tiny-gpt2" and c.cfg.norm_scale == 1.0 for c in coders)
+    with pytest.raises(ms.MechscopeError, match="set hook_name"):
+        train(model, sites, CODER, small(), data=contexts(), progress=False)

@@ -66,7 +66,7 @@ class Trainer:
                  device: str | torch.device | None = None):
         self.stream, self.cfg = stream, cfg
         self.rank, self.world = distributed()
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() and self.world > 1 else "cpu"))
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if stream.batch_tokens != cfg.batch_tokens:
             raise MechscopeError(f"the data gives batches of {stream.batch_tokens} tokens but batch_tokens is "
                                  f"{cfg.batch_tokens}: make them equal")
@@ -259,7 +259,7 @@ class Trainer:
 
 
 def _check_finite(x: Tensor, what: str, step: int, world: int = 1) -> None:
-    bad = torch.tensor([0.0 if bool(torch.isfinite(x).all()) else 1.0])
+    bad = torch.tensor([0.0 if bool(torch.isfinite(x).all()) else 1.0], device=x.device)  # NCCL: on the GPU
     if world > 1:
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
     if bad.item():

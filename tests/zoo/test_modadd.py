@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import mechscope
-from mechscope.errors import MechscopeError
 from mechscope import zoo
+from mechscope.errors import MechscopeError
 from mechscope.toys import cards, grokking
 from mechscope.zoo import WEIGHTS, modadd
 from mechscope.zoo.modadd import ModaddRecipe

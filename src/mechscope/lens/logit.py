@@ -148,6 +148,11 @@ def logit_lens(
     layers: only these blocks (the embedding stream is then left out); None = all.
     translator: `translator(resid, index) -> resid` applied before the final norm (a tuned
     lens); None reads the streams as they are. batch_size: prompts per forward pass.
+
+    Cost: one forward (without its unembedding) plus one full-vocabulary unembedding per
+    stream and position, which exactness requires; everything else is a few passes over those
+    logits (bench/lens.py measures it). Full distributions are never kept: pass `positions`,
+    `layers` or `include_mid=False` to read fewer streams.
     """
     C.require_lm_head(model, "the logit lens")
     if k < 1:

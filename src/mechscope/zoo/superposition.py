@@ -314,8 +314,8 @@ batch {r['batch_size']}, dimensionality {r['dim_batch_size']}); pentagon and pha
 keep the best of {r['restarts']} inits by loss on {r['eval_batch']} fixed samples.
 Trained in {card['train_time_s'] / 60:.1f} min with torch {card['software']['torch']}.
 """
-    tail = f"""
-Sites: `{{experiment}}.hidden.hook_out`, `{{experiment}}.relu.hook_in|hook_out`; an input
+    tail = """
+Sites: `{experiment}.hidden.hook_out`, `{experiment}.relu.hook_in|hook_out`; an input
 `[batch, instance, n]` runs the experiment of that shape. Rebuild with
 `mechscope zoo train superposition` (or `mechscope.zoo.train("superposition")`); a retrain
 elsewhere should match `card.json` within its `tolerance`.

@@ -105,14 +105,16 @@ def saelens_trainer(d_in, args):
 
     def step(x, s):
         dead = since_fired >= args.dead_window
+        sae.train()
         out = sae.training_forward_pass(step_input=TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead,
-                                                                  n_training_steps=s))
+                                                                  n_training_steps=s, is_logging_step=False))
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)  # SAETrainer clips to 1
         opt.step()
         opt.zero_grad(set_to_none=True)
         since_fired.add_(len(x))
-        since_fired[(out.feature_acts > 0).any(0)] = 0
+        fired = out.feature_acts.bool().float().sum(-2).bool()
+        since_fired[fired.to_dense() if fired.is_sparse else fired] = 0
 
     def reconstruct(x):
         return sae.decode(sae.encode(x))

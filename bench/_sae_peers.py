@@ -54,7 +54,7 @@ def mechscope_trainer(d_in, args):
                 s += 1
 
     cfg = TrainConfig(total_tokens=10**12, batch_tokens=args.batch, lr=args.lr, warmup_steps=0, decay="none",
-                      norm_batches=1, dead_window=args.dead_window)
+                      norm_batches=args.norm_batches, dead_window=args.dead_window)
     trainer = Trainer(Memory(TRAIN), [CoderConfig("topk", d_in, args.width, k=args.k)], cfg)
     trainer.setup()
 
@@ -138,6 +138,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--dead-window", type=int, default=10_000_000)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--norm-batches", type=int, default=1, help="mechscope: batches for the input scale and b_dec init")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

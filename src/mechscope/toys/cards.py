@@ -110,7 +110,12 @@ def _rounded(t: Tensor, digits: int = 4) -> list:
 def superposition_metrics(suite) -> dict:
     """The card's metrics of a `SuperpositionSuite`, from the weights and the buffers that
     record the data (importance, feature probability)."""
-    from .superposition import PHASES, FeatureGeometry, longest_plateau, two_in_one_phase
+    from .superposition import (
+        PHASES,
+        FeatureGeometry,
+        longest_plateau,
+        two_in_one_phase,
+    )
 
     pent, phase, dim = (suite.experiment(k) for k in ("pentagon", "phase", "dimensionality"))
     g_pent, g_dim = FeatureGeometry.of(pent.W), FeatureGeometry.of(dim.W)

@@ -241,7 +241,7 @@ def _features(args) -> dict:
     model = load(args.model)
     coder = _read(args)
     found = top_contexts(model, coder, _heldout(args, model), int_list(args.features), k=args.top)
-    return {"sae": args.sae, "features": found.table()}
+    return {"sae": args.sae, "features": found.rows()}
 
 
 def _convert(args) -> dict:

@@ -1,8 +1,7 @@
 """Evaluation invariants: perfect and zero reconstructions, FVU by hand, relative bias, save/load."""
 
-from types import SimpleNamespace
-
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch

@@ -112,7 +112,7 @@ class _Sums:
     """Running sums over held-out tokens (float64)."""
 
     def __init__(self, d_in: int, d_sae: int):
-        z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64)
         self.n, self.sq_err, self.x_sum, self.x_sq = 0, z(()), z(d_in), z(())
         self.cos, self.dot, self.hat_sq, self.l0, self.fired = z(()), z(()), z(()), z(()), z(d_sae)
         self.ce = {k: z(()) for k in ("clean", "sae", "zero")}

@@ -124,13 +124,22 @@ def execute(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:
-        for key, value in result.items():
-            if not isinstance(value, (dict, list)):
-                print(f"{key:>20}: {value:.4g}" if isinstance(value, float) else f"{key:>20}: {value}")
-            elif key == "features":
-                for row in value:
-                    print(f"  feature {row['feature']:>6} {row['value']:8.3f}  {''.join(row['tokens'])!r}")
+        _print(result)
     return 0
+
+
+def _print(result: dict, indent: int = 0) -> None:
+    for key, value in result.items():
+        if key == "features":
+            for row in value:
+                print(f"  feature {row['feature']:>6} {row['value']:8.3f}  {''.join(row['tokens'])!r}")
+        elif isinstance(value, dict):
+            print(f"{' ' * indent}{key}:")
+            _print(value, indent + 2)
+        elif not isinstance(value, (list, tuple)) or len(value) <= 8:
+            text = f"{value:.4g}" if isinstance(value, float) else ", ".join(map(str, value)) if isinstance(
+                value, (list, tuple)) else value
+            print(f"{' ' * indent}{key:>20}: {text}")
 
 
 def _tokens(args, model):

@@ -6,11 +6,15 @@
 - `read(folder)`: any layout (mechscope, SAELens, sparsify); `write_saelens`, `convert`.
 - `attach(model, coder, site, replace=, keep_error=)`: latents on the fly, reconstructions
   spliced into the forward; `feature_acts`, `top_contexts`, `logit_effect`, `direction`.
+- `SourceConfig` / `ActivationSource` (activations from a model over a local corpus),
+  `write_cache` / `CacheReader` (sharded on-disk cache), `TrainConfig` / `train` /
+  `train_from_cache` / `Trainer` (resumable, DDP), `evaluate` -> `DictionaryEvaluation`.
 """
 
 from .attach import Attached, attach
 from .base import CoderOutput, SparseCoder, build
 from .batchtopk import BatchTopKSAE
+from .cache import CacheReader, write_cache
 from .config import ARCHITECTURES, CoderConfig
 from .features import (
     LogitEffect,
@@ -21,13 +25,17 @@ from .features import (
     top_contexts,
 )
 from .formats import convert, detect, read, read_saelens, read_sparsify, write_saelens
+from .evaluate import DictionaryEvaluation, evaluate
 from .gated import GatedSAE
 from .jumprelu import JumpReluSAE
 from .matryoshka import MatryoshkaSAE
 from .median import geometric_median, mean_norm_scale
 from .relu import ReluSAE
+from .source import ActivationSource, SourceConfig
 from .switch import SwitchSAE
 from .topk import TopKSAE
+from .train import Trainer, train, train_from_cache
+from .trainer_config import TrainConfig
 
 load = SparseCoder.load
 
@@ -61,6 +69,14 @@ __all__ = [
     "read_sparsify",
     "top_contexts",
     "write_saelens",
-    # --- S2 exports (source, cache, train, evaluate): the lead fills this block ---
-    # --- end S2 exports ---
+    "ActivationSource",
+    "CacheReader",
+    "DictionaryEvaluation",
+    "SourceConfig",
+    "TrainConfig",
+    "Trainer",
+    "evaluate",
+    "train",
+    "train_from_cache",
+    "write_cache",
 ]

@@ -7,12 +7,14 @@ methods, then formats.
 
 from __future__ import annotations
 
+import functools
 import html
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import MechscopeError
 from ..io import write_text
+from . import sae
 from .sections import SECTIONS
 
 PAGE = """<!doctype html>
@@ -33,17 +35,19 @@ th {{ background: #f3f5f9; }} code, .tok {{ font-family: ui-monospace, monospace
 """
 
 
-def build_report(model, prompt: str | None, out_dir: Path) -> Path:
+def build_report(model, prompt: str | None, out_dir: Path, *, sae_dir: str | Path | None = None) -> Path:
     """Run `model` on `prompt` and write `out_dir/index.html` (images inlined).
 
     Sections that need a text run are left out when there is no prompt or the model
-    does not read text (toy models, CNNs); zoo models add their figures."""
+    does not read text (toy models, CNNs); zoo models add their figures. `sae_dir`, a
+    dictionary folder, adds its metrics and features."""
     run = None
     if prompt is not None:
         if model.tokenizer is None:
             raise MechscopeError(f"{model.name} has no tokenizer, so it cannot be run on a text prompt; leave out --prompt")
         run = model.run(prompt, record="blocks.*.hook_resid_post")
-    parts = [section(model, run) for section in SECTIONS]
+    sections = SECTIONS + [functools.partial(sae.section, sae_dir=sae_dir)] if sae_dir is not None else SECTIONS
+    parts = [section(model, run) for section in sections]
     body = "\n".join(part for part in parts if part)
     title = model.name if prompt is None else f"{model.name} on {prompt[:60]!r}"
     page = PAGE.format(title=html.escape(title),

@@ -132,9 +132,19 @@ def _attribution(model, run) -> str:
     return attribution(model, run)
 
 
+def _patching(model, run) -> str:
+    from .patching import section
+    return section(model, run)
+
+
+def _circuits(model, run) -> str:
+    from .circuits import section
+    return section(model, run)
+
+
 def _heads(model, run) -> str:
     from .reading import heads
     return heads(model, run)
 
 
-SECTIONS = [model_card, predictions, _lens, _attribution, residual_norms, _heads, _structure, zoo_figures, sites]
+SECTIONS = [model_card, predictions, _lens, _attribution, _patching, _circuits, residual_norms, _heads, _structure, zoo_figures, sites]

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 import mechscope as ms
 from mechscope.heads import duplicate_token_scores, induction_scores, previous_token_scores, repeated_random_tokens
+from mechscope import zoo
 from mechscope.zoo import induction
 from mechscope.zoo.induction import BOS, InductionRecipe, batch_for_step, bump_step, copy_losses, train
 
@@ -84,7 +85,7 @@ def test_shipped_folder_is_small_and_complete():
 
 
 def test_plots(tmp_path):
-    paths = induction.plots(SHIPPED, tmp_path)
+    paths = zoo.plots("induction", tmp_path)  # the head heatmaps come from mechscope.toys
     assert len(paths) == 4
     for path in paths:
         assert path.suffix == ".png" and path.read_bytes()[:4] == b"\x89PNG"
@@ -111,5 +112,7 @@ def test_same_seed_same_weights_other_seed_differs(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
     assert cards[0]["metrics"]["curve"] == cards[1]["metrics"]["curve"]
+    head = cards[0]["metrics"]["best_prev_token_l0"]   # scored by the analysis mechscope.toys registers
+    assert 0.0 <= head <= 1.0 and head == max(cards[0]["metrics"]["prev_token_scores"][0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]   # no temporary folders left
     assert ms.load(str(tmp_path / "a")).dims.n_layers == TINY.n_layers

@@ -13,8 +13,8 @@ ZOO = Path(zoo.__file__).parent
 UPPER = {"attribution", "circuits", "dictionary", "heads", "lens", "patching", "probes", "steering", "structure",
          "toys", "vision", "cli", "commands", "report", "server"}
 """Method and surface packages (everything above core and models)."""
-KNOWN = {"induction.py": {"heads"}}
-"""Up-arrows still to remove (zoo:induction measures its heads with mechscope.heads at training time)."""
+KNOWN: dict[str, set[str]] = {}
+"""Up-arrows still to remove (none left)."""
 
 
 def upper_imports(path: Path) -> set[str]:
@@ -50,6 +50,7 @@ def test_zoo_imports_no_method_or_surface():
 
 def test_toys_register_the_zoo_analyses():
     import mechscope.toys  # noqa: F401  registers
-    assert {"modadd", "superposition"} <= set(zoo.ANALYSES)
+    assert {"modadd", "superposition", "induction"} <= set(zoo.ANALYSES)
     for name in ("modadd", "superposition"):
         assert zoo.ANALYSES[name].after_train is not None and zoo.ANALYSES[name].plots is not None
+    assert zoo.ANALYSES["induction"].monitor is not None and zoo.ANALYSES["induction"].plots is not None

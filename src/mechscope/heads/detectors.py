@@ -26,6 +26,7 @@ from jaxtyping import Bool, Float, Int
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from ..data import repeated_random_tokens  # noqa: F401  (re-exported: the detectors' stimulus)
 from ..errors import MechscopeError
 
 log = logging.getLogger(__name__)
@@ -61,27 +62,6 @@ class HeadScores:
                title=title or f"{self.kind.replace('_', '-')} score")
         fig.colorbar(image, ax=ax, shrink=0.8)
         return fig
-
-
-def repeated_random_tokens(vocab_size: int, seq_len: int, batch: int = 8, seed: int = 0,
-                           prefix_token: int | None = None) -> Int[Tensor, "batch pos"]:
-    """Rows of ``seq_len`` random token ids repeated twice: ``[prefix_token], r, r``.
-
-    Within a row the ids of ``r`` are distinct (drawn without replacement from
-    ``0..vocab_size-1`` minus ``prefix_token``), so every token of the second copy has
-    exactly one earlier occurrence and the detectors' target positions are unambiguous.
-    The same arguments give the same tokens (a seeded generator; global RNG untouched).
-    """
-    allowed = torch.tensor([t for t in range(vocab_size) if t != prefix_token])
-    if not 1 <= seq_len <= len(allowed):
-        raise MechscopeError(f"seq_len must be between 1 and {len(allowed)} (the distinct tokens available "
-                             f"in a vocabulary of {vocab_size}), got {seq_len}")
-    gen = torch.Generator().manual_seed(seed)
-    span = allowed[torch.rand(batch, len(allowed), generator=gen).argsort(-1)[:, :seq_len]]
-    rows = torch.cat([span, span], dim=1)
-    if prefix_token is not None:
-        rows = torch.cat([torch.full((batch, 1), prefix_token), rows], dim=1)
-    return rows
 
 
 def record_patterns(model, prompts, attention_mask: Tensor | None = None

@@ -4,8 +4,8 @@
   `zoo:modadd` and its training snapshots: Fourier basis, key frequencies, restricted and
   excluded loss, Gini sparsity, weight norm, the three phases (`grokking_curves`).
 - `superposition`: measures of superposition in toy models (Elhage et al. 2022).
-- `cards`: what these measures add to the zoo folders of `zoo:modadd` and
-  `zoo:superposition` (card metrics, the paper's figures). Importing this package registers
+- `cards`: what these measures add to the zoo folders of `zoo:modadd`, `zoo:superposition`
+  and `zoo:induction` (card metrics, head scores while training, the paper's figures). Importing this package registers
   them with `mechscope.zoo`, so that `zoo.train(NAME)` and `zoo.plots(NAME)` run them.
 
 Import the submodule you need (``from mechscope.toys import grokking``); importing this
@@ -30,6 +30,9 @@ def _cards():
 zoo.register_analysis("modadd", zoo.Analysis(
     after_train=lambda folder: _cards().analyse_modadd(Path(folder)),
     plots=lambda folder, out_dir: _cards().modadd_plots(folder, out_dir)))
+zoo.register_analysis("induction", zoo.Analysis(
+    monitor=lambda model, tokens: _cards().induction_head_scores(model, tokens),
+    plots=lambda folder, out_dir: _cards().induction_plots(folder, out_dir)))
 zoo.register_analysis("superposition", zoo.Analysis(
     after_train=lambda folder: _cards().analyse_superposition(Path(folder)),
     plots=lambda folder, out_dir: _cards().superposition_plots(folder, out_dir)))

@@ -6,6 +6,8 @@ that need this package's measures. `mechscope.toys` registers them with `mechsco
   card's `analysis` summary, and three figures (`modadd_*`).
 - superposition: the pentagon / phase-diagram / dimensionality metrics of the card, and
   three figures (`superposition_*`).
+- induction: the head detectors (`mechscope.heads`) score the model while it trains and
+  draw the previous-token / induction heatmaps (`induction_*`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import Tensor
 
 from ..errors import MechscopeError
 from ..io import write_figure, write_text
+from ..zoo import induction as zoo_induction
 from ..zoo import modadd as zoo_modadd
 from ..zoo import superposition as zoo_superposition
 
@@ -171,3 +174,36 @@ def superposition_plots(folder: Path, out_dir: Path) -> list[Path]:
             ts.FeatureGeometry.of(dim.W), dim.feature_probability),
     }
     return [write_figure(Path(out_dir) / name, fig, bbox_inches=None) for name, fig in figures.items()]
+
+
+# --- induction (Olsson et al. 2022) ---
+
+
+def induction_head_scores(model, tokens: Tensor) -> dict:
+    """Previous-token and induction scores of every head of a `zoo:induction` network on
+    repeated sequences ``[BOS, r, r]``: the full matrices and the best layer-0 / last-layer head."""
+    from ..heads import induction_scores, previous_token_scores
+    from ..model import Model
+
+    view = Model(model, name="induction")
+    prev, ind = previous_token_scores(view, tokens).scores, induction_scores(view, tokens).scores
+    return {"prev_token_scores": prev.tolist(), "induction_scores": ind.tolist(),
+            "best_prev_token_l0": prev[0].max().item(), "best_induction_l1": ind[-1].max().item()}
+
+
+def induction_plots(folder: Path, out_dir: Path) -> list[Path]:
+    """Head-score heatmaps, then the zoo's own figures (loss per position, training curve)."""
+    from ..heads import induction_scores, previous_token_scores
+    from ..model import Model
+    from ..zoo.transformer import ToyTransformer
+
+    folder, out_dir = Path(folder), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recipe = zoo_induction.InductionRecipe(**_card(folder)["recipe"])
+    view = Model(ToyTransformer.from_pretrained(folder).eval(), name="zoo:induction")
+    tokens = zoo_induction.eval_tokens(recipe)
+    figures = {"induction_previous_token_scores.png": previous_token_scores(view, tokens).plot(
+                   "previous-token score (zoo:induction)"),
+               "induction_induction_scores.png": induction_scores(view, tokens).plot("induction score (zoo:induction)")}
+    paths = [write_figure(out_dir / name, fig) for name, fig in figures.items()]
+    return paths + zoo_induction.plots(folder, out_dir)

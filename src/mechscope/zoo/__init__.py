@@ -14,7 +14,7 @@ import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import MechscopeError
 
@@ -49,6 +49,9 @@ class Analysis:
     (its card.json, extra files) and return the completed card."""
     plots: Callable[[Path, Path], list[Path]] | None = None
     """`plots(folder, out_dir) -> [png paths]`: the model's figures, drawn by the method."""
+    monitor: Callable[[Any, Any], dict] | None = None
+    """`monitor(model, tokens) -> {metric: value}`: the method's measures of a model while
+    it trains (the recipe logs them in its curve; weights do not depend on them)."""
 
 
 ANALYSES: dict[str, Analysis] = {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -30,8 +31,9 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..heads import induction_scores, previous_token_scores, repeated_random_tokens
-from ..model import Model
+from ..data import repeated_random_tokens
+from ..io import write_figure
+from . import ANALYSES
 from .transformer import ToyConfig, ToyTransformer
 
 logger = logging.getLogger(__name__)
@@ -141,14 +143,15 @@ def copy_losses(model: ToyTransformer, tokens: Tensor, span: int) -> tuple[float
 
 
 def evaluate(model: ToyTransformer, recipe: InductionRecipe) -> dict:
-    """Copy losses and the best layer-0 previous-token and layer-1 induction head."""
-    tokens = repeated_random_tokens(recipe.vocab_size, recipe.eval_span, recipe.eval_batch, EVAL_SEED, BOS)
+    """Copy losses on the evaluation sequences, plus the head scores of the registered
+    analysis (`mechscope.toys` registers the head detectors: the best layer-0 previous-token
+    and layer-1 induction head); without one the scores are NaN."""
+    tokens = eval_tokens(recipe)
     first, second = copy_losses(model, tokens, recipe.eval_span)
-    view = Model(model, name="induction")
-    prev, ind = previous_token_scores(view, tokens).scores, induction_scores(view, tokens).scores
-    return {"first_copy_loss": first, "second_copy_loss": second,
-            "prev_token_scores": prev.tolist(), "induction_scores": ind.tolist(),
-            "best_prev_token_l0": prev[0].max().item(), "best_induction_l1": ind[-1].max().item()}
+    analysis = ANALYSES.get("induction")
+    scores = analysis.monitor(model, tokens) if analysis is not None and analysis.monitor else {}
+    return {"first_copy_loss": first, "second_copy_loss": second, "best_prev_token_l0": math.nan,
+            "best_induction_l1": math.nan, **scores}
 
 
 def bump_step(curve: list[list[float]]) -> int | None:
@@ -267,24 +270,22 @@ of the second copy to the token after its earlier occurrence (induction), as in
 
 
 def plots(folder: Path, out_dir: Path) -> list[Path]:
-    """Head-score heatmaps, loss per position on repeated sequences, training curve."""
+    """Loss per position on repeated sequences and the training curve (the head-score
+    heatmaps are drawn by the registered analysis, which calls this)."""
     folder, out_dir = Path(folder), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     card = json.loads((folder / "card.json").read_text())
     recipe = InductionRecipe(**card["recipe"])
     hf = ToyTransformer.from_pretrained(folder).eval()
-    tokens = repeated_random_tokens(recipe.vocab_size, recipe.eval_span, recipe.eval_batch, EVAL_SEED, BOS)
-    view = Model(hf, name="zoo:induction")
-    figures = {"induction_previous_token_scores.png": previous_token_scores(view, tokens).plot(
-                   "previous-token score (zoo:induction)"),
-               "induction_induction_scores.png": induction_scores(view, tokens).plot("induction score (zoo:induction)"),
-               "induction_loss_per_position.png": _position_figure(hf, tokens, recipe.eval_span),
+    tokens = eval_tokens(recipe)
+    figures = {"induction_loss_per_position.png": _position_figure(hf, tokens, recipe.eval_span),
                "induction_training_curve.png": _curve_figure(card["metrics"])}
-    paths = []
-    for name, fig in figures.items():
-        fig.savefig(out_dir / name, dpi=110)
-        paths.append(out_dir / name)
-    return paths
+    return [write_figure(out_dir / name, fig) for name, fig in figures.items()]
+
+
+def eval_tokens(recipe: InductionRecipe) -> Tensor:
+    """The fixed evaluation sequences ``[BOS, r, r]`` (span ``eval_span``) of the card."""
+    return repeated_random_tokens(recipe.vocab_size, recipe.eval_span, recipe.eval_batch, EVAL_SEED, BOS)
 
 
 def _position_figure(hf: ToyTransformer, tokens: Tensor, span: int) -> Figure:

@@ -186,3 +186,9 @@ def test_held_out_split_is_by_path_hash():
     assert all(pycode_data.is_heldout(f, 0.05) for f in held)  # no state, no order
     skipped = pycode_data.SKIP_DIRS | pycode_data.TEST_DIRS
     assert not any(skipped & set(f.split("/")[:-1]) for f in files)
+
+
+def test_plots_draw_the_copying_curve(tmp_path):
+    from mechscope import zoo
+    (path,) = zoo.plots("pycode", tmp_path)
+    assert path.name == "pycode_copying_curve.png" and path.read_bytes()[:4] == b"\x89PNG"

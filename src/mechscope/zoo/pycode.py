@@ -396,3 +396,26 @@ BPE tokenizer of {d['vocab_size']} tokens; `<|endoftext|>` is bos, eos and pad.
 Python version gives a different corpus and different weights. Rebuild with
 `mechscope.zoo.pycode.train(out_dir, PycodeRecipe())`; every setting is in `card.json`.
 """
+
+
+def plots(folder: Path, out_dir: Path) -> list[Path]:
+    """The copying curve of the card: loss on the first and on the second copy of a
+    repeated random sequence across training (induction would pull the second far below)."""
+    from matplotlib.figure import Figure
+
+    from mechscope.io import write_figure
+
+    card = json.loads((Path(folder) / "card.json").read_text())
+    m = card["metrics"]
+    curve = torch.tensor(m["copying_curve"])
+    fig = Figure(figsize=(6.4, 3.4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(curve[:, 0], curve[:, 1], label="1st copy")
+    ax.plot(curve[:, 0], curve[:, 2], label="2nd copy (in-context)")
+    ax.axhline(math.log(card["recipe"]["vocab_size"]), color="grey", ls="--", lw=1, label="ln(vocab): uniform guess")
+    ax.set(xlabel="training step", ylabel="loss (nats)",
+           title=f"zoo:pycode copying (held-out loss {m['heldout_loss']:.2f} nats)")
+    ax.legend(fontsize=8)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [write_figure(out_dir / "pycode_copying_curve.png", fig)]

@@ -237,4 +237,5 @@ def normalized_mse(x_hat: Tensor, target: Tensor) -> Tensor:
 def build(cfg: CoderConfig) -> SparseCoder:
     """A freshly initialised dictionary of cfg.arch."""
     from . import batchtopk, gated, jumprelu, matryoshka, relu, switch, topk  # noqa: F401  (register)
+    from . import crosscoder  # noqa: F401  (register)
     return _REGISTRY[cfg.arch](cfg)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from ..errors import MechscopeError
 
-ARCHITECTURES = ("relu", "topk", "batchtopk", "gated", "jumprelu", "matryoshka", "switch")
+ARCHITECTURES = ("relu", "topk", "batchtopk", "gated", "jumprelu", "matryoshka", "switch", "crosscoder",
+                 "weakly_causal_crosscoder")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class CoderConfig:
     """Inputs (and targets) are multiplied by this before encoding; outputs divided by it."""
     dtype: str = "float32"
     """Parameter dtype: float32, bfloat16 or float16."""
+    blocks: tuple[str, ...] = ()
+    """Crosscoders: the sites (or "model:site" for model diffing) whose equal-width activations are
+    concatenated, in this order, into the d_in-wide input; empty for every other coder."""
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -79,6 +83,7 @@ class CoderConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["prefixes"] = list(self.prefixes)
+        d["blocks"] = list(self.blocks)
         return d
 
     @classmethod
@@ -87,6 +92,8 @@ class CoderConfig:
         kwargs = {k: v for k, v in data.items() if k in names}
         if "prefixes" in kwargs:
             kwargs["prefixes"] = tuple(kwargs["prefixes"])
+        if "blocks" in kwargs:
+            kwargs["blocks"] = tuple(kwargs["blocks"])
         return cls(**kwargs)
 
     def replace(self, **changes) -> CoderConfig:

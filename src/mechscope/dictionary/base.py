@@ -1,13 +1,20 @@
 """`SparseCoder`: the shape every dictionary shares, and its save/load.
 
 Orientation follows SAELens: W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_out],
-b_dec [d_out]. For an autoencoder (d_out == d_in) the encoder reads x - b_dec.
+b_dec [d_out]. For an autoencoder (d_out unset) the encoder reads x - b_dec.
 
 Scale: `cfg.norm_scale` s multiplies inputs and targets before anything else, so the
 weights live in the normalised space (mean norm sqrt(d)); `decode` divides by s again,
 so `encode`/`decode`/`forward().x_hat` all speak raw activations. Losses are computed in
 the normalised space. `save` keeps s in cfg.json (exact resume); `fold_norm_scale()`
 returns an equivalent coder with s = 1 (what the external formats store).
+
+Transcoders (cfg.d_out set, cfg.target_hook the predicted site): the encoder reads x as is
+(no b_dec subtraction) and the output is compared with the target. Input and target share
+the one factor s (estimated from the input): the map input -> target is then the same
+function in raw and normalised units, so a skip connection W_skip [d_in, d_out] (cfg.skip,
+zero at init) needs no folding, and `predict(x) = decode(encode(x)) + x W_skip` holds in
+raw units.
 
 Training loop contract (S2's trainer):
     out = coder(x, dead_mask=dead)      # CoderOutput
@@ -77,10 +84,12 @@ class SparseCoder(nn.Module):
         W_dec = torch.randn(d_sae, d_out)
         W_dec = W_dec / W_dec.norm(dim=-1, keepdim=True) * self.init_row_norm()
         self.W_dec = nn.Parameter(W_dec.to(dtype))
-        W_enc = W_dec.T.clone() if d_out == d_in else torch.randn(d_in, d_sae) / d_in ** 0.5
+        W_enc = W_dec.T.clone() if not cfg.transcoder else torch.randn(d_in, d_sae) / d_in ** 0.5
         self.W_enc = nn.Parameter(W_enc.contiguous().to(dtype))
         self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(d_out, dtype=dtype))
+        if cfg.skip:  # transcoders: linear skip connection, zero at init (draws no random numbers)
+            self.W_skip = nn.Parameter(torch.zeros(d_in, d_out, dtype=dtype))
 
     def init_row_norm(self) -> float:
         return 1.0
@@ -89,7 +98,7 @@ class SparseCoder(nn.Module):
 
     @property
     def autoencoder(self) -> bool:
-        return self.cfg.out_dim == self.cfg.d_in
+        return not self.cfg.transcoder
 
     def _check(self, x: Tensor) -> None:
         if x.shape[-1] != self.cfg.d_in:
@@ -131,12 +140,24 @@ class SparseCoder(nn.Module):
         self._check(x)
         xs = self.scaled(x)
         ts = xs if target is None else self.scaled(target)
-        x_hat_s, acts, loss, parts = self.compute(xs, ts, dead_mask)
+        skip = xs @ self.W_skip if self.cfg.skip else None
+        # with a skip the dictionary fits the rest, ts - skip: the same loss as fitting ts with
+        # x_hat + skip, and W_skip learns through it; AuxK then targets the remaining error
+        x_hat_s, acts, loss, parts = self.compute(xs, ts if skip is None else ts - skip, dead_mask)
+        if skip is not None:
+            x_hat_s = x_hat_s + skip
         if "l0" not in parts:  # sparse paths report it from their k values, saving a dense pass
             parts["l0"] = (acts.detach() != 0).sum(-1, dtype=torch.float32).mean()
         parts = {"mse": mse(x_hat_s, ts).detach(), **{k: v.detach() for k, v in parts.items()}}
         x_hat = x_hat_s / self.cfg.norm_scale if self.cfg.norm_scale != 1.0 else x_hat_s
         return CoderOutput(x_hat, acts, loss, parts)
+
+    def predict(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_out"]:
+        """The full output on raw inputs: decode(encode(x)), plus x W_skip for a transcoder with a skip."""
+        out = self.decode(self.encode(x))
+        if self.cfg.skip:
+            out = out + x.to(self.W_skip.dtype) @ self.W_skip
+        return out
 
     def compute(self, xs: Tensor, ts: Tensor, dead_mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, dict]:
         """(normalised x_hat, acts, total loss, extra loss terms) for normalised input and target."""
@@ -180,7 +201,8 @@ class SparseCoder(nn.Module):
         return new
 
     def fold_rules(self, s: float) -> dict[str, Tensor]:
-        """Weights that change when the input scale s is folded in."""
+        """Weights that change when the input scale s is folded in (W_skip does not: input and
+        target share s, so s x W_skip / s = x W_skip)."""
         # (s x - b_dec) W_enc = (x - b_dec / s)(s W_enc); (acts W_dec + b_dec) / s = acts (W_dec / s) + b_dec / s
         return {"W_enc": self.W_enc.detach() * s, "W_dec": self.W_dec.detach() / s, "b_dec": self.b_dec.detach() / s}
 

@@ -1,4 +1,4 @@
-"""The one configuration every sparse coder (SAE, later transcoder) is built from."""
+"""The one configuration every sparse coder (SAE or transcoder) is built from."""
 
 from __future__ import annotations
 
@@ -56,6 +56,10 @@ class CoderConfig:
     blocks: tuple[str, ...] = ()
     """Crosscoders: the sites (or "model:site" for model diffing) whose equal-width activations are
     concatenated, in this order, into the d_in-wide input; empty for every other coder."""
+    target_hook: str = ""
+    """Transcoders: the site the output is compared with (e.g. blocks.1.hook_mlp_out); required when d_out is set."""
+    skip: bool = False
+    """Transcoders: add a learned linear skip connection x W_skip (W_skip [d_in, d_out], zero at init) to the output."""
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -72,8 +76,18 @@ class CoderConfig:
             p = list(self.prefixes)
             if p != sorted(set(p)) or p[-1] != self.d_sae or p[0] < 1:
                 raise MechscopeError(f"prefixes {self.prefixes} must be ascending, distinct and end with d_sae={self.d_sae}")
+        if self.d_out is not None and (self.d_out < 1 or not self.target_hook):
+            raise MechscopeError(f"d_out={self.d_out} makes a transcoder: it must be positive and target_hook must name "
+                                 "the site it predicts (e.g. blocks.1.hook_mlp_out)")
+        if (self.target_hook or self.skip) and self.d_out is None:
+            raise MechscopeError("target_hook and skip are for transcoders: set d_out (the target's width) too")
         if self.dtype not in ("float32", "bfloat16", "float16", "float64"):
             raise MechscopeError(f"dtype '{self.dtype}' is not supported: use float32, bfloat16 or float16")
+
+    @property
+    def transcoder(self) -> bool:
+        """True when the coder predicts another site (d_out set) instead of reconstructing its input."""
+        return self.d_out is not None
 
     @property
     def out_dim(self) -> int:

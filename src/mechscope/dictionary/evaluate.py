@@ -14,6 +14,11 @@ Metrics (over the kept positions, see `SourceConfig`; x raw activations, x̂ rec
 - Spliced (through `mechscope.edits.replace` at the site, kept positions only): next-token
   cross-entropy clean / with x̂ / with zeros; ce_loss_score = (CE_zero − CE_sae) /
   (CE_zero − CE_clean); KL(clean ‖ spliced) per token, and kl_div_score = (KL_zero − KL_sae) / KL_zero.
+
+Transcoders (`cfg.transcoder`): x is the target site's activation and x̂ the transcoder's
+output (skip included) on the input site; the splice replaces the target (the MLP's output)
+with that output computed in the same forward (`transcoder.splice`), and the zero baseline
+zero-ablates the target (the MLP). `target_hook` names the target.
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ class DictionaryEvaluation:
     kl_sae: float = math.nan
     kl_zero: float = math.nan
     kl_div_score: float = math.nan
+    target_hook: str = ""
+    """Transcoders: the predicted site (metrics compare it with the output); empty for SAEs."""
     density: Float[Tensor, "d_sae"] | None = None
     """Firing frequency of each latent over the held-out tokens."""
 
@@ -151,6 +158,14 @@ def evaluate(model, coder, tokens: Int[Tensor, "m ctx"], *, site: str | None = N
     width = site_width(model, site)
     if width != coder.cfg.d_in:
         raise MechscopeError(f"dictionary d_in={coder.cfg.d_in} but '{site}' is {width} wide: wrong site or dictionary")
+    transcoder = getattr(coder.cfg, "transcoder", False)
+    target = coder.cfg.target_hook if transcoder else site
+    if transcoder:
+        from .transcoder import check_order
+        check_order(model, site, target)
+        width = site_width(model, target)
+        if width != coder.cfg.d_out:
+            raise MechscopeError(f"transcoder d_out={coder.cfg.d_out} but its target '{target}' is {width} wide")
     if tokens.dim() != 2 or tokens.shape[1] < 2 or len(tokens) == 0:
         raise MechscopeError(f"evaluation needs [n, ctx] token contexts with ctx >= 2, got shape {tuple(tokens.shape)}")
     splice = splice and model.has_lm_head
@@ -158,16 +173,27 @@ def evaluate(model, coder, tokens: Int[Tensor, "m ctx"], *, site: str | None = N
     for i in tqdm(range(0, len(tokens), batch_size), desc="evaluating", disable=not progress):
         ids = tokens[i:i + batch_size].to(model.device)
         keep = keep_mask(ids, source)
-        run = model.run(ids, record=[site], logits=splice)
+        run = model.run(ids, record=sorted({site, target}), logits=splice)
         x = run.cache[site].flatten(2)[keep].float()
         acts = coder.encode(x)
-        sums.add(x, coder.decode(acts).float(), acts)
+        if transcoder:
+            x_hat = coder.decode(acts) + (x @ coder.W_skip if coder.cfg.skip else 0)
+            sums.add(run.cache[target].flatten(2)[keep].float(), x_hat.float(), acts)
+        else:
+            sums.add(x, coder.decode(acts).float(), acts)
         if splice:
             _splice(model, coder, site, ids, keep, run.logits, sums)
-    return _result(model, coder, site, sums, splice)
+    out = _result(model, coder, site, sums, splice)
+    out.target_hook = target if transcoder else ""
+    return out
 
 
 def _splice(model, coder, site: str, ids: Tensor, keep: Tensor, clean: Tensor, sums: _Sums) -> None:
+    if getattr(coder.cfg, "transcoder", False):
+        from .transcoder import splice
+        _score(model, ids, clean, {"sae": splice(coder, keep), "zero": splice(coder, keep, zero=True)}, sums)
+        return
+
     def swap(zero: bool):
         def fn(value: Tensor) -> Tensor:
             flat = value.flatten(2)
@@ -175,12 +201,17 @@ def _splice(model, coder, site: str, ids: Tensor, keep: Tensor, clean: Tensor, s
             return torch.where(keep[..., None], new, flat).view(value.shape)
         return fn
 
+    _score(model, ids, clean, {name: [edits.replace(site, swap(name == "zero"))] for name in ("sae", "zero")}, sums)
+
+
+def _score(model, ids: Tensor, clean: Tensor, variants: dict[str, list], sums: _Sums) -> None:
+    """Add the CE and KL of the clean logits and of each variant's edited forward to `sums`."""
     target = ids[:, 1:, None].to(clean.device)
     lc = _log_probs(clean)
     pc = lc.exp()
     sums.ce["clean"] -= lc.gather(-1, target).double().sum()
-    for name in ("sae", "zero"):
-        lp = _log_probs(model.run(ids, edits=[edits.replace(site, swap(name == "zero"))]).logits)
+    for name, variant in variants.items():
+        lp = _log_probs(model.run(ids, edits=variant).logits)
         sums.ce[name] -= lp.gather(-1, target).double().sum()
         sums.kl[name] += (pc * (lc - lp)).sum(-1).double().sum()
     sums.n_pred += ids.shape[0] * (ids.shape[1] - 1)

@@ -14,6 +14,10 @@ Input scale: before step 0 the first `norm_batches` batches give each dictionary
 `norm_scale` (sqrt(d_in) / mean norm) and the initial b_dec (geometric median); the saved
 artifact has the scale folded into its weights (norm_scale 1).
 
+Transcoders (cfg.d_out and cfg.target_hook set): the stream holds both sites, each step
+feeds `target=batch[target_hook]`, b_dec starts at the target's geometric median, the one
+scale comes from the input (see base.py) and FVU is measured against the target.
+
 Checkpoints (`out/checkpoint/`): weights, Adam state, dead counts, RNG state and the data
 position in one safetensors file, then `state.json` (atomic, written last): a crash at any
 moment leaves the previous checkpoint whole. Resuming restores all of it, and because
@@ -44,7 +48,7 @@ from ..errors import MechscopeError
 from ..io import write_json, write_tensors
 from .base import SparseCoder, build
 from .config import CoderConfig
-from .source import ActivationSource, Batch, SourceConfig, estimate_norm_scale, first_batches
+from .source import ActivationSource, Batch, SourceConfig, estimate_norm_scale, first_batches, resolve_sites
 from .trainer_config import TrainConfig, distributed
 
 log = logging.getLogger(__name__)
@@ -86,8 +90,13 @@ class Trainer:
         width = self.stream.widths[c.hook_name]
         if c.d_in != width:
             raise MechscopeError(f"dictionary d_in={c.d_in} but '{c.hook_name}' is {width} wide: set d_in={width}")
-        if c.d_out is not None and c.d_out != c.d_in:
-            raise MechscopeError("transcoders (d_out != d_in) are not trained here yet: leave d_out unset")
+        if c.transcoder:
+            if c.target_hook not in self.stream.widths:
+                raise MechscopeError(f"a transcoder predicts '{c.target_hook}' but the data holds "
+                                     f"{', '.join(self.stream.sites)}: record the target site too")
+            if c.d_out != self.stream.widths[c.target_hook]:
+                raise MechscopeError(f"transcoder d_out={c.d_out} but '{c.target_hook}' is "
+                                     f"{self.stream.widths[c.target_hook]} wide: set d_out to that")
         return c
 
     # Set-up: scale, initial weights, optimisers
@@ -104,7 +113,9 @@ class Trainer:
         self._build(cfgs)
         if sample is not None:
             for coder in self.coders:
-                coder.init_from_data(sample[coder.cfg.hook_name].to(self.device))
+                target = _target(coder, sample)
+                coder.init_from_data(sample[coder.cfg.hook_name].to(self.device),
+                                     None if target is None else target.to(self.device))
 
     def _build(self, cfgs: list[CoderConfig]) -> None:
         self.cfgs, self.coders = cfgs, []
@@ -124,13 +135,16 @@ class Trainer:
         for i, (coder, module, opt) in enumerate(zip(self.coders, self.modules, self.opts)):
             x = batch[coder.cfg.hook_name].to(self.device)
             _check_finite(x, "the activations", self.step_count, self.world)
+            t = _target(coder, batch)
+            t = None if t is None else t.to(self.device)
             for group in opt.param_groups:
                 group["lr"] = self.cfg.lr_at(self.step_count, coder.cfg.d_sae)
             window = self.cfg.dead_window or coder.cfg.dead_after
             autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (
                 self.cfg.autocast and self.device.type == "cuda") else nullcontext()
             with autocast:
-                result = module(x, dead_mask=self.dead[i] >= window)
+                result = module(x, dead_mask=self.dead[i] >= window) if t is None else \
+                    module(x, dead_mask=self.dead[i] >= window, target=t)
             _check_finite(result.loss.detach(), "the loss", self.step_count, self.world)
             result.loss.backward()
             coder.before_step()
@@ -142,7 +156,7 @@ class Trainer:
             self._count_dead(i, result.acts.detach())
             tag = "" if len(self.coders) == 1 else f"{i}."
             out |= {f"{tag}loss": float(result.loss.detach()), f"{tag}l0": float(result.parts["l0"]),
-                    f"{tag}fvu": _fvu(x, result.x_hat.detach())}
+                    f"{tag}fvu": _fvu(x if t is None else t, result.x_hat.detach())}
         self.step_count += 1
         return out
 
@@ -163,6 +177,8 @@ class Trainer:
             x = heldout[coder.cfg.hook_name].to(self.device)
             acts = coder.encode(x)
             x_hat = coder.decode(acts)
+            if coder.cfg.transcoder:  # compare the whole output (skip included) with the target
+                x, x_hat = heldout[coder.cfg.target_hook].to(self.device), coder.predict(x)
             window = self.cfg.dead_window or coder.cfg.dead_after
             rows.append({"step": self.step_count, "fvu": _fvu(x, x_hat), "l0": float((acts != 0).sum(-1).float().mean()),
                          "mse": float((x - x_hat).pow(2).sum(-1).mean()),
@@ -258,6 +274,11 @@ class Trainer:
         return [coder.fold_norm_scale() for coder in self.coders]
 
 
+def _target(coder: SparseCoder, batch: Batch) -> Tensor | None:
+    """The transcoder's target activations in `batch`; None for an autoencoder."""
+    return batch[coder.cfg.target_hook] if coder.cfg.transcoder else None
+
+
 def _check_finite(x: Tensor, what: str, step: int, world: int = 1) -> None:
     bad = torch.tensor([0.0 if bool(torch.isfinite(x).all()) else 1.0], device=x.device)  # NCCL: on the GPU
     if world > 1:
@@ -298,9 +319,11 @@ def train(model, site: str | Sequence[str], coder_cfg: CoderConfig | Sequence[Co
     cfgs = [coder_cfg] if single else list(coder_cfg)
     sites = [site] if isinstance(site, str) else list(site)
     src_cfg = SourceConfig(**{**asdict(source), "batch_tokens": cfg.batch_tokens, "seed": cfg.seed})
-    stream = ActivationSource(model, sites, data, src_cfg)
-    if len(stream.sites) == 1:
-        cfgs = [c if c.hook_name else c.replace(hook_name=stream.sites[0]) for c in cfgs]
+    names = resolve_sites(model, sites)
+    if len(names) == 1:
+        cfgs = [c if c.hook_name else c.replace(hook_name=names[0]) for c in cfgs]
+    targets = [c.target_hook for c in cfgs if c.transcoder and c.target_hook not in names]
+    stream = ActivationSource(model, names + sorted(set(targets)), data, src_cfg)
     cfgs = [c if c.model_name else c.replace(model_name=model.name) for c in cfgs]
     held = None
     if heldout is not None and len(heldout):
@@ -320,7 +343,7 @@ def train_from_cache(cache_dir: str | Path, coder_cfg: CoderConfig | Sequence[Co
     from .cache import CacheReader
     single = isinstance(coder_cfg, CoderConfig)
     cfgs = [coder_cfg] if single else list(coder_cfg)
-    sites = sorted({c.hook_name for c in cfgs if c.hook_name}) or None
+    sites = sorted({c.hook_name for c in cfgs if c.hook_name} | {c.target_hook for c in cfgs if c.transcoder}) or None
     reader = CacheReader(cache_dir, batch_tokens=cfg.batch_tokens, seed=cfg.seed, sites=sites)
     cfgs = [c if c.model_name else c.replace(model_name=reader.meta["model"]) for c in cfgs]
     held = None

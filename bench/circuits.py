@@ -3,7 +3,11 @@ EAP (two forwards + one backward for every edge) and EAP-IG, same graph, same ta
 process; with faithfulness of each circuit and how well EAP ranks ACDC's edges (ROC-AUC).
 Also the patching helper's batched head sweep against one patched forward per head.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/circuits.py [--models zoo:induction zoo:pycode]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/circuits.py [--models zoo:induction zoo:pycode random:gpt2-6x8]
+
+`random:gpt2-LxH` is a randomly initialised GPT-2 (L layers, H heads, d_model 16·H) written
+to a temporary folder: its circuit is meaningless, but its graph is large, and ACDC's cost
+grows with the number of edges while EAP's stays at two forwards and one backward.
 """
 
 from __future__ import annotations
@@ -35,8 +39,26 @@ def _auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     return float(((pos[:, None] > neg[None]).float() + 0.5 * (pos[:, None] == neg[None]).float()).mean())
 
 
+def _load(name: str):
+    if not name.startswith("random:gpt2-"):
+        return ms.load(name)
+    import tempfile
+
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+    layers, heads = (int(v) for v in name.removeprefix("random:gpt2-").split("x"))
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=layers, n_head=heads, n_embd=16 * heads, n_positions=64, vocab_size=512))
+    folder = tempfile.mkdtemp(prefix="bench-circuits-")
+    hf.save_pretrained(folder)
+    vocab = {f"t{i}": i for i in range(512)}
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")),
+                            bos_token="t0").save_pretrained(folder)
+    return ms.load(folder)
+
+
 def bench(name: str, threshold: float) -> None:
-    model = ms.load(name)
+    model = _load(name)
     bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else 0
     task = induction_task(model, span=12, prefix=8, batch=16, seed=3, bos=bos)
     metric = logit_diff(task)

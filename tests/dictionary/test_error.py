@@ -1,13 +1,17 @@
 """SAE error analysis: planted linear errors are predicted (R² near 1), independent noise is not
 (R² near 0); end to end on a tiny model; save/load; bad input fails clearly."""
 
-
 import pytest
 import torch
 
 import mechscope as ms
 from mechscope.dictionary.config import CoderConfig
-from mechscope.dictionary.error import ErrorAnalysis, error_analysis, linear_predictability, ridge_fit
+from mechscope.dictionary.error import (
+    ErrorAnalysis,
+    error_analysis,
+    linear_predictability,
+    ridge_fit,
+)
 from tests.models.tiny import tiny_model
 
 N, D = 4000, 16

@@ -64,7 +64,7 @@ def linear_predictability(x: Float[Tensor, "n d"], e: Float[Tensor, "n m"], *, t
     if not 0 < test_fraction < 1:
         raise MechscopeError(f"test_fraction must be between 0 and 1, got {test_fraction}")
     n = len(x)
-    n_test = int(round(n * test_fraction))
+    n_test = round(n * test_fraction)
     if n_test < 2 or n - n_test < 2:
         raise MechscopeError(f"{n} tokens are too few to fit on one part and test on the other: use more contexts")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -102,8 +102,8 @@ class ErrorAnalysis:
     token_norms: Float[Tensor, "n pos"]
     """‖e‖ per token; NaN where the position is excluded."""
     tokens: Int[Tensor, "n pos"]
-    test_norm: Float[Tensor, "n_test"]
-    test_predicted: Float[Tensor, "n_test"]
+    test_norm: Float[Tensor, n_test]
+    test_predicted: Float[Tensor, n_test]
     """Actual and predicted ‖e‖ of the test tokens."""
 
     TENSORS = ("token_norms", "tokens", "test_norm", "test_predicted")

@@ -83,3 +83,25 @@ def test_bad_input_fails_clearly(tmp_path):
     with pytest.raises(ms.MechscopeError, match="d_in=16"):
         error_analysis(model, ms.dictionary.build(CoderConfig("relu", 16, 8, hook_name="blocks.1.hook_resid_post")),
                        torch.ones(2, 5, dtype=torch.long))
+
+
+def test_cli_prints_r2_and_the_largest_errors(tmp_path, capsys):
+    import argparse
+    import json
+
+    from mechscope.commands import sae as command
+    from tests.lens.helpers import save_worded
+    folder = save_worded(tmp_path / "model")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"})
+                                for i in range(80)))
+    ms.dictionary.build(CoderConfig("topk", 32, 16, k=4, hook_name="blocks.1.hook_resid_post")).save(tmp_path / "sae")
+    parser = argparse.ArgumentParser()
+    command.configure(parser)
+    args = parser.parse_args(["error", str(folder), str(tmp_path / "sae"), "--data", str(corpus), "--ctx", "16",
+                              "--heldout", "0.5", "--save", str(tmp_path / "err"), "--plot", str(tmp_path / "e.png"),
+                              "--json"])
+    assert command.execute(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert -1 < out["norm_r2"] <= 1 and len(out["largest_errors"]) == 5 and (tmp_path / "e.png").is_file()
+    assert ErrorAnalysis.load(tmp_path / "err").to_dict() == {k: v for k, v in out.items() if k != "largest_errors"}

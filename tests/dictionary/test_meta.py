@@ -74,3 +74,21 @@ def test_bad_input_fails_clearly(trained, tmp_path):
         trained[0].components(N_LATENTS)
     with pytest.raises(ms.MechscopeError, match="no meta-SAE composition"):
         MetaSAE.load(tmp_path)
+
+
+def test_cli_prints_compositions_and_saves(tmp_path, capsys):
+    import argparse
+    import json
+
+    from mechscope.commands import sae as command
+    composed_dictionary()[0].save(tmp_path / "sae")
+    parser = argparse.ArgumentParser()
+    command.configure(parser)
+    args = parser.parse_args(["meta", str(tmp_path / "sae"), "--width", "64", "--k", "3", "--epochs", "5",
+                              "--latents", "0,7", "--out", str(tmp_path / "meta"), "--plot", str(tmp_path / "m.png"),
+                              "--json"])
+    assert command.execute(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["composition"]) == {"0", "7"} and out["meta_d_sae"] == 64 and (tmp_path / "m.png").is_file()
+    assert MetaSAE.load(tmp_path / "meta").components(7) == [(j, pytest.approx(w, abs=1e-4))
+                                                             for j, w in out["composition"]["7"]]

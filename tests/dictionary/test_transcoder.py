@@ -133,3 +133,34 @@ def test_bad_input_fails_clearly(model):
         train(model, IN, wrong, small(), data=contexts(), progress=False)
     with pytest.raises(ms.MechscopeError, match="splice needs a transcoder"):
         splice(ms.dictionary.build(CoderConfig("topk", 32, 16, k=4, hook_name=IN)))
+
+
+def test_cli_train_writes_eval_json_and_eval_reads_it_back(tmp_path, capsys):
+    import argparse
+    import json
+
+    from mechscope.commands import transcoder as command
+    from tests.lens.helpers import save_worded
+    folder = save_worded(tmp_path / "model")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"})
+                                for i in range(60)))
+
+    def call(argv):
+        parser = argparse.ArgumentParser()
+        command.configure(parser)
+        assert command.execute(parser.parse_args(argv)) == 0
+        return json.loads(capsys.readouterr().out)
+
+    data = ["--data", str(corpus), "--ctx", "16", "--heldout", "0.2", "--json"]
+    out = call(["train", str(folder), "--layer", "1", "--skip", "--out", str(tmp_path / "tc"), "--width", "32",
+                "--k", "4", "--total-tokens", "256", "--batch-tokens", "32", "--warmup", "1", "--eval-contexts", "3",
+                "--no-progress", *data])
+    assert out["target"] == "blocks.1.hook_mlp_out" and out["skip"] and out["eval"]["ce_zero"] is not None
+    assert json.loads((tmp_path / "tc" / "eval.json").read_text()) == out["eval"]
+    again = call(["eval", str(folder), str(tmp_path / "tc"), "--contexts", "3", *data])
+    assert again["fvu"] == pytest.approx(out["eval"]["fvu"], rel=1e-6)
+    sae = ms.dictionary.build(CoderConfig("topk", 32, 16, k=4, hook_name=IN))
+    sae.save(tmp_path / "sae")
+    with pytest.raises(ms.MechscopeError, match="use `mechscope sae eval`"):
+        call(["eval", str(folder), str(tmp_path / "sae"), *data])

@@ -6,6 +6,8 @@
     mechscope sae eval zoo:pycode runs/sae --data corpus.jsonl
     mechscope sae features zoo:pycode runs/sae --data corpus.jsonl --features 0,5,9
     mechscope sae convert path/to/saelens-folder runs/sae-converted
+    mechscope sae meta runs/sae --out runs/sae/meta --width 1024 --k 4 --latents 0,5
+    mechscope sae error zoo:pycode runs/sae --data corpus.jsonl --plot error.png --save runs/sae/error
 
 `train` resumes when --out holds a checkpoint, and runs under `torchrun --nproc_per_node N
 -m mechscope sae train ...` (DDP; rank 0 writes and prints). Each maps onto one call of
@@ -30,7 +32,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              ("eval", "held-out metrics of a dictionary: L0, FVU, CE/KL scores, density", _eval_args),
                              ("features", "top activating contexts of some features", _features_args),
                              ("convert", "rewrite a dictionary (SAELens, sparsify, mechscope) as mechscope or SAELens",
-                              _convert_args)]:
+                              _convert_args),
+                             ("meta", "meta-SAE: which meta-latents each latent's decoder direction is built from",
+                              _meta_args),
+                             ("error", "how much of the dictionary's error is linearly predictable from the input",
+                              _error_args)]:
         p = sub.add_parser(name, help=text)
         fill(p)
         p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -116,8 +122,34 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hookpoint", help="which dictionary of a multi-site sparsify folder")
 
 
+def _meta_args(p: argparse.ArgumentParser) -> None:
+    from ..dictionary.config import ARCHITECTURES
+    p.add_argument("sae", help="dictionary folder (mechscope, SAELens or sparsify layout) whose decoder to decompose")
+    p.add_argument("--hookpoint", help="which dictionary of a multi-site sparsify folder")
+    p.add_argument("--out", help="save the meta-SAE here (cfg.json + sae.safetensors, composition.safetensors)")
+    p.add_argument("--arch", choices=ARCHITECTURES, default="batchtopk", help="meta-SAE architecture")
+    p.add_argument("--width", type=int, help="meta-latents (default: a quarter of the dictionary's latents)")
+    p.add_argument("--k", type=int, default=4, help="active meta-latents per latent (on average for batchtopk)")
+    p.add_argument("--epochs", type=int, default=200, help="passes over the decoder rows")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--seed", type=int, default=0, help="seeds the initialisation and the row order")
+    p.add_argument("--latents", default="0,1,2,3,4", help="comma-separated latents whose composition to print")
+    p.add_argument("--plot", metavar="FILE.png", help="write the composition histograms here")
+
+
+def _error_args(p: argparse.ArgumentParser) -> None:
+    _dictionary_args(p)
+    p.add_argument("--contexts", type=int, default=256, help="held-out contexts (their tokens are split into fit / test)")
+    p.add_argument("--test-fraction", type=float, default=0.5, help="share of the tokens the predictions are scored on")
+    p.add_argument("--ridge", type=float, default=1e-3, help="ridge penalty, relative to the mean eigenvalue of XᵀX")
+    p.add_argument("--plot", metavar="FILE.png", help="write predicted vs actual error norm and the R² bars here")
+    p.add_argument("--save", metavar="DIR", help="save the analysis here (e.g. SAE/error: the report shows it)")
+    _data_args(p)
+
+
 def execute(args: argparse.Namespace) -> int:
-    handler = {"cache": _cache, "train": _train, "eval": _eval, "features": _features, "convert": _convert}[args.sae_cmd]
+    handler = {"cache": _cache, "train": _train, "eval": _eval, "features": _features, "convert": _convert,
+               "meta": _meta, "error": _error}[args.sae_cmd]
     result = handler(args)
     if result is None:  # not rank 0
         return 0
@@ -256,3 +288,40 @@ def _features(args) -> dict:
 def _convert(args) -> dict:
     from ..dictionary.formats import convert
     return {"out": str(convert(args.src, args.dst, to=args.to, hookpoint=args.hookpoint)), "to": args.to}
+
+
+def _meta(args) -> dict:
+    from ..dictionary.meta import train_meta
+    from .lens import int_list
+    coder = _read(args)
+    meta = train_meta(coder, width=args.width, k=args.k, arch=args.arch, epochs=args.epochs, lr=args.lr,
+                      seed=args.seed, progress=not args.json)
+    if args.out:
+        meta.save(args.out)
+    if args.plot:
+        from ..io import write_figure
+        write_figure(Path(args.plot), meta.plot())
+    latents = [i for i in int_list(args.latents) if i < len(meta.indices)]
+    return {**meta.to_dict(), "out": args.out,
+            "composition": {str(i): [[j, round(w, 4)] for j, w in meta.components(i)] for i in latents}}
+
+
+def _error(args) -> dict:
+    from ..dictionary.error import error_analysis
+    from ..models.loading import load
+    model = load(args.model)
+    coder = _read(args)
+    result = error_analysis(model, coder, _heldout(args, model), test_fraction=args.test_fraction, ridge=args.ridge,
+                            seed=args.seed)
+    if args.plot:
+        from ..io import write_figure
+        write_figure(Path(args.plot), result.plot())
+    if args.save:
+        result.save(args.save)
+    worst = [{"context": c, "position": p, "norm": round(v, 4), "token": _token(model, result.tokens[c, p])}
+             for c, p, v in result.worst(5)]
+    return {**result.to_dict(), "largest_errors": worst}
+
+
+def _token(model, token) -> str:
+    return model.tokenizer.decode([int(token)]) if model.tokenizer is not None else str(int(token))

@@ -164,3 +164,21 @@ def test_cli_train_writes_eval_json_and_eval_reads_it_back(tmp_path, capsys):
     sae.save(tmp_path / "sae")
     with pytest.raises(ms.MechscopeError, match="use `mechscope sae eval`"):
         call(["eval", str(folder), str(tmp_path / "sae"), *data])
+
+
+def test_report_shows_the_transcoder_and_the_saes_error_and_meta_parts(tmp_path, model):
+    from mechscope.dictionary.error import error_analysis
+    from mechscope.dictionary.meta import train_meta
+    from mechscope.report.sae import section
+    tc = ms.dictionary.build(transcoder_config(model, 1, arch="topk", width=16, k=4, skip=True))
+    tc.save(tmp_path / "tc")
+    run = model.run(contexts(1, 8))
+    page = section(model, run, tmp_path / "tc")
+    assert "<h2>Transcoder</h2>" in page and "CE with the MLP zeroed" in page and "report prompt" in page
+    sae = ms.dictionary.build(CoderConfig("topk", 32, 16, k=4, hook_name="blocks.1.hook_resid_post"))
+    sae.save(tmp_path / "sae")
+    assert "How predictable" not in section(model, run, tmp_path / "sae")
+    error_analysis(model, sae, contexts(12, 9)).save(tmp_path / "sae" / "error")
+    train_meta(sae, width=4, k=2, epochs=2).save(tmp_path / "sae" / "meta")
+    page = section(model, run, tmp_path / "sae")
+    assert "How predictable the error is" in page and "Meta-SAE" in page and page.count("<img") == 3

@@ -25,8 +25,8 @@ HELP = "transcoders: sparse replacements of an MLP (read its input, predict its 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="transcoder_cmd", required=True)
     for name, text, fill in [("train", "train a transcoder on a model's MLP (or any two sites)", _train_args),
-                             ("eval", "held-out metrics of a transcoder: FVU against the target, L0, CE/KL spliced in "
-                                      "vs the MLP zero-ablated", _eval_args)]:
+                             ("eval", ("held-out metrics of a transcoder: FVU against the target, L0, CE/KL spliced "
+                                       "in vs the MLP zero-ablated"), _eval_args)]:
         p = sub.add_parser(name, help=text)
         fill(p)
         p.add_argument("--json", action="store_true", help="print the result as JSON")

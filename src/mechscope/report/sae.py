@@ -2,8 +2,10 @@
 
 `section(model, run, sae_dir)`: the dictionary's metrics (from the `eval.json` that
 `mechscope sae train` writes, and measured on the prompt), its feature-density histogram
-and the features most active on the prompt with their top contexts there. Without a
-dictionary folder, a one-line note. Wire it with `functools.partial(section, sae_dir=...)`.
+and the features most active on the prompt with their top contexts there; the saved error
+analysis (`sae_dir/error`) and meta-SAE (`sae_dir/meta`) when present; a transcoder folder
+gets the transcoder section instead (report/transcoder.py). Without a dictionary folder, a
+one-line note. Wire it with `functools.partial(section, sae_dir=...)`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ def section(model, run, sae_dir: str | Path | None = None, *, n_features: int = 
     from ..dictionary.features import top_contexts
     from ..dictionary.formats import read
     coder = read(sae_dir)
+    if getattr(coder.cfg, "transcoder", False):
+        from .transcoder import transcoder_section
+        return transcoder_section(model, run, sae_dir, coder)
+    from .transcoder import error_part, meta_part
+    extra = error_part(sae_dir) + meta_part(sae_dir)
     site = html.escape(coder.cfg.hook_name)
     columns, parts = {}, []
     saved = Path(sae_dir) / "eval.json"
@@ -57,7 +64,7 @@ def section(model, run, sae_dir: str | Path | None = None, *, n_features: int = 
         parts.append("<p>Features most active on the prompt, with their strongest positions:</p>" + found.to_html())
     if not columns:
         return (f"<h2>Sparse dictionary</h2><p>Dictionary at <code>{site}</code> ({coder.cfg.d_sae} latents): no "
-                "eval.json and no prompt to measure it on.</p>")
+                "eval.json and no prompt to measure it on.</p>" + extra)
     return (f"<h2>Sparse dictionary</h2><p>{html.escape(coder.cfg.arch)} dictionary with {coder.cfg.d_sae} latents at "
             f"<code>{site}</code>. Scores: 1 is a perfect splice, 0 as bad as zeroing the site.</p>"
-            + _table(columns) + "".join(parts))
+            + _table(columns) + "".join(parts) + extra)

@@ -4,7 +4,8 @@
     mechscope transcoder train zoo:pycode --site blocks.0.hook_resid_mid --target blocks.0.hook_mlp_out ...
     mechscope transcoder eval zoo:pycode runs/tc --data corpus.jsonl
 
-`train` resumes when --out holds a checkpoint and writes eval.json (the metrics with the
+`train` resumes when --out holds a checkpoint, runs under `torchrun --nproc_per_node N -m
+mechscope transcoder train ...` (DDP; rank 0 writes and prints), and writes eval.json (the metrics with the
 transcoder spliced in place of the MLP) beside the dictionary; `--cache` trains from an
 activation cache that holds both sites (`mechscope sae cache --site IN --site OUT`). Each maps
 onto `mechscope.dictionary` (transcoder_config, train, evaluate); no science here.
@@ -72,6 +73,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 def execute(args: argparse.Namespace) -> int:
     result = {"train": _train, "eval": _eval}[args.transcoder_cmd](args)
+    if result is None:  # not rank 0
+        return 0
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:
@@ -79,7 +82,18 @@ def execute(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args) -> dict:
+def _train(args) -> dict | None:
+    from ..dictionary.trainer_config import init_distributed
+    rank, world = init_distributed()
+    try:
+        return _train_ranked(args, rank)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+
+
+def _train_ranked(args, rank: int) -> dict | None:
     from ..dictionary.evaluate import evaluate
     from ..dictionary.train import train, train_from_cache
     from ..dictionary.trainer_config import TrainConfig
@@ -101,6 +115,8 @@ def _train(args) -> dict:
         coder = train_from_cache(args.cache, cfg, train_cfg, out=args.out, progress=progress)
     else:
         coder = train(model, cfg.hook_name, cfg, train_cfg, data=data.train, out=args.out, progress=progress)
+    if rank != 0:
+        return None
     out = Path(args.out)
     result: dict = {"out": str(out), "steps": train_cfg.steps, "site": cfg.hook_name, "target": cfg.target_hook,
                     "skip": cfg.skip}

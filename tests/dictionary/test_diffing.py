@@ -127,3 +127,47 @@ def test_sites_of_different_widths_fail_clearly(two_models):
     # A's residual (32 wide) against B's MLP neurons (64 wide): no common width without a projection
     with pytest.raises(MechscopeError, match="projection"):
         diff_source(a, other, SITE, tokens, narrow, labels=("A", "B"), site_b="blocks.1.mlp.hook_post")
+
+
+def test_model_diff_shapes_match_their_annotations():
+    from tests.lens.helpers import check_shapes
+    check_shapes(diff(hand_set(), density=torch.full((5,), 0.5)))
+
+
+def test_cli_train_across_layers_and_models_then_diff(tmp_path, capsys):
+    import argparse
+    import json
+
+    from mechscope.commands import crosscoder as command
+    from tests.lens.helpers import worded_model
+
+    def call(argv):
+        parser = argparse.ArgumentParser()
+        command.configure(parser)
+        assert command.execute(parser.parse_args(argv)) == 0
+        return json.loads(capsys.readouterr().out)
+    folders = []
+    for seed in (0, 1):
+        model = worded_model(seed)
+        model.hf.save_pretrained(tmp_path / f"m{seed}")
+        model.tokenizer.save_pretrained(tmp_path / f"m{seed}")
+        folders.append(str(tmp_path / f"m{seed}"))
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"})
+                                for i in range(40)))
+    common = ["--data", str(corpus), "--ctx", "16", "--heldout", "0.2", "--width", "32", "--total-tokens", "128",
+              "--batch-tokens", "32", "--warmup", "1", "--eval-contexts", "4", "--json"]
+    layers = call(["train", folders[0], "--site", "blocks.0.hook_resid_post", "--site", SITE, "--variant",
+                   "weakly-causal", "--out", str(tmp_path / "layers"), *common])
+    assert layers["arch"] == "weakly_causal_crosscoder" and layers["blocks"] == ["blocks.0.hook_resid_post", SITE]
+    assert set(layers["eval"]["fvu_per_block"]) == set(layers["blocks"])
+    trained = call(["train", folders[0], "--vs", folders[1], "--labels", "base,tuned", "--site", SITE,
+                    "--out", str(tmp_path / "diff"), *common])
+    assert trained["blocks"] == [f"base:{SITE}", f"tuned:{SITE}"]
+    assert SparseCoder.load(tmp_path / "diff").cfg.blocks == tuple(trained["blocks"])
+    found = call(["diff", folders[0], folders[1], str(tmp_path / "diff"), "--data", str(corpus), "--ctx", "16",
+                  "--heldout", "0.2", "--plot", str(tmp_path / "hist.png"), "--save", str(tmp_path / "result"), "--json"])
+    assert found["labels"] == ["base", "tuned"] and sum(found["counts"].values()) == 32
+    assert (tmp_path / "hist.png").stat().st_size > 0 and ModelDiff.load(tmp_path / "result").labels == ["base", "tuned"]
+    with pytest.raises(MechscopeError, match="two-model crosscoder"):
+        call(["diff", folders[0], folders[1], str(tmp_path / "layers"), "--data", str(corpus), "--json"])

@@ -205,3 +205,21 @@ class WeaklyCausalCrosscoder(Crosscoder):
     def after_step(self) -> None:
         super().after_step()
         self._apply_masks()
+
+
+@torch.no_grad()
+def block_metrics(coder: Crosscoder, x: Float[Tensor, "tokens d_in"], batch_size: int = 4096) -> dict:
+    """Held-out reconstruction per block: FVU of each block (Σ‖x_b − x̂_b‖² / Σ‖x_b − mean‖²),
+    overall FVU, L0 and the dead fraction (latents that never fired on x)."""
+    n, d = coder.n_blocks, coder.d_block
+    x = x.reshape(-1, coder.cfg.d_in).float()
+    err, l0, fired = torch.zeros(n, dtype=torch.float64), 0.0, torch.zeros(coder.cfg.d_sae, dtype=torch.bool)
+    for i in range(0, len(x), batch_size):
+        chunk = x[i:i + batch_size].to(coder.W_enc.device)
+        acts = coder.encode(chunk)
+        err += (coder.decode(acts).float() - chunk).pow(2).view(-1, n, d).sum((0, 2)).double().cpu()
+        l0 += float((acts != 0).sum())
+        fired |= (acts != 0).any(0).cpu()
+    var = (x - x.mean(0)).pow(2).view(-1, n, d).sum((0, 2)).double().clamp_min(1e-30)
+    return {"fvu": float(err.sum() / var.sum()), "fvu_per_block": dict(zip(coder.cfg.blocks, (err / var).tolist())),
+            "l0": l0 / max(len(x), 1), "dead_fraction": float((~fired).float().mean()), "n_tokens": len(x)}

@@ -216,3 +216,23 @@ def test_crosscoder_is_a_relu_sae_subclass_registered_by_name():
     assert type(build(CoderConfig("crosscoder", 16, 8, blocks=("a", "b")))) is Crosscoder
     cfg = CoderConfig("crosscoder", 16, 8, blocks=("a", "b"))
     assert CoderConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_report_section_for_a_layer_crosscoder(tmp_path):
+    from mechscope.dictionary.crosscoder import block_metrics
+    from mechscope.dictionary.diffing import stacked_activations
+    from mechscope.report.crosscoder import section
+    from tests.models.tiny import tiny_model
+    model = tiny_model("llama")
+    sites = ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
+    coder = build(CoderConfig("crosscoder", 64, 16, blocks=sites))
+    coder.init_from_data(stacked_activations([(model, s) for s in sites], torch.randint(1, 97, (4, 8)))[:, 1:].reshape(-1, 64))
+    coder = coder.fold_norm_scale()
+    coder.save(tmp_path / "cc")
+    ids = torch.randint(1, 97, (1, 8), generator=torch.Generator().manual_seed(0))
+    html = section(model, model.run(ids), tmp_path / "cc")
+    assert "report prompt" in html and "blocks.1.hook_resid_post" in html and "<img" in html
+    # the prompt's metrics are block_metrics on its stacked activations (first position left out)
+    metrics = block_metrics(coder, stacked_activations([(model, s) for s in sites], ids)[0, 1:])
+    assert f"{metrics['fvu']:.4g}" in html
+    assert "No crosscoder given" in section(model, None, None)

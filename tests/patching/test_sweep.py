@@ -36,6 +36,11 @@ def test_identity_patching_changes_nothing(family):
         assert torch.allclose(exact.patched, torch.full_like(exact.patched, exact.clean_metric), atol=1e-6), kind
         approx = attribution_sweep(model, task, metric, sweep=kind)
         assert approx.scores.abs().max() < 1e-6, kind
+        # the sweep skips such patches; the patched forwards themselves must agree
+        patches, *_ = plan(model, kind, task.clean.shape[1])
+        clean, _ = record(model, task, sorted({p.site for p in patches}, key=model.table.order.__getitem__))
+        forwards = run_groups(model, task, [(p,) for p in patches], clean.cache, task.corrupt, metric)
+        assert torch.allclose(forwards, torch.full_like(forwards, exact.clean_metric), atol=1e-5), kind
     trace = causal_trace(model, task.clean[0], [1, 2], answer=int(task.answers[0]), noise=0.0, samples=2, window=2)
     assert torch.allclose(trace.probs, torch.full_like(trace.probs, trace.clean_prob), atol=1e-6)
 
@@ -54,6 +59,20 @@ def test_patching_all_of_the_first_residual_restores_clean(family):
     assert result.scores[:, 0].abs().max() < 1e-6
     noised = patch(model, task, metric, [Patch("blocks.0.hook_resid_pre")], direction="noise")
     assert abs(noised - float(metric(corrupt.logits))) < 1e-5
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_skipping_unchanged_patches_equals_running_them(direction):
+    model = tiny_model("llama")
+    task = _task()   # prompts differ at positions 1-2: position 0 is the same in both runs
+    metric = logit_diff(task)
+    for kind in ["resid", "heads-pos", "attn"]:
+        result = sweep(model, task, metric, sweep=kind, direction=direction)
+        patches, *_ = plan(model, kind, task.clean.shape[1])
+        clean, corrupt = record(model, task, sorted({p.site for p in patches}, key=model.table.order.__getitem__))
+        source, base = (clean, task.corrupt) if direction == "denoise" else (corrupt, task.clean)
+        every = run_groups(model, task, [(p,) for p in patches], source.cache, base, metric)
+        assert torch.allclose(result.patched.flatten(), every, atol=1e-5), kind
 
 
 @pytest.mark.parametrize("kind", ["resid", "heads-pos"])

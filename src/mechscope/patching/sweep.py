@@ -9,6 +9,11 @@ Many patches share one forward pass by riding the batch dimension: for k patches
 prompt batch is stacked k times, and one replace edit per site writes, into copy c, the
 source activation only where patch c says (its positions and heads). Clean and corrupted
 activations are recorded once. `batch_size` bounds the rows of one forward.
+
+A patch whose source activation equals the base run's there (bit for bit, e.g. every
+position before the first token where the clean and corrupted prompts differ, in a causal
+model) writes a value over itself: the run is the base run, so its metric is the base
+run's without a forward (the identity the tests check).
 """
 
 from __future__ import annotations
@@ -114,6 +119,16 @@ def _site_edit(model, site: str, picks: list[tuple[int, int | None, int | None]]
     return E.replace(site, fn)
 
 
+def unchanged(patches: Sequence[Patch], source: dict[str, Tensor], base: dict[str, Tensor]) -> Tensor:
+    """Per patch: does the source equal the base run at its positions and heads (every row)?"""
+    same = []
+    for p in patches:
+        a, b = source[p.site], base[p.site]
+        index = (slice(None), slice(None) if p.position is None else p.position) + (() if p.head is None else (p.head,))
+        same.append(bool(torch.equal(a[index], b[index])))
+    return torch.tensor(same, dtype=torch.bool)
+
+
 def run_groups(model, task: Task, groups: Sequence[Group], source: dict[str, Tensor], base: Tensor,
                metric: Metric, batch_size: int | None = None, progress: bool = False,
                extra: Sequence[E.Edit] = ()) -> Tensor:
@@ -163,7 +178,12 @@ def sweep(model, task: Task, metric: Metric | MetricFn, *, sweep: str = "resid",
     with torch.no_grad():
         m_clean, m_corrupt = float(metric(clean.logits)), float(metric(corrupt.logits))
     source, base = (clean, task.corrupt) if direction == "denoise" else (corrupt, task.clean)
-    values = run_groups(model, task, [(p,) for p in patches], source.cache, base, metric, batch_size, progress)
+    base_run, m_base = (corrupt, m_corrupt) if direction == "denoise" else (clean, m_clean)
+    same = unchanged(patches, source.cache, base_run.cache)
+    values = torch.full((len(patches),), m_base)
+    todo = [p for p, s in zip(patches, same.tolist()) if not s]
+    if todo:
+        values[~same] = run_groups(model, task, [(p,) for p in todo], source.cache, base, metric, batch_size, progress)
     values = values.reshape(shape)
     scores, normalized = normalise(values, m_clean, m_corrupt, direction)
     if not normalized:

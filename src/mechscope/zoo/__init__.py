@@ -101,7 +101,7 @@ def plots(name: str, out_dir: Path) -> list[Path]:
     draw = analysis.plots if analysis is not None and analysis.plots else getattr(module, "plots", None)
     if draw is None:
         raise MechscopeError(f"zoo model '{name}' has no figures of its own (or they are drawn by a method package "
-                             "that is not loaded: `import mechscope` first); its card: `mechscope zoo info "
+                             "that is not loaded: `import mechscope.toys` first); its card: `mechscope zoo info "
                              f"{name}`")
     return list(draw(zoo_path(name), Path(out_dir)))
 

@@ -73,7 +73,11 @@ def main(argv=None) -> dict:
     import mechscope as ms
     from mechscope.data import DataConfig, stdlib_documents, tokenize_documents
     from mechscope.dictionary.config import CoderConfig
-    from mechscope.dictionary.source import ActivationSource, SourceConfig, first_batches
+    from mechscope.dictionary.source import (
+        ActivationSource,
+        SourceConfig,
+        first_batches,
+    )
     from mechscope.dictionary.stacked import crosscoder_config, diff_source
     from mechscope.dictionary.train import Trainer
     from mechscope.dictionary.trainer_config import TrainConfig
@@ -91,8 +95,8 @@ def main(argv=None) -> dict:
     cfgs = {"sae": CoderConfig("relu", d, args.width, l1_coeff=1.0, hook_name=SITE),
             "crosscoder": crosscoder_config(streams["crosscoder"], args.width, l1_coeff=1.0)}
     trainers = {}
-    for name in streams:
-        trainers[name] = Trainer(streams[name], [cfgs[name]], train, device="cpu")
+    for name, stream in streams.items():
+        trainers[name] = Trainer(stream, [cfgs[name]], train, device="cpu")
         trainers[name].setup()
     batches = {name: first_batches(streams[name], 1) for name in streams}
 

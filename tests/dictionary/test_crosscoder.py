@@ -181,7 +181,7 @@ def test_weakly_causal_mask_holds_after_training(tmp_path):
 
 
 def test_resume_is_exact_with_block_scales(tmp_path):
-    atoms, kind, sampler = planted()
+    _, _, sampler = planted()
     stream = TensorStream(sampler, {"A": D, "B": D}, 64)
     stacked = StackedSource([stream, stream], ["A", "B"])
     cfg = crosscoder_config(stacked, 40, l1_coeff=1.0)

@@ -11,10 +11,21 @@ import torch
 
 from mechscope.dictionary.base import SparseCoder, build
 from mechscope.dictionary.config import CoderConfig
-from mechscope.dictionary.diffing import (KINDS, ModelDiff, density, diff, exclusive_contexts, relative_norms,
-                                          stacked_activations)
+from mechscope.dictionary.diffing import (
+    KINDS,
+    ModelDiff,
+    density,
+    diff,
+    exclusive_contexts,
+    relative_norms,
+    stacked_activations,
+)
 from mechscope.dictionary.source import ActivationSource, SourceConfig
-from mechscope.dictionary.stacked import check_same_inputs, crosscoder_config, diff_source
+from mechscope.dictionary.stacked import (
+    check_same_inputs,
+    crosscoder_config,
+    diff_source,
+)
 from mechscope.dictionary.train import Trainer
 from mechscope.dictionary.trainer_config import TrainConfig
 from mechscope.errors import MechscopeError

@@ -29,10 +29,10 @@ VARIANTS = {"acausal": "crosscoder", "weakly-causal": "weakly_causal_crosscoder"
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="crosscoder_cmd", required=True)
+    diff_help = "relative decoder norms of a two-model crosscoder: shared and exclusive latents, histogram, top contexts"
     for name, text, fill in [("train", "train a crosscoder on several sites of a model, or one site of two models",
                               _train_args),
-                             ("diff", "relative decoder norms of a two-model crosscoder: shared and exclusive latents, "
-                                      "histogram, top contexts", _diff_args)]:
+                             ("diff", diff_help, _diff_args)]:
         p = sub.add_parser(name, help=text)
         fill(p)
         p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -109,25 +109,25 @@ def load_model(name: str):
     return Model(snaps[int(step)], name=name)
 
 
-def tokens_and_source(args, model, *, heldout: bool):
-    """(token contexts, SourceConfig): a corpus, or with --data pairs every `a b =` input of Z_p."""
+def tokens_and_source(args, model, *, heldout: bool) -> tuple:
+    """(token contexts, SourceConfig fields saying which positions are kept): a corpus, or
+    with --data pairs every `a b =` input of Z_p with only the `=` position kept."""
     from ..dictionary.source import SourceConfig
     if args.data == "pairs":
         from ..zoo.modadd import all_pairs
         p = model.dims.d_vocab - 1
         tokens, _ = all_pairs(p)
-        return tokens, dict(exclude_first=False, exclude_tokens=tuple(range(p)))
+        return tokens, {"exclude_first": False, "exclude_tokens": tuple(range(p))}
     from .sae import _tokens
     data = _tokens(args, model)
     tokens = data.heldout if heldout else data.train
-    return tokens, dict(exclude_first=SourceConfig.exclude_first)
+    return tokens, {"exclude_first": SourceConfig.exclude_first}
 
 
 def _train(args) -> dict:
     from ..dictionary.source import SourceConfig, resolve_sites
     from ..dictionary.stacked import crosscoder_config, diff_source, layer_source
-    from ..dictionary.train import fit_and_save
-    from ..dictionary.train import Trainer
+    from ..dictionary.train import Trainer, fit_and_save
     from ..dictionary.trainer_config import TrainConfig
     from ..errors import MechscopeError
     model = load_model(args.model)
@@ -176,7 +176,12 @@ def _evaluate(args, coder, model, other) -> dict:
 def _diff(args) -> dict:
     from ..dictionary.base import SparseCoder
     from ..dictionary.crosscoder import Crosscoder, block_metrics
-    from ..dictionary.diffing import density, diff, exclusive_contexts, stacked_activations
+    from ..dictionary.diffing import (
+        density,
+        diff,
+        exclusive_contexts,
+        stacked_activations,
+    )
     from ..dictionary.source import SourceConfig, keep_mask
     from ..dictionary.stacked import check_same_inputs
     from ..errors import MechscopeError

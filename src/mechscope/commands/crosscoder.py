@@ -125,32 +125,25 @@ def tokens_and_source(args, model, *, heldout: bool) -> tuple:
 
 
 def _train(args) -> dict:
-    from ..dictionary.source import SourceConfig, resolve_sites
-    from ..dictionary.stacked import crosscoder_config, diff_source, layer_source
-    from ..dictionary.train import Trainer, fit_and_save
+    from ..dictionary.source import SourceConfig
+    from ..dictionary.stacked import train_crosscoder
     from ..dictionary.trainer_config import TrainConfig
     from ..errors import MechscopeError
     model = load_model(args.model)
     tokens, keep = tokens_and_source(args, model, heldout=False)
-    src = SourceConfig(batch_tokens=args.batch_tokens, seed=args.seed, **keep)
-    if args.vs:
-        if len(args.site) != 1:
-            raise MechscopeError("with --vs give one --site: the crosscoder reads that site in both models")
-        labels = tuple(args.labels.split(","))
-        if len(labels) != 2:
-            raise MechscopeError(f"--labels needs two names separated by a comma, got {args.labels!r}")
-        other = load_model(args.vs)
-        stream = diff_source(model, other, args.site[0], tokens, src, labels=labels)
-        name = f"{model.name} vs {other.name}"
-    else:
-        stream = layer_source(model, resolve_sites(model, args.site), tokens, src)
-        other, name = None, model.name
-    cfg = crosscoder_config(stream, args.width, arch=VARIANTS[args.variant], l1_coeff=args.l1, model_name=name)
+    labels = tuple(args.labels.split(","))
+    if len(labels) != 2:
+        raise MechscopeError(f"--labels needs two names separated by a comma, got {args.labels!r}")
+    if args.vs and len(args.site) != 1:
+        raise MechscopeError("with --vs give one --site: the crosscoder reads that site in both models")
+    other = load_model(args.vs) if args.vs else None
     train = TrainConfig(total_tokens=args.total_tokens, batch_tokens=args.batch_tokens, lr=args.lr,
                         warmup_steps=args.warmup, decay=args.decay, checkpoint_every=args.checkpoint_every, seed=args.seed)
-    coder = fit_and_save(Trainer(stream, [cfg], train, device=model.device), args.out,
-                         progress=not args.no_progress and not args.json)[0]
-    result = {"out": args.out, "arch": cfg.arch, "blocks": list(cfg.blocks), "width": args.width, "steps": train.steps}
+    coder = train_crosscoder(model, args.site, args.width, train, data=tokens, vs=other, labels=labels,
+                             arch=VARIANTS[args.variant], source=SourceConfig(**keep), out=args.out,
+                             progress=not args.no_progress and not args.json, l1_coeff=args.l1)
+    result = {"out": args.out, "arch": coder.cfg.arch, "blocks": list(coder.cfg.blocks), "width": args.width,
+              "steps": train.steps}
     if args.eval_contexts:
         result["eval"] = _evaluate(args, coder, model, other)
     return result

@@ -9,9 +9,10 @@ tokens; a latent's decoder splits into d_A and d_B, and their norms say which mo
 
 Measure: the relative decoder norm r = |d_B| / (|d_A| + |d_B|) in [0, 1], norms taken in
 the normalised space the crosscoder was trained in (each model's activations scaled to mean
-norm sqrt(d)): 0 = only A writes the latent, 1 = only B, 1/2 = both equally. (The paper's
-histogram uses a normalised difference of the two norms, an increasing function of the same
-ratio; r is used here because its three peaks sit at 0, 1/2 and 1.)
+norm sqrt(d)): 0 = only A writes the latent, 1 = only B, 1/2 = both equally. A normalised
+difference such as (|d_B| - |d_A|) / max(|d_A|, |d_B|) in [-1, 1] is another common summary;
+it is an increasing function of r, so thresholds on one translate one to one to the other.
+r is reported here (its three peaks sit at 0, 1/2 and 1).
 
 Classes: "a_only" when r <= threshold, "b_only" when r >= 1 - threshold, "shared" otherwise,
 and "dead" when a latent never fires on the data given (or has no decoder norm at all);

@@ -140,3 +140,30 @@ def diff_source(model_a, model_b, site: str, contexts: Int[Tensor, "n ctx"], cfg
     streams = [ActivationSource(model_a, site, contexts, cfg), ActivationSource(model_b, site_b, contexts, cfg)]
     sites = [s.sites[0] for s in streams]
     return StackedSource(streams, sites, [f"{label}:{s}" for label, s in zip(labels, sites)], **kwargs)
+
+
+def train_crosscoder(model, sites: str | Sequence[str], d_sae: int, cfg=None, *, data: Int[Tensor, "n ctx"],
+                     vs=None, labels: tuple[str, str] | None = None, arch: str = "crosscoder",
+                     source: SourceConfig = SourceConfig(), out=None, progress: bool = True, **coder_kwargs):
+    """Train a crosscoder on several `sites` of `model`, or (with `vs`, another model) on one
+    site of both, over token contexts `data`; saved to `out` (resumable) like `train`'s SAEs.
+
+        cc = train_crosscoder(model, ["blocks.1.hook_resid_post", "blocks.2.hook_resid_post"], 4096, cfg, data=d)
+        cc = train_crosscoder(base, "blocks.3.hook_resid_post", 4096, cfg, data=d, vs=chat, labels=("base", "chat"))
+    """
+    from dataclasses import replace
+
+    from .train import Trainer, fit_and_save
+    from .trainer_config import TrainConfig
+    cfg = cfg or TrainConfig()
+    src = replace(source, batch_tokens=cfg.batch_tokens, seed=cfg.seed)
+    if vs is not None:
+        site = sites if isinstance(sites, str) else (sites[0] if len(sites) == 1 else None)
+        if site is None:
+            raise MechscopeError("with vs (model diffing) give one site: the crosscoder reads it in both models")
+        stream, name = diff_source(model, vs, site, data, src, labels=labels), f"{model.name} vs {vs.name}"
+    else:
+        from .source import resolve_sites
+        stream, name = layer_source(model, resolve_sites(model, sites), data, src), model.name
+    coder_cfg = crosscoder_config(stream, d_sae, arch=arch, model_name=name, **coder_kwargs)
+    return fit_and_save(Trainer(stream, [coder_cfg], cfg, device=model.device), out, progress=progress)[0]

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Bool, Float, Int
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from ..data import repeated_random_tokens  # noqa: F401  (re-exported: the detectors' stimulus)
@@ -48,9 +47,11 @@ class HeadScores:
         n_heads = self.scores.shape[1]
         return [(int(i) // n_heads, int(i) % n_heads, float(v)) for v, i in zip(values, index)]
 
-    def plot(self, title: str | None = None) -> Figure:
+    def plot(self, title: str | None = None):
         """A layer x head heatmap of the scores (colour scale 0..1), values written in."""
         n_layers, n_heads = self.scores.shape
+        from matplotlib.figure import Figure
+
         fig = Figure(figsize=(1.2 + 0.55 * n_heads, 1.0 + 0.5 * n_layers), layout="constrained")
         ax = fig.subplots()
         image = ax.imshow(self.scores.float().cpu().numpy(), cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")

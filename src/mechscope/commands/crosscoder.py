@@ -158,7 +158,7 @@ def _evaluate(args, coder, model, other) -> dict:
     tokens = tokens if args.data == "pairs" else tokens[: args.eval_contexts]   # pairs: all of them
     if len(tokens) == 0:
         return {}
-    sites = [b.split(":", 1)[1] if other is not None else b for b in coder.cfg.blocks]
+    sites = [b.rsplit(":", 1)[1] if other is not None else b for b in coder.cfg.blocks]
     members = [(model, sites[0]), (other, sites[1])] if other is not None else [(model, s) for s in sites]
     x = stacked_activations(members, tokens)[keep_mask(tokens, SourceConfig(**keep))]
     metrics = block_metrics(coder, x)
@@ -183,7 +183,7 @@ def _diff(args) -> dict:
         raise MechscopeError(f"{args.crosscoder} is not a two-model crosscoder (train one with `crosscoder train --vs`)")
     model_a, model_b = load_model(args.model_a), load_model(args.model_b)
     check_same_inputs(model_a, model_b)
-    sites = [b.split(":", 1)[1] if ":" in b else b for b in coder.cfg.blocks]
+    sites = [b.rsplit(":", 1)[1] if ":" in b else b for b in coder.cfg.blocks]
     tokens, keep = tokens_and_source(args, model_a, heldout=True)
     tokens = tokens[: args.contexts] if args.data != "pairs" else tokens
     if len(tokens) == 0:

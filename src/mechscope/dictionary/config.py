@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from ..errors import MechscopeError
 
-ARCHITECTURES = ("relu", "topk", "batchtopk", "gated", "jumprelu", "matryoshka", "switch", "crosscoder",
-                 "weakly_causal_crosscoder")
+ARCHITECTURES = ("relu", "topk", "batchtopk", "gated", "jumprelu", "matryoshka", "switch")
+CROSSCODERS = ("crosscoder", "weakly_causal_crosscoder")
+"""Dictionaries over several sites at once (cfg.blocks names them); see crosscoder.py."""
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,12 @@ class CoderConfig:
     """Transcoders: add a learned linear skip connection x W_skip (W_skip [d_in, d_out], zero at init) to the output."""
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise MechscopeError(f"unknown dictionary architecture '{self.arch}': choose one of {', '.join(ARCHITECTURES)}")
+        if self.arch not in ARCHITECTURES + CROSSCODERS:
+            raise MechscopeError(f"unknown dictionary architecture '{self.arch}': choose one of "
+                                 f"{', '.join(ARCHITECTURES + CROSSCODERS)}")
+        if bool(self.blocks) != (self.arch in CROSSCODERS):
+            raise MechscopeError(f"blocks={self.blocks} with arch '{self.arch}': crosscoders ({', '.join(CROSSCODERS)}) "
+                                 "need blocks (the sites they read, in order) and other dictionaries take none")
         if self.d_in < 1 or self.d_sae < 1:
             raise MechscopeError(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
         if self.arch in ("topk", "batchtopk", "matryoshka", "switch") and not 1 <= self.k <= self.d_sae:

@@ -174,7 +174,7 @@ class WeaklyCausalCrosscoder(Crosscoder):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        models = {b.split(":", 1)[0] for b in cfg.blocks if ":" in b}
+        models = {b.rsplit(":", 1)[0] for b in cfg.blocks if ":" in b}
         if len(models) > 1:
             raise MechscopeError(f"a weakly causal crosscoder reads layers of one model in forward order; blocks "
                                  f"{cfg.blocks} come from several models: use the acausal 'crosscoder' to diff models")

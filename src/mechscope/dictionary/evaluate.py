@@ -177,8 +177,10 @@ def evaluate(model, coder, tokens: Int[Tensor, "m ctx"], *, site: str | None = N
         x = run.cache[site].flatten(2)[keep].float()
         acts = coder.encode(x)
         if transcoder:
-            x_hat = coder.decode(acts) + (x @ coder.W_skip if coder.cfg.skip else 0)
-            sums.add(run.cache[target].flatten(2)[keep].float(), x_hat.float(), acts)
+            x_hat = coder.decode(acts).float()                 # predict(x) without encoding twice
+            if coder.cfg.skip:
+                x_hat = x_hat + (x.to(coder.W_skip.dtype) @ coder.W_skip).float()
+            sums.add(run.cache[target].flatten(2)[keep].float(), x_hat, acts)
         else:
             sums.add(x, coder.decode(acts).float(), acts)
         if splice:

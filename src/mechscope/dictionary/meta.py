@@ -41,6 +41,7 @@ from .source import Batch, rank_slice
 from .trainer_config import TrainConfig
 
 SITE = "W_dec"
+SEED_OFFSET = 1_000_003
 COMPOSITION = "composition.safetensors"
 
 
@@ -187,8 +188,11 @@ def train_meta(source: SparseCoder | Float[Tensor, "n d"], *, width: int | None 
                           model_name=base.model_name if base else "")
     if cfg.d_in != d:
         raise MechscopeError(f"the meta-SAE reads {cfg.d_in}-wide rows but the directions are {d} wide: set d_in={d}")
+    # the seed is offset: a dictionary and its meta-SAE both built by `Trainer` with seed 0 would
+    # otherwise start from the same random decoder rows, and an undertrained dictionary's latents
+    # would each "decompose" into the meta-latent that began as its copy
     train = train or TrainConfig(total_tokens=max(epochs * n, batch), batch_tokens=batch, lr=lr, warmup_steps=10,
-                                 seed=seed, norm_batches=1, checkpoint_every=10 ** 9)
+                                 seed=seed + SEED_OFFSET, norm_batches=1, checkpoint_every=10 ** 9)
     stream = RowStream(rows, train.batch_tokens, seed=train.seed)
     trainer = Trainer(stream, [cfg.replace(hook_name=cfg.hook_name or SITE)], train, device=device)
     meta = trainer.fit(progress=progress)[0]

@@ -183,7 +183,9 @@ def exclusive_contexts(coder: Crosscoder, members: Sequence[tuple[object, str]],
     n, ctx = tokens.shape
     keep = keep_mask(tokens, source)
     wanted = torch.tensor(list(features))
-    acts = coder.encode(x.reshape(n * ctx, -1).to(coder.W_enc.device))[:, wanted.to(coder.W_enc.device)].float().cpu()
+    flat_x, device = x.reshape(n * ctx, -1), coder.W_enc.device
+    acts = torch.cat([coder.encode(flat_x[i:i + 4096].to(device))[:, wanted.to(device)].float().cpu()
+                      for i in range(0, len(flat_x), 4096)])           # [n * ctx, features], a chunk at a time
     acts = acts * keep.reshape(-1, 1)
     values, flat = acts.T.topk(min(k, n * ctx), dim=-1)
     rows = torch.where(values > 0, flat // ctx, -1)

@@ -12,6 +12,7 @@ from mechscope.dictionary.error import (
     linear_predictability,
     ridge_fit,
 )
+from tests.lens.helpers import check_shapes
 from tests.models.tiny import tiny_model
 
 N, D = 4000, 16
@@ -65,6 +66,7 @@ def test_end_to_end_a_constant_reconstruction_leaves_a_linear_error_and_saves(tm
     x = model.run(ids, record=[site]).cache[site][:, 1:]
     assert torch.allclose(result.token_norms[:, 1:], (x - sae.b_dec).norm(dim=-1), atol=1e-4)
     assert result.fvu > 1 and result.worst(3)[0][2] == pytest.approx(float(result.token_norms[:, 1:].max()))
+    check_shapes(result)
     back = ErrorAnalysis.load(result.save(tmp_path / "err"))
     assert back.to_dict() == result.to_dict() and torch.equal(back.test_predicted, result.test_predicted)
     assert back.plot() is not None

@@ -8,6 +8,7 @@ import torch
 import mechscope as ms
 from mechscope.dictionary.config import CoderConfig
 from mechscope.dictionary.meta import MetaSAE, RowStream, train_meta
+from tests.lens.helpers import check_shapes
 
 N_ATOMS, D, N_LATENTS = 64, 32, 1024
 
@@ -43,6 +44,7 @@ def test_meta_sae_recovers_the_atoms_and_each_latents_composition(trained):
     exact = [{int(atom_of[j]) for j, _ in meta.components(i)[:len(m)]} == set(m.tolist()) for i, m in enumerate(members)]
     assert sum(exact) / len(exact) > 0.9
     assert meta.l0 == 3.0 and meta.fvu < 0.1 and meta.cosine > 0.95
+    check_shapes(meta)
     j, w = meta.components(0)[0]
     assert (0, w) in meta.latents_using(j)
 

@@ -102,8 +102,8 @@ class ErrorAnalysis:
     token_norms: Float[Tensor, "n pos"]
     """‖e‖ per token; NaN where the position is excluded."""
     tokens: Int[Tensor, "n pos"]
-    test_norm: Float[Tensor, n_test]
-    test_predicted: Float[Tensor, n_test]
+    test_norm: Float[Tensor, "n_test"]
+    test_predicted: Float[Tensor, "n_test"]
     """Actual and predicted ‖e‖ of the test tokens."""
 
     TENSORS = ("token_norms", "tokens", "test_norm", "test_predicted")

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .base import SparseCoder, mse, register
-from .topk import aux_loss
+from .topk import aux_loss, init_encoder_scale
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class BatchTopKSAE(SparseCoder):
 
     def __init__(self, cfg):
         super().__init__(cfg)
+        init_encoder_scale(self)  # k active on average: the same least-squares start as TopK
         self.register_buffer("threshold", torch.tensor(-1.0))
         """Inference threshold theta; negative until the first training batch sets it."""
 

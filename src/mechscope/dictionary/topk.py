@@ -2,12 +2,21 @@
 decoder rows unit-norm; AuxK loss: the top `aux_k` dead latents reconstruct the residual
 error (coefficient `aux_coeff`, 1/32), which revives dead latents.
 
-Fast path: `TopKEncode` computes the dense encoder GEMM, but its backward touches only the
-k selected latents per input (O(batch k d_in) instead of O(batch d_sae d_in)), and the
-decoder gathers the k selected rows with `F.embedding_bag` instead of a dense GEMM.
+Fast path (same values, cheaper): `TopKEncode` computes the dense encoder GEMM (top-k needs
+every pre-activation) but its backward touches only the k selected latents per input:
+O(batch k d_in) instead of O(batch d_sae d_in). The decoder gathers the k selected rows with
+`F.embedding_bag` instead of a dense GEMM. On the CPU the GEMM and the selection run over
+row chunks of a few MB, so the [batch, d_sae] pre-activations never exist at once: no large
+allocation per step (a fresh array above glibc's mmap threshold, 32 MB, costs a page fault
+per 4 KB page, tens of ms per step) and the selection reads a chunk that is still in cache.
+
+Initialisation: W_enc = c W_dec^T with c = `encoder_init_scale(k, d_sae, d_in)` (< 1; see
+there), so that at step 0 the top-k reconstruction has the least-squares right size.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -16,15 +25,83 @@ from torch import Tensor
 
 from .base import SparseCoder, mse, normalized_mse, register
 
+CHUNK_ELEMENTS = 2 ** 20
+"""Pre-activations per CPU chunk (4 MB in fp32): below the mmap threshold, inside L3."""
+
+
+def encoder_init_scale(k: int, d_sae: int, d_in: int) -> float:
+    """Least-squares scale c of W_enc = c W_dec^T at initialisation (random unit rows w_j).
+
+    For any input x (direction u = x/|x|) the projections a_j = u.w_j of random unit rows are
+    about N(0, 1/d_in); top-k keeps the k largest, so the reconstruction c sum_j (x.w_j) w_j
+    has a component |x| c A along u (A = sum of the k selected a_j^2) and a component of norm
+    about |x| c sqrt(A) across it (the w_j's parts orthogonal to u are nearly orthogonal to
+    each other). The c minimising |x - x_hat|^2 is then A / (A^2 + A) = 1 / (1 + A), with
+    A = k E[z^2 | z among the top k of d_sae standard normals] / d_in. E.g. k 32, d_sae 4096,
+    d_in 256: A = 0.92, c = 0.52. With c = 1 (W_enc = W_dec^T) the first reconstructions
+    overshoot by a factor 1 + A and the first steps are spent shrinking W_enc.
+    """
+    k = min(k, d_sae)
+    ranks = torch.arange(k, dtype=torch.float64) + 0.5               # mid-rank quantiles of the top k
+    z = torch.special.ndtri(1 - ranks / d_sae)
+    A = k * float(z.pow(2).mean()) / d_in
+    return 1.0 / (1.0 + A)
+
+
+def topk_select(pre: Float[Tensor, "n d"], k: int) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
+    """The k largest entries of each row and their columns, unordered: the same values as
+    `pre.topk(k, sorted=False)` (the same columns too unless values tie), cheaper for k << d.
+
+    Two stages. Split each row into d/b blocks of b columns (block j: columns j, j + d/b, ...,
+    so that the block maxima are an elementwise max of contiguous slices), keep the k blocks
+    with the largest maxima, and take the top k of their k b entries. Exact: if t is the k-th
+    largest block maximum, the k kept blocks hold k distinct entries >= t, so the k-th largest
+    candidate is >= t; any entry above it lies in a block whose maximum exceeds t, and every
+    such block is kept. b is chosen so that k b is about d / 8.
+    """
+    n, d = pre.shape
+    b = 1
+    while b * 2 * 8 * k <= d and d % (b * 2) == 0:
+        b *= 2
+    if b < 4 or pre.device.type != "cpu":
+        return pre.topk(k, dim=-1, sorted=False)
+    blocks = pre.view(n, b, d // b)
+    top = blocks.amax(1).topk(k, dim=-1, sorted=False).indices                    # [n, k] block ids
+    values, j = blocks.gather(2, top[:, None, :].expand(-1, b, -1)).view(n, b * k).topk(k, dim=-1, sorted=False)
+    return values, (j // k) * (d // b) + top.gather(1, j % k)
+
+
+def _chunk_rows(x: Tensor, d_sae: int) -> int:
+    return max(1, CHUNK_ELEMENTS // d_sae) if x.device.type == "cpu" else max(1, x.shape[0])
+
 
 class TopKEncode(torch.autograd.Function):
-    """(x_c, W_enc, b_enc, k) -> relu(top-k values), indices; sparse backward."""
+    """(x, W_enc, b_enc, k[, b_dec]) -> relu(top-k of (x - b_dec) W_enc + b_enc) values, indices.
+
+    Backward, with g the incoming gradient of the values times relu' (zero where a selected
+    value is <= 0), G the sparse [batch, d_sae] matrix holding g at the selected indices:
+    grad b_enc = column sums of G (index_add), grad W_enc = x_c^T G (a sparse product with
+    batch k nonzeros, written in W_enc's own [d_in, d_sae] layout), grad x = G W_enc^T (an
+    embedding_bag over W_enc's columns, only when x needs it) and, when b_dec is passed,
+    grad b_dec = -sum_b grad x_b = -W_enc grad b_enc (one matrix-vector product: the batch of
+    input gradients is never formed for the bias).
+    """
 
     @staticmethod
-    def forward(ctx, x_c: Tensor, W_enc: Tensor, b_enc: Tensor, k: int):
-        pre = torch.addmm(b_enc, x_c, W_enc)
-        values, indices = pre.topk(k, dim=-1, sorted=False)
-        values = values.relu()
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, b_dec: Tensor | None = None):
+        x_c = x - b_dec if b_dec is not None else x
+        n, rows = x_c.shape[0], _chunk_rows(x_c, W_enc.shape[1])
+        if rows >= n:
+            values, indices = torch.addmm(b_enc, x_c, W_enc).topk(k, dim=-1, sorted=False)
+        else:  # CPU: GEMM and selection per chunk of rows; never the whole [n, d_sae] at once
+            pre = torch.addmm(b_enc, x_c[:rows], W_enc)
+            values = pre.new_empty(n, k)
+            indices = torch.empty(n, k, dtype=torch.long, device=x_c.device)
+            for s in range(0, n, rows):
+                chunk = pre if s == 0 else torch.addmm(b_enc, x_c[s:s + rows], W_enc, out=pre[:min(rows, n - s)])
+                values[s:s + rows], indices[s:s + rows] = topk_select(chunk, k)
+        values = values.relu_()
+        ctx.centred = b_dec is not None
         ctx.save_for_backward(x_c, W_enc, values, indices)
         ctx.mark_non_differentiable(indices)
         return values, indices
@@ -32,18 +109,24 @@ class TopKEncode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_values: Tensor, _grad_indices=None):
         x_c, W_enc, values, indices = ctx.saved_tensors
-        g = grad_values * (values > 0)                                  # ReLU
-        flat_idx = indices.reshape(-1)
-        grad_x = grad_W = grad_b = None
-        if ctx.needs_input_grad[0]:                                     # sum_j g_bj W_enc[:, idx_bj]
-            rows_of_W = W_enc.T.contiguous()                            # [d_sae, d_in]: gather whole rows
-            grad_x = F.embedding_bag(indices, rows_of_W, per_sample_weights=g.to(W_enc.dtype), mode="sum")
-        if ctx.needs_input_grad[1]:                                     # column idx_bj += g_bj x_b
-            rows = (g[..., None] * x_c[:, None, :]).reshape(-1, x_c.shape[-1]).to(W_enc.dtype)
-            grad_W = W_enc.new_zeros(W_enc.shape[1], W_enc.shape[0]).index_add_(0, flat_idx, rows).T
-        if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(W_enc.shape[1], dtype=g.dtype, device=g.device).index_add_(0, flat_idx, g.reshape(-1))
-        return grad_x, grad_W, grad_b, None
+        need_x, need_W, need_b = ctx.needs_input_grad[:3]
+        need_bdec = ctx.centred and ctx.needs_input_grad[4]
+        g = (grad_values * (values > 0)).to(W_enc.dtype)                # relu'
+        n, k = g.shape
+        d_sae = W_enc.shape[1]
+        flat_idx, flat_g = indices.reshape(-1), g.reshape(-1)
+        grad_x = grad_W = grad_b = grad_bdec = None
+        if need_b or need_bdec:
+            grad_b = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, flat_idx, flat_g)
+        if need_W:                                                       # x_c^T G, as (G^T x_c)^T
+            sample = torch.arange(n, device=g.device).repeat_interleave(k)
+            G_t = torch.sparse_coo_tensor(torch.stack([flat_idx, sample]), flat_g, (d_sae, n), check_invariants=False)
+            grad_W = torch.sparse.mm(G_t, x_c.to(W_enc.dtype)).T.contiguous()
+        if need_x:                                                       # sum_j g_bj W_enc[:, idx_bj]
+            grad_x = F.embedding_bag(indices, W_enc.T.contiguous(), per_sample_weights=g, mode="sum").to(x_c.dtype)
+        if need_bdec:
+            grad_bdec = -(W_enc @ grad_b)
+        return grad_x, grad_W, grad_b if need_b else None, None, grad_bdec
 
 
 def sparse_decode(values: Float[Tensor, "batch k"], indices: Int[Tensor, "batch k"],
@@ -56,50 +139,86 @@ def dense(values: Tensor, indices: Tensor, d_sae: int) -> Float[Tensor, "batch d
     return values.new_zeros(values.shape[0], d_sae).scatter_(1, indices, values)  # in place: no 2nd dense copy
 
 
-def aux_loss(coder: SparseCoder, x_c: Tensor, x_hat: Tensor, target: Tensor, dead_mask: Tensor | None) -> Tensor:
+def aux_loss(coder: SparseCoder, x_c: Tensor, x_hat: Tensor, target: Tensor, dead_mask: Tensor | None, *,
+             b_dec: Tensor | None = None) -> Tensor:
     """AuxK: the top aux_k dead latents (by pre-activation) reconstruct the error target - x_hat
-    through the decoder (no bias); normalised MSE; 0 when nothing is dead."""
+    through the decoder (no bias); normalised MSE; 0 when nothing is dead. With `b_dec` given,
+    x_c is the uncentred input and the encoder subtracts b_dec itself (cheaper bias gradient)."""
     if dead_mask is None or not bool(dead_mask.any()):
         return x_c.new_zeros((), dtype=torch.float32)
     dead = dead_mask.to(x_c.device).nonzero()[:, 0]
-    pre = x_c @ coder.W_enc[:, dead] + coder.b_enc[dead]               # only the dead columns
-    values, local = pre.topk(min(coder.cfg.aux_k, len(dead)), dim=-1, sorted=False)
+    # only the dead columns, with the sparse backward (aux_k of them per input carry gradient)
+    values, local = TopKEncode.apply(x_c, coder.W_enc[:, dead], coder.b_enc[dead], min(coder.cfg.aux_k, len(dead)),
+                                     b_dec)
     error = (target - x_hat).detach()
-    error_hat = sparse_decode(values.relu(), dead[local], coder.W_dec, torch.zeros_like(coder.b_dec))
+    error_hat = sparse_decode(values, dead[local], coder.W_dec, torch.zeros_like(coder.b_dec))
     return normalized_mse(error_hat, error).nan_to_num(0.0)
 
 
+def sparse_acts(values: Float[Tensor, "batch k"], indices: Int[Tensor, "batch k"],
+                d_sae: int) -> Float[Tensor, "batch d_sae"]:
+    """The [batch, d_sae] latents as a sparse COO tensor (k entries per row, not coalesced)."""
+    n, k = values.shape
+    rows = torch.arange(n, device=values.device).repeat_interleave(k)
+    return torch.sparse_coo_tensor(torch.stack([rows, indices.reshape(-1)]), values.reshape(-1), (n, d_sae),
+                                   check_invariants=False)
+
+
+class SparseActs:
+    """Mixin for coders whose latents come as (values, indices): `with coder.sparse_acts():`
+    makes forward's `CoderOutput.acts` a sparse COO tensor with the same values, instead of a
+    dense [batch, d_sae] array (the trainer only needs which latents fired; writing
+    batch x d_sae zeros every step, and scanning them again, costs more than the backward)."""
+
+    _sparse_acts = False
+
+    @contextmanager
+    def sparse_acts(self):
+        before = self._sparse_acts
+        self._sparse_acts = True
+        try:
+            yield self
+        finally:
+            self._sparse_acts = before
+
+    def acts_of(self, values: Tensor, indices: Tensor) -> Tensor:
+        return (sparse_acts if self._sparse_acts else dense)(values, indices, self.cfg.d_sae)
+
+
+def init_encoder_scale(coder: SparseCoder) -> None:
+    """Scale the initial W_enc (= W_dec^T) by `encoder_init_scale` (autoencoders of the topk family)."""
+    if coder.autoencoder:
+        with torch.no_grad():
+            coder.W_enc.mul_(encoder_init_scale(coder.cfg.k, coder.cfg.d_sae, coder.cfg.d_in))
+
+
 @register
-class TopKSAE(SparseCoder):
+class TopKSAE(SparseActs, SparseCoder):
     ARCH = "topk"
     UNIT_NORM = True
     fast: bool = True
     """Use the sparse encoder backward and the gathered decoder (same values, cheaper)."""
 
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        init_encoder_scale(self)
+
     def activate(self, pre: Tensor) -> Tensor:
         values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
         return dense(values.relu(), indices, self.cfg.d_sae)
 
-    def select(self, x_c: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(values, indices, dense pre-activations or None) of the k selected latents."""
-        if self.fast:
-            values, indices = TopKEncode.apply(x_c, self.W_enc, self.b_enc, self.cfg.k)
-            return values, indices, None
-        pre = x_c @ self.W_enc + self.b_enc
-        values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
-        return values.relu(), indices, pre
-
     def compute(self, xs, ts, dead_mask):
-        x_c = self.centered(xs)
-        values, indices, _ = self.select(x_c)
+        b_dec = self.b_dec if self.autoencoder else None
         if self.fast:
+            values, indices = TopKEncode.apply(xs, self.W_enc, self.b_enc, self.cfg.k, b_dec)
             x_hat = sparse_decode(values, indices, self.W_dec, self.b_dec)
         else:
+            values, indices = (self.centered(xs) @ self.W_enc + self.b_enc).topk(self.cfg.k, dim=-1, sorted=False)
+            values = values.relu()
             x_hat = self.decode_scaled(dense(values, indices, self.cfg.d_sae))
-        acts = dense(values, indices, self.cfg.d_sae)
         loss, parts = mse(x_hat, ts), {"l0": (values.detach() > 0).sum(-1, dtype=torch.float32).mean()}
         if dead_mask is not None:
-            parts["aux"] = aux_loss(self, x_c, x_hat, ts, dead_mask)
+            parts["aux"] = aux_loss(self, xs, x_hat, ts, dead_mask, b_dec=b_dec) if self.fast else \
+                aux_loss(self, self.centered(xs), x_hat, ts, dead_mask)
             loss = loss + self.cfg.aux_coeff * parts["aux"]
-        return x_hat, acts, loss, parts
-
+        return x_hat, self.acts_of(values, indices), loss, parts

@@ -142,7 +142,8 @@ class Trainer:
             window = self.cfg.dead_window or coder.cfg.dead_after
             autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (
                 self.cfg.autocast and self.device.type == "cuda") else nullcontext()
-            with autocast:
+            # topk-family coders hand back sparse latents here: only which ones fired is needed
+            with autocast, getattr(coder, "sparse_acts", nullcontext)():
                 result = module(x, dead_mask=self.dead[i] >= window) if t is None else \
                     module(x, dead_mask=self.dead[i] >= window, target=t)
             _check_finite(result.loss.detach(), "the loss", self.step_count, self.world)
@@ -161,7 +162,11 @@ class Trainer:
         return out
 
     def _count_dead(self, i: int, acts: Tensor) -> None:
-        fired = (acts != 0).any(0).to(torch.int32)
+        if acts.is_sparse:  # COO (topk family): the columns of the nonzero entries fired
+            fired = torch.zeros(acts.shape[1], dtype=torch.int32, device=acts.device)
+            fired[acts._indices()[1][acts._values() != 0]] = 1
+        else:
+            fired = (acts != 0).any(0).to(torch.int32)
         if self.world > 1:
             dist.all_reduce(fired, op=dist.ReduceOp.MAX)
         self.dead[i] += self.cfg.batch_tokens

@@ -14,6 +14,14 @@ class (A-only r <= 0.1, B-only r >= 0.9, else shared), and what it computes over
 
     python bench/crosscoder_modadd.py [--a 285] [--b 3000] [--width 512] [--steps 300] [--out runs/modadd-diff]
 
+Measured with the defaults (2026-11, CPU, 1 thread, 81 s of training): FVU 0.136 (A) and
+0.028 (B), L0 75; 291 latents only in A, 86 shared, 135 only in B, none dead. 102 of the 135
+B-only latents are functions of (a + b) mod 113 (EV > 0.5), at frequencies 47 (56 latents),
+36 (22), 7 (18) and 20 (6) — the grokked model's key frequencies are 47, 7, 36, 20, 19 — and
+their top pairs share one value of a + b (e.g. latent 19: (17, 53), (53, 17), (77, 106), ...
+all with a + b = 70 mod 113). None of the A-only or shared latents is a function of a + b:
+the memorising model has no key frequency yet (none carries 5% of its embedding).
+
 Prints a JSON summary (counts, the key frequencies of each model, per-class frequencies of
 the latents, top pairs of the most exclusive latents) and writes the histogram.
 """

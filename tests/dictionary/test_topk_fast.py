@@ -1,0 +1,155 @@
+"""The fast TopK path against plain dense autograd: the two-stage selection, the chunked
+encoder, its sparse backward (with and without the b_dec shortcut), the sparse latents the
+trainer asks for, and the least-squares encoder initialisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mechscope.dictionary import CoderConfig, build
+from mechscope.dictionary import topk as topk_module
+from mechscope.dictionary.topk import TopKEncode, encoder_init_scale, topk_select
+
+
+@pytest.mark.parametrize("d, k", [(4096, 32), (1000, 8), (512, 4), (96, 6), (64, 64)])
+def test_two_stage_selection_keeps_the_same_values_as_topk(d, k):
+    gen = torch.Generator().manual_seed(d + k)
+    for pre in (torch.randn(64, d, generator=gen),                          # no ties
+                torch.randint(0, 4, (64, d), generator=gen).float(),          # heavy ties
+                torch.randn(64, d, generator=gen).clamp(max=0.5)):            # ties at the top
+        values, idx = topk_select(pre, k)
+        ref = pre.topk(k, dim=-1, sorted=False).values
+        torch.testing.assert_close(values.sort(-1).values, ref.sort(-1).values, atol=0, rtol=0)
+        torch.testing.assert_close(pre.gather(1, idx), values, atol=0, rtol=0)      # indices point at them
+        assert bool((idx.sort(-1).values.diff(dim=-1) > 0).all())                     # distinct columns
+
+
+def test_two_stage_selection_picks_the_same_columns_without_ties():
+    pre = torch.randn(32, 2048, generator=torch.Generator().manual_seed(0))
+    idx = topk_select(pre, 16)[1]
+    assert torch.equal(idx.sort(-1).values, pre.topk(16, dim=-1).indices.sort(-1).values)
+
+
+def _dense_reference(x, W, b, k, b_dec):
+    pre = (x - b_dec if b_dec is not None else x) @ W + b
+    values, idx = pre.topk(k, dim=-1)
+    return torch.zeros_like(pre).scatter(1, idx, values.relu())
+
+
+@pytest.mark.parametrize("centred", [True, False])
+@pytest.mark.parametrize("x_grad", [True, False])
+def test_chunked_encoder_and_sparse_backward_equal_dense_autograd(monkeypatch, centred, x_grad):
+    monkeypatch.setattr(topk_module, "CHUNK_ELEMENTS", 7 * 512)          # 7-row chunks, a partial last one
+    gen = torch.Generator().manual_seed(1)
+    n, d_in, d_sae, k = 40, 12, 512, 4
+    leaves = [torch.randn(n, d_in, generator=gen, dtype=torch.float64),
+              torch.randn(d_in, d_sae, generator=gen, dtype=torch.float64),
+              torch.randn(d_sae, generator=gen, dtype=torch.float64) * 0.3,
+              torch.randn(d_in, generator=gen, dtype=torch.float64) * 0.3]
+    upstream = torch.randn(n, d_sae, generator=gen, dtype=torch.float64)    # a random gradient on the latents
+    grads = []
+    for fast in (True, False):
+        x, W, b, b_dec = [t.clone().requires_grad_(i != 0 or x_grad) for i, t in enumerate(leaves)]
+        b_dec = b_dec if centred else None
+        if fast:
+            values, idx = TopKEncode.apply(x, W, b, k, b_dec)
+            dense = torch.zeros(n, d_sae, dtype=x.dtype).scatter(1, idx, values)
+        else:
+            dense = _dense_reference(x, W, b, k, b_dec)
+        loss = (dense * upstream).sum() + dense.pow(2).sum()
+        grads.append((dense.detach(), torch.autograd.grad(loss, [t for t in (x, W, b, b_dec) if t is not None and t.requires_grad])))
+    (fast_acts, fast_grads), (ref_acts, ref_grads) = grads
+    torch.testing.assert_close(fast_acts, ref_acts, atol=1e-12, rtol=0)
+    assert len(fast_grads) == len(ref_grads) == 2 + x_grad + centred
+    for got, want in zip(fast_grads, ref_grads):
+        assert got.shape == want.shape and got.is_contiguous()
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
+def test_sparse_backward_passes_gradcheck_with_b_dec():
+    gen = torch.Generator().manual_seed(2)
+    args = [torch.randn(6, 5, generator=gen, dtype=torch.float64, requires_grad=True),
+            torch.randn(5, 64, generator=gen, dtype=torch.float64, requires_grad=True),
+            torch.randn(64, generator=gen, dtype=torch.float64, requires_grad=True),
+            torch.randn(5, generator=gen, dtype=torch.float64, requires_grad=True)]
+    assert torch.autograd.gradcheck(lambda x, W, b, c: TopKEncode.apply(x, W, b, 3, c)[0], args)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_training_step_matches_the_dense_path_with_sparse_latents_and_auxk(monkeypatch, arch):
+    """A coder in sparse-latent mode (the trainer's) gives the same loss, reconstruction and
+    gradients as with dense latents, and its sparse latents densify to the dense ones."""
+    monkeypatch.setattr(topk_module, "CHUNK_ELEMENTS", 8 * 1024)
+    torch.manual_seed(0)
+    coder = build(CoderConfig(arch, 32, 1024, k=6, norm_scale=1.4, aux_k=16))
+    with torch.no_grad():
+        coder.b_enc.normal_(0, 0.3)
+        coder.b_dec.normal_(0, 0.3)
+    x, dead = torch.randn(50, 32), torch.rand(1024) < 0.4
+    results = []
+    for sparse in (True, False):
+        coder.zero_grad()
+        with coder.sparse_acts() if (sparse and arch == "topk") else torch.enable_grad():
+            out = coder(x, dead_mask=dead)
+        out.loss.backward()
+        results.append((out, {n: p.grad.clone() for n, p in coder.named_parameters()}))
+    (sp, sp_grads), (de, de_grads) = results
+    if arch == "topk":
+        assert sp.acts.is_sparse and not de.acts.is_sparse and not coder._sparse_acts   # the context restores
+    torch.testing.assert_close(sp.acts.to_dense() if sp.acts.is_sparse else sp.acts, de.acts, atol=0, rtol=0)
+    torch.testing.assert_close(sp.x_hat, de.x_hat, atol=0, rtol=0)
+    assert float(sp.parts["aux"]) > 0
+    for name in de_grads:
+        torch.testing.assert_close(sp_grads[name], de_grads[name], atol=0, rtol=0)
+    # and the fast TopK path equals the plain dense one (AuxK included)
+    if arch == "topk":
+        coder.fast = False
+        coder.zero_grad()
+        ref = coder(x, dead_mask=dead)
+        ref.loss.backward()
+        torch.testing.assert_close(ref.loss, de.loss, atol=1e-5, rtol=1e-5)
+        for name, p in coder.named_parameters():
+            torch.testing.assert_close(de_grads[name], p.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_trainer_dead_counts_from_sparse_latents_equal_dense_ones():
+    from mechscope.dictionary.train import Trainer
+    from mechscope.dictionary.trainer_config import TrainConfig
+
+    class Stream:
+        sites, widths, batch_tokens, start = ["x"], {"x": 16}, 64, 0
+
+    trainer = Trainer(Stream(), [CoderConfig("topk", 16, 256, k=3)], TrainConfig(total_tokens=640, batch_tokens=64))
+    coder = build(CoderConfig("topk", 16, 256, k=3, hook_name="x"))
+    x = torch.randn(64, 16)
+    x[:5] = 0.0                                                  # all-zero rows: selected values may be 0
+    with torch.no_grad():
+        coder.b_enc.fill_(-0.5)                                  # some selected latents stay at 0 (not fired)
+        dense = coder(x).acts
+        with coder.sparse_acts():
+            sparse = coder(x).acts
+    trainer.dead[0].fill_(100)
+    trainer._count_dead(0, sparse)
+    via_sparse = trainer.dead[0].clone()
+    trainer.dead[0].fill_(100)
+    trainer._count_dead(0, dense)
+    assert torch.equal(via_sparse, trainer.dead[0])
+    assert 0 < int((via_sparse == 0).sum()) < 256
+
+
+def test_encoder_init_scale_is_the_least_squares_scale_at_init():
+    """c = 1 / (1 + A - Q/A) minimises |x - c top-k reconstruction|^2 at init, for isotropic or not."""
+    torch.manual_seed(0)
+    d_in, d_sae, k = 128, 2048, 16
+    coder = build(CoderConfig("topk", d_in, d_sae, k=k))
+    c = encoder_init_scale(k, d_sae, d_in)
+    torch.testing.assert_close(coder.W_enc.detach(), c * coder.W_dec.detach().T)
+    x = torch.randn(2048, d_in) * torch.linspace(0.2, 2.0, d_in)          # anisotropic inputs
+    with torch.no_grad():
+        recon = coder.decode(coder.encode(x))                              # = c * (reconstruction at scale 1)
+        best = float((x * recon).sum() / recon.pow(2).sum())               # least-squares multiple of it
+    assert 0.3 < c < 0.9 and best == pytest.approx(1.0, abs=0.03)
+    assert encoder_init_scale(k, d_sae, 100 * d_in) == pytest.approx(1.0, abs=0.01)   # wide inputs: ~1
+    relu = build(CoderConfig("relu", d_in, d_sae))                         # L1 coders keep W_enc = W_dec^T
+    torch.testing.assert_close(relu.W_enc.detach(), relu.W_dec.detach().T)

@@ -134,7 +134,8 @@ class ErrorAnalysis:
         left.set_title(f"{self.hook_name}: test tokens ({self.n_test})", fontsize=9)
         names = ["‖e‖ from x", "e from x", "‖e‖ from ‖x‖"]
         values = [self.norm_r2, self.vector_r2, self.input_norm_r2]
-        right.bar(names, [0 if math.isnan(v) else v for v in values], color=["#4a7ab5", "#e39c37", "#999"])
+        bars = right.bar(names, [0 if math.isnan(v) else v for v in values], color=["#4a7ab5", "#e39c37", "#999"])
+        right.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=8)
         right.set_ylim(min(0.0, *[v for v in values if not math.isnan(v)]), 1.0)
         right.set_ylabel("test R²")
         right.tick_params(axis="x", labelsize=8)

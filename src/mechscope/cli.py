@@ -61,7 +61,7 @@ def _run(args) -> int:
 def _report(args) -> int:
     from .models.loading import load
     from .report import build_report
-    path = build_report(load(args.model), args.prompt, Path(args.out), sae_dir=args.sae)
+    path = build_report(load(args.model), args.prompt, Path(args.out), sae_dir=args.sae, crosscoder_dir=args.crosscoder)
     print(f"wrote {path}")
     return 0
 
@@ -116,6 +116,8 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--prompt", help="text to run the model on (models that read text)")
     report.add_argument("--out", required=True, help="output folder (index.html goes there)")
     report.add_argument("--sae", metavar="DIR", help="a dictionary folder (from `mechscope sae train`) to show in the report")
+    report.add_argument("--crosscoder", metavar="DIR",
+                        help="a crosscoder folder (from `mechscope crosscoder train`) to show in the report")
     report.set_defaults(func=_report)
 
     _method_commands(sub)
@@ -136,7 +138,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _method_commands(sub) -> None:
     """Commands whose parsers live with their methods (mechscope/commands/)."""
-    from .commands import circuits, dla, heads, lens, patching, sae, structure, tuned_lens
+    from .commands import circuits, crosscoder, dla, heads, lens, patching, sae, structure, tuned_lens
     table = [
         ("lens", "logit lens (or tuned lens) of a prompt: what each layer predicts", lens.configure, lens.execute),
         ("lens-train", "train a tuned lens on a local corpus (also: `mechscope lens train`)", tuned_lens.configure,
@@ -149,6 +151,7 @@ def _method_commands(sub) -> None:
         ("trace", patching.HELP_TRACE, patching.configure_trace, patching.execute_trace),
         ("circuit", circuits.HELP, circuits.configure, circuits.execute),
         ("sae", sae.HELP, sae.configure, sae.execute),
+        ("crosscoder", crosscoder.HELP, crosscoder.configure, crosscoder.execute),
         ("spectra", "singular-value spectra of every weight and OV/QK circuit (or of a fine-tune's update)",
          structure.configure_spectra, structure.execute_spectra),
     ]

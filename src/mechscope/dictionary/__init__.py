@@ -9,13 +9,17 @@
 - `SourceConfig` / `ActivationSource` (activations from a model over a local corpus),
   `write_cache` / `CacheReader` (sharded on-disk cache), `TrainConfig` / `train` /
   `train_from_cache` / `Trainer` (resumable, DDP), `evaluate` -> `DictionaryEvaluation`.
+- Crosscoders (`Crosscoder`, `WeaklyCausalCrosscoder`): one dictionary over several sites or
+  two models (`StackedSource`, `train_crosscoder`); model diffing (`diff` -> `ModelDiff`).
 """
 
 from .attach import Attached, attach
 from .base import CoderOutput, SparseCoder, build
 from .batchtopk import BatchTopKSAE
 from .cache import CacheReader, write_cache
-from .config import ARCHITECTURES, CoderConfig
+from .config import ARCHITECTURES, CROSSCODERS, CoderConfig
+from .crosscoder import Crosscoder, WeaklyCausalCrosscoder, block_metrics
+from .diffing import ModelDiff, diff, exclusive_contexts, relative_norms, stacked_activations
 from .features import (
     LogitEffect,
     TopContexts,
@@ -32,6 +36,7 @@ from .matryoshka import MatryoshkaSAE
 from .median import geometric_median, mean_norm_scale
 from .relu import ReluSAE
 from .source import ActivationSource, SourceConfig
+from .stacked import StackedSource, crosscoder_config, diff_source, layer_source, train_crosscoder
 from .switch import SwitchSAE
 from .topk import TopKSAE
 from .train import Trainer, train, train_from_cache
@@ -70,6 +75,20 @@ __all__ = [
     "top_contexts",
     "write_saelens",
     "ActivationSource",
+    "CROSSCODERS",
+    "Crosscoder",
+    "WeaklyCausalCrosscoder",
+    "block_metrics",
+    "ModelDiff",
+    "diff",
+    "exclusive_contexts",
+    "relative_norms",
+    "stacked_activations",
+    "StackedSource",
+    "crosscoder_config",
+    "diff_source",
+    "layer_source",
+    "train_crosscoder",
     "CacheReader",
     "DictionaryEvaluation",
     "SourceConfig",

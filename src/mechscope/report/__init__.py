@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import MechscopeError
 from ..io import write_text
-from . import sae
+from . import crosscoder, sae
 from .sections import SECTIONS
 
 PAGE = """<!doctype html>
@@ -35,18 +35,23 @@ th {{ background: #f3f5f9; }} code, .tok {{ font-family: ui-monospace, monospace
 """
 
 
-def build_report(model, prompt: str | None, out_dir: Path, *, sae_dir: str | Path | None = None) -> Path:
+def build_report(model, prompt: str | None, out_dir: Path, *, sae_dir: str | Path | None = None,
+                 crosscoder_dir: str | Path | None = None) -> Path:
     """Run `model` on `prompt` and write `out_dir/index.html` (images inlined).
 
     Sections that need a text run are left out when there is no prompt or the model
     does not read text (toy models, CNNs); zoo models add their figures. `sae_dir`, a
-    dictionary folder, adds its metrics and features."""
+    dictionary folder, adds its metrics and features; `crosscoder_dir` a crosscoder's."""
     run = None
     if prompt is not None:
         if model.tokenizer is None:
             raise MechscopeError(f"{model.name} has no tokenizer, so it cannot be run on a text prompt; leave out --prompt")
         run = model.run(prompt, record="blocks.*.hook_resid_post")
-    sections = SECTIONS + [functools.partial(sae.section, sae_dir=sae_dir)] if sae_dir is not None else SECTIONS
+    sections = list(SECTIONS)
+    if sae_dir is not None:
+        sections.append(functools.partial(sae.section, sae_dir=sae_dir))
+    if crosscoder_dir is not None:
+        sections.append(functools.partial(crosscoder.section, crosscoder_dir=crosscoder_dir))
     parts = [section(model, run) for section in sections]
     body = "\n".join(part for part in parts if part)
     title = model.name if prompt is None else f"{model.name} on {prompt[:60]!r}"

@@ -138,7 +138,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _method_commands(sub) -> None:
     """Commands whose parsers live with their methods (mechscope/commands/)."""
-    from .commands import circuits, crosscoder, dla, heads, lens, patching, sae, structure, tuned_lens
+    from .commands import circuits, crosscoder, dla, heads, lens, patching, sae, structure, transcoder, tuned_lens
     table = [
         ("lens", "logit lens (or tuned lens) of a prompt: what each layer predicts", lens.configure, lens.execute),
         ("lens-train", "train a tuned lens on a local corpus (also: `mechscope lens train`)", tuned_lens.configure,
@@ -151,6 +151,7 @@ def _method_commands(sub) -> None:
         ("trace", patching.HELP_TRACE, patching.configure_trace, patching.execute_trace),
         ("circuit", circuits.HELP, circuits.configure, circuits.execute),
         ("sae", sae.HELP, sae.configure, sae.execute),
+        ("transcoder", transcoder.HELP, transcoder.configure, transcoder.execute),
         ("crosscoder", crosscoder.HELP, crosscoder.configure, crosscoder.execute),
         ("spectra", "singular-value spectra of every weight and OV/QK circuit (or of a fine-tune's update)",
          structure.configure_spectra, structure.execute_spectra),

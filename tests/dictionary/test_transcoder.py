@@ -182,3 +182,15 @@ def test_report_shows_the_transcoder_and_the_saes_error_and_meta_parts(tmp_path,
     train_meta(sae, width=4, k=2, epochs=2).save(tmp_path / "sae" / "meta")
     page = section(model, run, tmp_path / "sae")
     assert "How predictable the error is" in page and "Meta-SAE" in page and page.count("<img") == 3
+
+
+def test_transcoders_are_not_attached_in_place_or_written_as_saelens(model, tmp_path):
+    from mechscope.dictionary import attach, build, write_saelens
+    from mechscope.errors import MechscopeError
+    site_in, site_out = mlp_sites(0)
+    width = model.dims.d_model
+    tc = build(CoderConfig("topk", width, 32, d_out=width, k=4, hook_name=site_in, target_hook=site_out))
+    with pytest.raises(MechscopeError, match="splice"):
+        attach(model, tc)
+    with pytest.raises(MechscopeError, match="mechscope layout"):
+        write_saelens(tc, tmp_path / "x")

@@ -9,6 +9,8 @@
 - `SourceConfig` / `ActivationSource` (activations from a model over a local corpus),
   `write_cache` / `CacheReader` (sharded on-disk cache), `TrainConfig` / `train` /
   `train_from_cache` / `Trainer` (resumable, DDP), `evaluate` -> `DictionaryEvaluation`.
+- Transcoders (`CoderConfig(d_out=, target_hook=, skip=)`, `transcoder_config`, `splice`),
+  meta-SAEs (`train_meta` -> `MetaSAE`), SAE error analysis (`error_analysis`).
 - Crosscoders (`Crosscoder`, `WeaklyCausalCrosscoder`): one dictionary over several sites or
   two models (`StackedSource`, `train_crosscoder`); model diffing (`diff` -> `ModelDiff`).
 """
@@ -29,16 +31,19 @@ from .features import (
     top_contexts,
 )
 from .formats import convert, detect, read, read_saelens, read_sparsify, write_saelens
+from .error import ErrorAnalysis, error_analysis, linear_predictability
 from .evaluate import DictionaryEvaluation, evaluate
 from .gated import GatedSAE
 from .jumprelu import JumpReluSAE
 from .matryoshka import MatryoshkaSAE
 from .median import geometric_median, mean_norm_scale
+from .meta import MetaSAE, RowStream, train_meta
 from .relu import ReluSAE
 from .source import ActivationSource, SourceConfig
 from .stacked import StackedSource, crosscoder_config, diff_source, layer_source, train_crosscoder
 from .switch import SwitchSAE
 from .topk import TopKSAE
+from .transcoder import mlp_sites, splice, transcoder_config
 from .train import Trainer, train, train_from_cache
 from .trainer_config import TrainConfig
 
@@ -89,6 +94,15 @@ __all__ = [
     "diff_source",
     "layer_source",
     "train_crosscoder",
+    "ErrorAnalysis",
+    "error_analysis",
+    "linear_predictability",
+    "MetaSAE",
+    "RowStream",
+    "train_meta",
+    "mlp_sites",
+    "splice",
+    "transcoder_config",
     "CacheReader",
     "DictionaryEvaluation",
     "SourceConfig",

@@ -32,6 +32,9 @@ from .base import SparseCoder
 
 def site_of(model, coder: SparseCoder, site: str | None) -> str:
     """The site to use (default: the coder's hook_name), checked against the coder's width."""
+    if getattr(coder.cfg, "transcoder", False):
+        raise MechscopeError("a transcoder writes another site than it reads, so it cannot be attached in place: "
+                             "use model.run(ids, edits=mechscope.dictionary.splice(transcoder))")
     site = site or coder.cfg.hook_name
     if not site:
         raise MechscopeError("this dictionary does not say which site it reads (cfg.hook_name is empty): pass site=")

@@ -140,6 +140,9 @@ def _fold_b_dec_into_encoder(state: dict, arch: str) -> None:
 def write_saelens(coder: SparseCoder, folder: str | Path) -> Path:
     """Write the SAELens layout (norm_scale folded into the weights)."""
     arch = coder.cfg.arch
+    if getattr(coder.cfg, "transcoder", False) or coder.cfg.blocks:
+        raise MechscopeError("SAELens' layout holds single-site autoencoders only: keep transcoders and crosscoders "
+                             "in the mechscope layout (SparseCoder.save)")
     if arch not in _TO_SAELENS:
         raise MechscopeError(f"SAELens has no {arch} architecture: save it in the mechscope layout instead")
     if arch in ("batchtopk", "matryoshka") and float(coder.threshold) < 0:

@@ -9,7 +9,8 @@ ACTS holds `train` [N, d_in] (already shuffled and scaled to mean norm sqrt(d_in
 `heldout` [M, d_in]. Step s trains on rows [s B, (s + 1) B) - the same batches for every
 library - with Adam at a constant learning rate, each library's own TopK coder and its own
 training-step recipe (loss, AuxK with a dead mask, decoder-norm constraint). Prints one JSON
-line: seconds per timed step, tokens/s, and the held-out FVU after the run.
+line: seconds per timed step, tokens/s, the held-out FVU after the run and, with `--curve`,
+the held-out FVU after every step (evaluated outside the timed region).
 """
 
 from __future__ import annotations
@@ -139,23 +140,27 @@ def main() -> None:
     p.add_argument("--dead-window", type=int, default=10_000_000)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--norm-batches", type=int, default=1, help="mechscope: batches for the input scale and b_dec init")
+    p.add_argument("--curve", action="store_true", help="held-out FVU after every step (untimed)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     data = load_file(args.acts)
     TRAIN, held = data["train"], data["heldout"]
     step, reconstruct, version = MAKERS[args.lib](TRAIN.shape[1], args)
-    times = []
+    times, curve = [], []
     for s in range(args.warmup + args.steps):
         x = TRAIN[s * args.batch:(s + 1) * args.batch]
         start = time.perf_counter()
         step(x, s)
         if s >= args.warmup:
             times.append(time.perf_counter() - start)
+        if args.curve:
+            with torch.no_grad():
+                curve.append(fvu(held, reconstruct(held)))
     with torch.no_grad():
-        quality = fvu(held, reconstruct(held))
+        quality = curve[-1] if curve else fvu(held, reconstruct(held))
     result = {"lib": args.lib, "version": version, "step_s": times, "tokens_per_s": args.batch * len(times) / sum(times),
-              "fvu": quality, "steps": args.warmup + args.steps}
+              "fvu": quality, "fvu_curve": curve, "steps": args.warmup + args.steps}
     print(json.dumps(result), file=_OUT, flush=True)
 
 

@@ -7,11 +7,17 @@
    with `mechscope.dictionary.write_cache` (out/bench-sae/acts; reused when present), shuffles
    the rows (seed 0), scales them to mean norm sqrt(d_in) and writes one safetensors file
    every trainer reads, so all see the same batches in the same order.
-2. Measures this machine's dense fp32 matmul rate (torch.mm, the encoder's shape, best of 5).
+2. Measures this machine's dense fp32 matmul rate (torch.mm, the encoder's shape, into a
+   preallocated output, best of 6, in every round; a fresh 64 MB output would add page
+   faults and flatter the ratio below).
 3. Runs each trainer in its own interpreter (`bench/_sae_peers.py`; peers from
    bench/.peers/sparsify and bench/.peers/saelens), `--rounds` times in rotating order,
    and reports the median tokens/s, the ratio mechscope / peer, the held-out FVU after the
-   same number of steps, and mechscope's achieved FLOP/s / the matmul rate.
+   same number of steps (the same tokens), and mechscope's achieved FLOP/s / the matmul rate.
+4. "At equal FVU": every trainer's held-out FVU is measured after every step (outside the
+   timed region). For each peer the target is the worse of the two final FVUs; the time to
+   reach it is (steps until held-out FVU <= target) x (median seconds per step), and the
+   ratio peer time / mechscope time is reported next to the tokens/s ratio.
 
 Peers' environments (git-ignored; torch first and pinned, so that no CUDA build is pulled):
 
@@ -22,16 +28,20 @@ Peers' environments (git-ignored; torch first and pinned, so that no CUDA build 
 
 A peer whose environment is missing is skipped with a note.
 
-FLOPs per step (B tokens, d_in D, width S, k active): encoder forward 2BDS (dense: top-k
-needs every pre-activation), decoder forward 2BkD, backward 4BkD each for encoder and
-decoder (only the k selected latents carry gradient): 2BDS + 10BkD "executed". The dense
-equivalent (every GEMM dense, as a naive implementation would run) is 6BDS + 6BDS.
+FLOPs per step (B tokens, d_in D, width S, k active), counted for mechscope's kernels:
+encoder forward 2BDS (dense: top-k needs every pre-activation), decoder forward 2BkD,
+decoder backward 4BkD (W_dec rows and the k values), encoder backward 2BkD (W_enc columns;
+the b_dec gradient is one matrix-vector product, 2DS, and no input gradient is formed):
+2BDS + 8BkD "executed". The dense equivalent (every GEMM dense, as a naive implementation
+runs them: forward, input gradient and weight gradient for encoder and decoder) is 12BDS.
+Both rates are reported, labelled; only the executed one is what the machine did.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -69,18 +79,18 @@ def prepare(out: Path, n_tokens: int) -> Path:
 
 def matmul_flops(d_in: int, width: int, batch: int, threads: int) -> float:
     torch.set_num_threads(threads)
-    a, b = torch.randn(batch, d_in), torch.randn(d_in, width)
+    a, b, out = torch.randn(batch, d_in), torch.randn(d_in, width), torch.empty(batch, width)
     best = float("inf")
     for _ in range(6):
         start = time.perf_counter()
-        torch.mm(a, b)
+        torch.mm(a, b, out=out)
         best = min(best, time.perf_counter() - start)
     return 2 * batch * d_in * width / best
 
 
 def run_worker(lib: str, acts: Path, args) -> dict:
     python = sys.executable if lib == "mechscope" else str(PEERS[lib])
-    cmd = [python, str(ROOT / "bench/_sae_peers.py"), lib, str(acts), "--steps", str(args.steps), "--warmup", "2",
+    cmd = [python, str(ROOT / "bench/_sae_peers.py"), lib, str(acts), "--steps", str(args.steps), "--warmup", "2", "--curve",
            "--width", str(args.width), "--k", str(args.k), "--batch", str(args.batch), "--threads", str(args.threads)]
     done = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT, env={"OMP_NUM_THREADS": str(args.threads),
                                                                             "PATH": "/usr/bin:/bin", "HOME": "/root",
@@ -108,12 +118,14 @@ def main(argv=None) -> int:
     libs = ["mechscope"] + [lib for lib, py in PEERS.items() if py.is_file()]
     missing = [lib for lib, py in PEERS.items() if not py.is_file()]
     runs: dict[str, list[dict]] = {lib: [] for lib in libs}
-    peak = []
+    peak, load = [], [os.getloadavg()[0]]
     for r in range(args.rounds):
         peak.append(matmul_flops(256, args.width, args.batch, args.threads))
         for lib in libs[r % len(libs):] + libs[:r % len(libs)]:
             runs[lib].append(run_worker(lib, acts, args))
+        load.append(os.getloadavg()[0])
     report = summarise(runs, statistics.median(peak), args)
+    report["load_average_1min"] = load
     report["missing_peers"] = missing
     print_report(report)
     if args.json:
@@ -121,9 +133,28 @@ def main(argv=None) -> int:
     return 0
 
 
+def steps_to(curve: list[float], target: float) -> int | None:
+    """1-based step after which the held-out FVU first is <= target (None: never)."""
+    return next((i + 1 for i, f in enumerate(curve) if f <= target), None)
+
+
+def equal_fvu(rows: dict, curves: dict) -> dict:
+    """Per peer: time for each trainer to reach the worse of the two final FVUs."""
+    ms, out = rows["mechscope"], {}
+    for lib, row in rows.items():
+        if lib == "mechscope" or "fvu" not in row or not curves.get(lib) or not curves.get("mechscope"):
+            continue
+        target = max(ms["fvu"], row["fvu"])
+        n_ms, n_peer = steps_to(curves["mechscope"], target), steps_to(curves[lib], target)
+        t_ms, t_peer = n_ms * ms["step_s"], n_peer * row["step_s"]
+        out[lib] = {"target_fvu": target, "mechscope_steps": n_ms, "peer_steps": n_peer, "mechscope_s": t_ms,
+                    "peer_s": t_peer, "peer_time_over_mechscope": t_peer / t_ms}
+    return out
+
+
 def summarise(runs: dict, peak: float, args) -> dict:
     B, D, S, k = args.batch, 256, args.width, args.k
-    executed, dense = 2 * B * D * S + 10 * B * k * D, 12 * B * D * S
+    executed, dense = 2 * B * D * S + 8 * B * k * D, 12 * B * D * S
     rows = {}
     for lib, results in runs.items():
         ok = [r for r in results if "error" not in r]
@@ -132,12 +163,16 @@ def summarise(runs: dict, peak: float, args) -> dict:
             continue
         tps = statistics.median(r["tokens_per_s"] for r in ok)
         rows[lib] = {"version": ok[0]["version"], "tokens_per_s": tps, "fvu": statistics.median(r["fvu"] for r in ok),
+                     "step_s": statistics.median(t for r in ok for t in r["step_s"]),
+                     "tokens_per_s_each_round": [r["tokens_per_s"] for r in ok],
                      "executed_flops_per_s": tps / B * executed}
     ms_tps = rows["mechscope"].get("tokens_per_s")
     for lib, row in rows.items():
         if ms_tps and "tokens_per_s" in row:
             row["mechscope_speedup"] = ms_tps / row["tokens_per_s"]
-    return {"config": vars(args), "matmul_flops_per_s": peak, "libs": rows,
+    curves = {lib: next((r["fvu_curve"] for r in results if r.get("fvu_curve")), []) for lib, results in runs.items()}
+    return {"config": vars(args), "matmul_flops_per_s": peak, "libs": rows, "fvu_curves": curves,
+            "equal_fvu": equal_fvu(rows, curves),
             "mechscope_executed_flops_ratio": rows["mechscope"].get("executed_flops_per_s", 0) / peak,
             "mechscope_dense_equivalent_flops_ratio": (ms_tps or 0) / B * dense / peak}
 
@@ -146,15 +181,23 @@ def print_report(report: dict) -> None:
     c = report["config"]
     print(f"TopK SAE d_in 256, width {c['width']}, k {c['k']}, batch {c['batch']} tokens, {c['threads']} threads, "
           f"{c['steps']} timed steps x {c['rounds']} rounds")
-    print(f"dense fp32 matmul: {report['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s")
-    print(f"{'library':<12}{'version':<12}{'tokens/s':>12}{'ms/peer':>10}{'FVU':>9}")
+    print(f"dense fp32 matmul (preallocated output): {report['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s; "
+          f"1-min load average {', '.join(f'{x:.2f}' for x in report.get('load_average_1min', []))}")
+    steps = c["steps"] + 2
+    print(f"{'library':<12}{'version':<12}{'tokens/s':>12}{'ms/peer':>10}{f'FVU@{steps}':>10}  tokens/s per round")
     for lib, row in report["libs"].items():
         if "error" in row:
             print(f"{lib:<12}error: {row['error']}")
             continue
-        print(f"{lib:<12}{row['version']:<12}{row['tokens_per_s']:>12,.0f}{row['mechscope_speedup']:>10.2f}{row['fvu']:>9.4f}")
-    print(f"mechscope achieved / matmul FLOP/s: {report['mechscope_executed_flops_ratio']:.2f} executed "
-          f"({report['mechscope_dense_equivalent_flops_ratio']:.2f} dense-equivalent)")
+        rounds = " ".join(f"{t:,.0f}" for t in row["tokens_per_s_each_round"])
+        print(f"{lib:<12}{row['version']:<12}{row['tokens_per_s']:>12,.0f}{row['mechscope_speedup']:>10.2f}"
+              f"{row['fvu']:>10.4f}  {rounds}")
+    for lib, e in report["equal_fvu"].items():
+        print(f"time to held-out FVU {e['target_fvu']:.4f} (the worse final): mechscope {e['mechscope_steps']} steps "
+              f"{e['mechscope_s']:.2f} s, {lib} {e['peer_steps']} steps {e['peer_s']:.2f} s: "
+              f"{lib} / mechscope = {e['peer_time_over_mechscope']:.2f}")
+    print(f"mechscope achieved / matmul FLOP/s: {report['mechscope_executed_flops_ratio']:.2f} counting executed FLOPs, "
+          f"{report['mechscope_dense_equivalent_flops_ratio']:.2f} counting dense-equivalent FLOPs")
     for lib in report.get("missing_peers", []):
         print(f"{lib}: not installed (see bench/README.md); not timed")
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .base import SparseCoder, mse, register
-from .topk import aux_loss, init_encoder_scale
+from .topk import aux_loss, init_encoder_scale, project_decoder_grad
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,9 @@ class BatchTopKSAE(SparseCoder):
             values, indices = pre.topk(self.cfg.k, dim=-1)
             return torch.zeros_like(pre).scatter(-1, indices, values.relu())
         return pre.relu() * (pre > self.threshold.to(pre.dtype))
+
+    def before_step(self) -> None:
+        project_decoder_grad(self)
 
     @torch.no_grad()
     def update_threshold(self, acts: Tensor) -> None:

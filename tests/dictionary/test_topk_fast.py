@@ -1,6 +1,6 @@
 """The fast TopK path against plain dense autograd: the two-stage selection, the chunked
 encoder, its sparse backward (with and without the b_dec shortcut), the sparse latents the
-trainer asks for, and the least-squares encoder initialisation."""
+trainer asks for, the sparse decoder backward, and the least-squares encoder initialisation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ import torch
 
 from mechscope.dictionary import CoderConfig, build
 from mechscope.dictionary import topk as topk_module
-from mechscope.dictionary.topk import TopKEncode, encoder_init_scale, topk_select
+from mechscope.dictionary.topk import (
+    TopKEncode,
+    encoder_init_scale,
+    sparse_decode,
+    topk_select,
+)
 
 
 @pytest.mark.parametrize("d, k", [(4096, 32), (1000, 8), (512, 4), (96, 6), (64, 64)])
@@ -153,3 +158,22 @@ def test_encoder_init_scale_is_the_least_squares_scale_at_init():
     assert encoder_init_scale(k, d_sae, 100 * d_in) == pytest.approx(1.0, abs=0.01)   # wide inputs: ~1
     relu = build(CoderConfig("relu", d_in, d_sae))                         # L1 coders keep W_enc = W_dec^T
     torch.testing.assert_close(relu.W_enc.detach(), relu.W_dec.detach().T)
+
+
+def test_sparse_decode_backward_equals_embedding_bag_autograd():
+    gen = torch.Generator().manual_seed(3)
+    n, k, d_sae, d_out = 30, 5, 200, 16
+    idx = torch.stack([torch.randperm(d_sae, generator=gen)[:k] for _ in range(n)])   # distinct, unsorted
+    leaves = [torch.randn(n, k, generator=gen, dtype=torch.float64), torch.randn(d_sae, d_out, generator=gen,
+              dtype=torch.float64), torch.randn(d_out, generator=gen, dtype=torch.float64)]
+    upstream = torch.randn(n, d_out, generator=gen, dtype=torch.float64)
+    grads = []
+    for fast in (True, False):
+        v, W, b = [t.clone().requires_grad_() for t in leaves]
+        out = sparse_decode(v, idx, W, b) if fast else \
+            torch.nn.functional.embedding_bag(idx, W, per_sample_weights=v, mode="sum") + b
+        grads.append(torch.autograd.grad((out * upstream).sum(), (v, W, b)))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    args = [t.clone().requires_grad_() for t in leaves]
+    assert torch.autograd.gradcheck(lambda v, W, b: sparse_decode(v, idx, W, b), args)

@@ -9,7 +9,8 @@ O(batch k d_in) instead of O(batch d_sae d_in). The decoder gathers the k select
 row chunks of a few MB, so the [batch, d_sae] pre-activations never exist at once: no large
 allocation per step (a fresh array above glibc's mmap threshold, 32 MB, costs a page fault
 per 4 KB page, tens of ms per step) and the selection reads a chunk that is still in cache.
-The selection itself is `topk_select`, an exact two-stage top-k. The loss is one fused
+The selection itself is `topk_select`, an exact two-stage top-k; the decoder's backward is
+`SparseDecode`'s (sparse products only). The loss is one fused
 `F.mse_loss` (same value as base.mse), and the decoder-gradient projection is done in place.
 
 Initialisation: W_enc = c W_dec^T with c = `encoder_init_scale(k, d_sae, d_in)` (< 1; see
@@ -18,6 +19,7 @@ there), so that at step 0 the top-k reconstruction has the least-squares right s
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -134,10 +136,47 @@ class TopKEncode(torch.autograd.Function):
         return grad_x, grad_W, grad_b if need_b else None, None, grad_bdec
 
 
+class SparseDecode(torch.autograd.Function):
+    """(values, indices, W_dec, b_dec) -> sum_j values_bj W_dec[indices_bj] + b_dec.
+
+    Forward is one `embedding_bag`. Backward, with e the incoming gradient [batch, d_out]:
+    grad values_bj = e_b . W_dec[indices_bj] (a sampled product, `torch.sparse.sampled_addmm`,
+    batch k dot products), grad W_dec = V^T e with V the sparse [batch, d_sae] matrix of the
+    values (a COO product, rows in W_dec's layout), grad b_dec = sum_b e_b. Same values as
+    autograd through `embedding_bag`, whose weight gradient costs twice as much on the CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor):
+        ctx.save_for_backward(values, indices, W_dec)
+        return F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum") + b_dec
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        values, indices, W_dec = ctx.saved_tensors
+        (n, k), d_sae = values.shape, W_dec.shape[0]
+        grad_out = grad_out.contiguous()
+        grad_v = grad_W = grad_b = None
+        if ctx.needs_input_grad[0]:
+            with warnings.catch_warnings():  # "sparse CSR support is in beta": a one-off note, not for users
+                warnings.simplefilter("ignore")
+                pattern = torch.sparse_csr_tensor(torch.arange(0, n * k + 1, k, device=values.device), indices.reshape(-1),
+                                                  grad_out.new_zeros(n * k), (n, d_sae), check_invariants=False)
+            grad_v = torch.sparse.sampled_addmm(pattern, grad_out, W_dec.T, beta=0.0).values().view(n, k)
+        if ctx.needs_input_grad[2]:
+            sample = torch.arange(n, device=values.device).repeat_interleave(k)
+            V_t = torch.sparse_coo_tensor(torch.stack([indices.reshape(-1), sample]), values.reshape(-1).to(grad_out.dtype),
+                                          (d_sae, n), check_invariants=False)
+            grad_W = torch.sparse.mm(V_t, grad_out)
+        if ctx.needs_input_grad[3]:
+            grad_b = grad_out.sum(0)
+        return grad_v, None, grad_W, grad_b
+
+
 def sparse_decode(values: Float[Tensor, "batch k"], indices: Int[Tensor, "batch k"],
                   W_dec: Float[Tensor, "d_sae d_out"], b_dec: Float[Tensor, "d_out"]) -> Float[Tensor, "batch d_out"]:
     """sum_j values_bj W_dec[indices_bj] + b_dec, gathering only the selected rows."""
-    return F.embedding_bag(indices, W_dec, per_sample_weights=values.to(W_dec.dtype), mode="sum") + b_dec
+    return SparseDecode.apply(values.to(W_dec.dtype), indices, W_dec, b_dec)
 
 
 def dense(values: Tensor, indices: Tensor, d_sae: int) -> Float[Tensor, "batch d_sae"]:

@@ -191,11 +191,13 @@ def eval_subset(chunks: torch.Tensor, recipe: PycodeRecipe) -> torch.Tensor:
     return chunks[perm(len(chunks), recipe.seed, -1)[: recipe.eval_sequences]]
 
 
-def batch_for_step(chunks: torch.Tensor, step: int, recipe: PycodeRecipe) -> torch.Tensor:
+def batch_for_step(chunks: torch.Tensor, step: int, recipe: PycodeRecipe,
+                   vocab_size: int | None = None) -> torch.Tensor:
     """The training batch of ``step`` [batch, context + 1]: a pure function of the step.
 
     Each epoch visits every chunk once in a seeded order; resuming needs only the step. A
-    seeded ``repeat_fraction`` of rows tile their first ``span`` tokens instead.
+    seeded ``repeat_fraction`` of rows tile their first ``span`` tokens instead, and a
+    ``random_fraction`` tile a span of random ids (needs ``vocab_size``).
     """
     n, b = len(chunks), recipe.batch_size
     idx = []
@@ -209,4 +211,26 @@ def batch_for_step(chunks: torch.Tensor, step: int, recipe: PycodeRecipe) -> tor
         span = torch.randint(lo, hi + 1, (b, 1), generator=g)
         tiled = batch.gather(1, torch.arange(batch.shape[1]) % span)  # [b, context + 1]
         batch = torch.where(rows[:, None], tiled, batch)
+    if recipe.random_fraction > 0:
+        if vocab_size is None:
+            raise ValueError("random_fraction > 0 needs the vocabulary size")
+        g = torch.Generator().manual_seed(recipe.seed * 6_007 + step)
+        rows = torch.rand(b, generator=g) < recipe.random_fraction
+        batch = torch.where(rows[:, None], random_tiled(b, batch.shape[1], vocab_size, recipe, g), batch)
     return batch
+
+
+def random_tiled(b: int, length: int, vocab_size: int, recipe: PycodeRecipe,
+                 g: torch.Generator) -> torch.Tensor:
+    """Rows [b, length]: ``<|endoftext|>`` (id 0), then a span of random ids 1..V-1 (each
+    repeating the id two back with ``alternation_prob``, never chained) tiled to fill."""
+    lo, hi = recipe.repeat_span
+    ids = torch.randint(1, vocab_size, (b, hi), generator=g)
+    follow = torch.rand(b, hi, generator=g) < recipe.alternation_prob
+    follow[:, :2] = False
+    for t in range(2, hi):
+        follow[:, t] &= ~follow[:, t - 2]  # only the id two back predicts a repeat
+        ids[:, t] = torch.where(follow[:, t], ids[:, t - 2], ids[:, t])
+    span = torch.randint(lo, hi + 1, (b, 1), generator=g)
+    tiled = ids.gather(1, torch.arange(length - 1) % span)
+    return torch.cat([torch.zeros(b, 1, dtype=tiled.dtype), tiled], dim=1)

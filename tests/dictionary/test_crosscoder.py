@@ -236,3 +236,16 @@ def test_report_section_for_a_layer_crosscoder(tmp_path):
     metrics = block_metrics(coder, stacked_activations([(model, s) for s in sites], ids)[0, 1:])
     assert f"{metrics['fvu']:.4g}" in html
     assert "No crosscoder given" in section(model, None, None)
+
+
+def test_report_section_for_a_two_model_crosscoder_counts_exclusive_latents(tmp_path):
+    from mechscope.report.crosscoder import section
+    blocks = ("A:blocks.0.hook_resid_post", "B:blocks.0.hook_resid_post")
+    coder = build(CoderConfig("crosscoder", 2 * D, 10, blocks=blocks))
+    with torch.no_grad():  # latents 0-2 write only to A, 3-6 only to B, 7-9 to both
+        coder.W_dec[:3, D:] = 0
+        coder.W_dec[3:7, :D] = 0
+    coder.save(tmp_path / "cc")
+    html = section(None, None, tmp_path / "cc")
+    assert "3 latents only in A" in html and "3 shared" in html and "4 only in B" in html
+    assert "<img" in html  # the relative-norm histogram

@@ -52,9 +52,10 @@ def test_topk_on_pycode_reaches_the_measured_quality_floor():
                 data=data.train, source=SourceConfig(model_batch=32, buffer_contexts=128), progress=False)
     assert sae.cfg.norm_scale == 1.0 and sae.cfg.hook_name == "blocks.2.hook_resid_post"
     r = evaluate(model, sae, data.heldout)
-    # measured (2026-11, 2 CPU threads): FVU 0.138, ce_loss_score 0.988, kl_div_score 0.990, dead 2.5%, L0 16
+    # measured (2026-12, pycode with induction heads, 1 thread): FVU 0.299, ce_loss_score 0.932,
+    # kl_div_score 0.925, dead 0%, L0 16 (the earlier pycode, without induction: FVU 0.138, 0.988)
     assert r.l0 == pytest.approx(16.0, abs=1e-6)
-    assert r.fvu < 0.25 and r.ce_loss_score > 0.95 and r.kl_div_score > 0.95
+    assert r.fvu < 0.35 and r.ce_loss_score > 0.9 and r.kl_div_score > 0.9
     assert r.dead_fraction < 0.10
     assert 0.9 < r.relative_bias < 1.1
 

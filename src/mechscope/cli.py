@@ -76,12 +76,25 @@ def _zoo(args) -> int:
         if args.plots:
             for path in zoo.plots(args.name, Path(args.plots)):
                 print(f"wrote {path}")
+    elif args.zoo_cmd == "check":
+        return _print_checks(zoo.check(args.name, Path(args.folder)))
     else:
         out = Path(args.out) if args.out else zoo.WEIGHTS / args.name
         card = zoo.train(args.name, out, seed=args.seed)
         print(json.dumps(card.get("metrics", card), indent=2))
         print(f"wrote {out}")
+        if args.out:
+            return _print_checks(zoo.check(args.name, out))
     return 0
+
+
+def _print_checks(checks) -> int:
+    """Exit status 1 when a retrain misses one of the shipped card's measures."""
+    for check in checks:
+        print(check.line())
+    failed = sum(not c.ok for c in checks)
+    print(f"{len(checks) - failed} of {len(checks)} measures reproduce the shipped card")
+    return 1 if failed else 0
 
 
 def _positions(text: str) -> list[int]:
@@ -132,6 +145,9 @@ def parser() -> argparse.ArgumentParser:
     ztrain.add_argument("name")
     ztrain.add_argument("--out", help="output folder (default: the package's zoo folder)")
     ztrain.add_argument("--seed", type=int, default=0)
+    zcheck = zsub.add_parser("check", help="compare a retrained folder's card with the shipped card's tolerances")
+    zcheck.add_argument("name")
+    zcheck.add_argument("folder", help="the --out folder of `mechscope zoo train NAME`")
     zoo.set_defaults(func=_zoo)
     return p
 

@@ -115,3 +115,20 @@ def train(name: str, out_dir: Path | None = None, *, seed: int = 0) -> dict:
     card = module.train(folder, recipe)
     analysis = ANALYSES.get(name)
     return analysis.after_train(folder) if analysis is not None and analysis.after_train else card
+
+
+def check(name: str, folder: Path) -> list:
+    """Compare the card of a retrained folder with the shipped card, within the tolerances
+    the shipped card states: one `checks.Check` per published measure."""
+    from .checks import COMPARISONS
+    _check(name)
+    path = Path(folder) / "card.json"
+    if not path.is_file():
+        raise MechscopeError(f"{folder} holds no card.json: train into it first (`mechscope zoo train {name} "
+                             f"--out {folder}`)")
+    if Path(folder).resolve() == (WEIGHTS / name).resolve():
+        raise MechscopeError(f"{folder} is the shipped folder itself: retrain into another one with --out")
+    try:
+        return COMPARISONS[name](card(name), json.loads(path.read_text()))
+    except (KeyError, TypeError) as exc:
+        raise MechscopeError(f"{path} is not a card of the current '{name}' recipe (missing {exc}): retrain it") from None

@@ -41,8 +41,9 @@ D, N_SHARED, N_A, N_B, ACTIVE, SCALE_B = 32, 48, 24, 24, 4, 10.0
 
 def planted(seed: int = 0):
     """Atoms [N, 2D] (shared: both halves; A-only: first half; B-only: second half), their
-    true classes, and a sampler of sparse combinations; model B's raw scale is 10x A's."""
-    g = torch.Generator().manual_seed(seed)
+    true classes, and a sampler of sparse combinations; model B's raw scale is 10x A's.
+    The atoms' seed is offset so they never replay the stream that initialises the coder."""
+    g = torch.Generator().manual_seed(seed + 12_345)
 
     def unit(n):
         a = torch.randn(n, D, generator=g)
@@ -94,14 +95,14 @@ def test_planted_shared_and_exclusive_directions_are_classified(trained):
     recovered = (result.kind != KINDS.index("dead")) & (best > 0.9)
     accuracy = float((result.kind[recovered] == kind[which[recovered]]).float().mean())
     covered = len(set(which[recovered].tolist())) / len(atoms)
-    # measured (2026-11): 219 recovered latents, accuracy 1.000, every atom covered
+    # measured (2026-12): 223 recovered latents, accuracy 1.000, every atom covered
     fvu = (coder.decode(acts) - x).detach().pow(2).sum() / (x - x.mean(0)).pow(2).sum()
     print(f"recovered {int(recovered.sum())}, accuracy {accuracy:.3f}, covered {covered:.3f}, fvu {float(fvu):.3f}")
     assert recovered.sum() >= 100 and covered >= 0.9
     assert accuracy >= 0.9, collections.Counter(zip(kind[which[recovered]].tolist(), result.kind[recovered].tolist()))
     # the per-site normalisation undid B's 10x raw scale (each block to mean norm sqrt(D))
     assert float(coder.folded_scale[0] / coder.folded_scale[1]) == pytest.approx(SCALE_B, rel=0.1)
-    assert fvu < 0.1  # measured 0.054 (L1 shrinkage)
+    assert fvu < 0.1  # measured 0.056 (L1 shrinkage)
 
 
 def test_penalty_with_single_block_latents_equals_two_relu_saes():

@@ -4,13 +4,21 @@ and attribution patching against the exact sweep.
 
 The naive loop is what one writes by hand: record the clean run, then for every patch one
 forward of the corrupted prompts with a replace edit at that site (position, head), and the
-metric. Both give the same scores (checked before timing).
+metric. Variants of the batched sweep: as shipped (copies share the blocks before their
+patched layer, and the unembedding runs at the metric's position only), "layers only"
+(the metric declares no positions, so full logits), and "plain" (`share=False`: every
+copy runs the whole model). All give the naive loop's scores (checked before timing).
+The variants are interleaved, the start of the cycle rotating each repeat, and medians
+reported, so that they see the same drift from whatever else runs on the machine.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/patching.py
+    OMP_NUM_THREADS=1 .venv/bin/python bench/patching.py [--repeats 7]
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import statistics
 import time
 
 import torch
@@ -19,16 +27,21 @@ import mechscope as ms
 from mechscope.heads import repeated_random_tokens
 from mechscope import edits
 from mechscope.patching import Task, agreement, answer_logit, attribution_sweep, logit_diff, sweep
+from mechscope.patching.metrics import Metric
 from mechscope.patching.sweep import plan
 
 
-def _best(fn, repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def _medians(variants: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each variant, interleaved; the first one run leads off in turn."""
+    names, times = list(variants), {n: [] for n in variants}
+    for fn in variants.values():
+        fn()  # warm-up
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            variants[name]()
+            times[name].append(time.perf_counter() - start)
+    return {n: statistics.median(t) for n, t in times.items()}
 
 
 def _tasks():
@@ -64,20 +77,36 @@ def naive(model, task, metric, kind: str) -> torch.Tensor:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
     torch.set_num_threads(1)
+    print(f"threads 1, load average {os.getloadavg()[0]:.1f} at start")
     for model, task, make_metric in _tasks():
         metric = make_metric(task)
+        full_logits = Metric(metric.fn, metric.name)  # the same metric, declaring no positions
         for kind in ["resid", "heads", "heads-pos"]:
             exact = sweep(model, task, metric, sweep=kind, batch_size=256)
-            torch.testing.assert_close(exact.patched, naive(model, task, metric, kind), atol=1e-3, rtol=1e-4)
-            batched = _best(lambda: sweep(model, task, metric, sweep=kind, batch_size=256))
-            loop = _best(lambda: naive(model, task, metric, kind))
-            approx_time = _best(lambda: attribution_sweep(model, task, metric, sweep=kind))
+            reference = naive(model, task, metric, kind)
+            for m, share in [(metric, True), (full_logits, True), (metric, False)]:
+                other = sweep(model, task, m, sweep=kind, batch_size=256, share=share)
+                torch.testing.assert_close(other.patched, reference, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(exact.patched, reference, atol=1e-4, rtol=1e-4)
+            t = _medians({
+                "batched": lambda: sweep(model, task, metric, sweep=kind, batch_size=256),
+                "layers only": lambda: sweep(model, task, full_logits, sweep=kind, batch_size=256),
+                "plain": lambda: sweep(model, task, metric, sweep=kind, batch_size=256, share=False),
+                "naive": lambda: naive(model, task, metric, kind),
+                "attribution": lambda: attribution_sweep(model, task, metric, sweep=kind),
+            }, args.repeats)
             fit = agreement(exact, attribution_sweep(model, task, metric, sweep=kind))
             print(f"{model.name:>14} {kind:>9} ({exact.scores.numel():4d} patches x {len(task)} prompts): "
-                  f"batched {batched * 1e3:7.1f} ms, one per forward {loop * 1e3:7.1f} ms, ratio {loop / batched:5.1f}x | "
-                  f"attribution {approx_time * 1e3:6.1f} ms ({batched / approx_time:5.1f}x faster than batched exact), "
-                  f"r={fit.pearson:.3f}, sign={fit.sign:.2f}")
+                  f"naive {t['naive'] * 1e3:7.1f} ms, batched {t['batched'] * 1e3:6.1f} ms "
+                  f"(ratio {t['naive'] / t['batched']:4.1f}x; layers only {t['naive'] / t['layers only']:4.1f}x, "
+                  f"plain {t['naive'] / t['plain']:4.1f}x) | attribution {t['attribution'] * 1e3:6.1f} ms "
+                  f"({t['batched'] / t['attribution']:4.1f}x faster than batched), r={fit.pearson:.3f}, "
+                  f"sign={fit.sign:.2f}")
+    print(f"load average {os.getloadavg()[0]:.1f} at end")
 
 
 if __name__ == "__main__":

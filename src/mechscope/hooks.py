@@ -3,6 +3,11 @@
 `hooked(...)` installs one hook per module boundary that any requested site reads,
 applies the edits for those sites (in the order given), hands recorded values to a
 callback, and removes every hook on exit, exceptions included.
+
+Two options skip work that a batch of patched runs shares (see `hooked`): `copies`
+adds copies of the prompt rows only at the input of the block where they start to
+differ (the blocks before run once per prompt), and `logit_positions` runs the
+unembedding at one position per row.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from .edits import Edit
@@ -49,11 +55,20 @@ def hooked(
     lengths: Tensor | None = None,
     strict: bool = True,
     stop_when_recorded: bool = False,
+    copies: dict[int, int] | None = None,
+    logit_positions: Tensor | None = None,
 ) -> Iterator[None]:
     """Hooks that record `record` (through `on_record`) and apply `edits` while active.
 
     With `stop_when_recorded`, the forward pass raises `StopForward` as soon as the last
     recorded site is computed; the caller catches it.
+
+    copies {layer: n}: at the input of block `layer`, n copies of the P prompt rows (the
+    first P rows, as they are there) join the batch; the per-row tensors the model hands
+    each block (attention masks) are tiled to match. After the last join the prompt rows
+    themselves are dropped, so the blocks from there on, and the logits, see only the
+    copies, in order of layer. logit_positions [P]: the output embedding runs only at that
+    position of each row, so the logits come out [rows, 1, vocab].
     """
     edits = edits or {}
     wanted = {n for n in record if table[n].module}
@@ -67,7 +82,8 @@ def hooked(
         for site in sites:
             raw = raw_of(site.view.index)
             for edit in edits.get(site.name, ()):
-                value = edit.apply(site.view.read(raw), site=site.name, dims=site.dims, lengths=lengths, strict=strict)
+                value = edit.apply(site.view.read(raw), site=site.name, dims=site.dims,
+                                   lengths=per_row(lengths, raw.shape[0]), strict=strict)
                 raw = site.view.write(raw, value)
                 set_raw(site.view.index, raw)
             if site.name in wanted:
@@ -107,6 +123,10 @@ def hooked(
 
     handles = []
     try:
+        # registered first: the copies exist before any edit of the same block's input
+        handles += _copy_hooks(model, table, copies)
+        if logit_positions is not None:
+            handles.append(model.get_output_embeddings().register_forward_pre_hook(_gather_hook(logit_positions)))
         for (path, boundary), sites in groups.items():
             module = model.get_submodule(path)
             if boundary == "out":
@@ -117,3 +137,62 @@ def hooked(
     finally:
         for handle in handles:
             handle.remove()
+
+
+def per_row(values: Tensor | None, rows: int) -> Tensor | None:
+    """Per-prompt values (lengths, positions) tiled to `rows` = copies x prompts."""
+    if values is None or rows <= len(values) or rows % len(values):
+        return values
+    return values.repeat(rows // len(values))
+
+
+def _tile(value, rows: int, copies: int):
+    """Tile every tensor whose leading axis is the prompt batch (masks); a batch-1 or 1-d
+    tensor (positions, rotary tables) broadcasts over the copies and is left alone."""
+    if isinstance(value, Tensor) and value.dim() >= 2 and value.shape[0] == rows and rows > 1 and copies > 1:
+        return value.repeat(copies, *[1] * (value.dim() - 1))
+    if type(value) in (tuple, list):
+        return type(value)(_tile(v, rows, copies) for v in value)
+    if type(value) is dict:
+        return {k: _tile(v, rows, copies) for k, v in value.items()}
+    return value
+
+
+def _copy_hooks(model: nn.Module, table: SiteTable, copies: dict[int, int] | None) -> list:
+    """Pre-hooks on the blocks from the first layer in `copies` on (see `hooked`)."""
+    copies = {layer: n for layer, n in (copies or {}).items() if n}
+    if not copies:
+        return []
+    if any(not 0 <= layer < table.n_layers for layer in copies):
+        raise MechscopeError(f"copies join at layers {sorted(copies)}, but this model has layers 0-{table.n_layers - 1}")
+    first, last = min(copies), max(copies)
+    prompts: list[int] = []  # P, read at the first block that forks
+
+    def hook(layer: int):
+        def fn(module, args, kwargs):
+            args, kwargs = list(args), dict(kwargs)
+            box, key = (args, 0) if args else (kwargs, "hidden_states")
+            hidden = box[key]
+            if layer == first:
+                prompts[:] = [hidden.shape[0]]
+            p = prompts[0]
+            if layer in copies:  # the prompt rows (first P) fork; after the last fork they are no longer needed
+                carried = hidden if layer < last else hidden[p:]
+                hidden = torch.cat([carried, hidden[:p].repeat(copies[layer], *[1] * (hidden.dim() - 1))])
+            args, kwargs = _tile(args, p, hidden.shape[0] // p), _tile(kwargs, p, hidden.shape[0] // p)
+            (args if key == 0 else kwargs)[key] = hidden
+            return tuple(args), kwargs
+        return fn
+
+    return [model.get_submodule(table[f"blocks.{layer}.hook_resid_pre"].module).register_forward_pre_hook(
+        hook(layer), with_kwargs=True) for layer in range(first, table.n_layers)]
+
+
+def _gather_hook(positions: Tensor):
+    """Pre-hook on the output embedding: keep one position per row, [rows, 1, d]."""
+    def fn(module, args):
+        hidden = args[0]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        picked = hidden[rows, per_row(positions, hidden.shape[0]).to(hidden.device)]
+        return (picked[:, None], *args[1:])
+    return fn

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from . import edits as edit_ops
 from .edits import Edit
 from .errors import MechscopeError
-from .hooks import StopForward, hooked, resolve_edits
+from .hooks import StopForward, hooked, per_row, resolve_edits
 from .models.families import adapter_for
 from .models.loading import _check_supported
 from .run import Cache, Run
@@ -137,6 +137,8 @@ class Model(WeightAccess):
         batch_size: int | None = None,
         cache_device: str | torch.device | None = None,
         attention_mask: Tensor | None = None,
+        copies: dict[int, int] | None = None,
+        logit_positions: Tensor | None = None,
     ) -> Run:
         """One forward pass (in batches of `batch_size`) that records and edits sites.
 
@@ -145,6 +147,16 @@ class Model(WeightAccess):
         logits=False skips everything after the last recorded site. grad=True keeps the
         autograd graph through recorded values and edits. cache_device moves recorded
         values (e.g. "cpu") as they are made.
+
+        copies {layer: n}: run copies of the P prompts that edits may treat differently
+        from block `layer` on, where n of them join the batch; the blocks before run once
+        per prompt, since they compute the same thing in every copy. The logits (and every
+        site after the last join) have N*P rows, N = sum of the n's, ordered by layer as
+        `prompts.repeat(N, 1)` would give them; a site in between sees the P prompt rows
+        followed by the copies joined so far.
+        logit_positions [P]: the absolute position at which each prompt's logits are
+        wanted; the unembedding runs there only and logits come back [rows, vocab].
+        Both need one batch (no `batch_size` smaller than the prompts).
         """
         names = self.table.resolve(record) if record else []
         inputs = self.tokenize(prompts, attention_mask)
@@ -153,18 +165,26 @@ class Model(WeightAccess):
         size = batch_size or len(ids)
         if size < 1:
             raise MechscopeError(f"batch_size must be at least 1, got {batch_size}")
+        shared = dict(copies=copies, logit_positions=logit_positions)
+        if (copies or logit_positions is not None) and size < len(ids):
+            raise MechscopeError("copies and logit_positions need the prompts in one batch: leave batch_size out")
+        if logit_positions is not None and not self.has_lm_head:
+            raise MechscopeError(f"{self.name} has no LM head: logit_positions has no logits to cut")
         chunks = [self._forward({k: v[i:i + size] for k, v in inputs.items()}, names, positions, edits,
-                                grad, logits or "logits" in names, cache_device) for i in range(0, len(ids), size)]
+                                grad, logits or "logits" in names, cache_device, shared) for i in range(0, len(ids), size)]
         seq = ids.shape[1] if mask is not None else 0
         # Chunks are trimmed to their own longest sequence; pad position axes back to `seq`,
         # except those already cut to the requested positions. Non-token inputs are not padded.
         pad = {"k_pos"} if isinstance(positions, (int, list, tuple)) else {"pos", "q_pos", "k_pos"}
         pad = pad if mask is not None else set()
         out_pad = {"pos"} & pad
-        out = _concat([c[0] for c in chunks], seq, ("batch", "pos", "vocab"), out_pad) if chunks[0][0] is not None else None
+        out_dims = ("batch", "pos", "vocab") if logit_positions is None else ("batch", "vocab")
+        out = _concat([c[0] for c in chunks], seq, out_dims, out_pad) if chunks[0][0] is not None else None
         cache = Cache({n: _concat([c[1][n] for c in chunks], seq, self.table[n].dims, pad) for n in names if n != "logits"})
         if "logits" in names:
             cache["logits"] = out
+        if copies and any(copies.values()):
+            ids, mask = (t if t is None else t.repeat(sum(copies.values()), 1) for t in (ids, mask))
         return Run(ids, mask, out if self.output_is_logits else None, cache, out, self.tokenizer)
 
     def _check_tokens(self, inputs: dict[str, Tensor]) -> None:
@@ -194,8 +214,9 @@ class Model(WeightAccess):
         result = self.hf(**inputs, use_cache=False)
         return result.logits if hasattr(result, "logits") else result.last_hidden_state
 
-    def _forward(self, inputs, names, positions, edits, grad, want_output, cache_device):
-        """One chunk: trim padding columns, run with hooks, return (output, recorded)."""
+    def _forward(self, inputs, names, positions, edits, grad, want_output, cache_device, shared):
+        """One chunk: trim padding columns, run with hooks, return (output, recorded).
+        `shared`: the copies / logit_positions options of `run`."""
         lengths = None
         if "attention_mask" in inputs:
             if not isinstance(positions, slice):  # a slice cuts the padded axis, which must stay whole
@@ -205,7 +226,7 @@ class Model(WeightAccess):
         recorded: dict[str, Tensor] = {}
 
         def on_record(name: str, value: Tensor) -> None:
-            value = _select_positions(value, self.table[name], positions, lengths)
+            value = _select_positions(value, self.table[name], positions, per_row(lengths, value.shape[0]))
             value = value if grad else value.detach()
             recorded[name] = value.to(cache_device) if cache_device is not None else value
 
@@ -214,12 +235,14 @@ class Model(WeightAccess):
         output = None
         with torch.enable_grad() if grad else torch.no_grad(), self._eager_attention(patterns), hooked(
             self.hf, self.table, record=hook_names, edits=resolve_edits(self.table, [*self._held_edits, *edits]),
-            on_record=on_record, lengths=lengths, stop_when_recorded=bool(hook_names) and not want_output,
+            on_record=on_record, lengths=lengths, stop_when_recorded=bool(hook_names) and not want_output, **shared,
         ):
             try:
                 output = self._call(inputs)
             except StopForward:
                 pass
+        if output is not None and shared["logit_positions"] is not None:
+            output = output[:, 0]
         if output is not None and cache_device is not None:
             output = output.to(cache_device)
         return output, recorded

@@ -14,7 +14,9 @@ where each row's logits are read and what the answers are) and average over the 
 
 `Metric` wraps each one (and any user callable, through `as_metric`) with a name and a
 check that the value is a finite scalar: NaN or inf raise a `MechscopeError` naming the
-metric instead of silently poisoning a sweep.
+metric instead of silently poisoning a sweep. The task metrics also declare the one
+position per row they read (`Metric.positions`), so that sweeps may run the unembedding
+there only and hand them logits [batch, vocab].
 """
 
 from __future__ import annotations
@@ -34,8 +36,11 @@ MetricFn = Callable[[Float[Tensor, "batch pos vocab"]], Float[Tensor, ""]]
 class Metric:
     """A named, checked metric: ``metric(logits [batch, pos, vocab]) -> scalar``."""
 
-    def __init__(self, fn: MetricFn, name: str, higher_is_better: bool = True):
+    def __init__(self, fn: MetricFn, name: str, higher_is_better: bool = True, positions: Tensor | None = None):
         self.fn, self.name, self.higher_is_better = fn, name, higher_is_better
+        self.positions = positions
+        """[batch] absolute positions: the only logits the metric reads (it then also accepts
+        logits [batch, vocab] cut to them); None when it may read any position."""
 
     def __call__(self, logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, ""]:
         value = self.fn(logits)
@@ -84,23 +89,24 @@ def logit_diff(task: Task) -> Metric:
     def fn(logits):
         rows = _rows(task, logits)
         return (_pick(rows, task.answers) - _pick(rows, task.wrong)).mean()
-    return Metric(fn, "logit_diff")
+    return Metric(fn, "logit_diff", positions=task.index())
 
 
 def answer_logit(task: Task) -> Metric:
     """Mean logit of the answer."""
-    return Metric(lambda logits: _pick(_rows(task, logits), task.answers).mean(), "answer_logit")
+    return Metric(lambda logits: _pick(_rows(task, logits), task.answers).mean(), "answer_logit", positions=task.index())
 
 
 def answer_prob(task: Task) -> Metric:
     """Mean softmax probability of the answer."""
-    return Metric(lambda logits: _pick(_rows(task, logits).softmax(-1), task.answers).mean(), "answer_prob")
+    return Metric(lambda logits: _pick(_rows(task, logits).softmax(-1), task.answers).mean(), "answer_prob",
+                  positions=task.index())
 
 
 def cross_entropy(task: Task) -> Metric:
     """Mean -log p(answer): lower is better."""
     return Metric(lambda logits: -_pick(_rows(task, logits).log_softmax(-1), task.answers).mean(), "cross_entropy",
-                  higher_is_better=False)
+                  higher_is_better=False, positions=task.index())
 
 
 def kl_to_clean(clean_logits: Float[Tensor, "batch pos vocab"] | Float[Tensor, "batch vocab"],
@@ -114,7 +120,7 @@ def kl_to_clean(clean_logits: Float[Tensor, "batch pos vocab"] | Float[Tensor, "
         logp = reader(logits).float().log_softmax(-1)
         ref = clean_logp.to(logp.device)
         return (ref.exp() * (ref - logp)).sum(-1).mean()
-    return Metric(fn, "kl_to_clean", higher_is_better=False)
+    return Metric(fn, "kl_to_clean", higher_is_better=False, positions=None if task is None else task.index())
 
 
 METRICS = {"logit_diff": logit_diff, "answer_prob": answer_prob, "answer_logit": answer_logit,

@@ -19,7 +19,7 @@ run's without a forward (the identity the tests check).
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .. import edits as E
 from ..errors import MechscopeError
+from ..run import Cache, Run
 from .metrics import Metric, MetricFn, as_metric
 from .result import PatchResult, normalise
 from .task import Task
@@ -91,30 +92,41 @@ def plan(model, sweep: str, n_pos: int, positions: Sequence[int] | None = None
     return patches, axes, tuple(shape), (chosen if per_pos else [])
 
 
-def record(model, task: Task, sites: Sequence[str]):
-    """(clean run, corrupted run), each recording `sites` once, without gradients."""
-    mask = task.attention_mask()
+def record(model, task: Task, sites: Sequence[str], logit_positions: Tensor | None = None):
+    """(clean run, corrupted run), each recording `sites`, without gradients, in one forward
+    of both batches. logit_positions: see `Model.run` (then logits are [batch, vocab])."""
+    mask, rows = task.attention_mask(), len(task)
+    keep = None if logit_positions is None else logit_positions.repeat(2)
     with torch.no_grad():
-        clean = model.run(task.clean, record=list(sites), attention_mask=mask)
-        corrupt = model.run(task.corrupt, record=list(sites), attention_mask=mask)
-    if clean.logits is None:
+        both = model.run(torch.cat([task.clean, task.corrupt]), record=list(sites), attention_mask=mask.repeat(2, 1),
+                         logit_positions=keep)
+    if both.logits is None:
         raise MechscopeError(f"{model.name} gives no logits (an encoder without an LM head): patching metrics read "
                              "next-token logits")
-    return clean, corrupt
+    return _half(both, slice(0, rows)), _half(both, slice(rows, 2 * rows))
 
 
-def _site_edit(model, site: str, picks: list[tuple[int, int | None, int | None]], source: Tensor, copies: int):
-    """One replace edit writing `source` into copy c at the (pos, head) of each pick."""
+def _half(run: Run, rows: slice) -> Run:
+    """The clean or the corrupted rows of `record`'s joint run (batch-1 values are shared)."""
+    cut = lambda t: t if t is None or t.shape[0] == 1 else t[rows]  # noqa: E731
+    return Run(cut(run.tokens), cut(run.mask), cut(run.logits), Cache({n: cut(v) for n, v in run.cache.items()}),
+               cut(run.output), run.tokenizer)
+
+
+def _site_edit(model, site: str, picks: list[tuple[int, int | None, int | None]], source: Tensor, offset: int):
+    """One replace edit writing `source` into copy c at the (pos, head) of each pick; copy c
+    is row block offset + c of the batch there (offset 1 while the prompt rows ride first)."""
     per_head = "head" in model.table[site].dims
 
     def fn(x: Tensor) -> Tensor:
         rows = source.shape[0]
-        mask = torch.zeros((copies, rows) + tuple(x.shape[1:3 if per_head else 2]), dtype=torch.bool, device=x.device)
+        blocks = x.shape[0] // rows
+        mask = torch.zeros((blocks, rows) + tuple(x.shape[1:3 if per_head else 2]), dtype=torch.bool, device=x.device)
         for copy, pos, head in picks:
-            index = (copy, slice(None), slice(None) if pos is None else pos) + ((() if head is None else (head,)))
+            index = (offset + copy, slice(None), slice(None) if pos is None else pos) + ((() if head is None else (head,)))
             mask[index] = True
         mask = mask.flatten(0, 1)[..., None]
-        tiled = source.to(device=x.device, dtype=x.dtype).repeat(copies, *[1] * (source.dim() - 1))
+        tiled = source.to(device=x.device, dtype=x.dtype).repeat(blocks, *[1] * (source.dim() - 1))
         return torch.where(mask, tiled, x)
     return E.replace(site, fn)
 
@@ -129,29 +141,85 @@ def unchanged(patches: Sequence[Patch], source: dict[str, Tensor], base: dict[st
     return torch.tensor(same, dtype=torch.bool)
 
 
+def unread(model, patches: Sequence[Patch], read: Tensor | None) -> Tensor:
+    """Per patch: does it write only positions the metric never reads (`read`, per row),
+    at a site after the last block's attention has mixed positions? From there on each
+    position is computed alone (MLP, norms, unembedding): the metric sees the base run."""
+    if read is None:
+        return torch.zeros(len(patches), dtype=torch.bool)
+    mixed = model.table.order[f"blocks.{model.dims.n_layers - 1}.attn.hook_z"]
+    wanted = set(read.tolist())
+    return torch.tensor([p.position is not None and p.position not in wanted and model.table.order[p.site] >= mixed
+                         for p in patches], dtype=torch.bool)
+
+
+def first_layer(model, group: Group) -> int:
+    """The first block a group's patches touch: every copy computes the same thing before it.
+    -1 for a site outside the blocks (embeddings, final norm): then the inputs are copied.
+    An empty group (the base run) joins at the last block."""
+    layers = [model.table[p.site].layer for p in group]
+    if not layers:
+        return model.dims.n_layers - 1
+    return -1 if None in layers else min(layers)
+
+
+def _chunks(model, groups: Sequence[Group], per_forward: int, share: bool) -> list[tuple[dict | None, list[int]]]:
+    """(copies {layer: n} for `Model.run`, or None to repeat the inputs; group indices) per
+    forward, at most `per_forward` groups each, sorted by first layer: copy c is group idx[c]."""
+    firsts = [first_layer(model, g) if share else -1 for g in groups]
+    tiled = [i for i, f in enumerate(firsts) if f < 0]
+    joined = sorted((i for i, f in enumerate(firsts) if f >= 0), key=firsts.__getitem__)
+    out: list[tuple[dict | None, list[int]]] = [(None, tiled[s:s + per_forward]) for s in range(0, len(tiled), per_forward)]
+    for start in range(0, len(joined), per_forward):
+        idx = joined[start:start + per_forward]
+        out.append((dict(Counter(firsts[i] for i in idx)), idx))
+    return out
+
+
+def _forward(model, chunk: Sequence[Group], copies: dict | None, source: dict[str, Tensor], base: Tensor,
+             mask: Tensor, extra: Sequence[E.Edit], logit_positions: Tensor | None) -> Tensor:
+    """Logits [copies x prompts, (pos,) vocab] of one forward carrying `chunk`'s patches."""
+    by_site: dict[str, list] = defaultdict(list)
+    for copy, group in enumerate(chunk):
+        for p in group:
+            by_site[p.site].append((copy, p.position, p.head))
+    last = max(copies) if copies else -1
+    edits = [_site_edit(model, site, picks, source[site], int(copies is not None and model.table[site].layer < last))
+             for site, picks in by_site.items()]
+    tile = 1 if copies else len(chunk)
+    keep = None if logit_positions is None else logit_positions.repeat(tile)
+    with torch.no_grad():
+        return model.run(base.repeat(tile, 1), attention_mask=mask.repeat(tile, 1), edits=[*extra, *edits],
+                         copies=copies, logit_positions=keep).logits
+
+
+def read_positions(metric: Metric, task: Task) -> Tensor | None:
+    """The one position per row the metric reads, when it declares them for this task."""
+    ok = metric.positions is not None and len(metric.positions) == len(task)
+    return metric.positions if ok else None
+
+
 def run_groups(model, task: Task, groups: Sequence[Group], source: dict[str, Tensor], base: Tensor,
                metric: Metric, batch_size: int | None = None, progress: bool = False,
-               extra: Sequence[E.Edit] = ()) -> Tensor:
+               extra: Sequence[E.Edit] = (), share: bool = True) -> Tensor:
     """The metric of each group's patched run: `base` tokens, `source` activations written
     at the group's patches. Groups ride the batch dimension, `batch_size` rows a forward.
-    `extra` edits apply to every copy (they see all copies' rows)."""
+
+    share=True skips work every copy shares: a copy joins the forward at its first patched
+    block (`Model.run(copies=...)`), the blocks before it run once per prompt, and the
+    unembedding runs only where the metric reads (`Metric.positions`). `extra` edits must
+    treat every copy alike: they see the prompt rows and the copies joined so far."""
     rows = len(task)
     per_forward = max(1, (batch_size or 128) // rows)
     mask = task.attention_mask()
-    values = []
-    chunks = range(0, len(groups), per_forward)
-    for start in tqdm(chunks, desc="patching", disable=not progress, leave=False):
-        chunk = groups[start:start + per_forward]
-        by_site: dict[str, list] = defaultdict(list)
-        for copy, group in enumerate(chunk):
-            for p in group:
-                by_site[p.site].append((copy, p.position, p.head))
-        edits = [_site_edit(model, site, picks, source[site], len(chunk)) for site, picks in by_site.items()]
-        with torch.no_grad():
-            logits = model.run(base.repeat(len(chunk), 1), attention_mask=mask.repeat(len(chunk), 1),
-                               edits=[*extra, *edits]).logits
-        values += [metric(logits[c * rows:(c + 1) * rows]).detach().float().cpu() for c in range(len(chunk))]
-    return torch.stack(values) if values else torch.zeros(0)
+    positions = read_positions(metric, task) if share else None
+    values = torch.zeros(len(groups))
+    for copies, idx in tqdm(_chunks(model, groups, per_forward, share), desc="patching", disable=not progress,
+                            leave=False):
+        logits = _forward(model, [groups[i] for i in idx], copies, source, base, mask, extra, positions)
+        for c, i in enumerate(idx):
+            values[i] = metric(logits[c * rows:(c + 1) * rows]).detach().float().cpu()
+    return values
 
 
 def pos_labels(model, tokens: Tensor, positions: list[int]) -> list[str]:
@@ -161,29 +229,33 @@ def pos_labels(model, tokens: Tensor, positions: list[int]) -> list[str]:
 
 
 def sweep(model, task: Task, metric: Metric | MetricFn, *, sweep: str = "resid", direction: str = "denoise",
-          positions: Sequence[int] | None = None, batch_size: int | None = None, progress: bool = False) -> PatchResult:
+          positions: Sequence[int] | None = None, batch_size: int | None = None, progress: bool = False,
+          share: bool = True) -> PatchResult:
     """Exact activation patching of every (layer, position), (layer, head) or (layer,
     head, position) of one kind of site; see `PatchResult.scores` for the normalisation.
 
     sweep: resid (`hook_resid_pre`), attn (`hook_attn_out`), mlp (`hook_mlp_out`), heads
     (`attn.hook_z`, all positions at once), heads-pos (`attn.hook_z` per position).
     positions: absolute positions to sweep (default all). batch_size: rows per forward
-    (patches x prompts; default 128).
+    (patches x prompts; default 128). share=False runs every patched copy through the
+    whole model (the same numbers, slower; see `run_groups`).
     """
     check_direction(direction)
     metric = as_metric(metric)
     patches, axes, shape, chosen = plan(model, sweep, task.clean.shape[1], positions)
     sites = sorted({p.site for p in patches}, key=model.table.order.__getitem__)
-    clean, corrupt = record(model, task, sites)
+    read = read_positions(metric, task) if share else None
+    clean, corrupt = record(model, task, sites, read)
     with torch.no_grad():
         m_clean, m_corrupt = float(metric(clean.logits)), float(metric(corrupt.logits))
     source, base = (clean, task.corrupt) if direction == "denoise" else (corrupt, task.clean)
     base_run, m_base = (corrupt, m_corrupt) if direction == "denoise" else (clean, m_clean)
-    same = unchanged(patches, source.cache, base_run.cache)
+    same = unchanged(patches, source.cache, base_run.cache) | unread(model, patches, read)
     values = torch.full((len(patches),), m_base)
     todo = [p for p, s in zip(patches, same.tolist()) if not s]
     if todo:
-        values[~same] = run_groups(model, task, [(p,) for p in todo], source.cache, base, metric, batch_size, progress)
+        values[~same] = run_groups(model, task, [(p,) for p in todo], source.cache, base, metric, batch_size, progress,
+                                   share=share)
     values = values.reshape(shape)
     scores, normalized = normalise(values, m_clean, m_corrupt, direction)
     if not normalized:

@@ -149,3 +149,28 @@ def test_shared_groups_with_extra_edits_equal_plain():
     fast = run_groups(model, task, groups, clean.cache, tokens, answer_prob(task), 8, extra=extra)
     plain = run_groups(model, task, groups, clean.cache, tokens, answer_prob(task), 8, extra=extra, share=False)
     torch.testing.assert_close(fast, plain, **TIGHT)
+
+
+def test_metric_without_positions_gets_full_logits():
+    model = tiny_model("qwen2")
+    task = _task()
+    seen = []
+
+    def last_logit(logits):  # a user metric: reads any position, declares none
+        seen.append(logits.dim())
+        return logits[:, -1, 0].mean()
+    fast = sweep(model, task, last_logit, sweep="heads-pos")
+    plain = sweep(model, task, last_logit, sweep="heads-pos", share=False)
+    torch.testing.assert_close(fast.patched, plain.patched, atol=1e-5, rtol=0)
+    assert set(seen) == {3}
+
+
+def test_unread_last_layer_patches_run_no_forward():
+    model = tiny_model("llama")
+    task = _task()
+    forwards = []
+    with model.edit(E.replace("hook_embed", lambda x: forwards.append(x.shape[0]) or x)):
+        result = sweep(model, task, logit_diff(task), sweep="heads-pos", positions=[3, 4])
+    # one recording forward; the last layer's heads at positions 3-4 are never read (it reads 6)
+    assert len(forwards) == 2 and forwards[1] == len(task)  # the patched copies join after the embedding
+    assert torch.equal(result.patched[1], torch.full_like(result.patched[1], result.corrupt_metric))

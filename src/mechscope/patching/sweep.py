@@ -13,7 +13,12 @@ activations are recorded once. `batch_size` bounds the rows of one forward.
 A patch whose source activation equals the base run's there (bit for bit, e.g. every
 position before the first token where the clean and corrupted prompts differ, in a causal
 model) writes a value over itself: the run is the base run, so its metric is the base
-run's without a forward (the identity the tests check).
+run's without a forward (the identity the tests check). So is a patch after the last
+block's attention at a position the metric does not read.
+
+Work the copies share is done once (`share=True`, see `run_groups`): a copy joins the
+forward at its first patched block, and the unembedding runs only at the positions the
+metric declares it reads.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Model diffing demo: a crosscoder over zoo:modadd before and after it groks.
 
-Model A is a training snapshot from before grokking (default step 285, the end of the
-memorisation phase: train accuracy 100%, test accuracy ~3%), model B the final snapshot
-(step 3000, test accuracy 100%). Both read the same inputs — all 113 x 113 pairs `a b =` —
+Model A is a training snapshot from before grokking (default step 663, the end of the
+memorisation phase: train accuracy 100%, test accuracy ~1%), model B the final snapshot
+(step 15000, test accuracy 100%). Both read the same inputs — all 113 x 113 pairs `a b =` —
 and the crosscoder reads blocks.0.hook_resid_post of both at the `=` position (the one the
 answer is read from). Then per latent: relative decoder norm r = |d_B| / (|d_A| + |d_B|),
 class (A-only r <= 0.1, B-only r >= 0.9, else shared), and what it computes over the pairs:
@@ -12,15 +12,16 @@ class (A-only r <= 0.1, B-only r >= 0.9, else shared), and what it computes over
 - its dominant Fourier frequency k (of that function of a + b) — a grokked model computes
   cos / sin(2 pi k (a + b) / 113) for a few key frequencies k (Nanda et al. 2023).
 
-    python bench/crosscoder_modadd.py [--a 285] [--b 3000] [--width 512] [--steps 300] [--out runs/modadd-diff]
+    python bench/crosscoder_modadd.py [--a 663] [--b 15000] [--width 512] [--steps 300] [--out runs/modadd-diff]
 
-Measured with the defaults (2026-11, CPU, 1 thread, 81 s of training): FVU 0.136 (A) and
-0.028 (B), L0 75; 291 latents only in A, 86 shared, 135 only in B, none dead. 102 of the 135
-B-only latents are functions of (a + b) mod 113 (EV > 0.5), at frequencies 47 (56 latents),
-36 (22), 7 (18) and 20 (6) — the grokked model's key frequencies are 47, 7, 36, 20, 19 — and
-their top pairs share one value of a + b (e.g. latent 19: (17, 53), (53, 17), (77, 106), ...
-all with a + b = 70 mod 113). None of the A-only or shared latents is a function of a + b:
-the memorising model has no key frequency yet (none carries 5% of its embedding).
+Measured with the defaults (2026-12, CPU, 1 thread, 21 s of training): FVU 0.140 (A) and
+0.031 (B), L0 78; 284 latents only in A, 88 shared, 140 only in B, none dead. 115 of the 140
+B-only latents are functions of (a + b) mod 113 (EV > 0.5), at frequencies 36 (65 latents),
+1 (23), 47 (17), 44 (6) and 20 (4): exactly the grokked model's key frequencies (36, 1, 44,
+20, 47), and their top pairs share one value of a + b (e.g. latent 65: (91, 12), (3, 100),
+(90, 13), ... all with a + b = 103). None of the A-only latents and 1 of the 88 shared ones
+is a function of a + b: the memorising model has no key frequency yet (none carries 5% of
+its embedding).
 
 Prints a JSON summary (counts, the key frequencies of each model, per-class frequencies of
 the latents, top pairs of the most exclusive latents) and writes the histogram.
@@ -64,8 +65,8 @@ def describe(acts: torch.Tensor) -> tuple[float, int]:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--a", type=int, default=285, help="snapshot step of model A (before grokking)")
-    ap.add_argument("--b", type=int, default=3000, help="snapshot step of model B (after grokking)")
+    ap.add_argument("--a", type=int, default=663, help="snapshot step of model A (before grokking)")
+    ap.add_argument("--b", type=int, default=15000, help="snapshot step of model B (after grokking)")
     ap.add_argument("--width", type=int, default=512, help="crosscoder latents")
     ap.add_argument("--l1", type=float, default=1.0, help="L1 coefficient")
     ap.add_argument("--steps", type=int, default=300, help="training steps of 1024 tokens")

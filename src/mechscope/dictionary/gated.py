@@ -8,6 +8,24 @@ magnitude path how strongly; both share W_enc, the magnitude path rescaled per l
 loss = |x - x_hat|^2 + l1_coeff * sum_i relu(pi_gate)_i |W_dec_i|
        + |x - (relu(pi_gate) W_dec^frozen + b_dec^frozen)|^2   (auxiliary, frozen decoder)
 
+Decoder rows are kept unit-norm (the constraint of the paper's baselines; SAELens instead
+leaves them free and weights the penalty by their norms, the |W_dec_i| factor kept here).
+Free, the penalty's gradient shrinks the rows (measured: to ~0.1) while exp(r_mag) and W_enc
+grow to compensate, and learning stalls.
+
+Initialisation (the paper starts from W_enc = W_dec^T, b_gate = 0, which suits its small
+learning rates): W_enc = c W_dec^T with c the least-squares scale of `topk.encoder_init_scale`
+for about d_sae / 2 open gates, and b_gate = -c l1_coeff / 2. At c = 1 the first
+reconstructions (main and auxiliary) are ~d_sae / (2 d_in) times too long; at b_gate = 0 the
+L1 term outweighs the auxiliary one. Either way Adam shuts most gates in the first steps, and
+a shut gate gets no gradient again. -l1_coeff / 2 is where the auxiliary path settles: for one
+unit decoder row, min_a (x.d - a)^2 + l1_coeff a over a >= 0 gives a = x.d - l1_coeff / 2, a
+soft threshold (times c in encoder units).
+
+Planted-dictionary recovery (tests/dictionary, l1_coeff 0.6, lr 5e-3, 800 steps, seeds 0/1):
+0.94/0.94; with b_gate = 0 0.86/0.86; with c = 1 0.77/0.78; with free decoder norms
+0.78/0.79; with none of the three (the paper's init, free norms) 0.52/0.51.
+
 `b_enc` is the gate bias (SAELens calls it b_gate). Folding an input scale s into W_enc
 scales both paths alike; r_mag, b_mag and b_enc are unchanged."""
 
@@ -17,16 +35,26 @@ import torch
 from torch import Tensor, nn
 
 from .base import SparseCoder, mse, register
+from .topk import encoder_init_scale, project_decoder_grad
 
 
 @register
 class GatedSAE(SparseCoder):
     ARCH = "gated"
+    UNIT_NORM = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
+        if self.autoencoder:
+            c = encoder_init_scale(cfg.d_sae // 2, cfg.d_sae, cfg.d_in)
+            with torch.no_grad():
+                self.W_enc.mul_(c)
+                self.b_enc.fill_(-c * cfg.l1_coeff / 2)
         self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae, dtype=self.W_enc.dtype))
         self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae, dtype=self.W_enc.dtype))
+
+    def before_step(self) -> None:
+        project_decoder_grad(self)
 
     def paths(self, x_c: Tensor) -> tuple[Tensor, Tensor]:
         """(pi_gate, pi_mag)."""

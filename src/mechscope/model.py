@@ -170,8 +170,12 @@ class Model(WeightAccess):
             raise MechscopeError("copies and logit_positions need the prompts in one batch: leave batch_size out")
         if logit_positions is not None and not self.has_lm_head:
             raise MechscopeError(f"{self.name} has no LM head: logit_positions has no logits to cut")
+        # token ids without a mask have no padding: the wrapped model then gets no mask either, as
+        # in its own plain call (on a GPU a mask costs mask-building kernels and a host sync)
+        unpadded = isinstance(prompts, Tensor) and attention_mask is None
         chunks = [self._forward({k: v[i:i + size] for k, v in inputs.items()}, names, positions, edits,
-                                grad, logits or "logits" in names, cache_device, shared) for i in range(0, len(ids), size)]
+                                grad, logits or "logits" in names, cache_device, shared, unpadded)
+                  for i in range(0, len(ids), size)]
         seq = ids.shape[1] if mask is not None else 0
         # Chunks are trimmed to their own longest sequence; pad position axes back to `seq`,
         # except those already cut to the requested positions. Non-token inputs are not padded.
@@ -193,7 +197,8 @@ class Model(WeightAccess):
         if ids is None or ids.numel() == 0:
             return
         vocab = self.module(self.adapter.embed).num_embeddings
-        low, high = int(ids.min()), int(ids.max())
+        low, high = torch.aminmax(ids)      # one host sync, not two
+        low, high = int(low), int(high)
         if low < 0 or high >= vocab:
             raise MechscopeError(f"token id {high if high >= vocab else low} is outside this model's vocabulary (0-{vocab - 1})")
         if self.adapter.pos_embed and self._has_module(self.adapter.pos_embed):
@@ -214,15 +219,17 @@ class Model(WeightAccess):
         result = self.hf(**inputs, use_cache=False)
         return result.logits if hasattr(result, "logits") else result.last_hidden_state
 
-    def _forward(self, inputs, names, positions, edits, grad, want_output, cache_device, shared):
+    def _forward(self, inputs, names, positions, edits, grad, want_output, cache_device, shared, unpadded=False):
         """One chunk: trim padding columns, run with hooks, return (output, recorded).
-        `shared`: the copies / logit_positions options of `run`."""
+        `shared`: the copies / logit_positions options of `run`; `unpadded`: the mask is all ones."""
         lengths = None
         if "attention_mask" in inputs:
-            if not isinstance(positions, slice):  # a slice cuts the padded axis, which must stay whole
+            if not isinstance(positions, slice) and not unpadded:  # a slice cuts the padded axis: keep it whole
                 length = int(inputs["attention_mask"].sum(-1).max())
                 inputs = {k: v[:, :length] for k, v in inputs.items()}
             lengths = inputs["attention_mask"].sum(-1)
+            if unpadded:
+                inputs = {k: v for k, v in inputs.items() if k != "attention_mask"}
         recorded: dict[str, Tensor] = {}
 
         def on_record(name: str, value: Tensor) -> None:

@@ -67,6 +67,27 @@ def test_read_only_attach_and_edit_acts():
     assert a.acts is not None
 
 
+def test_a_layer_norm_dictionary_splices_in_raw_units():
+    """Each position is standardised before encoding: a latent's contribution comes back times its std."""
+    model, tokens = tiny_model("gpt2"), _tokens()
+    torch.manual_seed(0)
+    coder = build(CoderConfig("topk", 32, 128, k=8, hook_name=SITE, input_norm="layer_norm")).eval()
+    with torch.no_grad():
+        coder.b_dec.normal_(0, 0.1)
+    clean = model.run(tokens, record=[SITE])
+    x = clean.cache[SITE]
+    with attach(model, coder, replace=True, keep_error=True):
+        torch.testing.assert_close(model.run(tokens).logits, clean.logits, atol=1e-6, rtol=0)
+    with attach(model, coder, replace=True, keep_error=False):
+        torch.testing.assert_close(model.run(tokens, record=[SITE]).cache[SITE], coder.predict(x), atol=1e-5, rtol=1e-5)
+    acts = coder.encode(x)
+    feature = int(acts[0, 3].argmax())
+    with attach(model, coder, replace=True, edit_acts=lambda a: a.index_fill(-1, torch.tensor([feature]), 0.0)):
+        ablated = model.run(tokens, record=[SITE]).cache[SITE]
+    contribution = acts[..., feature, None] * coder.W_dec[feature].detach() * x.std(-1, keepdim=True)
+    torch.testing.assert_close(x - ablated, contribution, atol=1e-5, rtol=1e-4)
+
+
 def test_gradients_reach_the_input_through_the_dictionary():
     model, coder, tokens = tiny_model("llama"), _coder(), _tokens()
     with attach(model, coder, replace=True) as a:

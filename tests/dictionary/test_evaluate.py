@@ -19,10 +19,13 @@ class Fake:
 
     def __init__(self, d: int, decode=lambda a: a, site: str = SITE):
         self.cfg = SimpleNamespace(hook_name=site, d_in=d, d_sae=d)
-        self.decode = decode
+        self._decode = decode
 
     def encode(self, x):
         return x
+
+    def decode(self, acts, x=None):
+        return self._decode(acts)
 
 
 def tokens(n=6, ctx=10, seed=1):

@@ -16,11 +16,12 @@ from mechscope.errors import MechscopeError
 D_IN, D_SAE = 16, 64
 
 
-def _trained_ish(arch: str, dtype: str = "float32", norm_scale: float = 1.0) -> SparseCoder:
+def _trained_ish(arch: str, dtype: str = "float32", norm_scale: float = 1.0, input_norm: str = "none") -> SparseCoder:
     """A coder with non-trivial biases and thresholds (a few training steps' worth of state)."""
     torch.manual_seed(0)
     cfg = CoderConfig(arch, D_IN, D_SAE, k=4, n_experts=4, prefixes=(16, 64) if arch == "matryoshka" else (),
-                      norm_scale=norm_scale, dtype=dtype, hook_name="blocks.0.hook_resid_post", model_name="tiny")
+                      norm_scale=norm_scale, input_norm=input_norm, dtype=dtype, hook_name="blocks.0.hook_resid_post",
+                      model_name="tiny")
     coder = build(cfg)
     with torch.no_grad():
         for name, p in coder.named_parameters():
@@ -65,6 +66,26 @@ def test_saelens_round_trip_keeps_the_map_on_raw_activations(arch, norm_scale, t
     x = torch.randn(64, D_IN) * 3
     torch.testing.assert_close(back.encode(x), coder.encode(x), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(back.decode(back.encode(x)), coder.decode(coder.encode(x)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "gated", "jumprelu", "batchtopk", "matryoshka"])
+def test_saelens_round_trip_of_a_layer_norm_coder(arch, tmp_path):
+    coder = _trained_ish(arch, norm_scale=2.5, input_norm="layer_norm")
+    write_saelens(coder, tmp_path / "sl")
+    assert json.loads((tmp_path / "sl" / "cfg.json").read_text())["normalize_activations"] == "layer_norm"
+    back = read(tmp_path / "sl")
+    assert back.cfg.input_norm == "layer_norm" and back.cfg.norm_scale == 1.0
+    x = torch.randn(64, D_IN) * 3 + 1
+    torch.testing.assert_close(back.encode(x), coder.encode(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(back.predict(x), coder.predict(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(MechscopeError, match="decode"):
+        back.decode(back.encode(x))
+    if arch == "relu":  # SAELens's layer_norm written out: standardise, encode, decode, x_hat * std + mean
+        w = load_file(str(tmp_path / "sl" / "sae_weights.safetensors"))
+        mean, std = x.mean(-1, keepdim=True), x.std(-1, keepdim=True)
+        acts = torch.relu(((x - mean) / (std + 1e-5) - w["b_dec"]) @ w["W_enc"] + w["b_enc"])
+        torch.testing.assert_close(back.encode(x), acts, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(back.predict(x), (acts @ w["W_dec"] + w["b_dec"]) * std + mean, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])

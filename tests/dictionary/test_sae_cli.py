@@ -48,8 +48,9 @@ def test_cache_train_resume_eval_features_convert(setup, capsys):
     assert torch.equal(ms.dictionary.load(tmp / "sae").W_dec, coder.W_dec)
     from_cache = json.loads(call(["train", str(model), "--cache", str(tmp / "acts"), "--out", str(tmp / "sae2"),
                                   "--width", "64", "--k", "4", "--total-tokens", "256", "--batch-tokens", "32",
-                                  "--json", "--no-progress"], capsys))
+                                  "--input-norm", "layer_norm", "--json", "--no-progress"], capsys))
     assert from_cache["sites"] == [SITE] and "eval" not in from_cache
+    assert ms.dictionary.load(tmp / "sae2").cfg.input_norm == "layer_norm"
     ev = json.loads(call(["eval", str(model), str(tmp / "sae"), *data, "--contexts", "3", "--plot", str(tmp / "d.png"),
                           "--save", str(tmp / "ev"), "--json"], capsys))
     assert ev["fvu"] == pytest.approx(first["eval"]["fvu"], rel=1e-6) and (tmp / "d.png").is_file()

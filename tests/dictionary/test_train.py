@@ -172,3 +172,22 @@ def test_one_forward_feeds_dictionaries_on_several_sites():
     assert all(c.cfg.model_name == "tiny-gpt2" and c.cfg.norm_scale == 1.0 for c in coders)
     with pytest.raises(ms.MechscopeError, match="set hook_name"):
         train(model, sites, CODER, small(), data=contexts(), progress=False)
+
+
+def test_a_layer_norm_dictionary_trains_resumes_saves_and_evaluates(tmp_path):
+    model, data = tiny_model("llama"), contexts()
+    src = SourceConfig(model_batch=5, buffer_contexts=6)
+    cfg = CoderConfig("batchtopk", 32, 64, k=4, aux_k=8, input_norm="layer_norm")
+    straight = train(model, SITE, cfg, small(), data=data, source=src, progress=False)
+    out = tmp_path / "sae"
+    train(model, SITE, cfg, small(), data=data, source=src, out=out, progress=False, stop_after=5)
+    resumed = train(model, SITE, cfg, small(), data=data, source=src, out=out, progress=False,
+                    heldout=contexts(4, seed=1))
+    assert same(resumed, straight)
+    loaded = ms.dictionary.load(out)
+    assert same(loaded, straight) and loaded.cfg.input_norm == "layer_norm" and loaded.cfg.norm_scale == 1.0
+    x = model.run(contexts(2, seed=2), record=[SITE]).cache[SITE]
+    torch.testing.assert_close(loaded.predict(x), straight.eval().predict(x), atol=0, rtol=0)
+    held = json.loads((out / "metrics.json").read_text())["history"][-1]    # Trainer.evaluate: decode(acts, x=x)
+    r = evaluate(model, loaded, contexts(4, seed=1))
+    assert 0 < held["fvu"] < 2 and 0 < r.fvu < 2 and r.ce_sae == r.ce_sae

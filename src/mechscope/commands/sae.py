@@ -66,7 +66,7 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    from ..dictionary.config import ARCHITECTURES, CoderConfig
+    from ..dictionary.config import ARCHITECTURES, INPUT_NORMS, CoderConfig
     from ..dictionary.trainer_config import DECAYS, TrainConfig
     coder, train = _docs(CoderConfig), _docs(TrainConfig)
     p.add_argument("model", help="hub id, local folder, or zoo:NAME (also used to evaluate a cache-trained dictionary)")
@@ -80,6 +80,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=32, help=coder["k"])
     p.add_argument("--l1", type=float, default=CoderConfig.l1_coeff, help=coder["l1_coeff"])
     p.add_argument("--l0", type=float, default=CoderConfig.l0_coeff, help=coder["l0_coeff"])
+    p.add_argument("--input-norm", choices=INPUT_NORMS, default="none",
+                   help="layer_norm: standardise each input over its features before encoding (SAELens layer_norm)")
     p.add_argument("--total-tokens", type=int, default=TrainConfig.total_tokens, help=train["total_tokens"])
     p.add_argument("--batch-tokens", type=int, default=TrainConfig.batch_tokens, help=train["batch_tokens"])
     p.add_argument("--lr", type=float, help=train["lr"])
@@ -222,7 +224,7 @@ def _train_ranked(args, rank: int, world: int) -> dict | None:
     else:
         raise MechscopeError("give --site (which activation to train on)")
     cfgs = [CoderConfig(args.arch, site_width(model, s), args.width, k=args.k, l1_coeff=args.l1, l0_coeff=args.l0,
-                        hook_name=s, model_name=model.name) for s in sites]
+                        input_norm=args.input_norm, hook_name=s, model_name=model.name) for s in sites]
     cfg = TrainConfig(total_tokens=args.total_tokens, batch_tokens=args.batch_tokens, lr=args.lr, warmup_steps=args.warmup,
                       decay=args.decay, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
                       dead_window=args.dead_window, seed=args.seed)

@@ -19,7 +19,7 @@ from .attach import Attached, attach
 from .base import CoderOutput, SparseCoder, build
 from .batchtopk import BatchTopKSAE
 from .cache import CacheReader, write_cache
-from .config import ARCHITECTURES, CROSSCODERS, CoderConfig
+from .config import ARCHITECTURES, CROSSCODERS, INPUT_NORMS, CoderConfig
 from .crosscoder import Crosscoder, WeaklyCausalCrosscoder, block_metrics
 from .diffing import ModelDiff, diff, exclusive_contexts, relative_norms, stacked_activations
 from .features import (
@@ -81,6 +81,7 @@ __all__ = [
     "write_saelens",
     "ActivationSource",
     "CROSSCODERS",
+    "INPUT_NORMS",
     "Crosscoder",
     "WeaklyCausalCrosscoder",
     "block_metrics",

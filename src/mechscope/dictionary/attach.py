@@ -10,7 +10,8 @@ reconstruction for the activation:
                                     x only through the dictionary (SAELens's use_error_term convention)
     replace=True, keep_error=False  x_hat(acts'): the model runs on the reconstruction
 
-`acts'` is `edit_acts(acts)` when given (clamp or zero features), else acts. It works
+`acts'` is `edit_acts(acts)` when given (clamp or zero features), else acts (a coder with
+input_norm 'layer_norm' decodes them with the activation's own mean and std). It works
 through `mechscope.edits.replace` with a callable, so it composes with other edits.
 Site activations with head axes (hook_z: [batch, pos, head, d_head]) are read flattened to
 [batch, pos, head * d_head], as SAELens does.
@@ -67,11 +68,11 @@ class Attached:
         if not self.replace:
             return x
         new_acts = self.edit_acts(acts) if self.edit_acts is not None else acts
-        x_hat = self.coder.decode(new_acts).to(x.dtype)
+        x_hat = self.coder.decode(new_acts, x=flat).to(x.dtype)
         if self.keep_error:
             # x + x_hat(acts') - x_hat(acts), written so the value is exactly x when nothing is
             # edited (t - t.detach() == 0) and gradients reach x only through the dictionary
-            clean = x_hat if new_acts is acts else self.coder.decode(acts).to(x.dtype)
+            clean = x_hat if new_acts is acts else self.coder.decode(acts, x=flat).to(x.dtype)
             x_hat = flat.detach() + (x_hat - clean.detach())
         return x_hat.reshape(x.shape)
 

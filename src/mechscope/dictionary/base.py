@@ -9,6 +9,17 @@ so `encode`/`decode`/`forward().x_hat` all speak raw activations. Losses are com
 the normalised space. `save` keeps s in cfg.json (exact resume); `fold_norm_scale()`
 returns an equivalent coder with s = 1 (what the external formats store).
 
+Per-input normalisation (`cfg.input_norm = "layer_norm"`, autoencoders only; the BatchTopK
+reference's input_unit_norm, SAELens's normalize_activations="layer_norm"): each raw input is
+standardised over its features, x_n = (x - mean) / (std + 1e-5) (std with Bessel's correction,
+as both compute it), instead of being multiplied by s (norm_scale is then unused). forward
+normalises x before `compute`, so every architecture's path (the sparse TopK kernels included)
+sees x_n and the loss lives in that space; outputs map back with the input's own statistics,
+x_hat = x_hat_n * std + mean. `decode` therefore needs the input the latents came from:
+`decode(acts, x=x)`. Decoder rows (`direction`, steering, logit effects) are directions in
+the normalised space; a unit change there is a change of `std` in raw units, along the same
+direction.
+
 Transcoders (cfg.d_out set, cfg.target_hook the predicted site): the encoder reads x as is
 (no b_dec subtraction) and the output is compared with the target. Input and target share
 the one factor s (estimated from the input): the map input -> target is then the same
@@ -44,6 +55,8 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "sae.safetensors"
 FORMAT = "mechscope.dictionary"
+LN_EPS = 1e-5
+"""input_norm 'layer_norm': added to each input's std before dividing (as SAELens and the reference do)."""
 
 
 class CoderOutput(NamedTuple):
@@ -105,9 +118,29 @@ class SparseCoder(nn.Module):
             raise MechscopeError(f"this dictionary reads {self.cfg.d_in}-wide activations but got width {x.shape[-1]}"
                                  f"{' (site ' + self.cfg.hook_name + ')' if self.cfg.hook_name else ''}")
 
-    def scaled(self, x: Tensor) -> Tensor:
+    def input_stats(self, x: Float[Tensor, "... d_in"]) -> tuple[Tensor, Tensor] | None:
+        """(mean, std) of each raw input over its features ([..., 1] each) for input_norm
+        'layer_norm'; None otherwise."""
+        if self.cfg.input_norm == "none":
+            return None
+        x = x.to(torch.promote_types(x.dtype, self.W_enc.dtype))
+        return x.mean(-1, keepdim=True), x.std(-1, keepdim=True)
+
+    def scaled(self, x: Tensor, stats: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Raw input (or target) -> the normalised space: times norm_scale, or, under layer_norm,
+        standardised with `stats` (default: x's own; forward passes the input's for a target)."""
+        if self.cfg.input_norm == "layer_norm":
+            mean, std = self.input_stats(x) if stats is None else stats
+            return ((x.to(mean.dtype) - mean) / (std + LN_EPS)).to(self.W_enc.dtype)
         x = x.to(self.W_enc.dtype)
         return x * self.cfg.norm_scale if self.cfg.norm_scale != 1.0 else x
+
+    def unscaled(self, y: Tensor, stats: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Normalised output -> raw units: y / norm_scale, or y * std + mean with the input's `stats` (layer_norm)."""
+        if self.cfg.input_norm == "layer_norm":
+            mean, std = stats
+            return y * std.to(y.dtype) + mean.to(y.dtype)
+        return y / self.cfg.norm_scale if self.cfg.norm_scale != 1.0 else y
 
     def centered(self, xs: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_in"]:
         """Normalised input minus the pre-encoder bias (autoencoders only)."""
@@ -130,16 +163,25 @@ class SparseCoder(nn.Module):
     def decode_scaled(self, acts: Tensor) -> Tensor:
         return acts.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
 
-    def decode(self, acts: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_out"]:
-        """Reconstruction in raw units (normalised reconstruction / norm_scale)."""
-        out = self.decode_scaled(acts)
-        return out / self.cfg.norm_scale if self.cfg.norm_scale != 1.0 else out
+    def decode(self, acts: Float[Tensor, "... d_sae"], *, x: Float[Tensor, "... d_in"] | None = None
+               ) -> Float[Tensor, "... d_out"]:
+        """Reconstruction in raw units (normalised reconstruction / norm_scale). `x`: the raw
+        input the latents were encoded from (same leading shape); required under input_norm
+        'layer_norm', whose outputs are mapped back with each input's mean and std."""
+        if x is None and self.cfg.input_norm != "none":
+            raise MechscopeError(f"this dictionary standardises each input (input_norm='{self.cfg.input_norm}'), so "
+                                 "its reconstruction needs that input's mean and std: call decode(acts, x=x) with "
+                                 "the raw input the latents came from, or predict(x)")
+        if x is not None:
+            self._check(x)
+        return self.unscaled(self.decode_scaled(acts), None if x is None else self.input_stats(x))
 
     def forward(self, x: Float[Tensor, "batch d_in"], *, dead_mask: Bool[Tensor, "d_sae"] | None = None,
                 target: Float[Tensor, "batch d_out"] | None = None) -> CoderOutput:
         self._check(x)
-        xs = self.scaled(x)
-        ts = xs if target is None else self.scaled(target)
+        stats = self.input_stats(x)  # layer_norm: the input's own; a target is standardised with them too
+        xs = self.scaled(x, stats)
+        ts = xs if target is None else self.scaled(target, stats)
         skip = xs @ self.W_skip if self.cfg.skip else None
         # with a skip the dictionary fits the rest, ts - skip: the same loss as fitting ts with
         # x_hat + skip, and W_skip learns through it; AuxK then targets the remaining error
@@ -149,12 +191,11 @@ class SparseCoder(nn.Module):
         if "l0" not in parts:  # sparse paths report it from their k values, saving a dense pass
             parts["l0"] = (acts.detach() != 0).sum(-1, dtype=torch.float32).mean()
         parts = {"mse": mse(x_hat_s, ts).detach(), **{k: v.detach() for k, v in parts.items()}}
-        x_hat = x_hat_s / self.cfg.norm_scale if self.cfg.norm_scale != 1.0 else x_hat_s
-        return CoderOutput(x_hat, acts, loss, parts)
+        return CoderOutput(self.unscaled(x_hat_s, stats), acts, loss, parts)
 
     def predict(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_out"]:
-        """The full output on raw inputs: decode(encode(x)), plus x W_skip for a transcoder with a skip."""
-        out = self.decode(self.encode(x))
+        """The full output on raw inputs: decode(encode(x), x=x), plus x W_skip for a transcoder with a skip."""
+        out = self.decode(self.encode(x), x=x)
         if self.cfg.skip:
             out = out + x.to(self.W_skip.dtype) @ self.W_skip
         return out
@@ -191,11 +232,12 @@ class SparseCoder(nn.Module):
 
     def fold_norm_scale(self) -> SparseCoder:
         """An equivalent coder with norm_scale 1: W_enc * s, W_dec / s, b_dec / s (and what each
-        architecture adds); the map on raw activations is unchanged, latents are identical."""
+        architecture adds); the map on raw activations is unchanged, latents are identical.
+        Under input_norm 'layer_norm' s is unused: only the config changes."""
         s = self.cfg.norm_scale
         new = build(self.cfg.replace(norm_scale=1.0))
         state = {k: v.clone() for k, v in self.state_dict().items()}
-        for name, v in self.fold_rules(s).items():
+        for name, v in (self.fold_rules(s) if self.cfg.input_norm == "none" else {}).items():
             state[name] = v
         new.load_state_dict(state)
         return new
@@ -234,7 +276,9 @@ class SparseCoder(nn.Module):
         return coder.to(device) if device is not None else coder
 
     def direction(self, feature: int) -> Float[Tensor, "d_out"]:
-        """Unit decoder row of one latent (for model.steer)."""
+        """Unit decoder row of one latent (for model.steer). Under input_norm 'layer_norm' it is a
+        direction of the standardised space: the same direction in raw units, where a unit step
+        there is a step of the input's std."""
         if not 0 <= feature < self.cfg.d_sae:
             raise MechscopeError(f"feature {feature} is out of range: this dictionary has {self.cfg.d_sae} latents (0-{self.cfg.d_sae - 1})")
         row = self.W_dec[feature].detach().float()

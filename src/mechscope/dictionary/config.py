@@ -10,6 +10,8 @@ from ..errors import MechscopeError
 ARCHITECTURES = ("relu", "topk", "batchtopk", "gated", "jumprelu", "matryoshka", "switch")
 CROSSCODERS = ("crosscoder", "weakly_causal_crosscoder")
 """Dictionaries over several sites at once (cfg.blocks names them); see crosscoder.py."""
+INPUT_NORMS = ("none", "layer_norm")
+"""Per-input normalisations a coder can apply before encoding (`CoderConfig.input_norm`)."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,11 @@ class CoderConfig:
     model_name: str = ""
     """Model the dictionary was trained on."""
     norm_scale: float = 1.0
-    """Inputs (and targets) are multiplied by this before encoding; outputs divided by it."""
+    """Inputs (and targets) are multiplied by this before encoding; outputs divided by it (unused with layer_norm)."""
+    input_norm: str = "none"
+    """Per-input normalisation: none, or layer_norm: each input is standardised over its features,
+    (x - mean) / (std + 1e-5), before encoding, losses are computed in that space and outputs mapped
+    back (x_hat * std + mean); SAELens's normalize_activations="layer_norm" (autoencoders only)."""
     dtype: str = "float32"
     """Parameter dtype: float32, bfloat16 or float16."""
     blocks: tuple[str, ...] = ()
@@ -86,6 +92,13 @@ class CoderConfig:
                                  "the site it predicts (e.g. blocks.1.hook_mlp_out)")
         if (self.target_hook or self.skip) and self.d_out is None:
             raise MechscopeError("target_hook and skip are for transcoders: set d_out (the target's width) too")
+        if self.input_norm not in INPUT_NORMS:
+            raise MechscopeError(f"unknown input_norm '{self.input_norm}': choose one of {', '.join(INPUT_NORMS)}")
+        if self.input_norm != "none" and (self.d_out is not None or self.blocks):
+            raise MechscopeError(f"input_norm='{self.input_norm}' is for single-site autoencoders: transcoders and "
+                                 "crosscoders scale their inputs with norm_scale only; use input_norm='none'")
+        if self.input_norm != "none" and self.d_in < 2:
+            raise MechscopeError(f"input_norm='{self.input_norm}' standardises over the features: it needs d_in >= 2")
         if self.dtype not in ("float32", "bfloat16", "float16", "float64"):
             raise MechscopeError(f"dtype '{self.dtype}' is not supported: use float32, bfloat16 or float16")
 

@@ -96,14 +96,11 @@ class Crosscoder(ReluSAE):
     def _scale_vector(self) -> Float[Tensor, "d_in"]:
         return (self.block_scale * self.cfg.norm_scale).repeat_interleave(self.d_block).to(self.W_enc.dtype)
 
-    def scaled(self, x: Tensor) -> Tensor:
+    def scaled(self, x: Tensor, stats=None) -> Tensor:
         return x.to(self.W_enc.dtype) * self._scale_vector()
 
-    def unscaled(self, y: Tensor) -> Tensor:
+    def unscaled(self, y: Tensor, stats=None) -> Tensor:
         return y / self._scale_vector().to(y.dtype)
-
-    def decode(self, acts):
-        return self.unscaled(self.decode_scaled(acts))
 
     def forward(self, x: Float[Tensor, "batch d_in"], *, dead_mask: Bool[Tensor, "d_sae"] | None = None,
                 target: Tensor | None = None) -> CoderOutput:
@@ -217,7 +214,7 @@ def block_metrics(coder: Crosscoder, x: Float[Tensor, "tokens d_in"], batch_size
     for i in range(0, len(x), batch_size):
         chunk = x[i:i + batch_size].to(coder.W_enc.device)
         acts = coder.encode(chunk)
-        err += (coder.decode(acts).float() - chunk).pow(2).view(-1, n, d).sum((0, 2)).double().cpu()
+        err += (coder.decode(acts, x=chunk).float() - chunk).pow(2).view(-1, n, d).sum((0, 2)).double().cpu()
         l0 += float((acts != 0).sum())
         fired |= (acts != 0).any(0).cpu()
     var = (x - x.mean(0)).pow(2).view(-1, n, d).sum((0, 2)).double().clamp_min(1e-30)

@@ -183,7 +183,7 @@ def error_analysis(model, coder, tokens: Int[Tensor, "m ctx"], *, site: str | No
         run = model.run(ids, record=sorted({site, target}), logits=False)
         x = run.cache[site].flatten(2)[keep].float()
         y = run.cache[target].flatten(2)[keep].float()
-        e = (y - coder.predict(x).float()) if transcoder else (x - coder.decode(coder.encode(x)).float())
+        e = (y - coder.predict(x).float()) if transcoder else (x - coder.predict(x).float())
         xs.append(x.cpu())
         if transcoder:
             ys.append(y.cpu())

@@ -149,7 +149,7 @@ def _log_probs(logits: Tensor) -> Tensor:
 def evaluate(model, coder, tokens: Int[Tensor, "m ctx"], *, site: str | None = None,
              source: SourceConfig = SourceConfig(), batch_size: int = 16, splice: bool = True,
              progress: bool = False) -> DictionaryEvaluation:
-    """Metrics of `coder` (anything with `encode`, `decode` and `cfg`) at its site over
+    """Metrics of `coder` (anything with `encode`, `decode(acts, x=...)` and `cfg`) at its site over
     held-out token contexts; `splice=False` skips the three spliced forward passes."""
     from tqdm.auto import tqdm
     site = site or coder.cfg.hook_name
@@ -177,12 +177,12 @@ def evaluate(model, coder, tokens: Int[Tensor, "m ctx"], *, site: str | None = N
         x = run.cache[site].flatten(2)[keep].float()
         acts = coder.encode(x)
         if transcoder:
-            x_hat = coder.decode(acts).float()                 # predict(x) without encoding twice
+            x_hat = coder.decode(acts, x=x).float()            # predict(x) without encoding twice
             if coder.cfg.skip:
                 x_hat = x_hat + (x.to(coder.W_skip.dtype) @ coder.W_skip).float()
             sums.add(run.cache[target].flatten(2)[keep].float(), x_hat, acts)
         else:
-            sums.add(x, coder.decode(acts).float(), acts)
+            sums.add(x, coder.decode(acts, x=x).float(), acts)
         if splice:
             _splice(model, coder, site, ids, keep, run.logits, sums)
     out = _result(model, coder, site, sums, splice)
@@ -199,7 +199,8 @@ def _splice(model, coder, site: str, ids: Tensor, keep: Tensor, clean: Tensor, s
     def swap(zero: bool):
         def fn(value: Tensor) -> Tensor:
             flat = value.flatten(2)
-            new = torch.zeros_like(flat) if zero else coder.decode(coder.encode(flat.float())).to(flat.dtype)
+            x = flat.float()
+            new = torch.zeros_like(flat) if zero else coder.decode(coder.encode(x), x=x).to(flat.dtype)
             return torch.where(keep[..., None], new, flat).view(value.shape)
         return fn
 

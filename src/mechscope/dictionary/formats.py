@@ -16,6 +16,10 @@ documented meaning, not tested against SAELens itself. External layouts have no 
 `norm_scale` s into the weights (W_enc * s, W_dec / s, b_dec / s), so the map on raw
 activations and the latents are unchanged. BatchTopK and Matryoshka are written as SAELens
 jumprelu with every threshold at the learned inference threshold — the same inference map.
+A coder with input_norm "layer_norm" is SAELens's normalize_activations "layer_norm" (the same
+per-input standardisation, std with Bessel's correction, eps 1e-5, outputs times std plus mean);
+its norm_scale is unused, so nothing is folded. sparsify has no such field, and mechscope only
+reads that layout, so a sparsify folder never yields one.
 """
 
 from __future__ import annotations
@@ -88,14 +92,15 @@ def read_saelens(folder: str | Path) -> SparseCoder:
     w = load_file(str(folder / SAELENS_WEIGHTS))
     arch = cfg.get("architecture", "standard")
     norm = _saelens_field(cfg, "normalize_activations", "none") or "none"
-    if norm not in ("none", "expected_average_only_in"):
-        raise MechscopeError(f"{folder}: normalize_activations={norm!r} rescales each input at run time, "
-                             "which mechscope dictionaries do not do; only 'none' is supported")
+    if norm not in ("none", "expected_average_only_in", "layer_norm"):
+        raise MechscopeError(f"{folder}: normalize_activations={norm!r} is not supported: mechscope dictionaries "
+                             "read 'none', 'layer_norm' and 'expected_average_only_in' (with the factor folded in)")
     if norm == "expected_average_only_in":
         log.warning("%s: normalize_activations='expected_average_only_in' without a stored factor; "
                     "assuming it was folded into the weights", folder)
     d_in, d_sae = w["W_enc"].shape
     kwargs = dict(d_in=d_in, d_sae=d_sae, dtype=_dtype_name(w["W_enc"].dtype),
+                  input_norm="layer_norm" if norm == "layer_norm" else "none",
                   hook_name=_saelens_field(cfg, "hook_name", "") or "", model_name=_saelens_field(cfg, "model_name", "") or "")
     if arch == "standard":
         coder_cfg = CoderConfig("relu", **kwargs)
@@ -138,7 +143,7 @@ def _fold_b_dec_into_encoder(state: dict, arch: str) -> None:
 
 
 def write_saelens(coder: SparseCoder, folder: str | Path) -> Path:
-    """Write the SAELens layout (norm_scale folded into the weights)."""
+    """Write the SAELens layout (norm_scale folded into the weights; input_norm as normalize_activations)."""
     arch = coder.cfg.arch
     if getattr(coder.cfg, "transcoder", False) or coder.cfg.blocks:
         raise MechscopeError("SAELens' layout holds single-site autoencoders only: keep transcoders and crosscoders "
@@ -161,7 +166,7 @@ def write_saelens(coder: SparseCoder, folder: str | Path) -> Path:
     cfg = {"architecture": _TO_SAELENS[arch], "d_in": c.cfg.d_in, "d_sae": c.cfg.d_sae,
            "dtype": _dtype_name(p["W_enc"].dtype), "model_name": c.cfg.model_name, "hook_name": c.cfg.hook_name,
            "hook_layer": _layer(c.cfg.hook_name), "hook_head_index": None, "apply_b_dec_to_input": True,
-           "normalize_activations": "none", "activation_fn_str": "topk" if arch == "topk" else "relu",
+           "normalize_activations": c.cfg.input_norm, "activation_fn_str": "topk" if arch == "topk" else "relu",
            "activation_fn_kwargs": {"k": c.cfg.k} if arch == "topk" else {}, "device": "cpu",
            "finetuning_scaling_factor": False, "prepend_bos": True}
     if arch == "topk":

@@ -15,7 +15,8 @@ b_enc and b_dec hard in the first steps and latents that fall below their thresh
 gradient again. A good init_threshold is then c sqrt(l0_coeff): one unit decoder row is worth
 firing when (x.d)^2 > l0_coeff. Planted-dictionary recovery (tests/dictionary, l0_coeff 6e-2,
 bandwidth 0.05, lr 1e-2, Adam beta1 = 0, 1000 steps): 0.64 from c = 1 (threshold
-sqrt(l0_coeff)), 0.87 from this c.
+sqrt(l0_coeff)), 0.87 from this c; with input_norm="layer_norm" (each input standardised, the
+settings rescaled to those units: l0_coeff 2.25, bandwidth 0.3) 0.95 in 500 steps.
 """
 
 from __future__ import annotations

@@ -158,7 +158,7 @@ def decompose(meta: SparseCoder, rows: Float[Tensor, "n d"]) -> MetaSAE:
     meta.eval()
     rows = rows.float().to(meta.W_enc.device)
     acts = meta.encode(rows)
-    recon = meta.decode(acts).float()
+    recon = meta.decode(acts, x=rows).float()
     width = max(1, int((acts > 0).sum(-1).max()))
     weights, indices = acts.float().topk(width, dim=-1)
     weights = weights.clamp_min(0)

@@ -12,7 +12,8 @@ which drives AuxK).
 
 Input scale: before step 0 the first `norm_batches` batches give each dictionary its
 `norm_scale` (sqrt(d_in) / mean norm) and the initial b_dec (geometric median); the saved
-artifact has the scale folded into its weights (norm_scale 1).
+artifact has the scale folded into its weights (norm_scale 1). Coders with input_norm
+'layer_norm' standardise each input instead and keep norm_scale 1.
 
 Transcoders (cfg.d_out and cfg.target_hook set): the stream holds both sites, each step
 feeds `target=batch[target_hook]`, b_dec starts at the target's geometric median, the one
@@ -108,7 +109,8 @@ class Trainer:
         for c in self.cfgs:
             if sample is not None:
                 _check_finite(sample[c.hook_name], "the activations", 0)
-                c = c.replace(norm_scale=estimate_norm_scale(sample[c.hook_name]))
+                if c.input_norm == "none":  # layer_norm standardises each input: no global scale
+                    c = c.replace(norm_scale=estimate_norm_scale(sample[c.hook_name]))
             cfgs.append(c)
         self._build(cfgs)
         if sample is not None:
@@ -181,7 +183,7 @@ class Trainer:
         for i, coder in enumerate(self.coders):
             x = heldout[coder.cfg.hook_name].to(self.device)
             acts = coder.encode(x)
-            x_hat = coder.decode(acts)
+            x_hat = coder.decode(acts, x=x)
             if coder.cfg.transcoder:  # compare the whole output (skip included) with the target
                 x, x_hat = heldout[coder.cfg.target_hook].to(self.device), coder.predict(x)
             window = self.cfg.dead_window or coder.cfg.dead_after

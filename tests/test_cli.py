@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
+import mechscope as ms
 from mechscope.cli import main
 
 from .conftest import requires_pycode
@@ -52,3 +55,26 @@ def test_errors_are_one_line_with_exit_code_2(capsys):
 def test_zoo_list(capsys):
     assert main(["zoo", "list"]) == 0
     assert "pycode" in capsys.readouterr().out
+
+
+@requires_pycode
+def test_device_and_dtype_options_reach_every_load_and_are_restored(capsys, monkeypatch):
+    monkeypatch.delenv("MECHSCOPE_DTYPE", raising=False)
+    monkeypatch.delenv("MECHSCOPE_DEVICE", raising=False)
+    assert main(["--dtype", "bfloat16", "--device", "cpu", "info", "zoo:pycode", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["dtype"], info["device"]) == ("bfloat16", "cpu")
+    assert "MECHSCOPE_DTYPE" not in os.environ and "MECHSCOPE_DEVICE" not in os.environ  # nothing leaks
+    monkeypatch.setenv("MECHSCOPE_DTYPE", "float64")
+    assert ms.load("zoo:pycode").info()["dtype"] == "float64"           # the library reads the same default
+
+
+@requires_pycode
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_missing_or_unknown_device_fails_in_one_line(capsys):
+    assert main(["--device", "cuda", "info", "zoo:pycode"]) == 2
+    assert "torch sees 0 GPU(s)" in capsys.readouterr().err
+    assert main(["--device", "tpu9", "info", "zoo:pycode"]) == 2
+    assert "unknown device 'tpu9'" in capsys.readouterr().err
+    with pytest.raises(ms.MechscopeError, match="unknown dtype 'float8'"):
+        ms.load("zoo:pycode", dtype="float8")

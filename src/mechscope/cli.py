@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -107,6 +108,10 @@ def _positions(text: str) -> list[int]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mechscope", description="A microscope for neural networks.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress and loading details")
+    p.add_argument("--device", help="where models run: cpu, cuda, cuda:N or auto (the GPU when there is one; "
+                   "under torchrun this rank's); default $MECHSCOPE_DEVICE, else cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "float64"),
+                   help="model weights' dtype; default $MECHSCOPE_DTYPE, else float32")
     sub = p.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="family, sizes and every site of a model")
@@ -184,11 +189,25 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["lens-train", *argv[2:]]
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # every command loads through models.loading.load, which reads these (one place, no plumbing);
+    # restored afterwards, so that main() called in-process (tests) leaves nothing behind
+    chosen = {"MECHSCOPE_DEVICE": args.device, "MECHSCOPE_DTYPE": args.dtype}
+    before = {env: os.environ.get(env) for env, value in chosen.items() if value}
+    os.environ.update({env: value for env, value in chosen.items() if value})
     try:
+        if args.device:
+            from .models.loading import resolve_device
+            resolve_device(args.device)  # a device that does not exist fails before any work
         return args.func(args)
     except MechscopeError as err:
         print(f"mechscope: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        for env, value in before.items():
+            if value is None:
+                os.environ.pop(env, None)
+            else:
+                os.environ[env] = value
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ class Model(WeightAccess):
             "model_type": self.hf.config.model_type,
             "parameters": sum(p.numel() for p in self.hf.parameters()),
             "dtype": str(next(self.hf.parameters()).dtype).removeprefix("torch."),
+            "device": str(self.device),
             **{k: v for k, v in vars(self.dims).items()},
             "notes": list(self.adapter.notes),
             "sites": {s.name: dict(zip(s.dims, s.sizes)) for s in self.table},

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from ..errors import MechscopeError
 from ..io import write_json, write_tensors
+from ..models.loading import resolve_device
 from .base import SparseCoder, build
 from .config import CoderConfig
 from .source import ActivationSource, Batch, SourceConfig, estimate_norm_scale, first_batches, resolve_sites
@@ -71,7 +72,7 @@ class Trainer:
                  device: str | torch.device | None = None):
         self.stream, self.cfg = stream, cfg
         self.rank, self.world = distributed()
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device) or resolve_device("auto")  # given, else $MECHSCOPE_DEVICE, else auto
         if stream.batch_tokens != cfg.batch_tokens:
             raise MechscopeError(f"the data gives batches of {stream.batch_tokens} tokens but batch_tokens is "
                                  f"{cfg.batch_tokens}: make them equal")

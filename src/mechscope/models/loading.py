@@ -108,22 +108,62 @@ def _quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
+DEVICE_ENV, DTYPE_ENV = "MECHSCOPE_DEVICE", "MECHSCOPE_DTYPE"
+"""Defaults for `load` when its device / dtype are not given (the CLI's --device / --dtype set them)."""
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device | None:
+    """`device`, else $MECHSCOPE_DEVICE; 'auto' is this process's GPU (cuda:$LOCAL_RANK under
+    torchrun) when torch sees one, else the CPU. A device that does not exist fails here."""
+    device = device if device is not None else os.environ.get(DEVICE_ENV) or None
+    if device is None:
+        return None
+    if str(device) == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise MechscopeError(f"unknown device {str(device)!r}: use cpu, cuda, cuda:N, mps or auto") from None
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise MechscopeError(f"device {str(device)!r} was asked for but torch sees {seen} GPU(s): "
+                             "use --device cpu (or auto), or install a CUDA build of torch")
+    return device
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """`dtype`, else $MECHSCOPE_DTYPE; by name (float32, bfloat16, float16, float64) or a torch.dtype."""
+    dtype = dtype if dtype is not None else os.environ.get(DTYPE_ENV) or None
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise MechscopeError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
 def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None):
-    """Load a model by hub id, local folder or `zoo:NAME`, ready for recording and editing."""
+    """Load a model by hub id, local folder or `zoo:NAME`, ready for recording and editing.
+    dtype / device default to $MECHSCOPE_DTYPE / $MECHSCOPE_DEVICE, else float32 on the CPU."""
     from transformers import AutoTokenizer
 
     from ..model import Model
 
     from ..zoo import transformer  # noqa: F401  registers the zoo's own architecture with transformers
 
+    dtype, device = resolve_dtype(dtype), resolve_device(device)
+
     source, local = resolve_source(name)
     if local and is_module_folder(Path(source)):
         from ..module_model import ModuleModel
         module = load_module_folder(Path(source))
+        module = module if dtype is None else module.to(dtype)
         return ModuleModel(module if device is None else module.to(device), name=name)
     config, cached = _config(source, local)
     _check_supported(config)
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     log.info("loading %s (%s) from %s", name, config.model_type, source)
     kwargs = {"local_files_only": cached}
     try:

@@ -52,9 +52,11 @@ def _tasks():
     corrupt[:, 1:13] = other[:, 1:13]
     yield induction, Task(tokens[:, :-1], corrupt, tokens[:, -1], other[:, 12]), answer_logit
     pycode = ms.load("zoo:pycode")
-    clean = ["def add(a, b):\n    return a", "def sub(x, y):\n    return x"]
-    corrupt = ["def add(c, d):\n    return c", "def sub(p, q):\n    return p"]
-    yield pycode, Task.from_prompts(pycode, clean, corrupt, [" +", " -"], [" -", " +"]), logit_diff
+    # the second argument's name comes back after the operator (clean - corrupt logit difference
+    # 3.6 on average; the earlier " +" vs " -" task had 0.058 on the retrained model)
+    clean = ["def add(a, b):\n    return a +", "def mul(x, y):\n    return x *", "def sub(p, q):\n    return p -"]
+    corrupt = ["def add(a, c):\n    return a +", "def mul(x, z):\n    return x *", "def sub(p, r):\n    return p -"]
+    yield pycode, Task.from_prompts(pycode, clean, corrupt, [" b", " y", " q"], [" c", " z", " r"]), logit_diff
 
 
 def naive(model, task, metric, kind: str) -> torch.Tensor:

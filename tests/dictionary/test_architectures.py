@@ -214,6 +214,7 @@ def test_folding_norm_scale_keeps_the_map(arch):
     with torch.no_grad():
         coder.b_dec.normal_()
     folded = coder.fold_norm_scale()
+    assert not folded.training and coder.fold_norm_scale().train().fold_norm_scale().training  # mode carried over
     x = torch.randn(16, 8)
     torch.testing.assert_close(folded.encode(x), coder.encode(x), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(folded.decode(folded.encode(x)), coder.decode(coder.encode(x)), atol=1e-5, rtol=1e-5)

@@ -240,7 +240,7 @@ class SparseCoder(nn.Module):
         for name, v in (self.fold_rules(s) if self.cfg.input_norm == "none" else {}).items():
             state[name] = v
         new.load_state_dict(state)
-        return new
+        return new.train(self.training)  # an eval-mode coder stays in eval mode (BatchTopK's threshold)
 
     def fold_rules(self, s: float) -> dict[str, Tensor]:
         """Weights that change when the input scale s is folded in (W_skip does not: input and

@@ -78,3 +78,42 @@ def test_missing_or_unknown_device_fails_in_one_line(capsys):
     assert "unknown device 'tpu9'" in capsys.readouterr().err
     with pytest.raises(ms.MechscopeError, match="unknown dtype 'float8'"):
         ms.load("zoo:pycode", dtype="float8")
+
+
+def _fails(argv, capsys, text):
+    """main() exits 2 with one `mechscope: error:` line that contains `text`."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mechscope: error:") and "\n" not in err and text in err, err
+
+
+def test_unwritable_outputs_fail_before_the_work_and_leave_nothing(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    _fails(["zoo", "train", "superposition", "--out", str(blocker / "z")], capsys, "is a file, not a folder")
+    _fails(["zoo", "info", "superposition", "--plots", str(blocker / "p")], capsys, "is a file, not a folder")
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_folders_that_are_not_models(tmp_path, capsys):
+    (tmp_path / "sae").mkdir()
+    (tmp_path / "sae" / "cfg.json").write_text(json.dumps({"format": "mechscope.dictionary", "d_in": 4}))
+    _fails(["info", str(tmp_path / "sae")], capsys, "names no model class")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "cfg.json").write_text("{half")
+    _fails(["info", str(tmp_path / "broken")], capsys, "cannot read")
+
+
+@requires_pycode
+def test_run_and_lens_refuse_bad_outputs_prompts_and_counts(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    record = ["--record", "blocks.0.hook_resid_post"]
+    _fails(["run", "zoo:pycode", "x", *record, "--out", str(blocker / "a.safetensors")], capsys, "is a file, not a folder")
+    _fails(["run", "zoo:pycode", "x", *record, "--out", str(tmp_path)], capsys, "it is a folder")
+    _fails(["lens", "zoo:pycode", "x", "--plot", str(tmp_path / "lens.xyz")], capsys, "does not write .xyz files")
+    _fails(["run", "zoo:pycode", ""], capsys, "has no tokens")
+    _fails(["attention-graph", "zoo:pycode", "", "--heads", "0.0"], capsys, "has no tokens")
+    _fails(["run", "zoo:pycode", "x", "--top", "-3"], capsys, "k must be 0 or more")
+    _fails(["run", "zoo:pycode", "x", "--record", "blocks.-1.hook_resid_post"], capsys, "this model has 4 layers")
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]

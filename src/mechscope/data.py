@@ -299,6 +299,8 @@ def repeated_random_tokens(vocab_size: int, seq_len: int, batch: int = 8, seed: 
     exactly one earlier occurrence and the detectors' target positions are unambiguous.
     The same arguments give the same tokens (a seeded generator; global RNG untouched).
     """
+    if batch < 1:
+        raise MechscopeError(f"batch must be at least 1 (how many repeated sequences), got {batch}")
     allowed = torch.tensor([t for t in range(vocab_size) if t != prefix_token])
     if not 1 <= seq_len <= len(allowed):
         raise MechscopeError(f"seq_len must be between 1 and {len(allowed)} (the distinct tokens available "

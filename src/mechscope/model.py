@@ -122,6 +122,10 @@ class Model(WeightAccess):
             enc = self.tokenizer(texts, return_tensors="pt", padding=True)
         finally:
             self.tokenizer.padding_side = side
+        lengths = enc["attention_mask"].sum(1).tolist() if "attention_mask" in enc else [enc["input_ids"].shape[1]] * len(texts)
+        empty = [i for i, n in enumerate(lengths) if n == 0]
+        if empty:
+            raise MechscopeError(f"prompt {empty[0]} ({texts[empty[0]]!r}) has no tokens: give some text")
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
     # Running
@@ -195,8 +199,10 @@ class Model(WeightAccess):
     def _check_tokens(self, inputs: dict[str, Tensor]) -> None:
         """Out-of-range ids or too-long sequences fail here, not deep inside torch."""
         ids = inputs.get("input_ids")
-        if ids is None or ids.numel() == 0:
+        if ids is None:
             return
+        if ids.numel() == 0:
+            raise MechscopeError(f"no tokens to run (token ids of shape {tuple(ids.shape)}): give at least one token")
         vocab = self.module(self.adapter.embed).num_embeddings
         low, high = torch.aminmax(ids)      # one host sync, not two
         low, high = int(low), int(high)

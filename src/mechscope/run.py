@@ -49,6 +49,8 @@ class Run:
         Negative positions count back from each sequence's own last token."""
         if self.logits is None:
             raise MechscopeError("this run has no logits (encoder without LM head, or logits=False)")
+        if k < 0:
+            raise MechscopeError(f"k must be 0 or more (how many tokens to list), got {k}")
         rows = torch.arange(len(self.tokens))
         index = self.lengths + position if position < 0 else torch.full_like(self.lengths, position)
         probs = self.logits[rows, index.to(self.logits.device)].float().softmax(-1)

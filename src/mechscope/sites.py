@@ -205,12 +205,12 @@ class SiteTable:
         return sorted(found, key=self.order.__getitem__)
 
     def _unknown(self, name: str):
-        layer = re.match(r"blocks\.(\d+)\.", name)
-        if layer and int(layer.group(1)) >= self.n_layers:
+        layer = re.match(r"blocks\.(-?\d+)\.", name)
+        if layer and not 0 <= int(layer.group(1)) < self.n_layers:   # site names count layers 0.., never back
             raise MechscopeError(
                 f"unknown site '{name}': this model has {self.n_layers} layers (0-{self.n_layers - 1})")
         close = difflib.get_close_matches(name, self.by_name, n=1, cutoff=0.6)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        if "hook_resid_mid" in name:
-            hint = f": {self.family} blocks here run attention and MLP in parallel, so there is no resid_mid"
+        if "hook_resid_mid" in name and not any(n.endswith("hook_resid_mid") for n in self.by_name):
+            hint = f": {self.family} blocks here run attention and MLP in parallel (or have no MLP), so there is no resid_mid"
         raise MechscopeError(f"unknown site '{name}'{hint} (`mechscope info MODEL` lists every site)")

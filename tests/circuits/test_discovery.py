@@ -202,3 +202,12 @@ def test_bad_input_errors():
         eap_ig(model, task, steps=0)
     with pytest.raises(MechscopeError, match="not in this model's graph"):
         scores.graph.mask_of([("a1.h0", "a0.h0.q")])
+
+
+def test_cli_bad_input_is_one_line(capsys):
+    from mechscope.cli import main
+    for argv, text in [(["circuit", "zoo:digits", "induction"], "zoo:digits has no attention heads"),
+                       (["circuit", "zoo:induction", "induction", "--top", "0"], "top must be at least 1, got 0")]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("mechscope: error:") and "\n" not in err and text in err, err

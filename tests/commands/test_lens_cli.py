@@ -90,3 +90,29 @@ def test_lens_reads_through_a_saved_tuned_lens(folder, tmp_path, capsys):
     plain = json.loads(capsys.readouterr().out)
     assert through["lens"] == "TunedLens" and through["layers"] == ["embed", "L0", "L1"]  # no mids through a translator
     assert through["top"] == plain["top"]  # a zero tuned lens is the logit lens
+
+
+def test_cli_bad_training_settings_and_lens_files_are_one_line(folder, tmp_path, capsys):
+    tuned = pytest.importorskip("mechscope.lens.tuned")
+    import torch
+
+    from mechscope.cli import main
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat and the dog sat on the cat\n" * 20)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    model = ms.load(folder)
+    d, n = model.dims.d_model, model.dims.n_layers
+    meta = {"model": folder, "n_layers": n, "d_model": d, "unembed_sha256": tuned.model_fingerprint(model)}
+    lens = tuned.TunedLens(torch.zeros(n, d, d), torch.zeros(n, d), meta).save(tmp_path / "tuned")
+    (lens / "translators.safetensors").write_bytes((lens / "translators.safetensors").read_bytes()[:200])
+    train = ["lens", "train", folder, "--data", str(corpus), "--ctx", "8", "--steps", "2", "--batch", "2",
+             "--no-progress"]
+    for argv, text in [([*train, "--out", str(tmp_path / "a"), "--lr", "-1"], "got lr=-1.0"),
+                       ([*train, "--out", str(tmp_path / "a"), "--warmup", "-5"], "warmup_steps=-5"),
+                       ([*train, "--out", str(blocker / "lens")], "is a file, not a folder"),
+                       (["lens", folder, "the cat", "--tuned", str(lens)], "cannot read the tuned lens")]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("mechscope: error:") and "\n" not in err and text in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "file", "tuned"]

@@ -117,3 +117,12 @@ def test_report_section(folders):
     assert "Attention graphs" in page and page.count("data:image/png;base64") == 1 + 3
     from mechscope.module_model import ModuleModel
     assert section(ModuleModel(torch.nn.Linear(2, 2)), None) == ""
+
+
+def test_cli_counts_below_their_minimum_are_one_line(capsys):
+    from mechscope.cli import main
+    for argv, text in [(["attention-graph", "zoo:chain", "a b c d", "--null", "-1"], "n_null must be 0"),
+                       (["spectra", "zoo:chain", "--top-k", "0"], "top_k must be at least 1")]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("mechscope: error:") and "\n" not in err and text in err, err

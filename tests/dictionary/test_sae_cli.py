@@ -99,3 +99,35 @@ def test_report_section_shows_metrics_density_and_features(tmp_path):
     assert "feature " in page and "held-out" not in page
     (tmp_path / "sae" / "eval.json").write_text(json.dumps({"l0": 4.0, "fvu": 0.5}))
     assert "held-out (eval.json)" in section(model, None, tmp_path / "sae")
+
+
+def test_cli_bad_numbers_paths_and_files_are_one_line(setup, tmp_path, capsys):
+    from mechscope.cli import main
+    from mechscope.dictionary.base import build
+    from mechscope.dictionary.config import CoderConfig
+    _, model, corpus = setup
+    data = ["--data", str(corpus), "--ctx", "16", "--heldout", "0.2"]
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    built = build(CoderConfig("topk", 32, 64, k=4, hook_name=SITE)).save(tmp_path / "built")
+    truncated = build(CoderConfig("topk", 32, 64, k=4, hook_name=SITE)).save(tmp_path / "truncated")
+    weights = truncated / "sae.safetensors"
+    weights.write_bytes(weights.read_bytes()[:300])
+    train = ["sae", "train", str(model), "--site", SITE, "--width", "64", "--k", "4", "--total-tokens", "64",
+             "--batch-tokens", "32", *data]
+    for argv, text in [([*train, "--out", str(tmp_path / "a"), "--lr", "-1"], "lr must be positive, got -1.0"),
+                       ([*train, "--out", str(blocker / "sae")], "is a file, not a folder"),   # before training
+                       (["sae", "train", str(model), "--cache", str(tmp_path / "none"), "--out", str(tmp_path / "b")],
+                        "is not an activation cache"),
+                       (["sae", "eval", str(model), str(truncated), *data], "cannot read the dictionary weights"),
+                       (["sae", "meta", str(built), "--epochs", "0"], "epochs and width must be at least 1"),
+                       (["sae", "error", str(model), str(built), *data, "--ridge", "-1"], "ridge must be positive"),
+                       (["crosscoder", "train", str(model), "--site", SITE, "--site", "blocks.0.hook_resid_post",
+                         "--data", "pairs", "--out", str(tmp_path / "c")], "is not a modular-addition model")]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("mechscope: error:") and "\n" not in err and text in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["built", "file", "truncated"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["sae", "features", str(model), str(built), *data, "--features", "a,b"])
+    assert exit_.value.code == 2 and "expected comma-separated integers" in capsys.readouterr().err

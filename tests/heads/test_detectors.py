@@ -151,3 +151,13 @@ def test_scores_any_family_and_plot():
     assert isinstance(fig, Figure) and fig.axes[0].get_title() == "induction score"
     assert HeadScores(torch.tensor([[0.1, 0.9], [0.5, 0.2]]), "induction").top(2) == [
         (0, 1, pytest.approx(0.9)), (1, 0, pytest.approx(0.5))]
+
+
+def test_cli_bad_input_is_one_line(capsys):
+    from mechscope.cli import main
+    for argv, text in [(["heads", "zoo:digits"], "zoo:digits has no attention heads"),
+                       (["heads", "zoo:induction", "--batch", "0"], "batch must be at least 1"),
+                       (["heads", "zoo:induction", "--top", "-2"], "k must be 0 or more")]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("mechscope: error:") and "\n" not in err and text in err, err

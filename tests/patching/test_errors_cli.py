@@ -102,3 +102,19 @@ def test_report_section_builds_a_heatmap_or_skips():
     assert "<img" in section(model, run)
     assert "Skipped" in section(model, model.run(torch.tensor([[3, 9]])))
     assert section(model, None) == ""
+
+
+def test_cli_task_files_and_counts(tmp_path, capsys):
+    from mechscope.cli import main
+    broken = tmp_path / "broken.yaml"
+    broken.write_text('clean: ["a b"\ncorrupt: [\n')
+    good = tmp_path / "task.json"
+    good.write_text(json.dumps({"clean": [[0, 5, 9, 12, 5, 9]], "corrupt": [[0, 6, 8, 12, 5, 9]], "answers": [12]}))
+    for argv, text in [([str(broken)], "is not valid YAML at line 2, column 1"),
+                       ([str(tmp_path)], "is a folder"),
+                       ([str(good), "--batch-size", "0"], "batch_size must be at least 1")]:
+        assert main(["patch", "zoo:induction", *argv, "--json"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("mechscope: error:") and "\n" not in err and text in err, err
+    assert main(["patch", "zoo:induction", str(good), "--top", "-2"]) == 2   # after the progress bar
+    assert capsys.readouterr().err.split("\r")[-1].strip() == "mechscope: error: k must be 0 or more (how many patches to list), got -2"

@@ -52,3 +52,11 @@ def test_bad_folders_are_refused(tmp_path):
     (tmp_path / "card.json").write_text(json.dumps({"metrics": {}}))
     with pytest.raises(MechscopeError, match="not a card of the current 'digits' recipe"):
         zoo.check("digits", tmp_path)
+
+
+def test_cli_corrupt_card_is_one_line(tmp_path, capsys):
+    from mechscope.cli import main
+    (tmp_path / "card.json").write_text("{half")
+    assert main(["zoo", "check", "pycode", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mechscope: error: cannot read") and "\n" not in err

@@ -66,6 +66,8 @@ class DirectLogitAttribution(C.Saveable):
 
     def top(self, k: int = 10, row: int = 0, pos: int = -1) -> list[tuple[str, float]]:
         """The k components with the largest |contribution| at one lens column."""
+        if k < 0:
+            raise MechscopeError(f"k must be 0 or more (how many components to list), got {k}")
         values = self.contributions[:, row, pos]
         order = values.abs().argsort(descending=True)[:k]
         return [(self.labels[i], float(values[i])) for i in order]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import MechscopeError
-from ..heads import repeated_random_tokens
+from ..heads import repeated_random_tokens, require_heads
 from ..patching.task import Task
 
 
@@ -17,6 +17,7 @@ def induction_task(model, span: int = 12, prefix: int = 8, batch: int = 24, seed
     corrupted context induces. Every previous-token relation of the first copy changes,
     so both the previous-token -> induction-head (K) path and the token identity (V) path
     carry the difference."""
+    require_heads(model, "induction tasks")
     if not 2 <= prefix < span:
         raise MechscopeError(f"prefix must be between 2 and span - 1 = {span - 1}, got {prefix}")
     rows = repeated_random_tokens(model.dims.d_vocab, span, batch, seed, prefix_token=bos)

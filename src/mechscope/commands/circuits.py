@@ -59,7 +59,7 @@ def _circuit(args: argparse.Namespace) -> int:
     found = discover(model, task, args.method, metric=args.metric, ablation=args.ablation, **kwargs)
     if args.method != "acdc":
         found = found.circuit(threshold=args.threshold) if args.threshold is not None else found.circuit(
-            top=args.top or 50)
+            top=50 if args.top is None else args.top)
     faith = found.faithfulness(model, task, ablation=args.ablation)
     written = []
     if args.plots:

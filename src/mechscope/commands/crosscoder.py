@@ -20,6 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
+from .lens import count, positive
 from .sae import _data_args, _print
 from .tuned_lens import _docs
 
@@ -59,7 +60,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=TrainConfig.warmup_steps, help=train["warmup_steps"])
     p.add_argument("--decay", choices=DECAYS, default="linear", help=train["decay"])
     p.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every, help=train["checkpoint_every"])
-    p.add_argument("--eval-contexts", type=int, default=64, help="held-out contexts for the final evaluation (0: none)")
+    p.add_argument("--eval-contexts", type=count, default=64, help="held-out contexts for the final evaluation (0: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _data_args(p)
 
@@ -70,8 +71,8 @@ def _diff_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("crosscoder", help="folder written by `crosscoder train --vs`")
     p.add_argument("--threshold", type=float, default=0.1,
                    help="exclusive when r = |d_B| / (|d_A| + |d_B|) <= threshold (A only) or >= 1 - threshold (B only)")
-    p.add_argument("--contexts", type=int, default=256, help="held-out contexts to measure firing and find top contexts")
-    p.add_argument("--top", type=int, default=5, help="exclusive latents shown per model")
+    p.add_argument("--contexts", type=positive, default=256, help="held-out contexts to measure firing and find top contexts")
+    p.add_argument("--top", type=count, default=5, help="exclusive latents shown per model")
     p.add_argument("--k", type=int, default=5, help="top contexts per latent shown")
     p.add_argument("--plot", metavar="FILE.png", help="write the relative-norm histogram here")
     p.add_argument("--save", metavar="DIR", help="save the diff (cfg.json + tensors.safetensors) here")
@@ -114,10 +115,9 @@ def tokens_and_source(args, model, *, heldout: bool) -> tuple:
     with --data pairs every `a b =` input of Z_p with only the `=` position kept."""
     from ..dictionary.source import SourceConfig
     if args.data == "pairs":
-        from ..zoo.modadd import all_pairs
-        p = model.dims.d_vocab - 1
-        tokens, _ = all_pairs(p)
-        return tokens, {"exclude_first": False, "exclude_tokens": tuple(range(p))}
+        from ..zoo.modadd import model_pairs
+        tokens = model_pairs(model)
+        return tokens, {"exclude_first": False, "exclude_tokens": tuple(range(model.dims.d_vocab - 1))}
     from .sae import _tokens
     data = _tokens(args, model)
     tokens = data.heldout if heldout else data.train

@@ -23,13 +23,12 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from ..heads import duplicate_token_scores, induction_scores, previous_token_scores, repeated_random_tokens
+    from ..heads import duplicate_token_scores, induction_scores, previous_token_scores, repeated_tokens_for
     from ..io import write_figure
     from ..models.loading import load
 
     model = load(args.model)
-    bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
-    tokens = repeated_random_tokens(model.dims.d_vocab, args.span, args.batch, args.seed, prefix_token=bos)
+    tokens = repeated_tokens_for(model, args.span, args.batch, args.seed)
     results = {
         "previous_token": previous_token_scores(model, tokens),
         "duplicate_token": duplicate_token_scores(model, tokens, span=args.span),

@@ -18,6 +18,26 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _whole(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected a whole number, {low} or more, got {text!r}")
+    return value
+
+
+def count(text: str) -> int:
+    """A whole number, 0 or more (argparse type for how-many options)."""
+    return _whole(text, 0)
+
+
+def positive(text: str) -> int:
+    """A whole number, 1 or more (argparse type)."""
+    return _whole(text, 1)
+
+
 def save_figure(fig, path: str) -> Path:
     from ..io import write_figure
     return write_figure(Path(path), fig)

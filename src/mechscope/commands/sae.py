@@ -20,6 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
+from .lens import count, int_list, positive
 from .tuned_lens import _docs
 
 HELP = "sparse dictionaries (SAEs): cache activations, train, evaluate, show features, convert formats"
@@ -90,7 +91,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every, help=train["checkpoint_every"])
     p.add_argument("--eval-every", type=int, default=0, help=train["eval_every"])
     p.add_argument("--dead-window", type=int, help=train["dead_window"])
-    p.add_argument("--eval-contexts", type=int, default=64, help="held-out contexts for the final evaluation (0: none)")
+    p.add_argument("--eval-contexts", type=count, default=64, help="held-out contexts for the final evaluation (0: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _data_args(p, required=False)
 
@@ -103,7 +104,7 @@ def _dictionary_args(p: argparse.ArgumentParser) -> None:
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
     _dictionary_args(p)
-    p.add_argument("--contexts", type=int, default=64, help="held-out contexts to evaluate on")
+    p.add_argument("--contexts", type=positive, default=64, help="held-out contexts to evaluate on")
     p.add_argument("--plot", metavar="FILE.png", help="write the feature-density histogram here")
     p.add_argument("--save", metavar="DIR", help="save the evaluation (cfg.json + density.safetensors) here")
     _data_args(p)
@@ -111,9 +112,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 def _features_args(p: argparse.ArgumentParser) -> None:
     _dictionary_args(p)
-    p.add_argument("--features", default="0,1,2,3,4", help="comma-separated feature indices")
+    p.add_argument("--features", type=int_list, default="0,1,2,3,4", help="comma-separated feature indices")
     p.add_argument("--top", type=int, default=5, help="contexts per feature")
-    p.add_argument("--contexts", type=int, default=256, help="held-out contexts searched")
+    p.add_argument("--contexts", type=positive, default=256, help="held-out contexts searched")
     _data_args(p)
 
 
@@ -135,13 +136,13 @@ def _meta_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=200, help="passes over the decoder rows")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--seed", type=int, default=0, help="seeds the initialisation and the row order")
-    p.add_argument("--latents", default="0,1,2,3,4", help="comma-separated latents whose composition to print")
+    p.add_argument("--latents", type=int_list, default="0,1,2,3,4", help="comma-separated latents whose composition to print")
     p.add_argument("--plot", metavar="FILE.png", help="write the composition histograms here")
 
 
 def _error_args(p: argparse.ArgumentParser) -> None:
     _dictionary_args(p)
-    p.add_argument("--contexts", type=int, default=256, help="held-out contexts (their tokens are split into fit / test)")
+    p.add_argument("--contexts", type=positive, default=256, help="held-out contexts (their tokens are split into fit / test)")
     p.add_argument("--test-fraction", type=float, default=0.5, help="share of the tokens the predictions are scored on")
     p.add_argument("--ridge", type=float, default=1e-3, help="ridge penalty, relative to the mean eigenvalue of XᵀX")
     p.add_argument("--plot", metavar="FILE.png", help="write predicted vs actual error norm and the R² bars here")
@@ -206,6 +207,7 @@ def _train(args) -> dict | None:
 
 
 def _train_ranked(args, rank: int, world: int) -> dict | None:
+    from ..dictionary.cache import read_manifest
     from ..dictionary.config import CoderConfig
     from ..dictionary.evaluate import evaluate
     from ..dictionary.source import resolve_sites, site_width
@@ -220,7 +222,7 @@ def _train_ranked(args, rank: int, world: int) -> dict | None:
     if args.site:
         sites = resolve_sites(model, args.site)
     elif args.cache:
-        sites = json.loads((Path(args.cache) / "cfg.json").read_text())["sites"]
+        sites = read_manifest(args.cache)["sites"]
     else:
         raise MechscopeError("give --site (which activation to train on)")
     cfgs = [CoderConfig(args.arch, site_width(model, s), args.width, k=args.k, l1_coeff=args.l1, l0_coeff=args.l0,
@@ -280,10 +282,9 @@ def _heldout(args, model):
 def _features(args) -> dict:
     from ..dictionary.features import top_contexts
     from ..models.loading import load
-    from .lens import int_list
     model = load(args.model)
     coder = _read(args)
-    found = top_contexts(model, coder, _heldout(args, model), int_list(args.features), k=args.top)
+    found = top_contexts(model, coder, _heldout(args, model), args.features, k=args.top)
     return {"sae": args.sae, "features": found.rows()}
 
 
@@ -294,7 +295,6 @@ def _convert(args) -> dict:
 
 def _meta(args) -> dict:
     from ..dictionary.meta import train_meta
-    from .lens import int_list
     coder = _read(args)
     meta = train_meta(coder, width=args.width, k=args.k, arch=args.arch, epochs=args.epochs, lr=args.lr,
                       seed=args.seed, progress=not args.json)
@@ -303,7 +303,7 @@ def _meta(args) -> dict:
     if args.plot:
         from ..io import write_figure
         write_figure(Path(args.plot), meta.plot())
-    latents = [i for i in int_list(args.latents) if i < len(meta.indices)]
+    latents = [i for i in args.latents if i < len(meta.indices)]
     return {**meta.to_dict(), "out": args.out,
             "composition": {str(i): [[j, round(w, 4)] for j, w in meta.components(i)] for i in latents}}
 

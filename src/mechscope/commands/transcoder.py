@@ -17,6 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
+from .lens import count, positive
 from .sae import _data_args, _heldout, _print, _tokens
 from .tuned_lens import _docs
 
@@ -57,7 +58,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decay", choices=DECAYS, default="linear", help=train["decay"])
     p.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every, help=train["checkpoint_every"])
     p.add_argument("--dead-window", type=int, help=train["dead_window"])
-    p.add_argument("--eval-contexts", type=int, default=64, help="held-out contexts for the final evaluation (0: none)")
+    p.add_argument("--eval-contexts", type=count, default=64, help="held-out contexts for the final evaluation (0: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _data_args(p, required=False)
 
@@ -65,7 +66,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="hub id, local folder, or zoo:NAME")
     p.add_argument("transcoder", help="transcoder folder (from `mechscope transcoder train`)")
-    p.add_argument("--contexts", type=int, default=64, help="held-out contexts to evaluate on")
+    p.add_argument("--contexts", type=positive, default=64, help="held-out contexts to evaluate on")
     p.add_argument("--plot", metavar="FILE.png", help="write the feature-density histogram here")
     p.add_argument("--save", metavar="DIR", help="save the evaluation (cfg.json + density.safetensors) here")
     _data_args(p)

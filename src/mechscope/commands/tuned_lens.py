@@ -17,6 +17,7 @@ from pathlib import Path
 def configure(parser: argparse.ArgumentParser) -> None:
     from ..data import DataConfig
     from ..lens.tuned import TunedLensConfig
+    from .lens import count
     data, train = _docs(DataConfig), _docs(TunedLensConfig)
     parser.add_argument("model", help="hub id, local folder, or zoo:NAME (e.g. zoo:pycode)")
     parser.add_argument("--data", required=True, help=data["path"])
@@ -31,7 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-field", default="text", help=data["text_field"])
     parser.add_argument("--max-tokens", type=int, help=data["max_tokens"])
     parser.add_argument("--heldout", type=float, default=0.05, help=data["heldout_fraction"])
-    parser.add_argument("--eval-contexts", type=int, default=64, help="held-out contexts used for the KL table")
+    parser.add_argument("--eval-contexts", type=count, default=64, help="held-out contexts used for the KL table")
     parser.add_argument("--seed", type=int, default=0, help="seeds the held-out split and the order of training contexts")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")

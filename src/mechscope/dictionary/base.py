@@ -36,14 +36,12 @@ Training loop contract (S2's trainer):
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from jaxtyping import Bool, Float
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from .. import io
@@ -265,13 +263,17 @@ class SparseCoder(nn.Module):
         if not cfg_path.exists():
             raise MechscopeError(f"{folder} has no cfg.json: it is not a dictionary folder "
                                  "(for SAELens or sparsify folders use mechscope.dictionary.read)")
-        data = json.loads(cfg_path.read_text())
+        data = io.read_json(cfg_path)
         if data.get("format") != FORMAT:
             raise MechscopeError(f"{folder} is not a mechscope dictionary (cfg.json format={data.get('format')!r}): "
                                  "use mechscope.dictionary.read for SAELens or sparsify folders")
         coder = build(CoderConfig.from_dict(data))
-        state = load_file(str(folder / WEIGHTS_FILE), device=str(device or "cpu"))
-        coder.load_state_dict(state)
+        state = io.read_tensors(folder / WEIGHTS_FILE, "dictionary weights", device=str(device or "cpu"))
+        try:
+            coder.load_state_dict(state)
+        except RuntimeError as err:
+            raise MechscopeError(f"the weights in {folder / WEIGHTS_FILE} do not match its cfg.json "
+                                 f"({str(err).splitlines()[-1].strip()}): restore the folder or retrain") from None
         coder.eval()
         return coder.to(device) if device is not None else coder
 

@@ -117,18 +117,31 @@ def rows_for_step(n: int, step: int, batch: int, seed: int) -> Tensor:
     return out
 
 
+def read_manifest(folder: str | Path) -> dict:
+    """A cache folder's cfg.json (model, sites, contexts, shards); any other folder fails here."""
+    folder = Path(folder)
+    manifest = folder / "cfg.json"
+    if not manifest.is_file():
+        hint = " (writing it did not finish: run the cache command again to resume)" if (
+            folder / "progress.json").is_file() else " (write one with `mechscope sae cache`)"
+        raise MechscopeError(f"'{folder}' is not an activation cache: no cfg.json{hint}")
+    try:
+        meta = json.loads(manifest.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise MechscopeError(f"cannot read {manifest} ({err}): the cache is damaged; write it again") from None
+    if not isinstance(meta, dict) or not {"sites", "n_tokens", "shards"} <= set(meta):
+        raise MechscopeError(f"'{folder}' is not an activation cache: its cfg.json lacks sites, n_tokens and shards "
+                             "(write one with `mechscope sae cache`)")
+    return meta
+
+
 class CacheReader:
     """Seeded shuffled batches from a cache folder (every site it holds, or `sites`)."""
 
     def __init__(self, folder: str | Path, *, batch_tokens: int = 4096, seed: int = 0,
                  sites: Sequence[str] | None = None):
         self.folder = Path(folder)
-        manifest = self.folder / "cfg.json"
-        if not manifest.is_file():
-            hint = " (writing it did not finish: run the cache command again to resume)" if (
-                self.folder / "progress.json").is_file() else ""
-            raise MechscopeError(f"'{folder}' is not an activation cache: no cfg.json{hint}")
-        self.meta = json.loads(manifest.read_text())
+        self.meta = read_manifest(folder)
         missing = [s for s in (sites or []) if s not in self.meta["sites"]]
         if missing:
             raise MechscopeError(f"the cache in '{folder}' has no site {missing[0]!r} (it has: {', '.join(self.meta['sites'])})")

@@ -75,6 +75,9 @@ class CoderConfig:
         if bool(self.blocks) != (self.arch in CROSSCODERS):
             raise MechscopeError(f"blocks={self.blocks} with arch '{self.arch}': crosscoders ({', '.join(CROSSCODERS)}) "
                                  "need blocks (the sites they read, in order) and other dictionaries take none")
+        if min(self.l1_coeff, self.l0_coeff) < 0:
+            raise MechscopeError(f"sparsity penalties must be 0 or more, got l1_coeff={self.l1_coeff}, "
+                                 f"l0_coeff={self.l0_coeff}")
         if self.d_in < 1 or self.d_sae < 1:
             raise MechscopeError(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
         if self.arch in ("topk", "batchtopk", "matryoshka", "switch") and not 1 <= self.k <= self.d_sae:

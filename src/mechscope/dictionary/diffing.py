@@ -177,6 +177,8 @@ def exclusive_contexts(coder: Crosscoder, members: Sequence[tuple[object, str]],
                        acts_in: Tensor | None = None) -> TopContexts:
     """The k strongest activations of `features` over `tokens` (positions kept by `source`),
     with token windows; `acts_in` reuses activations from `stacked_activations`."""
+    if k < 1 or context < 0:
+        raise MechscopeError(f"k must be at least 1 and context 0 or more, got k={k}, context={context}")
     if not features:
         return TopContexts([], torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k, dtype=torch.long))
     x = stacked_activations(members, tokens) if acts_in is None else acts_in

@@ -39,6 +39,8 @@ KIND = "dictionary_error_analysis"
 
 def ridge_fit(x: Float[Tensor, "n d"], y: Float[Tensor, "n m"], ridge: float = 1e-3) -> tuple[Tensor, Tensor]:
     """(W [d, m], b [m]) minimising Σ‖x W + b − y‖² + λ·tr(XᵀX)/d·‖W‖² (X centred), in float64."""
+    if not ridge > 0:
+        raise MechscopeError(f"ridge must be positive (the penalty that keeps the fit solvable), got {ridge}")
     x, y = x.double(), y.double()
     mx, my = x.mean(0), y.mean(0)
     xc, yc = x - mx, y - my

@@ -97,6 +97,8 @@ def top_contexts(model, coder: SparseCoder, tokens: Tensor | Sequence[str], feat
                  *, k: int = 10, context: int = 8, batch_size: int = 32, site: str | None = None) -> TopContexts:
     """The k strongest activations of each feature over a token tensor [batch, pos] or list of
     prompts, with windows of `context` tokens either side."""
+    if k < 1 or context < 0:
+        raise MechscopeError(f"k must be at least 1 and context 0 or more, got k={k}, context={context}")
     site = site_of(model, coder, site)
     wanted = torch.tensor(_features(coder, features))
     best_v = torch.zeros(len(wanted), 0)

@@ -30,7 +30,6 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from .. import io
 from ..errors import MechscopeError
@@ -76,7 +75,11 @@ def read(folder: str | Path, *, hookpoint: str | None = None) -> SparseCoder:
     kind = detect(folder)
     if kind == "mechscope":
         return SparseCoder.load(folder)
-    return read_saelens(folder) if kind == "saelens" else read_sparsify(folder, hookpoint=hookpoint)
+    try:
+        return read_saelens(folder) if kind == "saelens" else read_sparsify(folder, hookpoint=hookpoint)
+    except KeyError as err:
+        raise MechscopeError(f"{folder} reads as a {kind} dictionary but its files lack {err}: they are incomplete "
+                             "or of another layout") from None
 
 
 # SAELens
@@ -89,7 +92,7 @@ def _saelens_field(cfg: dict, key: str, default=None):
 def read_saelens(folder: str | Path) -> SparseCoder:
     folder = Path(folder)
     cfg = _read_json(folder / "cfg.json")
-    w = load_file(str(folder / SAELENS_WEIGHTS))
+    w = io.read_tensors(folder / SAELENS_WEIGHTS, "SAELens weights")
     arch = cfg.get("architecture", "standard")
     norm = _saelens_field(cfg, "normalize_activations", "none") or "none"
     if norm not in ("none", "expected_average_only_in", "layer_norm"):
@@ -213,7 +216,7 @@ def read_sparsify(folder: str | Path, *, hookpoint: str | None = None) -> Sparse
             raise MechscopeError(f"{folder}: sparsify {flag}=true is not supported yet")
     if cfg.get("activation", "topk") != "topk":
         raise MechscopeError(f"{folder}: sparsify activation {cfg['activation']!r} is not supported (only topk)")
-    w = load_file(str(folder / WEIGHTS_FILE))
+    w = io.read_tensors(folder / WEIGHTS_FILE, "sparsify weights")
     d_sae, d_in = w["encoder.weight"].shape
     name = hookpoint or folder.name
     coder = build(CoderConfig("topk", d_in=d_in, d_sae=d_sae, k=int(cfg["k"]), dtype=_dtype_name(w["W_dec"].dtype),

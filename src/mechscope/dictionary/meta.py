@@ -175,6 +175,9 @@ def train_meta(source: SparseCoder | Float[Tensor, "n d"], *, width: int | None 
     themselves) and decompose every latent. Default: `arch` with `width` = d_sae / 4 meta-latents
     and k active, `epochs` passes over the rows with Adam at `lr`; `cfg` / `train` override."""
     from .train import Trainer
+    if epochs < 1 or (width is not None and width < 1):
+        raise MechscopeError(f"epochs and width must be at least 1, got epochs={epochs}, width={width} "
+                             "(leave width out for a quarter of the latents)")
     rows = directions(source) if isinstance(source, SparseCoder) else source.float().cpu()
     if rows.dim() != 2 or len(rows) < 2:
         raise MechscopeError(f"a meta-SAE needs at least two directions [n, d], got shape {tuple(rows.shape)}")
@@ -182,7 +185,7 @@ def train_meta(source: SparseCoder | Float[Tensor, "n d"], *, width: int | None 
     n, d = rows.shape
     batch = min(batch, n)
     if cfg is None:
-        width = width or max(k, n // 4)
+        width = max(k, n // 4) if width is None else width
         base = source.cfg if isinstance(source, SparseCoder) else None
         cfg = CoderConfig(arch, d, width, k=k, aux_k=min(256, width), hook_name=SITE, dead_after=20 * n,
                           model_name=base.model_name if base else "")

@@ -46,7 +46,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..errors import MechscopeError
-from ..io import write_json, write_tensors
+from ..io import make_folder, write_json, write_tensors
 from ..models.loading import resolve_device
 from .base import SparseCoder, build
 from .config import CoderConfig
@@ -309,7 +309,7 @@ def fit_and_save(trainer: Trainer, out: str | Path | None, *, heldout: Batch | N
                  stop_after: int | None = None) -> list[SparseCoder]:
     """Run `trainer` with checkpoints in out/checkpoint and, when it finishes, save the
     dictionaries to `out` (or out/{i}-{site} for several); rank 0 writes."""
-    ckpt = None if out is None else Path(out) / "checkpoint"
+    ckpt = None if out is None else make_folder(out) / "checkpoint"   # an unwritable out fails before training
     coders = trainer.fit(checkpoint_dir=ckpt, heldout=heldout, progress=progress, stop_after=stop_after)
     if out is not None and trainer.rank == 0 and trainer.step_count == trainer.cfg.steps:
         _save(coders, Path(out), trainer)

@@ -55,8 +55,13 @@ class TrainConfig:
             raise MechscopeError(f"decay must be one of {', '.join(DECAYS)}, got {self.decay!r}")
         if not 0 <= self.decay_fraction <= 1:
             raise MechscopeError(f"decay_fraction must be in [0, 1], got {self.decay_fraction}")
-        if self.checkpoint_every < 1 or self.eval_every < 0 or self.warmup_steps < 0:
-            raise MechscopeError("checkpoint_every must be >= 1, eval_every and warmup_steps >= 0")
+        for name, low in (("checkpoint_every", 1), ("eval_every", 0), ("warmup_steps", 0)):
+            if getattr(self, name) < low:
+                raise MechscopeError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        if self.lr is not None and not self.lr > 0:
+            raise MechscopeError(f"lr must be positive, got {self.lr} (leave it out for the width-scaled default)")
+        if self.dead_window is not None and self.dead_window < 1:
+            raise MechscopeError(f"dead_window must be at least 1 token, got {self.dead_window}")
 
     @property
     def steps(self) -> int:

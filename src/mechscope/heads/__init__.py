@@ -9,6 +9,8 @@ from .detectors import (
     record_patterns,
     repeat_span,
     repeated_random_tokens,
+    repeated_tokens_for,
+    require_heads,
     stripe_scores,
 )
 
@@ -18,6 +20,8 @@ __all__ = [
     "duplicate_token_scores",
     "induction_scores",
     "repeated_random_tokens",
+    "repeated_tokens_for",
+    "require_heads",
     "record_patterns",
     "stripe_scores",
     "repeat_span",

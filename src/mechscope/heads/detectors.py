@@ -42,6 +42,8 @@ class HeadScores:
 
     def top(self, k: int = 5) -> list[tuple[int, int, float]]:
         """The ``k`` best heads as ``(layer, head, score)``, highest score first."""
+        if k < 0:
+            raise MechscopeError(f"k must be 0 or more (how many heads to list), got {k}")
         flat = self.scores.flatten()
         values, index = flat.topk(min(k, flat.numel()))
         n_heads = self.scores.shape[1]
@@ -65,10 +67,26 @@ class HeadScores:
         return fig
 
 
+def require_heads(model, method: str) -> None:
+    """A model without attention heads (a plain torch module) fails here, in one line."""
+    if getattr(model, "dims", None) is None:
+        raise MechscopeError(f"{getattr(model, 'name', model)} has no attention heads: {method} need a transformer "
+                             "(e.g. zoo:induction or zoo:pycode)")
+
+
+def repeated_tokens_for(model, span: int = 20, batch: int = 16, seed: int = 0) -> Int[Tensor, "batch pos"]:
+    """`repeated_random_tokens` over `model`'s vocabulary, after its tokenizer's BOS token (if any):
+    the stimulus of the duplicate-token and induction scores."""
+    require_heads(model, "head scores")
+    bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
+    return repeated_random_tokens(model.dims.d_vocab, span, batch, seed, prefix_token=bos)
+
+
 def record_patterns(model, prompts, attention_mask: Tensor | None = None
                     ) -> tuple[Float[Tensor, "layer batch head q_pos k_pos"], Bool[Tensor, "batch pos"]]:
     """Every layer's attention pattern for ``prompts`` (text or token ids, right-padded
     with ``attention_mask``), and which positions are real tokens (False for padding)."""
+    require_heads(model, "attention patterns")
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.dims.n_layers)]
     run = model.run(prompts, record=names, logits=False, attention_mask=attention_mask)
     patterns = torch.stack([run.cache[name].float().cpu() for name in names])

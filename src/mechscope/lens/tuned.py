@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -39,11 +38,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from jaxtyping import Float, Int
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..errors import MechscopeError
-from ..io import write_json, write_tensors
+from ..io import make_folder, read_json, read_tensors, write_json, write_tensors
 from . import _common as C
 
 log = logging.getLogger(__name__)
@@ -100,7 +98,7 @@ class TunedLens:
         if not (path / "cfg.json").is_file() or not (path / "translators.safetensors").is_file():
             raise MechscopeError(f"no tuned lens at '{path}': expected cfg.json and translators.safetensors "
                                  "(train one with `mechscope lens train`)")
-        meta = json.loads((path / "cfg.json").read_text())
+        meta = read_json(path / "cfg.json")
         if meta.pop("kind", None) != KIND:
             raise MechscopeError(f"'{path}' does not hold a tuned lens")
         d, dims = meta.get("d_model"), model.dims
@@ -109,7 +107,7 @@ class TunedLens:
                 f"the tuned lens at '{path}' was trained for model '{meta.get('model')}' (d_model {d}, "
                 f"{meta.get('n_layers')} layers), whose unembedding and final norm differ from {model.name!r} "
                 f"(d_model {dims.d_model}, {dims.n_layers} layers): train a lens for this model")
-        return cls(**load_file(path / "translators.safetensors"), meta=meta)
+        return cls(**read_tensors(path / "translators.safetensors", "tuned lens"), meta=meta)
 
 
 # Training
@@ -145,6 +143,8 @@ class TunedLensConfig:
             raise MechscopeError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise MechscopeError("steps, batch_size and checkpoint_every must be at least 1")
+        if (self.lr is not None and not self.lr > 0) or (self.warmup_steps or 0) < 0:
+            raise MechscopeError(f"lr must be positive and warmup_steps 0 or more, got lr={self.lr}, warmup_steps={self.warmup_steps}")
 
     @property
     def peak_lr(self) -> float:
@@ -293,13 +293,13 @@ class TunedLensTrainer:
         """Resume from `folder` if it holds a checkpoint of this very run; False if none."""
         if not (Path(folder) / "state.json").is_file():
             return False
-        state = json.loads((Path(folder) / "state.json").read_text())
+        state = read_json(Path(folder) / "state.json")
         expected = {"unembed_sha256": self.fingerprint, "train": asdict(self.cfg), "data_sha256": _sha256(data)}
         for key, value in expected.items():
             if state.get(key) != value:
                 raise MechscopeError(f"the checkpoint in '{folder}' belongs to another run (its {key} differs): "
                                      "delete it, or resume with the same model, data and settings")
-        tensors = load_file(Path(folder) / state["file"])
+        tensors = read_tensors(Path(folder) / state["file"], "tuned-lens checkpoint")
         self.translators.load_state_dict({"weight": tensors.pop("weight"), "bias": tensors.pop("bias")})
         opt_state: dict = {}
         for key, value in tensors.items():  # opt.{param}.{name}
@@ -334,7 +334,7 @@ def train(model, data: Int[Tensor, "n ctx"], cfg: TunedLensConfig = TunedLensCon
     """Train a tuned lens on token contexts; with `out`, checkpoint into out/checkpoint
     (resuming from it) and save the lens to `out` (rank 0 only)."""
     trainer = TunedLensTrainer(model, cfg)
-    lens = trainer.fit(data, checkpoint_dir=None if out is None else Path(out) / "checkpoint", progress=progress)
+    lens = trainer.fit(data, checkpoint_dir=None if out is None else make_folder(out) / "checkpoint", progress=progress)
     if out is not None and trainer.rank == 0:
         lens.save(out)
     if trainer.world > 1:

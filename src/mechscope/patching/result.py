@@ -9,6 +9,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..errors import MechscopeError
 from ..lens import _common as C
 
 
@@ -50,6 +51,8 @@ class PatchResult(C.Saveable):
 
     def top(self, k: int = 10) -> list[tuple[dict[str, int], float]]:
         """The k patches with the largest |score|: ({axis: index (pos: absolute)}, score)."""
+        if k < 0:
+            raise MechscopeError(f"k must be 0 or more (how many patches to list), got {k}")
         flat = self.scores.flatten()
         order = flat.abs().argsort(descending=True)[:k]
         out = []

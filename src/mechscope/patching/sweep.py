@@ -214,6 +214,8 @@ def run_groups(model, task: Task, groups: Sequence[Group], source: dict[str, Ten
     block (`Model.run(copies=...)`), the blocks before it run once per prompt, and the
     unembedding runs only where the metric reads (`Metric.positions`). `extra` edits must
     treat every copy alike: they see the prompt rows and the copies joined so far."""
+    if batch_size is not None and batch_size < 1:
+        raise MechscopeError(f"batch_size must be at least 1 (rows per forward), got {batch_size}")
     rows = len(task)
     per_forward = max(1, (batch_size or 128) // rows)
     mask = task.attention_mask()

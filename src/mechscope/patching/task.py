@@ -225,8 +225,13 @@ def _one_token(model, token, what: str) -> int:
 
 def _read_task_file(path: Path) -> dict:
     if not path.is_file():
-        raise MechscopeError(f"task file '{path}' does not exist")
-    text = path.read_text(encoding="utf-8")
+        raise MechscopeError(f"task file '{path}' {'is a folder' if path.is_dir() else 'does not exist'}: give a "
+                             ".json or .yaml file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise MechscopeError(f"cannot read task file '{path}' ({err.__class__.__name__}): give a UTF-8 .json or "
+                             ".yaml file") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             import yaml
@@ -236,7 +241,9 @@ def _read_task_file(path: Path) -> dict:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as err:
-            raise MechscopeError(f"task file '{path}' is not valid YAML: {err}") from None
+            mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None) or "cannot parse"
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise MechscopeError(f"task file '{path}' is not valid YAML{where}: {problem}") from None
     else:
         try:
             data = json.loads(text)

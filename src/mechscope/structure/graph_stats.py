@@ -39,6 +39,7 @@ import networkx as nx
 import numpy as np
 from scipy import stats as sps
 
+from ..errors import MechscopeError
 from ._common import figure, frame, load_json, save_json
 
 STAT_NAMES = ("density", "clustering", "mean_path", "mean_degree", "in_degree_std", "out_degree_std",
@@ -223,6 +224,8 @@ class GraphStats:
 
 def compare_with_er(adjacency: np.ndarray, *, label: str = "graph", n_null: int = 100, seed: int = 0) -> GraphStats:
     """Statistics of one thresholded graph against directed G(n, p) of equal density."""
+    if n_null < 0:
+        raise MechscopeError(f"n_null must be 0 (no baseline) or more random graphs, got {n_null}")
     a = np.array(adjacency, dtype=bool)
     np.fill_diagonal(a, False)
     n = len(a)

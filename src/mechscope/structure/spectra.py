@@ -262,6 +262,8 @@ def weight_spectra(model, *, kinds: Sequence[str] | None = None, per_head: bool 
     Whole matrices are decomposed in `dtype` (float64 for precision, float32 for speed);
     circuits always in float64 through their factors."""
     from tqdm.auto import tqdm
+    if top_k < 1:
+        raise MechscopeError(f"top_k must be at least 1 (directions in the top-k energy share), got {top_k}")
     rows, values = [], {}
     with torch.no_grad():
         for m in tqdm(list(weight_matrices(model, kinds, per_head=per_head)), desc="spectra", disable=not progress):

@@ -171,6 +171,8 @@ def weight_diff(base, tuned, *, kinds: Sequence[str] | None = None, per_head: bo
                 rtol: float = 1e-5, dtype: torch.dtype = torch.float32, progress: bool = False) -> WeightDiff:
     """The update tuned - base of every matrix of `kinds` (see the module docstring)."""
     from tqdm.auto import tqdm
+    if k < 1:
+        raise MechscopeError(f"k must be at least 1 (top directions of each update), got {k}")
     check_same_shapes(base, tuned)
     pairs = list(zip(weight_matrices(base, kinds, per_head=per_head), weight_matrices(tuned, kinds, per_head=per_head)))
     names_b = [b.name for b, _ in pairs]

@@ -111,7 +111,8 @@ def train(name: str, out_dir: Path | None = None, *, seed: int = 0) -> dict:
     (if any) on the new folder; returns the model card."""
     module = _module(name)
     recipe = dataclasses.replace(getattr(module, RECIPES[name][1])(), seed=seed)
-    folder = Path(out_dir) if out_dir else WEIGHTS / name
+    from ..io import make_folder
+    folder = make_folder(Path(out_dir) if out_dir else WEIGHTS / name)   # an unwritable out fails before training
     card = module.train(folder, recipe)
     analysis = ANALYSES.get(name)
     return analysis.after_train(folder) if analysis is not None and analysis.after_train else card
@@ -128,7 +129,8 @@ def check(name: str, folder: Path) -> list:
                              f"--out {folder}`)")
     if Path(folder).resolve() == (WEIGHTS / name).resolve():
         raise MechscopeError(f"{folder} is the shipped folder itself: retrain into another one with --out")
+    from ..io import read_json
     try:
-        return COMPARISONS[name](card(name), json.loads(path.read_text()))
+        return COMPARISONS[name](card(name), read_json(path))
     except (KeyError, TypeError) as exc:
         raise MechscopeError(f"{path} is not a card of the current '{name}' recipe (missing {exc}): retrain it") from None

@@ -94,6 +94,14 @@ def all_pairs(p: int) -> tuple[Tensor, Tensor]:
     return tokens, (a + b).flatten() % p
 
 
+def model_pairs(model) -> Tensor:
+    """Every ``a b =`` input of a modular-addition model, p = its vocabulary - 1: tokens [p * p, 3]."""
+    if getattr(model, "dims", None) is None or model.tokenizer is not None:
+        raise MechscopeError(f"{model.name} is not a modular-addition model: the `a b =` pairs are the inputs of "
+                             "zoo:modadd (and zoo:modadd@STEP); give it a text corpus instead")
+    return all_pairs(model.dims.d_vocab - 1)[0]
+
+
 def data(p: int = 113, frac: float = 0.3, seed: int = 0) -> ModaddData:
     """A seeded split of all pairs: ``int(frac * p * p)`` for training, the rest for test."""
     tokens, labels = all_pairs(p)

@@ -50,8 +50,12 @@ def is_module_folder(path: Path) -> bool:
 
 def load_module_folder(path: Path) -> nn.Module:
     """Rebuild the module named in cfg.json and load its weights strictly."""
+    from ..io import read_json
     path = Path(path)
-    cfg = json.loads((path / "cfg.json").read_text())
+    cfg = read_json(path / "cfg.json")
+    if not isinstance(cfg.get("class"), str):
+        raise MechscopeError(f"'{path}' is not a model folder: its cfg.json names no model class (a dictionary, "
+                             "cache or saved result?); give a Hugging Face folder (config.json), a hub id or zoo:NAME")
     module_name, _, class_name = cfg["class"].partition(":")
     # Importing named code is what pickle does; only mechscope's modules, or ones the
     # caller has already imported, are allowed.

@@ -117,3 +117,11 @@ def test_run_and_lens_refuse_bad_outputs_prompts_and_counts(tmp_path, capsys):
     _fails(["run", "zoo:pycode", "x", "--top", "-3"], capsys, "k must be 0 or more")
     _fails(["run", "zoo:pycode", "x", "--record", "blocks.-1.hook_resid_post"], capsys, "this model has 4 layers")
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_options_that_would_waste_a_run_fail_before_it(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:   # argparse: before any sweep runs
+        main(["patch", "zoo:pycode", str(tmp_path / "task.yaml"), "--top", "-2"])
+    assert exit_.value.code == 2 and "0 or more" in capsys.readouterr().err
+    assert main(["run", "zoo:pycode", "x = 1", "--out", str(tmp_path / "a.safetensors")]) == 2
+    assert "add --record GLOB" in capsys.readouterr().err and not (tmp_path / "a.safetensors").exists()

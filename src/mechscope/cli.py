@@ -39,6 +39,8 @@ def _info(args) -> int:
 def _run(args) -> int:
     from .io import write_tensors
     from .models.loading import load
+    if args.out and not args.record:
+        raise MechscopeError(f"--out {args.out} would hold no activations: add --record GLOB (e.g. 'blocks.*.hook_resid_post')")
     model = load(args.model)
     run = model.run(args.prompt, record=args.record or [], positions=args.positions)
     top = run.top_tokens(args.top) if run.logits is not None else [[]]
@@ -202,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     except MechscopeError as err:
         print(f"mechscope: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     finally:
         for env, value in before.items():
             if value is None:

@@ -116,5 +116,6 @@ def test_cli_task_files_and_counts(tmp_path, capsys):
         assert main(["patch", "zoo:induction", *argv, "--json"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("mechscope: error:") and "\n" not in err and text in err, err
-    assert main(["patch", "zoo:induction", str(good), "--top", "-2"]) == 2   # after the progress bar
-    assert capsys.readouterr().err.split("\r")[-1].strip() == "mechscope: error: k must be 0 or more (how many patches to list), got -2"
+    with pytest.raises(SystemExit) as exit_:                                      # argparse: before the sweep
+        main(["patch", "zoo:induction", str(good), "--top", "-2"])
+    assert exit_.value.code == 2 and "expected a whole number, 0 or more, got '-2'" in capsys.readouterr().err

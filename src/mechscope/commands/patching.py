@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import MechscopeError
+from .lens import count
 
 HELP_PATCH = "activation patching sweep (resid, attn, mlp, heads) of a clean/corrupt task"
 HELP_TRACE = "causal tracing (ROME): which states carry what the model knows about a subject"
@@ -27,7 +28,7 @@ def configure_patch(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--attribution", action="store_true", help="also estimate the sweep by attribution "
                         "patching and report its agreement with the exact sweep")
     parser.add_argument("--batch-size", type=int, default=128, help="rows (patches x prompts) per forward")
-    parser.add_argument("--top", type=int, default=10, help="how many patches to list")
+    parser.add_argument("--top", type=count, default=10, help="how many patches to list")
     parser.add_argument("--json", action="store_true", help="machine-readable output (every score)")
     parser.add_argument("--plots", metavar="DIR", help="write heatmaps (PNG) here")
     return parser

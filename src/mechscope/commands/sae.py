@@ -75,7 +75,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                                                    "default: every site of --cache")
     p.add_argument("--out", required=True, help="dictionary folder (cfg.json + sae.safetensors, metrics.json); "
                                                 "holds checkpoint/ while training, which a rerun resumes")
-    p.add_argument("--cache", help="train on this activation cache (`sae cache`) instead of running the model")
+    p.add_argument("--cache", help="train on this activation cache (`sae cache`) instead of running the model; "
+                   "--data, if given too, is then only the held-out evaluation corpus")
     p.add_argument("--arch", choices=ARCHITECTURES, default="topk", help=coder["arch"])
     p.add_argument("--width", type=int, default=4096, help=coder["d_sae"])
     p.add_argument("--k", type=int, default=32, help=coder["k"])

@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from .commands.arguments import int_list
 from .errors import MechscopeError
 
 
@@ -100,13 +101,6 @@ def _print_checks(checks) -> int:
     return 1 if failed else 0
 
 
-def _positions(text: str) -> list[int]:
-    try:
-        return [int(p) for p in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"positions must be comma-separated integers, got {text!r}") from None
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mechscope", description="A microscope for neural networks.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress and loading details")
@@ -125,7 +119,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("model")
     run.add_argument("prompt")
     run.add_argument("--record", action="append", metavar="GLOB", help="site name or glob to record (repeatable)")
-    run.add_argument("--positions", type=_positions, help="record only these positions, e.g. -1 or 0,3,-1")
+    run.add_argument("--positions", type=int_list, help="record only these positions, e.g. -1 or 0,3,-1")
     run.add_argument("--top", type=int, default=5, help="how many next tokens to show")
     run.add_argument("--out", help="write the recorded activations to this .safetensors file")
     run.add_argument("--json", action="store_true")

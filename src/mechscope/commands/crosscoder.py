@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .lens import count, positive
+from .arguments import count, positive
 from .sae import _data_args, _print
 from .tuned_lens import _docs
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import MechscopeError
-from .lens import count
+from .arguments import count
 
 HELP_PATCH = "activation patching sweep (resid, attn, mlp, heads) of a clean/corrupt task"
 HELP_TRACE = "causal tracing (ROME): which states carry what the model knows about a subject"

@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .lens import count, int_list, positive
+from .arguments import count, int_list, positive
 from .tuned_lens import _docs
 
 HELP = "sparse dictionaries (SAEs): cache activations, train, evaluate, show features, convert formats"

@@ -17,7 +17,7 @@ from pathlib import Path
 def configure(parser: argparse.ArgumentParser) -> None:
     from ..data import DataConfig
     from ..lens.tuned import TunedLensConfig
-    from .lens import count
+    from .arguments import count
     data, train = _docs(DataConfig), _docs(TunedLensConfig)
     parser.add_argument("model", help="hub id, local folder, or zoo:NAME (e.g. zoo:pycode)")
     parser.add_argument("--data", required=True, help=data["path"])

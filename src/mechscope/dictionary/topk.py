@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from . import kernels
 from .base import SparseCoder, mse, normalized_mse, register
 
 CHUNK_ELEMENTS = 2 ** 21
@@ -65,8 +66,18 @@ def topk_select(pre: Float[Tensor, "n d"], k: int) -> tuple[Float[Tensor, "n k"]
     largest block maximum, the k kept blocks hold k distinct entries >= t, so the k-th largest
     candidate is >= t; any entry above it lies in a block whose maximum exceeds t, and every
     such block is kept. b is chosen so that k b is about d / 8.
+
+    On the CPU the native kernel (`kernels.topk_rows`: the same bound, from a bisection on
+    blocks of 16, then about k candidates) runs instead when it is built, 4-5x faster.
     """
     n, d = pre.shape
+    if pre.device.type == "cpu" and 0 < k <= d:
+        per = 16
+        while per > 1 and (d % per or d // per < k):
+            per //= 2
+        native = kernels.topk_rows(pre, k, d // per)
+        if native is not None:
+            return native
     b = 1
     while b * 2 * 8 * k <= d and d % (b * 2) == 0:
         b *= 2
@@ -99,7 +110,7 @@ class TopKEncode(torch.autograd.Function):
         x_c = x - b_dec if b_dec is not None else x
         n, rows = x_c.shape[0], _chunk_rows(x_c, W_enc.shape[1])
         if rows >= n:
-            values, indices = torch.addmm(b_enc, x_c, W_enc).topk(k, dim=-1, sorted=False)
+            values, indices = topk_select(torch.addmm(b_enc, x_c, W_enc), k)
         else:  # CPU: GEMM and selection per chunk of rows; never the whole [n, d_sae] at once
             pre = torch.addmm(b_enc, x_c[:rows], W_enc)
             values = pre.new_empty(n, k)
@@ -126,6 +137,10 @@ class TopKEncode(torch.autograd.Function):
         if need_b or need_bdec:
             grad_b = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, flat_idx, flat_g)
         if need_W:                                                       # x_c^T G, as (G^T x_c)^T
+            native = kernels.scatter_rows(indices, flat_g.view(n, k), x_c.to(W_enc.dtype), d_sae)
+        if need_W and native is not None:
+            grad_W = native.T.contiguous()
+        elif need_W:
             sample = torch.arange(n, device=g.device).repeat_interleave(k)
             G_t = torch.sparse_coo_tensor(torch.stack([flat_idx, sample]), flat_g, (d_sae, n), check_invariants=False)
             grad_W = torch.sparse.mm(G_t, x_c.to(W_enc.dtype)).T.contiguous()
@@ -164,6 +179,8 @@ class SparseDecode(torch.autograd.Function):
                                                   grad_out.new_zeros(n * k), (n, d_sae), check_invariants=False)
             grad_v = torch.sparse.sampled_addmm(pattern, grad_out, W_dec.T, beta=0.0).values().view(n, k)
         if ctx.needs_input_grad[2]:
+            grad_W = kernels.scatter_rows(indices, values.to(grad_out.dtype), grad_out, d_sae)
+        if ctx.needs_input_grad[2] and grad_W is None:
             sample = torch.arange(n, device=values.device).repeat_interleave(k)
             V_t = torch.sparse_coo_tensor(torch.stack([indices.reshape(-1), sample]), values.reshape(-1).to(grad_out.dtype),
                                           (d_sae, n), check_invariants=False)

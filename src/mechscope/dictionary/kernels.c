@@ -1,0 +1,126 @@
+/* CPU kernels for the TopK SAE step, compiled at first use by kernels.py (plain C, no
+   Python or torch headers; called through ctypes). Each splits its work over `threads`
+   OpenMP threads: loaded into a process where torch has loaded its libgomp.so.1, the
+   kernels share torch's thread pool (whose idle workers spin for a while after each torch
+   op, so threads of our own would fight them for the cores). Same results as the torch
+   fallbacks in topk.py. */
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#else  /* built without OpenMP: one thread */
+static int omp_get_num_threads(void) { return 1; }
+static int omp_get_thread_num(void) { return 0; }
+#endif
+
+/* Move the k largest of v[0..n) (with their ix) to the front: a Hoare quickselect. */
+static void top_front(float *v, int64_t *ix, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n - 1, want = k - 1;
+    while (lo < hi) {
+        float pivot = v[(lo + hi) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (v[i] > pivot) i++;
+            while (v[j] < pivot) j--;
+            if (i <= j) {
+                float t = v[i]; v[i] = v[j]; v[j] = t;
+                int64_t u = ix[i]; ix[i] = ix[j]; ix[j] = u;
+                i++; j--;
+            }
+        }
+        if (want <= j) hi = j; else if (want >= i) lo = i; else break;
+    }
+}
+
+/* Top k of one row of d entries (unordered). Block c holds columns c, c + nb, c + 2 nb, ...,
+   so the nb block maxima are an elementwise max of contiguous slices (vectorised). Any t
+   with at least k block maxima >= t is a lower bound of the k-th largest entry (those
+   blocks hold k distinct entries >= t), so every top-k entry is >= t and lies in a block
+   whose maximum is >= t. t comes from a bisection on the maxima (count >= k kept); the
+   entries >= t of those blocks (about k of them) are the candidates. Branch-free where
+   most tests fail. */
+static int topk_row(const float *restrict row, int64_t d, int64_t nb, int64_t k, float *out_v, int64_t *out_i,
+                     float *restrict mx, int64_t *restrict blocks, float *cv, int64_t *ci) {
+    int64_t per = d / nb;
+    memcpy(mx, row, nb * sizeof(float));
+    for (int64_t r = 1; r < per; r++) {
+        const float *restrict p = row + r * nb;
+        for (int64_t c = 0; c < nb; c++) mx[c] = (p[c] > mx[c] || p[c] != p[c]) ? p[c] : mx[c];  /* NaN sticks */
+    }
+    float lo = mx[0], hi = mx[0];
+    int nan = 0;
+    for (int64_t c = 0; c < nb; c++) {
+        lo = mx[c] < lo ? mx[c] : lo;
+        hi = mx[c] > hi ? mx[c] : hi;
+        nan |= mx[c] != mx[c];
+    }
+    if (nan) return 1;  /* torch.topk ranks NaN first: the caller falls back to it */
+    for (int step = 0; step < 12; step++) {
+        float mid = 0.5f * (lo + hi);
+        int64_t count = 0;
+        for (int64_t c = 0; c < nb; c++) count += mx[c] >= mid;
+        if (count >= k) lo = mid; else hi = mid;
+    }
+    int64_t nblk = 0, n = 0;
+    for (int64_t c = 0; c < nb; c++) { blocks[nblk] = c; nblk += mx[c] >= lo; }
+    for (int64_t b = 0; b < nblk; b++) {
+        int64_t c = blocks[b];
+        for (int64_t r = 0; r < per; r++) {
+            float x = row[r * nb + c];
+            cv[n] = x; ci[n] = r * nb + c; n += x >= lo;
+        }
+    }
+    if (n < k) return 1;  /* cannot happen (each kept block has an entry >= lo); a guard */
+    top_front(cv, ci, n, k);
+    memcpy(out_v, cv, k * sizeof(float));
+    memcpy(out_i, ci, k * sizeof(int64_t));
+    return 0;
+}
+
+/* pre [n, d] row-major float32; nb divides d, k <= nb. values [n, k], indices [n, k] int64.
+   Returns the number of rows it could not select (NaN in them, or no memory): then the
+   output is void and the caller uses its fallback. */
+int64_t topk_rows(const float *pre, int64_t n, int64_t d, int64_t nb, int64_t k, float *values, int64_t *indices,
+                  int threads) {
+    int64_t failed = 0;
+    (void)threads;  /* unused without OpenMP */
+    #pragma omp parallel num_threads(threads) reduction(+:failed)
+    {
+        float *mx = malloc((nb + d + 1) * sizeof(float)), *cv = mx + nb;
+        int64_t *blocks = malloc((nb + d + 1) * sizeof(int64_t)), *ci = blocks + nb;
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < n; r++)
+            failed += (!mx || !blocks) ? 1 : topk_row(pre + r * d, d, nb, k, values + r * k, indices + r * k, mx, blocks,
+                                                     cv, ci);
+        free(mx);
+        free(blocks);
+    }
+    return failed;
+}
+
+/* out [rows, d] = sum over (b, j) of g[b, j] x[b] added at row idx[b, j] (0 <= idx < rows):
+   G^T x for the sparse [n, rows] matrix G holding g at idx. Threads own disjoint row
+   ranges of out, so no two write the same row. */
+void scatter_rows(float *out, int64_t rows, const int64_t *idx, const float *g, const float *x, int64_t n, int64_t k,
+                  int64_t d, int threads) {
+    (void)threads;
+    #pragma omp parallel num_threads(threads)
+    {
+        int64_t parts = omp_get_num_threads(), me = omp_get_thread_num();
+        int64_t lo = rows * me / parts, hi = rows * (me + 1) / parts;
+        memset(out + lo * d, 0, (hi - lo) * d * sizeof(float));
+        for (int64_t b = 0; b < n; b++) {
+            const float *restrict xb = x + b * d;
+            for (int64_t j = 0; j < k; j++) {
+                int64_t row = idx[b * k + j];
+                if (row < lo || row >= hi) continue;
+                float gv = g[b * k + j];
+                float *restrict o = out + row * d;
+                for (int64_t c = 0; c < d; c++) o[c] += gv * xb[c];
+            }
+        }
+    }
+}

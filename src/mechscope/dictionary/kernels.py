@@ -1,0 +1,127 @@
+"""Native CPU kernels for the TopK SAE step (`kernels.c`): the top-k selection over the
+encoder's pre-activations and the sparse weight gradients (G^T x with k nonzeros a row).
+
+They are compiled once per machine with the system C compiler (`cc -O3 -march=native
+-fopenmp`, a second or so) into ~/.cache/mechscope/kernels (or $MECHSCOPE_CACHE/kernels) and loaded
+with ctypes: no Python or torch headers, no build step at install. Where there is no
+compiler, or MECHSCOPE_KERNELS=0, `load()` returns None and the callers use their torch
+code, which gives the same values (slower: see bench/README.md, `sae.py`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-fopenmp"]
+"""-fopenmp links libgomp.so.1, the soname torch's own copy has, so the kernels run on
+torch's thread pool. A compiler without OpenMP builds them single-threaded instead."""
+
+
+def _cache_folder() -> Path:
+    root = os.environ.get("MECHSCOPE_CACHE") or Path.home() / ".cache" / "mechscope"
+    return Path(root) / "kernels"
+
+
+def _cpu_id() -> str:
+    """What -march=native depends on: a library built on one CPU may not run on another."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        return next((line for line in info.splitlines() if line.startswith("flags")), platform.processor())
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _compile(compiler: str, target: Path) -> None:
+    """Build into a temporary sibling, then rename: a concurrent or killed build never
+    leaves a half-written library where a good one is expected."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        try:
+            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+        except subprocess.CalledProcessError:  # no OpenMP (e.g. Apple clang): one thread
+            serial = [f for f in FLAGS if f != "-fopenmp"]
+            subprocess.run([compiler, *serial, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@lru_cache(maxsize=1)
+def load() -> ctypes.CDLL | None:
+    """The compiled kernels, or None (no compiler, a failed build, or MECHSCOPE_KERNELS=0)."""
+    if os.environ.get("MECHSCOPE_KERNELS", "1") == "0":
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        log.info("no C compiler found: the TopK SAE uses its (slower) torch kernels")
+        return None
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + _cpu_id().encode()).hexdigest()[:16]
+    target = _cache_folder() / f"topk-{key}.so"
+    try:
+        if not target.exists():
+            _compile(compiler, target)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as err:
+        detail = getattr(err, "stderr", b"") or b""
+        log.warning("could not build the native TopK kernels (%s%s): using the slower torch kernels", err,
+                    f": {detail.decode(errors='replace')[:300]}" if detail else "")
+        return None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.topk_rows.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_int]
+    lib.topk_rows.restype = i64
+    lib.scatter_rows.argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
+    lib.scatter_rows.restype = None
+    return lib
+
+
+def _usable(*tensors: Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
+
+
+def topk_rows(pre: Tensor, k: int, blocks: int) -> tuple[Tensor, Tensor] | None:
+    """The k largest entries of each row of pre [n, d] (float32, CPU) and their columns,
+    unordered (see kernels.c); `blocks` divides d and is at least k. None when the kernels
+    are not there or a row holds NaN: the caller then selects with torch."""
+    lib = load()
+    if lib is None or pre.dtype != torch.float32 or not _usable(pre) or not k <= blocks or pre.shape[1] % blocks:
+        return None
+    n, d = pre.shape
+    values = pre.new_empty(n, k)
+    indices = torch.empty(n, k, dtype=torch.long)
+    failed = lib.topk_rows(pre.data_ptr(), n, d, blocks, k, values.data_ptr(), indices.data_ptr(),
+                           torch.get_num_threads())
+    return None if failed else (values, indices)
+
+
+def scatter_rows(indices: Tensor, weights: Tensor, x: Tensor, rows: int) -> Tensor | None:
+    """out [rows, d] with out[indices[b, j]] += weights[b, j] * x[b]: G^T x for the sparse
+    [n, rows] matrix G holding `weights` at `indices` (float32, CPU). None without kernels."""
+    lib = load()
+    if lib is None or not (weights.dtype == x.dtype == torch.float32) or indices.dtype != torch.long:
+        return None
+    indices, weights, x = indices.contiguous(), weights.contiguous(), x.contiguous()
+    if not _usable(indices, weights, x):
+        return None
+    (n, k), d = indices.shape, x.shape[1]
+    out = x.new_empty(rows, d)
+    lib.scatter_rows(out.data_ptr(), rows, indices.data_ptr(), weights.data_ptr(), x.data_ptr(), n, k, d,
+                     torch.get_num_threads())
+    return out

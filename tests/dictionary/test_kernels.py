@@ -1,0 +1,80 @@
+"""The native TopK kernels (kernels.c) against torch: the same selection and the same
+sparse products, and a whole training step the same with and without them."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from mechscope.dictionary import CoderConfig, build, kernels
+from mechscope.dictionary import topk as topk_module
+
+needs_kernels = pytest.mark.skipif(kernels.load() is None, reason="no C compiler: the torch kernels run instead")
+
+
+def test_kernels_build_where_there_is_a_compiler():
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler on this machine")
+    assert kernels.load() is not None, "a compiler is here but the kernels did not build (see the warning logged)"
+
+
+@needs_kernels
+@pytest.mark.parametrize("d, k, blocks", [(4096, 32, 256), (1000, 8, 125), (64, 64, 64), (96, 6, 6)])
+def test_native_topk_selects_what_torch_topk_selects(d, k, blocks):
+    gen = torch.Generator().manual_seed(d)
+    for pre in (torch.randn(300, d, generator=gen),
+                torch.randint(0, 3, (300, d), generator=gen).float(),         # heavy ties
+                torch.zeros(3, d),                                             # one value everywhere
+                torch.randn(300, d, generator=gen).clamp(max=0.2)):           # ties at the top
+        values, idx = kernels.topk_rows(pre, k, blocks)
+        want = pre.topk(k, dim=-1).values
+        torch.testing.assert_close(values.sort(-1).values, want.sort(-1).values, atol=0, rtol=0)
+        torch.testing.assert_close(pre.gather(1, idx), values, atol=0, rtol=0)
+        assert bool((idx.sort(-1).values.diff(dim=-1) > 0).all())          # k distinct columns
+
+
+@needs_kernels
+def test_native_topk_declines_rows_with_nan_and_unsupported_input():
+    pre = torch.randn(8, 512)
+    pre[3, 7] = float("nan")
+    assert kernels.topk_rows(pre, 4, 32) is None                             # the caller falls back
+    assert kernels.topk_rows(torch.randn(8, 512, dtype=torch.float64), 4, 32) is None
+    assert kernels.topk_rows(torch.randn(512, 8).T, 4, 32) is None            # not contiguous
+    values, _ = topk_module.topk_select(pre, 4)                               # and topk_select still answers
+    assert values.shape == (8, 4)
+
+
+@needs_kernels
+def test_native_scatter_equals_the_sparse_product():
+    gen = torch.Generator().manual_seed(0)
+    n, k, rows, d = 70, 5, 300, 24
+    idx = torch.randint(0, rows, (n, k), generator=gen)                      # repeats within a row too
+    g, x = torch.randn(n, k, generator=gen), torch.randn(n, d, generator=gen)
+    want = torch.zeros(rows, d, dtype=torch.float64).index_add_(
+        0, idx.reshape(-1), (g[..., None].double() * x[:, None, :].double()).reshape(-1, d))
+    got = kernels.scatter_rows(idx, g, x, rows)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def _step(coder, x, dead):
+    coder.zero_grad()
+    with coder.sparse_acts():
+        out = coder(x, dead_mask=dead)
+    out.loss.backward()
+    return out, {n: p.grad.clone() for n, p in coder.named_parameters()}
+
+
+def test_a_training_step_is_the_same_with_and_without_the_native_kernels(monkeypatch):
+    monkeypatch.setattr(topk_module, "CHUNK_ELEMENTS", 64 * 2048)           # several chunks
+    torch.manual_seed(0)
+    coder = build(CoderConfig("topk", 48, 2048, k=12, aux_k=64))
+    x, dead = torch.randn(300, 48), torch.rand(2048) < 0.3
+    native, native_grads = _step(coder, x, dead)
+    monkeypatch.setattr(kernels, "load", lambda: None)
+    plain, plain_grads = _step(coder, x, dead)
+    torch.testing.assert_close(native.loss, plain.loss, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(native.acts.to_dense(), plain.acts.to_dense(), atol=0, rtol=0)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(native_grads[name], grad, atol=1e-5, rtol=1e-5)

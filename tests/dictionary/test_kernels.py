@@ -39,7 +39,8 @@ def test_native_topk_selects_what_torch_topk_selects(d, k, blocks):
 def test_native_topk_declines_rows_with_nan_and_unsupported_input():
     pre = torch.randn(8, 512)
     pre[3, 7] = float("nan")
-    assert kernels.topk_rows(pre, 4, 32) is None                             # the caller falls back
+    values, idx = kernels.topk_rows(pre, 4, 32)                               # torch.topk ranks NaN first
+    assert torch.isnan(values[3]).any() and not torch.isnan(values[[0, 1, 2, 4, 5, 6, 7]]).any()
     assert kernels.topk_rows(torch.randn(8, 512, dtype=torch.float64), 4, 32) is None
     assert kernels.topk_rows(torch.randn(512, 8).T, 4, 32) is None            # not contiguous
     values, _ = topk_module.topk_select(pre, 4)                               # and topk_select still answers
@@ -54,8 +55,29 @@ def test_native_scatter_equals_the_sparse_product():
     g, x = torch.randn(n, k, generator=gen), torch.randn(n, d, generator=gen)
     want = torch.zeros(rows, d, dtype=torch.float64).index_add_(
         0, idx.reshape(-1), (g[..., None].double() * x[:, None, :].double()).reshape(-1, d))
-    got = kernels.scatter_rows(idx, g, x, rows)
-    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    got = kernels.scatter_columns(idx, g, x, rows)
+    assert got.shape == (d, rows)
+    torch.testing.assert_close(got.double(), want.T, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("need_values, need_w", [(True, True), (True, False), (False, True)])
+def test_native_decoder_backward_equals_autograd(need_values, need_w):
+    gen = torch.Generator().manual_seed(1)
+    n, k, rows, d = 90, 6, 200, 40                                            # d not a multiple of 16
+    idx = torch.stack([torch.randperm(rows, generator=gen)[:k] for _ in range(n)])
+    v, w = torch.randn(n, k, generator=gen), torch.randn(rows, d, generator=gen)
+    e = torch.randn(n, d, generator=gen)
+    vr, wr = v.double().requires_grad_(), w.double().requires_grad_()
+    out = torch.nn.functional.embedding_bag(idx, wr, per_sample_weights=vr, mode="sum")
+    want_v, want_w = torch.autograd.grad((out * e.double()).sum(), (vr, wr))
+    got_v, got_w = kernels.decode_backward(idx, v, e, w, need_values, need_w)
+    assert (got_v is None) != need_values and (got_w is None) != need_w
+    if need_values:
+        torch.testing.assert_close(got_v.double(), want_v, atol=1e-5, rtol=1e-5)
+    if need_w:
+        torch.testing.assert_close(got_w.double(), want_w, atol=1e-5, rtol=1e-5)
+    assert kernels.decode_backward(idx + rows, v, e, w, True, True) is None   # an index outside w: refused
 
 
 def _step(coder, x, dead):

@@ -85,10 +85,12 @@ def load() -> ctypes.CDLL | None:
                     f": {detail.decode(errors='replace')[:300]}" if detail else "")
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.topk_rows.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_int]
+    lib.topk_rows.argtypes = [ptr, ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_int]
     lib.topk_rows.restype = i64
-    lib.scatter_rows.argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
-    lib.scatter_rows.restype = None
+    lib.scatter_columns.argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
+    lib.scatter_columns.restype = ctypes.c_int
+    lib.decode_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int]
+    lib.decode_backward.restype = None
     return lib
 
 
@@ -96,32 +98,66 @@ def _usable(*tensors: Tensor) -> bool:
     return all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
 
 
-def topk_rows(pre: Tensor, k: int, blocks: int) -> tuple[Tensor, Tensor] | None:
-    """The k largest entries of each row of pre [n, d] (float32, CPU) and their columns,
-    unordered (see kernels.c); `blocks` divides d and is at least k. None when the kernels
-    are not there or a row holds NaN: the caller then selects with torch."""
+def topk_rows(pre: Tensor, k: int, blocks: int, bias: Tensor | None = None) -> tuple[Tensor, Tensor] | None:
+    """The k largest entries of each row of pre [n, d] (+ bias [d]) and their columns,
+    unordered (see kernels.c); `blocks` divides d and is at least k. The bias is added to
+    pre in place (the caller's scratch). None, with pre untouched, when the kernels are not
+    there or the input is not float32 contiguous CPU: the caller then selects with torch."""
     lib = load()
-    if lib is None or pre.dtype != torch.float32 or not _usable(pre) or not k <= blocks or pre.shape[1] % blocks:
+    if lib is None or pre.dtype != torch.float32 or not _usable(pre) or not 0 < k <= blocks or pre.shape[1] % blocks:
+        return None
+    if bias is not None and (bias.dtype != torch.float32 or not _usable(bias) or bias.shape != pre.shape[1:]):
         return None
     n, d = pre.shape
     values = pre.new_empty(n, k)
     indices = torch.empty(n, k, dtype=torch.long)
-    failed = lib.topk_rows(pre.data_ptr(), n, d, blocks, k, values.data_ptr(), indices.data_ptr(),
-                           torch.get_num_threads())
-    return None if failed else (values, indices)
+    failed = lib.topk_rows(pre.data_ptr(), None if bias is None else bias.data_ptr(), n, d, blocks, k,
+                           values.data_ptr(), indices.data_ptr(), torch.get_num_threads())
+    # NaN in a row (torch ranks it first, so a NaN weight shows in the loss) or no memory:
+    # pre holds pre + bias all the same
+    return pre.topk(k, dim=-1, sorted=False) if failed else (values, indices)
 
 
-def scatter_rows(indices: Tensor, weights: Tensor, x: Tensor, rows: int) -> Tensor | None:
-    """out [rows, d] with out[indices[b, j]] += weights[b, j] * x[b]: G^T x for the sparse
-    [n, rows] matrix G holding `weights` at `indices` (float32, CPU). None without kernels."""
-    lib = load()
-    if lib is None or not (weights.dtype == x.dtype == torch.float32) or indices.dtype != torch.long:
+def _sparse_args(indices: Tensor, weights: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+    if not (weights.dtype == x.dtype == torch.float32) or indices.dtype != torch.long:
         return None
     indices, weights, x = indices.contiguous(), weights.contiguous(), x.contiguous()
-    if not _usable(indices, weights, x):
+    return (indices, weights, x) if _usable(indices, weights, x) else None
+
+
+def scatter_columns(indices: Tensor, weights: Tensor, x: Tensor, rows: int) -> Tensor | None:
+    """x^T G [d, rows] for the sparse [n, rows] matrix G holding weights [n, k] at columns
+    indices [n, k] (column indices[b, j] gets weights[b, j] x[b]; indices outside 0..rows-1
+    are dropped): W_enc's gradient in W_enc's layout. float32 CPU; None without the
+    kernels or memory."""
+    lib, args = load(), _sparse_args(indices, weights, x)
+    if lib is None or args is None:
         return None
+    indices, weights, x = args
     (n, k), d = indices.shape, x.shape[1]
-    out = x.new_empty(rows, d)
-    lib.scatter_rows(out.data_ptr(), rows, indices.data_ptr(), weights.data_ptr(), x.data_ptr(), n, k, d,
-                     torch.get_num_threads())
-    return out
+    out = x.new_empty(d, rows)
+    failed = lib.scatter_columns(out.data_ptr(), rows, indices.data_ptr(), weights.data_ptr(), x.data_ptr(), n, k, d,
+                                 torch.get_num_threads())
+    return None if failed else out
+
+
+def decode_backward(indices: Tensor, values: Tensor, e: Tensor, w: Tensor, need_values: bool, need_w: bool
+                    ) -> tuple[Tensor | None, Tensor | None] | None:
+    """The gathered decoder's backward, e the output gradient [n, d], w the decoder [rows, d]:
+    (grad values [n, k] = e[b] . w[indices[b, j]], grad w [rows, d] = V^T e), each only if
+    asked for, in one pass; float32 CPU; None without the kernels."""
+    lib, args = load(), _sparse_args(indices, values, e)
+    if lib is None or args is None or w.dtype != torch.float32 or not _usable(w):
+        return None
+    indices, values, e = args
+    (n, k), (rows, d) = indices.shape, w.shape
+    grad_v = e.new_empty(n, k) if need_values else None
+    grad_w = w.new_empty(rows, d) if need_w else None
+    # rows of grad_v whose index lies outside w would stay unwritten: refuse those
+    low, high = torch.aminmax(indices)
+    if int(low) < 0 or int(high) >= rows:
+        return None
+    lib.decode_backward(None if grad_v is None else grad_v.data_ptr(), None if grad_w is None else grad_w.data_ptr(),
+                        indices.data_ptr(), values.data_ptr(), e.data_ptr(), w.data_ptr(), n, k, d, rows,
+                        torch.get_num_threads())
+    return grad_v, grad_w

@@ -56,28 +56,34 @@ def encoder_init_scale(k: int, d_sae: int, d_in: int) -> float:
     return 1.0 / (1.0 + k * m2 / d_in - m4 / (m2 * d_in))
 
 
-def topk_select(pre: Float[Tensor, "n d"], k: int) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
-    """The k largest entries of each row and their columns, unordered: the same values as
-    `pre.topk(k, sorted=False)` (the same columns too unless values tie), cheaper for k << d.
+def topk_select(pre: Float[Tensor, "n d"], k: int, bias: Float[Tensor, "d"] | None = None
+                ) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
+    """The k largest entries of each row (of pre + bias, the bias added to pre in place)
+    and their columns, unordered: the same values as `pre.topk(k, sorted=False)` (the same
+    columns too unless values tie), cheaper for k << d.
 
-    Two stages. Split each row into d/b blocks of b columns (block j: columns j, j + d/b, ...,
-    so that the block maxima are an elementwise max of contiguous slices), keep the k blocks
-    with the largest maxima, and take the top k of their k b entries. Exact: if t is the k-th
-    largest block maximum, the k kept blocks hold k distinct entries >= t, so the k-th largest
-    candidate is >= t; any entry above it lies in a block whose maximum exceeds t, and every
-    such block is kept. b is chosen so that k b is about d / 8.
+    On the CPU the native kernel (`kernels.topk_rows`) runs when it is built: a lower bound
+    of the k-th largest entry from the maxima of blocks of 16, then about k candidates;
+    4-5x faster than the torch code below, and it adds the bias in the same pass.
 
-    On the CPU the native kernel (`kernels.topk_rows`: the same bound, from a bisection on
-    blocks of 16, then about k candidates) runs instead when it is built, 4-5x faster.
+    The torch code has two stages. Split each row into d/b blocks of b columns (block j:
+    columns j, j + d/b, ..., so that the block maxima are an elementwise max of contiguous
+    slices), keep the k blocks with the largest maxima, and take the top k of their k b
+    entries. Exact: if t is the k-th largest block maximum, the k kept blocks hold k
+    distinct entries >= t, so the k-th largest candidate is >= t; any entry above it lies in
+    a block whose maximum exceeds t, and every such block is kept. b is chosen so that k b
+    is about d / 8.
     """
     n, d = pre.shape
     if pre.device.type == "cpu" and 0 < k <= d:
         per = 16
         while per > 1 and (d % per or d // per < k):
             per //= 2
-        native = kernels.topk_rows(pre, k, d // per)
+        native = kernels.topk_rows(pre, k, d // per, bias)
         if native is not None:
             return native
+    if bias is not None:
+        pre.add_(bias)
     b = 1
     while b * 2 * 8 * k <= d and d % (b * 2) == 0:
         b *= 2
@@ -112,12 +118,12 @@ class TopKEncode(torch.autograd.Function):
         if rows >= n:
             values, indices = topk_select(torch.addmm(b_enc, x_c, W_enc), k)
         else:  # CPU: GEMM and selection per chunk of rows; never the whole [n, d_sae] at once
-            pre = torch.addmm(b_enc, x_c[:rows], W_enc)
+            pre = x_c.new_empty(rows, W_enc.shape[1])
             values = pre.new_empty(n, k)
             indices = torch.empty(n, k, dtype=torch.long, device=x_c.device)
             for s in range(0, n, rows):
-                chunk = pre if s == 0 else torch.addmm(b_enc, x_c[s:s + rows], W_enc, out=pre[:min(rows, n - s)])
-                values[s:s + rows], indices[s:s + rows] = topk_select(chunk, k)
+                chunk = torch.mm(x_c[s:s + rows], W_enc, out=pre[:min(rows, n - s)])
+                values[s:s + rows], indices[s:s + rows] = topk_select(chunk, k, b_enc)   # the bias added there
         values = values.relu_()
         ctx.centred = b_dec is not None
         ctx.save_for_backward(x_c, W_enc, values, indices)
@@ -137,10 +143,8 @@ class TopKEncode(torch.autograd.Function):
         if need_b or need_bdec:
             grad_b = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, flat_idx, flat_g)
         if need_W:                                                       # x_c^T G, as (G^T x_c)^T
-            native = kernels.scatter_rows(indices, flat_g.view(n, k), x_c.to(W_enc.dtype), d_sae)
-        if need_W and native is not None:
-            grad_W = native.T.contiguous()
-        elif need_W:
+            grad_W = kernels.scatter_columns(indices, g, x_c.to(W_enc.dtype), d_sae)
+        if need_W and grad_W is None:
             sample = torch.arange(n, device=g.device).repeat_interleave(k)
             G_t = torch.sparse_coo_tensor(torch.stack([flat_idx, sample]), flat_g, (d_sae, n), check_invariants=False)
             grad_W = torch.sparse.mm(G_t, x_c.to(W_enc.dtype)).T.contiguous()
@@ -171,16 +175,17 @@ class SparseDecode(torch.autograd.Function):
         values, indices, W_dec = ctx.saved_tensors
         (n, k), d_sae = values.shape, W_dec.shape[0]
         grad_out = grad_out.contiguous()
-        grad_v = grad_W = grad_b = None
-        if ctx.needs_input_grad[0]:
+        need_v, need_W = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        native = kernels.decode_backward(indices, values.to(grad_out.dtype), grad_out, W_dec, need_v, need_W)
+        grad_v, grad_W = native if native is not None else (None, None)
+        grad_b = None
+        if need_v and grad_v is None:
             with warnings.catch_warnings():  # "sparse CSR support is in beta": a one-off note, not for users
                 warnings.simplefilter("ignore")
                 pattern = torch.sparse_csr_tensor(torch.arange(0, n * k + 1, k, device=values.device), indices.reshape(-1),
                                                   grad_out.new_zeros(n * k), (n, d_sae), check_invariants=False)
             grad_v = torch.sparse.sampled_addmm(pattern, grad_out, W_dec.T, beta=0.0).values().view(n, k)
-        if ctx.needs_input_grad[2]:
-            grad_W = kernels.scatter_rows(indices, values.to(grad_out.dtype), grad_out, d_sae)
-        if ctx.needs_input_grad[2] and grad_W is None:
+        if need_W and grad_W is None:
             sample = torch.arange(n, device=values.device).repeat_interleave(k)
             V_t = torch.sparse_coo_tensor(torch.stack([indices.reshape(-1), sample]), values.reshape(-1).to(grad_out.dtype),
                                           (d_sae, n), check_invariants=False)

@@ -41,6 +41,7 @@ from typing import Sequence
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from jaxtyping import Int
 from safetensors.torch import load_file
 from torch import Tensor, nn
@@ -61,8 +62,11 @@ class NonFinite(MechscopeError):
 
 
 def _fvu(x: Tensor, x_hat: Tensor) -> float:
+    """Squared error over the total variance (per dimension, summed): fused reductions, no
+    [batch, d] temporaries (this runs every step)."""
     x, x_hat = x.float(), x_hat.float()
-    return float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12))
+    total = torch.linalg.vector_norm(x - x.mean(0)).square()  # (torch's var over dim 0 is slow on CPU)
+    return float(F.mse_loss(x_hat, x, reduction="sum") / total.clamp_min(1e-12))
 
 
 class Trainer:
@@ -289,7 +293,11 @@ def _target(coder: SparseCoder, batch: Batch) -> Tensor | None:
 
 
 def _check_finite(x: Tensor, what: str, step: int, world: int = 1) -> None:
-    bad = torch.tensor([0.0 if bool(torch.isfinite(x).all()) else 1.0], device=x.device)  # NCCL: on the GPU
+    if x.numel() == 0:
+        return
+    low, high = torch.aminmax(x)  # one pass; NaN propagates into both
+    finite = bool(torch.isfinite(low) & torch.isfinite(high))
+    bad = torch.tensor([0.0 if finite else 1.0], device=x.device)  # NCCL: on the GPU
     if world > 1:
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
     if bad.item():

@@ -300,7 +300,7 @@ class TopKSAE(SparseActs, SparseCoder):
             values = values.relu()
             x_hat = self.decode_scaled(dense(values, indices, self.cfg.d_sae))
         loss = fast_mse(x_hat, ts) if self.fast else mse(x_hat, ts)
-        parts = {"l0": (values.detach() > 0).sum(-1, dtype=torch.float32).mean()}
+        parts = {"l0": (values.detach() > 0).sum(-1, dtype=torch.float32).mean(), "mse": loss.detach()}
         if dead_mask is not None:
             parts["aux"] = aux_loss(self, xs, x_hat, ts, dead_mask, b_dec=b_dec) if self.fast else \
                 aux_loss(self, self.centered(xs), x_hat, ts, dead_mask)

@@ -41,7 +41,6 @@ from typing import Sequence
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from jaxtyping import Int
 from safetensors.torch import load_file
 from torch import Tensor, nn
@@ -65,8 +64,8 @@ def _fvu(x: Tensor, x_hat: Tensor) -> float:
     """Squared error over the total variance (per dimension, summed): fused reductions, no
     [batch, d] temporaries (this runs every step)."""
     x, x_hat = x.float(), x_hat.float()
-    total = torch.linalg.vector_norm(x - x.mean(0)).square()  # (torch's var over dim 0 is slow on CPU)
-    return float(F.mse_loss(x_hat, x, reduction="sum") / total.clamp_min(1e-12))
+    error, centred = (x - x_hat).flatten(), (x - x.mean(0)).flatten()   # (torch's var over dim 0 is slow on CPU)
+    return float(torch.linalg.vecdot(error, error) / torch.linalg.vecdot(centred, centred).clamp_min(1e-12))
 
 
 class Trainer:
@@ -171,14 +170,13 @@ class Trainer:
 
     def _count_dead(self, i: int, acts: Tensor) -> None:
         if acts.is_sparse:  # COO (topk family): the columns of the nonzero entries fired
-            fired = torch.zeros(acts.shape[1], dtype=torch.int32, device=acts.device)
-            fired[acts._indices()[1][acts._values() != 0]] = 1
+            fired = torch.zeros(acts.shape[1], dtype=torch.int32, device=acts.device).scatter_reduce_(
+                0, acts._indices()[1], (acts._values() != 0).to(torch.int32), "amax")
         else:
             fired = (acts != 0).any(0).to(torch.int32)
         if self.world > 1:
             dist.all_reduce(fired, op=dist.ReduceOp.MAX)
-        self.dead[i] += self.cfg.batch_tokens
-        self.dead[i][fired.bool()] = 0
+        self.dead[i] = torch.where(fired.bool(), 0, self.dead[i] + self.cfg.batch_tokens)
 
     # Evaluation on held-out activations
 

@@ -10,8 +10,10 @@ row chunks of a few MB, so the [batch, d_sae] pre-activations never exist at onc
 allocation per step (a fresh array above glibc's mmap threshold, 32 MB, costs a page fault
 per 4 KB page, tens of ms per step) and the selection reads a chunk that is still in cache.
 The selection itself is `topk_select`, an exact two-stage top-k; the decoder's backward is
-`SparseDecode`'s (sparse products only). The loss is one fused
-`F.mse_loss` (same value as base.mse), and the decoder-gradient projection is done in place.
+`SparseDecode`'s (sparse products only). On the CPU, float32, the selection and both sparse
+backwards run native kernels (`kernels.py`, C built at first use; the torch code stays as
+the fallback and the reference). The loss is one fused `F.mse_loss` (same value as
+base.mse), and the decoder-gradient projection is done in place.
 
 Initialisation: W_enc = c W_dec^T with c = `encoder_init_scale(k, d_sae, d_in)` (< 1; see
 there), so that at step 0 the top-k reconstruction has the least-squares right size.
@@ -105,7 +107,8 @@ class TopKEncode(torch.autograd.Function):
     Backward, with g the incoming gradient of the values times relu' (zero where a selected
     value is <= 0), G the sparse [batch, d_sae] matrix holding g at the selected indices:
     grad b_enc = column sums of G (index_add), grad W_enc = x_c^T G (a sparse product with
-    batch k nonzeros, written in W_enc's own [d_in, d_sae] layout), grad x = G W_enc^T (an
+    batch k nonzeros, written in W_enc's own [d_in, d_sae] layout: `kernels.scatter_columns`
+    on the CPU in float32, else a COO product), grad x = G W_enc^T (an
     embedding_bag over W_enc's columns, only when x needs it) and, when b_dec is passed,
     grad b_dec = -sum_b grad x_b = -W_enc grad b_enc (one matrix-vector product: the batch of
     input gradients is never formed for the bias).
@@ -159,10 +162,11 @@ class SparseDecode(torch.autograd.Function):
     """(values, indices, W_dec, b_dec) -> sum_j values_bj W_dec[indices_bj] + b_dec.
 
     Forward is one `embedding_bag`. Backward, with e the incoming gradient [batch, d_out]:
-    grad values_bj = e_b . W_dec[indices_bj] (a sampled product, `torch.sparse.sampled_addmm`,
-    batch k dot products), grad W_dec = V^T e with V the sparse [batch, d_sae] matrix of the
-    values (a COO product, rows in W_dec's layout), grad b_dec = sum_b e_b. Same values as
-    autograd through `embedding_bag`, whose weight gradient costs twice as much on the CPU.
+    grad values_bj = e_b . W_dec[indices_bj] (a sampled product, batch k dot products),
+    grad W_dec = V^T e with V the sparse [batch, d_sae] matrix of the values (rows in W_dec's
+    layout), grad b_dec = sum_b e_b: `kernels.decode_backward` on the CPU in float32, else
+    `torch.sparse.sampled_addmm` and a COO product. Same values as autograd through
+    `embedding_bag`, whose weight gradient costs twice as much on the CPU.
     """
 
     @staticmethod

@@ -3,6 +3,8 @@ without the error term, feature readers, and the errors for mismatched sites/fea
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -176,3 +178,14 @@ def test_prompts_on_a_zoo_model_with_a_tokenizer():
     top = top_contexts(model, coder, prompts, feature, k=3, context=3, batch_size=2)
     for row in top.rows(feature):
         assert row["tokens"][row["centre"]] == clean.str_tokens(row["sequence"])[row["pos"]]
+
+
+def test_a_dictionary_from_another_model_attaches_with_a_warning(caplog):
+    model, tokens = tiny_model("gpt2"), _tokens()
+    for trained_on, warned in [("some-other-model", True), (model.name, False), ("", False)]:
+        coder = _coder()
+        coder.cfg = dataclasses.replace(coder.cfg, model_name=trained_on)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="mechscope.dictionary.attach"), attach(model, coder):
+            model.run(tokens)
+        assert ("trained on some-other-model" in caplog.text) == warned

@@ -19,6 +19,7 @@ Site activations with head axes (hook_z: [batch, pos, head, d_head]) are read fl
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
@@ -30,6 +31,17 @@ from .. import edits
 from ..errors import MechscopeError
 from .base import SparseCoder
 
+log = logging.getLogger(__name__)
+
+
+def warn_if_other_model(model, coder) -> None:
+    """A dictionary read on another model than the one it was trained on is allowed (a
+    fine-tune, a renamed copy) but said: its features may mean nothing there."""
+    trained_on = getattr(coder.cfg, "model_name", "")
+    if trained_on and trained_on != model.name:
+        log.warning("this dictionary was trained on %s, not %s: its features may not carry over", trained_on,
+                    model.name)
+
 
 def site_of(model, coder: SparseCoder, site: str | None) -> str:
     """The site to use (default: the coder's hook_name), checked against the coder's width."""
@@ -39,6 +51,7 @@ def site_of(model, coder: SparseCoder, site: str | None) -> str:
     site = site or coder.cfg.hook_name
     if not site:
         raise MechscopeError("this dictionary does not say which site it reads (cfg.hook_name is empty): pass site=")
+    warn_if_other_model(model, coder)
     info = model.table[site]  # unknown sites fail here, with suggestions
     if info.dims[:2] != ("batch", "pos"):
         raise MechscopeError(f"site '{site}' has dims {info.dims}: dictionaries read [batch, pos, ...] sites")

@@ -37,6 +37,7 @@ from torch import Tensor
 from .. import edits
 from ..errors import MechscopeError
 from ..io import write_json, write_tensors
+from .attach import warn_if_other_model
 from .source import SourceConfig, keep_mask, site_width
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ def evaluate(model, coder, tokens: Int[Tensor, "m ctx"], *, site: str | None = N
     site = site or coder.cfg.hook_name
     if not site:
         raise MechscopeError("the dictionary names no site (cfg.hook_name is empty): pass site=...")
+    warn_if_other_model(model, coder)
     width = site_width(model, site)
     if width != coder.cfg.d_in:
         raise MechscopeError(f"dictionary d_in={coder.cfg.d_in} but '{site}' is {width} wide: wrong site or dictionary")

@@ -55,7 +55,7 @@ class Metric:
                                  "return one number (average over the batch, e.g. `.mean()`)")
         value = value.reshape(())
         if not bool(torch.isfinite(value.detach())):
-            raise MechscopeError(f"metric '{self.name}' returned {float(value)}: check it for log(0), division by "
+            raise MechscopeError(f"metric '{self.name}' returned {float(value.detach())}: check it for log(0), division by "
                                  "zero or overflow (a logit difference in float16?)")
         return value
 

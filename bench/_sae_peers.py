@@ -161,6 +161,9 @@ def main() -> None:
         quality = curve[-1] if curve else fvu(held, reconstruct(held))
     result = {"lib": args.lib, "version": version, "step_s": times, "tokens_per_s": args.batch * len(times) / sum(times),
               "fvu": quality, "fvu_curve": curve, "steps": args.warmup + args.steps}
+    if args.lib == "mechscope":  # whether the encoder GEMM ran in bfloat16 (selection only; see kernels.py)
+        from mechscope.dictionary import kernels
+        result["bf16_selection"] = kernels.bf16_selection()
     print(json.dumps(result), file=_OUT, flush=True)
 
 

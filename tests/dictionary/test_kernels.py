@@ -88,8 +88,11 @@ def _step(coder, x, dead):
     return out, {n: p.grad.clone() for n, p in coder.named_parameters()}
 
 
-def test_a_training_step_is_the_same_with_and_without_the_native_kernels(monkeypatch):
+@pytest.mark.parametrize("bf16", [True, False], ids=["bf16-selection", "fp32-selection"])
+def test_a_training_step_is_the_same_with_and_without_the_native_kernels(monkeypatch, bf16):
     monkeypatch.setattr(topk_module, "CHUNK_ELEMENTS", 64 * 2048)           # several chunks
+    if not bf16:
+        monkeypatch.setattr(kernels, "bf16_selection", lambda: False)
     torch.manual_seed(0)
     coder = build(CoderConfig("topk", 48, 2048, k=12, aux_k=64))
     x, dead = torch.randn(300, 48), torch.rand(2048) < 0.3
@@ -97,6 +100,55 @@ def test_a_training_step_is_the_same_with_and_without_the_native_kernels(monkeyp
     monkeypatch.setattr(kernels, "load", lambda: None)
     plain, plain_grads = _step(coder, x, dead)
     torch.testing.assert_close(native.loss, plain.loss, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(native.acts.to_dense(), plain.acts.to_dense(), atol=0, rtol=0)
+    native_acts, plain_acts = native.acts.to_dense(), plain.acts.to_dense()
+    assert torch.equal(native_acts != 0, plain_acts != 0)                   # the same latents selected
+    torch.testing.assert_close(native_acts, plain_acts, atol=1e-6, rtol=1e-6)  # (bf16 selection: fp32 dots)
     for name, grad in plain_grads.items():
         torch.testing.assert_close(native_grads[name], grad, atol=1e-5, rtol=1e-5)
+
+
+needs_bf16 = pytest.mark.skipif(not kernels.bf16_selection(), reason="no native bfloat16 products on this CPU")
+
+
+def _exact_top(x, W, b, k):
+    return (x.double() @ W.double() + b.double()).topk(k, dim=-1)
+
+
+@needs_bf16
+def test_bf16_selection_picks_the_fp32_top_k():
+    gen = torch.Generator().manual_seed(0)
+    n, d, width, k = 700, 96, 1024, 16                                       # several chunks, a partial one
+    x = torch.randn(n, d, generator=gen) * torch.linspace(0.1, 3, d)
+    W = torch.randn(d, width, generator=gen) / d ** 0.5
+    b = torch.randn(width, generator=gen)
+    values, idx = kernels.encode_topk_bf16(x, W, b, k, chunk_rows=256)
+    want = _exact_top(x, W, b, k)
+    assert torch.equal(idx.sort(-1).values, want.indices.sort(-1).values)
+    torch.testing.assert_close(values.double().sort(-1).values, want.values.sort(-1).values, atol=1e-5, rtol=1e-5)
+
+
+@needs_bf16
+def test_bf16_selection_resolves_what_bfloat16_cannot():
+    """Columns that differ by a relative 1e-5 (bfloat16 resolves 4e-3): the bf16 products tie,
+    the fp32 dots of the candidates decide, and the top k is the fp32 one."""
+    gen = torch.Generator().manual_seed(1)
+    d, width, k = 64, 512, 8
+    base = torch.randn(d, 1, generator=gen)
+    W = base * (1 + 1e-5 * torch.randperm(width, generator=gen).float())       # a shuffled ladder of near-copies
+    x = torch.randn(40, d, generator=gen)
+    x = x * torch.sign(x @ base)                                              # x . base > 0: the ladder ranks them
+    b = torch.zeros(width)
+    values, idx = kernels.encode_topk_bf16(x, W, b, k, chunk_rows=16)
+    assert torch.equal(idx.sort(-1).values, _exact_top(x, W, b, k).indices.sort(-1).values)
+    big = torch.randn(width, generator=gen) * 1e3                             # a bias that dwarfs the products
+    values, idx = kernels.encode_topk_bf16(x, W * 1e-3, big, k, chunk_rows=16)
+    assert torch.equal(idx.sort(-1).values, _exact_top(x, W * 1e-3, big, k).indices.sort(-1).values)
+
+
+@needs_bf16
+def test_bf16_selection_declines_nan_and_can_be_switched_off(monkeypatch):
+    x, W, b = torch.randn(20, 32), torch.randn(32, 256), torch.zeros(256)
+    x[4, 3] = float("nan")
+    assert kernels.encode_topk_bf16(x, W, b, 4, chunk_rows=8) is None          # the fp32 path ranks NaN first
+    monkeypatch.setattr(kernels, "bf16_selection", lambda: False)
+    assert kernels.encode_topk_bf16(torch.randn(20, 32), W, b, 4, chunk_rows=8) is None

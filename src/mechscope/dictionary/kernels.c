@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 
 #ifdef _OPENMP
@@ -184,5 +185,170 @@ void decode_backward(float *grad_v, float *grad_w, const int64_t *idx, const flo
         }
         if (grad_w)
             scatter_range(grad_w + lo * d, lo, hi, idx, v, e, n, k, d);
+    }
+}
+
+/* W [d, s] (W_enc's layout) -> wt [s, d], its transpose, and norms [s], the norm of each
+   column of W: what the exact dots of bf16_candidates and candidate_dots read. Tiles of 16 x 16. */
+void transpose_norms(const float *w, float *wt, float *norms, int64_t d, int64_t s, int threads) {
+    (void)threads;
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t c0 = 0; c0 < s; c0 += 16) {
+        int64_t c1 = c0 + 16 < s ? c0 + 16 : s;
+        for (int64_t r0 = 0; r0 < d; r0 += 16) {
+            int64_t r1 = r0 + 16 < d ? r0 + 16 : d;
+            for (int64_t c = c0; c < c1; c++)
+                for (int64_t r = r0; r < r1; r++) wt[c * d + r] = w[r * s + c];
+        }
+        for (int64_t c = c0; c < c1; c++) {
+            float sq = 0.0f;
+            for (int64_t r = 0; r < d; r++) sq += wt[c * d + r] * wt[c * d + r];
+            norms[c] = sqrtf(sq);
+        }
+    }
+}
+
+static inline float bf16_to_float(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline float dot(const float *restrict a, const float *restrict b, int64_t d) {
+    float part[16] = {0};   /* 16 partial sums: a vectorised reduction without -ffast-math */
+    int64_t c = 0;
+    for (; c + 16 <= d; c += 16)
+        for (int u = 0; u < 16; u++) part[u] += a[c + u] * b[c + u];
+    float acc = 0.0f;
+    for (; c < d; c++) acc += a[c] * b[c];
+    for (int u = 0; u < 16; u++) acc += part[u];
+    return acc;
+}
+
+/* The exact top k of each row of x W + bias, from a bfloat16 GEMM (4x the fp32 rate on
+   CPUs with AMX) and fp32 dots for a few candidates, in three passes (kernels.py,
+   encode_topk_bf16, runs them):
+
+   bf16_candidates, per row: pre [n, s] holds the bf16 products of the bf16-rounded x and
+   W; each differs from the fp32 dot x_b . w_j by at most err = xnorm[b] cw[j] + cb[j] (cw:
+   a multiple of |w_j| covering the roundings, by Cauchy-Schwarz; cb: the bias's rounding).
+   With a = pre + bias, a t below the k-th largest lower bound a - err (found as in
+   topk_row: k block maxima of the lower bounds >= t) is below the k-th largest exact value,
+   so every entry of the exact top k has its upper bound a + err >= t: those are the row's
+   candidates (about 2k), into cand [n, cap]. A row with more than cap gets its exact dots
+   and selection at once (random reads of wt: slower, rare) and count -1.
+
+   candidate_dots: the exact values x_b . wt[j] + bias[j] of all candidates, threads owning
+   ranges of j so that each reads its part of wt [s, d] (W transposed) from its own L2.
+
+   select_candidates, per row: the k largest exact values among the candidates: the top k
+   of the fp32 values, whatever the bf16 rounding did. */
+static int64_t candidates_of(const uint16_t *p, const float *bias, float xn, const float *cw, const float *cb,
+                             int64_t s, int64_t nb, int64_t k, float *up, float *mx, float *mu,
+                             int64_t *blocks, int64_t *out, int64_t cap, float *t) {
+    int nan = xn != xn;
+    int64_t per = s / nb;
+    for (int64_t c = 0; c < nb; c++) mx[c] = mu[c] = -INFINITY;
+    for (int64_t q = 0; q < per; q++) {   /* bounds and block maxima in one pass; only up is kept */
+        const uint16_t *restrict pq = p + q * nb;
+        const float *restrict bq = bias + q * nb, *restrict wq = cw + q * nb, *restrict cq = cb + q * nb;
+        float *restrict uq = up + q * nb;
+        for (int64_t c = 0; c < nb; c++) {
+            float a = bf16_to_float(pq[c]) + bq[c], e = xn * wq[c] + cq[c], l = a - e, u = a + e;
+            uq[c] = u;
+            mx[c] = l > mx[c] ? l : mx[c];
+            mu[c] = u > mu[c] ? u : mu[c];
+            nan |= a != a;
+        }
+    }
+    if (nan) return -2;
+    float t_lo = mx[0], t_hi = mx[0];
+    for (int64_t c = 0; c < nb; c++) {
+        t_lo = mx[c] < t_lo ? mx[c] : t_lo;
+        t_hi = mx[c] > t_hi ? mx[c] : t_hi;
+    }
+    for (int step = 0; step < 12; step++) {
+        float mid = 0.5f * (t_lo + t_hi);
+        int64_t count = 0;
+        for (int64_t c = 0; c < nb; c++) count += mx[c] >= mid;
+        if (count >= k) t_lo = mid; else t_hi = mid;
+    }
+    int64_t nblk = 0, m = 0;   /* only blocks whose largest upper bound reaches t hold candidates */
+    for (int64_t c = 0; c < nb; c++) { blocks[nblk] = c; nblk += mu[c] >= t_lo; }
+    for (int64_t i = 0; i < nblk; i++)
+        for (int64_t q = 0; q < per; q++) {
+            int64_t j = q * nb + blocks[i];
+            if (m < cap) out[m] = j;   /* the count goes on past cap */
+            m += up[j] >= t_lo;
+        }
+    *t = t_lo;
+    return m;
+}
+
+int64_t bf16_candidates(const uint16_t *pre, const float *bias, const float *xnorm, const float *cw, const float *cb,
+                        const float *x, const float *wt, int64_t n, int64_t s, int64_t d, int64_t nb, int64_t k,
+                        int64_t cap, int64_t *cand, int64_t *count, float *values, int64_t *indices, int threads) {
+    int64_t failed = 0;
+    (void)threads;
+    #pragma omp parallel num_threads(threads) reduction(+:failed)
+    {
+        float *buf = malloc((2 * s + 2 * nb + 2) * sizeof(float));  /* up, 2 x block maxima, exact values */
+        int64_t *all = malloc((s + nb + 1) * sizeof(int64_t)), *blocks = all + s;
+        #pragma omp for schedule(static)
+        for (int64_t row = 0; row < n; row++) {
+            if (!buf || !all) { failed++; continue; }
+            float *up = buf, *mx = buf + s, *mu = mx + nb, *cv = mu + nb;
+            float t;
+            int64_t m = candidates_of(pre + row * s, bias, xnorm[row], cw, cb, s, nb, k, up, mx, mu, blocks,
+                                      cand + row * cap, cap, &t);
+            count[row] = m;
+            if (m == -2 || (m >= 0 && m < k)) { failed++; continue; }   /* NaN (or, impossibly, too few) */
+            if (m <= cap) continue;
+            int64_t got = 0;                               /* more than cap: all of them, here */
+            for (int64_t j = 0; j < s; j++) { all[got] = j; got += up[j] >= t; }
+            const float *xb = x + row * d;
+            for (int64_t q = 0; q < got; q++) cv[q] = dot(xb, wt + all[q] * d, d) + bias[all[q]];
+            top_front(cv, all, got, k);
+            memcpy(values + row * k, cv, k * sizeof(float));
+            memcpy(indices + row * k, all, k * sizeof(int64_t));
+            count[row] = -1;
+        }
+        free(buf);
+        free(all);
+    }
+    return failed;
+}
+
+/* cv[b, q] = x_b . wt[cand[b, q]] + bias[...] for the count[b] candidates of each row (rows
+   with count -1 are done already); threads own ranges of wt's rows (see bf16_candidates). */
+void candidate_dots(const int64_t *cand, const int64_t *count, int64_t cap, const float *x, const float *wt,
+                    const float *bias, int64_t n, int64_t d, int64_t s, float *cv, int threads) {
+    (void)threads;
+    #pragma omp parallel num_threads(threads)
+    {
+        int64_t parts = omp_get_num_threads(), me = omp_get_thread_num();
+        int64_t lo = s * me / parts, hi = s * (me + 1) / parts;
+        for (int64_t b = 0; b < n; b++) {
+            const float *xb = x + b * d;
+            for (int64_t q = 0; q < count[b]; q++) {
+                int64_t j = cand[b * cap + q];
+                if (j >= lo && j < hi) cv[b * cap + q] = dot(xb, wt + j * d, d) + bias[j];
+            }
+        }
+    }
+}
+
+/* The k largest of each row's candidates (exact values cv, columns cand) into values and
+   indices; rows with count -1 were written by bf16_candidates. */
+void select_candidates(float *cv, int64_t *cand, const int64_t *count, int64_t cap, int64_t n, int64_t k, float *values,
+                       int64_t *indices, int threads) {
+    (void)threads;
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t b = 0; b < n; b++) {
+        if (count[b] < 0) continue;
+        top_front(cv + b * cap, cand + b * cap, count[b], k);
+        memcpy(values + b * k, cv + b * cap, k * sizeof(float));
+        memcpy(indices + b * k, cand + b * cap, k * sizeof(int64_t));
     }
 }

@@ -54,10 +54,12 @@ def _compile(compiler: str, target: Path) -> None:
     os.close(fd)
     try:
         try:
-            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True,
+                           timeout=120)
         except subprocess.CalledProcessError:  # no OpenMP (e.g. Apple clang): one thread
             serial = [f for f in FLAGS if f != "-fopenmp"]
-            subprocess.run([compiler, *serial, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+            subprocess.run([compiler, *serial, str(SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True,
+                           timeout=120)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -91,6 +93,15 @@ def load() -> ctypes.CDLL | None:
     lib.scatter_columns.restype = ctypes.c_int
     lib.decode_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int]
     lib.decode_backward.restype = None
+    lib.transpose_norms.argtypes = [ptr, ptr, ptr, i64, i64, ctypes.c_int]
+    lib.transpose_norms.restype = None
+    lib.bf16_candidates.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr,
+                                    ctypes.c_int]
+    lib.bf16_candidates.restype = i64
+    lib.candidate_dots.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, i64, i64, i64, ptr, ctypes.c_int]
+    lib.candidate_dots.restype = None
+    lib.select_candidates.argtypes = [ptr, ptr, ptr, i64, i64, i64, ptr, ptr, ctypes.c_int]
+    lib.select_candidates.restype = None
     return lib
 
 
@@ -161,3 +172,79 @@ def decode_backward(indices: Tensor, values: Tensor, e: Tensor, w: Tensor, need_
                         indices.data_ptr(), values.data_ptr(), e.data_ptr(), w.data_ptr(), n, k, d, rows,
                         torch.get_num_threads())
     return grad_v, grad_w
+
+
+def _bf16_error_scale(d_in: int) -> float:
+    """c with |bf16 GEMM entry - fp32 dot| <= c |x| |w| for inputs of width d_in: both
+    operands rounded to bfloat16 (2u + u^2, u = 2^-9), fp32 accumulation (gamma_d =
+    d 2^-24 / (1 - d 2^-24), once in the GEMM and once in the fp32 dot it is compared with),
+    the output rounded to bfloat16 (u), the bias sum rounded in fp32 (2^-22); Cauchy-Schwarz
+    bounds sum |x_i w_i| by |x| |w|. A quarter more for what the model leaves out."""
+    u, gamma = 2.0 ** -9, d_in * 2.0 ** -24 / (1 - d_in * 2.0 ** -24)
+    return 1.25 * ((2 * u + u * u) * (1 + 2 * gamma + u) + 2 * gamma + u + 2.0 ** -22)
+
+
+@lru_cache(maxsize=1)
+def bf16_selection() -> bool:
+    """Whether TopK selects from a bfloat16 GEMM (`encode_topk_bf16`): the kernels are built,
+    this CPU multiplies bfloat16 natively (AMX or AVX512-BF16: 4x the fp32 rate; elsewhere a
+    bf16 GEMM is slower), MECHSCOPE_BF16_SELECT is not 0, and torch's bf16 product keeps
+    the error bound the selection relies on (checked once, here, on a worst-case sum)."""
+    flags = _cpu_id().split()
+    if os.environ.get("MECHSCOPE_BF16_SELECT", "1") == "0" or load() is None or not (
+            "amx_bf16" in flags or "avx512_bf16" in flags):
+        return False
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 1024, generator=gen).abs()          # all terms of one sign: no cancellation to hide in
+    w = torch.randn(1024, 256, generator=gen).abs()
+    err = (torch.mm(x.bfloat16(), w.bfloat16()).double() - x.double() @ w.double()).abs()
+    bound = _bf16_error_scale(1024) * x.double().norm(dim=1)[:, None] * w.double().norm(dim=0)[None, :]
+    ok = bool((err <= bound).all())
+    if not ok:
+        log.warning("this torch's bfloat16 matmul is less exact than assumed: TopK selects in float32")
+    return ok
+
+
+def encode_topk_bf16(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, chunk_rows: int) -> tuple[Tensor, Tensor] | None:
+    """The exact top k of each row of x_c W_enc + b_enc (fp32 values, as the fp32 GEMM and
+    `topk_select` give them, up to the order of summation) from a bfloat16 GEMM over chunks
+    of `chunk_rows` rows and fp32 dots for about 2k candidates per row (see kernels.c,
+    bf16_candidates). None when `bf16_selection()` is off, the input is not float32 CPU, or
+    a row holds NaN: the caller then runs the fp32 GEMM."""
+    lib = load()
+    if lib is None or not bf16_selection() or not (x_c.dtype == W_enc.dtype == b_enc.dtype == torch.float32):
+        return None
+    x_c = x_c.contiguous()
+    if not _usable(x_c, W_enc, b_enc):
+        return None
+    (n, d), width = x_c.shape, W_enc.shape[1]
+    per = 16
+    while per > 1 and (width % per or width // per < k):
+        per //= 2
+    if not 0 < k <= width // per:
+        return None
+    threads, cap = torch.get_num_threads(), min(width, 4 * k + 32)
+    w_t, w_norm = W_enc.new_empty(width, d), W_enc.new_empty(width)
+    lib.transpose_norms(W_enc.data_ptr(), w_t.data_ptr(), w_norm.data_ptr(), d, width, threads)
+    cw = w_norm * _bf16_error_scale(d)
+    cb = b_enc.abs() * 2.0 ** -21
+    x_norm = torch.linalg.vector_norm(x_c, dim=1)
+    x16, w16 = x_c.bfloat16(), W_enc.bfloat16()
+    pre = torch.empty(min(chunk_rows, n), width, dtype=torch.bfloat16)
+    values, indices = x_c.new_empty(n, k), torch.empty(n, k, dtype=torch.long)
+    cand, count = torch.empty(n, cap, dtype=torch.long), torch.empty(n, dtype=torch.long)
+    for s in range(0, n, chunk_rows):
+        m = min(chunk_rows, n - s)
+        chunk = torch.mm(x16[s:s + m], w16, out=pre[:m])
+        failed = lib.bf16_candidates(chunk.data_ptr(), b_enc.data_ptr(), x_norm[s:].data_ptr(), cw.data_ptr(),
+                                     cb.data_ptr(), x_c[s:].data_ptr(), w_t.data_ptr(), m, width, d, width // per, k,
+                                     cap, cand[s:].data_ptr(), count[s:].data_ptr(), values[s:].data_ptr(),
+                                     indices[s:].data_ptr(), threads)
+        if failed:
+            return None
+    exact = x_c.new_empty(n, cap)
+    lib.candidate_dots(cand.data_ptr(), count.data_ptr(), cap, x_c.data_ptr(), w_t.data_ptr(), b_enc.data_ptr(), n, d,
+                       width, exact.data_ptr(), threads)
+    lib.select_candidates(exact.data_ptr(), cand.data_ptr(), count.data_ptr(), cap, n, k, values.data_ptr(),
+                          indices.data_ptr(), threads)
+    return values, indices

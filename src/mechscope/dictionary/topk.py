@@ -120,6 +120,8 @@ class TopKEncode(torch.autograd.Function):
         n, rows = x_c.shape[0], _chunk_rows(x_c, W_enc.shape[1])
         if rows >= n:
             values, indices = topk_select(torch.addmm(b_enc, x_c, W_enc), k)
+        elif (selected := kernels.encode_topk_bf16(x_c, W_enc, b_enc, k, rows)) is not None:
+            values, indices = selected  # the same selection from a bf16 GEMM (AMX CPUs; see kernels.py)
         else:  # CPU: GEMM and selection per chunk of rows; never the whole [n, d_sae] at once
             pre = x_c.new_empty(rows, W_enc.shape[1])
             values = pre.new_empty(n, k)

@@ -12,7 +12,9 @@ per 4 KB page, tens of ms per step) and the selection reads a chunk that is stil
 The selection itself is `topk_select`, an exact two-stage top-k; the decoder's backward is
 `SparseDecode`'s (sparse products only). On the CPU, float32, the selection and both sparse
 backwards run native kernels (`kernels.py`, C built at first use; the torch code stays as
-the fallback and the reference). The loss is one fused `F.mse_loss` (same value as
+the fallback and the reference), and on CPUs that multiply bfloat16 natively the encoder
+GEMM runs in bf16 for the selection only (`kernels.encode_topk_bf16`: exact error bounds
+and fp32 dots for the candidates give the same top k and the same fp32 values). The loss is one fused `F.mse_loss` (same value as
 base.mse), and the decoder-gradient projection is done in place.
 
 Initialisation: W_enc = c W_dec^T with c = `encoder_init_scale(k, d_sae, d_in)` (< 1; see

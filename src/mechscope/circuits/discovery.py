@@ -63,19 +63,30 @@ def _receiver_grads(patcher: EdgePatcher, task, metric: Metric, ablated, embed=N
     dtype = next(model.hf.parameters()).dtype
     deltas = {i: torch.zeros(b, p, n, d, dtype=dtype, device=model.device, requires_grad=True)
               for i, (_, _, _, n, _) in enumerate(g.groups())}
-    logits = patcher.run(task.clean, ablated, None, mask=task.mask, deltas=deltas, embed=embed, grad=True)
+    logits = patcher.run(task.clean, ablated, None, mask=task.mask, deltas=deltas, embed=embed, grad=True,
+                         logit_positions=_read_positions(model, task, metric))
     value = metric(logits)
     grads = torch.autograd.grad(value, list(deltas.values()), allow_unused=True)
     return [torch.zeros_like(deltas[i]) if gr is None else gr for i, gr in enumerate(grads)]
 
 
+def _read_positions(model, task, metric: Metric) -> torch.Tensor | None:
+    """The positions the metric reads, when it declares them and the model unembeds: the
+    unembedding then runs there only (a [batch, vocab] matmul instead of [batch, pos, vocab])."""
+    positions = metric.positions
+    ok = positions is not None and len(positions) == task.clean.shape[0] and model.has_lm_head
+    return positions if ok else None
+
+
 def _scores_from_grads(graph: Graph, diff: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tensor:
-    """[sender, receiver] matrix of (ablated_s - clean_s) . grad_r summed over batch and positions."""
+    """[sender, receiver] matrix of (ablated_s - clean_s) . grad_r summed over batch and positions:
+    one matrix product per receiver group, senders and receivers flattened to rows."""
     matrix = torch.zeros(graph.allowed.shape)
+    p = grads[0].shape[1]                                                 # every group's deltas are [b, p, n, d]
+    senders = diff[:, :p].float().permute(2, 0, 1, 3).reshape(diff.shape[2], -1)     # [sender, batch pos d]
     for (_, _, start, n, before), grad in zip(graph.groups(), grads):
-        p = grad.shape[1]
-        matrix[:before, start:start + n] = torch.einsum("bpsd,bprd->sr", diff[:, :p, :before].float(),
-                                                        grad.float()).cpu()
+        receivers = grad.float().permute(2, 0, 1, 3).reshape(n, -1)                   # [receiver, batch pos d]
+        matrix[:before, start:start + n] = (senders[:before] @ receivers.T).cpu()
     return matrix
 
 
@@ -139,7 +150,8 @@ def acdc(model, task, metric=None, *, threshold: float = 0.01, ablation: str = "
         kl = metric is None or m.name == "kl_to_clean"
         removed = torch.zeros_like(g.allowed)
         scores = torch.zeros(g.allowed.shape)
-        current = float(m(patcher.run(task.clean, ablated, removed, mask=task.mask)))
+        read = _read_positions(model, task, m)
+        current = float(m(patcher.run(task.clean, ablated, removed, mask=task.mask, logit_positions=read)))
         bar = tqdm(total=len(g.edges), desc="acdc", unit="edge", disable=not progress)
         for kind, layer, start, n, before in reversed(g.groups()):
             for r in reversed(range(start, start + n)):
@@ -149,7 +161,7 @@ def acdc(model, task, metric=None, *, threshold: float = 0.01, ablation: str = "
                     continue
                 for s in reversed(range(before)):
                     removed[s, r] = True
-                    value = float(m(patcher.run(task.clean, ablated, removed, mask=task.mask)))
+                    value = float(m(patcher.run(task.clean, ablated, removed, mask=task.mask, logit_positions=read)))
                     change = value - current if kl else abs(value - current)
                     scores[s, r] = change
                     if change < threshold:

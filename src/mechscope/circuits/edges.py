@@ -58,8 +58,9 @@ class EdgePatcher:
     def sender_values(self, tokens: Tensor, mask: Tensor | None = None) -> Float[Tensor, "batch pos sender d_model"]:
         """Every sender's output on `tokens`, stacked along a sender axis."""
         state = _Pass(self, None, None, None, None)
+        last = f"blocks.{self.graph.n_layers - 1}.hook_resid_post"   # every sender is out by then: stop there
         with torch.no_grad():
-            self.model.run(tokens, attention_mask=mask, edits=state.edits(), logits=True)
+            self.model.run(tokens, attention_mask=mask, edits=state.edits(), record=[last], logits=False)
         return state.stacked()
 
     def ablated_values(self, task, ablation: str = "corrupt") -> tuple[Tensor, Tensor]:
@@ -77,11 +78,13 @@ class EdgePatcher:
 
     def run(self, tokens: Tensor, ablated: Tensor, removed: Bool[Tensor, "sender receiver"] | None = None, *,
             mask: Tensor | None = None, deltas: dict[int, Tensor] | None = None,
-            embed: Callable[[Tensor], Tensor] | None = None, grad: bool = False) -> Tensor:
+            embed: Callable[[Tensor], Tensor] | None = None, grad: bool = False,
+            logit_positions: Tensor | None = None) -> Tensor:
         """Logits [batch, pos, vocab] of `tokens` with the `removed` edges carrying `ablated`
         ([batch or 1, pos, sender, d_model]). `deltas` maps a group index of
         `graph.groups()` to a tensor added to those receivers' inputs; `embed` transforms
-        the embedding output (e.g. to interpolate it)."""
+        the embedding output (e.g. to interpolate it). logit_positions [batch]: unembed only
+        there (logits [batch, vocab]; see `Model.run`)."""
         if removed is not None:
             if removed.shape != self.graph.allowed.shape:
                 raise MechscopeError(f"removed must be a [sender, receiver] mask of shape "
@@ -89,7 +92,8 @@ class EdgePatcher:
             if bool((removed & ~self.graph.allowed).any()):
                 raise MechscopeError("removed marks pairs that are not edges of the graph (a receiver before its sender)")
         state = _Pass(self, removed, ablated, deltas, embed)
-        out = self.model.run(tokens, attention_mask=mask, edits=state.edits(), grad=grad).logits
+        out = self.model.run(tokens, attention_mask=mask, edits=state.edits(), grad=grad,
+                             logit_positions=logit_positions).logits
         state.check_complete()
         return out
 

@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 import tokenizers
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from mechscope.errors import MechscopeError
-from mechscope.zoo import pycode_data
+from mechscope.zoo import checkpoint, pycode_data
 
 logger = logging.getLogger(__name__)
 
@@ -145,51 +144,6 @@ def _recipe_key(recipe: PycodeRecipe) -> dict:
     return {k: v for k, v in d.items() if k not in _NOT_IN_WEIGHTS}
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def save_checkpoint(ckpt_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                    state: dict) -> None:
-    """Write model + optimizer tensors (safetensors) and ``state.json``, which commits them."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
-    osd = opt.state_dict()
-    for pid, st in osd["state"].items():
-        tensors.update({f"optim.{pid}.{k}": v.contiguous() for k, v in st.items()})
-    name = f"step-{state['step']:07d}.safetensors"
-    _atomic_write(ckpt_dir / name, lambda p: safetensors.torch.save_file(tensors, str(p)))
-    meta = {**state, "weights": name, "param_groups": osd["param_groups"]}
-    _atomic_write(ckpt_dir / "state.json", lambda p: p.write_text(json.dumps(meta, indent=1)))
-    for old in set(ckpt_dir.glob("step-*.safetensors")) - {ckpt_dir / name}:
-        old.unlink()
-    logger.info("checkpoint at step %d in %s", state["step"], ckpt_dir)
-
-
-def load_checkpoint(ckpt_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                    recipe: PycodeRecipe, fingerprint: str) -> dict | None:
-    """Restore model and optimizer from ``ckpt_dir``; return the loop state, or None."""
-    if not (ckpt_dir / "state.json").exists():
-        return None
-    meta = json.loads((ckpt_dir / "state.json").read_text())
-    if meta["recipe"] != _recipe_key(recipe) or meta["fingerprint"] != fingerprint:
-        raise MechscopeError(f"the checkpoint in {ckpt_dir} was made with a different recipe or "
-                             "stdlib: rerun with the same recipe and Python, or delete it")
-    tensors = safetensors.torch.load_file(str(ckpt_dir / meta.pop("weights")))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    optim: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
-            optim.setdefault(int(pid), {})[name] = value
-    opt.load_state_dict({"state": optim, "param_groups": meta.pop("param_groups")})
-    logger.info("resuming from step %d (%s)", meta["step"], ckpt_dir)
-    return meta
-
-
 @contextlib.contextmanager
 def _evaluating(model: torch.nn.Module):
     """Eval mode and no gradients inside; the model's previous mode restored after."""
@@ -279,7 +233,7 @@ def _train_loop(model, opt, chunks, tokenizer, recipe: PycodeRecipe, state: dict
         state["cpu_s"] = cpu0 + time.process_time() - cpu_start
         due = time.perf_counter() - last_ckpt > recipe.checkpoint_every_s
         if state["step"] < recipe.steps and (due or state["step"] == end):
-            save_checkpoint(ckpt_dir, model, opt, state)
+            checkpoint.save(ckpt_dir, model, opt, state)
             last_ckpt = time.perf_counter()
     bar.close()
     return state
@@ -319,9 +273,9 @@ def train(out_dir: Path, recipe: PycodeRecipe = PycodeRecipe(), *, progress: boo
     chunks = pycode_data.chunks_of(train_stream, recipe.context)
     model, ckpt_dir = build_model(recipe, tokenizer), out_dir / "checkpoint"
     opt = make_optimizer(model, recipe)
-    state = load_checkpoint(ckpt_dir, model, opt, recipe, corpus.fingerprint) or {
-        "step": 0, "elapsed_s": 0.0, "cpu_s": 0.0, "recent_losses": [], "copying_curve": [],
-        "recipe": _recipe_key(recipe), "fingerprint": corpus.fingerprint}
+    made_by = {"recipe": _recipe_key(recipe), "fingerprint": corpus.fingerprint}
+    state = checkpoint.load(ckpt_dir, model, opt, made_by) or {
+        "step": 0, "elapsed_s": 0.0, "cpu_s": 0.0, "recent_losses": [], "copying_curve": [], **made_by}
     state = _train_loop(model, opt, chunks, tokenizer, recipe, state, ckpt_dir, progress, stop_after)
     if state["step"] < recipe.steps:
         return {"stopped_at_step": state["step"]}

@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import math
+import warnings
 
 import torch
 
@@ -15,7 +16,9 @@ from .. import zoo
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    with warnings.catch_warnings():  # tokens in scripts the default font lacks draw as boxes: say nothing
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 

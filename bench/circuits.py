@@ -77,10 +77,11 @@ def bench(name: str, threshold: float) -> None:
     top = scores.circuit(top=max(1, len(found)))
     print(f"{'':>16}EAP top-{len(found)} faithfulness {top.faithfulness(model, task, metric):.3f}; EAP |score| ranks "
           f"ACDC's edges with ROC-AUC {_auc(scores.scores.abs(), positive):.3f}")
-    batched = _best(lambda: sweep(model, task, metric, sweep="heads", batch_size=256))
-    naive = _best(lambda: sweep(model, task, metric, sweep="heads", batch_size=len(task)))
-    print(f"{'':>16}patching heads sweep: batched {batched * 1e3:.1f} ms, one per forward {naive * 1e3:.1f} ms, "
-          f"ratio {naive / batched:.1f}x")
+    for kind in ("heads", "resid"):
+        batched = _best(lambda: sweep(model, task, metric, sweep=kind, batch_size=256))
+        naive = _best(lambda: sweep(model, task, metric, sweep=kind, batch_size=len(task)))
+        print(f"{'':>16}patching {kind} sweep: batched {batched * 1e3:.1f} ms, one per forward {naive * 1e3:.1f} ms, "
+              f"ratio {naive / batched:.1f}x")
 
 
 def main(argv=None) -> None:

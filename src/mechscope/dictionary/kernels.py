@@ -41,7 +41,12 @@ clang, another architecture) builds single-threaded, portable kernels instead.""
 
 
 def _cache_folder() -> Path:
-    root = os.environ.get("MECHSCOPE_CACHE") or Path.home() / ".cache" / "mechscope"
+    root = os.environ.get("MECHSCOPE_CACHE")
+    if not root:
+        try:
+            root = Path.home() / ".cache" / "mechscope"
+        except RuntimeError:  # no home directory (some containers): a per-user temporary folder
+            root = Path(tempfile.gettempdir()) / f"mechscope-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
     return Path(root) / "kernels"
 
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..errors import MechscopeError
 from ..patching.metrics import Metric, answer_logit, as_metric, by_name, kl_to_clean, logit_diff
+from ..patching.sweep import read_positions
 from .circuit import Circuit
 from .edges import EdgePatcher
 from .graph import Graph
@@ -71,11 +72,9 @@ def _receiver_grads(patcher: EdgePatcher, task, metric: Metric, ablated, embed=N
 
 
 def _read_positions(model, task, metric: Metric) -> torch.Tensor | None:
-    """The positions the metric reads, when it declares them and the model unembeds: the
-    unembedding then runs there only (a [batch, vocab] matmul instead of [batch, pos, vocab])."""
-    positions = metric.positions
-    ok = positions is not None and len(positions) == task.clean.shape[0] and model.has_lm_head
-    return positions if ok else None
+    """The positions the metric reads (`patching.sweep.read_positions`) when the model
+    unembeds: the unembedding then runs there only ([batch, vocab], not [batch, pos, vocab])."""
+    return read_positions(metric, task) if model.has_lm_head else None
 
 
 def _scores_from_grads(graph: Graph, diff: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tensor:

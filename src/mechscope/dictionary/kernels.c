@@ -36,6 +36,34 @@ static void top_front(float *v, int64_t *ix, int64_t n, int64_t k) {
     }
 }
 
+static inline float dot(const float *restrict a, const float *restrict b, int64_t d) {
+    float part[16] = {0};   /* 16 partial sums: a vectorised reduction without -ffast-math */
+    int64_t c = 0;
+    for (; c + 16 <= d; c += 16)
+        for (int u = 0; u < 16; u++) part[u] += a[c + u] * b[c + u];
+    float acc = 0.0f;
+    for (; c < d; c++) acc += a[c] * b[c];
+    for (int u = 0; u < 16; u++) acc += part[u];
+    return acc;
+}
+
+/* A t with at least k of the nb block maxima mx >= t, as high as 12 bisection steps find
+   between their minimum and maximum: a lower bound of the k-th largest entry. */
+static float block_bound(const float *mx, int64_t nb, int64_t k) {
+    float lo = mx[0], hi = mx[0];
+    for (int64_t c = 0; c < nb; c++) {
+        lo = mx[c] < lo ? mx[c] : lo;
+        hi = mx[c] > hi ? mx[c] : hi;
+    }
+    for (int step = 0; step < 12; step++) {
+        float mid = 0.5f * (lo + hi);
+        int64_t count = 0;
+        for (int64_t c = 0; c < nb; c++) count += mx[c] >= mid;
+        if (count >= k) lo = mid; else hi = mid;
+    }
+    return lo;
+}
+
 /* Top k of one row of d entries (unordered). Block c holds columns c, c + nb, c + 2 nb, ...,
    so the nb block maxima are an elementwise max of contiguous slices (vectorised). Any t
    with at least k block maxima >= t is a lower bound of the k-th largest entry (those
@@ -51,20 +79,10 @@ static int topk_row(const float *restrict row, int64_t d, int64_t nb, int64_t k,
         const float *restrict p = row + r * nb;
         for (int64_t c = 0; c < nb; c++) mx[c] = (p[c] > mx[c] || p[c] != p[c]) ? p[c] : mx[c];  /* NaN sticks */
     }
-    float lo = mx[0], hi = mx[0];
     int nan = 0;
-    for (int64_t c = 0; c < nb; c++) {
-        lo = mx[c] < lo ? mx[c] : lo;
-        hi = mx[c] > hi ? mx[c] : hi;
-        nan |= mx[c] != mx[c];
-    }
+    for (int64_t c = 0; c < nb; c++) nan |= mx[c] != mx[c];
     if (nan) return 1;  /* torch.topk ranks NaN first: the caller falls back to it */
-    for (int step = 0; step < 12; step++) {
-        float mid = 0.5f * (lo + hi);
-        int64_t count = 0;
-        for (int64_t c = 0; c < nb; c++) count += mx[c] >= mid;
-        if (count >= k) lo = mid; else hi = mid;
-    }
+    float lo = block_bound(mx, nb, k);
     int64_t nblk = 0, n = 0;
     for (int64_t c = 0; c < nb; c++) { blocks[nblk] = c; nblk += mx[c] >= lo; }
     for (int64_t b = 0; b < nblk; b++) {
@@ -172,15 +190,7 @@ void decode_backward(float *grad_v, float *grad_w, const int64_t *idx, const flo
             for (int64_t j = 0; j < k; j++) {
                 int64_t row = idx[b * k + j];
                 if (row < lo || row >= hi) continue;
-                const float *restrict wr = w + row * d;
-                float part[16] = {0};   /* 16 partial sums: a vectorised reduction without -ffast-math */
-                int64_t c = 0;
-                for (; c + 16 <= d; c += 16)
-                    for (int u = 0; u < 16; u++) part[u] += eb[c + u] * wr[c + u];
-                float dot = 0.0f;
-                for (; c < d; c++) dot += eb[c] * wr[c];
-                for (int u = 0; u < 16; u++) dot += part[u];
-                grad_v[b * k + j] = dot;
+                grad_v[b * k + j] = dot(eb, w + row * d, d);
             }
         }
         if (grad_w)
@@ -215,17 +225,6 @@ static inline float bf16_to_float(uint16_t h) {
     return f;
 }
 
-static inline float dot(const float *restrict a, const float *restrict b, int64_t d) {
-    float part[16] = {0};   /* 16 partial sums: a vectorised reduction without -ffast-math */
-    int64_t c = 0;
-    for (; c + 16 <= d; c += 16)
-        for (int u = 0; u < 16; u++) part[u] += a[c + u] * b[c + u];
-    float acc = 0.0f;
-    for (; c < d; c++) acc += a[c] * b[c];
-    for (int u = 0; u < 16; u++) acc += part[u];
-    return acc;
-}
-
 /* The exact top k of each row of x W + bias, from a bfloat16 GEMM (4x the fp32 rate on
    CPUs with AMX) and fp32 dots for a few candidates, in three passes (kernels.py,
    encode_topk_bf16, runs them):
@@ -233,8 +232,8 @@ static inline float dot(const float *restrict a, const float *restrict b, int64_
    bf16_candidates, per row: pre [n, s] holds the bf16 products of the bf16-rounded x and
    W; each differs from the fp32 dot x_b . w_j by at most err = xnorm[b] cw[j] + cb[j] (cw:
    a multiple of |w_j| covering the roundings, by Cauchy-Schwarz; cb: the bias's rounding).
-   With a = pre + bias, a t below the k-th largest lower bound a - err (found as in
-   topk_row: k block maxima of the lower bounds >= t) is below the k-th largest exact value,
+   With a = pre + bias, a t below the k-th largest lower bound a - err (block_bound
+   on the block maxima of the lower bounds) is below the k-th largest exact value,
    so every entry of the exact top k has its upper bound a + err >= t: those are the row's
    candidates (about 2k), into cand [n, cap]. A row with more than cap gets its exact dots
    and selection at once (random reads of wt: slower, rare) and count -1.
@@ -263,17 +262,7 @@ static int64_t candidates_of(const uint16_t *p, const float *bias, float xn, con
         }
     }
     if (nan) return -2;
-    float t_lo = mx[0], t_hi = mx[0];
-    for (int64_t c = 0; c < nb; c++) {
-        t_lo = mx[c] < t_lo ? mx[c] : t_lo;
-        t_hi = mx[c] > t_hi ? mx[c] : t_hi;
-    }
-    for (int step = 0; step < 12; step++) {
-        float mid = 0.5f * (t_lo + t_hi);
-        int64_t count = 0;
-        for (int64_t c = 0; c < nb; c++) count += mx[c] >= mid;
-        if (count >= k) t_lo = mid; else t_hi = mid;
-    }
+    float t_lo = block_bound(mx, nb, k);
     int64_t nblk = 0, m = 0;   /* only blocks whose largest upper bound reaches t hold candidates */
     for (int64_t c = 0; c < nb; c++) { blocks[nblk] = c; nblk += mu[c] >= t_lo; }
     for (int64_t i = 0; i < nblk; i++)

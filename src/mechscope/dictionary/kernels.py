@@ -119,6 +119,18 @@ def load() -> ctypes.CDLL | None:
     return lib
 
 
+def block_count(width: int, k: int) -> int | None:
+    """How many blocks the selection splits a row of `width` into: blocks of 16 entries (8,
+    4, ... where 16 does not divide the width or gives fewer than k blocks); None for k
+    outside 1..width."""
+    if not 0 < k <= width:
+        return None
+    per = 16
+    while per > 1 and (width % per or width // per < k):
+        per //= 2
+    return width // per
+
+
 def _usable(*tensors: Tensor) -> bool:
     return all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
 
@@ -232,10 +244,8 @@ def encode_topk_bf16(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, chunk_ro
     if not _usable(x_c, W_enc, b_enc):
         return None
     (n, d), width = x_c.shape, W_enc.shape[1]
-    per = 16
-    while per > 1 and (width % per or width // per < k):
-        per //= 2
-    if not 0 < k <= width // per:
+    blocks = block_count(width, k)
+    if blocks is None:
         return None
     threads, cap = torch.get_num_threads(), min(width, 4 * k + 32)
     w_t, w_norm = W_enc.new_empty(width, d), W_enc.new_empty(width)
@@ -251,7 +261,7 @@ def encode_topk_bf16(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, chunk_ro
         m = min(chunk_rows, n - s)
         chunk = torch.mm(x16[s:s + m], w16, out=pre[:m])
         failed = lib.bf16_candidates(chunk.data_ptr(), b_enc.data_ptr(), x_norm[s:].data_ptr(), cw.data_ptr(),
-                                     cb.data_ptr(), x_c[s:].data_ptr(), w_t.data_ptr(), m, width, d, width // per, k,
+                                     cb.data_ptr(), x_c[s:].data_ptr(), w_t.data_ptr(), m, width, d, blocks, k,
                                      cap, cand[s:].data_ptr(), count[s:].data_ptr(), values[s:].data_ptr(),
                                      indices[s:].data_ptr(), threads)
         if failed:

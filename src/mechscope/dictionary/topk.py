@@ -79,11 +79,8 @@ def topk_select(pre: Float[Tensor, "n d"], k: int, bias: Float[Tensor, "d"] | No
     is about d / 8.
     """
     n, d = pre.shape
-    if pre.device.type == "cpu" and 0 < k <= d:
-        per = 16
-        while per > 1 and (d % per or d // per < k):
-            per //= 2
-        native = kernels.topk_rows(pre, k, d // per, bias)
+    if pre.device.type == "cpu" and (native_blocks := kernels.block_count(d, k)) is not None:
+        native = kernels.topk_rows(pre, k, native_blocks, bias)
         if native is not None:
             return native
     if bias is not None:

@@ -1,0 +1,123 @@
+"""Direct logit attribution, component by component, against projections computed by hand:
+each head's result (`model.head_results`, which sums to hook_attn_out) and each other
+component pushed through the final norm with its scale frozen at the real final stream,
+then dotted with W_U[:, target] - W_U[:, vs]. "The components sum to the total" cannot see
+heads listed in the wrong order; this can, on models whose heads differ."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import mechscope as ms
+from mechscope.attribution import direct_logit_attribution
+
+from ..models.tiny import tiny_model
+
+IDS = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(3))
+
+
+def _frozen_final_norm(model, resid):
+    """h -> the final norm applied to h with the scale (and centring) of `resid`, no bias."""
+    path = model.adapter.final_norm
+    module = model.module(path) if path else None
+    if module is None or isinstance(module, nn.Identity):
+        return lambda h: h
+    eps = getattr(module, "eps", None) or getattr(module, "variance_epsilon", None)
+    weight = module.weight.detach().float()
+    if isinstance(module, nn.LayerNorm):
+        var = resid.var(-1, unbiased=False, keepdim=True)
+        return lambda h: (h - h.mean(-1, keepdim=True)) / torch.sqrt(var + eps) * weight
+    ms_ = resid.pow(2).mean(-1, keepdim=True)  # RMSNorm
+    return lambda h: h / torch.sqrt(ms_ + eps) * weight
+
+
+def _expected(model, ids, target, vs):
+    """label -> [batch, pos] contribution, computed from recorded activations by hand."""
+    n = model.dims.n_layers
+    record = ["hook_embed", "blocks.0.hook_resid_pre", f"blocks.{n - 1}.hook_resid_post", "blocks.*.attn.hook_z"]
+    if model.dims.d_mlp:
+        record.append("blocks.*.hook_mlp_out")
+    with torch.no_grad():
+        run = model.run(ids, record=record)
+    cache = {k: v.double() for k, v in run.cache.items()}
+    norm = _frozen_final_norm(model, cache[f"blocks.{n - 1}.hook_resid_post"])
+    w = (model.W_U[:, target] - model.W_U[:, vs]).detach().double()
+
+    def onto(x):
+        return norm(x) @ w
+
+    out = {}
+    if "hook_pos_embed" in model.table.by_name:
+        out["embed"] = onto(cache["hook_embed"])
+        out["pos_embed"] = onto(cache["blocks.0.hook_resid_pre"] - cache["hook_embed"])
+    else:
+        out["embed"] = onto(cache["blocks.0.hook_resid_pre"])
+    for layer in range(n):
+        with torch.no_grad():
+            per_head, bias = model.head_results(run.cache[f"blocks.{layer}.attn.hook_z"], layer)
+        for head in range(model.dims.n_heads):
+            out[f"L{layer}H{head}"] = onto(per_head[:, :, head].double())
+        out[f"L{layer} attn bias"] = onto(bias.double().expand(*ids.shape, -1))
+        if model.dims.d_mlp:
+            out[f"L{layer} mlp"] = onto(cache[f"blocks.{layer}.hook_mlp_out"])
+    return out
+
+
+@pytest.mark.parametrize("name", ["zoo:induction", "gpt2", "llama", "toy"])
+def test_each_component_matches_its_projection_by_hand(name):
+    model = ms.load(name) if name.startswith("zoo:") else tiny_model(name)
+    ids = IDS % model.dims.d_vocab
+    target, vs = 7, 11
+    result = direct_logit_attribution(model, ids, target, vs)
+    expected = _expected(model, ids, target, vs)
+    n_layers, n_heads = model.dims.n_layers, model.dims.n_heads
+    for label, value in expected.items():
+        i = result.labels.index(label)
+        got = result.contributions[i].double()
+        assert torch.allclose(got, value, atol=1e-4, rtol=1e-4), label
+        if label.startswith("L") and "H" in label:
+            layer, head = map(int, label[1:].split("H"))
+            assert (result.layer_of[i], result.head_of[i]) == (layer, head)
+            assert float(result.heads(row=1, pos=4)[layer, head]) == pytest.approx(float(got[1, 4]), abs=1e-6)
+        elif label in ("embed", "pos_embed"):
+            assert (result.layer_of[i], result.head_of[i]) == (-1, -1)
+        else:
+            assert result.layer_of[i] == int(label[1:].split()[0]) and result.head_of[i] == -1
+    # heads are distinguishable here, so a permuted head order could not pass the loop above
+    for layer in range(n_layers):
+        heads = torch.stack([expected[f"L{layer}H{h}"] for h in range(n_heads)])
+        assert min(float((heads[a] - heads[b]).abs().max()) for a in range(n_heads) for b in range(a)) > 1e-3
+    # labels: the embeddings, then per layer its heads in order, its attention bias and MLP
+    heads_in_order = [label for label in result.labels if "H" in label]
+    assert heads_in_order == [f"L{l}H{h}" for l in range(n_layers) for h in range(n_heads)]
+    assert result.labels[0] == "embed"
+    assert torch.allclose(result.contributions.sum(0), result.logit, atol=1e-4)
+    logits = model.run(ids).logits.detach()
+    assert torch.allclose(result.output_logit, logits[..., target] - logits[..., vs], atol=1e-5)
+    assert result.target_ids.tolist() == [target] * 2 and result.vs_ids.tolist() == [vs] * 2
+
+
+def test_final_biases_by_hand():
+    model = tiny_model("gpt2")  # LayerNorm with a bias; GPT-2's head has no bias
+    result = direct_logit_attribution(model, IDS % 97, 7, 11)
+    norm = model.module(model.adapter.final_norm)
+    w = (model.W_U[:, 7] - model.W_U[:, 11]).detach()
+    i = result.labels.index("final norm bias")
+    assert result.layer_of[i] == model.dims.n_layers and result.head_of[i] == -1
+    assert torch.allclose(result.contributions[i], (norm.bias.detach() @ w).expand(2, 9), atol=1e-6)
+    assert "unembed bias" not in result.labels
+
+
+def test_top_lists_the_largest_magnitudes():
+    model = ms.load("zoo:induction")
+    result = direct_logit_attribution(model, IDS, 7, 11, positions=-1)
+    values = result.contributions[:, 1, 0]
+    top = result.top(4, row=1, pos=0)
+    order = values.abs().argsort(descending=True)[:4].tolist()
+    assert [label for label, _ in top] == [result.labels[i] for i in order]
+    assert [v for _, v in top] == pytest.approx([float(values[i]) for i in order])
+    assert result.top(0) == []
+    with pytest.raises(ms.MechscopeError, match="k must be 0 or more"):
+        result.top(-1)

@@ -37,6 +37,7 @@ Training loop contract (S2's trainer):
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -269,13 +270,9 @@ class SparseCoder(nn.Module):
         if data.get("format") != FORMAT:
             raise MechscopeError(f"{folder} is not a mechscope dictionary (cfg.json format={data.get('format')!r}): "
                                  "use mechscope.dictionary.read for SAELens or sparsify folders")
-        coder = build(CoderConfig.from_dict(data))
+        coder = build(CoderConfig.from_dict(data, source=str(cfg_path)))
         state = io.read_tensors(folder / WEIGHTS_FILE, "dictionary weights", device=str(device or "cpu"))
-        try:
-            coder.load_state_dict(state)
-        except RuntimeError as err:
-            raise MechscopeError(f"the weights in {folder / WEIGHTS_FILE} do not match its cfg.json "
-                                 f"({str(err).splitlines()[-1].strip()}): restore the folder or retrain") from None
+        load_weights(coder, state, folder / WEIGHTS_FILE)
         coder.eval()
         return coder.to(device) if device is not None else coder
 
@@ -305,7 +302,66 @@ def normalized_mse(x_hat: Tensor, target: Tensor) -> Tensor:
 
 
 def build(cfg: CoderConfig) -> SparseCoder:
-    """A freshly initialised dictionary of cfg.arch."""
+    """A freshly initialised dictionary of cfg.arch (refused when it cannot fit in memory)."""
     from . import batchtopk, gated, jumprelu, matryoshka, relu, switch, topk  # noqa: F401  (register)
     from . import crosscoder  # noqa: F401  (register)
+    if cfg.arch not in _REGISTRY:
+        raise MechscopeError(f"no dictionary class is registered for arch '{cfg.arch}': known: {', '.join(_REGISTRY)}")
+    check_memory(cfg)
     return _REGISTRY[cfg.arch](cfg)
+
+
+def parameter_count(cfg: CoderConfig) -> int:
+    """Parameters of a dictionary of `cfg`, from its widths (encoder, decoder, biases, skip, router)."""
+    per_latent = cfg.d_in + cfg.out_dim + 3  # W_enc column, W_dec row, b_enc and gated/jumprelu extras
+    router = cfg.d_in * cfg.n_experts if cfg.arch == "switch" else 0
+    return cfg.d_sae * per_latent + cfg.out_dim + (cfg.d_in * cfg.out_dim if cfg.skip else 0) + router
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still hand out (Linux MemAvailable), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(cfg: CoderConfig) -> None:
+    """Refuse a dictionary whose initialisation would need more memory than is available:
+    the parameters plus the float32 random draws and copies they start from (about two)."""
+    need = parameter_count(cfg) * (dtype_of(cfg.dtype).itemsize + 8)
+    free = available_memory()
+    if free is not None and need > free:
+        raise MechscopeError(f"a {cfg.arch} dictionary with d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={cfg.out_dim} "
+                             f"would need about {need / 1e9:.1f} GB of memory but {free / 1e9:.1f} GB is available: "
+                             "check d_in and d_sae (a corrupt cfg.json?) or use a machine with more memory")
+
+
+def load_weights(coder: SparseCoder, state: dict[str, Tensor], source: str | Path) -> SparseCoder:
+    """Load `state` into `coder`, refusing (in one line naming `source`) tensors that are
+    missing, extra, of another shape than the config gives, or that hold NaN or inf."""
+    expected = coder.state_dict()
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or extra:
+        what = "; ".join(filter(None, (missing and f"lacks {', '.join(missing)}",
+                                       extra and f"has unexpected {', '.join(extra)}")))
+        raise MechscopeError(f"{source} {what} for a {coder.cfg.arch} dictionary: the weights and the config "
+                             "belong to different dictionaries; restore the folder or save the dictionary again")
+    for name, want in expected.items():
+        found = state[name]
+        if tuple(found.shape) != tuple(want.shape):
+            raise MechscopeError(f"{source}: tensor {name} has shape {list(found.shape)} but the config "
+                                 f"(d_in={coder.cfg.d_in}, d_sae={coder.cfg.d_sae}) expects {list(want.shape)}: "
+                                 "the weights and cfg.json belong to different dictionaries; restore the folder")
+        if found.is_floating_point() and not bool(torch.isfinite(found).all()):
+            bad = int((~torch.isfinite(found)).sum())
+            raise MechscopeError(f"{source}: tensor {name} holds {bad} NaN or infinite value(s): the dictionary is "
+                                 "corrupt or its training diverged; restore it or retrain")
+    coder.load_state_dict(state)
+    return coder

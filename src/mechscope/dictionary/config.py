@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import operator
 from dataclasses import dataclass
 
 from ..errors import MechscopeError
@@ -69,17 +71,14 @@ class CoderConfig:
     """Transcoders: add a learned linear skip connection x W_skip (W_skip [d_in, d_out], zero at init) to the output."""
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.arch not in ARCHITECTURES + CROSSCODERS:
             raise MechscopeError(f"unknown dictionary architecture '{self.arch}': choose one of "
                                  f"{', '.join(ARCHITECTURES + CROSSCODERS)}")
         if bool(self.blocks) != (self.arch in CROSSCODERS):
             raise MechscopeError(f"blocks={self.blocks} with arch '{self.arch}': crosscoders ({', '.join(CROSSCODERS)}) "
                                  "need blocks (the sites they read, in order) and other dictionaries take none")
-        if min(self.l1_coeff, self.l0_coeff) < 0:
-            raise MechscopeError(f"sparsity penalties must be 0 or more, got l1_coeff={self.l1_coeff}, "
-                                 f"l0_coeff={self.l0_coeff}")
-        if self.d_in < 1 or self.d_sae < 1:
-            raise MechscopeError(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
+        _check_ranges(self)
         if self.arch in ("topk", "batchtopk", "matryoshka", "switch") and not 1 <= self.k <= self.d_sae:
             raise MechscopeError(f"k={self.k} must be between 1 and d_sae={self.d_sae}")
         if self.arch == "switch" and self.d_sae % self.n_experts:
@@ -122,14 +121,95 @@ class CoderConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict) -> CoderConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in names}
-        if "prefixes" in kwargs:
-            kwargs["prefixes"] = tuple(kwargs["prefixes"])
-        if "blocks" in kwargs:
-            kwargs["blocks"] = tuple(kwargs["blocks"])
-        return cls(**kwargs)
+    def from_dict(cls, data: dict, source: str = "") -> CoderConfig:
+        """A config from what a cfg.json holds (unknown keys ignored). A missing required field,
+        a value of the wrong type or out of range fails in one line, prefixed with `source`
+        (the file it came from) when given."""
+        where = f"{source}: " if source else ""
+        if not isinstance(data, dict):
+            raise MechscopeError(f"{where}a dictionary config is a JSON object, got {type(data).__name__}")
+        fields = dataclasses.fields(cls)
+        missing = [f.name for f in fields if f.default is dataclasses.MISSING and f.name not in data]
+        if missing:
+            raise MechscopeError(f"{where}the dictionary config lacks {', '.join(missing)}: restore the file or "
+                                 "save the dictionary again")
+        names = {f.name for f in fields}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except MechscopeError as err:
+            raise MechscopeError(f"{where}{err}") from None
 
     def replace(self, **changes) -> CoderConfig:
         return dataclasses.replace(self, **changes)
+
+
+# Field checks: what a config read from a file may hold (a bool is not a number here)
+
+_KINDS = {"str": "a string", "int": "an integer", "int | None": "an integer or null", "float": "a number",
+          "bool": "true or false", "tuple[int, ...]": "a list of integers", "tuple[str, ...]": "a list of strings"}
+_POSITIVE = ("d_in", "d_sae", "d_out", "k", "n_experts", "dead_after", "norm_scale", "bandwidth", "init_threshold")
+_NON_NEGATIVE = ("aux_k", "l1_coeff", "l0_coeff", "aux_coeff", "balance_coeff")
+
+
+def _as_int(value):
+    if isinstance(value, bool):
+        raise TypeError
+    return operator.index(value)  # ints and integer scalars (numpy), never floats or strings
+
+
+def _as_float(value):
+    if isinstance(value, (bool, str, bytes)):
+        raise TypeError
+    try:
+        return float(value)  # ints, floats and numeric scalars; NaN and inf are refused by the range checks
+    except (TypeError, ValueError):
+        raise TypeError from None
+
+
+def _convert(kind: str, value):
+    if kind == "str":
+        if not isinstance(value, str):
+            raise TypeError
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise TypeError
+        return value
+    if kind == "int":
+        return _as_int(value)
+    if kind == "int | None":
+        return None if value is None else _as_int(value)
+    if kind == "float":
+        return _as_float(value)
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        raise TypeError
+    item = _as_int if kind == "tuple[int, ...]" else lambda v: _convert("str", v)
+    return tuple(item(v) for v in value)
+
+
+def _check_types(cfg: CoderConfig) -> None:
+    """Each field has its declared type (ints for floats and lists for tuples are converted)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        try:
+            converted = _convert(str(f.type), value)
+        except TypeError:
+            raise MechscopeError(f"{f.name} must be {_KINDS[str(f.type)]}, got {value!r} "
+                                 f"({type(value).__name__})") from None
+        if converted is not value:
+            object.__setattr__(cfg, f.name, converted)
+
+
+def _check_ranges(cfg: CoderConfig) -> None:
+    for name in (*_POSITIVE, *_NON_NEGATIVE, "threshold_momentum"):
+        value = getattr(cfg, name)
+        if value is not None and isinstance(value, float) and not math.isfinite(value):
+            raise MechscopeError(f"{name} must be a finite number, got {value}")
+    bad = [f"{n}={getattr(cfg, n)}" for n in _POSITIVE if getattr(cfg, n) is not None and not getattr(cfg, n) > 0]
+    if bad:
+        raise MechscopeError(f"{', '.join(bad)}: {'these' if len(bad) > 1 else 'it'} must be positive")
+    bad = [f"{n}={getattr(cfg, n)}" for n in _NON_NEGATIVE if not getattr(cfg, n) >= 0]
+    if bad:
+        raise MechscopeError(f"{', '.join(bad)}: {'these' if len(bad) > 1 else 'it'} must be 0 or more")
+    if not 0 <= cfg.threshold_momentum <= 1:
+        raise MechscopeError(f"threshold_momentum={cfg.threshold_momentum} must be between 0 and 1")

@@ -24,16 +24,16 @@ reads that layout, so a sparsify folder never yields one.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from .. import io
 from ..errors import MechscopeError
-from .base import FORMAT, WEIGHTS_FILE, SparseCoder, build
+from .base import FORMAT, WEIGHTS_FILE, SparseCoder, build, load_weights
 from .config import CoderConfig
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,27 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise MechscopeError(f"cannot read {path}: {e}") from e
+    return io.read_json(path)  # one line for unreadable, binary, malformed or non-object files
+
+
+def _int_field(cfg: dict, key: str, path: Path, value=None) -> int | None:
+    """cfg[key] (or `value`) as a positive integer, None when absent; anything else fails in one line."""
+    value = cfg.get(key) if value is None else value
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MechscopeError(f"{path}: {key} must be a positive integer, got {value!r} ({type(value).__name__}): "
+                             "correct the file or export the dictionary again")
+    return value
+
+
+def _check_shapes(path: Path, tensors: dict[str, Tensor], expected: dict[str, tuple[int, ...]]) -> None:
+    """Each named tensor has the shape the config implies (names the first that does not)."""
+    for name, shape in expected.items():
+        found = tuple(tensors[name].shape)
+        if found != shape:
+            raise MechscopeError(f"{path}: tensor {name} has shape {list(found)}, but cfg.json implies {list(shape)}: "
+                                 "the weights and cfg.json belong to different dictionaries; restore the folder")
 
 
 def detect(folder: str | Path) -> str:
@@ -101,17 +118,20 @@ def read_saelens(folder: str | Path) -> SparseCoder:
     if norm == "expected_average_only_in":
         log.warning("%s: normalize_activations='expected_average_only_in' without a stored factor; "
                     "assuming it was folded into the weights", folder)
-    d_in, d_sae = w["W_enc"].shape
+    d_in, d_sae = _saelens_dims(folder, cfg, w, arch)
     kwargs = dict(d_in=d_in, d_sae=d_sae, dtype=_dtype_name(w["W_enc"].dtype),
                   input_norm="layer_norm" if norm == "layer_norm" else "none",
-                  hook_name=_saelens_field(cfg, "hook_name", "") or "", model_name=_saelens_field(cfg, "model_name", "") or "")
+                  hook_name=_saelens_str(cfg, "hook_name", folder), model_name=_saelens_str(cfg, "model_name", folder))
     if arch == "standard":
         coder_cfg = CoderConfig("relu", **kwargs)
     elif arch == "topk":
-        k = (cfg.get("activation_fn_kwargs") or {}).get("k", cfg.get("k"))
+        fn_kwargs = cfg.get("activation_fn_kwargs") or {}
+        if not isinstance(fn_kwargs, dict):
+            raise MechscopeError(f"{folder}/cfg.json: activation_fn_kwargs must be an object, got {fn_kwargs!r}")
+        k = _int_field(cfg, "k", folder / "cfg.json", fn_kwargs.get("k", cfg.get("k")))
         if k is None:
             raise MechscopeError(f"{folder}/cfg.json: a topk SAE needs k (activation_fn_kwargs.k or k)")
-        coder_cfg = CoderConfig("topk", k=int(k), **kwargs)
+        coder_cfg = CoderConfig("topk", k=k, **kwargs)
     elif arch in ("gated", "jumprelu"):
         coder_cfg = CoderConfig(arch, **kwargs)
     else:
@@ -132,9 +152,27 @@ def read_saelens(folder: str | Path) -> SparseCoder:
         state["W_enc"] = (state["W_enc"].float() * norms).to(w["W_enc"].dtype)
         state["b_enc"] = (state["b_enc"].float() * norms).to(w["b_enc"].dtype)
         state["W_dec"] = (state["W_dec"].float() / norms[:, None]).to(w["W_dec"].dtype)
-    coder = build(coder_cfg)
-    coder.load_state_dict(state)
-    return coder.eval()
+    return load_weights(build(coder_cfg), state, folder / SAELENS_WEIGHTS).eval()
+
+
+def _saelens_str(cfg: dict, key: str, folder: Path) -> str:
+    value = _saelens_field(cfg, key, "") or ""
+    if not isinstance(value, str):
+        raise MechscopeError(f"{folder}/cfg.json: {key} must be a string, got {value!r}")
+    return value
+
+
+def _saelens_dims(folder: Path, cfg: dict, w: dict[str, Tensor], arch: str) -> tuple[int, int]:
+    """(d_in, d_sae) from cfg.json where it gives them, else from W_enc; every tensor's shape checked."""
+    if "W_enc" in w and w["W_enc"].dim() != 2:
+        raise MechscopeError(f"{folder / SAELENS_WEIGHTS}: W_enc has shape {list(w['W_enc'].shape)}, not [d_in, d_sae]")
+    shape = tuple(w["W_enc"].shape)
+    d_in = _int_field(cfg, "d_in", folder / "cfg.json", _saelens_field(cfg, "d_in")) or shape[0]
+    d_sae = _int_field(cfg, "d_sae", folder / "cfg.json", _saelens_field(cfg, "d_sae")) or shape[1]
+    latent = ("b_gate", "b_mag", "r_mag") if arch == "gated" else ("b_enc", "threshold") if arch == "jumprelu" else ("b_enc",)
+    expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_dec": (d_in,), **{n: (d_sae,) for n in latent}}
+    _check_shapes(folder / SAELENS_WEIGHTS, w, expected)
+    return d_in, d_sae
 
 
 def _fold_b_dec_into_encoder(state: dict, arch: str) -> None:
@@ -217,13 +255,36 @@ def read_sparsify(folder: str | Path, *, hookpoint: str | None = None) -> Sparse
     if cfg.get("activation", "topk") != "topk":
         raise MechscopeError(f"{folder}: sparsify activation {cfg['activation']!r} is not supported (only topk)")
     w = io.read_tensors(folder / WEIGHTS_FILE, "sparsify weights")
-    d_sae, d_in = w["encoder.weight"].shape
+    d_in, d_sae = _sparsify_dims(folder, cfg, w)
     name = hookpoint or folder.name
-    coder = build(CoderConfig("topk", d_in=d_in, d_sae=d_sae, k=int(cfg["k"]), dtype=_dtype_name(w["W_dec"].dtype),
-                              hook_name=_site_of(name), model_name=cfg.get("model", "") or ""))
-    coder.load_state_dict({"W_enc": w["encoder.weight"].T.contiguous(), "b_enc": w["encoder.bias"],
-                           "W_dec": w["W_dec"], "b_dec": w["b_dec"]})
-    return coder.eval()
+    model_name = cfg.get("model", "") or ""
+    if not isinstance(model_name, str):
+        raise MechscopeError(f"{folder}/cfg.json: model must be a string, got {model_name!r}")
+    k = _int_field(cfg, "k", folder / "cfg.json")
+    if k is None:
+        raise MechscopeError(f"{folder}/cfg.json lacks k (active latents per input): it is not a sparsify TopK SAE")
+    coder = build(CoderConfig("topk", d_in=d_in, d_sae=d_sae, k=k, dtype=_dtype_name(w["W_dec"].dtype),
+                              hook_name=_site_of(name), model_name=model_name))
+    state = {"W_enc": w["encoder.weight"].T.contiguous(), "b_enc": w["encoder.bias"], "W_dec": w["W_dec"],
+             "b_dec": w["b_dec"]}
+    return load_weights(coder, state, folder / WEIGHTS_FILE).eval()
+
+
+def _sparsify_dims(folder: Path, cfg: dict, w: dict[str, Tensor]) -> tuple[int, int]:
+    """(d_in, d_sae) from cfg.json (d_in; num_latents, else expansion_factor * d_in) where it gives
+    them, else from encoder.weight; every tensor's shape checked."""
+    if w["encoder.weight"].dim() != 2:
+        raise MechscopeError(f"{folder / WEIGHTS_FILE}: encoder.weight has shape {list(w['encoder.weight'].shape)}, "
+                             "not [d_sae, d_in]")
+    shape = tuple(w["encoder.weight"].shape)
+    path = folder / "cfg.json"
+    d_in = _int_field(cfg, "d_in", path) or shape[1]
+    expansion = _int_field(cfg, "expansion_factor", path)
+    d_sae = _int_field(cfg, "num_latents", path) if cfg.get("num_latents") else None
+    d_sae = d_sae or (expansion * d_in if expansion else shape[0])
+    _check_shapes(folder / WEIGHTS_FILE, w, {"encoder.weight": (d_sae, d_in), "encoder.bias": (d_sae,),
+                                             "W_dec": (d_sae, d_in), "b_dec": (d_in,)})
+    return d_in, d_sae
 
 
 def convert(src: str | Path, dst: str | Path, *, to: str = "mechscope", hookpoint: str | None = None) -> Path:

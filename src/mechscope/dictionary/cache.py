@@ -12,7 +12,8 @@ positions (see `SourceConfig`) of contexts [i * shard_contexts, (i + 1) * shard_
 corpus order, for every site, so rows line up across sites.
 
 Writing is resumable: every file is written atomically and a shard whose files all exist is
-skipped; the manifests are written last. Reading: batch `step` takes the rows
+skipped; the manifests are written last. The writer holds the folder's lock
+(`io.folder_lock`): a second writer into the same folder is refused. Reading: batch `step` takes the rows
 `step * batch_tokens ... (step + 1) * batch_tokens` of an endless sequence of seeded
 epoch permutations, a pure function of (seed, epoch, step), so resuming at a step is exact.
 """
@@ -34,7 +35,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from ..errors import MechscopeError
-from ..io import write_bytes, write_json
+from ..io import folder_lock, read_json, write_bytes, write_json
 from .source import Batch, SourceConfig, keep_mask, rank_slice, record, resolve_sites, site_width
 
 log = logging.getLogger(__name__)
@@ -55,20 +56,32 @@ def write_cache(model, sites: str | Sequence[str], contexts: Int[Tensor, "n ctx"
                 cfg: SourceConfig = SourceConfig(), shard_contexts: int = 256, dtype: str = "float32",
                 progress: bool = False) -> Path:
     """Record `sites` over `contexts` into `folder` (resuming a partial cache there)."""
-    from tqdm.auto import tqdm
     if dtype not in DTYPES:
         raise MechscopeError(f"cache dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if shard_contexts < 1:
         raise MechscopeError(f"shard_contexts must be at least 1, got {shard_contexts}")
     folder, names = Path(folder), resolve_sites(model, sites)
-    n_shards = -(-len(contexts) // shard_contexts)
     meta = {"model": model.name, "sites": names, "contexts": len(contexts), "ctx_len": contexts.shape[1],
             "contexts_sha256": hashlib.sha256(contexts.to(torch.int64).numpy().tobytes()).hexdigest(),
             "shard_contexts": shard_contexts, "dtype": dtype, "source": asdict(cfg)}
     meta = json.loads(json.dumps(meta))  # as it reads back (tuples become lists)
-    _check_partial(folder, meta)
-    write_json(folder / "progress.json", meta)
-    done = 0
+    with folder_lock(folder):  # one writer per cache folder; a killed one's temporary files go
+        _check_partial(folder, meta)
+        write_json(folder / "progress.json", meta)
+        sizes = _write_shards(model, names, contexts, folder, cfg, shard_contexts, dtype, progress)
+        for s in names:
+            write_json(folder / s / "cfg.json", {"model": model.name, "site": s, "d_in": site_width(model, s),
+                                                 "dtype": dtype, "n_tokens": sum(sizes), "shards": sizes})
+        write_json(folder / "cfg.json", {**meta, "n_tokens": sum(sizes), "shards": sizes})
+        (folder / "progress.json").unlink()
+    return folder
+
+
+def _write_shards(model, names: list[str], contexts: Tensor, folder: Path, cfg: SourceConfig, shard_contexts: int,
+                  dtype: str, progress: bool) -> list[int]:
+    """Record and write every shard not already there; the number of rows of each."""
+    from tqdm.auto import tqdm
+    n_shards, done = -(-len(contexts) // shard_contexts), 0
     for i in tqdm(range(n_shards), desc="caching activations", unit="shard", disable=not progress):
         paths = [folder / s / _shard(i) for s in names] + [folder / f"tokens-{i:05d}.npy"]
         if all(p.is_file() for p in paths):
@@ -80,13 +93,7 @@ def write_cache(model, sites: str | Sequence[str], contexts: Int[Tensor, "n ctx"
         _save_npy(paths[-1], ids[keep_mask(ids, cfg)].to(torch.int32).numpy())
         done += 1
     log.info("cache %s: %d shard(s) written, %d already there", folder, done, n_shards - done)
-    sizes = [int(np.load(folder / f"tokens-{i:05d}.npy", mmap_mode="r").shape[0]) for i in range(n_shards)]
-    for s in names:
-        write_json(folder / s / "cfg.json", {"model": model.name, "site": s, "d_in": site_width(model, s),
-                                             "dtype": dtype, "n_tokens": sum(sizes), "shards": sizes})
-    write_json(folder / "cfg.json", {**meta, "n_tokens": sum(sizes), "shards": sizes})
-    (folder / "progress.json").unlink()
-    return folder
+    return [int(np.load(folder / f"tokens-{i:05d}.npy", mmap_mode="r").shape[0]) for i in range(n_shards)]
 
 
 def _check_partial(folder: Path, meta: dict) -> None:
@@ -94,7 +101,7 @@ def _check_partial(folder: Path, meta: dict) -> None:
     for name in ("cfg.json", "progress.json"):
         path = folder / name
         if path.is_file():
-            old = json.loads(path.read_text())
+            old = read_json(path)
             same = {k: old.get(k) for k in meta} == meta
             if not same:
                 raise MechscopeError(f"'{folder}' already holds an activation cache with other settings "

@@ -20,9 +20,13 @@ feeds `target=batch[target_hook]`, b_dec starts at the target's geometric median
 scale comes from the input (see base.py) and FVU is measured against the target.
 
 Checkpoints (`out/checkpoint/`): weights, Adam state, dead counts, RNG state and the data
-position in one safetensors file, then `state.json` (atomic, written last): a crash at any
-moment leaves the previous checkpoint whole. Resuming restores all of it, and because
-batches are a pure function of the data position, continues bit for bit.
+position in one safetensors file, then `state.json` (atomic, synced, written after it; older
+step files deleted last: `io.write_checkpoint`): a crash at any moment leaves a whole
+checkpoint. Resuming restores all of it, and because batches are a pure function of the data
+position, continues bit for bit. `state.json` records the run's identity: settings, sites
+and the model and data (`fingerprint.py`); a resume with other data or another model is
+refused. While it trains, the job holds `out`'s lock (`io.folder_lock`): a second job
+writing into the same folder is refused.
 
 Distributed: under `torchrun` (DDP; gloo on CPU, NCCL on GPU) every rank reads a disjoint
 slice of each global batch, gradients are averaged, and the dead counts are combined, so
@@ -42,14 +46,14 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 from jaxtyping import Int
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..errors import MechscopeError
-from ..io import make_folder, write_json, write_tensors
+from ..io import folder_lock, read_json, read_tensors, write_checkpoint, write_json
 from ..models.loading import resolve_device
 from .base import SparseCoder, build
 from .config import CoderConfig
+from .fingerprint import data_identity, differences
 from .source import ActivationSource, Batch, SourceConfig, estimate_norm_scale, first_batches, resolve_sites
 from .trainer_config import TrainConfig, distributed
 
@@ -202,7 +206,7 @@ class Trainer:
     def _identity(self) -> dict:
         cfgs = [c.replace(norm_scale=1.0).to_dict() for c in self.cfgs]
         return json.loads(json.dumps({"train": asdict(self.cfg), "coders": cfgs, "sites": list(self.stream.sites),
-                                      "world": self.world}))
+                                      "data": data_identity(self.stream), "world": self.world}))
 
     def checkpoint(self, folder: str | Path) -> None:
         """Write the whole training state to `folder` (rank 0; atomic, previous one removed after)."""
@@ -220,26 +224,31 @@ class Trainer:
             tensors[f"dead{i}"] = self.dead[i]
             groups.append(sd["param_groups"])
         name = f"step-{self.step_count:07d}.safetensors"
-        write_tensors(folder / name, tensors)
-        write_json(folder / "state.json", {**self._identity(), "file": name, "step": self.step_count,
-                                           "position": self.position, "cfgs": [c.to_dict() for c in self.cfgs],
-                                           "param_groups": groups, "history": self.history})
-        for old in folder.glob("step-*.safetensors"):
-            if old.name != name:
-                old.unlink()
+        write_checkpoint(folder, name, tensors, {**self._identity(), "file": name, "step": self.step_count,
+                                                 "position": self.position, "cfgs": [c.to_dict() for c in self.cfgs],
+                                                 "param_groups": groups, "history": self.history})
+
+    def _check_same_run(self, state: dict, folder) -> None:
+        """Refuse a checkpoint of other settings, sites, model or data, naming what differs."""
+        identity = self._identity()
+        if "data" not in state:  # written before checkpoints named their data: cannot be checked
+            log.warning("the checkpoint in %s does not record its data: resuming without checking them", folder)
+            identity.pop("data")
+        for key, value in identity.items():
+            if key != "world" and state.get(key) != value:
+                what = "; ".join(differences(state.get(key), value, key)[:3]) or key
+                raise MechscopeError(f"the checkpoint in '{folder}' belongs to another run ({what} differ): resume "
+                                     "with the same model, data and settings, or choose another --out (or delete it)")
 
     def load_checkpoint(self, folder: str | Path) -> bool:
         """Resume from `folder` if it holds a checkpoint of this very run; False if none."""
         path = Path(folder) / "state.json"
         if not path.is_file():
             return False
-        state = json.loads(path.read_text())
-        for key, value in self._identity().items():
-            if key != "world" and state.get(key) != value:
-                raise MechscopeError(f"the checkpoint in '{folder}' belongs to another run (its {key} differs): "
-                                     "delete it, or resume with the same data and settings")
+        state = read_json(path)
+        self._check_same_run(state, folder)
         self._build([CoderConfig.from_dict(c) for c in state["cfgs"]])
-        tensors = load_file(Path(folder) / state["file"])
+        tensors = read_tensors(Path(folder) / state["file"], "dictionary checkpoint")
         torch.set_rng_state(tensors.pop("rng.cpu"))
         if "rng.cuda" in tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state(tensors.pop("rng.cuda"))
@@ -314,11 +323,15 @@ def _save(coders: list[SparseCoder], out: Path, trainer: Trainer) -> None:
 def fit_and_save(trainer: Trainer, out: str | Path | None, *, heldout: Batch | None = None, progress: bool = True,
                  stop_after: int | None = None) -> list[SparseCoder]:
     """Run `trainer` with checkpoints in out/checkpoint and, when it finishes, save the
-    dictionaries to `out` (or out/{i}-{site} for several); rank 0 writes."""
-    ckpt = None if out is None else make_folder(out) / "checkpoint"   # an unwritable out fails before training
-    coders = trainer.fit(checkpoint_dir=ckpt, heldout=heldout, progress=progress, stop_after=stop_after)
-    if out is not None and trainer.rank == 0 and trainer.step_count == trainer.cfg.steps:
-        _save(coders, Path(out), trainer)
+    dictionaries to `out` (or out/{i}-{site} for several); rank 0 writes, holding `out`'s lock."""
+    if out is None:
+        coders = trainer.fit(heldout=heldout, progress=progress, stop_after=stop_after)
+    else:  # an unwritable or busy out fails before training
+        with folder_lock(out, rank=trainer.rank, world=trainer.world):
+            coders = trainer.fit(checkpoint_dir=Path(out) / "checkpoint", heldout=heldout, progress=progress,
+                                 stop_after=stop_after)
+            if trainer.rank == 0 and trainer.step_count == trainer.cfg.steps:
+                _save(coders, Path(out), trainer)
     if trainer.world > 1:
         dist.barrier()
     return coders

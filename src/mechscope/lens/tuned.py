@@ -41,7 +41,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from ..errors import MechscopeError
-from ..io import make_folder, read_json, read_tensors, write_json, write_tensors
+from ..io import folder_lock, read_json, read_tensors, write_checkpoint, write_json, write_tensors
 from . import _common as C
 
 log = logging.getLogger(__name__)
@@ -282,12 +282,8 @@ class TunedLensTrainer:
         tensors = {"weight": self.translators.weight, "bias": self.translators.bias}
         tensors |= {f"opt.{p}.{k}": v for p, s in sd["state"].items() for k, v in s.items()}
         name = f"step-{self.step_count:07d}.safetensors"
-        write_tensors(folder / name, tensors)
-        write_json(folder / "state.json", {**self.meta(), "file": name, "data_sha256": _sha256(data),
-                                           "param_groups": sd["param_groups"]})
-        for old in folder.glob("step-*.safetensors"):
-            if old.name != name:
-                old.unlink()
+        write_checkpoint(folder, name, tensors, {**self.meta(), "file": name, "data_sha256": _sha256(data),
+                                                 "param_groups": sd["param_groups"]})
 
     def load_checkpoint(self, folder: str | Path, data: Tensor) -> bool:
         """Resume from `folder` if it holds a checkpoint of this very run; False if none."""
@@ -332,11 +328,14 @@ class TunedLensTrainer:
 def train(model, data: Int[Tensor, "n ctx"], cfg: TunedLensConfig = TunedLensConfig(), *,
           out: str | Path | None = None, progress: bool = True) -> TunedLens:
     """Train a tuned lens on token contexts; with `out`, checkpoint into out/checkpoint
-    (resuming from it) and save the lens to `out` (rank 0 only)."""
+    (resuming from it) and save the lens to `out` (rank 0 only), holding `out`'s lock."""
     trainer = TunedLensTrainer(model, cfg)
-    lens = trainer.fit(data, checkpoint_dir=None if out is None else make_folder(out) / "checkpoint", progress=progress)
-    if out is not None and trainer.rank == 0:
-        lens.save(out)
+    if out is None:
+        return trainer.fit(data, progress=progress)
+    with folder_lock(out, rank=trainer.rank, world=trainer.world):  # one job per folder
+        lens = trainer.fit(data, checkpoint_dir=Path(out) / "checkpoint", progress=progress)
+        if trainer.rank == 0:
+            lens.save(out)
     if trainer.world > 1:
         dist.barrier()
     return lens

@@ -1,6 +1,7 @@
 """Resumable training checkpoints for the zoo's recipes: model and optimizer tensors in one
-safetensors file, committed by `state.json` (written last, atomically), so that a run
-killed at any moment resumes from the last complete checkpoint."""
+safetensors file, committed by `state.json` (written after it, atomically; both synced to
+disk; older step files deleted only then: `io.write_checkpoint`), so that a run killed at
+any moment resumes from the last complete checkpoint."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MechscopeError
-from ..io import read_json, read_tensors, write_json, write_tensors
+from ..io import read_json, read_tensors, write_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +23,7 @@ def save(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state
     for pid, st in optim["state"].items():
         tensors.update({f"optim.{pid}.{k}": v for k, v in st.items()})
     name = f"step-{state['step']:07d}.safetensors"
-    write_tensors(folder / name, tensors)
-    write_json(folder / "state.json", {**state, "weights": name, "param_groups": optim["param_groups"]})
-    for old in set(folder.glob("step-*.safetensors")) - {folder / name}:
-        old.unlink()
+    write_checkpoint(folder, name, tensors, {**state, "weights": name, "param_groups": optim["param_groups"]})
     log.info("checkpoint at step %d in %s", state["step"], folder)
 
 

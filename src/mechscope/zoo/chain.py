@@ -352,8 +352,8 @@ Rebuild with `mechscope.zoo.chain.train(out_dir, ChainRecipe())`.
 
 def plots(folder: Path, out_dir: Path) -> list[Path]:
     """Accuracy per depth (final and over training) and attention to each hop per layer."""
-    folder, out_dir = Path(folder), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from ..io import make_folder, write_figure
+    folder, out_dir = Path(folder), make_folder(out_dir)
     card = json.loads((folder / "card.json").read_text())
     recipe = ChainRecipe(**card["recipe"])
     model = ToyTransformer.from_pretrained(folder).eval()
@@ -362,7 +362,7 @@ def plots(folder: Path, out_dir: Path) -> list[Path]:
     figures = {"chain_accuracy.png": _accuracy_figure(accs, card["metrics"]["curve"]),
                "chain_hop_attention.png": _hop_figure(attention_to_hops(model, evals))}
     for name, fig in figures.items():
-        fig.savefig(out_dir / name, dpi=110)
+        write_figure(out_dir / name, fig, bbox_inches=None)  # atomic; a full disk fails in one line
     return [out_dir / name for name in figures]
 
 

@@ -111,11 +111,12 @@ def train(name: str, out_dir: Path | None = None, *, seed: int = 0) -> dict:
     (if any) on the new folder; returns the model card."""
     module = _module(name)
     recipe = dataclasses.replace(getattr(module, RECIPES[name][1])(), seed=seed)
-    from ..io import make_folder
-    folder = make_folder(Path(out_dir) if out_dir else WEIGHTS / name)   # an unwritable out fails before training
-    card = module.train(folder, recipe)
-    analysis = ANALYSES.get(name)
-    return analysis.after_train(folder) if analysis is not None and analysis.after_train else card
+    from ..io import folder_lock
+    # an unwritable out, or one that another job is writing, fails before training
+    with folder_lock(Path(out_dir) if out_dir else WEIGHTS / name) as folder:
+        card = module.train(folder, recipe)
+        analysis = ANALYSES.get(name)
+        return analysis.after_train(folder) if analysis is not None and analysis.after_train else card
 
 
 def check(name: str, folder: Path) -> list:

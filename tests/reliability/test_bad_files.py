@@ -1,0 +1,172 @@
+"""Bad files end in one line, not a traceback or a silent success (issue 17 §2, issue 25 item 6).
+
+Each case damages a copy of a good artifact (a dictionary in the mechscope, SAELens or
+sparsify layout, a model folder), drives the real command line on it and checks: exit
+status 2, one `mechscope: error:` line on stderr, no traceback, and every file that was
+there before byte-identical afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mechscope.cli import main
+from mechscope.dictionary import build
+from mechscope.dictionary.config import CoderConfig
+from mechscope.dictionary.formats import write_saelens
+from tests.lens.helpers import save_worded
+
+SITE = "blocks.1.hook_resid_post"
+D_IN, D_SAE = 32, 64
+FOLDERS = {"mechscope": "mechscope", "saelens": "saelens", "sparsify": "layers.1"}
+"""Where each layout's good copy lives (sparsify's folder name is its hookpoint: layers.1 reads SITE)."""
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    """A tiny text model, a corpus and one good dictionary per layout."""
+    root = tmp_path_factory.mktemp("bad_files")
+    model = save_worded(root / "model")
+    corpus = root / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"})
+                                for i in range(40)))
+    torch.manual_seed(0)
+    coder = build(CoderConfig("topk", D_IN, D_SAE, k=4, hook_name=SITE, model_name=str(model)))
+    coder.save(root / "mechscope")
+    write_saelens(coder, root / "saelens")
+    w = {"encoder.weight": coder.W_enc.detach().T.contiguous(), "encoder.bias": coder.b_enc.detach(),
+         "W_dec": coder.W_dec.detach(), "b_dec": coder.b_dec.detach()}
+    sparsify = root / FOLDERS["sparsify"]
+    sparsify.mkdir()
+    save_file(w, str(sparsify / "sae.safetensors"))
+    (sparsify / "cfg.json").write_text(json.dumps(
+        {"expansion_factor": 2, "normalize_decoder": True, "num_latents": 0, "k": 4, "multi_topk": False,
+         "skip_connection": False, "d_in": D_IN}))
+    return root
+
+
+def hashes(*folders: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for folder in folders for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))  # NaN and Infinity are written as JSON's non-standard literals
+
+
+def edit_tensors(path: Path, change) -> None:
+    tensors = load_file(str(path))
+    change(tensors)
+    save_file(tensors, str(path))
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> str:
+    lines = [line for line in err.strip().splitlines() if not line.startswith(("WARNING ", "INFO "))]
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("mechscope: error: "), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+# Dictionaries: (layout, how the copy is damaged, words the one line must hold)
+
+def _cfg(key, value):
+    return lambda folder: edit_json(folder / "cfg.json", lambda d: d.__setitem__(key, value))
+
+
+def _drop(key):
+    return lambda folder: edit_json(folder / "cfg.json", lambda d: d.pop(key))
+
+
+def _write(name, data: bytes):
+    return lambda folder: (folder / name).write_bytes(data)
+
+
+def _tensor(file, name, change):
+    return lambda folder: edit_tensors(folder / file, lambda t: t.__setitem__(name, change(t[name])))
+
+
+def _poison(t):
+    t = t.clone()
+    t.view(-1)[3] = math.nan
+    return t
+
+
+DICTIONARY_CASES = {
+    "d_in string": ("mechscope", _cfg("d_in", "32"), ["d_in must be an integer", "'32'"]),
+    "d_sae float": ("mechscope", _cfg("d_sae", 64.0), ["d_sae must be an integer", "64.0"]),
+    "k string": ("mechscope", _cfg("k", "4"), ["k must be an integer"]),
+    "k bool": ("mechscope", _cfg("k", True), ["k must be an integer", "True"]),
+    "k zero": ("mechscope", _cfg("k", 0), ["k=0"]),
+    "prefixes int": ("mechscope", _cfg("prefixes", 64), ["prefixes must be a list of integers"]),
+    "blocks string": ("mechscope", _cfg("blocks", "abc"), ["blocks must be a list of strings"]),
+    "skip int": ("mechscope", _cfg("skip", 0), ["skip must be true or false"]),
+    "d_in missing": ("mechscope", _drop("d_in"), ["lacks d_in"]),
+    "arch missing": ("mechscope", _drop("arch"), ["lacks arch"]),
+    "arch unknown": ("mechscope", _cfg("arch", "sparse_magic"), ["unknown dictionary architecture 'sparse_magic'"]),
+    "cfg is a list": ("mechscope", _write("cfg.json", b"[1, 2, 3]"), ["not a JSON object"]),
+    "cfg is binary": ("mechscope", _write("cfg.json", bytes(range(256)) * 4), ["cannot read"]),
+    "d_sae absurd": ("mechscope", _cfg("d_sae", 4_000_000_000), ["GB of memory", "GB is available"]),
+    "norm_scale NaN": ("mechscope", _cfg("norm_scale", math.nan), ["norm_scale must be a finite number"]),
+    "norm_scale inf": ("mechscope", _cfg("norm_scale", math.inf), ["norm_scale must be a finite number"]),
+    "norm_scale negative": ("mechscope", _cfg("norm_scale", -1.0), ["norm_scale=-1.0", "positive"]),
+    "weights wider than cfg": ("mechscope", _cfg("d_sae", 32), ["tensor W_dec", "[64, 32]", "[32, 32]"]),
+    "weights lack a tensor": ("mechscope", lambda f: edit_tensors(f / "sae.safetensors", lambda t: t.pop("b_dec")),
+                              ["lacks b_dec"]),
+    "weights hold NaN": ("mechscope", _tensor("sae.safetensors", "W_dec", _poison), ["W_dec", "NaN"]),
+    "weights hold inf": ("mechscope", _tensor("sae.safetensors", "b_enc", lambda t: t / 0), ["b_enc", "infinite"]),
+    "saelens d_sae disagrees": ("saelens", _cfg("d_sae", 128), ["tensor W_enc", "[32, 64]", "[32, 128]"]),
+    "saelens d_in string": ("saelens", _cfg("d_in", "32"), ["d_in must be a positive integer"]),
+    "saelens k string": ("saelens", _cfg("activation_fn_kwargs", {"k": "4"}), ["k must be a positive integer"]),
+    "saelens b_dec shape": ("saelens", _tensor("sae_weights.safetensors", "b_dec", lambda t: t[:5].clone()),
+                            ["tensor b_dec", "[5]", "[32]"]),
+    "saelens weights NaN": ("saelens", _tensor("sae_weights.safetensors", "W_enc", _poison), ["W_enc", "NaN"]),
+    "saelens cfg binary": ("saelens", _write("cfg.json", b"\xff\xfe\x00garbage"), ["cannot read"]),
+    "saelens cfg list": ("saelens", _write("cfg.json", b"[]"), ["not a JSON object"]),
+    "sparsify k string": ("sparsify", _cfg("k", "4"), ["k must be a positive integer"]),
+    "sparsify d_in disagrees": ("sparsify", _cfg("d_in", 16), ["tensor encoder.weight", "[64, 32]", "[32, 16]"]),
+    "sparsify num_latents disagrees": ("sparsify", _cfg("num_latents", 48), ["[64, 32]", "[48, 32]"]),
+    "sparsify cfg list": ("sparsify", _write("cfg.json", b"[4]"), ["not a JSON object"]),
+}
+
+
+@pytest.mark.parametrize("case", list(DICTIONARY_CASES))
+def test_a_bad_dictionary_is_one_line(good, tmp_path, capsys, case):
+    layout, damage, needles = DICTIONARY_CASES[case]
+    folder = tmp_path / FOLDERS[layout]
+    shutil.copytree(good / FOLDERS[layout], folder)
+    damage(folder)
+    before = hashes(folder, good / "model")
+    code, err = run_cli(["sae", "eval", str(good / "model"), str(folder), "--data", str(good / "corpus.jsonl"),
+                         "--ctx", "16", "--contexts", "2", "--json"], capsys)
+    assert_one_line_error(code, err, *needles)
+    assert hashes(folder, good / "model") == before
+
+
+def test_the_good_dictionaries_evaluate(good, capsys):
+    """The undamaged copies pass, so each case above fails for its damage alone."""
+    for layout in ("mechscope", "saelens", "sparsify"):
+        code, err = run_cli(["sae", "eval", str(good / "model"), str(good / FOLDERS[layout]), "--data",
+                             str(good / "corpus.jsonl"), "--ctx", "16", "--contexts", "2", "--json"], capsys)
+        assert code == 0, err

@@ -9,9 +9,10 @@ from torch import nn
 import mechscope as ms
 from mechscope import edits
 from mechscope.module_model import ModuleModel
-from mechscope.zoo.storage import load_module_folder, save_module_folder
+from mechscope.zoo.storage import load_module_folder, register_module_class, save_module_folder
 
 
+@register_module_class("tests.TwoLayer")  # a folder may only name a class that code registered
 class TwoLayer(nn.Module):
     def __init__(self, d: int = 6):
         super().__init__()

@@ -77,8 +77,14 @@ def register(cls):
     return cls
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+"""The dtypes a dictionary's cfg.json may name (a table, not an attribute looked up by a name from a file)."""
+
+
 def dtype_of(name: str) -> torch.dtype:
-    return getattr(torch, name)
+    if name not in DTYPES:
+        raise MechscopeError(f"unknown dtype {name!r} in a dictionary config: use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 class SparseCoder(nn.Module):

@@ -50,19 +50,53 @@ def _cache_folder() -> Path:
     return Path(root) / "kernels"
 
 
-def _cpu_id() -> str:
-    """What -march=native depends on: a library built on one CPU may not run on another."""
+def _private(path: Path) -> bool:
+    """Whether only this user can change `path`: owned by us and not writable by group or others.
+    A library in a folder someone else controls could have been planted there."""
+    if not hasattr(os, "getuid"):
+        return True
+    info = path.lstat()
+    return info.st_uid == os.getuid() and not info.st_mode & 0o022 and not path.is_symlink()
+
+
+def _private_folder() -> Path | None:
+    """The kernel cache, created 0700; None (with a warning) where it is not ours alone."""
+    folder = _cache_folder()
     try:
-        info = Path("/proc/cpuinfo").read_text()
-        return next((line for line in info.splitlines() if line.startswith("flags")), platform.processor())
+        for part in (folder.parent, folder):
+            part.mkdir(mode=0o700, exist_ok=True)
+    except OSError as err:
+        log.warning("cannot create the kernel cache %s (%s): using the slower torch kernels", folder, err)
+        return None
+    unsafe = [str(p) for p in (folder.parent, folder) if not _private(p)]
+    if unsafe:
+        log.warning("kernel cache %s is owned by another user or writable by others: not loading native "
+                    "kernels from it (set MECHSCOPE_CACHE to a folder of your own)", ", ".join(unsafe))
+        return None
+    return folder
+
+
+def _cpu_id() -> str:
+    """What -march=native depends on: a library built on one CPU may not run on another
+    (the model name and every feature flag, or the platform where there is no /proc)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        keep = ("model name", "flags", "Features", "CPU implementer", "CPU part", "isa", "uarch")
+        return "\n".join(sorted({line for line in lines if line.startswith(keep)}))
     except OSError:
-        return platform.processor() + platform.machine()
+        return f"{platform.processor()} {platform.machine()} {platform.platform()}"
+
+
+def _compiler_id(compiler: str) -> str:
+    try:
+        return subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return compiler
 
 
 def _compile(compiler: str, target: Path) -> None:
     """Build into a temporary sibling, then rename: a concurrent or killed build never
     leaves a half-written library where a good one is expected."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
@@ -74,31 +108,62 @@ def _compile(compiler: str, target: Path) -> None:
             except subprocess.CalledProcessError:
                 if i == len(FLAGS) - 1:
                     raise
+        os.chmod(tmp, 0o700)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def _build_or_reuse(compiler: str) -> Path | None:
+    """The cached library for this source, flags, CPU and compiler: built once, verified to
+    be ours before every load; a failed build is remembered (a `.failed` file) instead of
+    being retried by every process."""
+    folder = _private_folder()
+    if folder is None:
+        return None
+    key_text = SOURCE.read_bytes() + repr(FLAGS).encode() + _cpu_id().encode() + _compiler_id(compiler).encode()
+    target = folder / f"topk-{hashlib.sha256(key_text).hexdigest()[:16]}.so"
+    failed = target.with_suffix(".failed")
+    if failed.exists():
+        log.info("the native TopK kernels failed to build here before (%s): using the torch kernels; "
+                 "delete that file to try again", failed)
+        return None
+    try:
+        if not target.exists():
+            _compile(compiler, target)
+    except (OSError, subprocess.SubprocessError) as err:
+        detail = (getattr(err, "stderr", b"") or b"").decode(errors="replace")[:300]
+        log.warning("could not build the native TopK kernels (%s%s): using the slower torch kernels", err,
+                    f": {detail}" if detail else "")
+        try:
+            failed.write_text(f"{err}\n{detail}\n")
+        except OSError:
+            pass
+        return None
+    if not _private(target):
+        log.warning("%s is owned by another user or writable by others: not loading it", target)
+        return None
+    return target
+
+
 @lru_cache(maxsize=1)
 def load() -> ctypes.CDLL | None:
-    """The compiled kernels, or None (no compiler, a failed build, or MECHSCOPE_KERNELS=0)."""
+    """The compiled kernels, or None (no compiler, a failed build, an unsafe cache, or
+    MECHSCOPE_KERNELS=0)."""
     if os.environ.get("MECHSCOPE_KERNELS", "1") == "0":
         return None
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         log.info("no C compiler found: the TopK SAE uses its (slower) torch kernels")
         return None
-    key = hashlib.sha256(SOURCE.read_bytes() + repr(FLAGS).encode() + _cpu_id().encode()).hexdigest()[:16]
-    target = _cache_folder() / f"topk-{key}.so"
+    target = _build_or_reuse(compiler)
+    if target is None:
+        return None
     try:
-        if not target.exists():
-            _compile(compiler, target)
         lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError) as err:
-        detail = getattr(err, "stderr", b"") or b""
-        log.warning("could not build the native TopK kernels (%s%s): using the slower torch kernels", err,
-                    f": {detail.decode(errors='replace')[:300]}" if detail else "")
+    except OSError as err:
+        log.warning("could not load the native TopK kernels (%s): using the slower torch kernels", err)
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.topk_rows.argtypes = [ptr, ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_int]

@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 
 from ..errors import MechscopeError
+from ..folders import recover_folder
 from ..zoo.storage import is_module_folder, load_module_folder
 from .families import FAMILIES, adapter_for
 
@@ -50,7 +51,7 @@ def resolve_source(name: str) -> tuple[str, bool]:
     if name.startswith("zoo:"):
         from ..zoo import zoo_path
         return str(zoo_path(name[4:])), True
-    path = Path(name).expanduser()
+    path = recover_folder(Path(name).expanduser())
     if path.is_dir():
         return str(path), True
     if name.startswith((".", "/", "~")) or path.suffix:
@@ -77,9 +78,12 @@ def _config(source: str, local: bool):
 
 def _model_class(config):
     import transformers
+    # `architectures` is read from a file: it may only pick a transformers model class of this model_type
     for arch in config.architectures or []:
-        if hasattr(transformers, arch):
-            return getattr(transformers, arch)
+        cls = getattr(transformers, arch, None) if isinstance(arch, str) else None
+        if (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)
+                and getattr(cls.config_class, "model_type", None) == config.model_type):
+            return cls
     if config.model_type == "bert":
         return transformers.AutoModel
     return transformers.AutoModelForCausalLM

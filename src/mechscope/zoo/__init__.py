@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import MechscopeError
+from ..folders import recover_folder
 
 WEIGHTS = Path(__file__).parent / "weights"
 # name -> (module holding `train(out_dir, recipe) -> card`, its recipe dataclass)
@@ -77,7 +78,7 @@ def _check(name: str) -> None:
 def zoo_path(name: str) -> Path:
     """The shipped Hugging Face folder of a zoo model."""
     _check(name)
-    path = WEIGHTS / name
+    path = recover_folder(WEIGHTS / name)  # a retrain killed mid-replacement leaves the old folder aside
     if not ((path / "config.json").is_file() or (path / "cfg.json").is_file()):
         raise MechscopeError(f"zoo model '{name}' has no weights in {path}: run `mechscope zoo train {name}`")
     return path

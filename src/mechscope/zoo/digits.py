@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mechscope.io import write_figure
-from mechscope.zoo.storage import load_module_folder, save_module_folder
+from mechscope.zoo.storage import load_module_folder, register_module_class, save_module_folder
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ TOLERANCE = {"test_accuracy_abs": 0.01, "train_accuracy_abs": 0.01}
 """How closely a retrain (other machine or torch build, same recipe) should match the card."""
 
 
+@register_module_class("DigitsCNN")
 class DigitsCNN(nn.Module):
     """Two 3x3 convolutions (padding 1, so 8x8 maps), a 2x2 max pool and a linear classifier."""
 

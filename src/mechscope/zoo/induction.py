@@ -19,8 +19,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..data import repeated_random_tokens
+from ..folders import replace_folder, staging_folder
 from ..io import write_figure
 from . import ANALYSES
 from .transformer import ToyConfig, ToyTransformer
@@ -224,10 +223,7 @@ def train(out_dir: Path, recipe: InductionRecipe = InductionRecipe(), *, progres
 def write_folder(out_dir: Path, model, files: dict[str, str], tokenizer=None) -> None:
     """``save_pretrained`` (model, optional tokenizer) plus text files into a temporary
     sibling folder, then renamed over ``out_dir``: readers never see half a folder."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_folder(out_dir)
     model.save_pretrained(tmp)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
@@ -235,10 +231,7 @@ def write_folder(out_dir: Path, model, files: dict[str, str], tokenizer=None) ->
         (tmp / name).write_text(text)
     for path in tmp.iterdir():
         path.chmod(0o644)
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, out_dir)
 
 
 def render_card(card: dict) -> str:

@@ -35,6 +35,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..errors import MechscopeError
+from ..folders import replace_folder, staging_folder
 from .transformer import ToyConfig, ToyTransformer
 
 logger = logging.getLogger(__name__)
@@ -235,9 +236,7 @@ def train(out_dir: Path, recipe: ModaddRecipe = ModaddRecipe(), *, progress: boo
     out_dir, t0 = Path(out_dir), time.perf_counter()
     split = data(recipe.p, recipe.train_frac, recipe.seed)
     model = build_model(recipe)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = staging_folder(out_dir)
     try:
         model.train()
         history = _train_loop(model, split, recipe, tmp, progress)
@@ -250,21 +249,12 @@ def train(out_dir: Path, recipe: ModaddRecipe = ModaddRecipe(), *, progress: boo
         (tmp / "CARD.md").write_text(render_card(card))
         for path in tmp.rglob("*"):
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
-        _swap_in(tmp, out_dir)
+        replace_folder(tmp, out_dir)
         logger.info("modadd: test accuracy %.4f after %d steps in %.0f s", card["metrics"]["test_accuracy"],
                     recipe.steps, train_time)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return card
-
-
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` by ``tmp`` with renames (the old folder is removed afterwards)."""
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _card(recipe: ModaddRecipe, metrics: dict, history: list, train_time: float,

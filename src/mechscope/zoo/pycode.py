@@ -13,9 +13,7 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import platform
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ import transformers
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from mechscope.errors import MechscopeError
+from mechscope.folders import replace_folder, staging_folder
 from mechscope.zoo import checkpoint, pycode_data
 
 logger = logging.getLogger(__name__)
@@ -241,8 +239,7 @@ def _train_loop(model, opt, chunks, tokenizer, recipe: PycodeRecipe, state: dict
 
 def _write_folder(out_dir: Path, model, tokenizer, card: dict) -> None:
     """Write the HF folder beside ``out_dir``, swap it in, then drop the old one (checkpoint too)."""
-    tmp, old = (out_dir.with_name(f".{out_dir.name}.{kind}-{os.getpid()}") for kind in ("tmp", "old"))
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_folder(out_dir)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     tok_cfg = json.loads((tmp / "tokenizer_config.json").read_text())  # readable by transformers 4
@@ -250,10 +247,7 @@ def _write_folder(out_dir: Path, model, tokenizer, card: dict) -> None:
     (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
     (tmp / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     (tmp / "CARD.md").write_text(render_card(card))
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, out_dir)
 
 
 def train(out_dir: Path, recipe: PycodeRecipe = PycodeRecipe(), *, progress: bool = True,

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mechscope.errors import MechscopeError
-from mechscope.zoo.storage import save_module_folder
+from mechscope.zoo.storage import register_module_class, save_module_folder
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class ToyModelOfSuperposition(nn.Module):
         return (self.importance * (x - out).square()).sum(-1).mean(0)
 
 
+@register_module_class("SuperpositionSuite")
 class SuperpositionSuite(nn.Module):
     """Several `ToyModelOfSuperposition` experiments in one module (the shipped folder).
 

@@ -7,8 +7,8 @@
     mechscope crosscoder train BASE --vs FINETUNE --site blocks.3.hook_resid_post --data corpus.jsonl --out runs/diff
     mechscope crosscoder diff BASE FINETUNE runs/diff --data corpus.jsonl --plot hist.png [--save runs/diff/diff]
 
-Models are hub ids, folders or zoo:NAME; `zoo:modadd@STEP` is a training snapshot of the
-grokking model. `--data pairs` feeds a modular-addition model all p x p inputs `a b =`
+Models are hub ids, folders or zoo:NAME; `zoo:modadd@STEP` (a training snapshot of the
+grokking model) loads here as everywhere. `--data pairs` feeds a modular-addition model all p x p inputs `a b =`
 (p = vocabulary - 1) and keeps only the `=` position. `train` resumes from --out's
 checkpoint. Each subcommand maps onto `mechscope.dictionary` (stacked, crosscoder,
 diffing); no science here.
@@ -93,22 +93,7 @@ def execute(args: argparse.Namespace) -> int:
     return 0
 
 
-# Models and data
-
-def load_model(name: str):
-    """`load(name)`, plus `zoo:modadd@STEP` for a training snapshot of the grokking model."""
-    from ..errors import MechscopeError
-    from ..models.loading import load
-    if not name.startswith("zoo:modadd@"):
-        return load(name)
-    from ..model import Model
-    from ..zoo import modadd, zoo_path
-    snaps = dict(modadd.load_snapshots(zoo_path("modadd")))
-    step = name.split("@", 1)[1]
-    if not step.isdigit() or int(step) not in snaps:
-        raise MechscopeError(f"zoo:modadd has no snapshot at step {step!r}: choose one of {', '.join(map(str, snaps))}")
-    return Model(snaps[int(step)], name=name)
-
+# Data
 
 def tokens_and_source(args, model, *, heldout: bool) -> tuple:
     """(token contexts, SourceConfig fields saying which positions are kept): a corpus, or
@@ -129,14 +114,15 @@ def _train(args) -> dict:
     from ..dictionary.stacked import train_crosscoder
     from ..dictionary.trainer_config import TrainConfig
     from ..errors import MechscopeError
-    model = load_model(args.model)
+    from ..models.loading import load
+    model = load(args.model)
     tokens, keep = tokens_and_source(args, model, heldout=False)
     labels = tuple(args.labels.split(","))
     if len(labels) != 2:
         raise MechscopeError(f"--labels needs two names separated by a comma, got {args.labels!r}")
     if args.vs and len(args.site) != 1:
         raise MechscopeError("with --vs give one --site: the crosscoder reads that site in both models")
-    other = load_model(args.vs) if args.vs else None
+    other = load(args.vs) if args.vs else None
     train = TrainConfig(total_tokens=args.total_tokens, batch_tokens=args.batch_tokens, lr=args.lr,
                         warmup_steps=args.warmup, decay=args.decay, checkpoint_every=args.checkpoint_every, seed=args.seed)
     coder = train_crosscoder(model, args.site, args.width, train, data=tokens, vs=other, labels=labels,
@@ -178,10 +164,11 @@ def _diff(args) -> dict:
     from ..dictionary.source import SourceConfig, keep_mask
     from ..dictionary.stacked import check_same_inputs
     from ..errors import MechscopeError
+    from ..models.loading import load
     coder = SparseCoder.load(args.crosscoder)
     if not isinstance(coder, Crosscoder) or coder.n_blocks != 2 or not all(":" in b for b in coder.cfg.blocks):
         raise MechscopeError(f"{args.crosscoder} is not a two-model crosscoder (train one with `crosscoder train --vs`)")
-    model_a, model_b = load_model(args.model_a), load_model(args.model_b)
+    model_a, model_b = load(args.model_a), load(args.model_b)
     check_same_inputs(model_a, model_b)
     sites = [b.rsplit(":", 1)[1] if ":" in b else b for b in coder.cfg.blocks]
     tokens, keep = tokens_and_source(args, model_a, heldout=True)

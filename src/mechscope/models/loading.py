@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from ..errors import MechscopeError
 from ..folders import recover_folder
@@ -50,7 +51,7 @@ def resolve_source(name: str) -> tuple[str, bool]:
     """Where to load `name` from, and whether that is a local folder."""
     if name.startswith("zoo:"):
         from ..zoo import zoo_path
-        return str(zoo_path(name[4:])), True
+        return str(zoo_path(name[4:].partition("@")[0])), True   # NAME@STEP: a snapshot, its config beside it
     path = recover_folder(Path(name).expanduser())
     if path.is_dir():
         return str(path), True
@@ -156,7 +157,7 @@ def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | tor
 
     from ..model import Model
 
-    from ..zoo import transformer  # noqa: F401  registers the zoo's own architecture with transformers
+    from ..zoo import snapshot_file, transformer  # noqa: F401  transformer registers the zoo's architecture
 
     dtype, device = resolve_dtype(dtype), resolve_device(device)
 
@@ -171,8 +172,11 @@ def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | tor
     log.info("loading %s (%s) from %s", name, config.model_type, source)
     kwargs = {"local_files_only": cached}
     try:
+        snapshot = snapshot_file(name[4:]) if name.startswith("zoo:") else None
         with _quiet_transformers():
             hf = _model_class(config).from_pretrained(source, dtype=dtype or torch.float32, **kwargs)
+        if snapshot is not None:
+            hf.load_state_dict(load_file(snapshot))
     except (SafetensorError, OSError, RuntimeError) as err:
         if not local:
             raise

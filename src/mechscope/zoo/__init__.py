@@ -84,6 +84,23 @@ def zoo_path(name: str) -> Path:
     return path
 
 
+def snapshot_file(name: str) -> Path | None:
+    """The weights of training snapshot `NAME@STEP` (`load("zoo:modadd@1021")`), kept in the
+    zoo folder as snapshots/step_NNNNNN/model.safetensors beside the final model's config;
+    None for a plain NAME."""
+    base, at, step = name.partition("@")
+    if not at:
+        return None
+    folder = zoo_path(base) / "snapshots"
+    steps = {int(p.parent.name.removeprefix("step_")): p for p in sorted(folder.glob("step_*/model.safetensors"))
+             if p.parent.name.removeprefix("step_").isdigit()}
+    if not steps:
+        raise MechscopeError(f"zoo model '{base}' keeps no training snapshots: load zoo:{base}")
+    if not step.isdigit() or int(step) not in steps:
+        raise MechscopeError(f"zoo:{base} has no snapshot at step {step!r}: choose one of {', '.join(map(str, steps))}")
+    return steps[int(step)]
+
+
 def card(name: str) -> dict:
     """The model card (recipe, metrics, training time) of a shipped zoo model."""
     path = zoo_path(name) / "card.json"

@@ -56,10 +56,12 @@ def as_digraph(adjacency: np.ndarray) -> nx.DiGraph:
 def directed_clustering(a: np.ndarray) -> np.ndarray:
     """Fagiolo's directed clustering of every node (what `networkx.clustering` gives a
     DiGraph), in matrix form: t_i = (S³)_ii / 2 with S = A + Aᵀ, over
-    d_tot (d_tot - 1) - 2 d_bi; 0 where that is 0."""
+    d_tot (d_tot - 1) - 2 d_bi; 0 where that is 0. The diagonal of S³ comes from one
+    matrix product (BLAS) and a row-wise dot (a three-index einsum is an unblocked n³
+    loop, ~100x slower at n = 128); the counts are small integers, exact in float64."""
     a = a.astype(float)
     s = a + a.T
-    triangles = np.einsum("ij,jk,ki->i", s, s, s) / 2
+    triangles = np.einsum("ij,ji->i", s @ s, s) / 2
     total = s.sum(1)
     denominator = total * (total - 1) - 2 * np.einsum("ij,ji->i", a, a)
     return np.divide(triangles, denominator, out=np.zeros_like(triangles), where=denominator > 0)

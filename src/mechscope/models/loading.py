@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..errors import MechscopeError
+from ..finite import warn_nonfinite_parameters
 from ..folders import recover_folder
 from ..zoo.storage import is_module_folder, load_module_folder
 from .families import FAMILIES, adapter_for
@@ -75,6 +76,17 @@ def _config(source: str, local: bool):
         return AutoConfig.from_pretrained(source), False
     except OSError as err:
         raise MechscopeError(f"could not find model '{source}' on the hub: {str(err).splitlines()[0]}") from None
+
+
+def refuse_pickle_only(folder: Path) -> None:
+    """No pickle anywhere: a folder whose weights are only PyTorch pickles (pytorch_model.bin,
+    its shards) fails here, before anything could unpickle them."""
+    pickles = sorted(p.name for p in folder.glob("*.bin") if p.name.startswith("pytorch_model"))
+    if pickles and not any(folder.glob("*.safetensors")):
+        raise MechscopeError(
+            f"{folder} holds only pickle weights ({', '.join(pickles[:3])}{', ...' if len(pickles) > 3 else ''}); "
+            "mechscope loads safetensors only: convert them once where you trust the file, e.g. "
+            "transformers' AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(OUT), and load OUT")
 
 
 def _model_class(config):
@@ -166,9 +178,12 @@ def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | tor
         from ..module_model import ModuleModel
         module = load_module_folder(Path(source))
         module = module if dtype is None else module.to(dtype)
+        warn_nonfinite_parameters(module, name)
         return ModuleModel(module if device is None else module.to(device), name=name)
     config, cached = _config(source, local)
     _check_supported(config)
+    if local:
+        refuse_pickle_only(Path(source))
     log.info("loading %s (%s) from %s", name, config.model_type, source)
     kwargs = {"local_files_only": cached}
     try:
@@ -184,6 +199,7 @@ def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | tor
                              "corrupt, truncated or for another architecture; restore it or retrain (`mechscope zoo train NAME`)") from None
     if device is not None:
         hf = hf.to(device)
+    warn_nonfinite_parameters(hf, name)  # a warning, not a refusal: inspecting a broken model finds the damage
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError):

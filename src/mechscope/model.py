@@ -106,12 +106,28 @@ class Model(WeightAccess):
 
     # Inputs
 
-    def tokenize(self, prompts: Prompts, attention_mask: Tensor | None = None) -> dict[str, Tensor]:
-        """Model inputs for text (right-padded) or for token ids [pos] / [batch, pos]."""
+    @property
+    def context_length(self) -> int | None:
+        """The most positions this model reads: max_position_embeddings (n_positions, n_ctx)
+        in its config; None when the config names no limit."""
+        config = self.hf.config
+        for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
+
+    def tokenize(self, prompts: Prompts, attention_mask: Tensor | None = None, *,
+                 truncate: bool = False) -> dict[str, Tensor]:
+        """Model inputs for text (right-padded) or for token ids [pos] / [batch, pos].
+
+        A prompt longer than the model's context (`context_length`) is refused, since the
+        positions past it mean nothing; truncate=True keeps its first `context_length`
+        tokens instead (and logs a warning)."""
         if isinstance(prompts, Tensor):
             ids = prompts.unsqueeze(0) if prompts.dim() == 1 else prompts
             mask = torch.ones_like(ids) if attention_mask is None else attention_mask
-            return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+            return self._fit_context({"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}, truncate)
         if self.tokenizer is None:
             raise MechscopeError(f"{self.name} has no tokenizer: pass token ids (a LongTensor) instead of text")
         texts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -126,7 +142,24 @@ class Model(WeightAccess):
         empty = [i for i, n in enumerate(lengths) if n == 0]
         if empty:
             raise MechscopeError(f"prompt {empty[0]} ({texts[empty[0]]!r}) has no tokens: give some text")
-        return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        inputs = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        return self._fit_context(inputs, truncate, lengths)
+
+    def _fit_context(self, inputs: dict[str, Tensor], truncate: bool, lengths: list[int] | None = None) -> dict[str, Tensor]:
+        """`inputs` cut to the model's context when `truncate`, else refused when longer."""
+        limit, width = self.context_length, inputs["input_ids"].shape[-1]
+        if limit is None or width <= limit:
+            return inputs
+        lengths = lengths or [width] * inputs["input_ids"].shape[0]
+        longest = max(range(len(lengths)), key=lengths.__getitem__)
+        if not truncate:
+            raise MechscopeError(
+                f"prompt {longest} has {lengths[longest]} tokens, which exceed this model's {limit} positions "
+                f"({self.name} reads no further): shorten it, or truncate (truncate=True; --truncate on the command "
+                f"line) to keep its first {limit} tokens")
+        log.warning("prompt %d has %d tokens, more than %s's %d positions: kept its first %d", longest,
+                    lengths[longest], self.name, limit, limit)
+        return {k: v[:, :limit] for k, v in inputs.items()}
 
     # Running
 

@@ -8,16 +8,24 @@ Also the patching helper's batched head sweep against one patched forward per he
 `random:gpt2-LxH` is a randomly initialised GPT-2 (L layers, H heads, d_model 16·H) written
 to a temporary folder: its circuit is meaningless, but its graph is large, and ACDC's cost
 grows with the number of edges while EAP's stays at two forwards and one backward.
+
+Every variant is timed the same way: `--repeats` runs each (3 by default) after one
+warm-up call of each, the variants interleaved (ACDC, EAP and EAP-IG in one cycle, the
+start rotating every repeat, so that drift on a shared machine hits all of them), and the
+**median** of the runs is reported, with the min and max beside it. (Until 2026-12-07
+EAP was timed best of 3 and ACDC once, which favoured the ratio.)
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
 
 import mechscope as ms
+from _machine import load_line, machine_line
 from mechscope.circuits import acdc, eap, eap_ig, induction_task
 from mechscope.patching import logit_diff, sweep
 
@@ -28,8 +36,21 @@ def _timed(fn):
     return out, time.perf_counter() - start
 
 
-def _best(fn, repeats: int = 3) -> float:
-    return min(_timed(fn)[1] for _ in range(repeats))
+def _interleaved(fns: dict, repeats: int, warmup: bool = True) -> dict[str, list[float]]:
+    """Seconds of `repeats` runs of each function (after one warm-up call of each), the
+    cycle's start rotating every repeat (so all see the same drift)."""
+    for fn in fns.values() if warmup else ():
+        fn()
+    names, times = list(fns), {k: [] for k in fns}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(_timed(fns[name])[1])
+    return times
+
+
+def _stat(times: list[float], scale: float = 1.0, unit: str = "s") -> str:
+    med, lo, hi = statistics.median(times), min(times), max(times)
+    return f"{med * scale:8.2f} {unit} (median of {len(times)}; min {lo * scale:.2f}, max {hi * scale:.2f})"
 
 
 def _auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
@@ -57,31 +78,38 @@ def _load(name: str):
     return ms.load(folder)
 
 
-def bench(name: str, threshold: float) -> None:
+def bench(name: str, threshold: float, repeats: int) -> None:
     model = _load(name)
     bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else 0
     task = induction_task(model, span=12, prefix=8, batch=16, seed=3, bos=bos)
     metric = logit_diff(task)
-    eap(model, task, metric)                                                       # warm-up
-    t_eap = _best(lambda: eap(model, task, metric))
-    t_ig = _best(lambda: eap_ig(model, task, metric, steps=5))
-    found, t_acdc = _timed(lambda: acdc(model, task, threshold=threshold, progress=False))
+    found = acdc(model, task, threshold=threshold, progress=False)  # the warm-ups (ACDC's result kept)
+    eap(model, task, metric)
+    eap_ig(model, task, metric, steps=5)
+    times = _interleaved({"acdc": lambda: acdc(model, task, threshold=threshold, progress=False),
+                          "eap": lambda: eap(model, task, metric),
+                          "eap_ig": lambda: eap_ig(model, task, metric, steps=5)}, repeats, warmup=False)
+    t_acdc, t_eap, t_ig = (statistics.median(times[k]) for k in ("acdc", "eap", "eap_ig"))
     scores = eap(model, task, metric)
     positive = torch.tensor([e in set(found.edges) for e in scores.edges])
     n_edges = len(scores.graph.edges)
     print(f"{name:>14}: {n_edges} edges, {len(task)} prompts x {task.clean.shape[1]} tokens")
-    print(f"{'':>16}ACDC (threshold {threshold}, KL) {t_acdc:8.2f} s, kept {len(found):3d} edges, faithfulness "
-          f"{found.faithfulness(model, task, metric):.3f}")
-    print(f"{'':>16}EAP                      {t_eap * 1e3:8.1f} ms  -> ACDC / EAP = {t_acdc / t_eap:7.1f}x")
-    print(f"{'':>16}EAP-IG (5 steps)         {t_ig * 1e3:8.1f} ms  -> ACDC / EAP-IG = {t_acdc / t_ig:7.1f}x")
+    print(f"{'':>16}ACDC (threshold {threshold}, KL) {_stat(times['acdc'])}, kept {len(found):3d} edges, "
+          f"faithfulness {found.faithfulness(model, task, metric):.3f}")
+    print(f"{'':>16}EAP                      {_stat(times['eap'], 1e3, 'ms')}  -> ACDC / EAP = {t_acdc / t_eap:7.1f}x")
+    print(f"{'':>16}EAP-IG (5 steps)         {_stat(times['eap_ig'], 1e3, 'ms')}  -> ACDC / EAP-IG = "
+          f"{t_acdc / t_ig:7.1f}x")
+    print(f"{'':>16}(ratios of medians; of the minima: ACDC / EAP {min(times['acdc']) / min(times['eap']):.1f}x, "
+          f"ACDC / EAP-IG {min(times['acdc']) / min(times['eap_ig']):.1f}x); {load_line()}")
     top = scores.circuit(top=max(1, len(found)))
     print(f"{'':>16}EAP top-{len(found)} faithfulness {top.faithfulness(model, task, metric):.3f}; EAP |score| ranks "
           f"ACDC's edges with ROC-AUC {_auc(scores.scores.abs(), positive):.3f}")
     for kind in ("heads", "resid"):
-        batched = _best(lambda: sweep(model, task, metric, sweep=kind, batch_size=256))
-        naive = _best(lambda: sweep(model, task, metric, sweep=kind, batch_size=len(task)))
-        print(f"{'':>16}patching {kind} sweep: batched {batched * 1e3:.1f} ms, one per forward {naive * 1e3:.1f} ms, "
-              f"ratio {naive / batched:.1f}x")
+        t = _interleaved({"batched": lambda: sweep(model, task, metric, sweep=kind, batch_size=256),
+                          "naive": lambda: sweep(model, task, metric, sweep=kind, batch_size=len(task))}, repeats)
+        batched, naive = statistics.median(t["batched"]), statistics.median(t["naive"])
+        print(f"{'':>16}patching {kind} sweep (median of {repeats}): batched {batched * 1e3:.1f} ms, one per forward "
+              f"{naive * 1e3:.1f} ms, ratio {naive / batched:.1f}x")
 
 
 def main(argv=None) -> None:
@@ -90,10 +118,13 @@ def main(argv=None) -> None:
     parser.add_argument("--threshold", type=float, nargs="+", default=[0.02, 0.002],
                         help="ACDC threshold per model (the last one repeats)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of every variant (the median is reported)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    print(machine_line())
     for i, name in enumerate(args.models):
-        bench(name, args.threshold[min(i, len(args.threshold) - 1)])
+        bench(name, args.threshold[min(i, len(args.threshold) - 1)], args.repeats)
+    print(load_line())
 
 
 if __name__ == "__main__":

@@ -12,6 +12,13 @@ import torch
 
 from .. import zoo
 
+MAX_TABLE_POSITIONS = 128
+"""The predictions table lists at most the prompt's last this many positions."""
+MAX_LABELLED_POSITIONS = 128
+"""Per-position figures name every token up to this many positions; longer prompts keep
+all positions in a figure of this width, with position numbers for ticks (a figure wider
+than 2^16 pixels cannot be drawn at all)."""
+
 
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
@@ -38,6 +45,22 @@ def _short_tokens(run) -> list[str]:
     return [t if len(t) <= 12 else t[:11] + "…" for t in run.str_tokens()]
 
 
+def _position_width(n: int) -> float:
+    """Width (inches) of a figure with one column per position."""
+    return max(6.0, 0.35 * min(n, MAX_LABELLED_POSITIONS))
+
+
+def _position_ticks(ax, run, n: int) -> str:
+    """Token labels on the x axis, or position numbers past MAX_LABELLED_POSITIONS; the
+    note to print under the figure then."""
+    if n <= MAX_LABELLED_POSITIONS:
+        ax.set_xticks(range(n), _short_tokens(run), rotation=90, fontsize=8)
+        return ""
+    ax.set_xlabel("position")
+    return (f" All {n:,} positions, numbered: token labels are drawn up to {MAX_LABELLED_POSITIONS:,} "
+            "positions.")
+
+
 def model_card(model, run) -> str:
     info = model.info()
     keys = ("family", "model_type", "parameters", "dtype", "n_layers", "d_model", "n_heads", "n_kv_heads",
@@ -59,8 +82,9 @@ def predictions(model, run) -> str:
         return "<h2>Predictions</h2><p>This model has no LM head, so it makes no next-token predictions.</p>"
     stats = run.next_token_stats()
     tokens = run.str_tokens()
+    first = max(0, len(tokens) - MAX_TABLE_POSITIONS)
     rows = []
-    for pos, token in enumerate(tokens):
+    for pos, token in enumerate(tokens[first:], start=first):
         top = run.top_tokens(5, position=pos)[0]
         cells = " ".join(f"<span class='bar' style='width:{max(1, round(60 * p))}px'></span>{_tok(t)} {p:.2f}"
                          for t, p in top)
@@ -68,18 +92,19 @@ def predictions(model, run) -> str:
         follows = "" if math.isnan(actual) else f"{actual:.3f} (rank {int(stats['rank_actual'][pos])})"
         rows.append(f"<tr><td>{pos}</td><td>{_tok(token)}</td><td>{cells}</td><td>{follows}</td>"
                     f"<td>{stats['entropy'][pos].item():.2f}</td></tr>")
-    fig, ax = _figure(max(6.0, 0.35 * len(tokens)), 2.6)
+    fig, ax = _figure(_position_width(len(tokens)), 2.6)
     ax.plot(stats["top1"].numpy(), marker="o", label="top-1 probability")
     ax.plot(stats["p_actual"].numpy(), marker="x", label="probability of the actual next token")
     ax2 = ax.twinx()
     ax2.plot(stats["entropy"].numpy(), color="grey", linestyle="--", label="entropy (nats)")
-    ax.set_xticks(range(len(tokens)), _short_tokens(run), rotation=90, fontsize=8)
+    note = _position_ticks(ax, run, len(tokens))
     ax.set_ylim(0, 1.02)
     ax.legend(loc="upper left", fontsize=8)
     ax2.legend(loc="upper right", fontsize=8)
     head = "<tr><th>pos</th><th>token</th><th>top-5 next tokens</th><th>p(actual next)</th><th>entropy</th></tr>"
-    return ("<h2>Next-token predictions</h2><p>What the model predicts after each position of the prompt.</p>"
-            f"{_png(fig)}<table>{head}{''.join(rows)}</table>")
+    cut = (f"<p><b>Table of the last {MAX_TABLE_POSITIONS:,} of {len(tokens):,} positions.</b></p>" if first else "")
+    return (f"<h2>Next-token predictions</h2><p>What the model predicts after each position of the prompt.{note}</p>"
+            f"{_png(fig)}{cut}<table>{head}{''.join(rows)}</table>")
 
 
 def residual_norms(model, run) -> str:
@@ -87,13 +112,13 @@ def residual_norms(model, run) -> str:
         return ""
     names = [f"blocks.{layer}.hook_resid_post" for layer in range(model.dims.n_layers)]
     norms = torch.stack([run.cache[n][0].float().norm(dim=-1) for n in names]).cpu()
-    fig, ax = _figure(max(6.0, 0.35 * norms.shape[1]), 0.4 * len(names) + 1.5)
+    fig, ax = _figure(_position_width(norms.shape[1]), 0.4 * len(names) + 1.5)
     image = ax.imshow(norms.numpy(), aspect="auto", cmap="viridis")
     ax.set_yticks(range(len(names)), [f"L{i}" for i in range(len(names))])
-    ax.set_xticks(range(norms.shape[1]), _short_tokens(run), rotation=90, fontsize=8)
+    note = _position_ticks(ax, run, norms.shape[1])
     fig.colorbar(image, ax=ax, label="‖resid_post‖")
     return ("<h2>Residual stream</h2><p>Norm of the residual stream after each block, per position "
-            "(<code>blocks.{l}.hook_resid_post</code>).</p>" + _png(fig))
+            f"(<code>blocks.{{l}}.hook_resid_post</code>).{note}</p>" + _png(fig))
 
 
 def sites(model, run) -> str:

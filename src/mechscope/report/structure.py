@@ -10,6 +10,11 @@ import math
 
 from .sections import _png
 
+MAX_GRAPH_POSITIONS = 128
+"""Attention graphs, their statistics against random graphs, communities and arc diagrams
+use at most the prompt's last this many tokens: the statistics cost grows with the cube
+of the size (Louvain on a dense graph, n_null random graphs each), the diagrams' width
+with the size."""
 HEAD_COLUMNS = ("layer", "head", "n_edges", "density", "clustering_z", "mean_path_z", "in_degree_max_z", "elbow",
                 "communities")
 
@@ -50,7 +55,11 @@ def _heads(dims) -> list[tuple[int, int]]:
 def _graphs(model, run, threshold: float = 0.1) -> str:
     from ..structure import attention_graphs
     graphs = attention_graphs(model, run.tokens[:1], attention_mask=run.mask[:1], heads=_heads(model.dims),
-                              threshold=threshold)
+                              threshold=threshold, window=MAX_GRAPH_POSITIONS)
+    length = int(run.mask[0].sum())
+    bound = (f"<p><b>Statistics on the last {MAX_GRAPH_POSITIONS:,} of {length:,} positions</b>: every graph, "
+             "statistic, community and diagram below is the subgraph of those tokens (attention to earlier ones "
+             "left out), so that the cost stays bounded on long prompts.</p>" if length > MAX_GRAPH_POSITIONS else "")
     rows = graphs.summary(n_null=20)
     zs = ("clustering_z", "mean_path_z", "in_degree_std_z", "out_degree_std_z")
 
@@ -64,7 +73,7 @@ def _graphs(model, run, threshold: float = 0.1) -> str:
             "(z-scores); elbow: profile-likelihood elbow of the attention matrix's singular values; communities: "
             "Louvain. Heads of the first, middle and last layers; arc diagrams of the three least random-looking "
             "heads (largest mean |z|).</p>"
-            f"<details><summary>{len(rows)} heads</summary>{_table(rows, HEAD_COLUMNS)}</details>{figures}")
+            f"{bound}<details><summary>{len(rows)} heads</summary>{_table(rows, HEAD_COLUMNS)}</details>{figures}")
 
 
 def section(model, run) -> str:

@@ -49,6 +49,10 @@ class HeadGraph:
     weights: Float[Tensor, "q_pos k_pos"]
     """Attention of query q to key k, real tokens only."""
     threshold: float = 0.1
+    offset: int = 0
+    """Position in the prompt of the first token kept: > 0 when the graph is a window of
+    the prompt's last tokens (the subgraph they induce; attention to earlier keys left out)."""
+    _communities: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -91,7 +95,23 @@ class HeadGraph:
         return result
 
     def communities(self, *, resolution: float = 1.0, seed: int = 0) -> Communities:
-        return communities(self.weights.double().numpy(), self.tokens, resolution=resolution, seed=seed)
+        """Louvain communities (computed once per resolution and seed: `summary` and
+        `plot` both ask)."""
+        key = (resolution, seed)
+        if key not in self._communities:
+            self._communities[key] = communities(self.weights.double().numpy(), self.tokens, resolution=resolution,
+                                                 seed=seed)
+        return self._communities[key]
+
+    def window(self, n: int) -> "HeadGraph":
+        """The subgraph induced by the last `n` tokens (itself when it has no more)."""
+        if n < 1:
+            raise MechscopeError(f"a window needs at least 1 token, got {n}")
+        if n >= len(self.tokens):
+            return self
+        start = len(self.tokens) - n
+        return HeadGraph(self.layer, self.head, self.prompt, self.tokens[start:], self.weights[start:, start:].clone(),
+                         self.threshold, self.offset + start)
 
     def plot(self, *, ax=None, color_communities: bool = True):
         """Arc diagram on the tokens: edges above the threshold, backward edges (k < q)
@@ -232,7 +252,7 @@ class AttentionGraphs:
         folder = Path(folder)
         cfg = {"kind": "attention_graphs", "model": self.model, "threshold": self.threshold,
                "n_prompts": self.n_prompts,
-               "graphs": [{"layer": g.layer, "head": g.head, "prompt": g.prompt, "tokens": g.tokens}
+               "graphs": [{"layer": g.layer, "head": g.head, "prompt": g.prompt, "tokens": g.tokens, "offset": g.offset}
                           for g in self.graphs]}
         write_tensors(folder / "weights.safetensors", {f"{g.layer}.{g.head}.{g.prompt}": g.weights for g in self.graphs})
         save_json(folder / "cfg.json", cfg)
@@ -244,28 +264,43 @@ class AttentionGraphs:
         cfg = load_json(folder / "cfg.json")
         weights = load_file(folder / "weights.safetensors")
         graphs = [HeadGraph(g["layer"], g["head"], g["prompt"], g["tokens"],
-                            weights[f"{g['layer']}.{g['head']}.{g['prompt']}"], cfg["threshold"]) for g in cfg["graphs"]]
+                            weights[f"{g['layer']}.{g['head']}.{g['prompt']}"], cfg["threshold"], g.get("offset", 0))
+                  for g in cfg["graphs"]]
         return cls(graphs, cfg["threshold"], cfg["model"], cfg["n_prompts"])
 
 
 def attention_graphs(model, prompts, *, heads=None, threshold: float = 0.1, attention_mask: Tensor | None = None,
-                     batch_size: int | None = None) -> AttentionGraphs:
+                     batch_size: int | None = None, window: int | None = None) -> AttentionGraphs:
     """The attention graphs of `heads` (None: every head; (layer, head) pairs or "L.H,L.H")
-    on every prompt, from `blocks.{l}.attn.hook_pattern` with padding removed."""
+    on every prompt, from `blocks.{l}.attn.hook_pattern` with padding removed.
+
+    window: keep only each prompt's last `window` tokens (queries and keys: the subgraph
+    they induce, `HeadGraph.offset` says where it starts). When every prompt is at least
+    that long only those query rows are recorded, so memory grows with the prompt, not its square."""
     if getattr(model, "dims", None) is None:
         raise MechscopeError(f"{model.name} has no attention heads: attention graphs need a transformer")
     if not 0.0 <= threshold < 1.0:
         raise MechscopeError(f"threshold must be in [0, 1) (an attention weight), got {threshold}")
+    if window is not None and window < 2:
+        raise MechscopeError(f"window must be 2 tokens or more (a graph needs two nodes), got {window}")
     chosen = parse_heads(heads, model.dims)
     layers = sorted({layer for layer, _ in chosen})
+    positions = None
+    if window is not None:
+        mask = model.tokenize(prompts, attention_mask).get("attention_mask")
+        shortest = int(mask.sum(-1).min()) if mask is not None else None
+        positions = list(range(-window, 0)) if shortest is not None and shortest >= window else None
     run = model.run(prompts, record=[f"blocks.{layer}.attn.hook_pattern" for layer in layers], logits=False,
-                    attention_mask=attention_mask, batch_size=batch_size, cache_device="cpu")
+                    attention_mask=attention_mask, batch_size=batch_size, cache_device="cpu", positions=positions)
     lengths = run.mask.sum(-1).tolist() if run.mask is not None else [run.tokens.shape[1]] * len(run.tokens)
     graphs = []
     for p, n in enumerate(lengths):
+        start = n - min(n, window) if window is not None else 0
+        rows = slice(None) if positions is not None else slice(start, n)
         tokens = run.str_tokens(p) if run.mask is not None else [str(i) for i in range(n)]
         for layer, head in chosen:
-            pattern = run.cache[f"blocks.{layer}.attn.hook_pattern"][p, head, :n, :n]
-            graphs.append(HeadGraph(layer, head, p, tokens, pattern.float().clone(), threshold))
-    log.info("attention graphs: %d heads x %d prompts", len(chosen), len(lengths))
+            pattern = run.cache[f"blocks.{layer}.attn.hook_pattern"][p, head, rows, start:n]
+            graphs.append(HeadGraph(layer, head, p, tokens[start:], pattern.float().clone(), threshold, start))
+    log.info("attention graphs: %d heads x %d prompts%s", len(chosen), len(lengths),
+             f" (last {window} tokens)" if window is not None else "")
     return AttentionGraphs(graphs, threshold, model.name, len(lengths))

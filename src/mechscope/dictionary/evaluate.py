@@ -36,6 +36,7 @@ from torch import Tensor
 
 from .. import edits
 from ..errors import MechscopeError
+from ..finite import first_nonfinite
 from ..io import write_json, write_tensors
 from .attach import warn_if_other_model
 from .source import SourceConfig, keep_mask, site_width
@@ -177,6 +178,8 @@ def evaluate(model, coder, tokens: Int[Tensor, "m ctx"], *, site: str | None = N
         keep = keep_mask(ids, source)
         run = model.run(ids, record=sorted({site, target}), logits=splice)
         x = run.cache[site].flatten(2)[keep].float()
+        scored = {f"'{s}'": run.cache[s] for s in (site, target)} | {"the logits": run.logits}
+        _check_finite(model, scored, i // batch_size)
         acts = coder.encode(x)
         if transcoder:
             x_hat = coder.decode(acts, x=x).float()            # predict(x) without encoding twice
@@ -190,6 +193,15 @@ def evaluate(model, coder, tokens: Int[Tensor, "m ctx"], *, site: str | None = N
     out = _result(model, coder, site, sums, splice)
     out.target_hook = target if transcoder else ""
     return out
+
+
+def _check_finite(model, activations: dict[str, Tensor | None], batch: int) -> None:
+    """NaN or inf in what is scored would give null metrics and exit 0: stop, naming the site."""
+    where = first_nonfinite(activations)
+    if where is not None:
+        raise MechscopeError(f"the activations at {where} of {model.name} are NaN or inf (held-out batch {batch}): "
+                             "the model's weights hold NaN or inf (see the warning at load) or overflow in this "
+                             "dtype; restore the model or use float32")
 
 
 def _splice(model, coder, site: str, ids: Tensor, keep: Tensor, clean: Tensor, sums: _Sums) -> None:

@@ -41,6 +41,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from ..errors import MechscopeError
+from ..finite import first_nonfinite
 from ..io import folder_lock, read_json, read_tensors, write_checkpoint, write_json, write_tensors
 from . import _common as C
 
@@ -252,15 +253,28 @@ class TunedLensTrainer:
             group["lr"] = self.cfg.lr_at(self.step_count)
         ids = data[rows_for_step(len(data), self.step_count, self.cfg, self.rank, self.world)]
         kl = self.losses(ids.to(self.model.device))
+        if self.world > 1:  # averaged before the update, so that every rank stops together on a non-finite loss
+            dist.all_reduce(kl)
+            kl /= self.world
+        if not bool(torch.isfinite(kl).all()):
+            raise self._nonfinite(kl, ids)
         if self.cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.translators.parameters(), self.cfg.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.step_count += 1
-        if self.world > 1:
-            dist.all_reduce(kl)
-            kl /= self.world
         return kl
+
+    def _nonfinite(self, kl: Tensor, ids: Tensor) -> MechscopeError:
+        """A NaN or inf loss: which layer, and whether the model (this batch run again) or the lens is at fault."""
+        layer = self.sites[int((~torch.isfinite(kl)).nonzero()[0])]
+        run = self.model.run(ids.to(self.model.device), record=self.sites, logits=True)
+        where = first_nonfinite({**run.cache, "the output logits": run.logits})
+        why = (f"the model's activations are NaN or inf from {where} on: restore its weights" if where else
+               f"the translator at {layer} diverged: lower --lr or lengthen --warmup")
+        return MechscopeError(f"tuned-lens training stopped at step {self.step_count + 1} of {self.cfg.steps} on a "
+                              f"NaN or inf loss ({why}); that step was not applied and the checkpoints already "
+                              "written are intact")
 
     def meta(self) -> dict:
         """What cfg.json records: the model (name, sizes, head fingerprint) and the training."""

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import MechscopeError
+from ..finite import SHOWN, first_nonfinite, nonfinite_parameters
 from ..io import write_text
 from . import crosscoder, sae
 from .sections import SECTIONS
@@ -42,11 +43,16 @@ def build_report(model, prompt: str | None, out_dir: Path, *, sae_dir: str | Pat
     Sections that need a text run are left out when there is no prompt or the model
     does not read text (toy models, CNNs); zoo models add their figures. `sae_dir`, a
     dictionary folder, adds its metrics and features; `crosscoder_dir` a crosscoder's."""
+    _refuse_nonfinite_weights(model)
     run = None
     if prompt is not None:
         if model.tokenizer is None:
             raise MechscopeError(f"{model.name} has no tokenizer, so it cannot be run on a text prompt; leave out --prompt")
         run = model.run(prompt, record="blocks.*.hook_resid_post")
+        where = first_nonfinite({**run.cache, "the logits": run.logits})
+        if where is not None:
+            raise MechscopeError(f"{model.name} computes NaN or inf on this prompt (first at {where}): a report of it "
+                                 "would show nothing; try another --prompt or a higher-precision --dtype")
     sections = list(SECTIONS)
     if sae_dir is not None:
         sections.append(functools.partial(sae.section, sae_dir=sae_dir))
@@ -58,6 +64,14 @@ def build_report(model, prompt: str | None, out_dir: Path, *, sae_dir: str | Pat
     page = PAGE.format(title=html.escape(title),
                        when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), body=body)
     return write_text(Path(out_dir) / "index.html", page)
+
+
+def _refuse_nonfinite_weights(model) -> None:
+    """Every section reads the weights or their activations: NaN or inf in them is reported, not drawn."""
+    bad = nonfinite_parameters(model.hf, SHOWN)
+    if bad:
+        raise MechscopeError(f"{model.name} has NaN or inf in its weights ({', '.join(bad)}"
+                             f"{', ...' if len(bad) == SHOWN else ''}): restore or retrain the model; no report written")
 
 
 __all__ = ["build_report", "SECTIONS"]

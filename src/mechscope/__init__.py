@@ -4,24 +4,27 @@
     model = ms.load("zoo:pycode")
     run = model.run("def add(a, b):\\n    return", record="blocks.*.hook_resid_post")
 
-The method packages (`ms.lens`, `ms.patching`, `ms.circuits`, `ms.dictionary`, ...) load
-on first use, so that `import mechscope` and the command line start quickly.
+The method packages (`ms.lens`, `ms.patching`, `ms.circuits`, `ms.dictionary`, ...) and
+the core (`ms.load`, `ms.Model`, `ms.Run`, `ms.edits`: torch) load on first use, so that
+`import mechscope` and the command line start quickly.
 """
 
 import importlib
 
-from . import edits, toys  # toys registers the zoo's analyses with mechscope.zoo
+from . import toys  # registers the zoo's analyses with mechscope.zoo (imports no torch)
 from .errors import MechscopeError
-from .model import Model
-from .models.loading import load
-from .run import Run
 
 __version__ = "0.1.0"
 METHODS = ("attribution", "circuits", "dictionary", "heads", "lens", "patching", "structure")
+CORE = {"load": ("models.loading", "load"), "Model": ("model", "Model"), "Run": ("run", "Run"), "edits": ("edits", None)}
 __all__ = ["load", "Model", "Run", "MechscopeError", "edits", "toys", *METHODS, "__version__"]
 
 
 def __getattr__(name: str):
     if name in METHODS:
         return importlib.import_module(f".{name}", __name__)
+    if name in CORE:
+        module, attr = CORE[name]
+        found = importlib.import_module(f".{module}", __name__)
+        return found if attr is None else getattr(found, attr)
     raise AttributeError(f"module 'mechscope' has no attribute {name!r}")

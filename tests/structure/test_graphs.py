@@ -77,7 +77,14 @@ def test_compare_with_er_flags_a_sink_not_a_random_graph():
     rng = np.random.default_rng(0)
     random = st.compare_with_er(rng.random((20, 20)) < 0.3, n_null=200, seed=1)
     assert all(random.p_value[k] > 0.01 for k in ("clustering", "in_degree_max", "out_degree_std"))
-    assert st.compare_with_er(star, n_null=50, seed=4).null_mean == st.compare_with_er(star, n_null=50, seed=4).null_mean
+    # the null: seeded G(n, p) graphs of the star's density, their statistics averaged
+    seeded = st.compare_with_er(star, n_null=50, seed=4)
+    p = star.sum() / (8 * 7)
+    null = er_samples(8, p, 50, seed=4)
+    for i, key in enumerate(st.STAT_NAMES):
+        assert seeded.null_mean[key] == pytest.approx(float(np.nanmean(null[:, i])), abs=1e-12), key
+    assert seeded.null_mean["density"] == pytest.approx(p, rel=0.15)   # 3 sigma of 50 graphs' mean density
+    assert st.compare_with_er(star, n_null=50, seed=5).null_mean["clustering"] != seeded.null_mean["clustering"]
 
 
 @pytest.mark.parametrize("rank", [1, 2, 3, 5, 8])

@@ -31,3 +31,23 @@ def count(text: str) -> int:
 def positive(text: str) -> int:
     """A whole number, 1 or more (argparse type)."""
     return _whole(text, 1)
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help lists every option's default, except where there is none (None, a flag's False)
+    or the help text already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose subcommand parsers (which argparse builds as the same class)
+    all show defaults in their help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", Formatter)
+        super().__init__(*args, **kwargs)

@@ -9,8 +9,6 @@ from pathlib import Path
 
 from ..errors import MechscopeError
 
-HELP = "circuit discovery (ACDC, EAP, EAP-IG) on a clean/corrupt task: which edges carry it"
-
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("model", help="hub id, local folder, or zoo:NAME (e.g. zoo:induction)")

@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-HELP = "previous-token, duplicate-token and induction scores of every attention head"
-
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("model", help="hub id, local folder, or zoo:NAME (e.g. zoo:induction)")

@@ -103,20 +103,46 @@ def test_clear_errors_for_missing_or_empty_sources(tmp_path, tok):
         DataConfig("x", ctx_len=0)
 
 
-def test_optional_readers_say_what_to_install(tmp_path, tok):
-    (tmp_path / "t.parquet").write_bytes(b"PAR1")
+def test_parquet_is_read_or_pyarrow_is_named(tmp_path):
+    path = tmp_path / "t.parquet"
     try:
-        import pyarrow  # noqa: F401
+        import pyarrow as pa
+        import pyarrow.parquet as pq
     except ImportError:
+        path.write_bytes(b"PAR1")
         with pytest.raises(MechscopeError, match="needs pyarrow"):
-            list(read_documents(tmp_path / "t.parquet"))
-    (tmp_path / "ds").mkdir()
-    (tmp_path / "ds" / "dataset_info.json").write_text("{}")
+            list(read_documents(path))
+        return
+    pq.write_table(pa.table({"id": [1, 2, 3], "text": ["first doc", "second", "third one"]}), path, row_group_size=2)
+    assert list(read_documents(path)) == ["first doc", "second", "third one"]
+    assert list(read_documents(path, text_field="id")) == ["1", "2", "3"]
+    with pytest.raises(MechscopeError, match=r"no 'body' column \(has: id, text\)"):
+        list(read_documents(path, text_field="body"))
+
+
+def test_datasets_folder_is_read_or_datasets_is_named(tmp_path):
+    folder = tmp_path / "ds"
     try:
-        import datasets  # noqa: F401
+        import datasets
     except ImportError:
+        folder.mkdir()
+        (folder / "dataset_info.json").write_text("{}")
         with pytest.raises(MechscopeError, match="pip install datasets"):
-            list(read_documents(tmp_path / "ds"))
+            list(read_documents(folder))
+        return
+    import pyarrow as pa
+    from datasets.table import InMemoryTable
+
+    def dataset(columns, name):  # a fixed fingerprint: no hashing of the table at construction
+        return datasets.Dataset(InMemoryTable(pa.table(columns)), fingerprint=name)
+    splits = datasets.DatasetDict({"validation": dataset({"text": ["v"]}, "v"),
+                                   "train": dataset({"text": ["a", "b"], "n": [1, 2]}, "t")})
+    splits.save_to_disk(str(folder))
+    assert list(read_documents(folder)) == ["a", "b"]                      # the train split
+    dataset({"text": ["only"]}, "o").save_to_disk(str(tmp_path / "one"))
+    assert list(read_documents(tmp_path / "one")) == ["only"]
+    with pytest.raises(MechscopeError, match=r"no 'body' column \(has: text, n\)"):
+        list(read_documents(folder, text_field="body"))
 
 
 def test_stdlib_corpus(tmp_path):

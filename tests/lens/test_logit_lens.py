@@ -3,8 +3,6 @@ positions, vocabulary subsets, translators, saving and bad input."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -166,12 +164,20 @@ def test_save_load_plot_frame(tmp_path, worded):
     assert len(fig.axes[0].texts) == len(lens.layers) * int(lens.mask[1].sum())
     with pytest.raises(ms.MechscopeError, match="no saved logit_lens"):
         LogitLens.load(tmp_path / "nothing")
-    if importlib.util.find_spec("pandas") is None:
-        with pytest.raises(ms.MechscopeError, match="pip install pandas"):
-            lens.to_frame()
-    else:
-        frame = lens.to_frame()
-        assert len(frame) == len(lens.layers) * int(lens.mask.sum()) and "p[dog]" in frame
+    frame = lens.to_frame()  # pandas comes with the test extra
+    assert len(frame) == len(lens.layers) * int(lens.mask.sum()) and "p[dog]" in frame
+    # each row holds the lens's own numbers for its (layer, prompt, position), each cell once
+    seen = set()
+    for row in frame.to_dict("records"):
+        li, b = lens.layers.index(row["layer"]), row["batch"]
+        p = int((lens.positions[b] == row["pos"]).nonzero()[0, 0])
+        seen.add((li, b, p))
+        assert bool(lens.mask[b, p]) and row["token"] == lens.text(lens.tokens[b, p])
+        assert row["top1"] == lens.text(lens.top_ids[li, b, p, 0]) and row["p_top1"] == float(lens.top_probs[li, b, p, 0])
+        assert row["entropy"] == float(lens.entropy[li, b, p]) and row["kl"] == float(lens.kl[li, b, p])
+        assert row["p[the]"] == float(lens.target_probs[li, b, p, 0]) and row["p[dog]"] == float(lens.target_probs[li, b, p, 1])
+        assert row["rank[dog]"] == int(lens.target_ranks[li, b, p, 1])
+    assert len(seen) == len(frame)
 
 
 def test_report_section(worded):

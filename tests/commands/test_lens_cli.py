@@ -4,7 +4,6 @@ through `execute`, on a tiny text model saved to a folder (loaded the way users 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 import mechscope as ms
 from mechscope.commands import dla as dla_cmd
 from mechscope.commands import lens as lens_cmd
+from mechscope.lens import tuned
 
 from ..lens.helpers import save_worded
 
@@ -53,9 +53,9 @@ def test_lens_errors(folder):
         lens_cmd.execute(parse(lens_cmd, [folder, "hi", "--layers", "0,4"]))
     with pytest.raises(SystemExit):
         parse(lens_cmd, [folder, "hi", "--positions", "last"])
-    if importlib.util.find_spec("mechscope.lens.tuned") is None:
-        with pytest.raises(ms.MechscopeError, match="--tuned needs mechscope.lens.tuned"):
-            lens_cmd.execute(parse(lens_cmd, [folder, "hi", "--tuned", "nowhere"]))
+    with pytest.raises(ms.MechscopeError) as missing:   # mechscope.lens.tuned is part of the package
+        lens_cmd.execute(parse(lens_cmd, [folder, "hi", "--tuned", "nowhere"]))
+    assert "nowhere" in str(missing.value) and "needs mechscope.lens.tuned" not in str(missing.value)
 
 
 def test_dla_json_and_text(folder, tmp_path, capsys):
@@ -78,7 +78,6 @@ def test_dla_json_and_text(folder, tmp_path, capsys):
 
 
 def test_lens_reads_through_a_saved_tuned_lens(folder, tmp_path, capsys):
-    tuned = pytest.importorskip("mechscope.lens.tuned")
     import torch
     model = ms.load(folder)
     d, n = model.dims.d_model, model.dims.n_layers
@@ -93,7 +92,6 @@ def test_lens_reads_through_a_saved_tuned_lens(folder, tmp_path, capsys):
 
 
 def test_cli_bad_training_settings_and_lens_files_are_one_line(folder, tmp_path, capsys):
-    tuned = pytest.importorskip("mechscope.lens.tuned")
     import torch
 
     from mechscope.cli import main

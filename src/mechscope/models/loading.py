@@ -22,6 +22,7 @@ from ..errors import MechscopeError
 from ..finite import warn_nonfinite_parameters
 from ..folders import recover_folder
 from ..zoo.storage import is_module_folder, load_module_folder
+from .auto import is_causal_lm
 from .families import FAMILIES, adapter_for
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,7 @@ def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | tor
     from transformers import AutoTokenizer
 
     from ..model import Model
+    from .auto_model import auto_model
 
     from ..zoo import snapshot_file, transformer  # noqa: F401  transformer registers the zoo's architecture
 
@@ -181,7 +183,9 @@ def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | tor
         warn_nonfinite_parameters(module, name)
         return ModuleModel(module if device is None else module.to(device), name=name)
     config, cached = _config(source, local)
-    _check_supported(config)
+    automatic = adapter_for(config.model_type) is None and is_causal_lm(config)  # no table: the automatic adapter
+    if not automatic:
+        _check_supported(config)
     if local:
         refuse_pickle_only(Path(source))
     log.info("loading %s (%s) from %s", name, config.model_type, source)
@@ -205,4 +209,4 @@ def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | tor
     except (OSError, ValueError):
         log.info("%s has no tokenizer; pass token ids instead of text", name)
         tokenizer = None
-    return Model(hf, tokenizer, name=name)
+    return auto_model(hf, tokenizer, name=name) if automatic else Model(hf, tokenizer, name=name)

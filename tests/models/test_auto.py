@@ -1,0 +1,136 @@
+"""The automatic adapter: on families that have a table it must find the same sites with the
+same values; on what it cannot verify it must fall back to module paths and say so."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as T
+from torch import nn
+
+import mechscope as ms
+from mechscope.errors import MechscopeError
+from mechscope.models.auto_model import (
+    AUTO,
+    PATHS,
+    UNVERIFIED,
+    AutoModel,
+    ModulePathLM,
+    auto_model,
+)
+
+from .tiny import tiny_model
+
+TABLED = ["llama", "gpt2", "neox", "neox_seq", "qwen3"]
+
+
+@pytest.fixture(scope="module")
+def ids() -> torch.Tensor:
+    return torch.randint(0, 97, (3, 9), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("kind", TABLED)
+def test_automatic_path_matches_the_table(kind, ids):
+    table = tiny_model(kind)
+    auto = auto_model(table.hf, name=f"auto-{kind}")
+    assert isinstance(auto, AutoModel)
+    assert list(auto.table.by_name) == list(table.table.by_name)            # same sites, same order
+    assert PATHS not in auto.provenance and auto.adapter.parallel == table.adapter.parallel
+    a = auto.run(ids, record="*")
+    t = table.run(ids, record="*")
+    assert torch.equal(a.logits, t.logits)
+    for name, value in t.cache.items():
+        assert torch.equal(a.cache[name], value), name
+    for layer in range(table.dims.n_layers):                                 # weights read the same way
+        for w in ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "b_Q", "b_O"):
+            assert torch.equal(getattr(auto, w)(layer), getattr(table, w)(layer)), (w, layer)
+    assert torch.equal(auto.to_logits(t.cache["blocks.1.hook_resid_post"]), t.logits)
+
+
+def test_automatic_edits_match_the_table(ids):
+    table, site = tiny_model("gpt2"), "blocks.0.attn.hook_z"
+    auto = auto_model(table.hf)
+    edit = [ms.edits.zero(site, heads=2, positions=3)]
+    assert torch.equal(auto.run(ids, edits=edit).logits, table.run(ids, edits=edit).logits)
+
+
+def test_unverifiable_parts_fall_back_to_module_paths(ids):
+    """Falcon's parallel block adds the attention output into the MLP's output in place, so a
+    recorded hook_mlp_out would not be what the MLP returned: not offered; resid sites are."""
+    hf = tiny_model("falcon").hf
+    auto = auto_model(hf)
+    assert "hook_resid_post" in auto.provenance[AUTO] and "hook_mlp_out" in auto.provenance[UNVERIFIED]
+    assert PATHS in auto.provenance
+    run = auto.run(ids, record=["blocks.*.hook_resid_post", "transformer.h.0.mlp.hook_out"])
+    hidden = hf(ids, output_hidden_states=True).hidden_states
+    assert torch.equal(run.cache["blocks.0.hook_resid_post"], hidden[1])
+    assert run.cache["transformer.h.0.mlp.hook_out"].shape == (*ids.shape, 32)
+    with pytest.raises(MechscopeError, match="could not verify"):
+        auto.run(ids, record="blocks.0.hook_mlp_out")
+    with pytest.raises(MechscopeError, match="could not verify"):
+        auto.W_O(0)
+
+
+class OddLM(nn.Module):
+    """A language model in no familiar shape: no block list, a recurrent mixer, tied head."""
+
+    def __init__(self, vocab: int = 50, d: int = 16):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d)
+        self.mix = nn.GRU(d, d, batch_first=True)
+        self.gate = nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.tok(ids)
+        h, _ = self.mix(x)
+        return (self.gate(h) * h + x) @ self.tok.weight.T
+
+
+def test_odd_module_gets_module_paths_and_says_so():
+    torch.manual_seed(0)
+    odd = OddLM()
+    model = auto_model(odd, name="odd")
+    assert isinstance(model, ModulePathLM)
+    assert list(model.provenance) == [PATHS, UNVERIFIED]
+    assert "not a Hugging Face PreTrainedModel" in " ".join(model.provenance[UNVERIFIED])
+    assert model.info()["provenance"] == model.provenance
+    ids = torch.randint(0, 50, (2, 7))
+    run = model.run(ids, record=["mix.hook_out", "gate.0.hook_out"])
+    assert torch.equal(run.logits, odd(ids))
+    assert torch.equal(run.cache["gate.0.hook_out"], odd.gate[0](odd.mix(odd.tok(ids))[0]))
+    with pytest.raises(MechscopeError, match="unknown site"):
+        model.run(ids, record="blocks.0.hook_resid_post")
+
+
+def test_hf_model_without_block_list_gets_module_paths():
+    """A registered-looking Hugging Face model whose blocks are not a ModuleList."""
+    config = T.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=40, n_positions=16)
+    hf = T.GPT2LMHeadModel(config)
+    hf.transformer.h = nn.Sequential(*hf.transformer.h)  # no ModuleList any more
+    model = auto_model(hf)
+    assert isinstance(model, ModulePathLM)
+    assert "no list of identical blocks" in " ".join(model.provenance[UNVERIFIED])
+
+
+def test_load_uses_the_automatic_adapter_for_untabled_types(tmp_path, ids):
+    from mechscope.models.families import adapter_for
+    candidates = {"helium": T.HeliumConfig, "olmo": T.OlmoConfig, "glm": T.GlmConfig, "nemotron": T.NemotronConfig}
+    kind = next((k for k in candidates if adapter_for(k) is None), None)
+    if kind is None:
+        pytest.skip("every candidate type has a table now")
+    config = candidates[kind](num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                              head_dim=8, intermediate_size=64, vocab_size=97, max_position_embeddings=64,
+                              pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    T.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    model = ms.load(str(tmp_path))
+    assert isinstance(model, AutoModel) and "hook_resid_post" in model.provenance[AUTO]
+    hidden = model.hf(ids, output_hidden_states=True).hidden_states
+    run = model.run(ids, record="blocks.0.hook_resid_post")
+    assert torch.equal(run.cache["blocks.0.hook_resid_post"], hidden[1])
+
+
+def test_load_refuses_a_type_that_is_not_a_causal_lm(tmp_path):
+    T.T5Config(d_model=16, num_layers=1, num_heads=2, d_ff=32, vocab_size=40).save_pretrained(tmp_path)
+    with pytest.raises(MechscopeError, match="not supported"):
+        ms.load(str(tmp_path))

@@ -59,6 +59,12 @@ def hashes(*folders: Path) -> dict[str, str]:
             for folder in folders for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
+def assert_untouched(before: dict[str, str], *folders: Path) -> None:
+    """Every file that was there is still there, byte for byte (lock files may come and go)."""
+    after = hashes(*folders)
+    assert {path: after.get(path) for path in before} == before
+
+
 def edit_json(path: Path, change) -> None:
     data = json.loads(path.read_text())
     change(data)
@@ -161,7 +167,7 @@ def test_a_bad_dictionary_is_one_line(good, tmp_path, capsys, case):
     code, err = run_cli(["sae", "eval", str(good / "model"), str(folder), "--data", str(good / "corpus.jsonl"),
                          "--ctx", "16", "--contexts", "2", "--json"], capsys)
     assert_one_line_error(code, err, *needles)
-    assert hashes(folder, good / "model") == before
+    assert_untouched(before, folder, good / "model")
 
 
 def test_the_good_dictionaries_evaluate(good, capsys):
@@ -170,3 +176,103 @@ def test_the_good_dictionaries_evaluate(good, capsys):
         code, err = run_cli(["sae", "eval", str(good / "model"), str(good / FOLDERS[layout]), "--data",
                              str(good / "corpus.jsonl"), "--ctx", "16", "--contexts", "2", "--json"], capsys)
         assert code == 0, err
+
+
+# Models: NaN / inf weights, pickle-only folders
+
+def _broken_model(good: Path, folder: Path, value: float) -> Path:
+    shutil.copytree(good / "model", folder)
+    edit_tensors(folder / "model.safetensors", lambda t: t.__setitem__(
+        BROKEN, t[BROKEN].index_fill(1, torch.tensor([5]), value)))
+    return folder
+
+
+def _pickle_only(good: Path, folder: Path, value=None) -> Path:
+    shutil.copytree(good / "model", folder)
+    torch.save(load_file(str(folder / "model.safetensors")), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    return folder
+
+
+BROKEN = "transformer.h.0.mlp.c_fc.weight"
+LENS = ["lens", "train", "{model}", "--data", "{corpus}", "--ctx", "16", "--steps", "3", "--batch", "2",
+        "--out", "{out}", "--no-progress"]
+REPORT = ["report", "{model}", "--prompt", "the quick brown fox", "--out", "{out}"]
+EVAL = ["sae", "eval", "{model}", "{sae}", "--data", "{corpus}", "--ctx", "16", "--contexts", "2", "--json"]
+MODEL_CASES = {
+    "NaN weight: lens train": (_broken_model, math.nan, LENS, ["step 1 of 3", "blocks.0.hook_resid_post"]),
+    "inf weight: lens train": (_broken_model, math.inf, LENS, ["step 1 of 3", "NaN or inf loss"]),
+    "NaN weight: report": (_broken_model, math.nan, REPORT, [BROKEN, "no report written"]),
+    "inf weight: report": (_broken_model, math.inf, REPORT, [BROKEN]),
+    "NaN weight: sae eval": (_broken_model, math.nan, EVAL, ["'blocks.1.hook_resid_post'", "NaN or inf"]),
+    "pickle only: info": (_pickle_only, None, ["info", "{model}"], ["pytorch_model.bin", "safetensors only"]),
+    "pickle only: lens train": (_pickle_only, None, LENS, ["holds only pickle weights"]),
+}
+
+
+@pytest.mark.parametrize("case", list(MODEL_CASES))
+def test_a_bad_model_is_one_line(good, tmp_path, capsys, case):
+    make, value, argv, needles = MODEL_CASES[case]
+    model = make(good, tmp_path / "model", value)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("a file the user had here")
+    before = hashes(model, out, good / FOLDERS["mechscope"])
+    fill = {"model": model, "corpus": good / "corpus.jsonl", "out": out, "sae": good / FOLDERS["mechscope"]}
+    code, err = run_cli([arg.format(**fill) for arg in argv], capsys)
+    assert_one_line_error(code, err, *needles)
+    assert_untouched(before, model, out, good / FOLDERS["mechscope"])
+    assert not (out / "index.html").exists() and not (out / "cfg.json").exists()
+
+
+def test_a_broken_model_loads_with_a_warning_naming_the_parameter(good, tmp_path, caplog):
+    """A warning, not a refusal: loading a broken model is how one finds the damage."""
+    import mechscope as ms
+    model = ms.load(str(_broken_model(good, tmp_path / "model", math.nan)))
+    assert model.dims.n_layers == 2
+    assert any(BROKEN in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    caplog.clear()
+    ms.load(str(good / "model"))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_loss_that_turns_nan_stops_training_and_keeps_the_last_checkpoint(good, tmp_path):
+    """Contexts holding one token that embeds to NaN come up at step 3: the run stops there,
+    the step-2 checkpoint is left as it was, and resuming from it with the repaired model gives
+    the very lens an uninterrupted run gives."""
+    import mechscope as ms
+    from mechscope.lens.tuned import TunedLensConfig, rows_for_step, train
+    clean = ms.load(str(good / "model"))
+    broken = ms.load(str(good / "model"))
+    bad_token = 1000
+
+    class Poisoned(torch.nn.Embedding):  # the unembedding (tied to wte's weight) stays finite
+        def forward(self, ids):
+            return super().forward(ids).masked_fill((ids == bad_token)[..., None], math.nan)
+
+    wte = broken.hf.transformer.wte
+    broken.hf.transformer.wte = Poisoned(*wte.weight.shape, _weight=wte.weight)
+    cfg = TunedLensConfig(steps=4, batch_size=2, checkpoint_every=1)
+    data = torch.randint(2000, 3000, (8, 12))
+    data[rows_for_step(len(data), 2, cfg), 5] = bad_token  # the third step's contexts
+    with pytest.raises(ms.MechscopeError, match="step 3 of 4 .* from blocks.0.hook_resid_pre on") as err:
+        train(broken, data, cfg, out=tmp_path / "run", progress=False)
+    assert "\n" not in str(err.value)
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["steps"] == 2
+    resumed = train(clean, data, cfg, out=tmp_path / "run", progress=False)
+    straight = train(clean, data, cfg, out=tmp_path / "straight", progress=False)
+    assert torch.equal(resumed.weight, straight.weight) and torch.equal(resumed.bias, straight.bias)
+
+
+@pytest.mark.parametrize("command", ["eval", "error"])
+def test_a_dictionary_from_another_model_warns_naming_both(good, tmp_path, capsys, caplog, command):
+    """Same width, other model: allowed (a fine-tune, a renamed copy), but said, naming both."""
+    coder = build(CoderConfig("topk", D_IN, D_SAE, k=4, hook_name=SITE, model_name="meta-llama/Llama-3.2-1B"))
+    coder.save(tmp_path / "sae")
+    extra = ["--contexts", "2"] if command == "eval" else ["--contexts", "4"]
+    code, err = run_cli(["sae", command, str(good / "model"), str(tmp_path / "sae"), "--data",
+                         str(good / "corpus.jsonl"), "--ctx", "16", *extra, "--json"], capsys)
+    assert code == 0, err
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("meta-llama/Llama-3.2-1B" in m and str(good / "model") in m for m in said), said

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from jaxtyping import Float
@@ -36,11 +37,19 @@ log = logging.getLogger(__name__)
 
 def warn_if_other_model(model, coder) -> None:
     """A dictionary read on another model than the one it was trained on is allowed (a
-    fine-tune, a renamed copy) but said: its features may mean nothing there."""
+    fine-tune, a renamed copy) but said, naming both: its features may mean nothing there.
+    Two spellings of one local folder (relative, absolute) are the same model."""
     trained_on = getattr(coder.cfg, "model_name", "")
-    if trained_on and trained_on != model.name:
+    if trained_on and not _same_model(trained_on, model.name):
         log.warning("this dictionary was trained on %s, not %s: its features may not carry over", trained_on,
                     model.name)
+
+
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()
 
 
 def site_of(model, coder: SparseCoder, site: str | None) -> str:

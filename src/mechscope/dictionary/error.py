@@ -32,6 +32,7 @@ from torch import Tensor
 
 from ..errors import MechscopeError
 from ..io import write_json, write_tensors
+from .attach import warn_if_other_model
 from .source import SourceConfig, keep_mask, site_width
 
 KIND = "dictionary_error_analysis"
@@ -172,6 +173,7 @@ def error_analysis(model, coder, tokens: Int[Tensor, "m ctx"], *, site: str | No
     site = site or coder.cfg.hook_name
     if not site:
         raise MechscopeError("the dictionary names no site (cfg.hook_name is empty): pass site=...")
+    warn_if_other_model(model, coder)
     if site_width(model, site) != coder.cfg.d_in:
         raise MechscopeError(f"dictionary d_in={coder.cfg.d_in} but '{site}' is {site_width(model, site)} wide")
     if tokens.dim() != 2 or len(tokens) == 0:

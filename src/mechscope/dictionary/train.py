@@ -231,14 +231,14 @@ class Trainer:
     def _check_same_run(self, state: dict, folder) -> None:
         """Refuse a checkpoint of other settings, sites, model or data, naming what differs."""
         identity = self._identity()
+        identity.pop("world")  # another number of ranks takes the same steps
         if "data" not in state:  # written before checkpoints named their data: cannot be checked
             log.warning("the checkpoint in %s does not record its data: resuming without checking them", folder)
             identity.pop("data")
-        for key, value in identity.items():
-            if key != "world" and state.get(key) != value:
-                what = "; ".join(differences(state.get(key), value, key)[:3]) or key
-                raise MechscopeError(f"the checkpoint in '{folder}' belongs to another run ({what} differ): resume "
-                                     "with the same model, data and settings, or choose another --out (or delete it)")
+        found = differences({k: state.get(k) for k in identity}, identity)
+        if found:
+            raise MechscopeError(f"the checkpoint in '{folder}' belongs to another run ({'; '.join(found[:3])}): resume "
+                                 "with the same model, data and settings, or choose another --out (or delete it)")
 
     def load_checkpoint(self, folder: str | Path) -> bool:
         """Resume from `folder` if it holds a checkpoint of this very run; False if none."""

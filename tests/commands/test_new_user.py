@@ -4,6 +4,8 @@ load everywhere, help shows defaults, the CLI starts without torch, readable out
 from __future__ import annotations
 
 import json
+import logging
+import re
 import subprocess
 import sys
 
@@ -52,7 +54,8 @@ def test_every_help_shows_defaults(capsys):
     assert len(tree) > 25 and all(p.formatter_class is Formatter for p in tree)
     for argv, shown in [(["sae", "train", "--help"], ["(default: 20000000)", "(default: topk)", "(default: 100)"]),
                         (["lens", "train", "--help"], ["(default: 250)", "(default: sgd)"]),
-                        (["sae", "meta", "--help"], ["(default: 200)"])]:
+                        (["trace", "--help"], ["default 10, at most the model's layers", "seeds the noise"]),
+                        (["sae", "meta", "--help"], ["--no-progress", "(default: 200)"])]:
         with pytest.raises(SystemExit) as done:
             main(argv)
         text = " ".join(capsys.readouterr().out.split())
@@ -92,6 +95,60 @@ def test_global_options_before_lens_train(tmp_path, capsys):
         assert main([*options, "lens", "train", model, "--data", str(tmp_path / "none.txt"), "--steps", "1"]) == 2
         err = capsys.readouterr().err
         assert "unrecognized arguments" not in err and "none.txt" in err, err
+
+
+@pytest.fixture(scope="module")
+def worded(tmp_path_factory):
+    from mechscope.dictionary.base import build
+    from mechscope.dictionary.config import CoderConfig
+    from tests.lens.helpers import save_worded
+    tmp = tmp_path_factory.mktemp("new_user")
+    corpus = tmp / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"})
+                                for i in range(60)))
+    sae = build(CoderConfig("topk", 32, 64, k=4, hook_name="blocks.1.hook_resid_post")).save(tmp / "sae")
+    return str(save_worded(tmp / "model")), str(sae), ["--data", str(corpus), "--ctx", "16", "--heldout", "0.3"], tmp
+
+
+def test_sae_outputs_read_as_tables_and_mark_the_firing_token(worded, capsys, caplog):
+    model, sae, data, tmp = worded
+    assert main(["sae", "features", model, sae, *data, "--features", "0,1,2", "--top", "2"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("feature")]
+    assert len(rows) == 6 and all(line.count("«") == 1 and line.count("»") == 1 for line in rows)
+    assert main(["sae", "meta", sae, "--epochs", "2", "--latents", "0,1", "--no-progress"]) == 0
+    out = capsys.readouterr()
+    assert "meta-SAE (batchtopk): 64 latents built from 16 meta-latents" in out.out and "it/s" not in out.err
+    assert not any(r in out.out for r in ("[[", "[(", "{'", "':"))        # no Python lists or dicts
+    assert re.search(r"^ +0  \d+ \(\d\.\d{3}\)", out.out, re.M)            # latent 0: meta-latent (weight), ...
+    assert main(["sae", "error", model, sae, *data, "--contexts", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "R² of ‖error‖ from the input" in out and "largest errors" in out
+    assert not any(r in out for r in ("[[", "[(", "[{", "{'", "':"))
+    with caplog.at_level(logging.WARNING, logger="mechscope.commands.checks"):
+        assert main(["sae", "train", model, "--site", "blocks.1.hook_resid_post", *data, "--out", str(tmp / "short"),
+                     "--width", "16", "--k", "2", "--total-tokens", "64", "--batch-tokens", "32", "--eval-contexts", "0",
+                     "--no-progress"]) == 0
+    assert "only 2 training steps" in caplog.text and "100 warm-up steps" in caplog.text
+
+
+def test_trace_window_fits_the_model_and_dla_names_soft_capping_only_where_it_is(worded, tmp_path, capsys):
+    import transformers as T
+    from tests.lens.helpers import text_tokenizer
+    model, _, _, _ = worded
+    assert main(["trace", model, "the quick brown fox jumps", "--subject", "quick", "--samples", "1", "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["window"] == 2 and "window of 2 layers: " in out.err
+    tokenizer = text_tokenizer()
+    torch.manual_seed(0)
+    gemma = T.Gemma2ForCausalLM(T.Gemma2Config(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, head_dim=8,
+                                               num_key_value_heads=2, intermediate_size=64, vocab_size=len(tokenizer),
+                                               max_position_embeddings=64, final_logit_softcapping=0.5))
+    gemma.save_pretrained(tmp_path / "gemma")
+    tokenizer.save_pretrained(tmp_path / "gemma")
+    assert main(["dla", str(tmp_path / "gemma"), "the quick brown fox", "--target", "dog"]) == 0
+    assert "after soft-capping its logits at ±0.5" in capsys.readouterr().out
+    assert main(["dla", model, "the quick brown fox", "--target", "dog"]) == 0
+    assert "soft-capping" not in capsys.readouterr().out
 
 
 def test_zoo_info_is_a_summary_and_json_the_whole_card(capsys):

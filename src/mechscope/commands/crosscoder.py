@@ -21,10 +21,10 @@ import json
 from pathlib import Path
 
 from .arguments import count, positive
-from .sae import _data_args, _print
+from .checks import check_layers, warn_short_schedule
+from .sae import _data_args, _print, marked
 from .tuned_lens import _docs
 
-HELP = "crosscoders: one dictionary over several layers, or over two models (model diffing)"
 VARIANTS = {"acausal": "crosscoder", "weakly-causal": "weakly_causal_crosscoder"}
 
 
@@ -89,7 +89,7 @@ def execute(args: argparse.Namespace) -> int:
     for key, rows in contexts.items():
         print(f"top contexts of the {key.removeprefix('contexts_').replace('_', '-')} latents:")
         for row in rows:
-            print(f"  latent {row['feature']:>6} {row['value']:8.3f}  {' '.join(row['tokens'])!r}")
+            print(f"  latent {row['feature']:>6} {row['value']:8.3f}  {marked(row['tokens'], row.get('centre', -1), ' ')}")
     return 0
 
 
@@ -115,6 +115,7 @@ def _train(args) -> dict:
     from ..dictionary.trainer_config import TrainConfig
     from ..errors import MechscopeError
     from ..models.loading import load
+    check_layers(args.model, args.site)
     model = load(args.model)
     tokens, keep = tokens_and_source(args, model, heldout=False)
     labels = tuple(args.labels.split(","))
@@ -125,6 +126,7 @@ def _train(args) -> dict:
     other = load(args.vs) if args.vs else None
     train = TrainConfig(total_tokens=args.total_tokens, batch_tokens=args.batch_tokens, lr=args.lr,
                         warmup_steps=args.warmup, decay=args.decay, checkpoint_every=args.checkpoint_every, seed=args.seed)
+    warn_short_schedule(train.steps, train.warmup_steps)
     coder = train_crosscoder(model, args.site, args.width, train, data=tokens, vs=other, labels=labels,
                              arch=VARIANTS[args.variant], source=SourceConfig(**keep), out=args.out,
                              progress=not args.no_progress and not args.json, l1_coeff=args.l1)

@@ -43,8 +43,11 @@ def execute(args: argparse.Namespace) -> int:
     print(f"direct logit attribution of {result.metric()} at position {int(result.positions[0, 0])} "
           f"({result.text(result.tokens[0, 0])!r}) in {result.model_name}")
     print(f"  total {float(result.logit[0, 0]):+.4f} (sum of components {float(values.sum()):+.4f})")
-    if abs(float(result.output_logit[0, 0]) - float(result.logit[0, 0])) > 1e-6:
-        print(f"  the model outputs {float(result.output_logit[0, 0]):+.4f} after soft-capping")
+    output = float(result.output_logit[0, 0])
+    if abs(output - float(result.logit[0, 0])) > 1e-6:
+        cap = getattr(getattr(model.hf, "config", None), "final_logit_softcapping", None)
+        print(f"  the model outputs {output:+.4f} after soft-capping its logits at ±{cap:g}" if cap else
+              f"  the model's own output is {output:+.4f}")
     for label, value in result.top(args.top):
         print(f"  {label:<18} {value:+.4f}")
     for path, what in ((args.plot, "plot"), (args.save, "result")):

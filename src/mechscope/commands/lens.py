@@ -28,6 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--plot", metavar="FILE.png", help="write the layer x position heatmap to this image file")
     parser.add_argument("--save", metavar="DIR", help="save the result (cfg.json + tensors.safetensors) to this folder")
+    parser.add_argument("--truncate", action="store_true",
+                        help="cut a prompt longer than the model's context to its first positions (else refused)")
     return parser
 
 
@@ -72,7 +74,8 @@ def execute(args: argparse.Namespace) -> int:
     from ..lens import logit_lens
     from ..models.loading import load
     model = load(args.model)
-    lens = logit_lens(model, args.prompt, positions=args.positions, targets=args.targets, k=args.k,
+    prompt = model.tokenize(args.prompt, truncate=True)["input_ids"] if args.truncate and model.tokenizer else args.prompt
+    lens = logit_lens(model, prompt, positions=args.positions, targets=args.targets, k=args.k,
                       include_mid=not args.no_mid, layers=args.layers, translator=_translator(args.tuned, model))
     if args.plot:
         save_figure(lens.plot(), args.plot)

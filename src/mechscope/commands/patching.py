@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 from ..errors import MechscopeError
-from .arguments import count
+from .arguments import count, positive
 
-HELP_PATCH = "activation patching sweep (resid, attn, mlp, heads) of a clean/corrupt task"
-HELP_TRACE = "causal tracing (ROME): which states carry what the model knows about a subject"
+WINDOW = 10
+"""Layers restored together for attn / mlp by default (ROME's window); clamped to the model's layers."""
 
 
 def configure_patch(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -41,8 +41,9 @@ def configure_trace(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--answer", help="token whose probability is read (default: the model's top prediction)")
     parser.add_argument("--noise", type=float, default=3.0, help="noise std as a multiple of W_E's std (default 3)")
     parser.add_argument("--samples", type=int, default=10, help="noise samples averaged (default 10)")
-    parser.add_argument("--window", type=int, default=10, help="layers restored together for attn/mlp (default 10)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--window", type=positive, help=f"layers restored together for attn/mlp (default {WINDOW}, "
+                        "at most the model's layers)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the noise added to the subject's embeddings")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--plots", metavar="DIR", help="write the heatmaps (PNG) here")
     return parser
@@ -110,11 +111,14 @@ def _trace(args: argparse.Namespace) -> int:
     from ..patching import causal_trace
 
     model = load(args.model)
+    window = min(args.window or WINDOW, model.dims.n_layers)
+    if window < (args.window or WINDOW):
+        print(f"window of {window} layers: {model.name} has {model.dims.n_layers}", file=sys.stderr)
     trace = causal_trace(model, args.prompt, args.subject, answer=args.answer, noise=args.noise, samples=args.samples,
-                         window=args.window, seed=args.seed, progress=not args.json)
+                         window=window, seed=args.seed, progress=not args.json)
     written = [str(write_figure(Path(args.plots) / "trace.png", trace.plot()))] if args.plots else []
     if args.json:
-        print(json.dumps({"answer": trace.answer_text, "clean_prob": trace.clean_prob, "corrupt_prob": trace.corrupt_prob,
+        print(json.dumps({"answer": trace.answer_text, "window": window, "clean_prob": trace.clean_prob, "corrupt_prob": trace.corrupt_prob,
                           "subject_positions": trace.subject, "tokens": trace.pos_labels,
                           **{k: grid.tolist() for k, grid in zip(trace.kinds, trace.probs)}, "plots": written}, indent=2))
         return 0

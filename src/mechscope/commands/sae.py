@@ -21,9 +21,11 @@ import json
 from pathlib import Path
 
 from .arguments import count, int_list, positive
+from .checks import check_layers, context_length, warn_short_schedule
 from .tuned_lens import _docs
 
-HELP = "sparse dictionaries (SAEs): cache activations, train, evaluate, show features, convert formats"
+CTX = 128
+"""Tokens per context when --ctx is not given (fewer where the model reads fewer)."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +49,8 @@ def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     from ..data import DataConfig
     docs = _docs(DataConfig)
     p.add_argument("--data", required=required, help=docs["path"])
-    p.add_argument("--ctx", type=int, default=128, help=docs["ctx_len"])
+    p.add_argument("--ctx", type=positive, help=docs["ctx_len"] + f" Default: {CTX}, or the model's context where "
+                   "that is shorter; more than the model's context is refused.")
     p.add_argument("--text-field", default="text", help=docs["text_field"])
     p.add_argument("--max-tokens", type=int, help=docs["max_tokens"])
     p.add_argument("--heldout", type=float, default=0.05, help=docs["heldout_fraction"])
@@ -139,6 +142,7 @@ def _meta_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds the initialisation and the row order")
     p.add_argument("--latents", type=int_list, default="0,1,2,3,4", help="comma-separated latents whose composition to print")
     p.add_argument("--plot", metavar="FILE.png", help="write the composition histograms here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _error_args(p: argparse.ArgumentParser) -> None:
@@ -160,16 +164,13 @@ def execute(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:
-        _print(result)
+        {"features": _print_features, "meta": _print_meta, "error": _print_error}.get(args.sae_cmd, _print)(result)
     return 0
 
 
 def _print(result: dict, indent: int = 0) -> None:
     for key, value in result.items():
-        if key == "features":
-            for row in value:
-                print(f"  feature {row['feature']:>6} {row['value']:8.3f}  {''.join(row['tokens'])!r}")
-        elif isinstance(value, dict):
+        if isinstance(value, dict):
             print(f"{' ' * indent}{key}:")
             _print(value, indent + 2)
         elif not isinstance(value, (list, tuple)) or len(value) <= 8:
@@ -178,9 +179,51 @@ def _print(result: dict, indent: int = 0) -> None:
             print(f"{' ' * indent}{key:>20}: {text}")
 
 
+def marked(tokens: list[str], centre: int, sep: str = "") -> str:
+    """A context's tokens as one line (newlines and tabs escaped), the one at `centre` «marked»."""
+    return sep.join(f"«{_escape(t)}»" if i == centre else _escape(t) for i, t in enumerate(tokens))
+
+
+def _escape(token: str) -> str:
+    return repr(token)[1:-1]
+
+
+def _print_features(result: dict) -> None:
+    print(f"top contexts per feature of {result['sae']} (activation, context; «token» is where it fired):")
+    for row in result["features"]:
+        print(f"  feature {row['feature']:>6} {row['value']:8.3f}  {marked(row['tokens'], row['centre'])}")
+
+
+def _print_meta(result: dict) -> None:
+    dead = result["dead_meta_fraction"]
+    print(f"meta-SAE ({result['arch']}): {result['d_sae']} latents built from {result['meta_d_sae']} meta-latents; "
+          f"L0 {result['l0']:.2f}, FVU {result['fvu']:.4f}, cosine {result['cosine']:.4f}, dead meta-latents {dead:.1%}")
+    if result["composition"]:
+        print(f"  {'latent':>8}  meta-latent (weight), strongest first")
+        for latent, parts in result["composition"].items():
+            print(f"  {latent:>8}  " + (", ".join(f"{j} ({w:.3f})" for j, w in parts) or "none"))
+    if result["out"]:
+        print(f"saved to {result['out']}")
+
+
+def _print_error(result: dict) -> None:
+    value = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    print(f"error of the dictionary at {result['hook_name']} ({result['model_name']}): {result['n_tokens']} tokens, "
+          f"ridge fit on {result['n_train']}, scored on {result['n_test']}")
+    for label, key in (("R² of ‖error‖ from the input", "norm_r2"), ("R² of the error vector from the input", "vector_r2"),
+                       ("R² of ‖error‖ from ‖input‖", "input_norm_r2"), ("mean ‖error‖", "mean_error_norm"),
+                       ("FVU", "fvu")):
+        print(f"  {label:<40} {value(result[key])}")
+    if result["largest_errors"]:
+        print(f"  largest errors:\n  {'context':>8} {'position':>8} {'‖error‖':>10}  token")
+        for row in result["largest_errors"]:
+            print(f"  {row['context']:>8} {row['position']:>8} {row['norm']:>10.4f}  {_escape(row['token'])}")
+
+
 def _tokens(args, model):
     from ..data import DataConfig, load_tokens
-    return load_tokens(DataConfig(args.data, ctx_len=args.ctx, text_field=args.text_field, max_tokens=args.max_tokens,
+    ctx = context_length(model, args.ctx, CTX)
+    return load_tokens(DataConfig(args.data, ctx_len=ctx, text_field=args.text_field, max_tokens=args.max_tokens,
                                   heldout_fraction=args.heldout, seed=args.seed), model.tokenizer)
 
 
@@ -188,6 +231,7 @@ def _cache(args) -> dict:
     from ..dictionary.cache import write_cache
     from ..dictionary.source import SourceConfig
     from ..models.loading import load
+    check_layers(args.model, args.site)
     model = load(args.model)
     data = _tokens(args, model)
     folder = write_cache(model, args.site, data.train, args.out, cfg=SourceConfig(model_batch=args.model_batch),
@@ -217,6 +261,7 @@ def _train_ranked(args, rank: int, world: int) -> dict | None:
     from ..errors import MechscopeError
     from ..io import write_json
     from ..models.loading import load
+    check_layers(args.model, args.site or [])
     model = load(args.model)
     if args.cache is None and not args.data:
         raise MechscopeError("give --data (a corpus to run the model on) or --cache (an activation cache)")
@@ -231,6 +276,8 @@ def _train_ranked(args, rank: int, world: int) -> dict | None:
     cfg = TrainConfig(total_tokens=args.total_tokens, batch_tokens=args.batch_tokens, lr=args.lr, warmup_steps=args.warmup,
                       decay=args.decay, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
                       dead_window=args.dead_window, seed=args.seed)
+    if rank == 0:
+        warn_short_schedule(cfg.steps, cfg.warmup_steps)
     progress = not args.no_progress and not args.json
     data = _tokens(args, model) if args.data else None
     if args.cache:
@@ -298,7 +345,7 @@ def _meta(args) -> dict:
     from ..dictionary.meta import train_meta
     coder = _read(args)
     meta = train_meta(coder, width=args.width, k=args.k, arch=args.arch, epochs=args.epochs, lr=args.lr,
-                      seed=args.seed, progress=not args.json)
+                      seed=args.seed, progress=not args.json and not args.no_progress)
     if args.out:
         meta.save(args.out)
     if args.plot:

@@ -18,10 +18,9 @@ import json
 from pathlib import Path
 
 from .arguments import count, positive
+from .checks import warn_short_schedule
 from .sae import _data_args, _heldout, _print, _tokens
 from .tuned_lens import _docs
-
-HELP = "transcoders: sparse replacements of an MLP (read its input, predict its output), trained and spliced in"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +109,8 @@ def _train_ranked(args, rank: int) -> dict | None:
     train_cfg = TrainConfig(total_tokens=args.total_tokens, batch_tokens=args.batch_tokens, lr=args.lr,
                             warmup_steps=args.warmup, decay=args.decay, checkpoint_every=args.checkpoint_every,
                             dead_window=args.dead_window, seed=args.seed)
+    if rank == 0:
+        warn_short_schedule(train_cfg.steps, train_cfg.warmup_steps)
     progress = not args.no_progress and not args.json
     data = _tokens(args, model) if args.data else None
     if args.cache:

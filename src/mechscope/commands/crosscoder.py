@@ -22,7 +22,8 @@ from pathlib import Path
 
 from .arguments import count, positive
 from .checks import check_layers, warn_short_schedule
-from .sae import _data_args, _print, marked
+from .printing import marked, print_result
+from .sae import _data_args
 from .tuned_lens import _docs
 
 VARIANTS = {"acausal": "crosscoder", "weakly-causal": "weakly_causal_crosscoder"}
@@ -85,7 +86,7 @@ def execute(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, default=str))
         return 0
     contexts = {k: result.pop(k) for k in list(result) if k.startswith("contexts_")}
-    _print(result)
+    print_result(result)
     for key, rows in contexts.items():
         print(f"top contexts of the {key.removeprefix('contexts_').replace('_', '-')} latents:")
         for row in rows:

@@ -1,9 +1,4 @@
-"""`mechscope attention-graph` and `mechscope spectra`: the CLI of `mechscope.structure`.
-
-Wire into cli.py as, e.g.:
-    p = sub.add_parser("attention-graph", help=...); configure_attention_graph(p)
-    p.set_defaults(func=execute_attention_graph)
-"""
+"""`mechscope attention-graph` and `mechscope spectra`: the CLI of `mechscope.structure`."""
 
 from __future__ import annotations
 
@@ -15,8 +10,6 @@ from pathlib import Path
 from ..errors import MechscopeError
 
 log = logging.getLogger(__name__)
-ATTENTION_GRAPH_HELP = "attention patterns as graphs: statistics against Erdős–Rényi, scree elbows, communities"
-SPECTRA_HELP = "singular-value spectra of every weight matrix and OV/QK circuit; with --vs, the low-rank update"
 
 
 def _finite(value):

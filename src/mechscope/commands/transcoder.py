@@ -19,7 +19,8 @@ from pathlib import Path
 
 from .arguments import count, positive
 from .checks import warn_short_schedule
-from .sae import _data_args, _heldout, _print, _tokens
+from .printing import print_result
+from .sae import _data_args, _heldout, _tokens
 from .tuned_lens import _docs
 
 
@@ -78,7 +79,7 @@ def execute(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:
-        _print(result)
+        print_result(result)
     return 0
 
 

@@ -33,8 +33,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help=train["optimizer"])
     parser.add_argument("--lr", type=float, help=train["lr"])
     parser.add_argument("--warmup", type=int, help=train["warmup_steps"])
-    parser.add_argument("--autocast", choices=["off", "bf16", "auto"], default=TunedLensConfig.autocast,
-                        help=train["autocast"])
     parser.add_argument("--text-field", default="text", help=data["text_field"])
     parser.add_argument("--max-tokens", type=int, help=data["max_tokens"])
     parser.add_argument("--heldout", type=float, default=0.05, help=data["heldout_fraction"])
@@ -69,7 +67,7 @@ def _train_and_report(args: argparse.Namespace, rank: int, world: int) -> int:
     data = load_tokens(DataConfig(args.data, ctx_len=ctx, text_field=args.text_field, max_tokens=args.max_tokens,
                                   heldout_fraction=args.heldout, seed=args.seed), model.tokenizer)
     cfg = TunedLensConfig(steps=args.steps, batch_size=args.batch, optimizer=args.optimizer, lr=args.lr,
-                          warmup_steps=args.warmup, seed=args.seed, autocast=args.autocast)
+                          warmup_steps=args.warmup, seed=args.seed)
     lens = train(model, data.train, cfg, out=out, progress=not args.no_progress and not args.json)
     if rank != 0:
         return 0

@@ -85,6 +85,30 @@ def test_help_and_a_mistyped_layer_do_not_import_torch():
         assert out.split()[-2:] == ["2", "False"]
 
 
+def test_subcommand_help_reads_config_defaults_without_importing_them():
+    """--help of the training commands reads defaults and field docs from the config modules'
+    source: they are the classes' own, and torch stays unloaded."""
+    import dataclasses
+    import importlib
+
+    from mechscope.commands.arguments import ConfigDocs, constant
+    for module, name in [("data", "DataConfig"), ("dictionary.source", "SourceConfig"),
+                         ("dictionary.config", "CoderConfig"), ("dictionary.trainer_config", "TrainConfig"),
+                         ("lens.tuned", "TunedLensConfig")]:
+        docs, cls = ConfigDocs(module, name), getattr(importlib.import_module(f"mechscope.{module}"), name)
+        fields = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        assert fields and {k: docs.default(k) for k in fields} == fields, name
+        assert set(docs.docs) <= {f.name for f in dataclasses.fields(cls)} and len(docs.docs) >= len(fields) // 2
+    from mechscope.dictionary.config import ARCHITECTURES
+    assert constant("dictionary.config", "ARCHITECTURES") == ARCHITECTURES
+    out = _python("import sys\nfrom mechscope.cli import main\n"
+                  "for argv in (['sae', 'train', '--help'], ['sae', '--help'], ['lens', 'train', '--help'],\n"
+                  "             ['crosscoder', 'train', '--help'], ['transcoder', 'train', '--help']):\n"
+                  "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+                  "print('torch' in sys.modules)")
+    assert out.split()[-1] == "False"
+
+
 def test_global_options_before_lens_train(tmp_path, capsys):
     assert command_index(["-v", "--device", "cpu", "--dtype=float32", "lens", "train", "m"]) == 4
     assert command_index(["--dev", "cpu", "run"]) == 2 and command_index(["-v"]) is None

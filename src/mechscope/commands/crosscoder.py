@@ -20,11 +20,10 @@ import argparse
 import json
 from pathlib import Path
 
-from .arguments import count, positive
+from .arguments import ConfigDocs, constant, count, positive
 from .checks import check_layers, warn_short_schedule
 from .printing import marked, print_result
 from .sae import _data_args
-from .tuned_lens import _docs
 
 VARIANTS = {"acausal": "crosscoder", "weakly-causal": "weakly_causal_crosscoder"}
 
@@ -41,8 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    from ..dictionary.trainer_config import DECAYS, TrainConfig
-    train = _docs(TrainConfig)
+    train = ConfigDocs("dictionary.trainer_config", "TrainConfig")
     p.add_argument("model", help="hub id, local folder, zoo:NAME or zoo:modadd@STEP (model A)")
     p.add_argument("--vs", metavar="MODEL_B", help="diff against this model: one --site, read in both models")
     p.add_argument("--labels", default="A,B", help="names of the two models in the block names (with --vs)")
@@ -55,12 +53,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                         "and writes it and the later ones")
     p.add_argument("--width", type=int, default=4096, help="number of latents")
     p.add_argument("--l1", type=float, default=1.0, help="weight of the L1 penalty on the sum of per-site decoder norms")
-    p.add_argument("--total-tokens", type=int, default=TrainConfig.total_tokens, help=train["total_tokens"])
-    p.add_argument("--batch-tokens", type=int, default=TrainConfig.batch_tokens, help=train["batch_tokens"])
+    p.add_argument("--total-tokens", type=int, default=train.default("total_tokens"), help=train["total_tokens"])
+    p.add_argument("--batch-tokens", type=int, default=train.default("batch_tokens"), help=train["batch_tokens"])
     p.add_argument("--lr", type=float, help=train["lr"])
-    p.add_argument("--warmup", type=int, default=TrainConfig.warmup_steps, help=train["warmup_steps"])
-    p.add_argument("--decay", choices=DECAYS, default="linear", help=train["decay"])
-    p.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every, help=train["checkpoint_every"])
+    p.add_argument("--warmup", type=int, default=train.default("warmup_steps"), help=train["warmup_steps"])
+    p.add_argument("--decay", choices=constant("dictionary.trainer_config", "DECAYS"), default="linear", help=train["decay"])
+    p.add_argument("--checkpoint-every", type=int, default=train.default("checkpoint_every"), help=train["checkpoint_every"])
     p.add_argument("--eval-contexts", type=count, default=64, help="held-out contexts for the final evaluation (0: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _data_args(p)

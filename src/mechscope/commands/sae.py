@@ -20,10 +20,9 @@ import argparse
 import json
 from pathlib import Path
 
-from .arguments import count, int_list, positive
+from .arguments import ConfigDocs, constant, count, int_list, positive
 from .checks import check_layers, context_length, warn_short_schedule
 from .printing import print_error, print_features, print_meta, print_result
-from .tuned_lens import _docs
 
 CTX = 128
 """Tokens per context when --ctx is not given (fewer where the model reads fewer)."""
@@ -47,8 +46,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    from ..data import DataConfig
-    docs = _docs(DataConfig)
+    docs = ConfigDocs("data", "DataConfig")
     p.add_argument("--data", required=required, help=docs["path"])
     p.add_argument("--ctx", type=positive, help=docs["ctx_len"] + f" Default: {CTX}, or the model's context where "
                    "that is shorter; more than the model's context is refused.")
@@ -59,21 +57,19 @@ def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _cache_args(p: argparse.ArgumentParser) -> None:
-    from ..dictionary.source import SourceConfig
+    source = ConfigDocs("dictionary.source", "SourceConfig")
     p.add_argument("model", help="hub id, local folder, or zoo:NAME (e.g. zoo:pycode)")
     p.add_argument("--site", action="append", required=True, help="site to record (repeat for several; globs work)")
     p.add_argument("--out", required=True, help="cache folder (resumes a partial one)")
     p.add_argument("--shard-contexts", type=int, default=256, help="contexts per shard file")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="storage dtype")
-    p.add_argument("--model-batch", type=int, default=SourceConfig.model_batch, help=_docs(SourceConfig)["model_batch"])
+    p.add_argument("--model-batch", type=int, default=source.default("model_batch"), help=source["model_batch"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _data_args(p)
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    from ..dictionary.config import ARCHITECTURES, INPUT_NORMS, CoderConfig
-    from ..dictionary.trainer_config import DECAYS, TrainConfig
-    coder, train = _docs(CoderConfig), _docs(TrainConfig)
+    coder, train = ConfigDocs("dictionary.config", "CoderConfig"), ConfigDocs("dictionary.trainer_config", "TrainConfig")
     p.add_argument("model", help="hub id, local folder, or zoo:NAME (also used to evaluate a cache-trained dictionary)")
     p.add_argument("--site", action="append", help="site to train on (repeat for one dictionary per site); "
                                                    "default: every site of --cache")
@@ -81,19 +77,19 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                                                 "holds checkpoint/ while training, which a rerun resumes")
     p.add_argument("--cache", help="train on this activation cache (`sae cache`) instead of running the model; "
                    "--data, if given too, is then only the held-out evaluation corpus")
-    p.add_argument("--arch", choices=ARCHITECTURES, default="topk", help=coder["arch"])
+    p.add_argument("--arch", choices=constant("dictionary.config", "ARCHITECTURES"), default="topk", help=coder["arch"])
     p.add_argument("--width", type=int, default=4096, help=coder["d_sae"])
     p.add_argument("--k", type=int, default=32, help=coder["k"])
-    p.add_argument("--l1", type=float, default=CoderConfig.l1_coeff, help=coder["l1_coeff"])
-    p.add_argument("--l0", type=float, default=CoderConfig.l0_coeff, help=coder["l0_coeff"])
-    p.add_argument("--input-norm", choices=INPUT_NORMS, default="none",
+    p.add_argument("--l1", type=float, default=coder.default("l1_coeff"), help=coder["l1_coeff"])
+    p.add_argument("--l0", type=float, default=coder.default("l0_coeff"), help=coder["l0_coeff"])
+    p.add_argument("--input-norm", choices=constant("dictionary.config", "INPUT_NORMS"), default="none",
                    help="layer_norm: standardise each input over its features before encoding (SAELens layer_norm)")
-    p.add_argument("--total-tokens", type=int, default=TrainConfig.total_tokens, help=train["total_tokens"])
-    p.add_argument("--batch-tokens", type=int, default=TrainConfig.batch_tokens, help=train["batch_tokens"])
+    p.add_argument("--total-tokens", type=int, default=train.default("total_tokens"), help=train["total_tokens"])
+    p.add_argument("--batch-tokens", type=int, default=train.default("batch_tokens"), help=train["batch_tokens"])
     p.add_argument("--lr", type=float, help=train["lr"])
-    p.add_argument("--warmup", type=int, default=TrainConfig.warmup_steps, help=train["warmup_steps"])
-    p.add_argument("--decay", choices=DECAYS, default="linear", help=train["decay"])
-    p.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every, help=train["checkpoint_every"])
+    p.add_argument("--warmup", type=int, default=train.default("warmup_steps"), help=train["warmup_steps"])
+    p.add_argument("--decay", choices=constant("dictionary.trainer_config", "DECAYS"), default="linear", help=train["decay"])
+    p.add_argument("--checkpoint-every", type=int, default=train.default("checkpoint_every"), help=train["checkpoint_every"])
     p.add_argument("--eval-every", type=int, default=0, help=train["eval_every"])
     p.add_argument("--dead-window", type=int, help=train["dead_window"])
     p.add_argument("--eval-contexts", type=count, default=64, help="held-out contexts for the final evaluation (0: none)")
@@ -131,11 +127,10 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
 
 
 def _meta_args(p: argparse.ArgumentParser) -> None:
-    from ..dictionary.config import ARCHITECTURES
     p.add_argument("sae", help="dictionary folder (mechscope, SAELens or sparsify layout) whose decoder to decompose")
     p.add_argument("--hookpoint", help="which dictionary of a multi-site sparsify folder")
     p.add_argument("--out", help="save the meta-SAE here (cfg.json + sae.safetensors, composition.safetensors)")
-    p.add_argument("--arch", choices=ARCHITECTURES, default="batchtopk", help="meta-SAE architecture")
+    p.add_argument("--arch", choices=constant("dictionary.config", "ARCHITECTURES"), default="batchtopk", help="meta-SAE architecture")
     p.add_argument("--width", type=int, help="meta-latents (default: a quarter of the dictionary's latents)")
     p.add_argument("--k", type=int, default=4, help="active meta-latents per latent (on average for batchtopk)")
     p.add_argument("--epochs", type=int, default=200, help="passes over the decoder rows")

@@ -17,11 +17,10 @@ import argparse
 import json
 from pathlib import Path
 
-from .arguments import count, positive
+from .arguments import ConfigDocs, constant, count, positive
 from .checks import warn_short_schedule
 from .printing import print_result
 from .sae import _data_args, _heldout, _tokens
-from .tuned_lens import _docs
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -35,9 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    from ..dictionary.config import ARCHITECTURES, CoderConfig
-    from ..dictionary.trainer_config import DECAYS, TrainConfig
-    coder, train = _docs(CoderConfig), _docs(TrainConfig)
+    coder, train = ConfigDocs("dictionary.config", "CoderConfig"), ConfigDocs("dictionary.trainer_config", "TrainConfig")
     p.add_argument("model", help="hub id, local folder, or zoo:NAME (e.g. zoo:pycode)")
     p.add_argument("--layer", type=int, help="the block whose MLP to replace: reads blocks.L.hook_resid_mid, "
                                              "predicts blocks.L.hook_mlp_out")
@@ -46,17 +43,17 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip", action="store_true", help=coder["skip"])
     p.add_argument("--out", required=True, help="transcoder folder (cfg.json + sae.safetensors, metrics.json, eval.json)")
     p.add_argument("--cache", help="train on this activation cache (holding both sites) instead of running the model")
-    p.add_argument("--arch", choices=ARCHITECTURES, default="topk", help=coder["arch"])
+    p.add_argument("--arch", choices=constant("dictionary.config", "ARCHITECTURES"), default="topk", help=coder["arch"])
     p.add_argument("--width", type=int, default=4096, help=coder["d_sae"])
     p.add_argument("--k", type=int, default=32, help=coder["k"])
-    p.add_argument("--l1", type=float, default=CoderConfig.l1_coeff, help=coder["l1_coeff"])
-    p.add_argument("--l0", type=float, default=CoderConfig.l0_coeff, help=coder["l0_coeff"])
-    p.add_argument("--total-tokens", type=int, default=TrainConfig.total_tokens, help=train["total_tokens"])
-    p.add_argument("--batch-tokens", type=int, default=TrainConfig.batch_tokens, help=train["batch_tokens"])
+    p.add_argument("--l1", type=float, default=coder.default("l1_coeff"), help=coder["l1_coeff"])
+    p.add_argument("--l0", type=float, default=coder.default("l0_coeff"), help=coder["l0_coeff"])
+    p.add_argument("--total-tokens", type=int, default=train.default("total_tokens"), help=train["total_tokens"])
+    p.add_argument("--batch-tokens", type=int, default=train.default("batch_tokens"), help=train["batch_tokens"])
     p.add_argument("--lr", type=float, help=train["lr"])
-    p.add_argument("--warmup", type=int, default=TrainConfig.warmup_steps, help=train["warmup_steps"])
-    p.add_argument("--decay", choices=DECAYS, default="linear", help=train["decay"])
-    p.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every, help=train["checkpoint_every"])
+    p.add_argument("--warmup", type=int, default=train.default("warmup_steps"), help=train["warmup_steps"])
+    p.add_argument("--decay", choices=constant("dictionary.trainer_config", "DECAYS"), default="linear", help=train["decay"])
+    p.add_argument("--checkpoint-every", type=int, default=train.default("checkpoint_every"), help=train["checkpoint_every"])
     p.add_argument("--dead-window", type=int, help=train["dead_window"])
     p.add_argument("--eval-contexts", type=count, default=64, help="held-out contexts for the final evaluation (0: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -18,18 +18,16 @@ CTX = 256
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from ..data import DataConfig
-    from ..lens.tuned import TunedLensConfig
-    from .arguments import count, positive
-    data, train = _docs(DataConfig), _docs(TunedLensConfig)
+    from .arguments import ConfigDocs, count, positive
+    data, train = ConfigDocs("data", "DataConfig"), ConfigDocs("lens.tuned", "TunedLensConfig")
     parser.add_argument("model", help="hub id, local folder, or zoo:NAME (e.g. zoo:pycode)")
     parser.add_argument("--data", required=True, help=data["path"])
     parser.add_argument("--out", help="folder for the lens (cfg.json + translators.safetensors), its checkpoint "
                                       "and metrics.json; default runs/tuned-lens/MODEL")
-    parser.add_argument("--steps", type=int, default=TunedLensConfig.steps, help=train["steps"])
+    parser.add_argument("--steps", type=int, default=train.default("steps"), help=train["steps"])
     parser.add_argument("--ctx", type=positive, help=data["ctx_len"] + f" Default: {CTX}, or the model's context where "
                         "that is shorter; more than the model's context is refused.")
-    parser.add_argument("--batch", type=int, default=TunedLensConfig.batch_size, help=train["batch_size"])
+    parser.add_argument("--batch", type=int, default=train.default("batch_size"), help=train["batch_size"])
     parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help=train["optimizer"])
     parser.add_argument("--lr", type=float, help=train["lr"])
     parser.add_argument("--warmup", type=int, help=train["warmup_steps"])
@@ -90,16 +88,3 @@ def _train_and_report(args: argparse.Namespace, rank: int, world: int) -> int:
         for row in result["layers"]:
             print(f"  {row['layer']:<8}{row['logit_kl']:>12.4f}{row['tuned_kl']:>12.4f}")
     return 0
-
-
-def _docs(cls) -> dict[str, str]:
-    """Per-field docstrings of a config dataclass (the line under each field), for --help."""
-    import ast
-    import inspect
-    import textwrap
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body, docs = tree.body[0].body, {}
-    for node, after in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
-            docs[node.target.id] = str(after.value.value).replace("%", "%%")
-    return docs

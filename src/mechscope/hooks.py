@@ -77,17 +77,23 @@ def hooked(
         site = table[name]
         groups[(site.module, site.boundary)].append(site)
     remaining = set(wanted)
+    rows: dict[str, torch.Size] = {}  # rows_from module -> its input's [batch, pos] (MoE router logits)
+
+    def read(site: Site, raw: Tensor) -> Tensor:
+        value = site.view.read(raw)  # flattened tokens [batch * pos, ...] back to [batch, pos, ...]
+        return value.unflatten(0, rows[site.rows_from]) if site.rows_from else value
 
     def process(raw_of: Callable[[int], Tensor], set_raw: Callable[[int, Tensor], None], sites: list[Site]) -> None:
         for site in sites:
             raw = raw_of(site.view.index)
             for edit in edits.get(site.name, ()):
-                value = edit.apply(site.view.read(raw), site=site.name, dims=site.dims,
-                                   lengths=per_row(lengths, raw.shape[0]), strict=strict)
-                raw = site.view.write(raw, value)
+                value = read(site, raw)
+                value = edit.apply(value, site=site.name, dims=site.dims,
+                                   lengths=per_row(lengths, value.shape[0]), strict=strict)
+                raw = site.view.write(raw, value.flatten(0, 1) if site.rows_from else value)
                 set_raw(site.view.index, raw)
             if site.name in wanted:
-                on_record(site.name, site.view.read(raw))
+                on_record(site.name, read(site, raw))
                 remaining.discard(site.name)
         if stop_when_recorded and not remaining:
             raise StopForward
@@ -127,6 +133,8 @@ def hooked(
         handles += _copy_hooks(model, table, copies)
         if logit_positions is not None:
             handles.append(model.get_output_embeddings().register_forward_pre_hook(_gather_hook(logit_positions)))
+        for path in {s.rows_from for sites in groups.values() for s in sites if s.rows_from}:
+            handles.append(model.get_submodule(path).register_forward_pre_hook(_shape_hook(rows, path), with_kwargs=True))
         for (path, boundary), sites in groups.items():
             module = model.get_submodule(path)
             if boundary == "out":
@@ -186,6 +194,13 @@ def _copy_hooks(model: nn.Module, table: SiteTable, copies: dict[int, int] | Non
 
     return [model.get_submodule(table[f"blocks.{layer}.hook_resid_pre"].module).register_forward_pre_hook(
         hook(layer), with_kwargs=True) for layer in range(first, table.n_layers)]
+
+
+def _shape_hook(rows: dict, path: str):
+    """Pre-hook that notes the leading [batch, pos] shape of a module's hidden-state input."""
+    def fn(module, args, kwargs):
+        rows[path] = (args[0] if args else kwargs["hidden_states"]).shape[:-1]
+    return fn
 
 
 def _gather_hook(positions: Tensor):

@@ -31,15 +31,15 @@ class Model(WeightAccess):
         self.hf = hf.eval()
         self.tokenizer = tokenizer
         self.name = name or getattr(hf.config, "_name_or_path", "") or type(hf).__name__
-        self.adapter = adapter_for(hf.config.model_type)
+        self.adapter = adapter_for(hf.config.model_type).resolve(hf.config)
         base = hf.base_model
         self._prefix = "" if base is hf else hf.base_model_prefix + "."
         self.dims = self._read_dims()
-        parallel = bool(self.adapter.parallel_attr and getattr(hf.config, self.adapter.parallel_attr, False))
+        parallel = self.adapter.parallel
         has_logits = hf.get_output_embeddings() is not None
         has_pos = self.adapter.pos_embed is not None and self._has_module(self.adapter.pos_embed)
         self.table = SiteTable(build_sites(self.adapter, self.dims, self._prefix, parallel, has_logits, has_pos),
-                               self.dims.n_layers, self.adapter.family)
+                               self.dims.n_layers, self.adapter.family, dict(self.adapter.unavailable))
         self._held_edits: list[Edit] = []
         if tokenizer is not None and tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -47,15 +47,15 @@ class Model(WeightAccess):
     def _read_dims(self) -> Dims:
         c, a = self.hf.config, self.adapter
         n_heads = c.num_attention_heads
-        down_path = a.block(0, a.mlp_down)
-        down = self.module(down_path).weight if self._has_module(down_path) else torch.zeros(0, 0)
+        down_path = a.block(0, a.mlp_down or "")
+        down = self.module(down_path).weight if a.mlp_down and self._has_module(down_path) else torch.zeros(0, 0)
         return Dims(
             n_layers=c.num_hidden_layers,
             d_model=c.hidden_size,
             n_heads=n_heads,
-            n_kv_heads=getattr(c, "num_key_value_heads", None) or n_heads,
+            n_kv_heads=a.n_kv_heads or getattr(c, a.kv_heads_attr, None) or n_heads,
             d_head=getattr(c, "head_dim", None) or c.hidden_size // n_heads,
-            d_mlp=down.shape[0] if a.conv1d else down.shape[1],
+            d_mlp=getattr(c, a.d_mlp_attr) if a.d_mlp_attr else down.shape[0] if a.conv1d else down.shape[1],
             d_vocab=c.vocab_size,
         )
 

@@ -17,7 +17,9 @@ def frozen_norm(module: nn.Module, x: Tensor, gain_offset: float = 0.0) -> Calla
     For any split x = sum_i h_i, sum_i f(h_i) + bias == module(x) (up to float error).
     `gain_offset` is 1.0 for Gemma's RMSNorm, which multiplies by (1 + weight).
     """
-    centre = isinstance(module, nn.LayerNorm) or hasattr(module, "bias") and module.bias is not None
+    # LayerNorms centre, RMSNorms do not; Cohere's LayerNorm has no bias and is no nn.LayerNorm
+    centre = (isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("LayerNorm")
+              or hasattr(module, "bias") and module.bias is not None)
     eps = next(getattr(module, a) for a in ("eps", "variance_epsilon", "epsilon") if hasattr(module, a))
     xf = x.float()
     if centre:

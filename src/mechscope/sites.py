@@ -65,27 +65,67 @@ class HeadsView(View):
 
 @dataclass(frozen=True)
 class FusedQKVView(View):
-    """One of q, k, v (part 0, 1, 2) out of a fused projection, as [..., head, d_head]."""
+    """One of q, k, v (part 0, 1, 2) out of a fused projection, as [..., head, d_head].
+    `layout` is the adapter's qkv_layout; `n_kv_heads` matters for 'concat' (q then k then v)."""
 
     part: int
-    neox: bool  # NeoX interleaves per head: [head, 3, d_head]; GPT-2 is [3, head, d_head]
+    layout: str  # neox_fused: [head, 3, d_head]; gpt2_fused / concat: [q | k | v]
     n_heads: int
     d_head: int
+    n_kv_heads: int | None = None
     head_dim: int = 2
 
-    def _split(self, raw: Tensor) -> Tensor:
-        if self.neox:
-            return raw.unflatten(-1, (self.n_heads, 3, self.d_head)).transpose(-3, -2)
-        return raw.unflatten(-1, (3, self.n_heads, self.d_head))
+    def _sizes(self) -> list[int]:
+        kv = self.n_kv_heads or self.n_heads
+        return [self.n_heads * self.d_head, kv * self.d_head, kv * self.d_head]
 
     def read(self, raw: Tensor) -> Tensor:
-        return self._split(raw).select(-3, self.part)
+        if self.layout == "neox_fused":
+            return raw.unflatten(-1, (self.n_heads, 3, self.d_head)).select(-2, self.part)
+        part = raw.split(self._sizes(), dim=-1)[self.part]
+        return part.unflatten(-1, (-1, self.d_head))
 
     def write(self, raw: Tensor, value: Tensor) -> Tensor:
-        parts = list(self._split(raw).unbind(-3))
-        parts[self.part] = value
-        stacked = torch.stack(parts, dim=-3)
-        return (stacked.transpose(-3, -2) if self.neox else stacked).flatten(-3)
+        if self.layout == "neox_fused":
+            parts = list(raw.unflatten(-1, (self.n_heads, 3, self.d_head)).unbind(-2))
+            parts[self.part] = value
+            return torch.stack(parts, dim=-2).flatten(-3)
+        parts = list(raw.split(self._sizes(), dim=-1))
+        parts[self.part] = value.flatten(-2)
+        return torch.cat(parts, dim=-1)
+
+
+@dataclass(frozen=True)
+class ScaledView(View):
+    """The raw tensor times a constant (Granite's residual multiplier): what the residual
+    receives. Writing divides by it, so the model multiplies the written value back."""
+
+    scale: float
+
+    def read(self, raw: Tensor) -> Tensor:
+        return raw * self.scale
+
+    def write(self, raw: Tensor, value: Tensor) -> Tensor:
+        return value / self.scale
+
+
+class CopyView(View):
+    """A tensor the model later changes in place: read a copy, and write one, so neither
+    the recorded value nor the caller's replacement is changed behind their backs."""
+
+    def read(self, raw: Tensor) -> Tensor:
+        return raw.clone()
+
+    def write(self, raw: Tensor, value: Tensor) -> Tensor:
+        return value.clone()
+
+
+class RouterView(View):
+    """Router logits, output[0] of a MoE router, over flattened tokens [batch * pos, expert]
+    (the hooks unflatten them: `Site.rows_from`). Read-only: the router has already chosen
+    its experts from them when it returns."""
+
+    editable = False
 
 
 class PatternView(View):
@@ -108,6 +148,10 @@ class Site:
     dims: tuple[str, ...]
     sizes: tuple[int | None, ...]
     layer: int | None = None
+    rows_from: str | None = None
+    """Where the raw tensor holds tokens flattened to [batch * pos, ...]: the module (the
+    block) whose input's [batch, pos] shape they are unflattened to, and flattened back on
+    writing."""
 
     @property
     def pos_dim(self) -> int | None:
@@ -118,10 +162,18 @@ class Site:
         return f"{self.name} [{shape}]"
 
 
-def _qkv_view(adapter: Adapter, part: int, n: int, d_head: int) -> View:
+def _qkv_view(adapter: Adapter, part: int, n: int, d_head: int, n_kv: int) -> View:
+    """n: query heads, n_kv: key/value heads (a fused view needs both to split)."""
     if adapter.qkv_layout == "separate":
-        return HeadsView(n, d_head)
-    return FusedQKVView(part, adapter.qkv_layout == "neox_fused", n, d_head)
+        return HeadsView(n if part == 0 else n_kv, d_head)
+    return FusedQKVView(part, adapter.qkv_layout, n, d_head, n_kv)
+
+
+def _sublayer_view(adapter: Adapter, tap) -> View:
+    """hook_attn_out / hook_mlp_out: what the residual receives (scaled where the family scales)."""
+    if adapter.residual_scale != 1.0:
+        return ScaledView(adapter.residual_scale)  # a new tensor, never changed in place
+    return CopyView() if tap.copy else View()
 
 
 def _block_sites(adapter: Adapter, dims: Dims, layer: int, prefix: str, parallel: bool) -> list[Site]:
@@ -133,22 +185,29 @@ def _block_sites(adapter: Adapter, dims: Dims, layer: int, prefix: str, parallel
     per_head = lambda n: (("batch", "pos", "head", "d_head"), (None, None, n, d.d_head))  # noqa: E731
     block = prefix + f"{adapter.blocks}.{layer}"
     sites = [Site(blk + "hook_resid_pre", block, "in", View(), *resid, layer=layer)]
+    n_kv = d.n_kv_heads
     sites += [
-        Site(blk + "attn.hook_q", path(adapter.q), "out", _qkv_view(adapter, 0, d.n_heads, d.d_head), *per_head(d.n_heads), layer),
-        Site(blk + "attn.hook_k", path(adapter.k), "out", _qkv_view(adapter, 1, d.n_kv_heads, d.d_head), *per_head(d.n_kv_heads), layer),
-        Site(blk + "attn.hook_v", path(adapter.v), "out", _qkv_view(adapter, 2, d.n_kv_heads, d.d_head), *per_head(d.n_kv_heads), layer),
+        Site(blk + "attn.hook_q", path(adapter.q), "out", _qkv_view(adapter, 0, d.n_heads, d.d_head, n_kv), *per_head(d.n_heads), layer),
+        Site(blk + "attn.hook_k", path(adapter.k), "out", _qkv_view(adapter, 1, d.n_heads, d.d_head, n_kv), *per_head(n_kv), layer),
+        Site(blk + "attn.hook_v", path(adapter.v), "out", _qkv_view(adapter, 2, d.n_heads, d.d_head, n_kv), *per_head(n_kv), layer),
         Site(blk + "attn.hook_pattern", path(adapter.attention), "out", PatternView(),
              ("batch", "head", "q_pos", "k_pos"), (None, d.n_heads, None, None), layer),
         Site(blk + "attn.hook_z", path(adapter.o), "in", HeadsView(d.n_heads, d.d_head), *per_head(d.n_heads), layer),
-        Site(blk + "hook_attn_out", path(adapter.attn_out.module), adapter.attn_out.boundary, View(), *resid, layer),
+        Site(blk + "hook_attn_out", path(adapter.attn_out.module), adapter.attn_out.boundary, _sublayer_view(adapter, adapter.attn_out), *resid, layer),
     ]
     if d.d_mlp:  # attention-only models have no MLP and so no resid_mid either
+        flat = block if adapter.mlp_flat_rows else None  # OPT's MLP runs on [batch * pos, ...]
         if adapter.resid_mid is not None and not parallel:
-            sites.append(Site(blk + "hook_resid_mid", path(adapter.resid_mid.module), adapter.resid_mid.boundary, View(), *resid, layer))
-        sites += [
-            Site(blk + "mlp.hook_post", path(adapter.mlp_down), "in", View(), ("batch", "pos", "d_mlp"), (None, None, d.d_mlp), layer),
-            Site(blk + "hook_mlp_out", path(adapter.mlp_out.module), adapter.mlp_out.boundary, View(), *resid, layer),
-        ]
+            sites.append(Site(blk + "hook_resid_mid", path(adapter.resid_mid.module), adapter.resid_mid.boundary, View(),
+                              *resid, layer, rows_from=flat))
+        if adapter.mlp_down:
+            sites.append(Site(blk + "mlp.hook_post", path(adapter.mlp_down), "in", View(), ("batch", "pos", "d_mlp"),
+                              (None, None, d.d_mlp), layer, rows_from=flat))
+        if adapter.moe_router:  # the router sees tokens flattened to [batch * pos, d_model]
+            sites.append(Site(blk + "mlp.hook_router_logits", path(adapter.moe_router), "out", RouterView(),
+                              ("batch", "pos", "expert"), (None, None, adapter.n_experts), layer, rows_from=block))
+        sites.append(Site(blk + "hook_mlp_out", path(adapter.mlp_out.module), adapter.mlp_out.boundary,
+                          _sublayer_view(adapter, adapter.mlp_out), *resid, layer, rows_from=flat))
     sites.append(Site(blk + "hook_resid_post", block, "out", View(), *resid, layer=layer))
     return sites
 
@@ -160,7 +219,8 @@ def build_sites(adapter: Adapter, dims: Dims, prefix: str, parallel: bool, has_l
     sites = [Site("hook_embed", prefix + adapter.embed, "out", View(), *resid)]
     if has_pos_embed:
         # Position embeddings are computed once and broadcast over the batch: batch=1.
-        sites.append(Site("hook_pos_embed", prefix + adapter.pos_embed, "out", View(), resid[0], (1, None, dims.d_model)))
+        rows = None if adapter.pos_embed_per_prompt else 1
+        sites.append(Site("hook_pos_embed", prefix + adapter.pos_embed, "out", View(), resid[0], (rows, None, dims.d_model)))
     for layer in range(dims.n_layers):
         sites += _block_sites(adapter, dims, layer, prefix, parallel)
     if adapter.final_norm:
@@ -173,8 +233,9 @@ def build_sites(adapter: Adapter, dims: Dims, prefix: str, parallel: bool, has_l
 class SiteTable:
     """The sites of one model, looked up by name or glob."""
 
-    def __init__(self, sites: Iterable[Site], n_layers: int, family: str):
+    def __init__(self, sites: Iterable[Site], n_layers: int, family: str, unavailable: dict[str, str] | None = None):
         self.by_name = {s.name: s for s in sites}
+        self.unavailable = unavailable or {}  # site kind (e.g. 'mlp.hook_post') -> why this family has none
         self.order = {name: i for i, name in enumerate(self.by_name)}
         self.n_layers = n_layers
         self.family = family
@@ -209,6 +270,9 @@ class SiteTable:
         if layer and not 0 <= int(layer.group(1)) < self.n_layers:   # site names count layers 0.., never back
             raise MechscopeError(
                 f"unknown site '{name}': this model has {self.n_layers} layers (0-{self.n_layers - 1})")
+        kind = re.sub(r"^blocks\.\d+\.", "", name)
+        if kind in self.unavailable:
+            raise MechscopeError(f"'{name}' is not available for {self.family}: {self.unavailable[kind]}")
         close = difflib.get_close_matches(name, self.by_name, n=1, cutoff=0.6)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         if "hook_resid_mid" in name and not any(n.endswith("hook_resid_mid") for n in self.by_name):

@@ -57,8 +57,9 @@ class WeightAccess:
         w = module.bias if bias else _in_out(module, a.conv1d)
         if w is None:
             return torch.zeros(n, d.d_head, device=module.weight.device)
-        if a.qkv_layout == "gpt2_fused":
-            w = w.unflatten(-1, (3, n, d.d_head)).select(-3, part)
+        if a.qkv_layout in ("gpt2_fused", "concat"):  # [q | k | v]
+            kv = d.n_kv_heads * d.d_head
+            w = w.split([d.n_heads * d.d_head, kv, kv], dim=-1)[part].unflatten(-1, (n, d.d_head))
         elif a.qkv_layout == "neox_fused":
             w = w.unflatten(-1, (n, 3, d.d_head)).select(-2, part)
         else:
@@ -93,21 +94,40 @@ class WeightAccess:
 
     # MLP
 
+    def _mlp(self, layer: int, path: str) -> nn.Module:
+        if self.adapter.mlp_down is None:
+            from .errors import MechscopeError
+            raise MechscopeError(f"{self.adapter.family} has a mixture-of-experts MLP whose experts live in one fused "
+                                 "module: there is no single W_in / W_out (read the experts' parameters directly)")
+        return self.block_module(layer, path)
+
+    def _gate_up(self, layer: int, part: int, bias: bool) -> Tensor | None:
+        """Half `part` (0: gate, 1: up) of a fused [gate | up] projection (Phi-3)."""
+        module = self._mlp(layer, self.adapter.mlp_in)
+        w = module.bias if bias else _in_out(module, self.adapter.conv1d)
+        return None if w is None else w.chunk(2, dim=-1)[part]
+
     def W_in(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
-        return _in_out(self.block_module(layer, self.adapter.mlp_in), self.adapter.conv1d)
+        if self.adapter.gate_up_fused:
+            return self._gate_up(layer, 1, False)
+        return _in_out(self._mlp(layer, self.adapter.mlp_in), self.adapter.conv1d)
 
     def W_gate(self, layer: int) -> Float[Tensor, "d_model d_mlp"] | None:
         gate = self.adapter.mlp_gate
-        return None if gate is None else _in_out(self.block_module(layer, gate), self.adapter.conv1d)
+        if gate is not None and self.adapter.gate_up_fused:
+            return self._gate_up(layer, 0, False)
+        return None if gate is None else _in_out(self._mlp(layer, gate), self.adapter.conv1d)
 
     def W_out(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
-        return _in_out(self.block_module(layer, self.adapter.mlp_down), self.adapter.conv1d)
+        return _in_out(self._mlp(layer, self.adapter.mlp_down), self.adapter.conv1d)
 
     def b_in(self, layer: int) -> Tensor | None:
-        return self.block_module(layer, self.adapter.mlp_in).bias
+        if self.adapter.gate_up_fused:
+            return self._gate_up(layer, 1, True)
+        return self._mlp(layer, self.adapter.mlp_in).bias
 
     def b_out(self, layer: int) -> Tensor | None:
-        return self.block_module(layer, self.adapter.mlp_down).bias
+        return self._mlp(layer, self.adapter.mlp_down).bias
 
     # Functions of the residual stream
 
@@ -116,9 +136,12 @@ class WeightAccess:
         return self.module(self.adapter.final_norm)(resid) if self.adapter.final_norm else resid
 
     def unembed(self, normalized: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
-        """Logits from the final-normed residual: the LM head, then soft-capping if any."""
+        """Logits from the final-normed residual: the LM head, the family's logit scale, then
+        soft-capping if any."""
         head = self.hf.get_submodule(self.adapter.unembed) if self.adapter.unembed else self._output_embedding()
         logits = head(normalized)
+        if self.adapter.logit_scale != 1.0:
+            logits = logits * self.adapter.logit_scale
         cap = getattr(self.hf.config, self.adapter.softcap_attr, None) if self.adapter.softcap_attr else None
         return torch.tanh(logits / cap) * cap if cap else logits
 
@@ -132,10 +155,14 @@ class WeightAccess:
         Returns (per_head [batch, pos, head, d_model], bias [..., d_model]) with
         per_head.sum(-2) + bias == hook_attn_out. Where the family normalises the
         attention output before the residual (Gemma 2), the norm's scale is frozen at
-        the actual output, so the split stays exact.
+        the actual output, so the split stays exact. Where the residual scales each sublayer
+        (Granite), both parts carry that scale, as hook_attn_out does.
         """
+        scale = self.adapter.residual_scale
         per_head = torch.einsum("bphd,hdm->bphm", z, self.W_O(layer).to(z.dtype))
         bias = self.b_O(layer).to(z.dtype)
+        if scale != 1.0:
+            per_head, bias = per_head * scale, bias * scale
         if self.adapter.attn_post_norm is None:
             return per_head, bias
         norm = self.block_module(layer, self.adapter.attn_post_norm)

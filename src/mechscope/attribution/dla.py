@@ -122,7 +122,7 @@ def _pick(logits: Tensor, ids: Tensor) -> Tensor:
 
 def _check_model(model) -> None:
     C.require_lm_head(model, "direct logit attribution")
-    if model.adapter.attn_in_norm is None:
+    if model.adapter.post_ln:
         raise MechscopeError(f"{model.adapter.family} is post-LN (the residual stream is renormalised after each "
                              "sublayer), so its final stream is not a sum of components: direct logit attribution "
                              "needs a pre-norm model")
@@ -213,7 +213,8 @@ def direct_logit_attribution(
         run = model.run(prompts, record=record, positions=wanted, batch_size=batch_size)
         target_ids = _per_prompt(model, target, len(run.tokens), "target")
         vs_ids = None if vs is None else _per_prompt(model, vs, len(run.tokens), "vs")
-        w_u, b_u = model.W_U.detach().float(), model.b_U.detach().float()
+        scale = model.adapter.logit_scale  # Granite divides its logits, Cohere multiplies them
+        w_u, b_u = model.W_U.detach().float() * scale, model.b_U.detach().float() * scale
         direction = w_u[:, target_ids].T - (0 if vs_ids is None else w_u[:, vs_ids].T)  # [batch, d_model]
         unembed_bias = b_u[target_ids] - (0 if vs_ids is None else b_u[vs_ids])           # [batch]
         parts, labels, layers, heads = _components(model, run, direction, unembed_bias)

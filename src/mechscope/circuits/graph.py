@@ -49,7 +49,7 @@ class Graph:
         if model.adapter.attn_in_norm is None:
             raise MechscopeError(f"{model.name} is a post-LN {model.adapter.family} model: edge patching needs "
                                  "pre-norm blocks (each sublayer reads the residual stream through its own norm)")
-        parallel = bool(model.adapter.parallel_attr and getattr(model.hf.config, model.adapter.parallel_attr, False))
+        parallel = model.adapter.parallel  # resolved from the config when the model was wrapped
         d = model.dims
         return cls(d.n_layers, d.n_heads, d.n_kv_heads, bool(d.d_mlp), parallel)
 

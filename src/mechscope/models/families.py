@@ -1,13 +1,15 @@
 """The architecture families mechscope supports: one `Adapter` table each.
 
-To add a family, append one table to `FAMILIES` (see `adapter.py` for the fields)
-and add a tiny-config fixture to `tests/models/conftest.py`; the oracle tests then
-check it against Hugging Face's own outputs.
+To add a family, append one table to `FAMILIES` (see `adapter.py` for the fields;
+newer decoders live in `families_decoders.py`)
+and add a tiny config to `tests/models/tiny.py`; the oracle tests then check it against
+Hugging Face's own outputs.
 """
 
 from __future__ import annotations
 
 from .adapter import Adapter, Tap
+from .families_decoders import DECODERS
 
 GPT2 = Adapter(
     family="GPT-2",
@@ -88,6 +90,7 @@ GEMMA2 = Adapter(
     attn_out=Tap("post_attention_layernorm"),
     attn_post_norm="post_attention_layernorm",
     mlp_out=Tap("post_feedforward_layernorm"),
+    mlp_post_norm="post_feedforward_layernorm",
     mlp_in="mlp.up_proj",
     mlp_gate="mlp.gate_proj",
     mlp_down="mlp.down_proj",
@@ -147,7 +150,7 @@ TOY = Adapter(
     notes=("the zoo's own transformer (mechscope/zoo/transformer.py); attention-only variants have no MLP sites",),
 )
 
-FAMILIES: tuple[Adapter, ...] = (GPT2, NEOX, LLAMA, GEMMA2, BERT, TOY)
+FAMILIES: tuple[Adapter, ...] = (GPT2, NEOX, LLAMA, GEMMA2, BERT, TOY, *DECODERS)
 
 
 def adapter_for(model_type: str) -> Adapter | None:

@@ -13,23 +13,25 @@ import json
 import re
 from pathlib import Path
 
+CTX = 256
+"""Tokens per training context when --ctx is not given (fewer where the model reads fewer)."""
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from ..data import DataConfig
-    from ..lens.tuned import TunedLensConfig
-    from .arguments import count
-    data, train = _docs(DataConfig), _docs(TunedLensConfig)
+    from .arguments import ConfigDocs, count, positive
+    data, train = ConfigDocs("data", "DataConfig"), ConfigDocs("lens.tuned", "TunedLensConfig")
     parser.add_argument("model", help="hub id, local folder, or zoo:NAME (e.g. zoo:pycode)")
     parser.add_argument("--data", required=True, help=data["path"])
     parser.add_argument("--out", help="folder for the lens (cfg.json + translators.safetensors), its checkpoint "
                                       "and metrics.json; default runs/tuned-lens/MODEL")
-    parser.add_argument("--steps", type=int, default=TunedLensConfig.steps, help=train["steps"])
-    parser.add_argument("--ctx", type=int, default=256, help=data["ctx_len"])
-    parser.add_argument("--batch", type=int, default=TunedLensConfig.batch_size, help=train["batch_size"])
+    parser.add_argument("--steps", type=int, default=train.default("steps"), help=train["steps"])
+    parser.add_argument("--ctx", type=positive, help=data["ctx_len"] + f" Default: {CTX}, or the model's context where "
+                        "that is shorter; more than the model's context is refused.")
+    parser.add_argument("--batch", type=int, default=train.default("batch_size"), help=train["batch_size"])
     parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help=train["optimizer"])
     parser.add_argument("--lr", type=float, help=train["lr"])
     parser.add_argument("--warmup", type=int, help=train["warmup_steps"])
-    parser.add_argument("--autocast", choices=["off", "bf16", "auto"], default=TunedLensConfig.autocast,
+    parser.add_argument("--autocast", choices=["off", "bf16", "auto"], default=train.default("autocast"),
                         help=train["autocast"])
     parser.add_argument("--text-field", default="text", help=data["text_field"])
     parser.add_argument("--max-tokens", type=int, help=data["max_tokens"])
@@ -57,10 +59,12 @@ def _train_and_report(args: argparse.Namespace, rank: int, world: int) -> int:
     from ..io import write_json
     from ..lens.tuned import TunedLensConfig, evaluate, train
     from ..models.loading import load
+    from .checks import context_length
 
     model = load(args.model)
+    ctx = context_length(model, args.ctx, CTX)
     out = Path(args.out) if args.out else Path("runs") / "tuned-lens" / re.sub(r"[^A-Za-z0-9_.-]+", "-", model.name)
-    data = load_tokens(DataConfig(args.data, ctx_len=args.ctx, text_field=args.text_field, max_tokens=args.max_tokens,
+    data = load_tokens(DataConfig(args.data, ctx_len=ctx, text_field=args.text_field, max_tokens=args.max_tokens,
                                   heldout_fraction=args.heldout, seed=args.seed), model.tokenizer)
     cfg = TunedLensConfig(steps=args.steps, batch_size=args.batch, optimizer=args.optimizer, lr=args.lr,
                           warmup_steps=args.warmup, seed=args.seed, autocast=args.autocast)
@@ -78,7 +82,7 @@ def _train_and_report(args: argparse.Namespace, rank: int, world: int) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"tuned lens for {model.name}: {cfg.steps} steps x {cfg.batch_size} contexts of {args.ctx} tokens"
+    print(f"tuned lens for {model.name}: {cfg.steps} steps x {cfg.batch_size} contexts of {ctx} tokens"
           f" on {world} rank(s); saved to {out}")
     if result["layers"]:
         print(f"\nheld-out KL(final || lens), nats/token over {result['heldout_tokens']} tokens:")
@@ -86,16 +90,3 @@ def _train_and_report(args: argparse.Namespace, rank: int, world: int) -> int:
         for row in result["layers"]:
             print(f"  {row['layer']:<8}{row['logit_kl']:>12.4f}{row['tuned_kl']:>12.4f}")
     return 0
-
-
-def _docs(cls) -> dict[str, str]:
-    """Per-field docstrings of a config dataclass (the line under each field), for --help."""
-    import ast
-    import inspect
-    import textwrap
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body, docs = tree.body[0].body, {}
-    for node, after in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
-            docs[node.target.id] = str(after.value.value).replace("%", "%%")
-    return docs

@@ -39,6 +39,7 @@ def _configs():
         "bert": (T.BertForMaskedLM, T.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
                                                  intermediate_size=64, **COMMON)),
         **_newer_decoders(),
+        **_mixtures_of_experts(),
     }
 
 
@@ -74,7 +75,16 @@ def _newer_decoders():
     }
 
 
+def _mixtures_of_experts():
+    return {
+        "mixtral": (T.MixtralForCausalLM, T.MixtralConfig(**GQA, **IDS, num_local_experts=4, num_experts_per_tok=2)),
+        "qwen3_moe": (T.Qwen3MoeForCausalLM, T.Qwen3MoeConfig(**GQA, **IDS, head_dim=8, num_experts=4, num_experts_per_tok=2,
+                                                              moe_intermediate_size=16, norm_topk_prob=True)),
+    }
+
+
 FAMILY_NAMES = list(_configs())
+MOE_NAMES = list(_mixtures_of_experts())
 
 
 def tiny_model(kind: str, seed: int = 0, dtype: torch.dtype | None = None) -> ms.Model:
@@ -84,6 +94,8 @@ def tiny_model(kind: str, seed: int = 0, dtype: torch.dtype | None = None) -> ms
     _randomise_norms(hf)
     if dtype is not None:
         hf.to(dtype)
+    if dtype == torch.float64 and kind in MOE_NAMES:  # HF's default grouped_mm experts take no float64
+        hf.set_experts_implementation("eager")
     return ms.Model(hf, None, name=f"tiny-{kind}")
 
 

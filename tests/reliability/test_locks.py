@@ -128,3 +128,35 @@ def test_two_sae_trainings_into_one_out(tmp_path, inputs, capsys):
     assert main([*common, "--width", "32", "--total-tokens", "64"]) == 2
     err = capsys.readouterr().err
     assert "belongs to another run (" in err and "coders[0].d_sae was 16, now 32" in err
+
+
+def _ddp_lock_worker(rank: int, store: str, folder: str) -> None:
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        outcome = []
+        for name in ("busy", "free"):
+            try:
+                with folder_lock(f"{folder}/{name}", rank=rank, world=2):
+                    outcome.append("locked")
+            except ms.MechscopeError as err:
+                outcome.append(str(err))
+        Path(folder, f"rank{rank}.json").write_text(json.dumps(outcome))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two fresh interpreters importing torch: ~30 s on a busy 2-core machine
+def test_under_ddp_every_rank_learns_that_rank_0_was_refused(tmp_path):
+    import torch.multiprocessing
+    proc = _start(["-c", HOLD, str(tmp_path / "busy")])
+    try:
+        assert proc.stdout.readline().strip() == "locked", proc.stderr.read()
+        torch.multiprocessing.spawn(_ddp_lock_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    finally:
+        proc.kill()
+        proc.wait()
+    zero, one = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert zero[0].startswith(f"{tmp_path / 'busy'} is being written by process {proc.pid} on ")
+    assert one[0].startswith(f"{tmp_path / 'busy'} is being written by another job (rank 0 could not lock it)")
+    assert zero[1] == one[1] == "locked"

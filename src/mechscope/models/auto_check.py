@@ -63,18 +63,29 @@ def _name(layer: int | None, tap: Tap) -> str:
     return f"{'' if layer is None else layer}|{tap.module}|{tap.boundary}"
 
 
-def candidate_table(guess: Guess, prefix: str) -> SiteTable:
-    """Module-path sites for every candidate boundary (block-relative ones in every layer)."""
+def candidate_table(guess: Guess, base: nn.Module, prefix: str) -> SiteTable:
+    """Module-path sites for every candidate boundary (block-relative ones in every layer that
+    has that module: dense and mixture-of-experts layers can alternate)."""
     taps = {Tap(""), Tap("", "in"), *guess.attn_out, *guess.mlp_out, *guess.resid_mid}
     taps |= {Tap(p, b) for p in (guess.q, guess.mlp_in, guess.mlp_gate, guess.mlp_down) if p for b in ("in", "out")}
     sites = []
     for layer in range(guess.n_layers):
         for tap in taps:
             path = f"{guess.blocks}.{layer}" + (f".{tap.module}" if tap.module else "")
+            if not _exists(base, path):
+                continue
             sites.append(Site(_name(layer, tap), prefix + path, tap.boundary, View(), ("batch", "..."), (None, None)))
     for path in (guess.embed, *guess.pos_embeds):
         sites.append(Site(_name(None, Tap(path)), prefix + path, "out", View(), ("batch", "..."), (None, None)))
     return SiteTable(sites, guess.n_layers, "candidates")
+
+
+def _exists(base: nn.Module, path: str) -> bool:
+    try:
+        base.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
 
 
 def record(hf: nn.Module, table: SiteTable, call) -> dict[str, Tensor]:
@@ -122,8 +133,7 @@ def choose(guess: Guess, rec: dict[str, Tensor], hidden: tuple[Tensor, ...], fin
             return c
     c.resid_ok = True
     embed = at(None, Tap(guess.embed))
-    c.pos_embed = next((p for p in guess.pos_embeds if isinstance(embed, Tensor)
-                        and close(embed + at(None, Tap(p)), hidden[0])), None)
+    c.pos_embed = next((p for p in guess.pos_embeds if _adds_up(hidden[0], embed, at(None, Tap(p)))), None)
     _sublayers(c, guess, at, pre, post)
     _attn_norm(c, guess, at, pre)
     c.parallel = _parallel(c, guess, at, pre)
@@ -184,7 +194,9 @@ def _sublayers(c: Choice, guess: Guess, at, pre, post) -> None:
 
 
 def _adds_up(total, *parts) -> bool:
-    """total == sum(parts) up to rounding; False when the shapes do not even broadcast."""
+    """total == sum(parts) up to rounding; False when a part is missing or the shapes do not broadcast."""
+    if not all(isinstance(p, (Tensor, int)) for p in (total, *parts)):
+        return False
     try:
         return close(sum(parts[1:], parts[0]), total)
     except RuntimeError:

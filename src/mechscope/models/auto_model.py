@@ -31,6 +31,10 @@ TABLE = "exact: adapter table"
 AUTO = "automatic: guessed and verified against Hugging Face"
 PATHS = "module paths: every module as PATH.hook_in / PATH.hook_out"
 UNVERIFIED = "not offered"
+STANDARD = ("hook_embed", "hook_pos_embed", "hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v",
+            "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out",
+            "hook_resid_post", "ln_final.hook_normalized", "logits")
+"""The TransformerLens site kinds a decoder can have (blocks.{l}. omitted), in forward order."""
 WEIGHT_GROUPS = ("qkv", "o", "mlp_in", "mlp_out", "unembed")
 
 
@@ -70,7 +74,9 @@ class AutoModel(Model):
     def restrict(self, kinds: set[str], weights: set[str], why_not: list[str], paths: bool) -> None:
         """Keep the verified site kinds (and every module path when `paths`)."""
         kept = [s for s in self.table if site_kind(s.name) in kinds]
-        dropped = sorted({site_kind(s.name) for s in self.table} - kinds)
+        built = {site_kind(s.name) for s in self.table}
+        standard = {k for k in STANDARD if k != "hook_pos_embed" and (k != "logits" or "logits" in built)}
+        dropped = sorted((built | standard) - kinds, key=_order)
         extra = module_sites(self.hf) if paths else []
         self.table = SiteTable([*kept, *extra], self.dims.n_layers, self.adapter.family,
                                {k: "the automatic adapter could not verify it; record module paths instead" for k in dropped})
@@ -195,7 +201,7 @@ def auto_model(hf: nn.Module, tokenizer=None, *, name: str | None = None) -> Mod
         return ModulePathLM(hf, tokenizer, name=name, why_not=[str(err)])
     ids = _probe_ids(hf, g.d_vocab if hf.get_output_embeddings() is None else min(g.d_vocab, hf.get_input_embeddings().num_embeddings))
     prefix = "" if hf.base_model is hf else hf.base_model_prefix + "."
-    table = candidate_table(g, prefix)
+    table = candidate_table(g, hf.base_model, prefix)
     box = {}
     try:
         with torch.no_grad():
@@ -204,7 +210,10 @@ def auto_model(hf: nn.Module, tokenizer=None, *, name: str | None = None) -> Mod
         raise MechscopeError(f"{name} ({type(hf).__name__}) did not run on token ids alone ({type(err).__name__}: "
                              f"{str(err).splitlines()[0][:160] if str(err) else ''}): mechscope needs a model that does") from None
     hidden = getattr(box["out"], "hidden_states", None) or ()
-    choice = choose(g, rec, tuple(hidden), hf.base_model.get_submodule)
+    try:
+        choice = choose(g, rec, tuple(hidden), hf.base_model.get_submodule)
+    except Exception as err:  # noqa: BLE001 - a guess that breaks its own checks is not offered
+        choice = Choice(why_not=[f"the candidates could not be compared ({type(err).__name__}: {str(err)[:120]})"])
     if not choice.resid_ok:
         why = choice.why_not or ["Hugging Face returns no hidden_states to check the blocks against"]
         log.warning("%s: the automatic adapter could not verify the residual stream (%s): module paths only", name, why[0])
@@ -227,7 +236,4 @@ def auto_model(hf: nn.Module, tokenizer=None, *, name: str | None = None) -> Mod
 
 
 def _order(kind: str) -> tuple:
-    order = ["hook_embed", "hook_pos_embed", "hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v",
-             "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out",
-             "hook_resid_post", "ln_final.hook_normalized", "logits"]
-    return (order.index(kind) if kind in order else len(order), kind)
+    return (STANDARD.index(kind) if kind in STANDARD else len(STANDARD), kind)

@@ -7,6 +7,7 @@ argument answer without loading torch.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
@@ -110,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
+    except OSError as err:  # a full disk met by a writer outside mechscope.io (e.g. a library's save_pretrained)
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        from .io import write_error
+        print(f"mechscope: error: {write_error(err.filename or 'the output', err)}", file=sys.stderr)
+        return 2
     finally:
         for env, value in before.items():
             if value is None:

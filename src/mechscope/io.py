@@ -42,7 +42,7 @@ def _unwritable(path: Path, folder: Path, err: OSError) -> MechscopeError:
     return MechscopeError(f"cannot write {path} ({why}): choose a writable output path")
 
 
-def _write_failed(path: Path, err: Exception) -> MechscopeError:
+def write_error(path: Path, err: Exception) -> MechscopeError:
     """One line for a write that failed half-way: a full disk says so, other errors name themselves."""
     code = getattr(err, "errno", None)
     if code is None and isinstance(err, SafetensorError):  # safetensors reports "... (os error 28)"
@@ -64,7 +64,7 @@ def make_folder(folder: str | Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise (_write_failed(folder, err) if err.errno in _FULL else _unwritable(folder, folder, err)) from None
+        raise (write_error(folder, err) if err.errno in _FULL else _unwritable(folder, folder, err)) from None
     if not os.access(folder, os.W_OK):
         raise MechscopeError(f"cannot write into {folder} (permission denied): choose a writable output path")
     return folder
@@ -80,7 +80,7 @@ def fsync_folder(folder: str | Path) -> None:
         os.fsync(fd)
     except OSError as err:
         if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise _write_failed(Path(folder), err) from None
+            raise write_error(Path(folder), err) from None
     finally:
         os.close(fd)
 
@@ -104,7 +104,7 @@ def _atomic(path: Path, write, durable: bool = False) -> Path:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:
         if err.errno in _FULL:
-            raise _write_failed(path, err) from None
+            raise write_error(path, err) from None
         raise _unwritable(path, path.parent, err) from None
     os.close(fd)
     try:
@@ -115,7 +115,7 @@ def _atomic(path: Path, write, durable: bool = False) -> Path:
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
     except (OSError, SafetensorError) as err:
-        raise _write_failed(path, err) from None
+        raise write_error(path, err) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -204,7 +204,7 @@ def _take_lock(folder: Path) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
     except OSError as err:
-        raise (_write_failed(path, err) if err.errno in _FULL else _unwritable(path, folder, err)) from None
+        raise (write_error(path, err) if err.errno in _FULL else _unwritable(path, folder, err)) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

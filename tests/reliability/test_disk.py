@@ -119,7 +119,7 @@ def test_a_failed_write_is_one_line_keeps_the_old_file_and_leaves_no_temp_file(t
 
 def test_safetensors_full_disk_error_is_recognised():
     from safetensors import SafetensorError
-    err = io._write_failed(Path("x.safetensors"), SafetensorError("Error while serializing: I/O error: No space "
+    err = io.write_error(Path("x.safetensors"), SafetensorError("Error while serializing: I/O error: No space "
                                                                  "left on device (os error 28)"))
     assert str(err) == "no space left on device writing x.safetensors: free space or choose another --out"
 
@@ -190,3 +190,15 @@ def test_lens_train_and_report_on_a_full_disk(disk, inputs, capsys):
         _fails_in_one_line(argv, capsys)
         assert disk.files() == before
     _no_temp_files(disk.path)
+
+
+def test_a_full_disk_met_outside_mechscope_io_is_one_line_too(tmp_path, monkeypatch, capsys):
+    from mechscope import zoo
+
+    def save_pretrained(*args, **kwargs):  # e.g. transformers writing a zoo model's folder
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "model.safetensors"))
+    monkeypatch.setattr(zoo, "train", save_pretrained)
+    assert main(["zoo", "train", "superposition", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"mechscope: error: no space left on device writing {tmp_path / 'model.safetensors'}: free space "
+                   "or choose another --out\n")

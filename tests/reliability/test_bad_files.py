@@ -276,3 +276,19 @@ def test_a_dictionary_from_another_model_warns_naming_both(good, tmp_path, capsy
     assert code == 0, err
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("meta-llama/Llama-3.2-1B" in m and str(good / "model") in m for m in said), said
+
+
+def test_config_checks_keep_good_values_and_name_the_registry():
+    """What the checks accept still builds: JSON ints for float fields, numpy integers, lists
+    for tuples; the architectures a config may name are exactly those with a registered class."""
+    import numpy as np
+
+    from mechscope.dictionary.base import _REGISTRY
+    from mechscope.dictionary.config import ARCHITECTURES, CROSSCODERS
+    cfg = CoderConfig.from_dict({"arch": "matryoshka", "d_in": np.int64(D_IN), "d_sae": D_SAE, "norm_scale": 2,
+                                 "prefixes": [16, D_SAE], "k": 4, "unknown_future_field": 1})
+    assert cfg.norm_scale == 2.0 and isinstance(cfg.norm_scale, float)
+    assert type(cfg.d_in) is int and cfg.prefixes == (16, D_SAE)
+    assert CoderConfig.from_dict(cfg.to_dict()) == cfg
+    build(cfg)
+    assert set(ARCHITECTURES + CROSSCODERS) == set(_REGISTRY)

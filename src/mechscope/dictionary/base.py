@@ -276,7 +276,11 @@ class SparseCoder(nn.Module):
         if data.get("format") != FORMAT:
             raise MechscopeError(f"{folder} is not a mechscope dictionary (cfg.json format={data.get('format')!r}): "
                                  "use mechscope.dictionary.read for SAELens or sparsify folders")
-        coder = build(CoderConfig.from_dict(data, source=str(cfg_path)))
+        cfg = CoderConfig.from_dict(data, source=str(cfg_path))
+        try:
+            coder = build(cfg)
+        except MechscopeError as err:  # e.g. a size that cannot be allocated
+            raise MechscopeError(f"{cfg_path}: {err}") from None
         state = io.read_tensors(folder / WEIGHTS_FILE, "dictionary weights", device=str(device or "cpu"))
         load_weights(coder, state, folder / WEIGHTS_FILE)
         coder.eval()

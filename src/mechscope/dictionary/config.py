@@ -137,7 +137,9 @@ class CoderConfig:
         try:
             return cls(**{k: v for k, v in data.items() if k in names})
         except MechscopeError as err:
-            raise MechscopeError(f"{where}{err}") from None
+            if not source:
+                raise
+            raise MechscopeError(f"{where}{err} (correct the file, or save the dictionary again)") from None
 
     def replace(self, **changes) -> CoderConfig:
         return dataclasses.replace(self, **changes)

@@ -1,4 +1,9 @@
-"""The one configuration every sparse coder (SAE or transcoder) is built from."""
+"""The one configuration every sparse coder (SAE or transcoder) is built from.
+
+Every field is checked when a config is made, whether from code or from a cfg.json
+(`from_dict`, which also names missing fields and the file): its type (a bool is not a
+number, a string is not a list), finite floats, positive sizes, and an `arch` from the table
+below (which `base.build` checks against its registered classes)."""
 
 from __future__ import annotations
 

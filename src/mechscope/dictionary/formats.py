@@ -20,6 +20,11 @@ A coder with input_norm "layer_norm" is SAELens's normalize_activations "layer_n
 per-input standardisation, std with Bessel's correction, eps 1e-5, outputs times std plus mean);
 its norm_scale is unused, so nothing is folded. sparsify has no such field, and mechscope only
 reads that layout, so a sparsify folder never yields one.
+
+Reading validates once, here: cfg.json must be a JSON object whose sizes (d_in, d_sae, k,
+num_latents, ...) are positive integers; every tensor must have the shape those sizes imply
+(the error names the tensor, the expected and the found shape); weights holding NaN or inf
+are refused (`base.load_weights`), as is a size that cannot be allocated (`base.check_memory`).
 """
 
 from __future__ import annotations

@@ -161,3 +161,19 @@ def test_training_killed_while_checkpointing_resumes_bit_for_bit(tmp_path, monke
     resumed = train(model, SITE, CODER, SMALL, data=data, source=SOURCE, out=out, progress=False)
     a, b = straight.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_cache_manifest_is_written_only_after_its_shards_are_on_disk(tmp_path, monkeypatch):
+    from mechscope.dictionary.cache import write_cache
+    folder = tmp_path / "acts"
+    folder.mkdir()
+    recorder = Recorder(monkeypatch, folder)
+    data = torch.randint(1, 97, (12, 9), generator=torch.Generator().manual_seed(0))
+    write_cache(tiny_model("llama"), SITE, data, folder, shard_contexts=5)
+    ops = recorder.ops
+    shards = [i for i, (op, name) in enumerate(ops) if op == "replace" and name.endswith(".npy")]
+    synced = [i for i, op in enumerate(ops) if op in (("fsync", SITE), ("fsync", "folder"))]
+    manifests = [i for i, op in enumerate(ops) if op == ("replace", "cfg.json")]
+    assert len(shards) == 6 and len(manifests) == 2  # 3 shards x (site, tokens); the site's and the cache's
+    assert max(shards) < min(synced) and max(synced[:2]) < min(manifests)
+    assert ops[-1] == ("unlink", "progress.json")  # last: the cache is complete

@@ -12,10 +12,12 @@ positions (see `SourceConfig`) of contexts [i * shard_contexts, (i + 1) * shard_
 corpus order, for every site, so rows line up across sites.
 
 Writing is resumable: every file is written atomically and a shard whose files all exist is
-skipped; the manifests are written last. The writer holds the folder's lock
-(`io.folder_lock`): a second writer into the same folder is refused. Reading: batch `step` takes the rows
-`step * batch_tokens ... (step + 1) * batch_tokens` of an endless sequence of seeded
-epoch permutations, a pure function of (seed, epoch, step), so resuming at a step is exact.
+skipped; the manifests are written last, once the shards are synced to disk. The writer
+holds the folder's lock (`io.folder_lock`): a second writer into the same folder is refused.
+
+Reading: batch `step` takes the rows `step * batch_tokens ... (step + 1) * batch_tokens` of
+an endless sequence of seeded epoch permutations, a pure function of (seed, epoch, step), so
+resuming at a step is exact.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from ..errors import MechscopeError
-from ..io import folder_lock, read_json, write_bytes, write_json
+from ..io import folder_lock, fsync_folder, read_json, write_bytes, write_json
 from .source import Batch, SourceConfig, keep_mask, rank_slice, record, resolve_sites, site_width
 
 log = logging.getLogger(__name__)
@@ -69,10 +71,12 @@ def write_cache(model, sites: str | Sequence[str], contexts: Int[Tensor, "n ctx"
         _check_partial(folder, meta)
         write_json(folder / "progress.json", meta)
         sizes = _write_shards(model, names, contexts, folder, cfg, shard_contexts, dtype, progress)
+        for place in [folder / s for s in names] + [folder]:
+            fsync_folder(place)  # every shard's name is on disk before a manifest counts it
         for s in names:
             write_json(folder / s / "cfg.json", {"model": model.name, "site": s, "d_in": site_width(model, s),
-                                                 "dtype": dtype, "n_tokens": sum(sizes), "shards": sizes})
-        write_json(folder / "cfg.json", {**meta, "n_tokens": sum(sizes), "shards": sizes})
+                                                 "dtype": dtype, "n_tokens": sum(sizes), "shards": sizes}, durable=True)
+        write_json(folder / "cfg.json", {**meta, "n_tokens": sum(sizes), "shards": sizes}, durable=True)
         (folder / "progress.json").unlink()
     return folder
 

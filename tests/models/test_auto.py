@@ -112,7 +112,8 @@ def test_hf_model_without_block_list_gets_module_paths():
     assert "no list of identical blocks" in " ".join(model.provenance[UNVERIFIED])
 
 
-def test_load_uses_the_automatic_adapter_for_untabled_types(tmp_path, ids):
+def _untabled_folder(folder) -> None:
+    """A tiny model of a type that has no table (yet), saved to `folder`."""
     from mechscope.models.families import adapter_for
     candidates = {"helium": T.HeliumConfig, "olmo": T.OlmoConfig, "glm": T.GlmConfig, "nemotron": T.NemotronConfig}
     kind = next((k for k in candidates if adapter_for(k) is None), None)
@@ -122,7 +123,11 @@ def test_load_uses_the_automatic_adapter_for_untabled_types(tmp_path, ids):
                               head_dim=8, intermediate_size=64, vocab_size=97, max_position_embeddings=64,
                               pad_token_id=0, bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
-    T.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    T.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+
+
+def test_load_uses_the_automatic_adapter_for_untabled_types(tmp_path, ids):
+    _untabled_folder(tmp_path)
     model = ms.load(str(tmp_path))
     assert isinstance(model, AutoModel) and "hook_resid_post" in model.provenance[AUTO]
     hidden = model.hf(ids, output_hidden_states=True).hidden_states
@@ -134,3 +139,17 @@ def test_load_refuses_a_type_that_is_not_a_causal_lm(tmp_path):
     T.T5Config(d_model=16, num_layers=1, num_heads=2, d_ff=32, vocab_size=40).save_pretrained(tmp_path)
     with pytest.raises(MechscopeError, match="not supported"):
         ms.load(str(tmp_path))
+
+
+def test_info_says_where_sites_come_from(tmp_path, capsys):
+    from mechscope.cli import main
+    _untabled_folder(tmp_path)
+    assert main(["info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"sites: {AUTO}: hook_embed, hook_resid_pre" in out
+    assert main(["info", str(tmp_path), "--json"]) == 0
+    assert '"provenance"' in capsys.readouterr().out
+    table = tiny_model("llama")
+    table.hf.save_pretrained(tmp_path / "llama")
+    assert main(["info", str(tmp_path / "llama")]) == 0
+    assert "sites: exact: adapter table: Llama" in capsys.readouterr().out

@@ -20,17 +20,22 @@ def configure_info(parser: argparse.ArgumentParser) -> None:
 
 
 def execute_info(args) -> int:
+    from ..models.auto_model import provenance
     from ..models.loading import load
-    info = load(args.model).info()
+    model = load(args.model)
+    info = {**model.info(), "provenance": provenance(model)}  # which sites are exact by table, verified guesses, module paths
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     sites = info.pop("sites")
     notes = info.pop("notes")
     for key, value in info.items():
-        print(f"{key:>12}: {value}")
+        if key != "provenance":
+            print(f"{key:>12}: {value}")
     for note in notes:
         print(f"{'note':>12}: {note}")
+    for source, kinds in info.pop("provenance").items():
+        print(f"{'sites':>12}: {source}: {', '.join(kinds)}")
     print(f"\n{len(sites)} sites (TransformerLens names; blocks.* repeats per layer):")
     for name, dims in sites.items():
         if name.startswith("blocks.") and not name.startswith("blocks.0."):

@@ -81,6 +81,10 @@ class AutoModel(Model):
         self.table = SiteTable([*kept, *extra], self.dims.n_layers, self.adapter.family,
                                {k: "the automatic adapter could not verify it; record module paths instead" for k in dropped})
         self.weights = weights
+        if not {"unembed", "o"} <= weights and self.adapter.attn_in_norm:
+            # methods that read the stream as a sum through the unembedding (DLA, circuits) are refused
+            self.adapter = replace(self.adapter, attn_in_norm=None)
+            why_not = [*why_not, "W_O or the unembedding unverified: attribution through them is refused"]
         self.provenance = {AUTO: sorted({site_kind(s.name) for s in kept}, key=_order)
                            + [f"weights: {group}" for group in WEIGHT_GROUPS if group in weights]}
         if paths:
@@ -160,6 +164,15 @@ class ModulePathLM(ModuleModel):
     @property
     def output_is_logits(self) -> bool:
         return True
+
+
+def provenance(model) -> dict[str, list[str]]:
+    """Where a model's sites come from: {source: site kinds or a summary} (`mechscope info`)."""
+    if isinstance(model, (AutoModel, ModulePathLM)):
+        return model.provenance
+    if getattr(model, "adapter", None) is not None:
+        return {TABLE: [f"{model.adapter.family}: every site listed (checked against Hugging Face by the oracle tests)"]}
+    return {PATHS: [f"{len(model.table) // 2} modules"]}
 
 
 def _probe_ids(hf: nn.Module, vocab: int) -> Tensor:

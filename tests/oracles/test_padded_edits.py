@@ -93,3 +93,5 @@ def test_position_mask_by_hand():
     assert torch.equal(position_mask(7, None, 2, 7, "s", False), torch.zeros(2, 7, dtype=torch.bool))
     # a forward shorter than the lengths (generation: one new token) leaves absent positions alone
     assert torch.equal(position_mask(-1, torch.tensor([5, 6]), 2, 1, "s", False), torch.zeros(2, 1, dtype=torch.bool))
+    assert torch.equal(position_mask(1, torch.tensor([5, 6]), 2, 1, "s", False), torch.zeros(2, 1, dtype=torch.bool))
+    assert torch.equal(position_mask(0, torch.tensor([5, 6]), 2, 1, "s", False), torch.ones(2, 1, dtype=torch.bool))

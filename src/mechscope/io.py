@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 LOCK_FILE = ".mechscope.lock"
 _TMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")
 _FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+_NO_SYNC = (errno.EINVAL, errno.ENOTSUP, errno.EBADF)  # file systems that cannot sync: nothing to wait for
 
 
 def _unwritable(path: Path, folder: Path, err: OSError) -> MechscopeError:
@@ -79,7 +80,7 @@ def fsync_folder(folder: str | Path) -> None:
     try:
         os.fsync(fd)
     except OSError as err:
-        if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+        if err.errno not in _NO_SYNC:
             raise write_error(Path(folder), err) from None
     finally:
         os.close(fd)
@@ -89,6 +90,9 @@ def _fsync_file(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)  # a full disk or quota can surface only here (delayed allocation, network disks)
+    except OSError as err:
+        if err.errno not in _NO_SYNC:
+            raise
     finally:
         os.close(fd)
 
@@ -118,7 +122,10 @@ def _atomic(path: Path, write, durable: bool = False) -> Path:
         raise write_error(path, err) from None
     finally:
         if os.path.exists(tmp):
-            os.unlink(tmp)
+            try:
+                os.unlink(tmp)
+            except OSError:  # a failing disk: the next lock holder removes it (`remove_orphans`)
+                pass
     if durable:
         fsync_folder(path.parent)
     return path

@@ -138,8 +138,13 @@ class WeightAccess:
     def unembed(self, normalized: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
         """Logits from the final-normed residual: the LM head, the family's logit scale, then
         soft-capping if any."""
-        head = self.hf.get_submodule(self.adapter.unembed) if self.adapter.unembed else self._output_embedding()
-        logits = head(normalized)
+        path = self.adapter.unembed
+        if isinstance(path, tuple):  # modules applied in turn (DistilBERT's head)
+            logits = normalized
+            for part in path:
+                logits = self.hf.get_submodule(part)(logits)
+        else:
+            logits = (self.hf.get_submodule(path) if path else self._output_embedding())(normalized)
         if self.adapter.logit_scale != 1.0:
             logits = logits * self.adapter.logit_scale
         cap = getattr(self.hf.config, self.adapter.softcap_attr, None) if self.adapter.softcap_attr else None

@@ -10,9 +10,9 @@ import mechscope as ms
 from mechscope.attribution import DirectLogitAttribution, direct_logit_attribution
 
 from ..lens.helpers import check_shapes, minilm_dir, pycode_or_worded
-from ..models.tiny import FAMILY_NAMES, tiny_model
+from ..models.tiny import ENCODER_NAMES, FAMILY_NAMES, tiny_model
 
-DECODERS = [k for k in FAMILY_NAMES if k != "bert"]
+DECODERS = [k for k in FAMILY_NAMES if k not in ENCODER_NAMES]
 
 
 @pytest.fixture(scope="module")

@@ -90,3 +90,20 @@ def test_info_on_a_saved_tiny_model(kind, family, tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["family"] == family and info["notes"]
     assert info["sites"]["blocks.1.attn.hook_k"]["head"] == (getattr(config, "num_key_value_heads", None) or 4)
+
+
+@pytest.mark.parametrize("kind", ["opt", "mixtral"])
+def test_flattened_token_sites_follow_the_rows_run(kind, ids):
+    """OPT's MLP and MoE routers see [batch * pos, ...]: sites unflatten by the block's actual
+    input, also when copies of the prompts join at that block, and edits write back flat."""
+    model = tiny_model(kind)
+    sites = ["blocks.1.hook_resid_mid", "blocks.1.hook_mlp_out"]
+    sites += ["blocks.1.mlp.hook_router_logits"] if model.adapter.moe_router else ["blocks.1.mlp.hook_post"]
+    plain = model.run(ids, record=sites)
+    forked = model.run(ids, record=sites, copies={1: 2})
+    for site in sites:
+        value = plain.cache[site]
+        assert torch.allclose(forked.cache[site], value.repeat(2, *[1] * (value.dim() - 1)), atol=1e-6), site
+    zeroed = model.run(ids, record="blocks.1.hook_mlp_out", edits=[ms.edits.zero("blocks.1.hook_mlp_out", positions=3)])
+    out = zeroed.cache["blocks.1.hook_mlp_out"]
+    assert torch.equal(out[:, 3], torch.zeros_like(out[:, 3])) and torch.equal(out[:, 4:], plain.cache["blocks.1.hook_mlp_out"][:, 4:])

@@ -40,6 +40,9 @@ def _configs():
                                                  intermediate_size=64, **COMMON)),
         **_newer_decoders(),
         **_mixtures_of_experts(),
+        "roberta": (T.RobertaForMaskedLM, T.RobertaConfig(**SMALL, pad_token_id=1, bos_token_id=0, eos_token_id=2)),
+        "distilbert": (T.DistilBertForMaskedLM, T.DistilBertConfig(n_layers=2, dim=32, n_heads=4, hidden_dim=64,
+                                                                   pad_token_id=0, **COMMON)),
     }
 
 
@@ -85,6 +88,7 @@ def _mixtures_of_experts():
 
 FAMILY_NAMES = list(_configs())
 MOE_NAMES = list(_mixtures_of_experts())
+ENCODER_NAMES = ["bert", "roberta", "distilbert"]
 
 
 def tiny_model(kind: str, seed: int = 0, dtype: torch.dtype | None = None) -> ms.Model:

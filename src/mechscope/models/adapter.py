@@ -104,10 +104,10 @@ class Adapter:
     """Final norm, relative to the base model (`ln_final.hook_normalized`). Hugging Face's
     last `hidden_states` entry is the final-normed stream when a family has one, so there
     `hidden_states[-1] == final_norm(blocks.{L-1}.hook_resid_post)`."""
-    unembed: str | None = None
+    unembed: str | tuple[str, ...] | None = None
     """Head mapping the residual stream to logits, relative to the full model, when it is
-    more than the output embedding (BERT's transform + decoder); W_U is always read from
-    Hugging Face's `get_output_embeddings()`."""
+    more than the output embedding (BERT's transform + decoder), or the modules it applies
+    in turn (DistilBERT's); W_U is always read from Hugging Face's `get_output_embeddings()`."""
     attn_post_norm: str | None = None
     """Norm applied to the attention output before it joins the residual (Gemma 2)."""
     qkv_layout: QKVLayout = "separate"

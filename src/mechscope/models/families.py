@@ -1,7 +1,8 @@
 """The architecture families mechscope supports: one `Adapter` table each.
 
 To add a family, append one table to `FAMILIES` (see `adapter.py` for the fields;
-newer decoders live in `families_decoders.py`, mixtures of experts in `families_moe.py`)
+newer decoders live in `families_decoders.py`, mixtures of experts in `families_moe.py`,
+encoders beyond BERT in `families_encoders.py`)
 and add a tiny config to `tests/models/tiny.py`; the oracle tests then check it against
 Hugging Face's own outputs.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from .adapter import Adapter, Tap
 from .families_decoders import DECODERS
+from .families_encoders import ENCODERS
 from .families_moe import MOE
 
 GPT2 = Adapter(
@@ -151,7 +153,7 @@ TOY = Adapter(
     notes=("the zoo's own transformer (mechscope/zoo/transformer.py); attention-only variants have no MLP sites",),
 )
 
-FAMILIES: tuple[Adapter, ...] = (GPT2, NEOX, LLAMA, GEMMA2, BERT, TOY, *DECODERS, *MOE)
+FAMILIES: tuple[Adapter, ...] = (GPT2, NEOX, LLAMA, GEMMA2, BERT, TOY, *DECODERS, *MOE, *ENCODERS)
 
 
 def adapter_for(model_type: str) -> Adapter | None:

@@ -43,6 +43,7 @@ def test_window_is_the_induced_subgraph_of_the_last_tokens(model):
         assert w.offset == 14 and w.tokens == g.tokens[14:]
         torch.testing.assert_close(w.weights, g.weights[14:, 14:])
         torch.testing.assert_close(w.weights, g.window(6).weights)
+    assert cut.graphs[0].plot().axes[0].get_title().endswith("positions 14-19)")
     short = padded.get(1, 3, 1)
     assert short.offset == 0 and short.weights.shape == (4, 4)
     torch.testing.assert_close(short.weights, st.attention_graphs(model, ids[1:, :4], heads="1.3").get(1, 3).weights)

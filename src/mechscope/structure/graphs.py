@@ -121,7 +121,8 @@ class HeadGraph:
             ax = axes[0, 0]
         colors = self.communities().labels if color_communities and len(self.tokens) > 1 else None
         draw_arcs(ax, self.weights.float().numpy(), self.tokens, self.threshold, colors)
-        ax.set_title(f"{self.label} (edges > {self.threshold:g})", fontsize=10)
+        where = f", positions {self.offset}-{self.offset + len(self.tokens) - 1}" if self.offset else ""
+        ax.set_title(f"{self.label} (edges > {self.threshold:g}{where})", fontsize=10)
         return ax.figure
 
 

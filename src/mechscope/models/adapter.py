@@ -1,6 +1,7 @@
 """An adapter is one table that tells mechscope where a model family keeps each part.
 
-Adding an architecture family means writing one `Adapter(...)` in `families.py`:
+Adding an architecture family means writing one `Adapter(...)` in `families.py` (or
+`families_decoders.py`, `families_moe.py`, `families_encoders.py`):
 module paths (relative to the Hugging Face *base* model, and for blocks relative to
 one block), which module boundary each standard site is read at, and how the
 attention projections are laid out. No family gets code of its own, and no
@@ -18,7 +19,7 @@ from ..errors import MechscopeError
 Boundary = Literal["in", "out"]
 
 # How the q/k/v projections are stored:
-#   separate   - three Linear modules (Llama, Gemma 2, BERT)
+#   separate   - three Linear modules (Llama, Gemma 2, BERT, most newer families)
 #   gpt2_fused - one Conv1D whose output is [q | k | v], each [head * d_head]
 #   neox_fused - one Linear whose output is [head, (q, k, v), d_head]
 #   concat     - one Linear whose output is [q | k | v]: head * d_head, then kv_head * d_head
@@ -48,9 +49,8 @@ class Requirement:
     same_as: str | None = None
 
     def holds(self, config) -> bool:
-        got = getattr(config, self.attr, None)
-        return got == (getattr(config, self.same_as, None) if self.same_as else self.value) or (
-            got is None and self.same_as is not None)
+        expected = getattr(config, self.same_as, None) if self.same_as else self.value
+        return getattr(config, self.attr, None) == expected
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,8 @@ class Adapter:
     parallel_attr: str | None = None
     """Config attribute that, when true, makes attention and MLP read the same input."""
     parallel: bool = False
-    """Attention and MLP always read the same input (GPT-J, Phi, Cohere): no resid_mid."""
+    """Attention and MLP read the same input: no resid_mid. Set in the table where always
+    so (GPT-J, Phi, Cohere); `resolve` sets it where `parallel_attr` says so."""
     mlp_post_norm: str | None = None
     """Norm applied to the MLP output before it joins the residual (Gemma 2/3, OLMo 2)."""
     gate_up_fused: bool = False

@@ -48,10 +48,9 @@ def machine_info() -> dict:
     torch = sys.modules.get("torch")
     if torch is not None:
         info["torch_threads"] = torch.get_num_threads()
-        try:
-            info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-        except Exception:  # older torch
-            pass
+        capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)  # torch >= 2.1
+        if capability is not None:
+            info["torch_cpu_capability"] = capability()
     info["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")
     return info
 

@@ -105,8 +105,9 @@ def bench(name: str, threshold: float, repeats: int) -> None:
     print(f"{'':>16}EAP top-{len(found)} faithfulness {top.faithfulness(model, task, metric):.3f}; EAP |score| ranks "
           f"ACDC's edges with ROC-AUC {_auc(scores.scores.abs(), positive):.3f}")
     for kind in ("heads", "resid"):
-        t = _interleaved({"batched": lambda: sweep(model, task, metric, sweep=kind, batch_size=256),
-                          "naive": lambda: sweep(model, task, metric, sweep=kind, batch_size=len(task))}, repeats)
+        t = _interleaved({"batched": lambda kind=kind: sweep(model, task, metric, sweep=kind, batch_size=256),
+                          "naive": lambda kind=kind: sweep(model, task, metric, sweep=kind, batch_size=len(task))},
+                         repeats)
         batched, naive = statistics.median(t["batched"]), statistics.median(t["naive"])
         print(f"{'':>16}patching {kind} sweep (median of {repeats}): batched {batched * 1e3:.1f} ms, one per forward "
               f"{naive * 1e3:.1f} ms, ratio {naive / batched:.1f}x")

@@ -21,7 +21,16 @@
     the peer's data loading (to read our token tensor) and drops one keyword that
     transformers 5 no longer takes (`load_in_8bit=False`), and times each loop iteration.
     The peer is timed as shipped (bf16 autocast around the lens) and with autocast off
-    (float32, as mechscope trains). Goal >= 1.
+    (float32); mechscope likewise in float32 (its default) and with
+    `TunedLensConfig(autocast="bf16")` (bf16 autocast around the same lens readings: the
+    translators, final norm and unembedding, forward and backward; the model's forward and
+    the target distribution stay float32, as in the peer). Every mechscope variant is
+    divided by every peer variant; like for like is fp32 / fp32 and bf16 / bf16. Which is
+    faster depends on the CPU: without native bf16 (no AVX512-BF16 / AMX) bf16 matmuls are
+    emulated and both bf16 variants are many times slower. Goal >= 1.
+
+Every output starts with the machine line (CPU model, threads, native bf16 flags, load
+average; `bench/_machine.py`), and the load is printed again at the end.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+MECHSCOPE_VARIANTS = {"mechscope (fp32)": "off", "mechscope (bf16 autocast)": "bf16"}
 PEER_PYTHON = BENCH / ".peers" / "tunedlens" / "bin" / "python"
 
 
@@ -152,11 +162,12 @@ def bench_logit_lens(model, ids, args) -> dict:
                                "lens_floor_ratio": ((fwd - unembed) + streams * unembed) / fwd}}
 
 
-def bench_ours(model, data, args) -> list[float]:
+def bench_ours(model, data, args, autocast: str = "off") -> list[float]:
     from mechscope.lens.tuned import TunedLensConfig, TunedLensTrainer
-    trainer = TunedLensTrainer(model, TunedLensConfig(steps=args.steps + args.warmup, batch_size=args.batch))
+    steps = args.steps if autocast == "off" else min(args.steps, args.bf16_steps)  # bf16 without native support is slow
+    trainer = TunedLensTrainer(model, TunedLensConfig(steps=steps + args.warmup, batch_size=args.batch, autocast=autocast))
     times = []
-    for _ in range(args.steps + args.warmup):
+    for _ in range(steps + args.warmup):
         start = time.perf_counter()
         trainer.step(data)
         times.append(time.perf_counter() - start)
@@ -183,10 +194,12 @@ def bench_tuned_lens(model, folder: Path, data, args, tmp: Path) -> dict:
     ids_file = tmp / "ids.safetensors"
     save_file({"input_ids": data.contiguous()}, str(ids_file))
     tokens = args.batch * data.shape[1]
-    rows: dict[str, list[float]] = {"mechscope": []}
+    rows: dict[str, list[float]] = {k: [] for k in MECHSCOPE_VARIANTS}
     versions = None
     for _ in range(args.rounds):  # alternate, so that drift on a shared machine hits both
-        rows["mechscope"] += bench_ours(model, data, args)
+        for label, autocast in MECHSCOPE_VARIANTS.items():
+            if autocast == "off" or args.bf16_steps > 0:
+                rows[label] += bench_ours(model, data, args, autocast)
         if args.peers and PEER_PYTHON.exists():
             for label, fp32 in (("tuned-lens (bf16 autocast, as shipped)", False), ("tuned-lens (fp32)", True)):
                 if not fp32 and args.bf16_steps == 0:
@@ -196,8 +209,9 @@ def bench_tuned_lens(model, folder: Path, data, args, tmp: Path) -> dict:
                     rows.setdefault(label, []).extend(peer["step_s"])
                     versions = peer["versions"]
     tps = {k: tokens / statistics.median(v) for k, v in rows.items() if v}
+    ours = [k for k in MECHSCOPE_VARIANTS if k in tps]
     return {"tokens_per_step": tokens, "tokens_per_s": tps, "peer_versions": versions,
-            "ratio": {k: tps["mechscope"] / v for k, v in tps.items() if k != "mechscope"},
+            "ratio": {m: {k: tps[m] / v for k, v in tps.items() if k not in MECHSCOPE_VARIANTS} for m in ours},
             "steps_timed": {k: len(v) for k, v in rows.items()}}
 
 
@@ -207,11 +221,13 @@ def report(a: dict | None, b: dict | None, args) -> None:
     if b:
         print(f"\n(b) tuned-lens training, {b['tokens_per_step']} tokens per step, {args.threads} thread(s), "
               f"median step; peer {b['peer_versions']}")
-        print(f"  {'trainer':<44}{'tokens/s':>10}{'mechscope ÷':>13}")
+        ours = list(b["ratio"])
+        tag = {"mechscope (fp32)": "mechscope fp32 ÷ it", "mechscope (bf16 autocast)": "mechscope bf16 ÷ it"}
+        print(f"  {'trainer':<44}{'tokens/s':>10}" + "".join(f"{tag[m]:>22}" for m in ours))
         for k, v in b["tokens_per_s"].items():
-            ratio = "" if k == "mechscope" else f"{b['ratio'][k]:>13.2f}"
-            print(f"  {k:<44}{v:>10.0f}{ratio}")
-        print("  goal: mechscope ÷ tuned-lens >= 1")
+            ratios = "" if k in MECHSCOPE_VARIANTS else "".join(f"{b['ratio'][m][k]:>22.2f}" for m in ours)
+            print(f"  {k:<44}{v:>10.0f}{ratios}")
+        print("  goal: mechscope ÷ tuned-lens >= 1 (like for like: fp32 ÷ fp32, bf16 ÷ bf16 as shipped)")
 
 
 def report_logit_lens(a: dict, args) -> None:
@@ -242,7 +258,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=20, help="timed training steps per round and trainer")
     p.add_argument("--rounds", type=int, default=2, help="alternations of mechscope and the peer")
-    p.add_argument("--bf16-steps", type=int, default=4, help="timed steps of the peer as shipped (bf16 autocast)")
+    p.add_argument("--bf16-steps", type=int, default=4, help="timed steps of the bf16-autocast variants (the peer as shipped, mechscope bf16) per round")
     p.add_argument("--repeats", type=int, default=15, help="timed calls per logit-lens variant")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
@@ -260,7 +276,10 @@ def main(argv=None) -> None:
     import torch
     import mechscope as ms
     from mechscope.models.loading import resolve_source
+    from _machine import load_line, machine_info, machine_line
     torch.set_num_threads(args.threads)
+    machine = machine_info()
+    print(machine_line(machine))
     os.environ["HF_HUB_OFFLINE"] = "1"
     model = ms.load(args.model)
     folder = Path(resolve_source(args.model)[0])
@@ -271,8 +290,10 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         b = bench_tuned_lens(model, folder, data, args, Path(tmp)) if args.only in (None, "tuned") else None
     report(a, b, args)
+    print(load_line())
     if args.json:
-        Path(args.json).write_text(json.dumps({"logit_lens": a, "tuned_lens": b, "threads": args.threads}, indent=2))
+        Path(args.json).write_text(json.dumps({"logit_lens": a, "tuned_lens": b, "threads": args.threads,
+                                               "machine": machine, "load_average_end": os.getloadavg()}, indent=2))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ SIZES = {
     **dict.fromkeys(("num_attention_heads", "n_head", "num_heads", "n_heads", "decoder_attention_heads"), 4),
     **dict.fromkeys(("num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num"), 2),
     **dict.fromkeys(("head_dim", "kv_channels", "attention_head_dim", "v_head_dim", "qk_nope_head_dim",
-                     "qk_rope_head_dim", "qk_head_dim", "global_head_dim"), 8),
+                     "qk_rope_head_dim", "qk_head_dim", "global_head_dim", "d_head"), 8),
     **dict.fromkeys(("intermediate_size", "n_inner", "ffn_dim", "decoder_ffn_dim", "ffn_hidden_size", "d_ff",
                      "inner_hidden_size", "mlp_dim", "dense_intermediate_size"), 64),
     **dict.fromkeys(("moe_intermediate_size", "shared_expert_intermediate_size", "expert_intermediate_size",
@@ -53,14 +53,21 @@ SIZES = {
     **dict.fromkeys(("kv_lora_rank", "q_lora_rank"), 16),
     **dict.fromkeys(("rotary_dim", "rope_dim"), 4),
     **dict.fromkeys(("word_embed_proj_dim",), 32),
+    **dict.fromkeys(("mamba_n_heads", "ssm_num_heads", "linear_num_value_heads", "linear_num_key_heads"), 4),
+    **dict.fromkeys(("mamba_d_head", "linear_key_head_dim", "linear_value_head_dim", "mamba_head_dim"), 16),
     **dict.fromkeys(("num_hidden_layers", "n_layer", "num_layers", "n_layers", "decoder_layers", "num_decoder_layers"), LAYERS),
     **dict.fromkeys(("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length"), 64),
     **dict.fromkeys(("first_k_dense_replace", "num_dense_layers", "first_k_dense"), 1),
     "vocab_size": 128,
 }
+UNSET_SIZES = {"head_dim", "num_key_value_heads"}
+"""Size keys whose default None the modeling code does not always fill in."""
 TOKEN_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 1,
              "sep_token_id": 2, "cls_token_id": 1, "mask_token_id": 3, "unk_token_id": 3}
-SPECIAL: dict[str, dict] = {}
+SPECIAL: dict[str, dict] = {
+    "mamba2": {"head_dim": 16},             # heads * head_dim must equal expand * hidden_size
+    "zaya": {"num_experts_per_tok": 1},     # the only routing it supports
+}
 """model_type -> extra config values some configs need beyond the generic shrinking (data)."""
 OUTCOMES = ("exact (table)", "exact (automatic)", "module paths", "refused", "not built", "wrong", "crash")
 
@@ -79,14 +86,20 @@ def _shrink(values: dict, depth: int = 0) -> dict:
                    if isinstance(values.get(k), int)), None)
     out = dict(values)
     for key, value in values.items():
-        if key in SIZES and isinstance(value, int) and not isinstance(value, bool):
+        if key in UNSET_SIZES and value is None:
+            out[key] = SIZES[key]
+        elif key in SIZES and isinstance(value, int) and not isinstance(value, bool):
             out[key] = min(value, SIZES[key]) if key.startswith(("first_k", "num_dense")) else SIZES[key]
         elif key in TOKEN_IDS and isinstance(value, int):
             out[key] = TOKEN_IDS[key]
         elif isinstance(value, list) and layers and len(value) == layers and layers != LAYERS:
             out[key] = value[:LAYERS]
+        elif isinstance(value, dict) and value and all(str(k).isdigit() for k in value):
+            out[key] = {k: v for k, v in value.items() if int(k) < LAYERS}   # per-layer overrides
         elif isinstance(value, dict) and depth < 3 and any(k in value for k in SIZES):
             out[key] = _shrink(value, depth + 1)
+    if "kv_lora_rank" in values and "num_key_value_heads" in values:  # latent attention: kv heads = heads
+        out["num_key_value_heads"] = SIZES["num_attention_heads"]
     return out
 
 
@@ -132,7 +145,7 @@ def oracle(model, hf, ids) -> bool:
 def check(model_type: str) -> Result:
     """One model_type through load()'s logic: its table if it has one, else the automatic adapter."""
     from ..model import Model
-    from .auto_model import AUTO, AutoModel, auto_model
+    from .auto_model import AutoModel, auto_model
     from .families import adapter_for
     try:
         hf = build(model_type)
@@ -168,8 +181,9 @@ def check(model_type: str) -> Result:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:140]
+    text = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    first = " ".join(text[:2]) if len(text) > 1 and text[0].endswith(":") else (text[0] if text else type(err).__name__)
+    return first[:160]
 
 
 def _import(model_type: str) -> None:
@@ -191,26 +205,27 @@ def _alarm(signum, frame):
 
 
 def sweep(types: list[str] | None = None, timeout: int = 10) -> list[Result]:
-    """Every causal-LM model_type (or `types`), each within `timeout` seconds."""
+    """Every causal-LM model_type (or `types`), each within `timeout` CPU seconds."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     logging.getLogger("mechscope").setLevel(logging.ERROR)
     results = []
-    previous = signal.signal(signal.SIGALRM, _alarm)
+    # CPU seconds, not wall seconds: the outcome must not depend on how busy the machine is
+    previous = signal.signal(signal.SIGPROF, _alarm)
     try:
         for model_type in types or sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
             start = time.perf_counter()
             _import(model_type)  # outside the alarm: an import cut short leaves its module half-registered
-            signal.alarm(timeout)
+            signal.setitimer(signal.ITIMER_PROF, timeout)
             try:
                 result = check(model_type)
             except _Timeout:
-                result = Result(model_type, "not built", f"took longer than {timeout} s")
+                result = Result(model_type, "not built", f"took more than {timeout} CPU seconds")
             finally:
-                signal.alarm(0)
+                signal.setitimer(signal.ITIMER_PROF, 0)
             result.seconds = time.perf_counter() - start
             results.append(result)
     finally:
-        signal.signal(signal.SIGALRM, previous)
+        signal.signal(signal.SIGPROF, previous)
     return results
 
 
@@ -224,16 +239,16 @@ def markdown(results: list[Result]) -> str:
     lines = [
         "# Architectures",
         "",
-        "Generated by `python -m mechscope.models.sweep --write docs/architectures.md` "
-        f"(transformers {transformers.__version__}); do not edit by hand.",
+        ("Generated by `python -m mechscope.models.sweep --write docs/architectures.md` "
+        f"(transformers {transformers.__version__}); do not edit by hand."),
         "",
-        "Every causal-LM `model_type` in transformers' auto mapping, built offline from a tiny random-weight "
+        ("Every causal-LM `model_type` in transformers' auto mapping, built offline from a tiny random-weight "
         "config and checked against Hugging Face's own `hidden_states`: `blocks.{l}.hook_resid_post` equals "
         "`hidden_states[l + 1]`, and the final norm maps the last block's output to the last entry. "
         "*exact (table)*: a family table in `mechscope/models/families*.py`; *exact (automatic)*: the automatic "
         "adapter (`mechscope/models/auto*.py`) found and verified the sites itself (`mechscope info` lists which); "
         "*module paths*: nothing could be verified, so sites are module paths only; *refused*: a one-line "
-        "MechscopeError; *not built*: the tiny model could not be made offline.",
+        "MechscopeError; *not built*: the tiny model could not be made offline."),
         "",
         "| outcome | model types |",
         "| --- | --- |",
@@ -271,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mechscope.models.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", metavar="FILE", help="write the markdown table here (else print it)")
     parser.add_argument("--types", nargs="*", help="only these model types")
-    parser.add_argument("--timeout", type=int, default=10, help="seconds per model type")
+    parser.add_argument("--timeout", type=int, default=10, help="CPU seconds per model type")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     results = sweep(args.types, args.timeout)

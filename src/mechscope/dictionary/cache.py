@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import logging
+import mmap
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -146,6 +147,16 @@ def read_manifest(folder: str | Path) -> dict:
     return meta
 
 
+def _release(array: np.ndarray) -> None:
+    """Unmap the pages a read touched. Shuffled reads touch pages all over the cache, and
+    mapped file pages count in this process's resident memory: without this it grows with
+    the corpus (413 -> 598 MB over a 16x larger cache) until the whole cache is mapped. The
+    pages stay in the kernel's page cache, so reading them again costs no disk access."""
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
+
+
 class CacheReader:
     """Seeded shuffled batches from a cache folder (every site it holds, or `sites`)."""
 
@@ -177,8 +188,11 @@ class CacheReader:
         shard = np.searchsorted(self.offsets, wanted, side="right") - 1
         out = {}
         for s in self.sites:
-            parts = [np.asarray(self._maps[s][k][wanted[shard == k] - self.offsets[k]]) for k in np.unique(shard)]
+            touched = [int(k) for k in np.unique(shard)]
+            parts = [np.asarray(self._maps[s][k][wanted[shard == k] - self.offsets[k]]) for k in touched]
             sorted_rows = torch.from_numpy(np.concatenate(parts).astype(np.float32))
+            for k in touched:
+                _release(self._maps[s][k])
             result = torch.empty_like(sorted_rows)
             result[torch.from_numpy(order)] = sorted_rows
             out[s] = result

@@ -230,7 +230,7 @@ def auto_model(hf: nn.Module, tokenizer=None, *, name: str | None = None) -> Mod
     if not choice.resid_ok:
         why = choice.why_not or ["Hugging Face returns no hidden_states to check the blocks against"]
         log.warning("%s: the automatic adapter could not verify the residual stream (%s): module paths only", name, why[0])
-        return ModulePathLM(hf, tokenizer, name=name, why_not=g.missing + why)
+        return ModulePathLM(hf, tokenizer, name=name, why_not=why + g.missing)  # the decisive reason first
     probe = Probe(ids, _logits(box["out"]).detach(), tuple(hidden), choice)
     dims = Dims(g.n_layers, g.d_model, g.n_heads, g.n_kv_heads or g.n_heads, g.d_head, g.d_mlp, g.d_vocab)
     best = None
@@ -241,7 +241,7 @@ def auto_model(hf: nn.Module, tokenizer=None, *, name: str | None = None) -> Mod
             best = (model, verdict)
     model, verdict = best
     if "hook_resid_post" not in verdict.kinds:
-        return ModulePathLM(hf, tokenizer, name=name, why_not=g.missing + verdict.why_not)
+        return ModulePathLM(hf, tokenizer, name=name, why_not=verdict.why_not + g.missing)
     complete = {site_kind(s.name) for s in model.table}
     paths = bool(complete - verdict.kinds or g.missing)
     model.restrict(verdict.kinds, verdict.weights, g.missing + choice.why_not + verdict.why_not, paths)

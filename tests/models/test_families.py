@@ -107,3 +107,15 @@ def test_flattened_token_sites_follow_the_rows_run(kind, ids):
     zeroed = model.run(ids, record="blocks.1.hook_mlp_out", edits=[ms.edits.zero("blocks.1.hook_mlp_out", positions=3)])
     out = zeroed.cache["blocks.1.hook_mlp_out"]
     assert torch.equal(out[:, 3], torch.zeros_like(out[:, 3])) and torch.equal(out[:, 4:], plain.cache["blocks.1.hook_mlp_out"][:, 4:])
+
+
+def test_every_table_has_a_tiny_model_and_notes():
+    """Each model type a table serves is checked by the oracles (a tiny config of that type),
+    and each table tells `mechscope info` its conventions."""
+    from mechscope.models import FAMILIES
+
+    covered = {config.model_type for _, config in _configs().values()}
+    for adapter in FAMILIES:
+        assert adapter.notes, adapter.family
+        missing = set(adapter.model_types) - covered
+        assert not missing, (adapter.family, missing)

@@ -34,6 +34,7 @@ GPT2 = Adapter(
     final_norm="ln_f",
     qkv_layout="gpt2_fused",
     conv1d=True,
+    notes=("fused Conv1D c_attn [q | k | v], weights stored [in, out]; learned positions",),
 )
 
 NEOX = Adapter(

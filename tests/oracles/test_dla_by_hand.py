@@ -121,3 +121,17 @@ def test_top_lists_the_largest_magnitudes():
     assert result.top(0) == []
     with pytest.raises(ms.MechscopeError, match="k must be 0 or more"):
         result.top(-1)
+
+
+def test_frame_rows_are_the_contributions():
+    model = ms.load("zoo:induction")
+    ids = torch.tensor([[5, 9, 13, 5, 9], [7, 8, 2, 7, 8]])
+    result = direct_logit_attribution(model, ids, 13, 2, positions=[-1, 1])
+    frame = result.to_frame()
+    assert len(frame) == len(result.labels) * int(result.mask.sum())
+    for row in frame.to_dict("records"):
+        i = result.labels.index(row["component"])
+        p = int((result.positions[row["batch"]] == row["pos"]).nonzero()[0, 0])
+        assert row["contribution"] == float(result.contributions[i, row["batch"], p])
+        assert (row["layer"], row["head"]) == (result.layer_of[i], result.head_of[i])
+    assert sorted(set(zip(frame["batch"], frame["pos"]))) == [(0, 1), (0, 4), (1, 1), (1, 4)]

@@ -13,6 +13,7 @@ from mechscope.errors import MechscopeError
 from mechscope.models.auto_model import (
     AUTO,
     PATHS,
+    READ_ONLY,
     UNVERIFIED,
     AutoModel,
     ModulePathLM,
@@ -52,6 +53,17 @@ def test_automatic_edits_match_the_table(ids):
     auto = auto_model(table.hf)
     edit = [ms.edits.zero(site, heads=2, positions=3)]
     assert torch.equal(auto.run(ids, edits=edit).logits, table.run(ids, edits=edit).logits)
+
+
+def test_resid_mid_that_an_edit_would_not_carry_is_read_only(ids):
+    """Llama keeps its own copy of the stream for the skip connection before the MLP's norm, where
+    hook_resid_mid is read: an edit there would reach the MLP only, so the automatic adapter
+    offers it for recording and refuses edits."""
+    auto = auto_model(tiny_model("llama").hf)
+    assert any(k.startswith("hook_resid_mid") for k in auto.provenance[READ_ONLY])
+    assert auto.run(ids, record="blocks.0.hook_resid_mid").cache["blocks.0.hook_resid_mid"].shape == (*ids.shape, 32)
+    with pytest.raises(MechscopeError, match="not edited"):
+        auto.run(ids, edits=[ms.edits.add("blocks.0.hook_resid_mid", torch.ones(32))])
 
 
 def test_unverifiable_parts_fall_back_to_module_paths(ids):

@@ -20,17 +20,25 @@ from torch import Tensor, nn
 from ..errors import MechscopeError
 from ..model import Model
 from ..module_model import ModuleModel, module_sites
-from ..sites import Dims, SiteTable, build_sites
+from ..sites import Dims, SiteTable, View, build_sites
 from .adapter import Adapter, Tap
 from .auto import Guess, guess, text_config
 from .auto_check import Choice, candidate_table, choose, record
-from .auto_verify import Probe, site_kind, verify
+from .auto_verify import Probe, Verdict, site_kind, verify
 
 log = logging.getLogger(__name__)
 TABLE = "exact: adapter table"
 AUTO = "automatic: guessed and verified against Hugging Face"
 PATHS = "module paths: every module as PATH.hook_in / PATH.hook_out"
 UNVERIFIED = "not offered"
+READ_ONLY = "read-only"
+
+
+class ReadOnlyView(View):
+    """A verified value that an edit at its boundary would not replace everywhere the model uses it."""
+
+    editable = False
+
 STANDARD = ("hook_embed", "hook_pos_embed", "hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v",
             "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out",
             "hook_resid_post", "ln_final.hook_normalized", "logits")
@@ -71,9 +79,12 @@ class AutoModel(Model):
         if tokenizer is not None and tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
 
-    def restrict(self, kinds: set[str], weights: set[str], why_not: list[str], paths: bool) -> None:
-        """Keep the verified site kinds (and every module path when `paths`)."""
-        kept = [s for s in self.table if site_kind(s.name) in kinds]
+    def restrict(self, verdict: Verdict, why_not: list[str], paths: bool) -> None:
+        """Keep the verified site kinds, read-only where an edit would not do what its name says
+        (and every module path when `paths`)."""
+        kinds, weights = verdict.kinds, verdict.weights
+        kept = [replace(s, view=ReadOnlyView()) if site_kind(s.name) in verdict.read_only else s
+                for s in self.table if site_kind(s.name) in kinds]
         built = {site_kind(s.name) for s in self.table}
         standard = {k for k in STANDARD if k != "hook_pos_embed" and (k != "logits" or "logits" in built)}
         dropped = sorted((built | standard) - kinds, key=_order)
@@ -89,6 +100,8 @@ class AutoModel(Model):
                            + [f"weights: {group}" for group in WEIGHT_GROUPS if group in weights]}
         if paths:
             self.provenance[PATHS] = [f"{len(extra) // 2} modules"]
+        if verdict.read_only:
+            self.provenance[READ_ONLY] = [f"{k} ({why})" for k, why in verdict.read_only.items()]
         if dropped or why_not:
             self.provenance[UNVERIFIED] = dropped + [f"({w})" for w in why_not]
 
@@ -244,7 +257,7 @@ def auto_model(hf: nn.Module, tokenizer=None, *, name: str | None = None) -> Mod
         return ModulePathLM(hf, tokenizer, name=name, why_not=verdict.why_not + g.missing)
     complete = {site_kind(s.name) for s in model.table}
     paths = bool(complete - verdict.kinds or g.missing)
-    model.restrict(verdict.kinds, verdict.weights, g.missing + choice.why_not + verdict.why_not, paths)
+    model.restrict(verdict, g.missing + choice.why_not + verdict.why_not, paths)
     return model
 
 

@@ -36,6 +36,8 @@ class Verdict:
     weights: set[str] = field(default_factory=set)
     """Weight groups ('qkv', 'o', 'mlp_in', 'mlp_out', 'unembed') that reproduce the sites."""
     why_not: list[str] = field(default_factory=list)
+    read_only: dict[str, str] = field(default_factory=dict)
+    """Verified kinds that may be recorded but not edited, with why."""
 
     def attempt(self, what: str, check) -> bool:
         """Run one check; an exception or False means `what` is not offered."""
@@ -73,7 +75,7 @@ def verify(model, probe: Probe) -> Verdict:
         v.kinds.add("hook_pos_embed")
     if v.attempt("hook_attn_out / hook_mlp_out / hook_resid_mid (recording)",
                  lambda: recorded("hook_attn_out", "hook_mlp_out", "hook_resid_mid")):
-        _sublayers(model, v, c)
+        _sublayers(model, v, c, probe.ids)
     if "hook_attn_out" in v.kinds and v.attempt("attn.hook_z (recording)", lambda: recorded("attn.hook_z")):
         _heads(model, v, c)
     if "attn.hook_z" in v.kinds:
@@ -111,7 +113,16 @@ def _layers(model, c, kind: str) -> list[Tensor]:
     return [c[f"blocks.{i}.{kind}"] for i in range(model.dims.n_layers)]
 
 
-def _sublayers(model, v: Verdict, c) -> None:
+def _edit_reaches_residual(model, c, ids: Tensor) -> bool:
+    """Adding u at hook_resid_mid of block 0 moves its hook_resid_post by u (plus the MLP's change)."""
+    u = torch.randn(model.dims.d_model, generator=torch.Generator().manual_seed(2)).to(c["blocks.0.hook_resid_mid"])
+    run = model.run(ids, record=["blocks.0.hook_resid_post", "blocks.0.hook_mlp_out"], logits=False,
+                    edits=[edits.add("blocks.0.hook_resid_mid", u)])
+    mid = c["blocks.0.hook_resid_mid"]
+    return close(run.cache["blocks.0.hook_resid_post"], mid + u + run.cache["blocks.0.hook_mlp_out"])
+
+
+def _sublayers(model, v: Verdict, c, ids: Tensor) -> None:
     if "blocks.0.hook_attn_out" not in c:
         return
     pre, post, attn = _layers(model, c, "hook_resid_pre"), _layers(model, c, "hook_resid_post"), _layers(model, c, "hook_attn_out")
@@ -122,6 +133,9 @@ def _sublayers(model, v: Verdict, c) -> None:
     if "blocks.0.hook_resid_mid" in c and v.attempt(
             "hook_resid_mid", lambda: all(close(p + a, m) for p, a, m in zip(pre, attn, _layers(model, c, "hook_resid_mid")))):
         v.kinds.add("hook_resid_mid")
+        if not _edit_reaches_residual(model, c, ids):
+            v.read_only["hook_resid_mid"] = ("read where the MLP's norm takes it, after the block has kept its own copy "
+                                             "for the skip connection: an edit would reach the MLP but not the residual stream")
 
 
 def _heads(model, v: Verdict, c) -> None:

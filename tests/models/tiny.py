@@ -73,6 +73,9 @@ def _newer_decoders():
         "falcon_seq": (T.FalconForCausalLM, T.FalconConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
                                                            vocab_size=97, bos_token_id=0, eos_token_id=0,
                                                            multi_query=False, parallel_attn=False)),
+        "falcon_alibi": (T.FalconForCausalLM, T.FalconConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                                                             vocab_size=97, bos_token_id=0, eos_token_id=0, alibi=True,
+                                                             multi_query=False, parallel_attn=False, bias=True)),
         "gpt_bigcode": (T.GPTBigCodeForCausalLM, T.GPTBigCodeConfig(**GPT, n_inner=64, multi_query=True)),
         "gpt_bigcode_mha": (T.GPTBigCodeForCausalLM, T.GPTBigCodeConfig(**GPT, n_inner=64, multi_query=False)),
     }

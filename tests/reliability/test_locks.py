@@ -107,6 +107,7 @@ def test_every_long_job_refuses_a_folder_that_another_job_writes(tmp_path, holde
     assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # none of them wrote anything
 
 
+@pytest.mark.slow  # a second interpreter training until it is killed: ~30 s on a busy 2-core machine
 def test_two_sae_trainings_into_one_out(tmp_path, inputs, capsys):
     """A running `sae train` holds --out: a second one (another width) is refused; after a
     kill -9 of the first, the folder is free and its checkpoint names its own run."""

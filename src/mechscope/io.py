@@ -12,7 +12,6 @@ moment (step file, then state.json, then old step files removed)."""
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -29,6 +28,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .errors import MechscopeError
+
+try:
+    import fcntl
+except ImportError:  # Windows: output folders are not locked
+    fcntl = None
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".mechscope.lock"
@@ -209,9 +213,12 @@ def folder_lock(folder: str | Path, *, rank: int = 0, world: int = 1) -> Iterato
 def _take_lock(folder: Path) -> int:
     path = folder / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
     except OSError as err:
         raise (write_error(path, err) if err.errno in _FULL else _unwritable(path, folder, err)) from None
+    if fcntl is None:
+        log.warning("cannot lock %s on this system: a second job writing into it would not be stopped", folder)
+        return fd
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -79,10 +79,11 @@ def test_probability_logit_and_cross_entropy_by_hand(pycode, task_and_logits):
     assert float(metrics.cross_entropy(task)(logits)) == pytest.approx(ce, abs=1e-4)
     assert 0 < prob < 1 and ce > 0
     assert metrics.answer_prob(task).higher_is_better and metrics.answer_logit(task).higher_is_better
-    assert metrics.logit_diff(task).higher_is_better and not metrics.cross_entropy(task).higher_is_better
+    assert metrics.logit_diff(task).higher_is_better and metrics.cross_entropy(task).higher_is_better is False
+    read_at = [len(pycode.tokenizer(t)["input_ids"]) - 1 for t in CLEAN]
     for name in ("logit_diff", "answer_prob", "answer_logit", "cross_entropy"):
         by_name = metrics.by_name(name, task)
-        assert by_name.name == name
+        assert by_name.name == name and by_name.positions.tolist() == read_at
         assert float(by_name(logits)) == pytest.approx(float(getattr(metrics, name)(task)(logits)), abs=0)
 
 
@@ -99,7 +100,9 @@ def test_kl_to_clean_by_hand(pycode, task_and_logits):
     metric = metrics.kl_to_clean(logits, task)
     assert kl > 1e-3
     assert float(metric(other)) == pytest.approx(kl, rel=1e-4, abs=1e-6)
-    assert float(metric(logits)) == pytest.approx(0.0, abs=1e-5) and not metric.higher_is_better
+    assert float(metric(logits)) == pytest.approx(0.0, abs=1e-5) and metric.higher_is_better is False
+    assert metric.name == "kl_to_clean" and metric.positions.tolist() == task.index().tolist()
+    assert metrics.kl_to_clean(logits).positions is None
     assert float(metrics.by_name("kl_to_clean", task, logits)(other)) == pytest.approx(kl, rel=1e-4, abs=1e-6)
     # without a task: the last position of the padded axis
     last = 0.0
@@ -107,7 +110,9 @@ def test_kl_to_clean_by_hand(pycode, task_and_logits):
         p, log_q = logits[b, -1].double().softmax(-1), other[b, -1].double().log_softmax(-1)
         last += float((p * (p.log() - log_q)).sum()) / 3
     assert float(metrics.kl_to_clean(logits)(other)) == pytest.approx(last, rel=1e-4, abs=1e-6)
-    with pytest.raises(ms.MechscopeError, match="needs the clean logits"):
+    # logits already cut to one position per row ([batch, vocab]) are read as they are
+    assert float(metrics.kl_to_clean(logits[:, -1])(other[:, -1])) == pytest.approx(last, rel=1e-4, abs=1e-6)
+    with pytest.raises(ms.MechscopeError, match="^kl_to_clean needs the clean logits$"):
         metrics.by_name("kl_to_clean", task)
 
 
@@ -127,5 +132,6 @@ def test_metric_wrapper_checks_values():
     task = Task.from_tokens([[1, 2, 3]], [[1, 2, 4]], [5])
     with pytest.raises(ms.MechscopeError, match="needs the task's wrong tokens"):
         metrics.logit_diff(task)
-    with pytest.raises(ms.MechscopeError, match="unknown metric 'nope'"):
+    with pytest.raises(ms.MechscopeError, match=r"^unknown metric 'nope': choose one of \['answer_logit', 'answer_prob', "
+                       r"'cross_entropy', 'kl_to_clean', 'logit_diff'\]$"):
         metrics.by_name("nope", task)

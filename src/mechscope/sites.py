@@ -69,7 +69,7 @@ class FusedQKVView(View):
     `layout` is the adapter's qkv_layout; `n_kv_heads` matters for 'concat' (q then k then v)."""
 
     part: int
-    layout: str  # neox_fused: [head, 3, d_head]; gpt2_fused / concat: [q | k | v]
+    layout: str  # neox_fused: [head, 3, d_head]; gpt2_fused / concat: [q | k | v]; grouped: [kv_head, group + 2, d_head]
     n_heads: int
     d_head: int
     n_kv_heads: int | None = None
@@ -79,9 +79,17 @@ class FusedQKVView(View):
         kv = self.n_kv_heads or self.n_heads
         return [self.n_heads * self.d_head, kv * self.d_head, kv * self.d_head]
 
+    def _groups(self, raw: Tensor) -> list[Tensor]:
+        """grouped: each key/value head's queries, then its key, then its value (Falcon-40B)."""
+        kv = self.n_kv_heads or self.n_heads
+        group = self.n_heads // kv
+        return list(raw.unflatten(-1, (kv, group + 2, self.d_head)).split([group, 1, 1], dim=-2))
+
     def read(self, raw: Tensor) -> Tensor:
         if self.layout == "neox_fused":
             return raw.unflatten(-1, (self.n_heads, 3, self.d_head)).select(-2, self.part)
+        if self.layout == "grouped":
+            return self._groups(raw)[self.part].flatten(-3, -2)
         part = raw.split(self._sizes(), dim=-1)[self.part]
         return part.unflatten(-1, (-1, self.d_head))
 
@@ -90,6 +98,10 @@ class FusedQKVView(View):
             parts = list(raw.unflatten(-1, (self.n_heads, 3, self.d_head)).unbind(-2))
             parts[self.part] = value
             return torch.stack(parts, dim=-2).flatten(-3)
+        if self.layout == "grouped":
+            parts = self._groups(raw)
+            parts[self.part] = value.unflatten(-2, parts[self.part].shape[-3:-1])
+            return torch.cat(parts, dim=-2).flatten(-3)
         parts = list(raw.split(self._sizes(), dim=-1))
         parts[self.part] = value.flatten(-2)
         return torch.cat(parts, dim=-1)

@@ -13,6 +13,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from .norms import frozen_norm
+from .sites import FusedQKVView
 
 
 def _in_out(module: nn.Module, conv1d: bool) -> Tensor:
@@ -57,13 +58,10 @@ class WeightAccess:
         w = module.bias if bias else _in_out(module, a.conv1d)
         if w is None:
             return torch.zeros(n, d.d_head, device=module.weight.device)
-        if a.qkv_layout in ("gpt2_fused", "concat"):  # [q | k | v]
-            kv = d.n_kv_heads * d.d_head
-            w = w.split([d.n_heads * d.d_head, kv, kv], dim=-1)[part].unflatten(-1, (n, d.d_head))
-        elif a.qkv_layout == "neox_fused":
-            w = w.unflatten(-1, (n, 3, d.d_head)).select(-2, part)
-        else:
+        if a.qkv_layout == "separate":
             w = w.unflatten(-1, (n, d.d_head))
+        else:  # the same split the hook_q / hook_k / hook_v sites make of the fused output
+            w = FusedQKVView(part, a.qkv_layout, d.n_heads, d.d_head, d.n_kv_heads).read(w)
         return w if bias else w.permute(1, 0, 2)
 
     def W_Q(self, layer: int) -> Float[Tensor, "head d_model d_head"]:

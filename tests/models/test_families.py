@@ -28,8 +28,6 @@ def ids() -> torch.Tensor:
      "post-LN OPT"),
     (T.OPTForCausalLM, T.OPTConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=4, ffn_dim=64,
                                    word_embed_proj_dim=16, vocab_size=97, **IDS), "projected in and out"),
-    (T.FalconForCausalLM, T.FalconConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=4, vocab_size=97,
-                                         new_decoder_architecture=True, num_kv_heads=2), "grouped q/k/v"),
     (T.Qwen3MoeForCausalLM, T.Qwen3MoeConfig(**{**GQA, "num_hidden_layers": 2}, **IDS, head_dim=8, num_experts=4,
                                              num_experts_per_tok=2, moe_intermediate_size=16, mlp_only_layers=[1]),
      "dense MLP"),

@@ -76,6 +76,13 @@ def _newer_decoders():
         "falcon_alibi": (T.FalconForCausalLM, T.FalconConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
                                                              vocab_size=97, bos_token_id=0, eos_token_id=0, alibi=True,
                                                              multi_query=False, parallel_attn=False, bias=True)),
+        "falcon_new": (T.FalconForCausalLM, T.FalconConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                                                           vocab_size=97, bos_token_id=0, eos_token_id=0,
+                                                           new_decoder_architecture=True, num_kv_heads=2)),
+        "falcon_new_one_ln": (T.FalconForCausalLM, T.FalconConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                                                                  vocab_size=97, bos_token_id=0, eos_token_id=0,
+                                                                  new_decoder_architecture=True, num_kv_heads=2,
+                                                                  num_ln_in_parallel_attn=1)),
         "gpt_bigcode": (T.GPTBigCodeForCausalLM, T.GPTBigCodeConfig(**GPT, n_inner=64, multi_query=True)),
         "gpt_bigcode_mha": (T.GPTBigCodeForCausalLM, T.GPTBigCodeConfig(**GPT, n_inner=64, multi_query=False)),
     }

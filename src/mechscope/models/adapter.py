@@ -24,18 +24,26 @@ Boundary = Literal["in", "out"]
 #   neox_fused - one Linear whose output is [head, (q, k, v), d_head]
 #   concat     - one Linear whose output is [q | k | v]: head * d_head, then kv_head * d_head
 #                twice (Phi-3, multi-query GPT-BigCode and Falcon; GPT-2's layout with kv_head = head)
-QKVLayout = Literal["separate", "gpt2_fused", "neox_fused", "concat"]
+#   grouped    - one Linear whose output is [kv_head, (its head / kv_head queries, k, v), d_head]
+#                (Falcon's new decoder architecture: 40B, 180B, Falcon 2)
+QKVLayout = Literal["separate", "gpt2_fused", "neox_fused", "concat", "grouped"]
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A layout that a config switch selects: when `config.<when>` is truthy, the q/k/v
-    projection is laid out as `qkv_layout` with `n_kv_heads` key/value heads (an int, or
-    the config attribute holding it)."""
+    """A layout that a config switch selects: when `config.<when>` is truthy (and each
+    `(attr, value)` in `equal` holds), the q/k/v projection is laid out as `qkv_layout`
+    with `n_kv_heads` key/value heads (an int, or the config attribute holding it), and
+    the table's `fields` take the values given (e.g. another attention-input norm)."""
 
     when: str
     qkv_layout: QKVLayout
     n_kv_heads: int | str
+    equal: tuple[tuple[str, object], ...] = ()
+    fields: tuple[tuple[str, object], ...] = ()
+
+    def applies(self, config) -> bool:
+        return bool(getattr(config, self.when, False)) and all(getattr(config, a, None) == v for a, v in self.equal)
 
 
 @dataclass(frozen=True)
@@ -170,14 +178,14 @@ class Adapter:
                 raise MechscopeError(f"{self.family} with {req.attr}={getattr(config, req.attr, None)!r} is not "
                                      f"supported: {req.reason}")
         changes: dict = {}
-        for variant in self.variants:
-            if getattr(config, variant.when, False):
-                kv = variant.n_kv_heads
-                changes.update(qkv_layout=variant.qkv_layout,
-                               n_kv_heads=kv if isinstance(kv, int) else getattr(config, kv))
-                break
         if self.parallel_attr and getattr(config, self.parallel_attr, False):
             changes["parallel"] = True
+        for variant in self.variants:
+            if variant.applies(config):
+                kv = variant.n_kv_heads
+                changes.update(qkv_layout=variant.qkv_layout,
+                               n_kv_heads=kv if isinstance(kv, int) else getattr(config, kv), **dict(variant.fields))
+                break
         if self.residual_scale_attr:
             changes["residual_scale"] = float(getattr(config, self.residual_scale_attr))
         scale = float(getattr(config, self.logit_scale_attr, None) or 1.0) if self.logit_scale_attr else 1.0

@@ -271,16 +271,20 @@ FALCON = Adapter(
     resid_mid=Tap("post_attention_layernorm", "in"),
     final_norm="ln_f",
     qkv_layout="neox_fused",
-    variants=(Variant("multi_query", "concat", 1),),
-    parallel_attr="parallel_attn",
-    requires=(
-        Requirement("new_decoder_architecture", "Falcon-40B/180B's grouped q/k/v layout with separate "
-                    "ln_attn / ln_mlp norms has no table yet", value=False),
+    variants=(
+        Variant("new_decoder_architecture", "grouped", "num_kv_heads", equal=(("num_ln_in_parallel_attn", 2),),
+                fields=(("attn_in_norm", "ln_attn"), ("parallel", True))),
+        Variant("new_decoder_architecture", "grouped", "num_kv_heads", fields=(("parallel", True),)),
+        Variant("multi_query", "concat", 1),
     ),
+    parallel_attr="parallel_attn",
     notes=(
         "parallel attention + MLP when config.parallel_attn (the usual case): no hook_resid_mid",
         "multi-query attention (config.multi_query): one key/value head, fused [q | k | v]; "
         "otherwise [head, (q, k, v), d_head]",
+        "new decoder architecture (Falcon-40B/180B, Falcon 2): q/k/v grouped per key/value head "
+        "[kv_head, (queries, k, v), d_head]; attention reads ln_attn and the MLP ln_mlp when "
+        "config.num_ln_in_parallel_attn == 2",
         "hook_q / hook_k are read before rotary embedding (ALiBi models: no rotary)",
         "hook_mlp_out is a copy of the MLP's output: the parallel block adds the attention output into it in place",
     ),

@@ -19,9 +19,9 @@ import re
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file

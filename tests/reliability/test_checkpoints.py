@@ -129,7 +129,7 @@ def test_dictionary_tuned_lens_and_zoo_checkpoints_commit_in_that_order(tmp_path
     opt = torch.optim.Adam(net.parameters())
     for step in (1, 2):
         ops = _ops_of(monkeypatch, tmp_path / "zoo",
-                      lambda: checkpoint.save(tmp_path / "zoo", net, opt, {"step": step}))
+                      lambda step=step: checkpoint.save(tmp_path / "zoo", net, opt, {"step": step}))
         assert ops == (expected if step == 2 else expected[:-1])
 
     ops = _ops_of(monkeypatch, tmp_path / "sae" / "checkpoint",

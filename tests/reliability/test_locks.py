@@ -60,9 +60,9 @@ def _refused(argv, capsys, folder: Path, pid: int) -> None:
 
 def test_a_second_writer_is_refused_and_a_kill_9_frees_the_folder(tmp_path, holder):
     out = tmp_path / "out"
-    with pytest.raises(ms.MechscopeError, match=f"is being written by process {holder.pid} on .* since ") as err:
-        with folder_lock(out):
-            pass
+    with pytest.raises(ms.MechscopeError, match=f"is being written by process {holder.pid} on .* since ") as err, \
+            folder_lock(out):
+        pass
     assert "\n" not in str(err.value)
     holder.send_signal(signal.SIGKILL)
     holder.wait()

@@ -87,7 +87,7 @@ class Trainer:
         self.coders: list[SparseCoder] = []
         self.step_count, self.position, self.history = 0, stream.start, []
         self.dead = [torch.zeros(c.d_sae, dtype=torch.long, device=self.device) for c in self.cfgs]
-        self._batches = None
+        self._batches, self._data = None, None
 
     def _checked(self, c: CoderConfig) -> CoderConfig:
         if not c.hook_name:
@@ -206,7 +206,12 @@ class Trainer:
     def _identity(self) -> dict:
         cfgs = [c.replace(norm_scale=1.0).to_dict() for c in self.cfgs]
         return json.loads(json.dumps({"train": asdict(self.cfg), "coders": cfgs, "sites": list(self.stream.sites),
-                                      "data": data_identity(self.stream), "world": self.world}))
+                                      "data": self._data_identity(), "world": self.world}))
+
+    def _data_identity(self) -> dict:
+        if self._data is None:  # hashing the contexts once is enough: they do not change
+            self._data = data_identity(self.stream)
+        return self._data
 
     def checkpoint(self, folder: str | Path) -> None:
         """Write the whole training state to `folder` (rank 0; atomic, previous one removed after)."""

@@ -14,13 +14,13 @@ declare -A file tests
 file[edits]=edits.py
 tests[edits]="tests/test_edits.py tests/test_errors.py tests/oracles/test_padded_edits.py tests/oracles/test_edit_ops.py"
 file[hooks]=hooks.py
-tests[hooks]="tests/test_edits.py tests/test_errors.py tests/oracles/test_padded_edits.py tests/oracles/test_hooks_by_hand.py"
+tests[hooks]="tests/test_edits.py tests/test_errors.py tests/oracles/test_padded_edits.py tests/oracles/test_hooks_by_hand.py tests/patching/test_shared.py"
 file[sites]=sites.py
-tests[sites]="tests/test_errors.py tests/test_edits.py tests/oracles/test_sites_by_hand.py"
+tests[sites]="tests/test_errors.py tests/oracles/test_sites_by_hand.py"
 file[metrics]=patching/metrics.py
-tests[metrics]="tests/oracles/test_metrics_by_hand.py tests/patching/test_sweep.py tests/patching/test_shared.py"
+tests[metrics]="tests/oracles/test_metrics_by_hand.py"
 file[dla]=attribution/dla.py
-tests[dla]="tests/attribution/test_dla.py tests/oracles/test_dla_by_hand.py"
+tests[dla]="tests/oracles/test_dla_by_hand.py tests/attribution/test_dla.py"
 file[topk]=dictionary/topk.py
 tests[topk]="tests/dictionary/test_topk_fast.py tests/oracles/test_auxk_by_hand.py"
 

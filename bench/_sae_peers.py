@@ -69,25 +69,46 @@ def mechscope_trainer(d_in, args):
     return step, reconstruct, getattr(mechscope, "__version__", "dev")
 
 
-def sparsify_trainer(d_in, args):
+def sparsify_trainer(d_in, args, bare: bool = False):
+    """sparsify 1.3.3's `Trainer` recipe on in-memory batches (its Trainer needs a Hugging Face
+    model to hook, so its per-step body is followed line by line instead: trainer.py, `fit` and
+    its forward hook, loss_fn "fvu", autoencoding, grad_acc_steps = micro_acc_steps = 1).
+
+    Init as `Trainer.__init__` and the hook's first iteration do it: torch.manual_seed(0)
+    (init_seeds [0]), SparseCoder(d_in, cfg, dtype=float32) - encoder nn.Linear (kaiming
+    uniform), encoder bias 0, W_dec = encoder.weight rows scaled to unit norm (so W_enc =
+    W_dec^T with rows of norm about 1/sqrt(3)), b_dec 0 - then on step 0 b_dec = the mean of
+    the first batch. `bare` skips that b_dec line (what this bench did until 2026-12-07)."""
     import importlib.metadata as md
 
     from sparsify import SparseCoder, SparseCoderConfig
-    sae = SparseCoder(d_in, SparseCoderConfig(num_latents=args.width, k=args.k), device="cpu")
-    opt = torch.optim.Adam(sae.parameters(), lr=args.lr)
+    torch.manual_seed(0)  # Trainer: torch.manual_seed(seed) for seed in cfg.init_seeds ([0])
+    sae = SparseCoder(d_in, SparseCoderConfig(num_latents=args.width, k=args.k), "cpu", dtype=torch.float32)
+    # TrainConfig(optimizer="adam") pgs: lr = cfg.lr or 2e-4 / sqrt(num_latents / 2**14) (4e-4 at 4096 latents);
+    # torch's Adam (bitsandbytes is not installed), default betas. Its linear schedule (1000 warm-up steps,
+    # then decay to 0 at the end of the data) is replaced by this bench's constant rate for every trainer.
+    opt = torch.optim.Adam([{"params": sae.parameters(), "lr": args.lr}])
     since_fired = torch.zeros(args.width, dtype=torch.long)
+    did_fire = torch.zeros(args.width, dtype=torch.bool)
+    auxk_alpha = 0.0  # TrainConfig.auxk_alpha default in 1.3.3 (no dead-latent loss)
 
     def step(x, s):
-        dead = since_fired >= args.dead_window
-        out = sae(x, dead_mask=dead)
-        loss = out.fvu + 1 / 32 * out.auxk_loss  # sparsify Trainer: fvu + auxk_alpha * auxk_loss
-        loss.backward()
+        if s == 0 and not bare:  # "On the first iteration, initialize the encoder and decoder biases"
+            sae.b_dec.data = x.mean(0).to(sae.dtype)
+        sae.set_decoder_norm_to_unit_norm()  # normalize_decoder and not transcode: every step, before the forward
+        dead = since_fired > args.dead_window if auxk_alpha > 0 else None
+        total_variance = (x - x.mean(0)).pow(2).sum()
+        out = sae(x=x, y=x, dead_mask=dead, total_variance=total_variance)
+        did_fire[out.latent_indices.flatten()] = True
+        loss = out.fvu + auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8
+        loss.div(1).backward()
         sae.remove_gradient_parallel_to_decoder_directions()
         opt.step()
-        opt.zero_grad(set_to_none=True)
-        sae.set_decoder_norm_to_unit_norm()
-        since_fired.add_(len(x))
-        since_fired[out.latent_indices.flatten().unique()] = 0
+        opt.zero_grad()
+        with torch.no_grad():
+            since_fired.add_(len(x))
+            since_fired[did_fire] = 0
+            did_fire.zero_()
 
     def reconstruct(x):
         return sae(x).sae_out
@@ -95,27 +116,34 @@ def sparsify_trainer(d_in, args):
     return step, reconstruct, md.version("eai-sparsify")
 
 
+def sparsify_bare_trainer(d_in, args):
+    return sparsify_trainer(d_in, args, bare=True)
+
+
 def saelens_trainer(d_in, args):
+    """SAELens 6.54.12 through its own `SAETrainer.step` (what `SAETrainer.fit` calls each step,
+    with `maybe_reset_sparsity` before and `n_training_steps += 1` after; no wandb, no checkpoints).
+
+    Init as its runner does it: `TopKTrainingSAE(TopKTrainingSAEConfig(d_in, d_sae, k))` with the
+    defaults - W_dec kaiming uniform, rows rescaled to decoder_init_norm 0.1, W_enc = W_dec^T,
+    b_enc 0, b_dec 0 (6.54.12 has no data-driven b_dec: no b_dec_init_method, and the trainer
+    never sets it), normalize_activations "none" (no input scale), rescale_acts_by_decoder_norm
+    True. Trainer: Adam (betas 0.9, 0.999), constant schedule (the runner's default
+    lr_scheduler_name), grad-norm clip 1, dead latents = no firing for > 1000 steps."""
     import importlib.metadata as md
 
     from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
-    from sae_lens.saes.sae import TrainStepInput
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=args.width, k=args.k, device="cpu"))
-    opt = torch.optim.Adam(sae.parameters(), lr=args.lr, betas=(0.9, 0.999))
-    since_fired = torch.zeros(args.width, dtype=torch.long)
+    cfg = SAETrainerConfig(total_training_samples=10**12, train_batch_size_samples=args.batch, lr=args.lr,
+                           lr_end=args.lr / 10)  # the runner config sets lr_end = lr / 10 (unused by "constant")
+    trainer = SAETrainer(cfg, sae, data_provider=iter(()))
 
     def step(x, s):
-        dead = since_fired >= args.dead_window
-        sae.train()
-        out = sae.training_forward_pass(step_input=TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead,
-                                                                  n_training_steps=s, is_logging_step=False))
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)  # SAETrainer clips to 1
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        since_fired.add_(len(x))
-        fired = out.feature_acts.bool().float().sum(-2).bool()
-        since_fired[fired.to_dense() if fired.is_sparse else fired] = 0
+        trainer.maybe_reset_sparsity()
+        trainer.step(x)
+        trainer.n_training_steps += 1
 
     def reconstruct(x):
         return sae.decode(sae.encode(x))
@@ -123,7 +151,8 @@ def saelens_trainer(d_in, args):
     return step, reconstruct, md.version("sae-lens")
 
 
-MAKERS = {"mechscope": mechscope_trainer, "sparsify": sparsify_trainer, "saelens": saelens_trainer}
+MAKERS = {"mechscope": mechscope_trainer, "sparsify": sparsify_trainer, "saelens": saelens_trainer,
+          "sparsify-bare": sparsify_bare_trainer}
 
 
 def main() -> None:

@@ -19,6 +19,32 @@
    reach it is (steps until held-out FVU <= target) x (median seconds per step), and the
    ratio peer time / mechscope time is reported next to the tokens/s ratio.
 
+Each trainer starts as its own trainer starts it (the same data, the same seeds where the
+library takes one; until 2026-12-07 the peers skipped their trainers' data-driven init
+while mechscope kept its own, which inflated "time to equal FVU" about fivefold):
+
+- mechscope (`dictionary.train.Trainer.setup`, `--norm-batches 1`, i.e. the first batch
+  only, the batch sparsify's init sees): input scale sqrt(d_in) / mean norm of that batch
+  (about 1 here: the rows are already scaled), b_dec = its geometric median; W_dec random
+  unit rows, W_enc = c W_dec^T with c = `topk.encoder_init_scale` (0.52 at k 32, width 4096,
+  d_in 256), b_enc 0.
+- sparsify 1.3.3 (`Trainer`; its per-step body followed line by line, see
+  `_sae_peers.sparsify_trainer`): torch.manual_seed(0), encoder nn.Linear (kaiming
+  uniform), encoder bias 0, W_dec = the encoder's rows at unit norm (so W_enc = W_dec^T with
+  rows of norm about 1/sqrt(3) = 0.58), b_dec = the mean of the first batch (set on step 0,
+  as its forward hook does). No input scaling (it has none).
+- SAELens 6.54.12 (its own `SAETrainer.step`): `TopKTrainingSAEConfig` defaults, i.e. W_dec
+  kaiming uniform with rows at norm 0.1 (decoder_init_norm), W_enc = W_dec^T, b_enc 0,
+  b_dec 0 (this version has no data-driven b_dec init: no b_dec_init_method, and its trainer
+  never sets b_dec), normalize_activations "none" (no input scale),
+  rescale_acts_by_decoder_norm True.
+
+Same for all: Adam (0.9, 0.999) at a constant `--lr` 4e-4 (sparsify's own default rate at
+4096 latents; SAELens' runner default is 3e-4, constant; sparsify's default schedule warms up
+over 1000 steps, which would leave it untrained in a 10-step bench), the same batches in the
+same order. Each library's own loss and decoder constraint. `--with-bare` adds the old
+sparsify variant without its b_dec init ("sparsify-bare"), to show what that line is worth.
+
 Peers' environments (git-ignored; torch first and pinned, so that no CUDA build is pulled):
 
     python3.11 -m venv bench/.peers/sparsify && bench/.peers/sparsify/bin/pip install torch==2.13.0
@@ -49,9 +75,11 @@ import time
 from pathlib import Path
 
 import torch
+from _machine import load_line, machine_info, machine_line
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = {"sparsify": ROOT / "bench/.peers/sparsify/bin/python", "saelens": ROOT / "bench/.peers/saelens/bin/python"}
+PYTHON = {**PEERS, "sparsify-bare": PEERS["sparsify"]}
 SITE = "blocks.2.hook_resid_post"
 
 
@@ -90,9 +118,10 @@ def matmul_flops(d_in: int, width: int, batch: int, threads: int, dtype=torch.fl
 
 
 def run_worker(lib: str, acts: Path, args) -> dict:
-    python = sys.executable if lib == "mechscope" else str(PEERS[lib])
+    python = sys.executable if lib == "mechscope" else str(PYTHON[lib])
     cmd = [python, str(ROOT / "bench/_sae_peers.py"), lib, str(acts), "--steps", str(args.steps), "--warmup", "2", "--curve",
-           "--width", str(args.width), "--k", str(args.k), "--batch", str(args.batch), "--threads", str(args.threads)]
+           "--width", str(args.width), "--k", str(args.k), "--batch", str(args.batch), "--threads", str(args.threads),
+           "--lr", str(args.lr)]
     done = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT, env={"OMP_NUM_THREADS": str(args.threads),
                                                                             "PATH": "/usr/bin:/bin", "HOME": "/root",
                                                                             "PYTHONPATH": str(ROOT / "src")})
@@ -112,11 +141,19 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, default=90_000, help="tokens to cache")
     p.add_argument("--out", default=str(ROOT / "out/bench-sae"))
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--lr", type=float, default=4e-4, help="Adam's constant rate, every trainer")
+    p.add_argument("--with-bare", action="store_true",
+                   help="also time sparsify without its trainer's b_dec init (what this bench did until 2026-12-07)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    machine = machine_info()
+    print(machine_line(machine), flush=True)
     if (args.steps + 2) * args.batch > args.tokens * 0.85:
         p.error("not enough cached tokens for that many steps: raise --tokens")
     acts = prepare(Path(args.out), args.tokens)
     libs = ["mechscope"] + [lib for lib, py in PEERS.items() if py.is_file()]
+    if args.with_bare and PEERS["sparsify"].is_file():
+        libs.append("sparsify-bare")
     missing = [lib for lib, py in PEERS.items() if not py.is_file()]
     runs: dict[str, list[dict]] = {lib: [] for lib in libs}
     peak, peak16, load = [], [], [os.getloadavg()[0]]
@@ -128,6 +165,7 @@ def main(argv=None) -> int:
         load.append(os.getloadavg()[0])
     report = summarise(runs, max(peak), max(peak16), args)  # the best rates seen: noise only ever lowers them
     report["load_average_1min"] = load
+    report["machine"] = machine
     report["missing_peers"] = missing
     print_report(report)
     if args.json:
@@ -194,13 +232,13 @@ def print_report(report: dict) -> None:
           f"{report['bf16_matmul_flops_per_s'] / 1e9:.1f} GFLOP/s; "
           f"1-min load average {', '.join(f'{x:.2f}' for x in report.get('load_average_1min', []))}")
     steps = c["steps"] + 2
-    print(f"{'library':<12}{'version':<12}{'tokens/s':>12}{'ms/peer':>10}{f'FVU@{steps}':>10}  tokens/s per round")
+    print(f"{'library':<14}{'version':<12}{'tokens/s':>12}{'ms/peer':>10}{f'FVU@{steps}':>10}  tokens/s per round")
     for lib, row in report["libs"].items():
         if "error" in row:
-            print(f"{lib:<12}error: {row['error']}")
+            print(f"{lib:<14}error: {row['error']}")
             continue
         rounds = " ".join(f"{t:,.0f}" for t in row["tokens_per_s_each_round"])
-        print(f"{lib:<12}{row['version']:<12}{row['tokens_per_s']:>12,.0f}{row['mechscope_speedup']:>10.2f}"
+        print(f"{lib:<14}{row['version']:<12}{row['tokens_per_s']:>12,.0f}{row['mechscope_speedup']:>10.2f}"
               f"{row['fvu']:>10.4f}  {rounds}")
     for lib, e in report["equal_fvu"].items():
         print(f"time to held-out FVU {e['target_fvu']:.4f} (the worse final): mechscope {e['mechscope_steps']} steps "
@@ -212,6 +250,7 @@ def print_report(report: dict) -> None:
         print(f"  (its encoder GEMM ran in bfloat16, for the selection only: values and gradients are fp32; counting "
               f"each FLOP at the rate of its precision, the step is {report['mechscope_peak_time_share']:.2f} of "
               "the machine's time at peak)")
+    print(load_line())
     for lib in report.get("missing_peers", []):
         print(f"{lib}: not installed (see bench/README.md); not timed")
 

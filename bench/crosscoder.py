@@ -35,6 +35,7 @@ import statistics
 import time
 
 import torch
+from _machine import load_line, machine_info, machine_line
 
 SITE = "blocks.2.hook_resid_post"
 
@@ -75,6 +76,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    machine = machine_info()
+    print(machine_line(machine), flush=True)
 
     import mechscope as ms
     from mechscope.data import DataConfig, stdlib_documents, tokenize_documents
@@ -144,8 +147,9 @@ def main(argv=None) -> dict:
               "ratio_end_to_end": med["end_to_end.crosscoder"] / med["end_to_end.sae"],
               "bytes_per_token": {n: round(v) for n, v in memory.items()},
               "bytes_per_step_besides_tokens": {n: round(v) for n, v in fixed.items()},
-              "memory_ratio": memory["crosscoder"] / memory["sae"]}
+              "memory_ratio": memory["crosscoder"] / memory["sae"], "machine": machine}
     print(json.dumps(result, indent=1))
+    print(load_line())
     if args.json:
         from pathlib import Path
 

@@ -46,6 +46,7 @@ from mechscope.io import write_figure, write_json
 from mechscope.model import Model
 from mechscope.toys import grokking
 from mechscope.zoo import WEIGHTS, modadd
+from _machine import machine_line
 
 P = 113
 SITE = "blocks.0.hook_resid_post"
@@ -73,6 +74,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/modadd-diff", help="folder for the crosscoder, diff and histogram")
     args = ap.parse_args(argv)
+    print(machine_line(), flush=True)
     torch.manual_seed(args.seed)
     snaps = dict(modadd.load_snapshots(WEIGHTS / "modadd"))
     A, B = (Model(snaps[s], name=f"zoo:modadd@{s}") for s in (args.a, args.b))

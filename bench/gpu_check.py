@@ -215,7 +215,7 @@ import mechscope as ms
 from mechscope.dictionary import CoderConfig, TrainConfig
 from mechscope.dictionary.cache import CacheReader
 from mechscope.dictionary.train import Trainer, fit_and_save
-from mechscope.dictionary.trainer_config import init_distributed
+from mechscope.distributed import init_distributed
 from mechscope.lens.tuned import TunedLensConfig, train
 import torch.distributed as dist
 rank, world = init_distributed()
@@ -281,6 +281,9 @@ def main() -> None:
     p.add_argument("--only", default="core,hooks,sae,nccl")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
+    from _machine import machine_info, machine_line
+    RESULTS["machine"] = machine_info()
+    print(machine_line(RESULTS["machine"]), flush=True)
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = False
         print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)

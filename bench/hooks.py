@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import save_file
 
 import mechscope as ms
+from _machine import load_line, machine_info, machine_line
 
 BENCH = Path(__file__).resolve().parent
 PEERS_PYTHON = BENCH / ".peers" / "bin" / "python"
@@ -249,6 +250,8 @@ def main(argv=None) -> None:
     transformers.utils.logging.disable_progress_bar()
     print(f"mechscope {ms.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
           f"python {sys.version.split()[0]}")
+    machine = machine_info()
+    print(machine_line(machine))
     results = []
     with tempfile.TemporaryDirectory(prefix="mechscope-bench-") as tmp:
         for name in args.models.split(","):
@@ -258,8 +261,10 @@ def main(argv=None) -> None:
                 results.append(res)
     if not PEERS_PYTHON.exists() and args.peers:
         print(f"\nTo compare with TransformerLens and nnsight, create {PEERS_PYTHON.parent.parent} as bench/README.md says.")
+    print(load_line())
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({"machine": machine, "load_average_end": os.getloadavg(), "models": results},
+                                        indent=2))
 
 
 if __name__ == "__main__":

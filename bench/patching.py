@@ -17,7 +17,6 @@ reported, so that they see the same drift from whatever else runs on the machine
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -29,6 +28,7 @@ from mechscope import edits
 from mechscope.patching import Task, agreement, answer_logit, attribution_sweep, logit_diff, sweep
 from mechscope.patching.metrics import Metric
 from mechscope.patching.sweep import plan
+from _machine import load_line, machine_line
 
 
 def _medians(variants: dict, repeats: int) -> dict[str, float]:
@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"threads 1, load average {os.getloadavg()[0]:.1f} at start")
+    print(machine_line())
     for model, task, make_metric in _tasks():
         metric = make_metric(task)
         full_logits = Metric(metric.fn, metric.name)  # the same metric, declaring no positions
@@ -108,7 +108,7 @@ def main() -> None:
                   f"plain {t['naive'] / t['plain']:4.1f}x) | attribution {t['attribution'] * 1e3:6.1f} ms "
                   f"({t['batched'] / t['attribution']:4.1f}x faster than batched), r={fit.pearson:.3f}, "
                   f"sign={fit.sign:.2f}")
-    print(f"load average {os.getloadavg()[0]:.1f} at end")
+    print(load_line())
 
 
 if __name__ == "__main__":

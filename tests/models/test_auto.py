@@ -165,3 +165,12 @@ def test_info_says_where_sites_come_from(tmp_path, capsys):
     table.hf.save_pretrained(tmp_path / "llama")
     assert main(["info", str(tmp_path / "llama")]) == 0
     assert "sites: exact: adapter table: Llama" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["llama", "neox"])
+def test_half_precision_verifies_the_same_sites(kind):
+    """Tolerances follow the model's dtype: a bfloat16 model is not pushed to module paths."""
+    full = auto_model(tiny_model(kind).hf)
+    half = auto_model(tiny_model(kind, dtype=torch.bfloat16).hf)
+    assert half.provenance[AUTO] == full.provenance[AUTO]
+    assert half.adapter.qkv_layout == full.adapter.qkv_layout

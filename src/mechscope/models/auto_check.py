@@ -28,10 +28,20 @@ from .adapter import Tap
 from .auto import Guess
 
 
+def _low_precision(t: Tensor) -> float | None:
+    """4 ulps of a half-precision dtype (bfloat16 / float16); None for float32 and float64."""
+    return 4 * torch.finfo(t.dtype).eps if t.is_floating_point() and t.element_size() < 4 else None
+
+
 def close(a, b, tol: float = 1e-5) -> bool:
-    """Equal up to float rounding, relative to b's size; False for mismatched shapes or non-tensors."""
+    """Equal up to float rounding, relative to b's size; False for mismatched shapes or non-tensors.
+    Half-precision values are compared element by element, within a few ulps of each."""
     if not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.shape != b.shape:
         return False
+    ulps = _low_precision(b)
+    if ulps is not None:
+        a, b = a.float(), b.float()
+        return bool(((a - b).abs() <= ulps * (a.abs() + b.abs()) + 1e-6).all())
     scale = float(b.detach().abs().max()) if b.numel() else 0.0
     return bool(torch.allclose(a.float(), b.float(), atol=tol * max(1.0, scale), rtol=tol))
 
@@ -127,13 +137,14 @@ def choose(guess: Guess, rec: dict[str, Tensor], hidden: tuple[Tensor, ...], fin
         c.final_identity = True
     else:
         with torch.no_grad():
-            c.final_norm = next((p for p in guess.final_norms if close(final(p)(post[-1]), hidden[-1])), None)
+            c.final_norm = next((p for p in guess.final_norms if close(final(p)(post[-1]), hidden[-1])
+                                 and not close(post[-1], hidden[-1])), None)
         if c.final_norm is None:
             c.why_not.append("no final norm maps the last block's output to the last hidden_states entry")
             return c
     c.resid_ok = True
     embed = at(None, Tap(guess.embed))
-    c.pos_embed = next((p for p in guess.pos_embeds if _adds_up(hidden[0], embed, at(None, Tap(p)))), None)
+    c.pos_embed = next((p for p in guess.pos_embeds if exact_sum(hidden[0], embed, at(None, Tap(p)))), None)
     _sublayers(c, guess, at, pre, post)
     _attn_norm(c, guess, at, pre)
     c.parallel = _parallel(c, guess, at, pre)
@@ -166,8 +177,10 @@ def _parallel(c: Choice, guess: Guess, at, pre) -> bool | None:
     mlp_in = _series(at, Tap(guess.mlp, "in"), n)
     if mlp_in is None:
         return None
-    for norm in guess.norms:
-        reads_pre = norm == c.attn_in_norm or all(close(at(i, Tap(norm, "in")), pre[i]) for i in range(n))
+    attn = _series(at, c.attn_out, n)
+    for norm in guess.norms:  # it reads resid_pre, and detectably not resid_pre + attn_out
+        reads_pre = norm == c.attn_in_norm or all(close(at(i, Tap(norm, "in")), pre[i])
+                                                  and not _adds_up(at(i, Tap(norm, "in")), pre[i], attn[i]) for i in range(n))
         if reads_pre and all(close(at(i, Tap(norm)), mlp_in[i]) for i in range(n)):
             return True
     return None
@@ -183,14 +196,23 @@ def _sublayers(c: Choice, guess: Guess, at, pre, post) -> None:
     n = guess.n_layers
     for a, m in product(guess.attn_out, guess.mlp_out or [None]):
         attn, mlp = _series(at, a, n), _series(at, m, n)
-        if a != m and attn and mlp and all(_adds_up(post[i], pre[i], attn[i], mlp[i]) for i in range(n)):
+        if a != m and attn and mlp and all(exact_sum(post[i], pre[i], attn[i], mlp[i]) for i in range(n)):
             c.attn_out, c.mlp_out = a, m
             break
     if c.attn_out is None:
         c.why_not.append("no attention / MLP outputs add up to resid_post - resid_pre: no hook_attn_out, hook_mlp_out")
         return
     attn = _series(at, c.attn_out, n)
-    c.resid_mid = next((t for t in guess.resid_mid if all(_adds_up(at(i, t), pre[i], attn[i]) for i in range(n))), None)
+    c.resid_mid = next((t for t in guess.resid_mid if all(exact_sum(at(i, t), pre[i], attn[i]) for i in range(n))), None)
+
+
+def exact_sum(total, *parts) -> bool:
+    """total == sum(parts) up to rounding, and conclusively: leaving out any one part breaks it
+    (in low precision a small part could otherwise hide inside the tolerance)."""
+    if not _adds_up(total, *parts):
+        return False
+    real = [i for i, p in enumerate(parts) if isinstance(p, Tensor)]
+    return len(real) < 2 or not any(_adds_up(total, *[parts[j] for j in real if j != i]) for i in real)
 
 
 def _adds_up(total, *parts) -> bool:
@@ -198,7 +220,13 @@ def _adds_up(total, *parts) -> bool:
     if not all(isinstance(p, (Tensor, int)) for p in (total, *parts)):
         return False
     try:
-        return close(sum(parts[1:], parts[0]), total)
+        ulps = _low_precision(total)
+        if ulps is None:
+            return close(sum(parts[1:], parts[0]), total)
+        # half precision: the model rounded after each addition; allow that, element by element
+        parts32 = [p.float() if isinstance(p, Tensor) else p for p in parts]
+        bound = ulps * (sum(abs(p) if isinstance(p, Tensor) else 0 for p in parts32) + total.float().abs()) + 1e-6
+        return bool(((sum(parts32[1:], parts32[0]) - total.float()).abs() <= bound).all())
     except RuntimeError:
         return False
 

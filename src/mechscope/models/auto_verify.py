@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .. import edits
 from .adapter import Tap
-from .auto_check import Choice, _name, close
+from .auto_check import Choice, _name, close, exact_sum
 
 RESID = ("hook_resid_pre", "hook_resid_post")
 
@@ -71,7 +71,7 @@ def verify(model, probe: Probe) -> Verdict:
         v.kinds.add("ln_final.hook_normalized")
     if v.attempt("hook_embed", lambda: _embed(model, c, probe)):
         v.kinds.add("hook_embed")
-    if "hook_pos_embed" in c and v.attempt("hook_pos_embed", lambda: close(c["hook_embed"] + c["hook_pos_embed"], hidden[0])):
+    if "hook_pos_embed" in c and v.attempt("hook_pos_embed", lambda: exact_sum(hidden[0], c["hook_embed"], c["hook_pos_embed"])):
         v.kinds.add("hook_pos_embed")
     if v.attempt("hook_attn_out / hook_mlp_out / hook_resid_mid (recording)",
                  lambda: recorded("hook_attn_out", "hook_mlp_out", "hook_resid_mid")):
@@ -127,11 +127,11 @@ def _sublayers(model, v: Verdict, c, ids: Tensor) -> None:
         return
     pre, post, attn = _layers(model, c, "hook_resid_pre"), _layers(model, c, "hook_resid_post"), _layers(model, c, "hook_attn_out")
     mlp = _layers(model, c, "hook_mlp_out") if model.adapter.mlp_out.module else [0] * len(pre)
-    if not v.attempt("hook_attn_out / hook_mlp_out", lambda: all(close(p + a + m, q) for p, a, m, q in zip(pre, attn, mlp, post))):
+    if not v.attempt("hook_attn_out / hook_mlp_out", lambda: all(exact_sum(q, p, a, m) for p, a, m, q in zip(pre, attn, mlp, post))):
         return
     v.kinds |= {"hook_attn_out", *(["hook_mlp_out"] if model.adapter.mlp_out.module else [])}
     if "blocks.0.hook_resid_mid" in c and v.attempt(
-            "hook_resid_mid", lambda: all(close(p + a, m) for p, a, m in zip(pre, attn, _layers(model, c, "hook_resid_mid")))):
+            "hook_resid_mid", lambda: all(exact_sum(m, p, a) for p, a, m in zip(pre, attn, _layers(model, c, "hook_resid_mid")))):
         v.kinds.add("hook_resid_mid")
         if not _edit_reaches_residual(model, c, ids):
             v.read_only["hook_resid_mid"] = ("read where the MLP's norm takes it, after the block has kept its own copy "
@@ -142,7 +142,7 @@ def _heads(model, v: Verdict, c) -> None:
     """hook_z through W_O: the head results (plus bias) sum to hook_attn_out in every layer."""
     def heads_sum() -> bool:
         for i in range(model.dims.n_layers):
-            per_head, bias = model.head_results(c[f"blocks.{i}.attn.hook_z"], i)
+            per_head, bias = model.head_results(c[f"blocks.{i}.attn.hook_z"].float(), i)  # float32: no rounding per head
             if not close(per_head.sum(-2) + bias, c[f"blocks.{i}.hook_attn_out"], 1e-4):
                 return False
         return True
@@ -172,7 +172,7 @@ def _isolated(model, c, ids: Tensor, part: str) -> bool:
     z, before = run.cache["blocks.0.attn.hook_z"], c["blocks.0.attn.hook_z"]
     mine = list(range(j * group, (j + 1) * group))
     others = [h for h in range(d.n_heads) if h not in mine]
-    return torch.equal(z[:, :, others], before[:, :, others]) and not close(z[:, 1:, mine], before[:, 1:, mine])
+    return torch.equal(z[:, :, others], before[:, :, others]) and not torch.equal(z[:, 1:, mine], before[:, 1:, mine])
 
 
 def _qkv_weights(model, c, choice: Choice) -> bool:
@@ -180,7 +180,7 @@ def _qkv_weights(model, c, choice: Choice) -> bool:
     for i in range(model.dims.n_layers):
         x = choice.recorded.get(_name(i, Tap(model.adapter.q, "in")))
         for part, w, b in (("q", model.W_Q(i), model.b_Q(i)), ("k", model.W_K(i), model.b_K(i)), ("v", model.W_V(i), model.b_V(i))):
-            if not close(torch.einsum("bpm,hmd->bphd", x, w) + b, c[f"blocks.{i}.attn.hook_{part}"], 1e-4):
+            if not close(torch.einsum("bpm,hmd->bphd", x.float(), w.float()) + b.float(), c[f"blocks.{i}.attn.hook_{part}"], 1e-4):
                 return False
     return True
 

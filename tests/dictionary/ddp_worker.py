@@ -7,7 +7,7 @@ import torch
 
 from mechscope.dictionary.source import SourceConfig
 from mechscope.dictionary.train import train, train_from_cache
-from mechscope.dictionary.trainer_config import init_distributed
+from mechscope.distributed import init_distributed
 from tests.dictionary.test_train import CODER, SITE, contexts, small
 from tests.models.tiny import tiny_model
 

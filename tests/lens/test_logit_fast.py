@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import mechscope.lens.logit as L
-from mechscope.lens import _common as C
 from mechscope.lens import logit_lens
+from mechscope.tokens import decode_many
 
 from ..models.tiny import tiny_model
 from .helpers import pycode_or_worded, worded_model
@@ -79,5 +79,5 @@ def test_kl_is_against_the_model_output_when_the_last_layer_is_left_out():
 def test_decode_many_is_decode(make):
     model = make()
     ids = list(range(0, model.dims.d_vocab, max(1, model.dims.d_vocab // 300)))
-    assert C.decode_many(model, ids) == {t: model.tokenizer.decode([t]) for t in ids}
-    assert C.decode_many(tiny_model("toy"), [5, 3]) == {3: "3", 5: "5"}
+    assert decode_many(model, ids) == {t: model.tokenizer.decode([t]) for t in ids}
+    assert decode_many(tiny_model("toy"), [5, 3]) == {3: "3", 5: "5"}

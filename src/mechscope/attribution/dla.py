@@ -23,14 +23,16 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from ..errors import MechscopeError
-from ..lens import _common as C
 from ..norms import frozen_norm
+from ..plots import figure
+from ..results import Saveable, pandas
+from ..tokens import absolute_positions, decode, position_list, require_lm_head, token_ids
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class DirectLogitAttribution(C.Saveable):
+class DirectLogitAttribution(Saveable):
     """Each component's direct contribution to a logit (difference), per prompt x position."""
 
     KIND = "direct_logit_attribution"
@@ -85,7 +87,7 @@ class DirectLogitAttribution(C.Saveable):
     def plot(self, row: int = 0, pos: int = -1, k: int = 20, ax=None):
         """Horizontal bars of the k largest contributions at one column."""
         top = self.top(k, row, pos)[::-1]
-        fig, ax = C.figure(6.0, 0.25 * len(top) + 1.2) if ax is None else (ax.figure, ax)
+        fig, ax = figure(6.0, 0.25 * len(top) + 1.2) if ax is None else (ax.figure, ax)
         ax.barh([label for label, _ in top], [v for _, v in top],
                 color=["#4c78a8" if v >= 0 else "#e45756" for _, v in top])
         ax.axvline(0, color="black", linewidth=0.6)
@@ -98,7 +100,7 @@ class DirectLogitAttribution(C.Saveable):
 
     def to_frame(self):
         """One row per (component, prompt, position)."""
-        pd = C.pandas()
+        pd = pandas()
         rows = [{"component": label, "layer": self.layer_of[i], "head": self.head_of[i], "batch": b,
                  "pos": int(self.positions[b, p]), "contribution": float(self.contributions[i, b, p])}
                 for i, label in enumerate(self.labels) for b, p in self.mask.nonzero().tolist()]
@@ -108,8 +110,8 @@ class DirectLogitAttribution(C.Saveable):
 def _per_prompt(model, tokens, batch: int, what: str) -> Tensor:
     """One id per prompt from one token (broadcast) or one token per prompt."""
     if isinstance(tokens, (str, int)):
-        return torch.tensor(C.token_ids(model, tokens, what) * batch)
-    ids = C.token_ids(model, tokens, what)
+        return torch.tensor(token_ids(model, tokens, what) * batch)
+    ids = token_ids(model, tokens, what)
     if len(ids) != batch:
         raise MechscopeError(f"{what} has {len(ids)} tokens for {batch} prompts: give one token, or one per prompt")
     return torch.tensor(ids)
@@ -121,7 +123,7 @@ def _pick(logits: Tensor, ids: Tensor) -> Tensor:
 
 
 def _check_model(model) -> None:
-    C.require_lm_head(model, "direct logit attribution")
+    require_lm_head(model, "direct logit attribution")
     if model.adapter.post_ln:
         raise MechscopeError(f"{model.adapter.family} is post-LN (the residual stream is renormalised after each "
                              "sublayer), so its final stream is not a sum of components: direct logit attribution "
@@ -205,7 +207,7 @@ def direct_logit_attribution(
     prompt. positions: only these positions (negative from each prompt's end); None = all.
     """
     _check_model(model)
-    wanted = C.position_list(positions)
+    wanted = position_list(positions)
     record = ["blocks.0.hook_resid_pre", f"blocks.{model.dims.n_layers - 1}.hook_resid_post", "blocks.*.attn.hook_z"]
     record += ["blocks.*.hook_mlp_out"] if model.dims.d_mlp else []
     record += ["hook_embed"] if "hook_pos_embed" in model.table.by_name else []
@@ -218,7 +220,7 @@ def direct_logit_attribution(
         direction = w_u[:, target_ids].T - (0 if vs_ids is None else w_u[:, vs_ids].T)  # [batch, d_model]
         unembed_bias = b_u[target_ids] - (0 if vs_ids is None else b_u[vs_ids])           # [batch]
         parts, labels, layers, heads = _components(model, run, direction, unembed_bias)
-        absolute, mask = C.absolute_positions(run, wanted)
+        absolute, mask = absolute_positions(run, wanted)
         index = absolute.clamp(max=run.tokens.shape[1] - 1)
         logit, output = _logits(model, run, index, direction, unembed_bias, target_ids, vs_ids)
     tokens = run.tokens.cpu().gather(1, index)
@@ -226,4 +228,4 @@ def direct_logit_attribution(
     return DirectLogitAttribution(
         model_name=model.name, labels=labels, layer_of=layers, head_of=heads, contributions=torch.stack(parts),
         logit=logit, output_logit=output, target_ids=target_ids, vs_ids=vs_ids, tokens=tokens, positions=absolute,
-        mask=mask, token_strings={t: C.decode(model, t) for t in sorted(seen)})
+        mask=mask, token_strings={t: decode(model, t) for t in sorted(seen)})

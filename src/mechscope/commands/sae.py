@@ -185,7 +185,7 @@ def _cache(args) -> dict:
 
 
 def _train(args) -> dict | None:
-    from ..dictionary.trainer_config import init_distributed
+    from ..distributed import init_distributed
     rank, world = init_distributed()
     try:
         return _train_ranked(args, rank, world)
@@ -303,6 +303,7 @@ def _meta(args) -> dict:
 def _error(args) -> dict:
     from ..dictionary.error import error_analysis
     from ..models.loading import load
+    from ..tokens import decode
     model = load(args.model)
     coder = _read(args)
     result = error_analysis(model, coder, _heldout(args, model), test_fraction=args.test_fraction, ridge=args.ridge,
@@ -312,10 +313,6 @@ def _error(args) -> dict:
         write_figure(Path(args.plot), result.plot())
     if args.save:
         result.save(args.save)
-    worst = [{"context": c, "position": p, "norm": round(v, 4), "token": _token(model, result.tokens[c, p])}
+    worst = [{"context": c, "position": p, "norm": round(v, 4), "token": decode(model, int(result.tokens[c, p]))}
              for c, p, v in result.worst(5)]
     return {**result.to_dict(), "largest_errors": worst}
-
-
-def _token(model, token) -> str:
-    return model.tokenizer.decode([int(token)]) if model.tokenizer is not None else str(int(token))

@@ -81,7 +81,7 @@ def execute(args: argparse.Namespace) -> int:
 
 
 def _train(args) -> dict | None:
-    from ..dictionary.trainer_config import init_distributed
+    from ..distributed import init_distributed
     rank, world = init_distributed()
     try:
         return _train_ranked(args, rank)

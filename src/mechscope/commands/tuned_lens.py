@@ -43,7 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from ..lens.tuned import init_distributed
+    from ..distributed import init_distributed
 
     rank, world = init_distributed()
     try:

@@ -30,7 +30,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..errors import MechscopeError
-from ..lens import _common as C
+from ..plots import figure
+from ..results import Saveable, pandas
+from ..tokens import decode
 from .crosscoder import Crosscoder
 from .features import TopContexts
 from .source import SourceConfig, keep_mask
@@ -39,7 +41,7 @@ KINDS = ("shared", "a_only", "b_only", "dead")
 
 
 @dataclass
-class ModelDiff(C.Saveable):
+class ModelDiff(Saveable):
     """Per latent: decoder norms in A and B, relative norm, decoder cosine, class."""
 
     KIND = "crosscoder_model_diff"
@@ -79,7 +81,7 @@ class ModelDiff(C.Saveable):
                 "median_cosine_shared": float(self.cosine[shared].median()) if shared.any() else None}
 
     def to_frame(self):
-        pd = C.pandas()
+        pd = pandas()
         return pd.DataFrame({"norm_a": self.norms[:, 0].numpy(), "norm_b": self.norms[:, 1].numpy(),
                              "relative": self.relative.numpy(), "cosine": self.cosine.numpy(),
                              "kind": [KINDS[int(k)] for k in self.kind],
@@ -88,7 +90,7 @@ class ModelDiff(C.Saveable):
     def plot(self, ax=None, bins: int = 50):
         """The paper's histogram: latents by relative decoder norm (dead latents left out),
         exclusive zones shaded."""
-        fig, ax = C.figure(6.0, 3.0) if ax is None else (ax.figure, ax)
+        fig, ax = figure(6.0, 3.0) if ax is None else (ax.figure, ax)
         alive = self.kind != KINDS.index("dead")
         ax.hist(self.relative[alive].numpy(), bins=bins, range=(0, 1), color="#4c78a8")
         for lo, hi in ((0, self.threshold), (1 - self.threshold, 1)):
@@ -201,7 +203,7 @@ def exclusive_contexts(coder: Crosscoder, members: Sequence[tuple[object, str]],
                 windows.append([]), centres.append(-1)
                 continue
             lo, hi = max(0, q - context), min(ctx, q + context + 1)
-            windows.append([C.decode(model, t) for t in tokens[r, lo:hi].tolist()])
+            windows.append([decode(model, t) for t in tokens[r, lo:hi].tolist()])
             centres.append(q - lo)
         result.windows.append(windows)
         result.centre.append(centres)

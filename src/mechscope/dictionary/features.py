@@ -13,7 +13,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..errors import MechscopeError
-from ..lens import _common as C
+from ..plots import figure
+from ..results import Saveable
+from ..tokens import decode
 from .attach import site_of
 from .base import SparseCoder
 
@@ -47,7 +49,7 @@ def feature_acts(model, coder: SparseCoder, prompts, *, site: str | None = None)
 
 
 @dataclass
-class TopContexts(C.Saveable):
+class TopContexts(Saveable):
     """Per feature, its k strongest activations and the token windows around them."""
 
     KIND = "dictionary_top_contexts"
@@ -132,19 +134,15 @@ def top_contexts(model, coder: SparseCoder, tokens: Tensor | Sequence[str], feat
                 windows.append([]), centres.append(-1)
                 continue
             lo, hi = max(0, q - context), min(int(masks[r].sum()), q + context + 1)
-            windows.append([_decode(model, t) for t in toks[r, lo:hi].tolist()])
+            windows.append([decode(model, t) for t in toks[r, lo:hi].tolist()])
             centres.append(q - lo)
         result.windows.append(windows)
         result.centre.append(centres)
     return result
 
 
-def _decode(model, token: int) -> str:
-    return model.tokenizer.decode([token]) if model.tokenizer is not None else str(token)
-
-
 @dataclass
-class LogitEffect(C.Saveable):
+class LogitEffect(Saveable):
     """Tokens whose logits a feature's decoder row raises (top) and lowers (bottom) directly."""
 
     KIND = "dictionary_logit_effect"
@@ -161,7 +159,7 @@ class LogitEffect(C.Saveable):
     def plot(self, ax=None):
         """Bars of the most promoted and most suppressed tokens."""
         items = self.bottom[::-1] + self.top[::-1]
-        fig, ax = C.figure(5.0, 0.22 * len(items) + 1.0) if ax is None else (ax.figure, ax)
+        fig, ax = figure(5.0, 0.22 * len(items) + 1.0) if ax is None else (ax.figure, ax)
         ax.barh([repr(t) for t, _ in items], [v for _, v in items],
                 color=["#4c78a8" if v >= 0 else "#e45756" for _, v in items])
         ax.axvline(0, color="black", linewidth=0.6)
@@ -189,5 +187,5 @@ def logit_effect(model, coder: SparseCoder, feature: int, k: int = 10) -> LogitE
             row = row * (weight.float() + model.adapter.norm_gain_offset)
     logits = (row @ model.W_U.detach().float()).cpu()
     top, bottom = logits.topk(k), (-logits).topk(k)
-    return LogitEffect(feature, [(_decode(model, int(i)), float(v)) for v, i in zip(top.values, top.indices)],
-                       [(_decode(model, int(i)), -float(v)) for v, i in zip(bottom.values, bottom.indices)], logits)
+    return LogitEffect(feature, [(decode(model, int(i)), float(v)) for v, i in zip(top.values, top.indices)],
+                       [(decode(model, int(i)), -float(v)) for v, i in zip(bottom.values, bottom.indices)], logits)

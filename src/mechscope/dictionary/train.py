@@ -48,6 +48,7 @@ import torch.distributed as dist
 from jaxtyping import Int
 from torch import Tensor, nn
 
+from ..distributed import distributed
 from ..errors import MechscopeError
 from ..io import folder_lock, read_json, read_tensors, write_checkpoint, write_json
 from ..models.loading import resolve_device
@@ -55,7 +56,7 @@ from .base import SparseCoder, build
 from .config import CoderConfig
 from .fingerprint import data_identity, differences
 from .source import ActivationSource, Batch, SourceConfig, estimate_norm_scale, first_batches, resolve_sites
-from .trainer_config import TrainConfig, distributed
+from .trainer_config import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,14 +1,10 @@
-"""`TrainConfig`: how a dictionary is optimised (schedule, batch, checkpoints), and the
-process-group helpers the trainer uses under `torchrun`."""
+"""`TrainConfig`: how a dictionary is optimised (schedule, batch, checkpoints). The
+process group it trains in under `torchrun` is `mechscope.distributed`'s."""
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
-
-import torch
-import torch.distributed as dist
 
 from ..errors import MechscopeError
 
@@ -84,16 +80,3 @@ class TrainConfig:
                 return peak * max(0.0, (total - step) / max(1, total - start))
         return peak
 
-
-def distributed() -> tuple[int, int]:
-    """(rank, world size) of the process group, or (0, 1) without one."""
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def init_distributed() -> tuple[int, int]:
-    """Join the group `torchrun` describes in the environment (gloo on CPU, NCCL on GPU)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return distributed()

@@ -38,6 +38,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from ..errors import MechscopeError
+from ..results import Saveable, pandas
+from ..tokens import absolute_positions, decode, position_list, require_lm_head, token_ids
 from . import _common as C
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ def effective_unembedding(model, token_ids: Sequence[int] | None = None, fold_no
                           ) -> tuple[Float[Tensor, "d_model token"], bool]:
     """Output embeddings u_t as the head reads them (see the module docstring), float64 on CPU,
     and whether latents must be centred to be compared with them."""
-    C.require_lm_head(model, "token energy")
+    require_lm_head(model, "token energy")
     w_u = model.W_U.detach().cpu().double()
     w_u = w_u if token_ids is None else w_u[:, list(token_ids)]
     if not fold_norm:
@@ -104,7 +106,7 @@ def token_space(model, *, tokens: Sequence[str | int] | None = None, rank: int |
     """The output-token subspace: the span of the effective output embeddings of `tokens`
     (one token each; None = the whole vocabulary), optionally cut to its top `rank`
     singular directions."""
-    ids = C.token_ids(model, tokens, "token") if tokens is not None else None
+    ids = token_ids(model, tokens, "token") if tokens is not None else None
     u, centre = effective_unembedding(model, ids, fold_norm)
     left, singular, _ = torch.linalg.svd(u, full_matrices=False)
     available = int((singular > tol * singular[0]).sum()) if singular.numel() and singular[0] > 0 else 0
@@ -121,7 +123,7 @@ def token_space(model, *, tokens: Sequence[str | int] | None = None, rank: int |
 
 
 @dataclass
-class TokenEnergy(C.Saveable):
+class TokenEnergy(Saveable):
     """Token energy, relative energy, norm and token angles per stream x prompt x position."""
 
     KIND = "token_energy"
@@ -183,7 +185,7 @@ class TokenEnergy(C.Saveable):
         return fig
 
     def to_frame(self):
-        pd = C.pandas()
+        pd = pandas()
         rows = []
         for li, label in enumerate(self.layers):
             for b, p in self.mask.nonzero().tolist():
@@ -216,11 +218,11 @@ def token_energy(
     batch_size as in `logit_lens`.
     """
     space = space or token_space(model, tokens=tokens, rank=rank, fold_norm=fold_norm)
-    target_ids = C.token_ids(model, targets, "target") if targets is not None else []
-    wanted = C.position_list(positions)
+    target_ids = token_ids(model, targets, "target") if targets is not None else []
+    wanted = position_list(positions)
     chosen = C.streams(model, include_mid=include_mid, layers=layers)
     run = C.record(model, prompts, [s.site for s in chosen], wanted, batch_size)
-    absolute, mask = C.absolute_positions(run, wanted)
+    absolute, mask = absolute_positions(run, wanted)
     stack = torch.stack([run.cache[s.site] for s in chosen])  # [layer, batch, pos, d_model]
     angles = None
     if target_ids:
@@ -233,5 +235,5 @@ def token_energy(
         tokens=run.tokens.cpu().gather(1, absolute.clamp(max=run.tokens.shape[1] - 1)), positions=absolute, mask=mask,
         energy=space.energy(stack), relative=space.relative(stack), norm=stack.detach().float().norm(dim=-1).cpu(),
         rank=space.basis.shape[1], fold_norm=space.fold_norm, angles=angles,
-        targets=[C.decode(model, t) for t in target_ids],
+        targets=[decode(model, t) for t in target_ids],
         target_ids=torch.tensor(target_ids, dtype=torch.long) if target_ids else None)

@@ -23,6 +23,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..errors import MechscopeError
+from ..plots import figure
+from ..results import Saveable, pandas
+from ..tokens import decode, require_lm_head, token_ids
 from . import _common as C
 
 log = logging.getLogger(__name__)
@@ -31,7 +34,7 @@ Answer = str | int | Sequence[str | int]
 
 
 @dataclass
-class LatentLanguage(C.Saveable):
+class LatentLanguage(Saveable):
     """Probability mass per language, per stream and prompt, and its mean with a CI."""
 
     KIND = "latent_language"
@@ -55,7 +58,7 @@ class LatentLanguage(C.Saveable):
 
     def plot(self, ax=None, colors: Mapping[str, str] | None = None):
         """The paper's figure: one line per language (mean over prompts), shaded CI."""
-        fig, ax = C.figure(6.0, 3.0) if ax is None else (ax.figure, ax)
+        fig, ax = figure(6.0, 3.0) if ax is None else (ax.figure, ax)
         x = list(range(len(self.layers)))
         for li, language in enumerate(self.languages):
             color = (colors or {}).get(language)
@@ -74,7 +77,7 @@ class LatentLanguage(C.Saveable):
 
     def to_frame(self):
         """One row per (layer, language): mean mass over prompts and its CI."""
-        pd = C.pandas()
+        pd = pandas()
         return pd.DataFrame([{"layer": layer, "language": language, "mean": float(self.mean[i, j]),
                               "lower": float(self.lower[i, j]), "upper": float(self.upper[i, j]),
                               "n": self.mass.shape[1]}
@@ -100,7 +103,7 @@ def _answer_ids(model, answers: Mapping[str, Sequence[Answer]], n: int) -> Tenso
             raise MechscopeError(f"answers[{language!r}] has {len(per_prompt)} entries for {n} prompts: give one "
                                  "token (or set of tokens) per prompt")
         for b, answer in enumerate(per_prompt):
-            ids = sorted(set(C.token_ids(model, answer, f"answer for {language!r}")))
+            ids = sorted(set(token_ids(model, answer, f"answer for {language!r}")))
             if not ids:
                 raise MechscopeError(f"answers[{language!r}][{b}] is empty: give at least one token")
             sets[b].append(ids)
@@ -110,7 +113,7 @@ def _answer_ids(model, answers: Mapping[str, Sequence[Answer]], n: int) -> Tenso
             for t in ids:
                 if t in seen:
                     langs = list(answers)
-                    raise MechscopeError(f"prompt {b}: token {C.decode(model, t)!r} answers both {langs[seen[t]]!r} and "
+                    raise MechscopeError(f"prompt {b}: token {decode(model, t)!r} answers both {langs[seen[t]]!r} and "
                                          f"{langs[li]!r}; the languages' masses must not overlap: drop this prompt")
                 seen[t] = li
     width = max(len(ids) for row in sets for ids in row)
@@ -151,7 +154,7 @@ def latent_language(
     language per prompt (otherwise the masses would overlap). translator, include_mid,
     layers and batch_size as in `logit_lens`; confidence: level of the interval.
     """
-    C.require_lm_head(model, "latent-language analysis")
+    require_lm_head(model, "latent-language analysis")
     if not 0 < confidence < 1:
         raise MechscopeError(f"confidence must be between 0 and 1, got {confidence}")
     if isinstance(position, bool) or not isinstance(position, int):

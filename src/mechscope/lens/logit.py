@@ -19,6 +19,9 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from ..errors import MechscopeError
+from ..plots import figure
+from ..results import Saveable, pandas
+from ..tokens import absolute_positions, decode, decode_many, position_list, require_lm_head, token_ids
 from . import _common as C
 
 log = logging.getLogger(__name__)
@@ -28,7 +31,7 @@ CHUNK_LOGITS = 1 << 21
 
 
 @dataclass
-class LogitLens(C.Saveable):
+class LogitLens(Saveable):
     """What each residual stream predicts, per layer x prompt x position.
 
     Distributions are softmax(unembed(final_norm(stream))) over the whole vocabulary, or
@@ -91,7 +94,7 @@ class LogitLens(C.Saveable):
         by position, coloured by the top-1 probability and labelled with the top-1 token."""
         keep = self.mask[row].nonzero().flatten().tolist()
         probs = self.top_probs[:, row, keep, 0].float().numpy()
-        fig, ax = C.figure(max(5.0, 0.75 * len(keep) + 2), max(2.5, 0.32 * len(self.layers) + 1.2)) if ax is None \
+        fig, ax = figure(max(5.0, 0.75 * len(keep) + 2), max(2.5, 0.32 * len(self.layers) + 1.2)) if ax is None \
             else (ax.figure, ax)
         image = ax.imshow(probs, aspect="auto", origin="lower", cmap="Blues", vmin=0, vmax=1)
         for li in range(len(self.layers)):
@@ -111,7 +114,7 @@ class LogitLens(C.Saveable):
     def to_frame(self):
         """One row per (layer, prompt, position): top-1 token, its probability, entropy, KL,
         and the probability and rank of each target."""
-        pd = C.pandas()
+        pd = pandas()
         rows = []
         for li, label in enumerate(self.layers):
             for b, p in self.mask.nonzero().tolist():
@@ -154,21 +157,21 @@ def logit_lens(
     logits (bench/lens.py measures it). Full distributions are never kept: pass `positions`,
     `layers` or `include_mid=False` to read fewer streams.
     """
-    C.require_lm_head(model, "the logit lens")
+    require_lm_head(model, "the logit lens")
     if k < 1:
         raise MechscopeError(f"k must be at least 1, got {k}")
-    wanted = C.position_list(positions)
+    wanted = position_list(positions)
     chosen = C.streams(model, include_mid=include_mid, layers=layers, with_translator=translator is not None)
-    vocab_ids = torch.tensor(C.token_ids(model, vocab, "vocab token")) if vocab is not None else None
-    target_ids = C.token_ids(model, targets, "target") if targets is not None else []
+    vocab_ids = torch.tensor(token_ids(model, vocab, "vocab token")) if vocab is not None else None
+    target_ids = token_ids(model, targets, "target") if targets is not None else []
     if vocab_ids is not None:
         outside = [t for t in target_ids if t not in set(vocab_ids.tolist())]
         if outside:
-            raise MechscopeError(f"targets {[C.decode(model, t) for t in outside]} are not in the vocab subset: "
+            raise MechscopeError(f"targets {[decode(model, t) for t in outside]} are not in the vocab subset: "
                                  "add them to vocab")
     last = f"blocks.{model.dims.n_layers - 1}.hook_resid_post"
     run = C.record(model, prompts, [s.site for s in chosen] + [last], wanted, batch_size)
-    absolute, mask = C.absolute_positions(run, wanted)
+    absolute, mask = absolute_positions(run, wanted)
     resids = [C.translated(model, run, s, translator) for s in chosen]
     reuse = translator is None and chosen[-1].site == last  # the last stream is the model's own output
     size = model.dims.d_vocab if vocab_ids is None else len(vocab_ids)
@@ -177,10 +180,10 @@ def logit_lens(
     seen = torch.cat([tokens[mask], stats["top_ids"].flatten(), torch.tensor(target_ids, dtype=torch.long)])
     return LogitLens(
         model_name=model.name, layers=[s.label for s in chosen], sites=[s.site for s in chosen], tokens=tokens,
-        positions=absolute, mask=mask, targets=[C.decode(model, t) for t in target_ids],
+        positions=absolute, mask=mask, targets=[decode(model, t) for t in target_ids],
         target_ids=torch.tensor(target_ids, dtype=torch.long) if target_ids else None, vocab_ids=vocab_ids,
         translator="identity" if translator is None else type(translator).__name__,
-        token_strings=C.decode_many(model, seen.unique().tolist()), **stats)
+        token_strings=decode_many(model, seen.unique().tolist()), **stats)
 
 
 def _statistics(model, resids: list[Tensor], final: Tensor | None, vocab_ids: Tensor | None,

@@ -32,7 +32,6 @@ import contextlib
 import functools
 import hashlib
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,10 +40,13 @@ import torch.distributed as dist
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from ..distributed import distributed
 from ..errors import MechscopeError
 from ..finite import first_nonfinite
 from ..io import folder_lock, read_json, read_tensors, write_checkpoint, write_json, write_tensors
-from . import _common as C
+from ..plots import figure
+from ..results import Saveable, pandas
+from ..tokens import require_lm_head
 
 log = logging.getLogger(__name__)
 KIND = "tuned_lens"
@@ -199,20 +201,6 @@ class _Translators(nn.Module):
         return out.view(hs.shape)
 
 
-def distributed() -> tuple[int, int]:
-    """(rank, world size) of the process group, or (0, 1) without one."""
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def init_distributed() -> tuple[int, int]:
-    """Join the process group `torchrun` describes in the environment (gloo on CPU, nccl on GPU)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return distributed()
-
-
 @functools.lru_cache(maxsize=4)
 def _epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
@@ -232,7 +220,7 @@ class TunedLensTrainer:
     Freezes the model's parameters (`requires_grad_(False)`): only the lens trains."""
 
     def __init__(self, model, cfg: TunedLensConfig = TunedLensConfig()):
-        C.require_lm_head(model, "the tuned lens")
+        require_lm_head(model, "the tuned lens")
         self.model, self.cfg = model, cfg
         self.rank, self.world = distributed()
         if cfg.batch_size % self.world:
@@ -395,7 +383,7 @@ def train(model, data: Int[Tensor, "n ctx"], cfg: TunedLensConfig = TunedLensCon
 
 
 @dataclass
-class LensEvaluation(C.Saveable):
+class LensEvaluation(Saveable):
     """Held-out KL(final || lens) per stream, in nats per token: tuned lens vs logit lens."""
 
     KIND = "tuned_lens_evaluation"
@@ -411,10 +399,10 @@ class LensEvaluation(C.Saveable):
         return [{"layer": n, "tuned_kl": float(t), "logit_kl": float(l)} for n, t, l in zip(self.layers, self.tuned_kl, self.logit_kl)]
 
     def to_frame(self):
-        return C.pandas().DataFrame(self.rows())
+        return pandas().DataFrame(self.rows())
 
     def plot(self, ax=None):
-        fig, ax = C.figure(5.5, 3.2) if ax is None else (ax.figure, ax)
+        fig, ax = figure(5.5, 3.2) if ax is None else (ax.figure, ax)
         x = range(len(self.layers))
         ax.plot(x, self.logit_kl.numpy(), "o-", label="logit lens")
         ax.plot(x, self.tuned_kl.numpy(), "o-", label="tuned lens")

@@ -10,11 +10,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import MechscopeError
-from ..lens import _common as C
+from ..plots import figure
+from ..results import Saveable, pandas
 
 
 @dataclass
-class PatchResult(C.Saveable):
+class PatchResult(Saveable):
     """One score per patch of a sweep, laid out on named axes (e.g. layer x pos)."""
 
     KIND = "patch_result"
@@ -79,7 +80,7 @@ class PatchResult(C.Saveable):
             grid = grid.flatten(0, 1)
         columns = self.pos_labels if self.axes[-1] == "pos" else [f"H{h}" for h in range(grid.shape[1])]
         columns = [c if len(c) <= 10 else c[:9] + "…" for c in columns]
-        fig, ax = C.figure(max(4.0, 0.4 * grid.shape[1] + 2.0), max(2.2, 0.28 * grid.shape[0] + 1.4)) \
+        fig, ax = figure(max(4.0, 0.4 * grid.shape[1] + 2.0), max(2.2, 0.28 * grid.shape[0] + 1.4)) \
             if ax is None else (ax.figure, ax)
         limit = float(grid.abs().max()) or 1.0
         image = ax.imshow(grid.numpy(), cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
@@ -93,7 +94,7 @@ class PatchResult(C.Saveable):
         return fig
 
     def to_frame(self):
-        pd = C.pandas()
+        pd = pandas()
         rows = []
         for i, value in enumerate(self.scores.flatten().tolist()):
             index = torch.unravel_index(torch.tensor(i), self.scores.shape)

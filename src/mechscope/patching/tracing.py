@@ -21,7 +21,8 @@ from torch import Tensor
 
 from .. import edits as E
 from ..errors import MechscopeError
-from ..lens import _common as C
+from ..results import Saveable
+from ..tokens import decode, require_lm_head, token_ids
 from .metrics import answer_prob
 from .sweep import Patch, pos_labels, run_groups
 from .task import Task
@@ -30,7 +31,7 @@ KINDS = {"resid": "blocks.{l}.hook_resid_post", "attn": "blocks.{l}.hook_attn_ou
 
 
 @dataclass
-class TraceResult(C.Saveable):
+class TraceResult(Saveable):
     """Probability of the clean answer after restoring each (layer, position)."""
 
     KIND = "causal_trace"
@@ -120,7 +121,7 @@ def causal_trace(model, prompt: str | Tensor, subject: str | Sequence[int], *, a
                  seed: int = 0, batch_size: int | None = None, progress: bool = False) -> TraceResult:
     """Trace one prompt. answer: the token whose probability is read (default: the clean
     run's top prediction). kinds: any of resid, attn, mlp (mlp is skipped without MLPs)."""
-    C.require_lm_head(model, "causal tracing")
+    require_lm_head(model, "causal tracing")
     tokens = model.tokenize(prompt)["input_ids"][:1].cpu() if isinstance(prompt, str) else torch.as_tensor(prompt).reshape(1, -1)
     n = tokens.shape[1]
     positions = subject_positions(model, tokens[0], subject)
@@ -132,7 +133,7 @@ def causal_trace(model, prompt: str | Tensor, subject: str | Sequence[int], *, a
     sites = [KINDS[k].format(l=layer) for k in kinds for layer in range(model.dims.n_layers)]
     with torch.no_grad():
         clean = model.run(tokens, record=sites)
-    answer_id = int(clean.logits[0, -1].argmax()) if answer is None else C.token_ids(model, answer, "answer")[0]
+    answer_id = int(clean.logits[0, -1].argmax()) if answer is None else token_ids(model, answer, "answer")[0]
     task = Task(tokens.repeat(samples, 1), tokens.repeat(samples, 1), torch.full((samples,), answer_id))
     metric = answer_prob(task)
     noise_values = _noise(model, n, positions, noise, samples, seed)
@@ -148,7 +149,7 @@ def causal_trace(model, prompt: str | Tensor, subject: str | Sequence[int], *, a
         groups = _groups(model.dims.n_layers, n, kind, window)
         values = run_groups(model, task, groups, source, task.clean, metric, batch_size, progress, extra)
         probs.append(values.reshape(model.dims.n_layers, n))
-    return TraceResult(model.name, answer_id, C.decode(model, answer_id), float(clean.logits[0, -1].float().softmax(-1)[answer_id]),
+    return TraceResult(model.name, answer_id, decode(model, answer_id), float(clean.logits[0, -1].float().softmax(-1)[answer_id]),
                        corrupt_prob, positions, list(kinds), torch.stack(probs), window, noise, samples,
                        [label.split(":", 1)[1] for label in pos_labels(model, tokens[0], list(range(n)))])
 

@@ -37,7 +37,7 @@ def _block_table(columns: dict[str, dict], blocks: list[str]) -> str:
 
 
 def _main_blocks_plot(coder):
-    from ..lens._common import figure
+    from ..plots import figure
     main = coder.block_norms().argmax(-1)
     counts = [int((main == b).sum()) for b in range(coder.n_blocks)]
     fig, ax = figure(6.0, 0.35 * coder.n_blocks + 1.0)

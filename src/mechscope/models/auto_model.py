@@ -162,14 +162,17 @@ class ModulePathLM(ModuleModel):
     def info(self) -> dict:
         return {**super().info(), "provenance": self.provenance}
 
-    @property
-    def context_length(self) -> int | None:
-        return Model.context_length.fget(self) if hasattr(self.hf, "config") else None
-
     def tokenize(self, prompts, attention_mask=None, *, truncate: bool = False) -> dict[str, Tensor]:
-        if isinstance(prompts, Tensor) and prompts.is_floating_point():
-            return super().tokenize(prompts)
-        return {"input": Model.tokenize(self, prompts, attention_mask, truncate=truncate)["input_ids"]}
+        """Token ids [pos] / [batch, pos] (or other tensors) as they are; text through the tokenizer."""
+        if isinstance(prompts, Tensor):
+            ids = prompts.unsqueeze(0) if prompts.dim() == 1 and not prompts.is_floating_point() else prompts
+            return {"input": ids.to(self.device)}
+        if self.tokenizer is None:
+            raise MechscopeError(f"{self.name} has no tokenizer: pass token ids (a LongTensor) instead of text")
+        texts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not texts or any(not isinstance(t, str) for t in texts):
+            raise MechscopeError("prompts must be a non-empty string or list of strings")
+        return {"input": self.tokenizer(texts, return_tensors="pt", padding=True)["input_ids"].to(self.device)}
 
     def _call(self, inputs: dict[str, Tensor]) -> Tensor:
         return _logits(_call(self.hf, inputs["input"]))

@@ -140,6 +140,9 @@ def summarise(rows: list[dict], texts: dict[int, str]) -> None:
         base_s, base_m = median(shortest, "seconds"), median(shortest, "peak_mib")
         for n in texts:
             s, m = median(n, "seconds"), median(n, "peak_mib")
+            if s != s:  # NaN: killed at --timeout
+                print(f"   {code:<8} {n:>5} tokens: killed at the timeout  peak {m:6.0f} MiB when killed")
+                continue
             verdict = "" if n == shortest else f"  goal <= {GOAL:g}x: {'ok' if s / base_s <= GOAL else 'MISSED'}"
             print(f"   {code:<8} {n:>5} tokens: {s:7.1f} s ({s / base_s:5.2f}x)  peak {m:6.0f} MiB "
                   f"({m / base_m:4.2f}x){verdict}")

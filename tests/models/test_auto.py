@@ -174,3 +174,45 @@ def test_half_precision_verifies_the_same_sites(kind):
     half = auto_model(tiny_model(kind, dtype=torch.bfloat16).hf)
     assert half.provenance[AUTO] == full.provenance[AUTO]
     assert half.adapter.qkv_layout == full.adapter.qkv_layout
+
+
+def _untabled(kinds: list[str]) -> list[str]:
+    from mechscope.models.families import adapter_for
+    return [k for k in kinds if adapter_for(k) is None]
+
+
+UNTABLED = _untabled(["olmo", "gpt_neo", "bloom", "helium", "biogpt", "persimmon", "codegen"])[:4]
+
+
+@pytest.fixture(scope="module", params=UNTABLED)
+def untabled(request) -> AutoModel:
+    from mechscope.models.sweep import build
+    model = auto_model(build(request.param), name=request.param)
+    assert isinstance(model, AutoModel)
+    return model
+
+
+def test_untabled_shapes_match_declared_dims(untabled):
+    ids = torch.randint(4, 100, (2, 7), generator=torch.Generator().manual_seed(3))
+    sites = [s for s in untabled.sites if "." not in s.name or s.name.startswith(("blocks.", "ln_final"))]
+    run = untabled.run(ids, record=[s.name for s in sites])
+    sizes = {"batch": 2, "pos": 7, "q_pos": 7, "k_pos": 7}
+    for site in sites:
+        expected = tuple(sizes[d] if s is None else s for d, s in zip(site.dims, site.sizes))
+        assert tuple(run.cache[site.name].shape) == expected, site.name
+
+
+def test_untabled_edits_act_where_they_should(untabled):
+    """Replacing every editable site by its own value changes nothing; zeroing one head at one
+    position leaves every earlier position of the next block's output alone."""
+    ids = torch.randint(4, 100, (2, 7), generator=torch.Generator().manual_seed(3))
+    editable = [s.name for s in untabled.sites if s.name.startswith("blocks.") and s.view.editable]
+    run = untabled.run(ids, record=editable)
+    again = untabled.run(ids, edits=[ms.edits.replace(n, v) for n, v in run.cache.items()])
+    assert torch.allclose(again.logits, run.logits, atol=1e-6)
+    if "blocks.0.attn.hook_z" in untabled.table.by_name:
+        zeroed = untabled.run(ids, record="blocks.1.hook_resid_post",
+                              edits=[ms.edits.zero("blocks.0.attn.hook_z", heads=1, positions=4)])
+        before = untabled.run(ids, record="blocks.1.hook_resid_post").cache["blocks.1.hook_resid_post"]
+        after = zeroed.cache["blocks.1.hook_resid_post"]
+        assert torch.equal(after[:, :4], before[:, :4]) and not torch.equal(after[:, 4], before[:, 4])

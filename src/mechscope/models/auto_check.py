@@ -57,6 +57,8 @@ class Choice:
     final_identity: bool = False
     """The last hidden_states entry is the last block's output itself (no final norm)."""
     pos_embed: str | None = None
+    pos_per_prompt: bool = False
+    """The position embedding has one row per prompt (else one, broadcast over the batch)."""
     attn_in_norm: str | None = None
     parallel: bool | None = None
     """Attention and MLP read the same input; None when neither that nor resid_mid is confirmed."""
@@ -145,6 +147,7 @@ def choose(guess: Guess, rec: dict[str, Tensor], hidden: tuple[Tensor, ...], fin
     c.resid_ok = True
     embed = at(None, Tap(guess.embed))
     c.pos_embed = next((p for p in guess.pos_embeds if exact_sum(hidden[0], embed, at(None, Tap(p)))), None)
+    c.pos_per_prompt = c.pos_embed is not None and at(None, Tap(c.pos_embed)).shape[0] != 1
     _sublayers(c, guess, at, pre, post)
     _attn_norm(c, guess, at, pre)
     c.parallel = _parallel(c, guess, at, pre)

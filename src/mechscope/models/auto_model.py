@@ -201,7 +201,7 @@ def _adapter(hf: nn.Module, g: Guess, c: Choice, layout: str) -> Adapter:
     return Adapter(
         family=f"automatic adapter ({type(hf).__name__})",
         model_types=(getattr(text_config(hf), "model_type", type(hf).__name__),),
-        blocks=g.blocks, embed=g.embed, pos_embed=c.pos_embed, pos_embed_per_prompt=True,
+        blocks=g.blocks, embed=g.embed, pos_embed=c.pos_embed, pos_embed_per_prompt=c.pos_per_prompt,
         q=g.q or "", k=g.k or "", v=g.v or "", o=g.o or "", attention=g.attention or "",
         attn_in_norm=c.attn_in_norm if structure_known else None,
         attn_out=c.attn_out or Tap(""), mlp_out=c.mlp_out or Tap(""),

@@ -1,7 +1,7 @@
 """The automatic adapter: a guess at where an untabled decoder keeps each part.
 
-For a causal LM without a table in `families.py`, `guess(hf)` reads the module tree
-and the parameter shapes: the block list (the longest ModuleList of identical blocks
+For a causal LM without a table in `families.py`, `guesses(hf)` reads the module tree
+and the parameter shapes: the block list (the longest ModuleList of identical blocks, and up to two more tried
 under the base model), inside one block the attention module with its q/k/v/o
 projections and the MLP with its in/gate/down projections (by name *and* shape:
 q out = head * d_head, o in = head * d_head, down in = d_mlp, ...), the norms, the
@@ -114,17 +114,18 @@ def _path_of(root: nn.Module, target: nn.Module | None) -> str | None:
     return next((name for name, m in root.named_modules() if m is target), None)
 
 
-def find_blocks(base: nn.Module, n_layers: int | None) -> tuple[str, nn.ModuleList]:
-    """The ModuleList of identical-class blocks: one with config's layer count if any, else the
-    longest (more parameters breaks ties); lists nested inside such a list's items do not count."""
+def find_blocks(base: nn.Module, n_layers: int | None) -> list[tuple[str, nn.ModuleList]]:
+    """ModuleLists of identical-class blocks, most likely first: those with the config's layer
+    count, then the longest (more parameters breaks ties); lists nested inside such a list's
+    items do not count. A multimodal model has several (its vision tower's, its text stack's)."""
     lists = [(name, m) for name, m in base.named_modules()
              if isinstance(m, nn.ModuleList) and len(m) and len({type(c) for c in m}) == 1]
     top = [(n, m) for n, m in lists if not any(n.startswith(o + ".") for o, _ in lists if o != n)]
     if not top:
         raise MechscopeError(f"{type(base).__name__} has no list of identical blocks (nn.ModuleList): "
                              "the automatic adapter cannot find its layers; record module paths instead")
-    exact = [(n, m) for n, m in top if len(m) == n_layers]
-    return max(exact or top, key=lambda nm: (len(nm[1]), sum(p.numel() for p in nm[1].parameters())))
+    return sorted(top, key=lambda nm: (len(nm[1]) == n_layers, len(nm[1]), sum(p.numel() for p in nm[1].parameters())),
+                  reverse=True)
 
 
 def _shallowest(block: nn.Module, pattern: re.Pattern) -> str | None:
@@ -204,9 +205,10 @@ def _taps(guess: Guess, block: nn.Module) -> None:
         guess.resid_mid = [Tap(n, "in") for n in guess.norms] + [Tap(guess.mlp, "in")]
 
 
-def guess(hf: nn.Module) -> Guess:
-    """Candidates for every part of `hf` (see the module docstring); a model without a block
-    list or an input embedding is refused with a MechscopeError."""
+def guesses(hf: nn.Module) -> list[Guess]:
+    """Candidates for every part of `hf` (see the module docstring), one Guess per candidate block
+    list, most likely first; a model without a block list or a token embedding is refused with a
+    MechscopeError."""
     base = getattr(hf, "base_model", hf)
     config = text_config(hf)
     embedding = hf.get_input_embeddings() if hasattr(hf, "get_input_embeddings") else None
@@ -216,7 +218,11 @@ def guess(hf: nn.Module) -> Guess:
     if embed is None:
         raise MechscopeError(f"{type(hf).__name__} has no token embedding (nn.Embedding) under its base model: "
                              "the automatic adapter cannot read it; record module paths instead")
-    blocks, layers = find_blocks(base, _config_int(config, ("num_hidden_layers", "n_layer", "num_layers", "n_layers")))
+    candidates = find_blocks(base, _config_int(config, ("num_hidden_layers", "n_layer", "num_layers", "n_layers")))
+    return [_guess(hf, base, config, embed, blocks, layers) for blocks, layers in candidates[:3]]
+
+
+def _guess(hf: nn.Module, base: nn.Module, config, embed: str, blocks: str, layers: nn.ModuleList) -> Guess:
     emb = base.get_submodule(embed)
     out = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
     g = Guess(blocks=blocks, n_layers=len(layers), embed=embed, d_model=emb.embedding_dim,

@@ -22,7 +22,7 @@ from ..model import Model
 from ..module_model import ModuleModel, module_sites
 from ..sites import Dims, SiteTable, View, build_sites
 from .adapter import Adapter, Tap
-from .auto import Guess, guess, text_config
+from .auto import Guess, guesses, text_config
 from .auto_check import Choice, candidate_table, choose, record
 from .auto_verify import Probe, Verdict, site_kind, verify
 
@@ -224,30 +224,19 @@ def auto_model(hf: nn.Module, tokenizer=None, *, name: str | None = None) -> Mod
         log.warning("%s: %s: module paths only", name, why)
         return ModulePathLM(hf, tokenizer, name=name, why_not=[why])
     try:
-        g = guess(hf)
+        candidates = guesses(hf)
     except MechscopeError as err:
         log.warning("%s: %s", name, err)
         return ModulePathLM(hf, tokenizer, name=name, why_not=[str(err)])
-    ids = _probe_ids(hf, g.d_vocab if hf.get_output_embeddings() is None else min(g.d_vocab, hf.get_input_embeddings().num_embeddings))
-    prefix = "" if hf.base_model is hf else hf.base_model_prefix + "."
-    table = candidate_table(g, hf.base_model, prefix)
-    box = {}
-    try:
-        with torch.no_grad():
-            rec = record(hf, table, lambda: box.update(out=_call(hf, ids, output_hidden_states=True)))
-    except Exception as err:  # noqa: BLE001 - the model's own forward failed on plain token ids
-        raise MechscopeError(f"{name} ({type(hf).__name__}) did not run on token ids alone ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0][:160] if str(err) else ''}): mechscope needs a model that does") from None
-    hidden = getattr(box["out"], "hidden_states", None) or ()
-    try:
-        choice = choose(g, rec, tuple(hidden), hf.base_model.get_submodule)
-    except Exception as err:  # noqa: BLE001 - a guess that breaks its own checks is not offered
-        choice = Choice(why_not=[f"the candidates could not be compared ({type(err).__name__}: {str(err)[:120]})"])
+    vocab = candidates[0].d_vocab
+    ids = _probe_ids(hf, vocab if hf.get_output_embeddings() is None else min(vocab, hf.get_input_embeddings().num_embeddings))
+    g, choice, out = _first_verified(hf, candidates, ids, name)
     if not choice.resid_ok:
         why = choice.why_not or ["Hugging Face returns no hidden_states to check the blocks against"]
         log.warning("%s: the automatic adapter could not verify the residual stream (%s): module paths only", name, why[0])
         return ModulePathLM(hf, tokenizer, name=name, why_not=why + g.missing)  # the decisive reason first
-    probe = Probe(ids, _logits(box["out"]).detach(), tuple(hidden), choice)
+    hidden = tuple(getattr(out, "hidden_states", None) or ())
+    probe = Probe(ids, _logits(out).detach(), hidden, choice)
     dims = Dims(g.n_layers, g.d_model, g.n_heads, g.n_kv_heads or g.n_heads, g.d_head, g.d_mlp, g.d_vocab)
     best = None
     for layout in g.layouts or ("separate",):
@@ -262,6 +251,31 @@ def auto_model(hf: nn.Module, tokenizer=None, *, name: str | None = None) -> Mod
     paths = bool(complete - verdict.kinds or g.missing)
     model.restrict(verdict, g.missing + choice.why_not + verdict.why_not, paths)
     return model
+
+
+def _first_verified(hf: nn.Module, candidates: list[Guess], ids: Tensor, name: str) -> tuple[Guess, Choice, object]:
+    """One recorded forward pass per candidate block list, until one reproduces hidden_states:
+    (that guess, its choice, the model's output); else the first guess and why it failed."""
+    prefix = "" if hf.base_model is hf else hf.base_model_prefix + "."
+    first = None
+    for g in candidates:
+        box = {}
+        try:
+            with torch.no_grad():
+                rec = record(hf, candidate_table(g, hf.base_model, prefix),
+                             lambda: box.update(out=_call(hf, ids, output_hidden_states=True)))  # noqa: B023
+        except Exception as err:  # noqa: BLE001 - the model's own forward failed on plain token ids
+            raise MechscopeError(f"{name} ({type(hf).__name__}) did not run on token ids alone ({type(err).__name__}: "
+                                 f"{str(err).splitlines()[0][:160] if str(err) else ''}): mechscope needs a model that does") from None
+        hidden = tuple(getattr(box["out"], "hidden_states", None) or ())
+        try:
+            choice = choose(g, rec, hidden, hf.base_model.get_submodule)
+        except Exception as err:  # noqa: BLE001 - a guess that breaks its own checks is not offered
+            choice = Choice(why_not=[f"the candidates could not be compared ({type(err).__name__}: {str(err)[:120]})"])
+        if choice.resid_ok:
+            return g, choice, box["out"]
+        first = first or (g, choice, box["out"])
+    return first
 
 
 def _order(kind: str) -> tuple:

@@ -135,3 +135,39 @@ def test_frame_rows_are_the_contributions():
         assert row["contribution"] == float(result.contributions[i, row["batch"], p])
         assert (row["layer"], row["head"]) == (result.layer_of[i], result.head_of[i])
     assert sorted(set(zip(frame["batch"], frame["pos"]))) == [(0, 1), (0, 4), (1, 1), (1, 4)]
+
+
+def test_views_and_defaults_read_the_right_cells():
+    model = tiny_model("llama")
+    ids = IDS[:, :5] % 97
+    result = direct_logit_attribution(model, ids, [7, 8], vs=[11, 12])
+    assert result.metric() == "logit '7' - logit '11'" and result.metric(1) == "logit '8' - logit '12'"
+    assert result.text(12) == "12" and result.text(96) == "96"           # no tokenizer: ids as text
+    assert result.top() == result.top(10, 0, -1) and len(result.top()) == 10
+    assert torch.equal(result.heads(), result.heads(0, -1)) and not torch.equal(result.heads(), result.heads(1, -1))
+    alone = direct_logit_attribution(model, ids, 7)
+    assert alone.metric() == "logit '7'" and alone.vs_ids is None
+    assert torch.allclose(alone.logit, model.run(ids).logits[..., 7], atol=1e-4)
+
+
+def test_plot_draws_the_top_contributions_by_sign():
+    from matplotlib.colors import to_hex
+    from matplotlib.figure import Figure
+
+    model = ms.load("zoo:pycode")
+    result = direct_logit_attribution(model, "def add(a, b):\n    return", " a", " b")
+    assert len(result.labels) > 20
+    fig = result.plot()                                   # row 0, last position, 20 bars
+    ax = fig.axes[0]
+    top = result.top(20, 0, -1)[::-1]                     # largest at the top of the chart
+    assert [t.get_text() for t in ax.get_yticklabels()] == [label for label, _ in top]
+    assert [p.get_width() for p in ax.patches] == pytest.approx([v for _, v in top])
+    assert [to_hex(p.get_facecolor()) for p in ax.patches] == ["#4c78a8" if v >= 0 else "#e45756" for _, v in top]
+    assert {to_hex(p.get_facecolor()) for p in ax.patches} == {"#4c78a8", "#e45756"}   # both signs drawn
+    assert ax.get_xlabel() == "direct contribution to logit ' a' - logit ' b'"
+    last = int(result.positions[0, -1])
+    assert ax.get_title() == f"zoo:pycode, position {last} ({result.text(result.tokens[0, -1])!r}): " \
+                             f"total {float(result.logit[0, -1]):.3f}"
+    assert any(list(line.get_xdata()) == [0, 0] for line in ax.lines)   # the zero line
+    own = Figure().subplots()
+    assert result.plot(k=3, ax=own) is own.figure and len(own.patches) == 3

@@ -33,7 +33,7 @@ def ids() -> torch.Tensor:
 @pytest.mark.parametrize("kind", TABLED)
 def test_automatic_path_matches_the_table(kind, ids):
     table = tiny_model(kind)
-    auto = auto_model(table.hf, name=f"auto-{kind}")
+    auto = ms.auto_model(table.hf, name=f"auto-{kind}")
     assert isinstance(auto, AutoModel)
     assert list(auto.table.by_name) == list(table.table.by_name)            # same sites, same order
     assert PATHS not in auto.provenance and auto.adapter.parallel == table.adapter.parallel

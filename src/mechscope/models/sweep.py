@@ -207,7 +207,9 @@ def _alarm(signum, frame):
 def sweep(types: list[str] | None = None, timeout: int = 10) -> list[Result]:
     """Every causal-LM model_type (or `types`), each within `timeout` CPU seconds."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-    logging.getLogger("mechscope").setLevel(logging.ERROR)
+    quiet = logging.getLogger("mechscope")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # each module-path fallback warns; the table says it instead
     results = []
     # CPU seconds, not wall seconds: the outcome must not depend on how busy the machine is
     previous = signal.signal(signal.SIGPROF, _alarm)
@@ -226,6 +228,7 @@ def sweep(types: list[str] | None = None, timeout: int = 10) -> list[Result]:
             results.append(result)
     finally:
         signal.signal(signal.SIGPROF, previous)
+        quiet.setLevel(level)
     return results
 
 

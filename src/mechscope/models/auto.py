@@ -173,13 +173,19 @@ def _attention(guess: Guess, block: nn.Module, config) -> None:
 
 
 def _mlp(guess: Guess, block: nn.Module) -> None:
+    """The MLP module and its projections; without a module, projections that are the block's
+    own children (fc1 / fc2 beside the attention, as in OPT or BART's decoder)."""
     guess.mlp = _shallowest(block, MLP)
+    d = guess.d_model
     if guess.mlp is None:
+        linears = {n: s for n, m in block.named_children() if (s := linear_shape(m))}
+    else:
+        linears = {p: s for p, s in _linears(block.get_submodule(guess.mlp), guess.mlp).items()
+                   if p.count(".") == guess.mlp.count(".") + 1}
+    downs = [p for p, (i, o, _) in linears.items() if o == d and i != d] or [p for p, (i, o, _) in linears.items() if o == d]
+    if guess.mlp is None and len(downs) != 1:
         guess.missing.append("no MLP module: no MLP sites")
         return
-    d = guess.d_model
-    linears = {p: s for p, s in _linears(block.get_submodule(guess.mlp), guess.mlp).items() if p.count(".") == guess.mlp.count(".") + 1}
-    downs = [p for p, (i, o, _) in linears.items() if o == d and i != d] or [p for p, (i, o, _) in linears.items() if o == d]
     if len(downs) != 1:
         guess.missing.append("no single MLP output projection (d_mlp -> d_model): no mlp.hook_post")
         return
@@ -203,6 +209,9 @@ def _taps(guess: Guess, block: nn.Module) -> None:
     if guess.mlp:
         guess.mlp_out = post + [Tap(guess.mlp)] + ([Tap(guess.mlp_down)] if guess.mlp_down else [])
         guess.resid_mid = [Tap(n, "in") for n in guess.norms] + [Tap(guess.mlp, "in")]
+    elif guess.mlp_down:  # projections directly in the block: the output projection is the MLP's output
+        guess.mlp_out = [*post, Tap(guess.mlp_down)]
+        guess.resid_mid = [Tap(n, "in") for n in guess.norms]
 
 
 def guesses(hf: nn.Module) -> list[Guess]:

@@ -123,7 +123,7 @@ def record(hf: nn.Module, table: SiteTable, call) -> dict[str, Tensor]:
 def choose(guess: Guess, rec: dict[str, Tensor], hidden: tuple[Tensor, ...], final: nn.Module) -> Choice:
     """Pick the candidates for which the identities in the module docstring hold in every layer.
     `final(path)` returns a module by base-relative path (for the final norm)."""
-    c, L = Choice(recorded=rec, mlp=guess.mlp), guess.n_layers
+    c, L = Choice(recorded=rec, mlp=guess.mlp or guess.mlp_down), guess.n_layers
     at = lambda layer, tap: rec.get(_name(layer, tap))
     pre = [at(i, Tap("", "in")) for i in range(L)]
     post = [at(i, Tap("")) for i in range(L)]

@@ -145,6 +145,10 @@ def test_views_and_defaults_read_the_right_cells():
     assert result.text(12) == "12" and result.text(96) == "96"           # no tokenizer: ids as text
     assert result.top() == result.top(10, 0, -1) and len(result.top()) == 10
     assert torch.equal(result.heads(), result.heads(0, -1)) and not torch.equal(result.heads(), result.heads(1, -1))
+    with pytest.raises(ms.MechscopeError, match=r"^vs id 200 is outside the vocabulary \(0-96\)$"):
+        direct_logit_attribution(model, ids, [7, 8], vs=[11, 200])
+    with pytest.raises(ms.MechscopeError, match=r"^target id 97 is outside the vocabulary"):
+        direct_logit_attribution(model, ids, 97)
     alone = direct_logit_attribution(model, ids, 7)
     assert alone.metric() == "logit '7'" and alone.vs_ids is None
     assert torch.allclose(alone.logit, model.run(ids).logits[..., 7], atol=1e-4)

@@ -58,3 +58,34 @@ def test_truncated_hf_weights_are_a_clear_error(tmp_path):
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(ms.MechscopeError, match="could not be read"):
         ms.load(str(tmp_path))
+
+
+def test_what_needs_a_transformer_is_one_line_error():
+    model = ModuleModel(NET)
+    for name in ("dims", "adapter", "W_E", "generate"):
+        with pytest.raises(ms.MechscopeError, match=rf"^TwoLayer is not a transformer: '{name}' needs an architecture adapter"):
+            getattr(model, name)
+    assert getattr(model, "dims", None) is None and not hasattr(model, "adapter")  # still tells the kinds apart
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        getattr(model, "no_such_thing")  # noqa: B009
+
+
+def test_positions_and_copies_are_refused_without_a_position_axis():
+    model = ModuleModel(NET)
+    with pytest.raises(ms.MechscopeError, match=r"^TwoLayer's sites have no position axis: leave positions= out"):
+        model.run(X, record="fc1.hook_out", positions=-1)
+    with pytest.raises(ms.MechscopeError, match="^TwoLayer has no transformer blocks: copies join at a block's input"):
+        model.run(X, copies={0: 2})
+    assert model.run(X, record="fc1.hook_out").cache["fc1.hook_out"].shape == (5, 8)  # no position cut
+
+
+def test_module_model_and_model_share_one_base():
+    from mechscope.hooked_model import HookedModel
+    from mechscope.model import Model
+
+    assert issubclass(ModuleModel, HookedModel) and issubclass(Model, HookedModel)
+    assert not issubclass(ModuleModel, Model)
+    model = ModuleModel(NET)
+    with model.edit(edits.zero("act.hook_out")):
+        assert torch.allclose(model.run(X).logits, NET.fc2.bias.expand(5, 3))
+    assert torch.equal(model.run(X).logits, NET(X))

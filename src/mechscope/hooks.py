@@ -1,20 +1,25 @@
 """The only module that registers torch hooks.
 
-`hooked(...)` installs one hook per module boundary that any requested site reads,
-applies the edits for those sites (in the order given), hands recorded values to a
-callback, and removes every hook on exit, exceptions included.
+A hooked forward pass is made of *plans*: small objects that each register their own
+hooks (`Plan.install`) and may say how they change what the pass gives back (`rows`,
+`finish`, `output_dims`). `installed(model, table, plans)` installs them in order and
+removes every hook on exit, exceptions included; `hooked(...)` is the usual pass:
+the caller's plans, then `RecordEdit`.
 
-Two options skip work that a batch of patched runs shares (see `hooked`): `copies`
-adds copies of the prompt rows only at the input of the block where they start to
-differ (the blocks before run once per prompt), and `logit_positions` runs the
-unembedding at one position per row.
+- `RecordEdit`: record sites (through a callback) and apply edits at them, in order; it
+  can stop the pass once the last recorded site is computed (`StopForward`).
+- `RowShapes`: notes the [batch, pos] shape that flattened-token sites (MoE router logits,
+  OPT's MLP: [batch * pos, ...]) take their rows from; `RecordEdit` uses it to unflatten.
+- `CopyRows` (patching): copies of the prompt rows join the batch only at the input of the
+  block where they start to differ; the blocks before run once per prompt.
+- `GatherLogits` (patching): the unembedding runs at one position per row.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +31,59 @@ from .sites import Site, SiteTable
 
 class StopForward(Exception):
     """Raised from a hook once every requested site is recorded, to skip the rest."""
+
+
+class Plan:
+    """One part of a hooked forward pass.
+
+    `install` registers the plan's hooks on `model`, appending each handle to `handles` as
+    soon as it exists (so that every one is removed, also when a later one fails). A plan
+    that changes the batch says so: `rows(P)` is the number of output rows for P prompt
+    rows, `finish` reshapes the pass's main output and `output_dims` renames its axes.
+    `one_batch` plans need every prompt in one forward; `check(model)` refuses a mechscope
+    model the plan cannot serve before anything runs."""
+
+    name = "plan"
+    one_batch = False
+
+    def check(self, model) -> None:
+        """Raise a MechscopeError if this plan cannot run on `model` (a mechscope model)."""
+
+    def install(self, model: nn.Module, table: SiteTable, handles: list) -> None:
+        raise NotImplementedError
+
+    def rows(self, prompts: int) -> int:
+        return prompts
+
+    def finish(self, output: Tensor) -> Tensor:
+        return output
+
+    def output_dims(self, dims: tuple[str, ...]) -> tuple[str, ...]:
+        return dims
+
+
+@contextmanager
+def installed(model: nn.Module, table: SiteTable, plans: Sequence[Plan]) -> Iterator[None]:
+    """Every plan's hooks, in order, while active; all removed on exit, exceptions included."""
+    handles: list = []
+    try:
+        for plan in plans:
+            plan.install(model, table, handles)
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def hooked(model: nn.Module, table: SiteTable, *, record: Sequence[str] = (), edits: dict[str, list[Edit]] | None = None,
+           on_record: Callable[[str, Tensor], None] | None = None, lengths: Tensor | None = None, strict: bool = True,
+           stop_when_recorded: bool = False, plans: Sequence[Plan] = ()) -> Iterator[None]:
+    """`plans` (installed first: copies exist before an edit of the same block's input sees
+    them), then a `RecordEdit` of `record`, `edits` and `on_record` (see there)."""
+    recorder = RecordEdit(record, edits, on_record, lengths=lengths, strict=strict, stop=stop_when_recorded)
+    with installed(model, table, [*plans, recorder]):
+        yield
 
 
 def resolve_edits(table: SiteTable, edits: Sequence[Edit]) -> dict[str, list[Edit]]:
@@ -44,107 +102,99 @@ def resolve_edits(table: SiteTable, edits: Sequence[Edit]) -> dict[str, list[Edi
     return dict(by_site)
 
 
-@contextmanager
-def hooked(
-    model: nn.Module,
-    table: SiteTable,
-    *,
-    record: Sequence[str] = (),
-    edits: dict[str, list[Edit]] | None = None,
-    on_record: Callable[[str, Tensor], None] | None = None,
-    lengths: Tensor | None = None,
-    strict: bool = True,
-    stop_when_recorded: bool = False,
-    copies: dict[int, int] | None = None,
-    logit_positions: Tensor | None = None,
-) -> Iterator[None]:
-    """Hooks that record `record` (through `on_record`) and apply `edits` while active.
+def _hidden_slot(args: list, kwargs: dict) -> tuple[list | dict, int | str]:
+    """Where a block's hidden-state input is: its first positional argument, else `hidden_states`."""
+    return (args, 0) if args else (kwargs, "hidden_states")
 
-    With `stop_when_recorded`, the forward pass raises `StopForward` as soon as the last
-    recorded site is computed; the caller catches it.
 
-    copies {layer: n}: at the input of block `layer`, n copies of the P prompt rows (the
-    first P rows, as they are there) join the batch; the per-row tensors the model hands
-    each block (attention masks) are tiled to match. After the last join the prompt rows
-    themselves are dropped, so the blocks from there on, and the logits, see only the
-    copies, in order of layer. logit_positions [P]: the output embedding runs only at that
-    position of each row, so the logits come out [rows, 1, vocab].
-    """
-    edits = edits or {}
-    wanted = {n for n in record if table[n].module}
-    groups: dict[tuple[str, str], list[Site]] = defaultdict(list)
-    for name in sorted(wanted | set(edits), key=table.order.__getitem__):
-        site = table[name]
-        groups[(site.module, site.boundary)].append(site)
-    remaining = set(wanted)
-    rows: dict[str, torch.Size] = {}  # rows_from module -> its input's [batch, pos] (MoE router logits)
+class RowShapes(Plan):
+    """Notes the leading [batch, pos] shape of the hidden-state input of the modules that
+    flattened-token sites take their rows from (`Site.rows_from`), as the pass runs (also
+    after copies joined), and views those sites as [batch, pos, ...]."""
 
-    def read(site: Site, raw: Tensor) -> Tensor:
-        value = site.view.read(raw)  # flattened tokens [batch * pos, ...] back to [batch, pos, ...]
-        return value.unflatten(0, rows[site.rows_from]) if site.rows_from else value
+    name = "row shapes"
 
-    def process(raw_of: Callable[[int], Tensor], set_raw: Callable[[int, Tensor], None], sites: list[Site]) -> None:
-        for site in sites:
-            raw = raw_of(site.view.index)
-            for edit in edits.get(site.name, ()):
-                value = read(site, raw)
-                value = edit.apply(value, site=site.name, dims=site.dims,
-                                   lengths=per_row(lengths, value.shape[0]), strict=strict)
-                raw = site.view.write(raw, value.flatten(0, 1) if site.rows_from else value)
-                set_raw(site.view.index, raw)
-            if site.name in wanted:
-                on_record(site.name, read(site, raw))
-                remaining.discard(site.name)
-        if stop_when_recorded and not remaining:
-            raise StopForward
+    def __init__(self, paths: set[str]):
+        self.paths, self.shapes = paths, {}
 
-    def out_hook(sites):
-        def hook(module, args, output):
-            box = list(output) if isinstance(output, tuple) else [output]
+    def install(self, model: nn.Module, table: SiteTable, handles: list) -> None:
+        for path in self.paths:
+            handles.append(model.get_submodule(path).register_forward_pre_hook(self._note(path), with_kwargs=True))
 
-            def set_raw(i, value):
-                box[i] = value
+    def _note(self, path: str):
+        def fn(module, args, kwargs):
+            box, key = _hidden_slot(args, kwargs)
+            self.shapes[path] = box[key].shape[:-1]
+        return fn
 
-            process(box.__getitem__, set_raw, sites)
-            return tuple(box) if isinstance(output, tuple) else box[0]
-        return hook
+    def read(self, site: Site, raw: Tensor) -> Tensor:
+        value = site.view.read(raw)
+        return value.unflatten(0, self.shapes[site.rows_from]) if site.rows_from else value
 
-    def in_hook(sites):
-        def hook(module, args, kwargs):
-            args, kwargs = list(args), dict(kwargs)
-            use_args = bool(args)
+    def write(self, site: Site, raw: Tensor, value: Tensor) -> Tensor:
+        return site.view.write(raw, value.flatten(0, 1) if site.rows_from else value)
 
-            def raw_of(_):
-                return args[0] if use_args else kwargs["hidden_states"]
 
-            def set_raw(_, value):
-                if use_args:
-                    args[0] = value
-                else:
-                    kwargs["hidden_states"] = value
+class RecordEdit(Plan):
+    """Record `record` (each value handed to `on_record(name, value)`) and apply `edits`
+    {site: [Edit]} in order, with one hook per module boundary those sites read. `lengths`
+    [P]: per-prompt lengths for the edits' positions; strict=False lets an edit skip
+    positions a sequence lacks (generation). With `stop`, the pass raises `StopForward`
+    as soon as the last recorded site is computed; the caller catches it."""
 
-            process(raw_of, set_raw, sites)
-            return tuple(args), kwargs
-        return hook
+    name = "record and edit"
 
-    handles = []
-    try:
-        # registered first: the copies exist before any edit of the same block's input
-        handles += _copy_hooks(model, table, copies)
-        if logit_positions is not None:
-            handles.append(model.get_output_embeddings().register_forward_pre_hook(_gather_hook(logit_positions)))
-        for path in {s.rows_from for sites in groups.values() for s in sites if s.rows_from}:
-            handles.append(model.get_submodule(path).register_forward_pre_hook(_shape_hook(rows, path), with_kwargs=True))
+    def __init__(self, record: Sequence[str] = (), edits: dict[str, list[Edit]] | None = None,
+                 on_record: Callable[[str, Tensor], None] | None = None, *, lengths: Tensor | None = None,
+                 strict: bool = True, stop: bool = False):
+        self.record, self.edits, self.on_record = record, edits or {}, on_record
+        self.lengths, self.strict, self.stop = lengths, strict, stop
+
+    def install(self, model: nn.Module, table: SiteTable, handles: list) -> None:
+        self.wanted = {n for n in self.record if table[n].module}
+        self.remaining = set(self.wanted)
+        groups: dict[tuple[str, str], list[Site]] = defaultdict(list)
+        for name in sorted(self.wanted | set(self.edits), key=table.order.__getitem__):
+            site = table[name]
+            groups[(site.module, site.boundary)].append(site)
+        self.shapes = RowShapes({s.rows_from for sites in groups.values() for s in sites if s.rows_from})
+        self.shapes.install(model, table, handles)
         for (path, boundary), sites in groups.items():
             module = model.get_submodule(path)
             if boundary == "out":
-                handles.append(module.register_forward_hook(out_hook(sites)))
+                handles.append(module.register_forward_hook(self._out_hook(sites)))
             else:
-                handles.append(module.register_forward_pre_hook(in_hook(sites), with_kwargs=True))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+                handles.append(module.register_forward_pre_hook(self._in_hook(sites), with_kwargs=True))
+
+    def _process(self, raw_of: Callable[[int], Tensor], set_raw: Callable[[int, Tensor], None], sites: list[Site]) -> None:
+        for site in sites:
+            raw = raw_of(site.view.index)
+            for edit in self.edits.get(site.name, ()):
+                value = self.shapes.read(site, raw)
+                value = edit.apply(value, site=site.name, dims=site.dims,
+                                   lengths=per_row(self.lengths, value.shape[0]), strict=self.strict)
+                raw = self.shapes.write(site, raw, value)
+                set_raw(site.view.index, raw)
+            if site.name in self.wanted:
+                self.on_record(site.name, self.shapes.read(site, raw))
+                self.remaining.discard(site.name)
+        if self.stop and not self.remaining:
+            raise StopForward
+
+    def _out_hook(self, sites: list[Site]):
+        def hook(module, args, output):
+            box = list(output) if isinstance(output, tuple) else [output]
+            self._process(box.__getitem__, box.__setitem__, sites)
+            return tuple(box) if isinstance(output, tuple) else box[0]
+        return hook
+
+    def _in_hook(self, sites: list[Site]):
+        def hook(module, args, kwargs):
+            args, kwargs = list(args), dict(kwargs)
+            box, key = _hidden_slot(args, kwargs)
+            self._process(lambda _: box[key], lambda _, value: box.__setitem__(key, value), sites)
+            return tuple(args), kwargs
+        return hook
 
 
 def per_row(values: Tensor | None, rows: int) -> Tensor | None:
@@ -166,48 +216,85 @@ def _tile(value, rows: int, copies: int):
     return value
 
 
-def _copy_hooks(model: nn.Module, table: SiteTable, copies: dict[int, int] | None) -> list:
-    """Pre-hooks on the blocks from the first layer in `copies` on (see `hooked`)."""
-    copies = {layer: n for layer, n in (copies or {}).items() if n}
-    if not copies:
-        return []
-    if any(not 0 <= layer < table.n_layers for layer in copies):
-        raise MechscopeError(f"copies join at layers {sorted(copies)}, but this model has layers 0-{table.n_layers - 1}")
-    first, last = min(copies), max(copies)
-    prompts: list[int] = []  # P, read at the first block that forks
+class CopyRows(Plan):
+    """copies {layer: n}: at the input of block `layer`, n copies of the P prompt rows (the
+    first P rows, as they are there) join the batch; the per-row tensors the model hands each
+    block (attention masks) are tiled to match. After the last join the prompt rows themselves
+    are dropped, so the blocks from there on, and the output, see only the copies, in order of
+    layer: N*P rows (N = sum of the n's), as `prompts.repeat(N, 1)` would give them."""
 
-    def hook(layer: int):
+    name = "copies"
+    one_batch = True
+
+    def __init__(self, copies: dict[int, int]):
+        self.copies = {layer: n for layer, n in copies.items() if n}
+
+    def check(self, model) -> None:
+        if self.copies and not model.table.n_layers:
+            raise MechscopeError(f"{model.name} has no transformer blocks: copies join at a block's input")
+
+    def rows(self, prompts: int) -> int:
+        return prompts * sum(self.copies.values()) if self.copies else prompts
+
+    def install(self, model: nn.Module, table: SiteTable, handles: list) -> None:
+        if not self.copies:
+            return
+        if any(not 0 <= layer < table.n_layers for layer in self.copies):
+            raise MechscopeError(f"copies join at layers {sorted(self.copies)}, but this model has layers 0-{table.n_layers - 1}")
+        self.prompts = 0  # P, read at the first block that forks
+        for layer in range(min(self.copies), table.n_layers):
+            block = model.get_submodule(table[f"blocks.{layer}.hook_resid_pre"].module)
+            handles.append(block.register_forward_pre_hook(self._hook(layer), with_kwargs=True))
+
+    def _hook(self, layer: int):
+        first, last = min(self.copies), max(self.copies)
+
         def fn(module, args, kwargs):
             args, kwargs = list(args), dict(kwargs)
-            box, key = (args, 0) if args else (kwargs, "hidden_states")
+            box, key = _hidden_slot(args, kwargs)
             hidden = box[key]
             if layer == first:
-                prompts[:] = [hidden.shape[0]]
-            p = prompts[0]
-            if layer in copies:  # the prompt rows (first P) fork; after the last fork they are no longer needed
+                self.prompts = hidden.shape[0]
+            p = self.prompts
+            if layer in self.copies:  # the prompt rows (first P) fork; after the last fork they are no longer needed
                 carried = hidden if layer < last else hidden[p:]
-                hidden = torch.cat([carried, hidden[:p].repeat(copies[layer], *[1] * (hidden.dim() - 1))])
+                hidden = torch.cat([carried, hidden[:p].repeat(self.copies[layer], *[1] * (hidden.dim() - 1))])
             args, kwargs = _tile(args, p, hidden.shape[0] // p), _tile(kwargs, p, hidden.shape[0] // p)
             (args if key == 0 else kwargs)[key] = hidden
             return tuple(args), kwargs
         return fn
 
-    return [model.get_submodule(table[f"blocks.{layer}.hook_resid_pre"].module).register_forward_pre_hook(
-        hook(layer), with_kwargs=True) for layer in range(first, table.n_layers)]
 
+class GatherLogits(Plan):
+    """positions [P]: the output embedding runs only at that (absolute) position of each
+    row, tiled over copies, so the main output comes back [rows, vocab]."""
 
-def _shape_hook(rows: dict, path: str):
-    """Pre-hook that notes the leading [batch, pos] shape of a module's hidden-state input."""
-    def fn(module, args, kwargs):
-        rows[path] = (args[0] if args else kwargs["hidden_states"]).shape[:-1]
-    return fn
+    name = "logit_positions"
+    one_batch = True
 
+    def __init__(self, positions: Tensor):
+        self.positions = positions
 
-def _gather_hook(positions: Tensor):
-    """Pre-hook on the output embedding: keep one position per row, [rows, 1, d]."""
-    def fn(module, args):
+    def check(self, model) -> None:
+        if not model.has_lm_head:
+            raise MechscopeError(f"{model.name} has no LM head: logit_positions has no logits to cut")
+
+    def install(self, model: nn.Module, table: SiteTable, handles: list) -> None:
+        handles.append(model.get_output_embeddings().register_forward_pre_hook(self._gather))
+
+    def _gather(self, module, args):
         hidden = args[0]
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        picked = hidden[rows, per_row(positions, hidden.shape[0]).to(hidden.device)]
+        picked = hidden[rows, per_row(self.positions, hidden.shape[0]).to(hidden.device)]
         return (picked[:, None], *args[1:])
-    return fn
+
+    def finish(self, output: Tensor) -> Tensor:
+        return output[:, 0]
+
+    def output_dims(self, dims: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(d for d in dims if d != "pos")
+
+
+def shortcut_plans(copies: dict[int, int] | None, logit_positions: Tensor | None) -> list[Plan]:
+    """The plans behind `Model.run(copies=..., logit_positions=...)`."""
+    return ([CopyRows(copies)] if copies else []) + ([GatherLogits(logit_positions)] if logit_positions is not None else [])

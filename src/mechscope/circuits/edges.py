@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ..edits import Edit, replace
 from ..errors import MechscopeError
+from ..hooks import GatherLogits
 from .graph import Graph
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class EdgePatcher:
         ([batch or 1, pos, sender, d_model]). `deltas` maps a group index of
         `graph.groups()` to a tensor added to those receivers' inputs; `embed` transforms
         the embedding output (e.g. to interpolate it). logit_positions [batch]: unembed only
-        there (logits [batch, vocab]; see `Model.run`)."""
+        there (logits [batch, vocab]; `hooks.GatherLogits`)."""
         if removed is not None:
             if removed.shape != self.graph.allowed.shape:
                 raise MechscopeError(f"removed must be a [sender, receiver] mask of shape "
@@ -92,8 +93,8 @@ class EdgePatcher:
             if bool((removed & ~self.graph.allowed).any()):
                 raise MechscopeError("removed marks pairs that are not edges of the graph (a receiver before its sender)")
         state = _Pass(self, removed, ablated, deltas, embed)
-        out = self.model.run(tokens, attention_mask=mask, edits=state.edits(), grad=grad,
-                             logit_positions=logit_positions).logits
+        plans = [] if logit_positions is None else [GatherLogits(logit_positions)]
+        out = self.model.run(tokens, attention_mask=mask, edits=state.edits(), grad=grad, plans=plans).logits
         state.check_complete()
         return out
 

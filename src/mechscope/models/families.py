@@ -9,6 +9,7 @@ Hugging Face's own outputs.
 
 from __future__ import annotations
 
+from ..errors import MechscopeError
 from .adapter import Adapter, Tap
 from .families_decoders import DECODERS
 from .families_encoders import ENCODERS
@@ -167,3 +168,13 @@ def adapter_for(model_type: str) -> Adapter | None:
 
 def supported_model_types() -> list[str]:
     return [t for a in FAMILIES for t in a.model_types]
+
+
+def check_supported(config) -> None:
+    """Refuse, with what is supported, a Hugging Face config that no table serves."""
+    if adapter_for(config.model_type) is None:
+        families = "; ".join(f"{a.family} ({', '.join(a.model_types)})" for a in FAMILIES)
+        arch = (config.architectures or ["?"])[0]
+        raise MechscopeError(
+            f"architecture {arch} (model_type '{config.model_type}') is not supported yet. Supported: {families}. "
+            "To add it, write one Adapter table in mechscope/models/families.py")

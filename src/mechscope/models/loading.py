@@ -23,7 +23,7 @@ from ..finite import warn_nonfinite_parameters
 from ..folders import recover_folder
 from ..zoo.storage import is_module_folder, load_module_folder
 from .auto import is_causal_lm
-from .families import FAMILIES, adapter_for
+from .families import adapter_for, check_supported
 
 log = logging.getLogger(__name__)
 HUB_HOST = "huggingface.co"
@@ -103,15 +103,6 @@ def _model_class(config):
     return transformers.AutoModelForCausalLM
 
 
-def _check_supported(config) -> None:
-    if adapter_for(config.model_type) is None:
-        families = "; ".join(f"{a.family} ({', '.join(a.model_types)})" for a in FAMILIES)
-        arch = (config.architectures or ["?"])[0]
-        raise MechscopeError(
-            f"architecture {arch} (model_type '{config.model_type}') is not supported yet. Supported: {families}. "
-            "To add it, write one Adapter table in mechscope/models/families.py")
-
-
 @contextmanager
 def _quiet_transformers():
     """No weight-loading progress bar unless the caller asked for INFO logs."""
@@ -185,7 +176,7 @@ def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | tor
     config, cached = _config(source, local)
     automatic = adapter_for(config.model_type) is None and is_causal_lm(config)  # no table: the automatic adapter
     if not automatic:
-        _check_supported(config)
+        check_supported(config)
     if local:
         refuse_pickle_only(Path(source))
     log.info("loading %s (%s) from %s", name, config.model_type, source)

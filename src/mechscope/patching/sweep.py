@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from .. import edits as E
 from ..errors import MechscopeError
+from ..hooks import CopyRows, GatherLogits
 from ..run import Cache, Run
 from .metrics import Metric, MetricFn, as_metric
 from .result import PatchResult, normalise
@@ -99,12 +100,12 @@ def plan(model, sweep: str, n_pos: int, positions: Sequence[int] | None = None
 
 def record(model, task: Task, sites: Sequence[str], logit_positions: Tensor | None = None):
     """(clean run, corrupted run), each recording `sites`, without gradients, in one forward
-    of both batches. logit_positions: see `Model.run` (then logits are [batch, vocab])."""
+    of both batches. logit_positions: unembed only there (`GatherLogits`: logits [batch, vocab])."""
     mask, rows = task.attention_mask(), len(task)
-    keep = None if logit_positions is None else logit_positions.repeat(2)
+    plans = [] if logit_positions is None else [GatherLogits(logit_positions.repeat(2))]
     with torch.no_grad():
         both = model.run(torch.cat([task.clean, task.corrupt]), record=list(sites), attention_mask=mask.repeat(2, 1),
-                         logit_positions=keep)
+                         plans=plans)
     if both.logits is None:
         raise MechscopeError(f"{model.name} gives no logits (an encoder without an LM head): patching metrics read "
                              "next-token logits")
@@ -169,7 +170,7 @@ def first_layer(model, group: Group) -> int:
 
 
 def _chunks(model, groups: Sequence[Group], per_forward: int, share: bool) -> list[tuple[dict | None, list[int]]]:
-    """(copies {layer: n} for `Model.run`, or None to repeat the inputs; group indices) per
+    """(copies {layer: n} for `CopyRows`, or None to repeat the inputs; group indices) per
     forward, at most `per_forward` groups each, sorted by first layer: copy c is group idx[c]."""
     firsts = [first_layer(model, g) if share else -1 for g in groups]
     tiled = [i for i, f in enumerate(firsts) if f < 0]
@@ -192,10 +193,11 @@ def _forward(model, chunk: Sequence[Group], copies: dict | None, source: dict[st
     edits = [_site_edit(model, site, picks, source[site], int(copies is not None and model.table[site].layer < last))
              for site, picks in by_site.items()]
     tile = 1 if copies else len(chunk)
-    keep = None if logit_positions is None else logit_positions.repeat(tile)
+    plans = [CopyRows(copies)] if copies else []
+    plans += [] if logit_positions is None else [GatherLogits(logit_positions.repeat(tile))]
     with torch.no_grad():
         return model.run(base.repeat(tile, 1), attention_mask=mask.repeat(tile, 1), edits=[*extra, *edits],
-                         copies=copies, logit_positions=keep).logits
+                         plans=plans).logits
 
 
 def read_positions(metric: Metric, task: Task) -> Tensor | None:
@@ -211,8 +213,8 @@ def run_groups(model, task: Task, groups: Sequence[Group], source: dict[str, Ten
     at the group's patches. Groups ride the batch dimension, `batch_size` rows a forward.
 
     share=True skips work every copy shares: a copy joins the forward at its first patched
-    block (`Model.run(copies=...)`), the blocks before it run once per prompt, and the
-    unembedding runs only where the metric reads (`Metric.positions`). `extra` edits must
+    block (`hooks.CopyRows`), the blocks before it run once per prompt, and the
+    unembedding runs only where the metric reads (`Metric.positions`, `hooks.GatherLogits`). `extra` edits must
     treat every copy alike: they see the prompt rows and the copies joined so far."""
     if batch_size is not None and batch_size < 1:
         raise MechscopeError(f"batch_size must be at least 1 (rows per forward), got {batch_size}")

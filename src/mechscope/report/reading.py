@@ -11,7 +11,7 @@ from .sections import _png
 def attribution(model, run) -> str:
     """Which heads and MLPs write the top next-token prediction at the last position,
     measured against the runner-up (logit difference)."""
-    if run is None or not model.has_lm_head or model.adapter is None or model.adapter.final_norm is None:
+    if run is None or not model.has_lm_head or getattr(model, "adapter", None) is None or model.adapter.final_norm is None:
         return ""
     from ..attribution import direct_logit_attribution
     length = int(run.lengths[0])
@@ -27,7 +27,7 @@ def attribution(model, run) -> str:
 def heads(model, run) -> str:
     """Previous-token, duplicate-token and induction scores of every head, on repeated
     random token sequences."""
-    if model.adapter is None or model.dims.n_layers * model.dims.n_heads == 0:
+    if getattr(model, "adapter", None) is None or model.dims.n_layers * model.dims.n_heads == 0:
         return ""
     from ..heads import duplicate_token_scores, induction_scores, previous_token_scores, repeated_random_tokens
     span = 20

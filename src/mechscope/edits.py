@@ -27,6 +27,18 @@ Heads = int | Sequence[int] | None
 
 @dataclass(frozen=True)
 class Edit:
+    """One change to a site's activation during a forward pass: a frozen value, built with
+    `replace`, `add`, `scale`, `zero`, `mean` or `resample` (see the module docstring).
+
+    Invariants: applied functionally (never in place), so gradients flow through it; it
+    touches only the selected `positions` (per sequence, negative from its own end) and
+    `heads`, and leaves the rest of the tensor as it was; a value of the wrong shape is
+    refused with the site's shape.
+
+        with model.edit(ms.edits.zero("blocks.1.attn.hook_z", heads=3, positions=-1)):
+            ablated = model.run(prompt).logits
+    """
+
     site: str
     """Site name or glob (`blocks.*.hook_resid_post`)."""
     op: str

@@ -22,6 +22,18 @@ class Cache(dict):
 
 @dataclass
 class Run:
+    """What one `model.run(...)` gives back: the inputs, the main output and the recorded sites.
+
+    Invariants: `tokens`, `mask`, `logits` and every cached value share the batch axis (with
+    copies, N*P rows in the order `prompts.repeat(N, 1)` gives); position axes are padded back
+    to the widest prompt (zeros past each row's `lengths`), except those cut by `positions=`;
+    `cache` holds exactly the sites recorded, and names what was when asked for another.
+
+        run = model.run(["def f(x):", "x = 1"], record="blocks.0.hook_resid_post")
+        run.cache["blocks.0.hook_resid_post"]    # [2, pos, d_model]
+        run.top_tokens(k=3)                      # next-token guesses after each prompt
+    """
+
     tokens: Int[Tensor, "batch pos"]
     """Token ids; for models that do not read tokens, their input tensor."""
     mask: Int[Tensor, "batch pos"] | None

@@ -151,6 +151,17 @@ class PatternView(View):
 
 @dataclass(frozen=True)
 class Site:
+    """One named activation: which module boundary it is read at and how it is viewed there.
+
+    Invariants: `name` is unique in its model's `SiteTable` (TransformerLens-compatible,
+    `blocks.{l}.hook_resid_post`); `dims` names the axes of the viewed value (`batch pos
+    head d_head ...`) and `sizes` their sizes (None where they vary); reading it never
+    changes the model, and writing back through `view` gives the raw tensor's layout.
+
+        site = model.table["blocks.0.attn.hook_z"]
+        site.describe()    # 'blocks.0.attn.hook_z [batch, pos, head=4, d_head=8]'
+    """
+
     name: str
     module: str
     """Path of the module, relative to the full Hugging Face model."""

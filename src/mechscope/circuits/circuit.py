@@ -29,6 +29,17 @@ CHANNEL_COLOURS = {"q": "tab:blue", "k": "tab:green", "v": "tab:red", "": "tab:g
 
 @dataclass
 class Circuit:
+    """Edges of a model's `Graph`, each with a score (see the module docstring).
+
+    Invariants: every edge is an edge of `graph` (sender computed before its receiver reads
+    the stream); `scores` holds one float per edge, in the order of `edges`; saved as a
+    folder (cfg.json + safetensors) that `load` reads back unchanged.
+
+        scores = ms.circuits.eap(model, task)               # every edge, scored
+        small = scores.circuit(top=50)
+        small.faithfulness(model, task), small.to_dot()
+    """
+
     graph: Graph
     """The graph the edges belong to (its shape: layers, heads, KV heads, MLPs)."""
     edges: list[tuple[str, str]]

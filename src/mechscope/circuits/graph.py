@@ -30,6 +30,16 @@ from ..errors import MechscopeError
 
 @dataclass(frozen=True)
 class Graph:
+    """The sender / receiver graph of one decoder (see the module docstring); its shape only.
+
+    Invariants: node names and their order are fixed by the five fields (`senders`,
+    `receivers`); `allowed[s, r]` is True exactly for the edges, i.e. when s is computed before
+    r reads the residual stream; post-LN models and models without an LM head are refused.
+
+        graph = Graph.from_model(model)
+        graph.senders[:3], len(graph.edges)    # ('embed', 'a0.h0', 'a0.h1'), ...
+    """
+
     n_layers: int
     """Transformer blocks."""
     n_heads: int

@@ -23,6 +23,17 @@ INPUT_NORMS = ("none", "layer_norm")
 
 @dataclass(frozen=True)
 class CoderConfig:
+    """The whole configuration of one sparse coder (SAE or transcoder): its architecture,
+    sizes and losses, and which site of which model it reads.
+
+    Invariants (checked when made, from code or from cfg.json): every field has its type
+    (a bool is not a number), floats are finite, sizes positive, `arch` is in ARCHITECTURES
+    or CROSSCODERS; frozen: `replace(...)` makes a changed, re-checked copy.
+
+        cfg = CoderConfig(arch="topk", d_in=512, d_sae=4096, k=32, hook_name="blocks.3.hook_resid_post")
+        cfg.replace(k=64).to_dict()    # what cfg.json holds
+    """
+
     arch: str
     """Architecture: relu, topk, batchtopk, gated, jumprelu, matryoshka or switch."""
     d_in: int

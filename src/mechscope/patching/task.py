@@ -25,6 +25,16 @@ from ..errors import MechscopeError
 
 @dataclass(frozen=True)
 class Task:
+    """Clean / corrupted prompt pairs with the answer each clean prompt should give.
+
+    Invariants (checked when made): `clean` and `corrupt` have the same shape, row i of one
+    paired with row i of the other; one answer (and foil, when given) per row; `mask`, when
+    given, has the tokens' shape; `position` lies inside every row; frozen once made.
+
+        task = Task.from_tokens([[5, 9, 14, 9]], [[5, 9, 21, 9]], answers=[14], wrong=[21])
+        result = ms.patching.sweep(model, task, ms.patching.logit_diff(task), sweep="resid")
+    """
+
     clean: Int[Tensor, "batch pos"]
     """Token ids of the clean prompts (right-padded where rows differ in length)."""
     corrupt: Int[Tensor, "batch pos"]

@@ -14,7 +14,7 @@ import mechscope as ms
 from mechscope.cli import main
 
 from .conftest import requires_pycode
-from .lens.helpers import save_worded, worded_model
+from .lens.helpers import save_worded, worded_model, write_corpus
 from .models.tiny import tiny_model
 
 LONG = "def f(x):\n    return x + 1\n" * 400    # thousands of tokens
@@ -64,9 +64,7 @@ def test_rotary_zoo_model_refuses_a_long_prompt_in_run_and_lens(capsys):
 @pytest.fixture(scope="module")
 def worded(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("context")
-    corpus = tmp / "corpus.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"})
-                                for i in range(60)))
+    corpus = write_corpus(tmp / "corpus.jsonl", 60)
     return str(save_worded(tmp / "model")), str(corpus), tmp
 
 

@@ -125,11 +125,9 @@ def test_global_options_before_lens_train(tmp_path, capsys):
 def worded(tmp_path_factory):
     from mechscope.dictionary.base import build
     from mechscope.dictionary.config import CoderConfig
-    from tests.lens.helpers import save_worded
+    from tests.lens.helpers import save_worded, write_corpus
     tmp = tmp_path_factory.mktemp("new_user")
-    corpus = tmp / "corpus.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"})
-                                for i in range(60)))
+    corpus = write_corpus(tmp / "corpus.jsonl", 60)
     sae = build(CoderConfig("topk", 32, 64, k=4, hook_name="blocks.1.hook_resid_post")).save(tmp / "sae")
     return str(save_worded(tmp / "model")), str(sae), ["--data", str(corpus), "--ctx", "16", "--heldout", "0.3"], tmp
 

@@ -150,7 +150,7 @@ def test_cli_train_across_layers_and_models_then_diff(tmp_path, capsys):
     import json
 
     from mechscope.commands import crosscoder as command
-    from tests.lens.helpers import worded_model
+    from tests.lens.helpers import worded_model, write_corpus
 
     def call(argv):
         parser = argparse.ArgumentParser()
@@ -163,9 +163,7 @@ def test_cli_train_across_layers_and_models_then_diff(tmp_path, capsys):
         model.hf.save_pretrained(tmp_path / f"m{seed}")
         model.tokenizer.save_pretrained(tmp_path / f"m{seed}")
         folders.append(str(tmp_path / f"m{seed}"))
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"})
-                                for i in range(40)))
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 40)
     common = ["--data", str(corpus), "--ctx", "16", "--heldout", "0.2", "--width", "32", "--total-tokens", "128",
               "--batch-tokens", "32", "--warmup", "1", "--eval-contexts", "4", "--json"]
     layers = call(["train", folders[0], "--site", "blocks.0.hook_resid_post", "--site", SITE, "--variant",

@@ -70,6 +70,11 @@ def test_end_to_end_a_constant_reconstruction_leaves_a_linear_error_and_saves(tm
     back = ErrorAnalysis.load(result.save(tmp_path / "err"))
     assert back.to_dict() == result.to_dict() and torch.equal(back.test_predicted, result.test_predicted)
     assert back.plot() is not None
+    tensors = tmp_path / "err" / "errors.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:100])       # truncated: one line naming the file
+    with pytest.raises(ms.MechscopeError, match=r"errors\.safetensors") as err:
+        ErrorAnalysis.load(tmp_path / "err")
+    assert "\n" not in str(err.value)
 
 
 def test_bad_input_fails_clearly(tmp_path):
@@ -92,11 +97,9 @@ def test_cli_prints_r2_and_the_largest_errors(tmp_path, capsys):
     import json
 
     from mechscope.commands import sae as command
-    from tests.lens.helpers import save_worded
+    from tests.lens.helpers import save_worded, write_corpus
     folder = save_worded(tmp_path / "model")
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"})
-                                for i in range(80)))
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 80)
     ms.dictionary.build(CoderConfig("topk", 32, 16, k=4, hook_name="blocks.1.hook_resid_post")).save(tmp_path / "sae")
     parser = argparse.ArgumentParser()
     command.configure(parser)

@@ -59,6 +59,11 @@ def test_saves_as_a_dictionary_folder_and_loads(trained, tmp_path):
     assert back.to_dict() == meta.to_dict() and torch.equal(back.indices, meta.indices)
     assert back.components(5) == meta.components(5)
     assert back.plot() is not None
+    for name in ("metrics.json", "composition.safetensors"):   # damaged: one line naming the file
+        (folder / name).write_bytes((folder / name).read_bytes()[:40])
+        with pytest.raises(ms.MechscopeError, match=name.replace(".", r"\.")) as err:
+            MetaSAE.load(folder)
+        assert "\n" not in str(err.value)
 
 
 def test_row_stream_is_a_pure_function_of_the_step():

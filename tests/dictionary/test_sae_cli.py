@@ -15,11 +15,9 @@ SITE = "blocks.1.hook_resid_post"
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sae_cli")
-    from tests.lens.test_tuned import save_worded
+    from tests.lens.helpers import save_worded, write_corpus
     folder = save_worded(tmp / "model")
-    corpus = tmp / "corpus.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"})
-                                for i in range(60)))
+    corpus = write_corpus(tmp / "corpus.jsonl", 60)
     return tmp, folder, corpus
 
 

@@ -140,11 +140,9 @@ def test_cli_train_writes_eval_json_and_eval_reads_it_back(tmp_path, capsys):
     import json
 
     from mechscope.commands import transcoder as command
-    from tests.lens.helpers import save_worded
+    from tests.lens.helpers import save_worded, write_corpus
     folder = save_worded(tmp_path / "model")
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"})
-                                for i in range(60)))
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 60)
 
     def call(argv):
         parser = argparse.ArgumentParser()

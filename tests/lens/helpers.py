@@ -4,6 +4,7 @@ check that result tensors match their jaxtyping annotations."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from pathlib import Path
 
@@ -42,6 +43,13 @@ def save_worded(folder: Path) -> Path:
     model.hf.save_pretrained(folder)
     model.tokenizer.save_pretrained(folder)
     return folder
+
+
+def write_corpus(path: Path, lines: int) -> Path:
+    """A JSON-lines corpus of `lines` short sentences in words the worded model knows."""
+    path.write_text("\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"})
+                               for i in range(lines)))
+    return path
 
 
 def pycode_or_worded() -> ms.Model:

@@ -23,7 +23,7 @@ from mechscope.cli import main
 from mechscope.dictionary import build
 from mechscope.dictionary.config import CoderConfig
 from mechscope.dictionary.formats import write_saelens
-from tests.lens.helpers import save_worded
+from tests.lens.helpers import save_worded, write_corpus
 
 SITE = "blocks.1.hook_resid_post"
 D_IN, D_SAE = 32, 64
@@ -36,9 +36,7 @@ def good(tmp_path_factory):
     """A tiny text model, a corpus and one good dictionary per layout."""
     root = tmp_path_factory.mktemp("bad_files")
     model = save_worded(root / "model")
-    corpus = root / "corpus.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"})
-                                for i in range(40)))
+    corpus = write_corpus(root / "corpus.jsonl", 40)
     torch.manual_seed(0)
     coder = build(CoderConfig("topk", D_IN, D_SAE, k=4, hook_name=SITE, model_name=str(model)))
     coder.save(root / "mechscope")

@@ -20,18 +20,16 @@ A transcoder's error is that of its target (y − ŷ), predicted from its input 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 from jaxtyping import Float, Int
-from safetensors.torch import load_file
 from torch import Tensor
 
 from ..errors import MechscopeError
-from ..io import write_json, write_tensors
+from ..io import read_json, read_tensors, write_json, write_tensors
 from .attach import warn_if_other_model
 from .source import SourceConfig, keep_mask, site_width
 
@@ -155,13 +153,13 @@ class ErrorAnalysis:
     def load(cls, folder: str | Path) -> ErrorAnalysis:
         folder = Path(folder)
         path = folder / "cfg.json"
-        data = json.loads(path.read_text()) if path.is_file() else {}
+        data = read_json(path) if path.is_file() else {}
         if data.get("kind") != KIND:
             raise MechscopeError(f"'{folder}' does not hold a dictionary error analysis (write one with "
                                  "`mechscope sae error ... --save DIR`)")
         names = {f.name for f in fields(cls)} - set(cls.TENSORS)
         values = {k: (math.nan if v is None else v) for k, v in data.items() if k in names}
-        return cls(**values, **load_file(folder / "errors.safetensors"))
+        return cls(**values, **read_tensors(folder / "errors.safetensors", "error analysis tensors"))
 
 
 @torch.no_grad()

@@ -22,18 +22,16 @@ and metrics.json beside it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from jaxtyping import Float, Int
-from safetensors.torch import load_file
 from torch import Tensor
 
 from ..errors import MechscopeError
-from ..io import write_json, write_tensors
+from ..io import read_json, read_tensors, write_json, write_tensors
 from .base import SparseCoder
 from .cache import rows_for_step
 from .config import CoderConfig
@@ -147,8 +145,8 @@ class MetaSAE:
             raise MechscopeError(f"'{folder}' holds no meta-SAE composition ({COMPOSITION}): write one with "
                                  "`mechscope sae meta`")
         meta = SparseCoder.load(folder)
-        t = load_file(folder / COMPOSITION)
-        metrics = json.loads((folder / "metrics.json").read_text())
+        t = read_tensors(folder / COMPOSITION, "meta-SAE composition")
+        metrics = read_json(folder / "metrics.json")
         return cls(meta, t["indices"], t["weights"], metrics["fvu"], metrics["cosine"])
 
 

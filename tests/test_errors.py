@@ -80,12 +80,13 @@ def test_unknown_model_offline_fails_fast(monkeypatch):
 
 
 def test_unknown_architecture(tmp_path):
-    config = T.GPTJConfig(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32, rotary_dim=4)
-    T.GPTJForCausalLM(config).save_pretrained(tmp_path)
+    # causal LMs without a table get the automatic adapter; an encoder-decoder has neither
+    config = T.T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8, vocab_size=50)
+    T.T5ForConditionalGeneration(config).save_pretrained(tmp_path)
     with pytest.raises(ms.MechscopeError) as err:
         ms.load(str(tmp_path))
     text = _one_line(err)
-    assert "GPTJForCausalLM" in text and "Llama" in text and "families.py" in text
+    assert "T5ForConditionalGeneration" in text and "Llama" in text and "families.py" in text
 
 
 def test_not_a_model_folder(tmp_path):

@@ -175,3 +175,36 @@ def test_plot_draws_the_top_contributions_by_sign():
     assert any(list(line.get_xdata()) == [0, 0] for line in ax.lines)   # the zero line
     own = Figure().subplots()
     assert result.plot(k=3, ax=own) is own.figure and len(own.patches) == 3
+
+
+def test_unembed_bias_and_single_target_by_hand():
+    """An LM head with a (non-zero) bias: its share is b_U[target] - b_U[vs], and the total
+    and the model's own output logit still agree."""
+    base = tiny_model("gpt2")
+    hf = base.hf
+    head = nn.Linear(32, 97, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(hf.lm_head.weight)
+        head.bias.copy_(torch.randn(97, generator=torch.Generator().manual_seed(8)))
+    hf.lm_head = head
+    hf.config.tie_word_embeddings = False
+    model = ms.Model(hf, None, name="tiny-gpt2-biased")
+    ids = IDS[:, :5] % 97
+    result = direct_logit_attribution(model, ids, 7, 11)
+    i = result.labels.index("unembed bias")
+    assert (result.layer_of[i], result.head_of[i]) == (model.dims.n_layers, -1)
+    assert torch.allclose(result.contributions[i], (head.bias[7] - head.bias[11]).detach().expand(2, 5))
+    logits = model.run(ids).logits.detach()
+    assert torch.allclose(result.logit, logits[..., 7] - logits[..., 11], atol=1e-4)
+    assert torch.allclose(result.contributions.sum(0), result.logit, atol=1e-4)
+    alone = direct_logit_attribution(model, ids, 7)
+    assert torch.allclose(alone.output_logit, logits[..., 7], atol=1e-5)
+    assert torch.allclose(alone.logit, logits[..., 7], atol=1e-4)
+    assert torch.allclose(alone.contributions[i], head.bias[7].detach().expand(2, 5))
+
+
+def test_post_ln_refusal_names_the_family():
+    with pytest.raises(ms.MechscopeError, match=r"^BERT.* is post-LN \(the residual stream is renormalised after each "
+                       r"sublayer\), so its final stream is not a sum of components: direct logit attribution needs a "
+                       r"pre-norm model$"):
+        direct_logit_attribution(tiny_model("bert"), IDS[:, :5] % 97, 3)

@@ -113,7 +113,9 @@ def test_bad_edits_are_refused_with_their_site_named():
     with pytest.raises(ms.MechscopeError, match=r"position 3 is outside the sequence at 'the.site'"):
         apply(edits.zero("s", positions=3))
     assert torch.equal(apply(edits.add("s", 1.0, positions=3), strict=False), x)   # not strict: left alone
-    with pytest.raises(ms.MechscopeError, match="resample needs a non-empty reference batch"):
+    with pytest.raises(ms.MechscopeError, match=r"^resample needs a non-empty reference batch \[n, pos, \.\.\.\] of "
+                       r"recorded activations$"):
         edits.resample("s", torch.zeros(4))
+    assert edits.resample("s", torch.zeros(3, 4)).value.shape == (3, 4)   # [n, pos] is the smallest reference
     with pytest.raises(ms.MechscopeError, match="resample needs a non-empty reference batch"):
         edits.resample("s", torch.zeros(0, 3))

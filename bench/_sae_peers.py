@@ -7,8 +7,12 @@ Runs with the interpreter of the library it times (the project's `.venv` for mec
 
 ACTS holds `train` [N, d_in] (already shuffled and scaled to mean norm sqrt(d_in)) and
 `heldout` [M, d_in]. Step s trains on rows [s B, (s + 1) B) - the same batches for every
-library - with Adam at a constant learning rate, each library's own TopK coder and its own
-training-step recipe (loss, AuxK with a dead mask, decoder-norm constraint). Prints one JSON
+library - with Adam at a constant learning rate, each library's own TopK coder, its own
+trainer's initialisation (data-driven where that trainer does it: mechscope's geometric-median
+b_dec and input scale, sparsify's first-batch-mean b_dec; SAELens 6.54.12 has none) and its
+own training-step recipe (loss, AuxK with a dead mask, decoder-norm constraint); SAELens runs
+through its own `SAETrainer.step`. `sparsify-bare` is sparsify without its b_dec init (the
+bench before 2026-12-07). Prints one JSON
 line: seconds per timed step, tokens/s, the held-out FVU after the run and, with `--curve`,
 the held-out FVU after every step (evaluated outside the timed region).
 """

@@ -42,14 +42,22 @@ class Edit:
     site: str
     """Site name or glob (`blocks.*.hook_resid_post`)."""
     op: str
-    """replace, add, scale, zero, mean or resample."""
+    """replace, add, scale, zero, mean, resample, or observe (reads only)."""
     value: Tensor | Callable[[Tensor], Tensor] | float | None = None
     positions: Positions = None
     heads: Heads = None
     seed: int = 0
     """Seed for resample ablation, so a run can be repeated exactly."""
 
+    @property
+    def changes(self) -> bool:
+        """Whether the edit can change the activation (observe only reads it)."""
+        return self.op != "observe"
+
     def apply(self, x: Tensor, *, site: str, dims: tuple[str, ...], lengths: Tensor | None, strict: bool) -> Tensor:
+        if not self.changes:
+            self.value(x)
+            return x
         new = self._new_value(x, site)
         mask = _selection(x, dims, self.positions, self.heads, lengths, site, strict)
         return new if mask is None else torch.where(mask, new, x)
@@ -146,6 +154,13 @@ def position_mask(positions: Positions, lengths: Tensor | None, batch: int, seq:
 def replace(site: str, value: Tensor | Callable[[Tensor], Tensor], *, positions: Positions = None, heads: Heads = None) -> Edit:
     """Replace the activation with `value` (a tensor broadcastable to it, or a function of it)."""
     return Edit(site, "replace", value, positions, heads)
+
+
+def observe(site: str, fn: Callable[[Tensor], None]) -> Edit:
+    """Call `fn(activation)` during the forward pass and change nothing: hands a value to a
+    later edit of the same forward (a transcoder's input to its target). Allowed at
+    read-only sites too."""
+    return Edit(site, "observe", fn)
 
 
 def add(site: str, vector: Tensor, *, positions: Positions = None, heads: Heads = None) -> Edit:

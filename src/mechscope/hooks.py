@@ -94,10 +94,10 @@ def resolve_edits(table: SiteTable, edits: Sequence[Edit]) -> dict[str, list[Edi
             raise MechscopeError(f"edits must be made with mechscope.edits (replace, add, ...), got {type(edit).__name__}")
         for name in table.resolve(edit.site):
             site = table[name]
-            if not site.view.editable or not site.module:
-                raise MechscopeError(
-                    f"'{name}' can be recorded but not edited: the model has already used it when it is "
-                    "computed (edit hook_z, hook_v or hook_resid_* instead)")
+            if (edit.changes and not site.view.editable) or not site.module:
+                why = getattr(site.view, "reason", "") or ("the model has already used it when it is computed "
+                                                           "(edit hook_z, hook_v or hook_resid_* instead)")
+                raise MechscopeError(f"'{name}' can be recorded but not edited: {why}")
             by_site[name].append(edit)
     return dict(by_site)
 

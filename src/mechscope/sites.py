@@ -132,6 +132,15 @@ class CopyView(View):
         return value.clone()
 
 
+@dataclass(frozen=True)
+class ReadOnlyView(View):
+    """The whole tensor, recorded only: an edit at this boundary would not do what the
+    site's name says (`reason` tells why and what to edit instead)."""
+
+    reason: str = ""
+    editable = False
+
+
 class RouterView(View):
     """Router logits, output[0] of a MoE router, over flattened tokens [batch * pos, expert]
     (the hooks unflatten them: `Site.rows_from`). Read-only: the router has already chosen
@@ -199,6 +208,20 @@ def _sublayer_view(adapter: Adapter, tap) -> View:
     return CopyView() if tap.copy else View()
 
 
+def _mid_sites(blk: str, module: str, boundary, resid, layer: int, flat: str | None) -> list[Site]:
+    """hook_resid_mid, and hook_mlp_in where the stream is read at the MLP norm's input.
+    There the block has already kept its own copy of the stream for the skip connection, so
+    an edit reaches the MLP only: that is hook_mlp_in (as in TransformerLens), and
+    hook_resid_mid is read-only (an edit would leave the residual stream as it was)."""
+    if boundary != "in":  # read after the norm that produces the stream itself (post-LN): editable
+        return [Site(blk + "hook_resid_mid", module, boundary, View(), *resid, layer, rows_from=flat)]
+    why = (f"the block keeps its own copy of the residual stream before the MLP reads it, so an edit here would "
+           f"reach the MLP only: edit {blk}hook_mlp_in (what the MLP reads) or {blk}hook_attn_out (what joins the "
+           "residual stream)")
+    return [Site(blk + "hook_resid_mid", module, boundary, ReadOnlyView(why), *resid, layer, rows_from=flat),
+            Site(blk + "hook_mlp_in", module, boundary, View(), *resid, layer, rows_from=flat)]
+
+
 def _block_sites(adapter: Adapter, dims: Dims, layer: int, prefix: str, parallel: bool) -> list[Site]:
     def path(rel: str) -> str:
         return prefix + adapter.block(layer, rel)
@@ -221,8 +244,7 @@ def _block_sites(adapter: Adapter, dims: Dims, layer: int, prefix: str, parallel
     if d.d_mlp:  # attention-only models have no MLP and so no resid_mid either
         flat = block if adapter.mlp_flat_rows else None  # OPT's MLP runs on [batch * pos, ...]
         if adapter.resid_mid is not None and not parallel:
-            sites.append(Site(blk + "hook_resid_mid", path(adapter.resid_mid.module), adapter.resid_mid.boundary, View(),
-                              *resid, layer, rows_from=flat))
+            sites += _mid_sites(blk, path(adapter.resid_mid.module), adapter.resid_mid.boundary, resid, layer, flat)
         if adapter.mlp_down:
             sites.append(Site(blk + "mlp.hook_post", path(adapter.mlp_down), "in", View(), ("batch", "pos", "d_mlp"),
                               (None, None, d.d_mlp), layer, rows_from=flat))

@@ -86,7 +86,7 @@ def test_table_order_globs_and_errors():
     table = model.table
     names = list(table.by_name)
     block = ["hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_pattern", "attn.hook_z",
-             "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out", "hook_resid_post"]
+             "hook_attn_out", "hook_resid_mid", "hook_mlp_in", "mlp.hook_post", "hook_mlp_out", "hook_resid_post"]
     expected = ["hook_embed"] + [f"blocks.{l}.{s}" for l in range(2) for s in block]
     expected += ["ln_final.hook_normalized", "logits"]
     assert names == expected and len(table) == len(expected) and [s.name for s in table] == expected

@@ -11,7 +11,7 @@ receiver reads the residual stream it adds
 to its input: head receivers recompute their own q / k / v view from
 ``norm(resid_pre + delta_r)`` with the model's own norm module and the head's weights
 (hook_q / hook_k / hook_v are projection outputs, before rotary, so this is exact), MLP
-receivers edit the MLP norm's input (``hook_resid_mid``; in parallel blocks the MLP is
+receivers edit the MLP norm's input (``hook_mlp_in``; in parallel blocks the MLP is
 re-run on ``norm(resid_pre + delta)`` at ``hook_mlp_out``), and ``logits`` edits the last
 ``hook_resid_post``. Everything goes through `mechscope.edits.replace` callables.
 
@@ -126,7 +126,7 @@ class _Pass:
                 edits.append(replace(f"blocks.{layer}.attn.hook_{kind}", self._head_input(index, kind, layer)))
             elif kind == "mlp":
                 if active and not g.parallel:
-                    edits.append(replace(f"blocks.{layer}.hook_resid_mid", self._add_delta(index)))
+                    edits.append(replace(f"blocks.{layer}.hook_mlp_in", self._add_delta(index)))
                 edits.append(replace(f"blocks.{layer}.hook_mlp_out", self._mlp_out(index, layer, active and g.parallel)))
             elif kind == "logits" and active:
                 edits.append(replace(f"blocks.{L - 1}.hook_resid_post", self._add_delta(index)))

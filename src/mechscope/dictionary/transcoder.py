@@ -67,9 +67,8 @@ class _Relay:
     def __init__(self):
         self.value: Tensor | None = None
 
-    def keep(self, x: Tensor) -> Tensor:
+    def keep(self, x: Tensor) -> None:
         self.value = x
-        return x
 
 
 def splice(coder, keep: Tensor | None = None, *, zero: bool = False) -> list[edits.Edit]:
@@ -95,4 +94,4 @@ def splice(coder, keep: Tensor | None = None, *, zero: bool = False) -> list[edi
         return out.view(value.shape)
 
     target_edit = edits.replace(cfg.target_hook, replace)
-    return [target_edit] if zero else [edits.replace(cfg.hook_name, relay.keep), target_edit]
+    return [target_edit] if zero else [edits.observe(cfg.hook_name, relay.keep), target_edit]

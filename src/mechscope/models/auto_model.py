@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..errors import MechscopeError
 from ..model import Model
 from ..module_model import ModuleModel, module_sites
-from ..sites import Dims, SiteTable, View, build_sites
+from ..sites import Dims, ReadOnlyView, SiteTable, build_sites
 from .adapter import Adapter, Tap
 from .auto import Guess, guesses, text_config
 from .auto_check import Choice, candidate_table, choose, record
@@ -34,13 +34,9 @@ UNVERIFIED = "not offered"
 READ_ONLY = "read-only"
 
 
-class ReadOnlyView(View):
-    """A verified value that an edit at its boundary would not replace everywhere the model uses it."""
-
-    editable = False
 
 STANDARD = ("hook_embed", "hook_pos_embed", "hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v",
-            "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out",
+            "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "hook_mlp_in", "mlp.hook_post", "hook_mlp_out",
             "hook_resid_post", "ln_final.hook_normalized", "logits")
 """The TransformerLens site kinds a decoder can have (blocks.{l}. omitted), in forward order."""
 WEIGHT_GROUPS = ("qkv", "o", "mlp_in", "mlp_out", "unembed")
@@ -83,7 +79,8 @@ class AutoModel(Model):
         """Keep the verified site kinds, read-only where an edit would not do what its name says
         (and every module path when `paths`)."""
         kinds, weights = verdict.kinds, verdict.weights
-        kept = [replace(s, view=ReadOnlyView()) if site_kind(s.name) in verdict.read_only else s
+        kept = [replace(s, view=ReadOnlyView(verdict.read_only[site_kind(s.name)]))
+                if site_kind(s.name) in verdict.read_only else s
                 for s in self.table if site_kind(s.name) in kinds]
         built = {site_kind(s.name) for s in self.table}
         standard = {k for k in STANDARD if k != "hook_pos_embed" and (k != "logits" or "logits" in built)}

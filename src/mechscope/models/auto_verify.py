@@ -117,6 +117,8 @@ def _edit_reaches_residual(model, c, ids: Tensor) -> bool:
     """Adding u at hook_resid_mid of block 0 moves its hook_resid_post by u (plus the MLP's change)."""
     u = torch.randn(model.dims.d_model, generator=torch.Generator().manual_seed(2)).to(c["blocks.0.hook_resid_mid"])
     run = model.run(ids, record=["blocks.0.hook_resid_post", "blocks.0.hook_mlp_out"], logits=False,
+    if not model.table["blocks.0.hook_resid_mid"].view.editable:  # read at the MLP norm's input (see sites.py)
+        return False
                     edits=[edits.add("blocks.0.hook_resid_mid", u)])
     mid = c["blocks.0.hook_resid_mid"]
     return close(run.cache["blocks.0.hook_resid_post"], mid + u + run.cache["blocks.0.hook_mlp_out"])
@@ -135,6 +137,8 @@ def _sublayers(model, v: Verdict, c, ids: Tensor) -> None:
         v.kinds.add("hook_resid_mid")
         if not _edit_reaches_residual(model, c, ids):
             v.read_only["hook_resid_mid"] = ("read where the MLP's norm takes it, after the block has kept its own copy "
+        if any(site_kind(s.name) == "hook_mlp_in" for s in model.sites):  # the same tensor, editable: the MLP reads it
+            v.kinds.add("hook_mlp_in")
                                              "for the skip connection: an edit would reach the MLP but not the residual stream")
 
 

@@ -6,6 +6,7 @@ a model that is not on this machine then fails at once with a one-line error.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import socket
@@ -24,6 +25,7 @@ from ..folders import recover_folder
 from ..zoo.storage import is_module_folder, load_module_folder
 from .auto import is_causal_lm
 from .families import adapter_for, check_supported
+from .memory import check_fits
 
 log = logging.getLogger(__name__)
 HUB_HOST = "huggingface.co"
@@ -154,9 +156,14 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return getattr(torch, dtype)
 
 
-def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None):
+def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None,
+         device_map: str | dict | None = None):
     """Load a model by hub id, local folder or `zoo:NAME`, ready for recording and editing.
-    dtype / device default to $MECHSCOPE_DTYPE / $MECHSCOPE_DEVICE, else float32 on the CPU."""
+    dtype / device default to $MECHSCOPE_DTYPE / $MECHSCOPE_DEVICE, else float32 on the CPU.
+    device_map ("auto", or Hugging Face's module -> device dict) spreads a large model over
+    the GPUs and the CPU (it needs the accelerate package); recorded values then stay on the
+    device of their module unless `run(..., cache_device=...)` gathers them. A model whose
+    weights would not fit in the free memory of its device is refused before loading."""
     from transformers import AutoTokenizer
 
     from ..model import Model
@@ -180,7 +187,15 @@ def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | tor
     if local:
         refuse_pickle_only(Path(source))
     log.info("loading %s (%s) from %s", name, config.model_type, source)
-    kwargs = {"local_files_only": cached}
+    kwargs: dict = {"local_files_only": cached}
+    if device_map is not None:
+        if device is not None:
+            raise MechscopeError("give device or device_map, not both: device_map places every module itself")
+        if importlib.util.find_spec("accelerate") is None:
+            raise MechscopeError("device_map needs the accelerate package: pip install accelerate")
+        kwargs["device_map"] = device_map
+    else:
+        check_fits(name, _model_class(config), config, dtype or torch.float32, device)
     try:
         snapshot = snapshot_file(name[4:]) if name.startswith("zoo:") else None
         with _quiet_transformers():
@@ -192,7 +207,7 @@ def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | tor
             raise
         raise MechscopeError(f"the weights in {source} could not be read ({str(err).splitlines()[0]}): the file is "
                              "corrupt, truncated or for another architecture; restore it or retrain (`mechscope zoo train NAME`)") from None
-    if device is not None:
+    if device is not None and device_map is None:
         hf = hf.to(device)
     warn_nonfinite_parameters(hf, name)  # a warning, not a refusal: inspecting a broken model finds the damage
     try:

@@ -151,6 +151,17 @@ def test_views_and_defaults_read_the_right_cells():
         direct_logit_attribution(model, ids, 97)
     alone = direct_logit_attribution(model, ids, 7)
     assert alone.metric() == "logit '7'" and alone.vs_ids is None
+    with pytest.raises(ms.MechscopeError, match=r"^vs id 200 is outside"):
+        direct_logit_attribution(model, ids, 7, vs=200)
+    # a chart at another row and position: its bars are that column's contributions; a zero
+    # contribution (llama's attention has no output bias) is drawn in the positive colour
+    from matplotlib.colors import to_hex
+    ax = result.plot(row=1, pos=2, k=len(result.labels)).axes[0]
+    top = result.top(len(result.labels), 1, 2)[::-1]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [label for label, _ in top]
+    assert [p.get_width() for p in ax.patches] == pytest.approx([v for _, v in top])
+    zero = [i for i, (label, v) in enumerate(top) if v == 0]
+    assert zero and all(to_hex(ax.patches[i].get_facecolor()) == "#4c78a8" for i in zero)
     assert torch.allclose(alone.logit, model.run(ids).logits[..., 7], atol=1e-4)
 
 
@@ -159,8 +170,8 @@ def test_plot_draws_the_top_contributions_by_sign():
     from matplotlib.figure import Figure
 
     model = ms.load("zoo:pycode")
-    result = direct_logit_attribution(model, "def add(a, b):\n    return", " a", " b")
-    assert len(result.labels) > 20
+    result = direct_logit_attribution(model, "def add(a, b):\n    return", " a", " x")
+    assert len(result.labels) > 20 and result.text(result.vs_ids[0]) == " x"   # " x" is not in the prompt
     fig = result.plot()                                   # row 0, last position, 20 bars
     ax = fig.axes[0]
     top = result.top(20, 0, -1)[::-1]                     # largest at the top of the chart
@@ -168,7 +179,7 @@ def test_plot_draws_the_top_contributions_by_sign():
     assert [p.get_width() for p in ax.patches] == pytest.approx([v for _, v in top])
     assert [to_hex(p.get_facecolor()) for p in ax.patches] == ["#4c78a8" if v >= 0 else "#e45756" for _, v in top]
     assert {to_hex(p.get_facecolor()) for p in ax.patches} == {"#4c78a8", "#e45756"}   # both signs drawn
-    assert ax.get_xlabel() == "direct contribution to logit ' a' - logit ' b'"
+    assert ax.get_xlabel() == "direct contribution to logit ' a' - logit ' x'"
     last = int(result.positions[0, -1])
     assert ax.get_title() == f"zoo:pycode, position {last} ({result.text(result.tokens[0, -1])!r}): " \
                              f"total {float(result.logit[0, -1]):.3f}"

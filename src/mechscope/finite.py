@@ -28,13 +28,16 @@ def is_finite(t: Tensor) -> bool:
 def nonfinite_parameters(module: nn.Module, limit: int = 3) -> list[str]:
     """Names of up to `limit` parameters holding NaN or inf (one pass; parameters left on
     the meta device by offloading are skipped)."""
-    bad = []
-    for name, p in module.named_parameters():
-        if not p.is_meta and not is_finite(p.detach()):
-            bad.append(name)
-            if len(bad) == limit:
-                break
-    return bad
+    named = [(n, p.detach()) for n, p in module.named_parameters()
+             if not p.is_meta and (p.is_floating_point() or p.is_complex())]
+    if not named:
+        return []
+    # NaN and inf survive a sum: one read of each tensor and one host sync for the whole model;
+    # a flagged sum (which could also be an overflow) is confirmed element by element
+    device = named[0][1].device  # parameters spread over devices (device_map) report to one
+    flagged = torch.stack([p.sum().isfinite().to(device) for _, p in named]).logical_not()
+    suspects = [named[i] for i in flagged.nonzero().flatten().tolist()]
+    return [name for name, p in suspects if not is_finite(p)][:limit]
 
 
 def warn_nonfinite_parameters(module: nn.Module, model_name: str) -> list[str]:

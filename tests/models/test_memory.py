@@ -26,6 +26,7 @@ def test_the_meta_count_equals_the_real_one(folder):
     real = sum(p.numel() for p in T.LlamaForCausalLM(config).parameters())
     assert memory.parameter_count(T.LlamaForCausalLM, config) == real
     assert memory.parameter_count(T.AutoModelForCausalLM, config) == real
+    assert memory.stored_count(folder) == real  # from the safetensors headers alone
 
 
 def test_a_model_larger_than_free_memory_is_refused_with_its_size(folder, monkeypatch):

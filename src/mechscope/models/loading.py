@@ -195,7 +195,7 @@ def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | tor
             raise MechscopeError("device_map needs the accelerate package: pip install accelerate")
         kwargs["device_map"] = device_map
     else:
-        check_fits(name, _model_class(config), config, dtype or torch.float32, device)
+        check_fits(name, _model_class(config), config, dtype or torch.float32, device, source if local else None)
     try:
         snapshot = snapshot_file(name[4:]) if name.startswith("zoo:") else None
         with _quiet_transformers():

@@ -4,7 +4,9 @@ of sending the machine into swap (or the GPU into an out-of-memory error half-wa
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -23,6 +25,24 @@ def parameter_count(model_class, config) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def stored_count(folder: Path) -> int | None:
+    """Parameters stored in a folder's safetensors files, from their headers alone (no
+    tensor is read); None where there are none or a header cannot be read."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    total = 0
+    for file in files:
+        try:
+            with open(file, "rb") as handle:
+                size = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(size)) if 0 < size < 100_000_000 else None
+        except (OSError, ValueError):
+            return None
+        if not isinstance(header, dict):
+            return None
+        total += sum(math.prod(v.get("shape", [])) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict))
+    return total or None
+
+
 def available_bytes(device: torch.device | None) -> int | None:
     """Memory free for new tensors on `device` (the CPU: MemAvailable; a GPU: free memory);
     None where it cannot be told."""
@@ -39,13 +59,17 @@ def available_bytes(device: torch.device | None) -> int | None:
     return None
 
 
-def check_fits(name: str, model_class, config, dtype: torch.dtype, device: torch.device | None) -> None:
-    """Refuse, in one line, a model whose weights alone would not fit in the free memory of `device`."""
+def check_fits(name: str, model_class, config, dtype: torch.dtype, device: torch.device | None,
+               folder: str | None = None) -> None:
+    """Refuse, in one line, a model whose weights alone would not fit in the free memory of
+    `device`. Sizes come from a local `folder`'s safetensors headers when it has them (free),
+    else from the model built on the meta device."""
     free = available_bytes(device)
     if free is None:
         return
     try:
-        need = parameter_count(model_class, config) * dtype.itemsize
+        count = (stored_count(Path(folder)) if folder else None) or parameter_count(model_class, config)
+        need = count * dtype.itemsize
     except Exception as err:  # noqa: BLE001  an estimate that cannot be made must not stop the load itself
         log.debug("could not estimate the size of %s: %s", name, err)
         return

@@ -188,7 +188,8 @@ def token_stream(documents: Iterable[str], tokenizer, max_tokens: int | None = N
     """`EOS doc EOS doc ... EOS` as one int64 tensor (cut at `max_tokens`), and the documents read."""
     eos = _separator(tokenizer)
     stream: list[int] = [eos]
-    n_docs, pending = 0, []
+    n_docs = 0
+    pending: list[str] = []
 
     def flush() -> None:
         for ids in _encode(tokenizer, pending):
@@ -270,7 +271,7 @@ def stdlib_documents(max_files: int | None = None, *, split: str = "heldout") ->
     files = pycode_data.list_sources(root, include_tests=False)
     if split != "all":
         files = [f for f in files if pycode_data.is_heldout(f, PYCODE_HELDOUT_FRACTION) == (split == "heldout")]
-    texts = []
+    texts: list[str] = []
     for rel in files:
         if max_files is not None and len(texts) >= max_files:
             break

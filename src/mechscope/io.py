@@ -19,7 +19,7 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from .errors import MechscopeError
 try:
     import fcntl
 except ImportError:  # Windows: output folders are not locked
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # a module or None, checked before use
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".mechscope.lock"
@@ -47,7 +47,7 @@ def _unwritable(path: Path, folder: Path, err: OSError) -> MechscopeError:
     return MechscopeError(f"cannot write {path} ({why}): choose a writable output path")
 
 
-def write_error(path: Path, err: Exception) -> MechscopeError:
+def write_error(path: str | Path, err: Exception) -> MechscopeError:
     """One line for a write that failed half-way: a full disk says so, other errors name themselves."""
     code = getattr(err, "errno", None)
     if code is None and isinstance(err, SafetensorError):  # safetensors reports "... (os error 28)"
@@ -157,14 +157,14 @@ def write_json(path: Path, data, *, durable: bool = False) -> Path:
     return write_text(path, json.dumps(data, indent=2, default=str) + "\n", durable=durable)
 
 
-def write_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None, *,
+def write_tensors(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None, *,
                   durable: bool = False) -> Path:
     """Save tensors as safetensors (contiguous CPU copies), atomically."""
     ready = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     return _atomic(path, lambda tmp: save_file(ready, tmp, metadata=metadata), durable)
 
 
-def write_checkpoint(folder: str | Path, step_file: str, tensors: dict[str, Tensor], state: dict) -> None:
+def write_checkpoint(folder: str | Path, step_file: str, tensors: Mapping[str, Tensor], state: dict) -> None:
     """Commit a checkpoint so that a kill at any moment leaves `state.json` naming a whole
     step file: the step file (synced, with its folder), then `state.json` (which names it;
     synced), and only then the older `step-*.safetensors` files are deleted."""

@@ -28,6 +28,7 @@ class Saveable:
     Mixed into a dataclass that names itself with `KIND`."""
 
     KIND: ClassVar[str] = ""
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]  # set by @dataclass on the subclass
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

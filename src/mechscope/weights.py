@@ -8,6 +8,8 @@ of the live parameters (no copies; grouped K/V heads are never expanded).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
@@ -15,31 +17,56 @@ from torch import Tensor, nn
 from .norms import frozen_norm
 from .sites import FusedQKVView
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from .models.adapter import Adapter
+    from .sites import Dims
+
+
+def _param(module: nn.Module, name: str) -> Tensor:
+    """A module's weight or bias (nn.Module's attribute lookup is typed Tensor | Module)."""
+    return getattr(module, name)
+
+
+def _bias(module: nn.Module) -> Tensor | None:
+    return getattr(module, "bias", None)
+
 
 def _in_out(module: nn.Module, conv1d: bool) -> Tensor:
-    return module.weight if conv1d else module.weight.T
+    weight = _param(module, "weight")
+    return weight if conv1d else weight.T
 
 
 class WeightAccess:
     """Mixed into `Model`; needs `hf`, `adapter`, `dims`, `module(path)`, `block_module(l, path)`."""
 
+    if TYPE_CHECKING:  # what `Model` provides (declared for the type checker only)
+        hf: PreTrainedModel
+        adapter: Adapter
+        dims: Dims
+        name: str
+
+        def module(self, path: str) -> nn.Module: ...
+        def block_module(self, layer: int, path: str) -> nn.Module: ...
+
     # Embedding and unembedding
 
     @property
     def W_E(self) -> Float[Tensor, "vocab d_model"]:
-        return self.module(self.adapter.embed).weight
+        return _param(self.module(self.adapter.embed), "weight")
 
     @property
     def W_pos(self) -> Float[Tensor, "n_ctx d_model"] | None:
-        return self.module(self.adapter.pos_embed).weight if self.adapter.pos_embed else None
+        return _param(self.module(self.adapter.pos_embed), "weight") if self.adapter.pos_embed else None
 
     @property
     def W_U(self) -> Float[Tensor, "d_model vocab"]:
-        return self._output_embedding().weight.T
+        return _param(self._output_embedding(), "weight").T
 
     @property
     def b_U(self) -> Float[Tensor, "vocab"]:
-        bias = self._output_embedding().bias
+        bias = _bias(self._output_embedding())
         return torch.zeros(self.dims.d_vocab, device=self.W_U.device) if bias is None else bias
 
     def _output_embedding(self) -> nn.Module:
@@ -51,13 +78,13 @@ class WeightAccess:
 
     # Attention, per head
 
-    def _qkv(self, layer: int, part: int, bias: bool) -> Tensor | None:
+    def _qkv(self, layer: int, part: int, bias: bool) -> Tensor:
         a, d = self.adapter, self.dims
         module = self.block_module(layer, (a.q, a.k, a.v)[part])
         n = d.n_heads if part == 0 else d.n_kv_heads
-        w = module.bias if bias else _in_out(module, a.conv1d)
+        w = _bias(module) if bias else _in_out(module, a.conv1d)
         if w is None:
-            return torch.zeros(n, d.d_head, device=module.weight.device)
+            return torch.zeros(n, d.d_head, device=_param(module, "weight").device)
         if a.qkv_layout == "separate":
             w = w.unflatten(-1, (n, d.d_head))
         else:  # the same split the hook_q / hook_k / hook_v sites make of the fused output
@@ -88,12 +115,13 @@ class WeightAccess:
 
     def b_O(self, layer: int) -> Float[Tensor, "d_model"]:
         o = self.block_module(layer, self.adapter.o)
-        return torch.zeros(self.dims.d_model, device=o.weight.device) if o.bias is None else o.bias
+        bias = _bias(o)
+        return torch.zeros(self.dims.d_model, device=_param(o, "weight").device) if bias is None else bias
 
     # MLP
 
-    def _mlp(self, layer: int, path: str) -> nn.Module:
-        if self.adapter.mlp_down is None:
+    def _mlp(self, layer: int, path: str | None) -> nn.Module:
+        if path is None or self.adapter.mlp_down is None:  # path is None only for mlp_down
             from .errors import MechscopeError
             raise MechscopeError(f"{self.adapter.family} has a mixture-of-experts MLP whose experts live in one fused "
                                  "module: there is no single W_in / W_out (read the experts' parameters directly)")
@@ -102,12 +130,14 @@ class WeightAccess:
     def _gate_up(self, layer: int, part: int, bias: bool) -> Tensor | None:
         """Half `part` (0: gate, 1: up) of a fused [gate | up] projection (Phi-3)."""
         module = self._mlp(layer, self.adapter.mlp_in)
-        w = module.bias if bias else _in_out(module, self.adapter.conv1d)
+        w = _bias(module) if bias else _in_out(module, self.adapter.conv1d)
         return None if w is None else w.chunk(2, dim=-1)[part]
 
     def W_in(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
         if self.adapter.gate_up_fused:
-            return self._gate_up(layer, 1, False)
+            up = self._gate_up(layer, 1, False)
+            assert up is not None  # a weight, unlike a bias, is always there
+            return up
         return _in_out(self._mlp(layer, self.adapter.mlp_in), self.adapter.conv1d)
 
     def W_gate(self, layer: int) -> Float[Tensor, "d_model d_mlp"] | None:
@@ -122,10 +152,10 @@ class WeightAccess:
     def b_in(self, layer: int) -> Tensor | None:
         if self.adapter.gate_up_fused:
             return self._gate_up(layer, 1, True)
-        return self._mlp(layer, self.adapter.mlp_in).bias
+        return _bias(self._mlp(layer, self.adapter.mlp_in))
 
     def b_out(self, layer: int) -> Tensor | None:
-        return self._mlp(layer, self.adapter.mlp_down).bias
+        return _bias(self._mlp(layer, self.adapter.mlp_down))
 
     # Functions of the residual stream
 
@@ -170,5 +200,6 @@ class WeightAccess:
             return per_head, bias
         norm = self.block_module(layer, self.adapter.attn_post_norm)
         linear = frozen_norm(norm, per_head.sum(-2) + bias, self.adapter.norm_gain_offset)
-        extra = norm.bias if getattr(norm, "bias", None) is not None else 0
+        norm_bias = _bias(norm)
+        extra = norm_bias if norm_bias is not None else 0
         return linear(per_head), linear(bias.expand(per_head.shape[:-2] + bias.shape)) + extra

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from jaxtyping import Float
@@ -56,7 +57,7 @@ class Circuit:
     """Settings of the run (threshold, steps, ablation, ...)."""
 
     def __post_init__(self) -> None:
-        self.edges = [tuple(e) for e in self.edges]
+        self.edges = [cast("tuple[str, str]", tuple(e)) for e in self.edges]  # lists (from JSON) become tuples
         self.scores = torch.as_tensor(self.scores, dtype=torch.float32).reshape(-1)
         if len(self.scores) != len(self.edges):
             raise MechscopeError(f"a circuit needs one score per edge: {len(self.edges)} edges, {len(self.scores)} scores")
@@ -94,6 +95,7 @@ class Circuit:
                 raise MechscopeError(f"top must be at least 1, got {top}")
             keep = self.scores.abs().argsort(descending=True)[:top].sort().values
         else:
+            assert threshold is not None  # exactly one of top / threshold (checked above)
             keep = (self.scores.abs() >= threshold).nonzero()[:, 0]
         if len(keep) == 0:
             raise MechscopeError(f"no edge has |score| >= {threshold} (largest: {float(self.scores.abs().max()):.4g}); "
@@ -135,7 +137,7 @@ class Circuit:
         try:
             data = json.loads(text)
             edges = [(s, r) for s, r, _ in data["edges"]]
-            scores = [v for _, _, v in data["edges"]]
+            scores = torch.as_tensor([v for _, _, v in data["edges"]], dtype=torch.float32)
             return cls(Graph(**data["graph"]), edges, scores, data.get("method", ""), data.get("metric", ""),
                        data.get("model", ""), data.get("info", {}))
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
@@ -181,7 +183,8 @@ class Circuit:
         g.add_nodes_from(self.nodes)
         for (s, r), v in zip(self.edges, self.scores.tolist()):
             g.add_edge(s, node_of(r), channel=_channel(r), score=v)
-        pos, rows = {}, {}
+        pos: dict[str, tuple[float, float]] = {}
+        rows: dict[float, list[str]] = {}
         for node in self.nodes:
             rows.setdefault(layer_of(node, self.graph.n_layers), []).append(node)
         for y, names in rows.items():

@@ -17,6 +17,7 @@ EAP-IG (Hanna et al. 2024).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -105,13 +106,14 @@ def eap_ig(model, task, metric=None, *, steps: int = 5, ablation: str = "corrupt
         with torch.no_grad():
             clean_logits = model.run(task.clean, attention_mask=task.mask).logits
     m = resolve_metric(metric, task, clean_logits)
-    total = None
+    total: list[torch.Tensor] | None = None
     base = ablated[:, :, 0]
     for k in range(1, steps + 1):
         alpha = k / steps
         embed = None if steps == 1 else (lambda x, a=alpha: base[:, :x.shape[1]].to(x) + a * (x - base[:, :x.shape[1]].to(x)))
         grads = _receiver_grads(patcher, task, m, ablated, embed)
         total = grads if total is None else [t + gr for t, gr in zip(total, grads)]
+    assert total is not None  # steps >= 1 (checked above)
     grads = [t / steps for t in total]
     matrix = _scores_from_grads(patcher.graph, ablated - clean, grads)
     g = patcher.graph
@@ -123,6 +125,7 @@ def _alive(graph: Graph, removed: torch.Tensor, kind: str, layer: int, receiver:
     """Whether the node that a receiver feeds still has an outgoing edge in the circuit."""
     if kind == "logits":
         return True
+    heads: Sequence[int | None]
     if kind == "mlp":
         heads = [None]
     elif kind == "q":

@@ -138,7 +138,7 @@ class Graph:
         return s, r
 
     @cached_property
-    def _position(self) -> dict[tuple[str, str], int]:
+    def _position(self) -> dict[tuple[str, ...], int]:
         return {edge: i for i, edge in enumerate(self.edges)}
 
     def index_of(self, edge: tuple[str, str]) -> int:

@@ -40,7 +40,7 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help lists every option's default, except where there is none (None, a flag's False)
     or the help text already names it."""
 
-    def _get_help_string(self, action: argparse.Action) -> str:
+    def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         if action.default in (None, False, argparse.SUPPRESS) or "default" in text.lower():
             return text

@@ -88,9 +88,11 @@ def execute(args: argparse.Namespace) -> int:
           "and probability per layer (rows) and input position (columns)")
     top = lambda li, p: f"{lens.text(lens.top_ids[li, 0, p, 0])} {float(lens.top_probs[li, 0, p, 0]):.2f}"  # noqa: E731
     print("\n".join(_table(lens, top)))
+    probs, ranks = lens.target_probs, lens.target_ranks
     for ti, target in enumerate(lens.targets):
+        assert probs is not None and ranks is not None  # there are targets
         print(f"\np({target!r}) and its rank:")
-        cell = lambda li, p: f"{float(lens.target_probs[li, 0, p, ti]):.3f} #{int(lens.target_ranks[li, 0, p, ti])}"  # noqa: E731
+        cell = lambda li, p: f"{float(probs[li, 0, p, ti]):.3f} #{int(ranks[li, 0, p, ti])}"  # noqa: E731
         print("\n".join(_table(lens, cell)))
     for path, what in ((args.plot, "plot"), (args.save, "result")):
         if path:

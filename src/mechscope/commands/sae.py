@@ -227,8 +227,10 @@ def _train_ranked(args, rank: int, world: int) -> dict | None:
     if args.cache:
         coders = train_from_cache(args.cache, cfgs, cfg, out=args.out, progress=progress)
     else:
+        assert data is not None  # --data is given when --cache is not (checked above)
         coders = train(model, sites, cfgs, cfg, data=data.train, out=args.out, progress=progress,
                        heldout=data.heldout[: args.eval_contexts] if args.eval_every else None)
+    assert isinstance(coders, list)  # a list of configs gives a list of coders
     if rank != 0:
         return None
     out = Path(args.out)

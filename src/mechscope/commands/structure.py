@@ -99,7 +99,7 @@ def configure_spectra(parser):
 def _layer_rows(spectra) -> list[dict]:
     rows = []
     for layer in range(spectra.n_layers):
-        row = {"layer": layer}
+        row: dict[str, float] = {"layer": layer}
         for kind in ("OV", "QK"):
             values = spectra.by_layer(kind)[layer]
             row[f"{kind}_eff_rank"] = float(values.mean()) if len(values) else math.nan

@@ -114,6 +114,7 @@ def _train_ranked(args, rank: int) -> dict | None:
     if args.cache:
         coder = train_from_cache(args.cache, cfg, train_cfg, out=args.out, progress=progress)
     else:
+        assert data is not None  # --data is given when --cache is not (checked above)
         coder = train(model, cfg.hook_name, cfg, train_cfg, data=data.train, out=args.out, progress=progress)
     if rank != 0:
         return None

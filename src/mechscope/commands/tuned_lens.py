@@ -12,6 +12,7 @@ import argparse
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 CTX = 256
 """Tokens per training context when --ctx is not given (fewer where the model reads fewer)."""
@@ -73,7 +74,7 @@ def _train_and_report(args: argparse.Namespace, rank: int, world: int) -> int:
         return 0
     heldout = data.heldout[: args.eval_contexts]
     if len(heldout) == 0:
-        result = {"out": str(out), "ranks": world, "layers": [], "note": "no held-out contexts (--heldout 0)"}
+        result: dict[str, Any] = {"out": str(out), "ranks": world, "layers": [], "note": "no held-out contexts (--heldout 0)"}
     else:
         evaluation = evaluate(model, lens, heldout)
         result = {"out": str(out), "ranks": world, "heldout_tokens": evaluation.n_tokens,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
@@ -81,7 +82,7 @@ class Attached:
         self.replace, self.keep_error, self.edit_acts = replace, keep_error, edit_acts
         self.acts: Float[Tensor, "batch pos d_sae"] | None = None
         self.edit = edits.replace(site, self._apply)
-        self._held = None
+        self._held: AbstractContextManager | None = None
 
     def _apply(self, x: Tensor) -> Tensor:
         flat = x.reshape(*x.shape[:2], -1)
@@ -105,6 +106,7 @@ class Attached:
 
     def __exit__(self, *exc) -> None:
         held, self._held = self._held, None
+        assert held is not None  # entered before
         held.__exit__(*exc)
 
 

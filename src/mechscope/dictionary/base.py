@@ -135,7 +135,9 @@ class SparseCoder(nn.Module):
         """Raw input (or target) -> the normalised space: times norm_scale, or, under layer_norm,
         standardised with `stats` (default: x's own; forward passes the input's for a target)."""
         if self.cfg.input_norm == "layer_norm":
-            mean, std = self.input_stats(x) if stats is None else stats
+            stats = self.input_stats(x) if stats is None else stats
+            assert stats is not None  # input_stats gives them under layer_norm
+            mean, std = stats
             return ((x.to(mean.dtype) - mean) / (std + LN_EPS)).to(self.W_enc.dtype)
         x = x.to(self.W_enc.dtype)
         return x * self.cfg.norm_scale if self.cfg.norm_scale != 1.0 else x
@@ -143,6 +145,7 @@ class SparseCoder(nn.Module):
     def unscaled(self, y: Tensor, stats: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Normalised output -> raw units: y / norm_scale, or y * std + mean with the input's `stats` (layer_norm)."""
         if self.cfg.input_norm == "layer_norm":
+            assert stats is not None, "layer_norm outputs need the input's (mean, std)"  # decode() asks for x
             mean, std = stats
             return y * std.to(y.dtype) + mean.to(y.dtype)
         return y / self.cfg.norm_scale if self.cfg.norm_scale != 1.0 else y
@@ -225,7 +228,7 @@ class SparseCoder(nn.Module):
     def after_step(self) -> None:
         """Call after the optimiser step: renormalise decoder rows where the method keeps them unit-norm."""
         if self.UNIT_NORM:
-            self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
     @torch.no_grad()
     def init_from_data(self, x_sample: Float[Tensor, "n d_in"], target: Tensor | None = None) -> None:
@@ -359,8 +362,8 @@ def load_weights(coder: SparseCoder, state: dict[str, Tensor], source: str | Pat
     expected = coder.state_dict()
     missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or extra:
-        what = "; ".join(filter(None, (missing and f"lacks {', '.join(missing)}",
-                                       extra and f"has unexpected {', '.join(extra)}")))
+        what = "; ".join(filter(None, (f"lacks {', '.join(missing)}" if missing else "",
+                                       f"has unexpected {', '.join(extra)}" if extra else "")))
         raise MechscopeError(f"{source} {what} for a {coder.cfg.arch} dictionary: the weights and the config "
                              "belong to different dictionaries; restore the folder or save the dictionary again")
     for name, want in expected.items():

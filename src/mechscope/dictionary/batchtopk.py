@@ -34,6 +34,7 @@ def batch_topk(pre: Tensor, k: int) -> Tensor:
 class BatchTopKSAE(SparseCoder):
     ARCH = "batchtopk"
     UNIT_NORM = True
+    threshold: Tensor  # buffer (register_buffer in __init__)
 
     def __init__(self, cfg):
         super().__init__(cfg)

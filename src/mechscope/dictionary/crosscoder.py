@@ -56,6 +56,8 @@ class Crosscoder(ReluSAE):
     """Acausal crosscoder: a ReLU dictionary over n concatenated site blocks."""
 
     ARCH = "crosscoder"
+    block_scale: Tensor  # buffers (register_buffer in __init__)
+    folded_scale: Tensor
 
     def __init__(self, cfg):
         n = len(cfg.blocks)
@@ -168,6 +170,8 @@ class WeaklyCausalCrosscoder(Crosscoder):
     """Latent i reads block s(i) only and writes blocks s(i)..n-1 (see the module docstring)."""
 
     ARCH = "weakly_causal_crosscoder"
+    enc_mask: Tensor  # buffers (register_buffer in __init__)
+    dec_mask: Tensor
 
     def __init__(self, cfg):
         super().__init__(cfg)

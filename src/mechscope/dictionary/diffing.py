@@ -23,7 +23,7 @@ near 1 means the two models use the same direction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -36,6 +36,9 @@ from ..tokens import decode
 from .crosscoder import Crosscoder
 from .features import TopContexts
 from .source import SourceConfig, keep_mask
+
+if TYPE_CHECKING:
+    from ..hooked_model import HookedModel
 
 KINDS = ("shared", "a_only", "b_only", "dead")
 
@@ -104,7 +107,7 @@ class ModelDiff(Saveable):
         return fig
 
 
-def _pair(coder: Crosscoder, a: int, b: int) -> tuple[Tensor, Tensor]:
+def _pair(coder: Crosscoder, a: int | str, b: int | str) -> tuple[Tensor, Tensor]:
     if not isinstance(coder, Crosscoder):
         raise MechscopeError(f"model diffing needs a crosscoder, got a {coder.cfg.arch} dictionary")
     da, db = coder.block_index(a), coder.block_index(b)
@@ -148,7 +151,7 @@ def diff(coder: Crosscoder, a: int | str = 0, b: int | str = 1, *, threshold: fl
 # Activations of the models on token contexts, stacked as the crosscoder reads them
 
 @torch.no_grad()
-def stacked_activations(members: Sequence[tuple[object, str]], tokens: Int[Tensor, "n ctx"], *,
+def stacked_activations(members: Sequence[tuple[HookedModel, str]], tokens: Int[Tensor, "n ctx"], *,
                         batch_size: int = 64) -> Float[Tensor, "n ctx d_in"]:
     """[x_1 | ... | x_n] at every position: site `members[i][1]` of model `members[i][0]`."""
     out = []
@@ -173,7 +176,7 @@ def density(coder: Crosscoder, acts_in: Float[Tensor, "n ctx d_in"], keep: Tenso
 
 
 @torch.no_grad()
-def exclusive_contexts(coder: Crosscoder, members: Sequence[tuple[object, str]], tokens: Int[Tensor, "n ctx"],
+def exclusive_contexts(coder: Crosscoder, members: Sequence[tuple[HookedModel, str]], tokens: Int[Tensor, "n ctx"],
                        features: Sequence[int], *, k: int = 10, context: int = 8,
                        source: SourceConfig = SourceConfig(exclude_first=False),
                        acts_in: Tensor | None = None) -> TopContexts:
@@ -197,10 +200,12 @@ def exclusive_contexts(coder: Crosscoder, members: Sequence[tuple[object, str]],
     result = TopContexts(wanted.tolist(), values, rows, pos)
     model = members[0][0]
     for fr, fp in zip(rows.tolist(), pos.tolist()):
-        windows, centres = [], []
+        windows: list[list[str]] = []
+        centres: list[int] = []
         for r, q in zip(fr, fp):
             if r < 0:
-                windows.append([]), centres.append(-1)
+                windows.append([])
+                centres.append(-1)
                 continue
             lo, hi = max(0, q - context), min(ctx, q + context + 1)
             windows.append([decode(model, t) for t in tokens[r, lo:hi].tolist()])

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -158,8 +159,9 @@ class ErrorAnalysis:
             raise MechscopeError(f"'{folder}' does not hold a dictionary error analysis (write one with "
                                  "`mechscope sae error ... --save DIR`)")
         names = {f.name for f in fields(cls)} - set(cls.TENSORS)
-        values = {k: (math.nan if v is None else v) for k, v in data.items() if k in names}
-        return cls(**values, **read_tensors(folder / "errors.safetensors", "error analysis tensors"))
+        values: dict[str, Any] = {k: (math.nan if v is None else v) for k, v in data.items() if k in names}
+        tensors: dict[str, Any] = read_tensors(folder / "errors.safetensors", "error analysis tensors")
+        return cls(**values, **tensors)
 
 
 @torch.no_grad()

@@ -28,6 +28,7 @@ import logging
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -83,6 +84,7 @@ class DictionaryEvaluation:
 
     def log_density(self, floor: float = -8.0) -> Tensor:
         """log10 firing frequency per latent; dead latents at `floor`."""
+        assert self.density is not None  # evaluate() always measures it
         d = self.density.double()
         return torch.where(d > 0, d.clamp_min(1e-30).log10(), torch.full_like(d, floor)).float()
 
@@ -102,6 +104,7 @@ class DictionaryEvaluation:
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
+        assert self.density is not None  # evaluate() always measures it
         write_tensors(folder / "density.safetensors", {"density": self.density})
         write_json(folder / "cfg.json", {"kind": KIND, **self.to_dict()})
         return folder
@@ -113,7 +116,8 @@ class DictionaryEvaluation:
         if data.get("kind") != KIND:
             raise MechscopeError(f"'{folder}' does not hold a dictionary evaluation (kind={data.get('kind')!r})")
         names = {f.name for f in fields(cls)}
-        values = {k: (math.nan if v is None else v) for k, v in data.items() if k in names and k != "density"}
+        values: dict[str, Any] = {k: (math.nan if v is None else v) for k, v in data.items()
+                                  if k in names and k != "density"}
         return cls(**values, density=load_file(folder / "density.safetensors")["density"])
 
 

@@ -128,10 +128,12 @@ def top_contexts(model, coder: SparseCoder, tokens: Tensor | Sequence[str], feat
     rows = torch.where(best_v > 0, rows, -1)
     result = TopContexts(wanted.tolist(), best_v, rows, pos)
     for fr, fp in zip(rows.tolist(), pos.tolist()):
-        windows, centres = [], []
+        windows: list[list[str]] = []
+        centres: list[int] = []
         for r, q in zip(fr, fp):
             if r < 0:
-                windows.append([]), centres.append(-1)
+                windows.append([])
+                centres.append(-1)
                 continue
             lo, hi = max(0, q - context), min(int(masks[r].sum()), q + context + 1)
             windows.append([decode(model, t) for t in toks[r, lo:hi].tolist()])

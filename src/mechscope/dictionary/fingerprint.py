@@ -21,7 +21,7 @@ _CACHE_FIELDS = ("model", "contexts", "ctx_len", "contexts_sha256", "dtype", "so
 
 def _sha256(t: Tensor) -> str:
     array = t.detach().to("cpu", torch.int64).contiguous().numpy()
-    return hashlib.sha256(array).hexdigest()  # as the cache's contexts_sha256
+    return hashlib.sha256(array.data).hexdigest()  # as the cache's contexts_sha256
 
 
 def model_identity(model) -> dict:
@@ -39,7 +39,7 @@ def data_identity(stream) -> dict:
     if isinstance(stream, StackedSource):
         return {"stacked": [data_identity(s) for s in dict.fromkeys(s for s, _ in stream.members)],
                 "blocks": list(stream.blocks),
-                "projections": {k: hashlib.sha256(v.detach().float().cpu().contiguous().numpy()).hexdigest()
+                "projections": {k: hashlib.sha256(v.detach().float().cpu().contiguous().numpy().data).hexdigest()
                                 for k, v in sorted(stream.projections.items())}}
     if isinstance(stream, CacheReader):
         return {"cache": {k: stream.meta.get(k) for k in _CACHE_FIELDS}}

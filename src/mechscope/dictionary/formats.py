@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -124,7 +125,7 @@ def read_saelens(folder: str | Path) -> SparseCoder:
         log.warning("%s: normalize_activations='expected_average_only_in' without a stored factor; "
                     "assuming it was folded into the weights", folder)
     d_in, d_sae = _saelens_dims(folder, cfg, w, arch)
-    kwargs = dict(d_in=d_in, d_sae=d_sae, dtype=_dtype_name(w["W_enc"].dtype),
+    kwargs: dict[str, Any] = dict(d_in=d_in, d_sae=d_sae, dtype=_dtype_name(w["W_enc"].dtype),
                   input_norm="layer_norm" if norm == "layer_norm" else "none",
                   hook_name=_saelens_str(cfg, "hook_name", folder), model_name=_saelens_str(cfg, "model_name", folder))
     if arch == "standard":
@@ -196,7 +197,7 @@ def write_saelens(coder: SparseCoder, folder: str | Path) -> Path:
                              "in the mechscope layout (SparseCoder.save)")
     if arch not in _TO_SAELENS:
         raise MechscopeError(f"SAELens has no {arch} architecture: save it in the mechscope layout instead")
-    if arch in ("batchtopk", "matryoshka") and float(coder.threshold) < 0:
+    if arch in ("batchtopk", "matryoshka") and float(_threshold(coder)) < 0:
         raise MechscopeError(f"this {arch} dictionary has no inference threshold yet (train it first)")
     c = coder.fold_norm_scale() if coder.cfg.norm_scale != 1.0 else coder
     p = {k: v.detach() for k, v in c.state_dict().items()}
@@ -206,9 +207,9 @@ def write_saelens(coder: SparseCoder, folder: str | Path) -> Path:
     else:
         tensors["b_enc"] = p["b_enc"]
     if arch == "jumprelu":
-        tensors["threshold"] = c.threshold.detach()
+        tensors["threshold"] = _threshold(c).detach()
     elif arch in ("batchtopk", "matryoshka"):
-        tensors["threshold"] = torch.full((c.cfg.d_sae,), float(c.threshold), dtype=p["W_enc"].dtype)
+        tensors["threshold"] = torch.full((c.cfg.d_sae,), float(_threshold(c)), dtype=p["W_enc"].dtype)
     cfg = {"architecture": _TO_SAELENS[arch], "d_in": c.cfg.d_in, "d_sae": c.cfg.d_sae,
            "dtype": _dtype_name(p["W_enc"].dtype), "model_name": c.cfg.model_name, "hook_name": c.cfg.hook_name,
            "hook_layer": _layer(c.cfg.hook_name), "hook_head_index": None, "apply_b_dec_to_input": True,
@@ -301,3 +302,7 @@ def convert(src: str | Path, dst: str | Path, *, to: str = "mechscope", hookpoin
         return write_saelens(coder, dst)
     raise MechscopeError(f"cannot convert to {to!r}: choose 'mechscope' or 'saelens'")
 
+
+def _threshold(coder: SparseCoder) -> Tensor:
+    """The threshold parameter or buffer of a JumpReLU / BatchTopK / Matryoshka coder."""
+    return getattr(coder, "threshold")

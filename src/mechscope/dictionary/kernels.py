@@ -41,7 +41,7 @@ clang, another architecture) builds single-threaded, portable kernels instead.""
 
 
 def _cache_folder() -> Path:
-    root = os.environ.get("MECHSCOPE_CACHE")
+    root: str | Path | None = os.environ.get("MECHSCOPE_CACHE")
     if not root:
         try:
             root = Path.home() / ".cache" / "mechscope"

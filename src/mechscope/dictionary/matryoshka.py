@@ -20,10 +20,12 @@ class MatryoshkaSAE(BatchTopKSAE):
 
     def reconstruction(self, acts: Tensor, ts: Tensor) -> tuple[Tensor, dict]:
         # running partial sums: prefix m adds the block acts[:, prev:m] @ W_dec[prev:m]
-        partial, prev, total, parts = self.b_dec.expand(acts.shape[0], -1), 0, 0.0, {}
+        partial, prev, parts = self.b_dec.expand(acts.shape[0], -1), 0, {}
+        total: Tensor | float = 0.0
         for m in self.prefixes:
             partial = partial + acts[:, prev:m].to(self.W_dec.dtype) @ self.W_dec[prev:m]
             term = mse(partial, ts)
             parts[f"mse_{m}"] = term
             total, prev = total + term, m
+        assert isinstance(total, Tensor)  # `prefixes` is never empty
         return total, parts

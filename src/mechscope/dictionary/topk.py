@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,9 @@ from torch import Tensor
 
 from . import kernels
 from .base import SparseCoder, mse, normalized_mse, register
+
+if TYPE_CHECKING:
+    from .config import CoderConfig
 
 CHUNK_ELEMENTS = 2 ** 21
 """Pre-activations per CPU chunk (8 MB in fp32): below the mmap threshold, inside L3 (512
@@ -242,6 +246,8 @@ class SparseActs:
     batch x d_sae zeros every step, and scanning them again, costs more than the backward)."""
 
     _sparse_acts = False
+    if TYPE_CHECKING:  # from the SparseCoder it is mixed into
+        cfg: CoderConfig
 
     @contextmanager
     def sparse_acts(self):

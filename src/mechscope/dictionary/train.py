@@ -80,15 +80,19 @@ class Trainer:
                  device: str | torch.device | None = None):
         self.stream, self.cfg = stream, cfg
         self.rank, self.world = distributed()
-        self.device = resolve_device(device) or resolve_device("auto")  # given, else $MECHSCOPE_DEVICE, else auto
+        chosen = resolve_device(device) or resolve_device("auto")  # given, else $MECHSCOPE_DEVICE, else auto
+        assert chosen is not None  # "auto" always resolves to a device
+        self.device = chosen
         if stream.batch_tokens != cfg.batch_tokens:
             raise MechscopeError(f"the data gives batches of {stream.batch_tokens} tokens but batch_tokens is "
                                  f"{cfg.batch_tokens}: make them equal")
         self.cfgs = [self._checked(c) for c in cfgs]
         self.coders: list[SparseCoder] = []
-        self.step_count, self.position, self.history = 0, stream.start, []
+        self.step_count, self.position = 0, stream.start
+        self.history: list[list[dict]] = []
         self.dead = [torch.zeros(c.d_sae, dtype=torch.long, device=self.device) for c in self.cfgs]
-        self._batches, self._data = None, None
+        self._batches = None
+        self._data: dict | None = None
 
     def _checked(self, c: CoderConfig) -> CoderConfig:
         if not c.hook_name:
@@ -350,7 +354,7 @@ def train(model, site: str | Sequence[str], coder_cfg: CoderConfig | Sequence[Co
     """Train dictionaries on `site`(s) of `model` over token contexts `data` (one forward
     feeds them all). One config gives one coder back; a list gives a list."""
     single = isinstance(coder_cfg, CoderConfig)
-    cfgs = [coder_cfg] if single else list(coder_cfg)
+    cfgs = [coder_cfg] if isinstance(coder_cfg, CoderConfig) else list(coder_cfg)
     sites = [site] if isinstance(site, str) else list(site)
     src_cfg = SourceConfig(**{**asdict(source), "batch_tokens": cfg.batch_tokens, "seed": cfg.seed})
     names = resolve_sites(model, sites)
@@ -376,7 +380,7 @@ def train_from_cache(cache_dir: str | Path, coder_cfg: CoderConfig | Sequence[Co
     from training: hold out contexts when writing the cache for a clean split)."""
     from .cache import CacheReader
     single = isinstance(coder_cfg, CoderConfig)
-    cfgs = [coder_cfg] if single else list(coder_cfg)
+    cfgs = [coder_cfg] if isinstance(coder_cfg, CoderConfig) else list(coder_cfg)
     sites = sorted({c.hook_name for c in cfgs if c.hook_name} | {c.target_hook for c in cfgs if c.transcoder}) or None
     reader = CacheReader(cache_dir, batch_tokens=cfg.batch_tokens, seed=cfg.seed, sites=sites)
     cfgs = [c if c.model_name else c.replace(model_name=reader.meta["model"]) for c in cfgs]

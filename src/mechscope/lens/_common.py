@@ -82,6 +82,7 @@ def translated(model, run, stream: Stream, translator: Translator | None) -> Flo
     resid = run.cache[stream.site]
     if translator is None:
         return resid
+    assert stream.index is not None  # mids (index None) are left out when a translator is used
     out = translator(resid, stream.index)
     if not isinstance(out, Tensor) or out.shape != resid.shape:
         raise MechscopeError(f"the translator returned {getattr(out, 'shape', type(out).__name__)} for a residual "

@@ -192,6 +192,7 @@ class TokenEnergy(Saveable):
                 row = {"layer": label, "batch": b, "pos": int(self.positions[b, p]), "energy": float(self.energy[li, b, p]),
                        "relative": float(self.relative[li, b, p]), "norm": float(self.norm[li, b, p])}
                 for ti, target in enumerate(self.targets):
+                    assert self.angles is not None  # there are targets
                     row[f"angle[{target}]"] = float(self.angles[li, b, p, ti])
                 rows.append(row)
         return pd.DataFrame(rows)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -70,7 +70,7 @@ class LogitLens(Saveable):
     def __post_init__(self) -> None:
         self.token_strings = {int(k): v for k, v in self.token_strings.items()}
 
-    def text(self, token_id: int) -> str:
+    def text(self, token_id: int | Tensor) -> str:
         return self.token_strings.get(int(token_id), str(int(token_id)))
 
     def top_tokens(self, layer: int | str = -1, row: int = 0, pos: int = -1) -> list[tuple[str, float]]:
@@ -122,6 +122,7 @@ class LogitLens(Saveable):
                        "top1": self.text(self.top_ids[li, b, p, 0]), "p_top1": float(self.top_probs[li, b, p, 0]),
                        "entropy": float(self.entropy[li, b, p]), "kl": float(self.kl[li, b, p])}
                 for ti, target in enumerate(self.targets):
+                    assert self.target_probs is not None and self.target_ranks is not None  # there are targets
                     row[f"p[{target}]"] = float(self.target_probs[li, b, p, ti])
                     row[f"rank[{target}]"] = int(self.target_ranks[li, b, p, ti])
                 rows.append(row)
@@ -187,7 +188,7 @@ def logit_lens(
 
 
 def _statistics(model, resids: list[Tensor], final: Tensor | None, vocab_ids: Tensor | None,
-                target_ids: list[int], k: int) -> dict[str, Tensor | None]:
+                target_ids: list[int], k: int) -> dict[str, Any]:
     """Top-k, entropy, KL to the final distribution and target probabilities / ranks of
     every stream [batch, pos, d_model] in `resids`. `final` is the last block's output when
     it is not `resids[-1]` itself (a translator, or a subset of layers).
@@ -205,7 +206,7 @@ def _statistics(model, resids: list[Tensor], final: Tensor | None, vocab_ids: Te
         columns = torch.tensor(target_ids) if vocab_ids is None else torch.tensor(
             [vocab_ids.tolist().index(t) for t in target_ids])
     t = len(target_ids)
-    out = {"top_ids": torch.empty(tokens, n, k, dtype=torch.long), "top_probs": torch.empty(tokens, n, k),
+    out: dict[str, Any] = {"top_ids": torch.empty(tokens, n, k, dtype=torch.long), "top_probs": torch.empty(tokens, n, k),
            "entropy": torch.empty(tokens, n), "kl": torch.empty(tokens, n),
            "target_probs": torch.empty(tokens, n, t) if t else None,
            "target_ranks": torch.empty(tokens, n, t, dtype=torch.long) if t else None}

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 from torch import nn
 
 from ..errors import MechscopeError
-from .adapter import Tap
+from .adapter import QKVLayout, Tap
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 ATTENTION = re.compile(r"(attn|attention)$", re.IGNORECASE)
 MLP = re.compile(r"(mlp|ffn|feed_forward|feedforward|ff|mlp_block|moe|block_sparse_moe)$", re.IGNORECASE)
@@ -54,7 +58,7 @@ class Guess:
     k: str | None = None
     v: str | None = None
     o: str | None = None
-    layouts: tuple[str, ...] = ()
+    layouts: tuple[QKVLayout, ...] = ()
     """q/k/v layouts to try: ('separate',) or the fused layouts the shapes allow."""
     conv1d: bool = False
     mlp: str | None = None
@@ -194,7 +198,7 @@ def _mlp(guess: Guess, block: nn.Module) -> None:
     gates = [p for p in ups if GATE.search(p.rsplit(".", 1)[-1])]
     rest = [p for p in ups if p not in gates]
     if len(rest) == 1 and len(gates) <= 1:
-        guess.mlp_in, guess.mlp_gate = rest[0], (gates or [None])[0]
+        guess.mlp_in, guess.mlp_gate = rest[0], gates[0] if gates else None
     elif not ups:
         guess.missing.append("no MLP input projection of width d_mlp: no W_in")
 
@@ -214,7 +218,7 @@ def _taps(guess: Guess, block: nn.Module) -> None:
         guess.resid_mid = [Tap(n, "in") for n in guess.norms]
 
 
-def guesses(hf: nn.Module) -> list[Guess]:
+def guesses(hf: PreTrainedModel) -> list[Guess]:
     """Candidates for every part of `hf` (see the module docstring), one Guess per candidate block
     list, most likely first; a model without a block list or a token embedding is refused with a
     MechscopeError."""
@@ -231,11 +235,12 @@ def guesses(hf: nn.Module) -> list[Guess]:
     return [_guess(hf, base, config, embed, blocks, layers) for blocks, layers in candidates[:3]]
 
 
-def _guess(hf: nn.Module, base: nn.Module, config, embed: str, blocks: str, layers: nn.ModuleList) -> Guess:
-    emb = base.get_submodule(embed)
+def _guess(hf: PreTrainedModel, base: nn.Module, config, embed: str, blocks: str, layers: nn.ModuleList) -> Guess:
+    emb = cast(nn.Embedding, base.get_submodule(embed))  # `embed` is an nn.Embedding's path (guesses())
     out = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
+    out_weight = getattr(out, "weight", None)
     g = Guess(blocks=blocks, n_layers=len(layers), embed=embed, d_model=emb.embedding_dim,
-              d_vocab=out.weight.shape[0] if getattr(out, "weight", None) is not None else emb.num_embeddings)
+              d_vocab=out_weight.shape[0] if out_weight is not None else emb.num_embeddings)
     inside = lambda n: n == blocks or n.startswith(blocks + ".")
     g.final_norms = [n for n, m in base.named_modules() if not inside(n) and is_norm(m)][::-1]
     g.pos_embeds = [n for n, m in base.named_modules() if isinstance(m, nn.Embedding) and n != embed

@@ -15,7 +15,9 @@ kept only where an identity holds in every layer:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from itertools import product
 
 import torch
@@ -120,11 +122,14 @@ def record(hf: nn.Module, table: SiteTable, call) -> dict[str, Tensor]:
     return got
 
 
-def choose(guess: Guess, rec: dict[str, Tensor], hidden: tuple[Tensor, ...], final: nn.Module) -> Choice:
+def choose(guess: Guess, rec: dict[str, Tensor], hidden: tuple[Tensor, ...], final: Callable[[str], nn.Module]) -> Choice:
     """Pick the candidates for which the identities in the module docstring hold in every layer.
     `final(path)` returns a module by base-relative path (for the final norm)."""
     c, L = Choice(recorded=rec, mlp=guess.mlp or guess.mlp_down), guess.n_layers
-    at = lambda layer, tap: rec.get(_name(layer, tap))
+
+    def at(layer: int | None, tap: Tap) -> Any:  # a Tensor, or None where nothing was recorded
+        return rec.get(_name(layer, tap))
+
     pre = [at(i, Tap("", "in")) for i in range(L)]
     post = [at(i, Tap("")) for i in range(L)]
     if len(hidden) != L + 1:
@@ -176,11 +181,14 @@ def _parallel(c: Choice, guess: Guess, at, pre) -> bool | None:
     (the attention's own, or one of its own); None when neither can be confirmed."""
     if c.resid_mid is not None or c.mlp_out is None:
         return False if c.resid_mid is not None or guess.mlp is None else None
+    if guess.mlp is None:  # as before: no recorded input, so no verdict
+        return None
     n = guess.n_layers
     mlp_in = _series(at, Tap(guess.mlp, "in"), n)
     if mlp_in is None:
         return None
     attn = _series(at, c.attn_out, n)
+    assert attn is not None  # c.attn_out was chosen where every layer recorded it (_sublayers)
     for norm in guess.norms:  # it reads resid_pre, and detectably not resid_pre + attn_out
         reads_pre = norm == c.attn_in_norm or all(close(at(i, Tap(norm, "in")), pre[i])
                                                   and not _adds_up(at(i, Tap(norm, "in")), pre[i], attn[i]) for i in range(n))
@@ -197,7 +205,8 @@ def _series(at, tap: Tap | None, n: int) -> list | None:
 
 def _sublayers(c: Choice, guess: Guess, at, pre, post) -> None:
     n = guess.n_layers
-    for a, m in product(guess.attn_out, guess.mlp_out or [None]):
+    mlp_outs: list[Tap | None] = [*guess.mlp_out] or [None]
+    for a, m in product(guess.attn_out, mlp_outs):
         attn, mlp = _series(at, a, n), _series(at, m, n)
         if a != m and attn and mlp and all(exact_sum(post[i], pre[i], attn[i], mlp[i]) for i in range(n)):
             c.attn_out, c.mlp_out = a, m
@@ -206,6 +215,7 @@ def _sublayers(c: Choice, guess: Guess, at, pre, post) -> None:
         c.why_not.append("no attention / MLP outputs add up to resid_post - resid_pre: no hook_attn_out, hook_mlp_out")
         return
     attn = _series(at, c.attn_out, n)
+    assert attn is not None  # c.attn_out was chosen where every layer recorded it
     c.resid_mid = next((t for t in guess.resid_mid if all(exact_sum(at(i, t), pre[i], attn[i]) for i in range(n))), None)
 
 

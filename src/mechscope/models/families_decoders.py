@@ -6,9 +6,12 @@ in each table: norms, fused projections, scales, the variants a config switches 
 
 from __future__ import annotations
 
+from typing import Any
+
 from .adapter import Adapter, Requirement, Tap, Variant
 
-LLAMA_PATHS = dict(
+# keyword arguments for `Adapter`, spread into each table: values of several field types
+LLAMA_PATHS: dict[str, Any] = dict(
     blocks="layers",
     embed="embed_tokens",
     q="self_attn.q_proj",

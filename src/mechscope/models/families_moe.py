@@ -8,10 +8,12 @@ are the whole MoE block's output (`hook_mlp_out`) and the router logits
 
 from __future__ import annotations
 
+from typing import Any
+
 from .adapter import Adapter, Requirement
 from .families_decoders import LLAMA_PATHS, QK_NORM_NOTE, ROTARY_NOTE
 
-MOE_PATHS = {**LLAMA_PATHS, "mlp_in": "mlp.experts", "mlp_gate": None, "mlp_down": None}
+MOE_PATHS: dict[str, Any] = {**LLAMA_PATHS, "mlp_in": "mlp.experts", "mlp_gate": None, "mlp_down": None}
 NO_NEURONS = (("mlp.hook_post", "its experts' neurons live inside one fused experts module (3-d weights, "
                "a loop over experts in one forward), so there is no single neuron tensor to read; record "
                "hook_mlp_out (the MoE block's output) or mlp.hook_router_logits"),)

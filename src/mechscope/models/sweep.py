@@ -164,14 +164,14 @@ def check(model_type: str) -> Result:
             if oracle(model, hf, ids):
                 return Result(model_type, "exact (table)", model.adapter.family)
             return Result(model_type, "wrong", f"the {model.adapter.family} table disagrees with hidden_states")
-        model = auto_model(hf, name=model_type)
-        if not isinstance(model, AutoModel):
-            why = [w.strip("()") for w in model.provenance.get("not offered", [])]
+        auto = auto_model(hf, name=model_type)
+        if not isinstance(auto, AutoModel):
+            why = [w.strip("()") for w in auto.provenance.get("not offered", [])]
             return Result(model_type, "module paths", why[0] if why else "")
-        if not oracle(model, hf, ids):
+        if not oracle(auto, hf, ids):
             return Result(model_type, "wrong", "the automatic adapter's resid_post disagrees with hidden_states")
-        missing = [k for k in model.provenance.get("not offered", []) if not k.startswith("(")]
-        paths = " (+ module paths)" if "module paths" in " ".join(model.provenance) else ""
+        missing = [k for k in auto.provenance.get("not offered", []) if not k.startswith("(")]
+        paths = " (+ module paths)" if "module paths" in " ".join(auto.provenance) else ""
         return Result(model_type, "exact (automatic)",
                       ("every site kind" if not missing else "not offered: " + ", ".join(missing)) + paths)
     except MechscopeError as err:

@@ -64,9 +64,9 @@ def attribution_sweep(model, task: Task, metric: Metric | MetricFn, *, sweep: st
         e = e.sum() if p.position is None else e[p.position].sum()
         values.append(e)
     base_metric = m_corrupt if direction == "denoise" else m_clean
-    values = torch.stack(values).reshape(shape).cpu() + base_metric
-    scores, normalized = normalise(values, m_clean, m_corrupt, direction)
-    return PatchResult(model.name, sweep, direction, "attribution", metric.name, axes, scores, values, m_clean,
+    effects = torch.stack(values).reshape(shape).cpu() + base_metric
+    scores, normalized = normalise(effects, m_clean, m_corrupt, direction)
+    return PatchResult(model.name, sweep, direction, "attribution", metric.name, axes, scores, effects, m_clean,
                        m_corrupt, normalized, chosen, pos_labels(model, task.clean[0], chosen))
 
 

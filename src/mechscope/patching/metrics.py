@@ -85,10 +85,11 @@ def logit_diff(task: Task) -> Metric:
     if task.wrong is None:
         raise MechscopeError("logit_diff needs the task's wrong tokens (a foil per prompt): give `wrong`, or use "
                              "answer_prob / answer_logit")
+    wrong = task.wrong
 
     def fn(logits):
         rows = _rows(task, logits)
-        return (_pick(rows, task.answers) - _pick(rows, task.wrong)).mean()
+        return (_pick(rows, task.answers) - _pick(rows, wrong)).mean()
     return Metric(fn, "logit_diff", positions=task.index())
 
 

@@ -13,7 +13,7 @@ alone gives the metric (the senders' direct path to the output).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, cast
 
 import torch
 
@@ -55,12 +55,12 @@ def _check(model, senders: Sequence[Component], receivers: Sequence[Receiver]) -
             raise MechscopeError(f"sender {s!r} must be (layer, head) or (layer, 'mlp') with a layer in 0-{model.dims.n_layers - 1}")
         if s[1] == "mlp" and not model.dims.d_mlp:
             raise MechscopeError(f"sender {s!r}: {model.name} has no MLPs")
-        if s[1] != "mlp" and not 0 <= s[1] < model.dims.n_heads:
+        if s[1] != "mlp" and (isinstance(s[1], str) or not 0 <= s[1] < model.dims.n_heads):
             raise MechscopeError(f"sender {s!r}: head must be in 0-{model.dims.n_heads - 1}")
     for r in receivers:
         if r == "logits":
             continue
-        if len(r) != 3 or r[2] not in ("q", "k", "v"):
+        if isinstance(r, str) or len(r) != 3 or r[2] not in ("q", "k", "v"):
             raise MechscopeError(f"receiver {r!r} must be (layer, head, 'q'|'k'|'v') or 'logits'")
         if any(r[0] <= s[0] for s in senders):
             raise MechscopeError(f"receiver {r!r} must sit in a later layer than every sender")
@@ -87,7 +87,9 @@ def path_patch(model, task: Task, metric: Metric | MetricFn, senders: Sequence[C
                receivers: Sequence[Receiver] = ("logits",)) -> PathEffect:
     """The metric when the senders' corrupted outputs reach only the receivers (see the module doc)."""
     metric = as_metric(metric)
-    senders, receivers = [tuple(s) for s in senders], [r if r == "logits" else tuple(r) for r in receivers]
+    # lists (as JSON gives them) become tuples
+    senders = [cast(Component, tuple(s)) for s in senders]
+    receivers = [r if r == "logits" else cast(Receiver, tuple(r)) for r in receivers]
     _check(model, senders, receivers)
     if "logits" in receivers and len(receivers) > 1:
         raise MechscopeError("give either 'logits' or head inputs as receivers, not both")
@@ -103,6 +105,6 @@ def path_patch(model, task: Task, metric: Metric | MetricFn, senders: Sequence[C
         if receivers == ["logits"]:
             return PathEffect(m_clean, m_corrupt, float(metric(first.logits)))
         edits = [E.replace(f"blocks.{layer}.attn.hook_{part}", first.cache[f"blocks.{layer}.attn.hook_{part}"], heads=head)
-                 for layer, head, part in receivers]
+                 for layer, head, part in (r for r in receivers if not isinstance(r, str))]
         second = model.run(task.clean, attention_mask=mask, edits=edits)
     return PathEffect(m_clean, m_corrupt, float(metric(second.logits)))

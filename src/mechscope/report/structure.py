@@ -36,7 +36,7 @@ def _spectra(model) -> str:
     spectra = weight_spectra(model, kinds=("OV", "QK"))
     rows = []
     for layer in range(spectra.n_layers):
-        row = {"layer": layer}
+        row: dict[str, int | str] = {"layer": layer}
         for kind in ("OV", "QK"):
             v = spectra.by_layer(kind)[layer]
             row[kind] = f"{v.mean():.2f} [{v.min():.2f}, {v.max():.2f}]"

@@ -203,7 +203,7 @@ class AttentionGraphs:
         for g in self.graphs:
             s = g.stats(n_null=n_null, seed=seed)
             parts = g.communities(seed=seed)
-            row = {"layer": g.layer, "head": g.head, "prompt": g.prompt, "n_nodes": s.n_nodes, "n_edges": s.n_edges}
+            row: dict[str, object] = {"layer": g.layer, "head": g.head, "prompt": g.prompt, "n_nodes": s.n_nodes, "n_edges": s.n_edges}
             for name in STAT_NAMES:
                 row[name], row[f"{name}_z"] = s.observed[name], s.z(name)
             row.update(elbow=g.spectrum().elbow, laplacian_elbow=g.spectrum("laplacian").elbow,

@@ -16,6 +16,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -161,7 +162,9 @@ def superposition_plots(folder: Path, out_dir: Path) -> list[Path]:
     from ..zoo.storage import load_module_folder
     from . import superposition as ts
 
-    suite = load_module_folder(Path(folder))
+    from ..zoo.superposition import SuperpositionSuite
+
+    suite = cast(SuperpositionSuite, load_module_folder(Path(folder)))
     pent, phase, dim = (suite.experiment(k) for k in ("pentagon", "phase", "dimensionality"))
     titles = [f"S = {1 - p:.3g}" for p in pent.feature_probability.tolist()]
     grid = int(round(math.sqrt(phase.n_instances)))

@@ -25,6 +25,7 @@ The measures here read that off a `mechscope.Model` (or a bare ToyTransformer):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -120,7 +121,9 @@ def key_frequency_share(model: ModelLike, freqs: list[int], p: int | None = None
 def number_logits(model: ModelLike, tokens: Tensor, p: int | None = None) -> Float[Tensor, "batch p"]:
     """Last-position logits over the p number tokens (float64), from the model's forward."""
     m = _model(model)
-    return m.run(tokens).logits[:, -1, : _modulus(m, p)].double()
+    logits = m.run(tokens).logits
+    assert logits is not None  # a run keeps its logits unless told not to
+    return logits[:, -1, : _modulus(m, p)].double()
 
 
 def _key_projection(freqs: list[int], p: int, constant: bool) -> Tensor:
@@ -291,7 +294,7 @@ def _measure(model: Model, freqs: list[int], p: int, train: tuple[Tensor, Tensor
     return out
 
 
-def grokking_curves(snapshots: list[tuple[int, ModelLike]], train_tokens: Tensor, train_labels: Tensor,
+def grokking_curves(snapshots: Sequence[tuple[int, ModelLike]], train_tokens: Tensor, train_labels: Tensor,
                     test_tokens: Tensor, test_labels: Tensor, *, key_freqs: list[int] | None = None,
                     p: int | None = None, threshold: float = 0.05, progress: bool = False) -> GrokkingCurves:
     """Measure every snapshot ``(step, model)``; key frequencies come from the last one unless given."""

@@ -146,7 +146,8 @@ def plot_phase_diagram(phases: Tensor, importance: Tensor, density: Tensor) -> F
     cmap = ListedColormap(PHASE_COLOURS)
     ax.pcolormesh(_edges(importance), _edges(density), phases.numpy(), cmap=cmap, vmin=-0.5,
                   vmax=len(PHASES) - 0.5, shading="flat")
-    ax.set_xscale("log"), ax.set_yscale("log")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("relative importance of feature 2"), ax.set_ylabel("feature density 1 - S")
     ax.set_title("2 features in 1 dimension (n=2, m=1): trained models", fontsize=10)
     present = sorted(set(phases.flatten().tolist()))
@@ -178,7 +179,8 @@ def plot_dimensionality(geometry: FeatureGeometry, density: Tensor) -> Figure:
                label="per-feature dimensionality D_i")
     ax.plot(inv, geometry.dim_star.numpy(), color="k", lw=1.6, marker="o", ms=3,
             label="dimensions per feature D* = m / ||W||_F^2")
-    ax.set_xscale("log"), ax.set_ylim(0, 1.1)
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.1)
     ax.set_xlabel("1 / (1 - S)  (inverse feature density)"), ax.set_ylabel("dimensions per feature")
     ax.legend(fontsize=8, loc="upper right")
     return fig

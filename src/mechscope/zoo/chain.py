@@ -105,6 +105,7 @@ def build_model(recipe: ChainRecipe) -> ToyTransformer:
         model = ToyTransformer(config)
     if recipe.pos_init == "sinusoidal":
         with torch.no_grad():
+            assert model.pos_embed is not None  # learned positions (sinusoidal is their start)
             model.pos_embed.weight.copy_(sinusoids(config.n_ctx, config.d_model))
     return model
 
@@ -160,7 +161,7 @@ def batch_for_step(step: int, recipe: ChainRecipe, held_out: set[str]) -> tuple[
     n = rng.randint(1, recipe.n_statements) if rng.random() < recipe.short_fraction else recipe.n_statements
     deepest = min(recipe.max_depth, 1 + step * recipe.max_depth // recipe.curriculum_steps) \
         if recipe.curriculum_steps else recipe.max_depth
-    texts = []
+    texts: list[str] = []
     while len(texts) < recipe.batch_size:
         text, answer, _, resolved = make_prompt(rng, rng.randint(1, min(n, deepest)), n, recipe.max_depth)
         if text in held_out:
@@ -270,7 +271,7 @@ def attention_to_hops(model: ToyTransformer, evals: dict) -> dict[int, list[list
 
 def hop_summary(masses: dict[int, list]) -> dict[int, list[dict]]:
     """Per depth and layer: the head most attending to any hop, that hop, and its mass."""
-    summary = {depth: [] for depth in masses}
+    summary: dict[int, list[dict]] = {depth: [] for depth in masses}
     for depth, per_layer in masses.items():
         for layer, heads in enumerate(per_layer):
             hop_mass = torch.tensor(heads)[:, :depth]                                 # [head, hop]

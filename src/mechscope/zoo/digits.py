@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -199,7 +199,7 @@ def plots(folder: Path, out_dir: Path) -> list[Path]:
     pred = predict(model, split.x_test)
     figures = {"digits_samples.png": _samples_figure(split.x_test[:32], split.y_test[:32], pred[:32]),
                "digits_confusion.png": _confusion_figure(confusion_matrix(split.y_test, pred)),
-               "digits_filters.png": _filters_figure(model.conv1.weight.detach())}
+               "digits_filters.png": _filters_figure(cast(nn.Conv2d, model.conv1).weight.detach())}
     return [write_figure(Path(out_dir) / name, fig, bbox_inches=None)
             for name, fig in figures.items()]
 
@@ -226,7 +226,7 @@ def _confusion_figure(cm: Tensor):
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
             if cm[i, j]:
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
+                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
                         color="white" if cm[i, j] > cm.max() / 2 else "black")
     ax.set_xticks(range(10)), ax.set_yticks(range(10))
     ax.set_xlabel("predicted"), ax.set_ylabel("true")

@@ -24,7 +24,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from ..errors import MechscopeError
 from ..folders import replace_folder, staging_folder
-from .transformer import ToyConfig, ToyTransformer
+from .transformer import Block, ToyConfig, ToyTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,8 @@ def last_logits(model: ToyTransformer, tokens: Tensor) -> Tensor:
     c = model.config
     if c.n_layers != 1 or c.norm != "none" or model.pos_embed is None:
         raise MechscopeError("last_logits needs a 1-layer ToyTransformer without norms and with learned positions")
-    block, attn = model.blocks[0], model.blocks[0].attn
+    block = cast(Block, model.blocks[0])
+    attn = block.attn
     (n, n_pos), h, d = tokens.shape, attn.n_heads, attn.d_head
     table = model.embed.weight[None] + model.pos_embed.weight[:n_pos, None]   # [pos, vocab, d_model]
     pos = torch.arange(n_pos, device=tokens.device).expand(n, n_pos)
@@ -147,7 +148,8 @@ def last_logits(model: ToyTransformer, tokens: Tensor) -> Tensor:
     pattern = ((q * k).sum(-1) / math.sqrt(d)).softmax(1)                      # [n, k_pos, head]
     z = (pattern[..., None] * v).sum(1).reshape(n, h * d)
     resid = table[-1][last] + attn.o(z)
-    resid = resid + block.mlp(resid)
+    if block.mlp is not None:  # as the forward: a model without MLPs (d_mlp=0) skips them
+        resid = resid + block.mlp(resid)
     return model.unembed(resid)
 
 

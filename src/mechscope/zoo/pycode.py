@@ -165,7 +165,7 @@ def mean_loss(model: torch.nn.Module, chunks: torch.Tensor, batch: int = 16) -> 
     return total / count
 
 
-def copying_loss(model: torch.nn.Module, tokenizer_or_vocab_size: PreTrainedTokenizerBase | int,
+def copying_loss(model: transformers.PreTrainedModel, tokenizer_or_vocab_size: PreTrainedTokenizerBase | int,
                  seq_len: int = 50, batch: int = 32, seed: int = 0) -> tuple[float, float]:
     """Mean loss on the first and on the second copy of random tokens repeated twice.
 

@@ -164,6 +164,7 @@ def wrap_tokenizer(tok: Tokenizer) -> PreTrainedTokenizerFast:
 def encode(tokenizer: PreTrainedTokenizerFast, texts: tuple[str, ...]) -> torch.Tensor:
     """One long int32 stream: ``<|endoftext|> file <|endoftext|> file ...``."""
     eos = tokenizer.convert_tokens_to_ids(EOS)
+    assert isinstance(eos, int)  # one token in, one id out
     stream: list[int] = []
     for enc in tokenizer.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False):
         stream.append(eos)

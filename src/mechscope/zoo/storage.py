@@ -120,7 +120,7 @@ def _matches(value: object, hint: object) -> bool:
     return False  # an annotation this checker does not know: refuse rather than guess
 
 
-def _check_kwargs(cls: type, name: str, kwargs: object, path: Path) -> None:
+def _check_kwargs(cls: type[typing.Any], name: str, kwargs: object, path: Path) -> None:
     """Refuse arguments the class does not declare, that lack a value, or whose type differs."""
     if not isinstance(kwargs, dict):
         raise MechscopeError(f"{path}/cfg.json: 'kwargs' must be a JSON object of {name}'s arguments")

@@ -26,6 +26,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +48,9 @@ class ToyModelOfSuperposition(nn.Module):
     the buffers ``importance [instance, n_features]`` and ``feature_probability [instance]``
     (= 1 - S) record the data each instance was trained on.
     """
+
+    importance: Tensor  # buffers (register_buffer in __init__)
+    feature_probability: Tensor
 
     def __init__(self, n_instances: int, n_features: int, d_hidden: int):
         super().__init__()
@@ -229,12 +233,13 @@ def eval_loss(model: ToyModelOfSuperposition, data_model: ToyModelOfSuperpositio
               seed: int, chunk: int = 4096) -> Tensor:
     """Mean loss ``[instance]`` of ``model`` on ``samples`` fixed samples drawn (in chunks) from
     ``data_model``'s distribution, tiled over ``model``'s restarts."""
-    gen, total, r = torch.Generator().manual_seed(seed), 0.0, model.n_instances // data_model.n_instances
+    gen, r = torch.Generator().manual_seed(seed), model.n_instances // data_model.n_instances
+    total: Tensor | float = 0.0
     with torch.no_grad():
         for start in range(0, samples, chunk):
             x = data_model.sample(min(chunk, samples - start), gen).repeat(1, r, 1)
             total = total + model.loss(x, model(x)) * len(x)
-    return total / samples
+    return cast(Tensor, total / samples)  # a tensor whenever samples > 0
 
 
 def _best_restart(model: ToyModelOfSuperposition,

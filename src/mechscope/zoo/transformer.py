@@ -80,7 +80,7 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
         x = x + self.attn(self.ln1(x), key_mask)[0]
-        return x + self.mlp(self.ln2(x)) if self.mlp is not None else x
+        return x + self.mlp(self.ln2(x)) if self.mlp is not None and self.ln2 is not None else x  # both or neither
 
 
 class ToyTransformer(PreTrainedModel):
@@ -116,6 +116,7 @@ class ToyTransformer(PreTrainedModel):
             x = x + self.pos_embed(torch.arange(input_ids.shape[1], device=input_ids.device)[None])
         hidden, patterns = [x], []
         for block in self.blocks:
+            assert isinstance(block, Block)
             if output_attentions:  # read the pattern from the module itself, as mechscope does
                 handle = block.attn.register_forward_hook(lambda m, a, out: patterns.append(out[1]))
             x = block(x, attention_mask)

@@ -12,7 +12,9 @@ says which is which (`mechscope info` prints it).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +27,11 @@ from .adapter import Adapter, Tap
 from .auto import Guess, guesses, text_config
 from .auto_check import Choice, candidate_table, choose, record
 from .auto_verify import Probe, Verdict, site_kind, verify
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from .adapter import QKVLayout
 
 log = logging.getLogger(__name__)
 TABLE = "exact: adapter table"
@@ -59,7 +66,7 @@ def _logits(out) -> Tensor:
 class AutoModel(Model):
     """A `Model` whose adapter was guessed; only verified sites and weights are offered."""
 
-    def __init__(self, hf: nn.Module, tokenizer, *, name: str, adapter: Adapter, dims: Dims):
+    def __init__(self, hf: PreTrainedModel, tokenizer, *, name: str, adapter: Adapter, dims: Dims):
         # Model.__init__ looks its table up by model_type; this one brings its own adapter
         self.hf, self.tokenizer, self.adapter, self.dims = hf.eval(), tokenizer, adapter, dims
         self.name = name
@@ -151,7 +158,7 @@ class ModulePathLM(ModuleModel):
     """A language model whose structure could not be verified: module-path sites only; it reads
     text (with a tokenizer) or token ids."""
 
-    def __init__(self, hf: nn.Module, tokenizer=None, *, name: str | None = None, why_not: list[str] = ()):
+    def __init__(self, hf: nn.Module, tokenizer=None, *, name: str | None = None, why_not: Sequence[str] = ()):
         super().__init__(hf, name=name)
         self.tokenizer = tokenizer
         self.provenance = {PATHS: [f"{len(self.table) // 2} modules"], UNVERIFIED: [f"({w})" for w in why_not]}
@@ -188,11 +195,15 @@ def provenance(model) -> dict[str, list[str]]:
     return {PATHS: [f"{len(model.table) // 2} modules"]}
 
 
+def _num_embeddings(hf: PreTrainedModel) -> int:
+    return cast(nn.Embedding, hf.get_input_embeddings()).num_embeddings
+
+
 def _probe_ids(hf: nn.Module, vocab: int) -> Tensor:
     return torch.randint(0, vocab, (2, 8), generator=torch.Generator().manual_seed(0)).to(next(hf.parameters()).device)
 
 
-def _adapter(hf: nn.Module, g: Guess, c: Choice, layout: str) -> Adapter:
+def _adapter(hf: nn.Module, g: Guess, c: Choice, layout: QKVLayout) -> Adapter:
     norm_out = lambda tap: tap.module if tap is not None and tap.module in g.norms else None
     structure_known = c.parallel is not None and c.gain_offset is not None
     return Adapter(
@@ -211,7 +222,7 @@ def _adapter(hf: nn.Module, g: Guess, c: Choice, layout: str) -> Adapter:
     )
 
 
-def auto_model(hf: nn.Module, tokenizer=None, *, name: str | None = None) -> Model:
+def auto_model(hf: nn.Module, tokenizer=None, *, name: str | None = None) -> AutoModel | ModulePathLM:
     """`hf` seen through the automatic adapter (see the module docstring). A model that does not
     run on token ids is refused with a MechscopeError."""
     name = name or getattr(getattr(hf, "config", None), "_name_or_path", "") or type(hf).__name__
@@ -220,27 +231,29 @@ def auto_model(hf: nn.Module, tokenizer=None, *, name: str | None = None) -> Mod
         why = f"{type(hf).__name__} is not a Hugging Face PreTrainedModel (no config, base model, output embeddings)"
         log.warning("%s: %s: module paths only", name, why)
         return ModulePathLM(hf, tokenizer, name=name, why_not=[why])
+    hf = cast("PreTrainedModel", hf)  # duck-typed: it has what a PreTrainedModel has (checked above)
     try:
         candidates = guesses(hf)
     except MechscopeError as err:
         log.warning("%s: %s", name, err)
         return ModulePathLM(hf, tokenizer, name=name, why_not=[str(err)])
     vocab = candidates[0].d_vocab
-    ids = _probe_ids(hf, vocab if hf.get_output_embeddings() is None else min(vocab, hf.get_input_embeddings().num_embeddings))
+    ids = _probe_ids(hf, vocab if hf.get_output_embeddings() is None else min(vocab, _num_embeddings(hf)))
     g, choice, out = _first_verified(hf, candidates, ids, name)
     if not choice.resid_ok:
-        why = choice.why_not or ["Hugging Face returns no hidden_states to check the blocks against"]
-        log.warning("%s: the automatic adapter could not verify the residual stream (%s): module paths only", name, why[0])
-        return ModulePathLM(hf, tokenizer, name=name, why_not=why + g.missing)  # the decisive reason first
+        reasons = choice.why_not or ["Hugging Face returns no hidden_states to check the blocks against"]
+        log.warning("%s: the automatic adapter could not verify the residual stream (%s): module paths only", name, reasons[0])
+        return ModulePathLM(hf, tokenizer, name=name, why_not=reasons + g.missing)  # the decisive reason first
     hidden = tuple(getattr(out, "hidden_states", None) or ())
     probe = Probe(ids, _logits(out).detach(), hidden, choice)
     dims = Dims(g.n_layers, g.d_model, g.n_heads, g.n_kv_heads or g.n_heads, g.d_head, g.d_mlp, g.d_vocab)
-    best = None
+    best: tuple[AutoModel, Verdict] | None = None
     for layout in g.layouts or ("separate",):
         model = AutoModel(hf, tokenizer, name=name, adapter=_adapter(hf, g, choice, layout), dims=dims)
         verdict = verify(model, probe)
         if best is None or len(verdict.kinds) > len(best[1].kinds):
             best = (model, verdict)
+    assert best is not None  # at least one layout is tried
     model, verdict = best
     if "hook_resid_post" not in verdict.kinds:
         return ModulePathLM(hf, tokenizer, name=name, why_not=verdict.why_not + g.missing)
@@ -250,13 +263,13 @@ def auto_model(hf: nn.Module, tokenizer=None, *, name: str | None = None) -> Mod
     return model
 
 
-def _first_verified(hf: nn.Module, candidates: list[Guess], ids: Tensor, name: str) -> tuple[Guess, Choice, object]:
+def _first_verified(hf: PreTrainedModel, candidates: list[Guess], ids: Tensor, name: str) -> tuple[Guess, Choice, object]:
     """One recorded forward pass per candidate block list, until one reproduces hidden_states:
     (that guess, its choice, the model's output); else the first guess and why it failed."""
     prefix = "" if hf.base_model is hf else hf.base_model_prefix + "."
     first = None
     for g in candidates:
-        box = {}
+        box: dict[str, Any] = {}
         try:
             with torch.no_grad():
                 rec = record(hf, candidate_table(g, hf.base_model, prefix),
@@ -272,6 +285,7 @@ def _first_verified(hf: nn.Module, candidates: list[Guess], ids: Tensor, name: s
         if choice.resid_ok:
             return g, choice, box["out"]
         first = first or (g, choice, box["out"])
+    assert first is not None  # `candidates` is never empty (guesses() raises instead)
     return first
 
 

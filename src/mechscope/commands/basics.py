@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import MechscopeError
 from .arguments import int_list
-from .checks import check_layers
+from .checks import check_sites
 
 MODEL_HELP = "hub id, local folder, zoo:NAME (e.g. zoo:pycode) or zoo:modadd@STEP (a training snapshot)"
 
@@ -60,7 +60,7 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
 def execute_run(args) -> int:
     if args.out and not args.record:
         raise MechscopeError(f"--out {args.out} would hold no activations: add --record GLOB (e.g. 'blocks.*.hook_resid_post')")
-    check_layers(args.model, args.record or [])     # a mistyped layer fails before torch loads
+    check_sites(args.model, args.record or [])     # a mistyped layer fails before torch loads
     from ..io import write_tensors
     from ..models.loading import load
     model = load(args.model)

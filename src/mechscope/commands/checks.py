@@ -1,5 +1,5 @@
-"""Checks the commands make before heavy work: a mistyped layer before torch loads (from the
-model's config.json alone), --ctx against the model's context, too few training steps."""
+"""Checks the commands make before heavy work: a mistyped site or layer before torch loads
+(from the name and the model's config.json alone), --ctx against the model's context, too few training steps."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from ..errors import MechscopeError
+from ..site_names import unknown_kind
 
 log = logging.getLogger(__name__)
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "n_layers")
@@ -32,10 +33,16 @@ def _local_config(model: str) -> dict | None:
     return config if isinstance(config, dict) else None
 
 
-def check_layers(model: str, sites: list[str]) -> None:
-    """Sites `blocks.L.*` whose layer the model does not have fail here, in the words the
-    model's site table would use, without loading torch or the model."""
+def check_sites(model: str, sites: list[str]) -> None:
+    """Site names that no table has (a typo in the kind) and sites `blocks.L.*` whose layer
+    the model does not have fail here, in the words the model's site table would use,
+    without loading torch or the model."""
     config = _local_config(model) if sites else None
+    if config is not None:  # a Hugging Face folder: its sites are table names (or module paths)
+        for site in sites:
+            why = unknown_kind(site)
+            if why:
+                raise MechscopeError(why)
     n_layers = next((config[k] for k in LAYER_KEYS if isinstance(config.get(k), int)), None) if config else None
     if n_layers is None:
         return

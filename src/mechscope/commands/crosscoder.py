@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from .arguments import ConfigDocs, constant, count, positive
-from .checks import check_layers, warn_short_schedule
+from .checks import check_sites, warn_short_schedule
 from .printing import marked, print_result
 from .sae import _data_args
 
@@ -114,7 +114,7 @@ def _train(args) -> dict:
     from ..dictionary.trainer_config import TrainConfig
     from ..errors import MechscopeError
     from ..models.loading import load
-    check_layers(args.model, args.site)
+    check_sites(args.model, args.site)
     model = load(args.model)
     tokens, keep = tokens_and_source(args, model, heldout=False)
     labels = tuple(args.labels.split(","))

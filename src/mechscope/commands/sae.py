@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from .arguments import ConfigDocs, constant, count, int_list, positive
-from .checks import check_layers, context_length, warn_short_schedule
+from .checks import check_sites, context_length, warn_short_schedule
 from .printing import print_error, print_features, print_meta, print_result
 
 CTX = 128
@@ -175,7 +175,7 @@ def _cache(args) -> dict:
     from ..dictionary.cache import write_cache
     from ..dictionary.source import SourceConfig
     from ..models.loading import load
-    check_layers(args.model, args.site)
+    check_sites(args.model, args.site)
     model = load(args.model)
     data = _tokens(args, model)
     folder = write_cache(model, args.site, data.train, args.out, cfg=SourceConfig(model_batch=args.model_batch),
@@ -205,7 +205,7 @@ def _train_ranked(args, rank: int, world: int) -> dict | None:
     from ..errors import MechscopeError
     from ..io import write_json
     from ..models.loading import load
-    check_layers(args.model, args.site or [])
+    check_sites(args.model, args.site or [])
     model = load(args.model)
     if args.cache is None and not args.data:
         raise MechscopeError("give --data (a corpus to run the model on) or --cache (an activation cache)")

@@ -62,3 +62,11 @@ def test_edit_at_block_input_and_output_with_hooks_removed(kind):
     assert torch.equal(pre.cache["blocks.0.hook_resid_post"], plain.cache["blocks.0.hook_resid_post"])
     assert not torch.allclose(pre.logits, plain.logits, atol=1e-4)
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.hf.modules()) == 0
+
+
+def test_edit_errors_from_a_run_name_the_site():
+    model = tiny_model("gpt2")
+    ids = torch.randint(0, 97, (2, 5), generator=torch.Generator().manual_seed(2))
+    with pytest.raises(ms.MechscopeError, match=r"^position 9 is outside the sequence at 'blocks.1.hook_resid_post' "
+                       r"\(lengths \[5\]\)$"):
+        model.run(ids, edits=[edits.zero("blocks.1.hook_resid_post", positions=9)])

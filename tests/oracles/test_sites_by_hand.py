@@ -132,6 +132,9 @@ def test_each_family_has_its_sites(kind, pos_embed, resid_mid, mlp):
     assert ("blocks.1.hook_mlp_out" in names) == mlp and ("blocks.1.mlp.hook_post" in names) == mlp
     if pos_embed:
         assert model.table["hook_pos_embed"].sizes == (1, None, 32)
+        assert model.table["hook_pos_embed"].dims == ("batch", "pos", "d_model")
+    for site in model.table:   # every block site knows its layer; the others have none
+        assert site.layer == (int(site.name.split(".")[1]) if site.name.startswith("blocks.") else None), site.name
     run = model.run(torch.randint(0, 97, (2, 5), generator=torch.Generator().manual_seed(0)), record="*")
     for name in names - {"logits"}:
         site = model.table[name]

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.mechscope-installed
 PROMPT ?= def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# fast checks CI runs before the tests: lint, formatting, types
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
 
 bench: setup
 	$(PY) bench/hooks.py

@@ -1,7 +1,7 @@
 """What every bench output states about the machine it ran on: threads, CPU model, load.
 
     from _machine import machine_line, machine_info   # bench scripts run with bench/ on sys.path
-    print(machine_line())         # "machine: AMD EPYC, 2 CPUs (torch threads 1), AVX2 (no native bf16), load 1.2 0.9 0.7"
+    print(machine_line())  # "machine: AMD EPYC, 2 CPUs (torch threads 1), AVX2 (no native bf16), load 1.2 0.9 0.7"
     report["machine"] = machine_info()
 
 Timings on a shared machine mean little without the load beside them, and a CPU with
@@ -41,10 +41,14 @@ def machine_info() -> dict:
     """CPU model, logical CPUs, torch's thread count (if torch is imported), the CPU's
     native-bf16 flags, torch's SIMD capability and the 1/5/15-minute load averages."""
     import sys
+
     model, flags = _cpuinfo()
-    info = {"cpu_model": model, "logical_cpus": os.cpu_count(),
-            "bf16_flags": sorted(f for f in BF16_FLAGS if f in flags),
-            "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
+    info = {
+        "cpu_model": model,
+        "logical_cpus": os.cpu_count(),
+        "bf16_flags": sorted(f for f in BF16_FLAGS if f in flags),
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+    }
     torch = sys.modules.get("torch")
     if torch is not None:
         info["torch_threads"] = torch.get_num_threads()
@@ -58,13 +62,18 @@ def machine_info() -> dict:
 def machine_line(info: dict | None = None) -> str:
     """One line for a bench's output: the CPU, CPUs and threads, bf16 support, load now."""
     info = info or machine_info()
-    threads = f"torch threads {info['torch_threads']}" if "torch_threads" in info else \
-        f"OMP_NUM_THREADS {info['omp_num_threads'] or 'unset'}"
+    threads = (
+        f"torch threads {info['torch_threads']}"
+        if "torch_threads" in info
+        else f"OMP_NUM_THREADS {info['omp_num_threads'] or 'unset'}"
+    )
     simd = info.get("torch_cpu_capability", "")
     bf16 = f"native bf16 ({', '.join(info['bf16_flags'])})" if info["bf16_flags"] else "no native bf16"
     load = " ".join(f"{x:.2f}" for x in info["load_average"]) if info["load_average"] else "n/a"
-    return (f"machine: {info['cpu_model']}, {info['logical_cpus']} logical CPUs ({threads}), "
-            f"{simd + ', ' if simd else ''}{bf16}; load average (1/5/15 min) {load}")
+    return (
+        f"machine: {info['cpu_model']}, {info['logical_cpus']} logical CPUs ({threads}), "
+        f"{simd + ', ' if simd else ''}{bf16}; load average (1/5/15 min) {load}"
+    )
 
 
 def load_line() -> str:

@@ -44,22 +44,44 @@ def tl_config(hf_config):
     c = hf_config
     if c.model_type == "gpt2":
         return HookedTransformerConfig(
-            n_layers=c.n_layer, d_model=c.n_embd, n_ctx=c.n_positions, d_head=c.n_embd // c.n_head,
-            n_heads=c.n_head, d_mlp=c.n_inner or 4 * c.n_embd, d_vocab=c.vocab_size,
-            act_fn=c.activation_function, eps=c.layer_norm_epsilon, normalization_type="LN",
-            positional_embedding_type="standard", original_architecture="GPT2LMHeadModel",
-            default_prepend_bos=False)
+            n_layers=c.n_layer,
+            d_model=c.n_embd,
+            n_ctx=c.n_positions,
+            d_head=c.n_embd // c.n_head,
+            n_heads=c.n_head,
+            d_mlp=c.n_inner or 4 * c.n_embd,
+            d_vocab=c.vocab_size,
+            act_fn=c.activation_function,
+            eps=c.layer_norm_epsilon,
+            normalization_type="LN",
+            positional_embedding_type="standard",
+            original_architecture="GPT2LMHeadModel",
+            default_prepend_bos=False,
+        )
     if c.model_type == "llama":
         d_head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         kv = c.num_key_value_heads
         return HookedTransformerConfig(
-            n_layers=c.num_hidden_layers, d_model=c.hidden_size, n_ctx=c.max_position_embeddings,
-            d_head=d_head, n_heads=c.num_attention_heads, d_mlp=c.intermediate_size, d_vocab=c.vocab_size,
-            act_fn=c.hidden_act, eps=c.rms_norm_eps, normalization_type="RMS", final_rms=True, gated_mlp=True,
+            n_layers=c.num_hidden_layers,
+            d_model=c.hidden_size,
+            n_ctx=c.max_position_embeddings,
+            d_head=d_head,
+            n_heads=c.num_attention_heads,
+            d_mlp=c.intermediate_size,
+            d_vocab=c.vocab_size,
+            act_fn=c.hidden_act,
+            eps=c.rms_norm_eps,
+            normalization_type="RMS",
+            final_rms=True,
+            gated_mlp=True,
             n_key_value_heads=kv if kv != c.num_attention_heads else None,
-            positional_embedding_type="rotary", rotary_dim=d_head, rotary_adjacent_pairs=False,
-            rotary_base=c.rope_parameters["rope_theta"], original_architecture="LlamaForCausalLM",
-            default_prepend_bos=False)
+            positional_embedding_type="rotary",
+            rotary_dim=d_head,
+            rotary_adjacent_pairs=False,
+            rotary_base=c.rope_parameters["rope_theta"],
+            original_architecture="LlamaForCausalLM",
+            default_prepend_bos=False,
+        )
     raise SystemExit(f"_peers.py: no TransformerLens config for model_type {c.model_type!r}")
 
 
@@ -72,9 +94,14 @@ def build_tl(hf):
     cfg = tl_config(hf.config)
     convert = {"gpt2": convert_gpt2_weights, "llama": convert_llama_weights}[hf.config.model_type]
     tl = HookedTransformer(cfg)
-    tl.load_and_process_state_dict(convert(hf, cfg), fold_ln=False, center_writing_weights=False,
-                                   center_unembed=False, fold_value_biases=False,
-                                   refactor_factored_attn_matrices=False)
+    tl.load_and_process_state_dict(
+        convert(hf, cfg),
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
+    )
     return tl.eval()
 
 
@@ -90,8 +117,8 @@ def main(argv=None) -> None:
     import nnsight
     import transformer_lens
     import transformers
-    from transformer_lens.model_bridge import TransformerBridge
     from nnsight import TransformersModel
+    from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     transformers.utils.logging.disable_progress_bar()
@@ -141,8 +168,15 @@ def main(argv=None) -> None:
             tracer.stop()
         return saved
 
-    variants = {"hf": hf_run, "tl_all": tl_all, "tl_early": tl_early, "tlb_all": tlb_all, "tlb_early": tlb_early,
-                "nn_all": nn_all, "nn_early": nn_early}
+    variants = {
+        "hf": hf_run,
+        "tl_all": tl_all,
+        "tl_early": tl_early,
+        "tlb_all": tlb_all,
+        "tlb_early": tlb_early,
+        "nn_all": nn_all,
+        "nn_early": nn_early,
+    }
     with torch.inference_mode():
         ref = hf(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
         tl_logits, tl_cache = tl_all()
@@ -153,20 +187,33 @@ def main(argv=None) -> None:
         inner_resid = range(n_layers - 1)
         checks = {
             "tl_logits_maxdiff": (tl_logits - ref.logits).abs().max().item(),
-            "tl_resid_maxdiff": max((tl_cache[names[i]] - ref.hidden_states[i + 1]).abs().max().item() for i in inner_resid),
+            "tl_resid_maxdiff": max(
+                (tl_cache[names[i]] - ref.hidden_states[i + 1]).abs().max().item() for i in inner_resid
+            ),
             "tlb_logits_maxdiff": (tlb_logits - ref.logits).abs().max().item(),
-            "tlb_resid_maxdiff": max((tlb_cache[names[i]] - ref.hidden_states[i + 1]).abs().max().item() for i in inner_resid),
+            "tlb_resid_maxdiff": max(
+                (tlb_cache[names[i]] - ref.hidden_states[i + 1]).abs().max().item() for i in inner_resid
+            ),
             "tlb_early_maxdiff": (tlb_mid - ref.hidden_states[mid + 1]).abs().max().item(),
             "nn_logits_maxdiff": (nn_saved[-1] - ref.logits).abs().max().item(),
             "nn_resid_maxdiff": max((nn_saved[i] - ref.hidden_states[i + 1]).abs().max().item() for i in inner_resid),
             "nn_early_maxdiff": (nn_mid[0] - ref.hidden_states[mid + 1]).abs().max().item(),
         }
-    reply({"versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                        "transformer_lens": _version("transformer-lens", transformer_lens),
-                        "nnsight": _version("nnsight", nnsight)},
-           "checks": checks, "attn": hf.config._attn_implementation,
-           "bridge_attn": getattr(bridge.original_model.config, "_attn_implementation", "?"), "threads": torch.get_num_threads(),
-           "pid": os.getpid()})
+    reply(
+        {
+            "versions": {
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "transformer_lens": _version("transformer-lens", transformer_lens),
+                "nnsight": _version("nnsight", nnsight),
+            },
+            "checks": checks,
+            "attn": hf.config._attn_implementation,
+            "bridge_attn": getattr(bridge.original_model.config, "_attn_implementation", "?"),
+            "threads": torch.get_num_threads(),
+            "pid": os.getpid(),
+        }
+    )
     for line in sys.stdin:
         if not line.strip() or line.strip() == "quit":
             break
@@ -181,6 +228,7 @@ def main(argv=None) -> None:
 
 def _version(dist: str, module) -> str:
     from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version(dist)
     except PackageNotFoundError:

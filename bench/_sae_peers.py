@@ -55,11 +55,18 @@ def mechscope_trainer(d_in, args):
         def batches(self, position=0, rank=0, world=1):
             s = position
             while True:
-                yield {"x": self.train[s * args.batch:(s + 1) * args.batch]}, s + 1
+                yield {"x": self.train[s * args.batch : (s + 1) * args.batch]}, s + 1
                 s += 1
 
-    cfg = TrainConfig(total_tokens=10**12, batch_tokens=args.batch, lr=args.lr, warmup_steps=0, decay="none",
-                      norm_batches=args.norm_batches, dead_window=args.dead_window)
+    cfg = TrainConfig(
+        total_tokens=10**12,
+        batch_tokens=args.batch,
+        lr=args.lr,
+        warmup_steps=0,
+        decay="none",
+        norm_batches=args.norm_batches,
+        dead_window=args.dead_window,
+    )
     trainer = Trainer(Memory(TRAIN), [CoderConfig("topk", d_in, args.width, k=args.k)], cfg)
     trainer.setup()
 
@@ -86,6 +93,7 @@ def sparsify_trainer(d_in, args, bare: bool = False):
     import importlib.metadata as md
 
     from sparsify import SparseCoder, SparseCoderConfig
+
     torch.manual_seed(0)  # Trainer: torch.manual_seed(seed) for seed in cfg.init_seeds ([0])
     sae = SparseCoder(d_in, SparseCoderConfig(num_latents=args.width, k=args.k), "cpu", dtype=torch.float32)
     # TrainConfig(optimizer="adam") pgs: lr = cfg.lr or 2e-4 / sqrt(num_latents / 2**14) (4e-4 at 4096 latents);
@@ -139,9 +147,11 @@ def saelens_trainer(d_in, args):
     from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
+
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=args.width, k=args.k, device="cpu"))
-    cfg = SAETrainerConfig(total_training_samples=10**12, train_batch_size_samples=args.batch, lr=args.lr,
-                           lr_end=args.lr / 10)  # the runner config sets lr_end = lr / 10 (unused by "constant")
+    cfg = SAETrainerConfig(
+        total_training_samples=10**12, train_batch_size_samples=args.batch, lr=args.lr, lr_end=args.lr / 10
+    )  # the runner config sets lr_end = lr / 10 (unused by "constant")
     trainer = SAETrainer(cfg, sae, data_provider=iter(()))
 
     def step(x, s):
@@ -155,8 +165,12 @@ def saelens_trainer(d_in, args):
     return step, reconstruct, md.version("sae-lens")
 
 
-MAKERS = {"mechscope": mechscope_trainer, "sparsify": sparsify_trainer, "saelens": saelens_trainer,
-          "sparsify-bare": sparsify_bare_trainer}
+MAKERS = {
+    "mechscope": mechscope_trainer,
+    "sparsify": sparsify_trainer,
+    "saelens": saelens_trainer,
+    "sparsify-bare": sparsify_bare_trainer,
+}
 
 
 def main() -> None:
@@ -182,7 +196,7 @@ def main() -> None:
     step, reconstruct, version = MAKERS[args.lib](TRAIN.shape[1], args)
     times, curve = [], []
     for s in range(args.warmup + args.steps):
-        x = TRAIN[s * args.batch:(s + 1) * args.batch]
+        x = TRAIN[s * args.batch : (s + 1) * args.batch]
         start = time.perf_counter()
         step(x, s)
         if s >= args.warmup:
@@ -192,10 +206,18 @@ def main() -> None:
                 curve.append(fvu(held, reconstruct(held)))
     with torch.no_grad():
         quality = curve[-1] if curve else fvu(held, reconstruct(held))
-    result = {"lib": args.lib, "version": version, "step_s": times, "tokens_per_s": args.batch * len(times) / sum(times),
-              "fvu": quality, "fvu_curve": curve, "steps": args.warmup + args.steps}
+    result = {
+        "lib": args.lib,
+        "version": version,
+        "step_s": times,
+        "tokens_per_s": args.batch * len(times) / sum(times),
+        "fvu": quality,
+        "fvu_curve": curve,
+        "steps": args.warmup + args.steps,
+    }
     if args.lib == "mechscope":  # whether the encoder GEMM ran in bfloat16 (selection only; see kernels.py)
         from mechscope.dictionary import kernels
+
         result["bf16_selection"] = kernels.bf16_selection()
     print(json.dumps(result), file=_OUT, flush=True)
 

@@ -44,6 +44,7 @@ def perturbed(model, scale: float):
     import copy
 
     from mechscope.model import Model
+
     hf = copy.deepcopy(model.hf)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -59,6 +60,7 @@ def saved_bytes(coder, x: torch.Tensor) -> int:
     def pack(t):
         total[0] += t.numel() * t.element_size()
         return t
+
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         coder(x).loss.backward()
     coder.zero_grad(set_to_none=True)
@@ -93,16 +95,24 @@ def main(argv=None) -> dict:
 
     model_a = ms.load("zoo:pycode")
     model_b = perturbed(model_a, 0.01)
-    data = tokenize_documents(stdlib_documents(60), model_a.tokenizer,
-                              DataConfig("stdlib", ctx_len=64, max_tokens=args.contexts * 64, heldout_fraction=0.0))
+    data = tokenize_documents(
+        stdlib_documents(60),
+        model_a.tokenizer,
+        DataConfig("stdlib", ctx_len=64, max_tokens=args.contexts * 64, heldout_fraction=0.0),
+    )
     src = SourceConfig(batch_tokens=args.batch, model_batch=32, buffer_contexts=args.contexts)
-    train = TrainConfig(total_tokens=args.batch * 10**6, batch_tokens=args.batch, lr=1e-3, warmup_steps=0,
-                        norm_batches=1)
-    streams = {"sae": ActivationSource(model_a, SITE, data.train, src),
-               "crosscoder": diff_source(model_a, model_b, SITE, data.train, src, labels=("A", "B"))}
+    train = TrainConfig(
+        total_tokens=args.batch * 10**6, batch_tokens=args.batch, lr=1e-3, warmup_steps=0, norm_batches=1
+    )
+    streams = {
+        "sae": ActivationSource(model_a, SITE, data.train, src),
+        "crosscoder": diff_source(model_a, model_b, SITE, data.train, src, labels=("A", "B")),
+    }
     d = streams["sae"].widths[SITE]
-    cfgs = {"sae": CoderConfig("relu", d, args.width, l1_coeff=1.0, hook_name=SITE),
-            "crosscoder": crosscoder_config(streams["crosscoder"], args.width, l1_coeff=1.0)}
+    cfgs = {
+        "sae": CoderConfig("relu", d, args.width, l1_coeff=1.0, hook_name=SITE),
+        "crosscoder": crosscoder_config(streams["crosscoder"], args.width, l1_coeff=1.0),
+    }
     trainers = {}
     for name, stream in streams.items():
         trainers[name] = Trainer(stream, [cfgs[name]], train, device="cpu")
@@ -129,7 +139,7 @@ def main(argv=None) -> dict:
     for name in names:  # warm-up (and the first block of each stream)
         dictionary_only(name), end_to_end(name)
     for r in range(args.rounds):
-        order = names[r % 2:] + names[:r % 2]
+        order = names[r % 2 :] + names[: r % 2]
         for kind, fn in (("dictionary", dictionary_only), ("end_to_end", end_to_end)):
             for name in order:
                 samples[(kind, name)].append(fn(name))
@@ -140,20 +150,28 @@ def main(argv=None) -> dict:
         half, whole = saved_bytes(coder, x[: args.batch // 2]), saved_bytes(coder, x)
         memory[n] = (whole - half) / (args.batch - args.batch // 2)
         fixed[n] = whole - memory[n] * args.batch
-    result = {"model": "zoo:pycode (+ a perturbed copy)", "site": SITE, "d": d, "width": args.width,
-              "batch_tokens": args.batch, "threads": args.threads,
-              "tokens_per_s": {k: round(v) for k, v in med.items()},
-              "ratio_dictionary_step": med["dictionary.crosscoder"] / med["dictionary.sae"],
-              "ratio_end_to_end": med["end_to_end.crosscoder"] / med["end_to_end.sae"],
-              "bytes_per_token": {n: round(v) for n, v in memory.items()},
-              "bytes_per_step_besides_tokens": {n: round(v) for n, v in fixed.items()},
-              "memory_ratio": memory["crosscoder"] / memory["sae"], "machine": machine}
+    result = {
+        "model": "zoo:pycode (+ a perturbed copy)",
+        "site": SITE,
+        "d": d,
+        "width": args.width,
+        "batch_tokens": args.batch,
+        "threads": args.threads,
+        "tokens_per_s": {k: round(v) for k, v in med.items()},
+        "ratio_dictionary_step": med["dictionary.crosscoder"] / med["dictionary.sae"],
+        "ratio_end_to_end": med["end_to_end.crosscoder"] / med["end_to_end.sae"],
+        "bytes_per_token": {n: round(v) for n, v in memory.items()},
+        "bytes_per_step_besides_tokens": {n: round(v) for n, v in fixed.items()},
+        "memory_ratio": memory["crosscoder"] / memory["sae"],
+        "machine": machine,
+    }
     print(json.dumps(result, indent=1))
     print(load_line())
     if args.json:
         from pathlib import Path
 
         from mechscope.io import write_json
+
         write_json(Path(args.json), result)
     return result
 

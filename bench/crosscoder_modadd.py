@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from _machine import machine_line
 
 from mechscope.dictionary.diffing import diff, exclusive_contexts, stacked_activations
 from mechscope.dictionary.source import SourceConfig
@@ -46,7 +47,6 @@ from mechscope.io import write_figure, write_json
 from mechscope.model import Model
 from mechscope.toys import grokking
 from mechscope.zoo import WEIGHTS, modadd
-from _machine import machine_line
 
 P = 113
 SITE = "blocks.0.hook_resid_post"
@@ -80,8 +80,14 @@ def main(argv=None) -> dict:
     A, B = (Model(snaps[s], name=f"zoo:modadd@{s}") for s in (args.a, args.b))
     tokens, _ = modadd.all_pairs(P)
     # keep only the '=' position: every number token is excluded
-    src = SourceConfig(batch_tokens=1024, model_batch=P * P, buffer_contexts=4 * P * P, exclude_first=False,
-                       exclude_tokens=tuple(range(P)), seed=args.seed)
+    src = SourceConfig(
+        batch_tokens=1024,
+        model_batch=P * P,
+        buffer_contexts=4 * P * P,
+        exclude_first=False,
+        exclude_tokens=tuple(range(P)),
+        seed=args.seed,
+    )
     stream = diff_source(A, B, SITE, tokens, src, labels=(f"step{args.a}", f"step{args.b}"))
     cfg = crosscoder_config(stream, args.width, l1_coeff=args.l1, model_name=f"{A.name} vs {B.name}")
     t0 = time.perf_counter()
@@ -97,30 +103,61 @@ def main(argv=None) -> dict:
         acts = coder.encode(x[:, -1])
         x_hat = coder.decode(acts)
     d = x.shape[-1] // 2
-    fvu = {name: float((x_hat[:, sl] - x[:, -1, sl]).pow(2).sum() / (x[:, -1, sl] - x[:, -1, sl].mean(0)).pow(2).sum())
-           for name, sl in (("A", slice(0, d)), ("B", slice(d, 2 * d)))}
+    fvu = {
+        name: float((x_hat[:, sl] - x[:, -1, sl]).pow(2).sum() / (x[:, -1, sl] - x[:, -1, sl].mean(0)).pow(2).sum())
+        for name, sl in (("A", slice(0, d)), ("B", slice(d, 2 * d)))
+    }
     result = diff(coder, density=(acts > 0).float().mean(0))
     result.save(out / "diff")
     write_figure(out / "histogram.png", result.plot())
 
-    summary = {"models": [A.name, B.name], "site": SITE, "position": "=", "width": args.width, "l1": args.l1,
-               "train_tokens": train.total_tokens, "train_seconds": round(seconds, 1),
-               "fvu": fvu, "l0": float((acts > 0).sum(-1).float().mean()), "counts": result.counts(),
-               "key_frequencies": {"A": grokking.key_frequencies(A), "B": grokking.key_frequencies(B)}, "classes": {}}
+    summary = {
+        "models": [A.name, B.name],
+        "site": SITE,
+        "position": "=",
+        "width": args.width,
+        "l1": args.l1,
+        "train_tokens": train.total_tokens,
+        "train_seconds": round(seconds, 1),
+        "fvu": fvu,
+        "l0": float((acts > 0).sum(-1).float().mean()),
+        "counts": result.counts(),
+        "key_frequencies": {"A": grokking.key_frequencies(A), "B": grokking.key_frequencies(B)},
+        "classes": {},
+    }
     keep = SourceConfig(exclude_first=False, exclude_tokens=tuple(range(P)))
     for kind in ("a_only", "b_only", "shared"):
         ids = result.latents(kind)
         rows = [describe(acts[:, i]) for i in ids]
         sums = [k for ev, k in rows if ev > 0.5]
-        entry = {"latents": len(ids), "functions_of_a_plus_b": len(sums),
-                 "their_frequencies": dict(collections.Counter(sums).most_common(8))}
-        top = exclusive_contexts(coder, members, tokens, ids[:3], k=6, source=keep, acts_in=x) if kind != "shared" else None
+        entry = {
+            "latents": len(ids),
+            "functions_of_a_plus_b": len(sums),
+            "their_frequencies": dict(collections.Counter(sums).most_common(8)),
+        }
+        top = (
+            exclusive_contexts(coder, members, tokens, ids[:3], k=6, source=keep, acts_in=x)
+            if kind != "shared"
+            else None
+        )
         if top is not None:
-            entry["examples"] = [{"latent": f, "relative_norm": round(float(result.relative[f]), 3),
-                                  "ev_a_plus_b": round(describe(acts[:, f])[0], 3), "frequency": describe(acts[:, f])[1],
-                                  "top_pairs": [(int(tokens[r["sequence"], 0]), int(tokens[r["sequence"], 1]),
-                                                 int(tokens[r["sequence"], :2].sum()) % P) for r in top.rows(f)]}
-                                 for f in top.features]
+            entry["examples"] = [
+                {
+                    "latent": f,
+                    "relative_norm": round(float(result.relative[f]), 3),
+                    "ev_a_plus_b": round(describe(acts[:, f])[0], 3),
+                    "frequency": describe(acts[:, f])[1],
+                    "top_pairs": [
+                        (
+                            int(tokens[r["sequence"], 0]),
+                            int(tokens[r["sequence"], 1]),
+                            int(tokens[r["sequence"], :2].sum()) % P,
+                        )
+                        for r in top.rows(f)
+                    ],
+                }
+                for f in top.features
+            ]
         summary["classes"][kind] = entry
     write_json(out / "summary.json", summary)
     print(json.dumps(summary, indent=1))

@@ -54,7 +54,8 @@ def sync(dev: str) -> None:
 
 
 def median_time(fn, dev: str, repeats: int) -> float:
-    fn(); fn()
+    fn()
+    fn()
     times = []
     for _ in range(repeats):
         sync(dev)
@@ -67,14 +68,17 @@ def median_time(fn, dev: str, repeats: int) -> float:
 
 def stdlib_contexts(tokenizer, n_ctx: int, ctx: int) -> torch.Tensor:
     from mechscope.data import contexts, read_documents, token_stream
+
     stream, _ = token_stream(read_documents(Path(os.__file__).parent), tokenizer, max_tokens=n_ctx * ctx + 1)
     return contexts(stream, ctx)[:n_ctx]
 
 
 # core
 
+
 def core(dev: str, quick: bool) -> None:
     from tests.models.tiny import tiny_model
+
     families = ["gpt2", "neox", "llama", "mistral", "qwen2", "gemma2", "bert"] + ([] if quick else ["neox_seq", "toy"])
     models = [(f, tiny_model(f)) for f in families]
     models += [("pycode-fp32", ms.load("zoo:pycode")), ("pycode-bf16", ms.load("zoo:pycode", dtype=torch.bfloat16))]
@@ -84,42 +88,58 @@ def core(dev: str, quick: bool) -> None:
         ids = torch.randint(1, min(97, model.hf.config.vocab_size), (2, 12), generator=torch.Generator().manual_seed(0))
         plain = model.run(ids).logits
         run = model.run(ids, record=[s.name for s in model.sites if "pattern" not in s.name])
-        check(f"core/{name}: recording every site but patterns changes no logit", torch.equal(plain, run.logits),
-              f"max diff {float((plain - run.logits).abs().max()):.2e}")
-        pat = model.run(ids, record="blocks.*.attn.hook_pattern")   # eager attention for the probabilities
+        check(
+            f"core/{name}: recording every site but patterns changes no logit",
+            torch.equal(plain, run.logits),
+            f"max diff {float((plain - run.logits).abs().max()):.2e}",
+        )
+        pat = model.run(ids, record="blocks.*.attn.hook_pattern")  # eager attention for the probabilities
         rows = max(float((p.float().sum(-1) - 1).abs().max()) for p in pat.cache.values())
         drift = float((pat.logits.float() - plain.float()).abs().max())
-        check(f"core/{name}: pattern rows sum to 1; eager-attention logits near the fused ones",
-              rows <= (1e-2 if bf16 else 1e-5) and drift <= (0.25 if bf16 else 1e-3), f"rows {rows:.1e}, logits {drift:.1e}")
+        check(
+            f"core/{name}: pattern rows sum to 1; eager-attention logits near the fused ones",
+            rows <= (1e-2 if bf16 else 1e-5) and drift <= (0.25 if bf16 else 1e-3),
+            f"rows {rows:.1e}, logits {drift:.1e}",
+        )
         with torch.no_grad():
             hs = model.hf(input_ids=ids.to(dev), output_hidden_states=True).hidden_states
         n = model.dims.n_layers
-        worst = max(float((run.cache[f"blocks.{l}.hook_resid_post"] - hs[l + 1]).abs().max()) for l in range(n - 1))
+        worst = max(float((run.cache[f"blocks.{i}.hook_resid_post"] - hs[i + 1]).abs().max()) for i in range(n - 1))
         tol = 2e-2 if bf16 else 1e-5
         check(f"core/{name}: resid_post == HF hidden_states (layers 0..{n - 2})", worst <= tol, f"max {worst:.2e}")
         if "blocks.0.attn.hook_z" in run.cache and "blocks.0.hook_attn_out" in run.cache:
             per_head, bias = model.head_results(run.cache["blocks.0.attn.hook_z"], layer=0)
             attn_out = run.cache["blocks.0.hook_attn_out"].float()
             err = float((per_head.float().sum(-2) + bias.float() - attn_out).abs().max() / attn_out.abs().max())
-            check(f"core/{name}: per-head results + bias == hook_attn_out", err <= (2e-2 if bf16 else 1e-5),
-                  f"max error / max |attn_out| {err:.2e}")
+            check(
+                f"core/{name}: per-head results + bias == hook_attn_out",
+                err <= (2e-2 if bf16 else 1e-5),
+                f"max error / max |attn_out| {err:.2e}",
+            )
         site = f"blocks.{n - 1}.hook_resid_pre"
         patched = model.run(ids, edits=[edits.replace(site, run.cache[site])]).logits
-        check(f"core/{name}: self-patching is the identity", torch.equal(patched, plain),
-              f"max diff {float((patched - plain).abs().max()):.2e}")
+        check(
+            f"core/{name}: self-patching is the identity",
+            torch.equal(patched, plain),
+            f"max diff {float((patched - plain).abs().max()):.2e}",
+        )
         if not bf16:
             vec = torch.zeros(model.dims.d_model, device=dev, requires_grad=True)
             out = model.run(ids, edits=[edits.add("blocks.0.hook_resid_post", vec)], grad=True)
             out.logits[:, -1].logsumexp(-1).sum().backward()
-            check(f"core/{name}: gradient through an edit", vec.grad is not None and bool(torch.isfinite(vec.grad).all())
-                  and float(vec.grad.abs().sum()) > 0)
+            check(
+                f"core/{name}: gradient through an edit",
+                vec.grad is not None and bool(torch.isfinite(vec.grad).all()) and float(vec.grad.abs().sum()) > 0,
+            )
         model.hf.to("cpu")
 
 
 # hooks
 
+
 def hooks(dev: str, quick: bool) -> None:
     import transformers as T
+
     out = {}
     torch.manual_seed(0)
     gpt2 = ms.Model(T.GPT2LMHeadModel(T.GPT2Config()), None, name="gpt2-small-shape")
@@ -131,23 +151,29 @@ def hooks(dev: str, quick: bool) -> None:
             with torch.inference_mode():
                 hf = median_time(lambda: model.hf(input_ids=ids, use_cache=False), dev, 5 if quick else 30)
                 ones = torch.ones_like(ids)
-                masked = median_time(lambda: model.hf(input_ids=ids, attention_mask=ones, use_cache=False), dev,
-                                     5 if quick else 30)
+                masked = median_time(
+                    lambda: model.hf(input_ids=ids, attention_mask=ones, use_cache=False), dev, 5 if quick else 30
+                )
                 rec = median_time(lambda: model.run(ids, record="blocks.*.hook_resid_post"), dev, 5 if quick else 30)
             key = f"{label}/{str(dtype)[6:]}/{batch}x{seq}"
             out[key] = {"hf_ms": hf * 1e3, "hf_mask_ms": masked * 1e3, "ms_all_ms": rec * 1e3, "ratio": rec / hf}
-            print(f"hooks {key}: HF {hf * 1e3:.2f} ms (with an all-ones mask {masked * 1e3:.2f}), recording every "
-                  f"resid_post {rec * 1e3:.2f} ms, ratio {rec / hf:.3f}", flush=True)
+            print(
+                f"hooks {key}: HF {hf * 1e3:.2f} ms (with an all-ones mask {masked * 1e3:.2f}), recording every "
+                f"resid_post {rec * 1e3:.2f} ms, ratio {rec / hf:.3f}",
+                flush=True,
+            )
         model.hf.to("cpu", torch.float32)
     RESULTS["hooks"] = out
 
 
 # sae
 
+
 def sae(dev: str, quick: bool, work: Path) -> None:
     from mechscope.dictionary import CoderConfig, TrainConfig, write_cache
     from mechscope.dictionary.cache import CacheReader
     from mechscope.dictionary.train import Trainer, fit_and_save
+
     model = ms.load("zoo:pycode", device=dev)
     ctx = stdlib_contexts(model.tokenizer, 64 if quick else 1024, 128)
     cache = write_cache(model, "blocks.2.hook_resid_post", ctx, work / "acts")
@@ -156,12 +182,13 @@ def sae(dev: str, quick: bool, work: Path) -> None:
     coder = CoderConfig("topk", model.dims.d_model, width, k=k)
     out = {}
     for autocast in (True, False):
-        cfg = TrainConfig(total_tokens=steps * batch, batch_tokens=batch, warmup_steps=2, checkpoint_every=10 ** 6,
-                          autocast=autocast)
+        cfg = TrainConfig(
+            total_tokens=steps * batch, batch_tokens=batch, warmup_steps=2, checkpoint_every=10**6, autocast=autocast
+        )
         trainer = Trainer(CacheReader(cache, batch_tokens=batch, seed=0), [coder], cfg, device=dev)
         trainer.setup()
         batches = trainer.stream.batches(0)
-        for _ in range(3):                               # warm-up steps (kernels, allocator)
+        for _ in range(3):  # warm-up steps (kernels, allocator)
             trainer.step(next(batches)[0])
         sync(dev)
         t = time.perf_counter()
@@ -178,8 +205,11 @@ def sae(dev: str, quick: bool, work: Path) -> None:
         rate = (steps - 3) * batch / secs
         flops = (steps - 3) * (2 * batch * model.dims.d_model * width + 8 * batch * k * model.dims.d_model) / secs
         out[f"autocast={autocast}"] = {"tokens_per_s": rate, "fvu_heldout": fvu, "flops": flops}
-        print(f"sae autocast={autocast}: {rate:,.0f} tokens/s, FVU {fvu:.3f} after {steps} steps, "
-              f"{flops / 1e12:.1f} TFLOP/s executed", flush=True)
+        print(
+            f"sae autocast={autocast}: {rate:,.0f} tokens/s, FVU {fvu:.3f} after {steps} steps, "
+            f"{flops / 1e12:.1f} TFLOP/s executed",
+            flush=True,
+        )
     a = torch.randn(batch, model.dims.d_model, device=dev)
     w = torch.randn(model.dims.d_model, width, device=dev)
     for dt in (torch.float32, torch.bfloat16):
@@ -187,20 +217,31 @@ def sae(dev: str, quick: bool, work: Path) -> None:
         o = torch.empty(batch, width, device=dev, dtype=dt)
         secs = median_time(lambda: torch.mm(aa, ww, out=o), dev, 10)
         out[f"matmul_{str(dt)[6:]}"] = 2 * batch * model.dims.d_model * width / secs
-        print(f"dense matmul {str(dt)[6:]} [{batch}x{model.dims.d_model}]x[{model.dims.d_model}x{width}]: "
-              f"{out[f'matmul_{str(dt)[6:]}'] / 1e12:.1f} TFLOP/s", flush=True)
+        print(
+            f"dense matmul {str(dt)[6:]} [{batch}x{model.dims.d_model}]x[{model.dims.d_model}x{width}]: "
+            f"{out[f'matmul_{str(dt)[6:]}'] / 1e12:.1f} TFLOP/s",
+            flush=True,
+        )
     for autocast, mm in ((True, "matmul_bfloat16"), (False, "matmul_float32")):
         r = out[f"autocast={autocast}"]["flops"] / out[mm]
         print(f"sae autocast={autocast}: executed FLOP/s / {mm} = {r:.2f}", flush=True)
     cfg = TrainConfig(total_tokens=12 * 1024, batch_tokens=1024, warmup_steps=2, checkpoint_every=4)
     small = CoderConfig("topk", model.dims.d_model, 1024, k=16)
-    straight = fit_and_save(Trainer(CacheReader(cache, batch_tokens=1024, seed=0), [small], cfg, device=dev), None,
-                            progress=False)[0]
-    fit_and_save(Trainer(CacheReader(cache, batch_tokens=1024, seed=0), [small], cfg, device=dev), work / "r",
-                 progress=False, stop_after=6)
-    resumed = fit_and_save(Trainer(CacheReader(cache, batch_tokens=1024, seed=0), [small], cfg, device=dev), work / "r",
-                           progress=False)[0]
-    diff = max(float((a - b).abs().max()) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
+    straight = fit_and_save(
+        Trainer(CacheReader(cache, batch_tokens=1024, seed=0), [small], cfg, device=dev), None, progress=False
+    )[0]
+    fit_and_save(
+        Trainer(CacheReader(cache, batch_tokens=1024, seed=0), [small], cfg, device=dev),
+        work / "r",
+        progress=False,
+        stop_after=6,
+    )
+    resumed = fit_and_save(
+        Trainer(CacheReader(cache, batch_tokens=1024, seed=0), [small], cfg, device=dev), work / "r", progress=False
+    )[0]
+    diff = max(
+        float((a - b).abs().max()) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values())
+    )
     check("sae: resume after a stop equals the uninterrupted run on the device", diff <= 1e-5, f"max diff {diff:.2e}")
     out["resume_max_diff"] = diff
     RESULTS["sae"] = out
@@ -223,8 +264,8 @@ rank, world = init_distributed()
 # torchrun entry path only; the multi-rank path needs a machine with several GPUs
 print("backend", dist.get_backend() if dist.is_initialized() else "none", "world", world)
 cfg = TrainConfig(total_tokens=8 * 1024, batch_tokens=1024, warmup_steps=2, checkpoint_every=10**6)
-c = fit_and_save(Trainer(CacheReader({cache!r}, batch_tokens=1024, seed=0), [CoderConfig("topk", 256, 1024, k=16)], cfg),
-                 None, progress=False)[0]
+reader = CacheReader({cache!r}, batch_tokens=1024, seed=0)
+c = fit_and_save(Trainer(reader, [CoderConfig("topk", 256, 1024, k=16)], cfg), None, progress=False)[0]
 c.save({out!r} + "/sae")
 model = ms.load("zoo:pycode", device="cuda")
 ids = torch.load({ids!r})
@@ -239,22 +280,50 @@ def nccl_and_lens(dev: str, quick: bool, work: Path) -> None:
     from mechscope.dictionary.cache import CacheReader
     from mechscope.dictionary.train import Trainer, fit_and_save
     from mechscope.lens.tuned import TunedLens, TunedLensConfig, evaluate, train
+
     model = ms.load("zoo:pycode", device=dev)
     ids = stdlib_contexts(model.tokenizer, 96, 128)
     torch.save(ids[:64], work / "ids.pt")
     if dev.startswith("cuda"):
-        (work / "worker.py").write_text(WORKER.format(src=str(ROOT / "src"), root=str(ROOT), cache=str(work / "acts"),
-                                                      out=str(work / "ddp"), ids=str(work / "ids.pt")))
-        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-                               str(work / "worker.py")], capture_output=True, text=True, timeout=300)
+        (work / "worker.py").write_text(
+            WORKER.format(
+                src=str(ROOT / "src"),
+                root=str(ROOT),
+                cache=str(work / "acts"),
+                out=str(work / "ddp"),
+                ids=str(work / "ids.pt"),
+            )
+        )
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                "1",
+                str(work / "worker.py"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         print(done.stdout[-500:], done.stderr[-2000:] if done.returncode else "", flush=True)
         check("nccl: SAE + tuned lens run under torchrun", done.returncode == 0)
         if done.returncode == 0 and torch.cuda.device_count() > 1:
             print("several GPUs: rerun the worker with --nproc_per_node", torch.cuda.device_count(), "to test NCCL")
         if done.returncode == 0:
-            cfg = TrainConfig(total_tokens=8 * 1024, batch_tokens=1024, warmup_steps=2, checkpoint_every=10 ** 6)
-            one = fit_and_save(Trainer(CacheReader(work / "acts", batch_tokens=1024, seed=0),
-                                       [CoderConfig("topk", 256, 1024, k=16)], cfg, device=dev), None, progress=False)[0]
+            cfg = TrainConfig(total_tokens=8 * 1024, batch_tokens=1024, warmup_steps=2, checkpoint_every=10**6)
+            one = fit_and_save(
+                Trainer(
+                    CacheReader(work / "acts", batch_tokens=1024, seed=0),
+                    [CoderConfig("topk", 256, 1024, k=16)],
+                    cfg,
+                    device=dev,
+                ),
+                None,
+                progress=False,
+            )[0]
             ddp = ms.dictionary.load(work / "ddp" / "sae", device=dev)
             diff = max(float((a - b).abs().max()) for a, b in zip(one.state_dict().values(), ddp.state_dict().values()))
             check("nccl: SAE under torchrun equals one process", diff <= 1e-4, f"max diff {diff:.2e}")
@@ -269,8 +338,11 @@ def nccl_and_lens(dev: str, quick: bool, work: Path) -> None:
     secs = time.perf_counter() - t
     ev = evaluate(model, lens, ids[64:])
     rows = ev.rows()
-    print(f"lens: {steps} steps in {secs:.1f} s ({steps * 8 * 128 / secs:,.0f} tokens/s); held-out KL per stream:",
-          [(r["layer"], round(r["tuned_kl"], 3), round(r["logit_kl"], 3)) for r in rows], flush=True)
+    print(
+        f"lens: {steps} steps in {secs:.1f} s ({steps * 8 * 128 / secs:,.0f} tokens/s); held-out KL per stream:",
+        [(r["layer"], round(r["tuned_kl"], 3), round(r["logit_kl"], 3)) for r in rows],
+        flush=True,
+    )
     RESULTS["lens"] = {"steps": steps, "seconds": secs, "rows": rows}
 
 
@@ -282,6 +354,7 @@ def main() -> None:
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     from _machine import machine_info, machine_line
+
     RESULTS["machine"] = machine_info()
     print(machine_line(RESULTS["machine"]), flush=True)
     if args.device.startswith("cuda"):
@@ -292,9 +365,12 @@ def main() -> None:
         for name in args.only.split(","):
             t = time.perf_counter()
             try:
-                {"core": lambda: core(args.device, args.quick), "hooks": lambda: hooks(args.device, args.quick),
-                 "sae": lambda: sae(args.device, args.quick, work),
-                 "nccl": lambda: nccl_and_lens(args.device, args.quick, work)}[name]()
+                {
+                    "core": lambda: core(args.device, args.quick),
+                    "hooks": lambda: hooks(args.device, args.quick),
+                    "sae": lambda: sae(args.device, args.quick, work),
+                    "nccl": lambda: nccl_and_lens(args.device, args.quick, work),
+                }[name]()
             except Exception:
                 traceback.print_exc()
                 check(f"{name}: section ran", False)

@@ -29,21 +29,25 @@ import time
 from pathlib import Path
 
 import torch
+from _machine import load_line, machine_info, machine_line
 from safetensors.torch import save_file
 
 import mechscope as ms
-from _machine import load_line, machine_info, machine_line
 
 BENCH = Path(__file__).resolve().parent
 PEERS_PYTHON = BENCH / ".peers" / "bin" / "python"
 LOCAL = ("hf", "ms_all", "ms_early")
 PEER = ("peer_hf", "tl_all", "tl_early", "tlb_all", "tlb_early", "nn_all", "nn_early")
 LABELS = {
-    "hf": "HF plain forward", "ms_all": "mechscope, all resid_post", "ms_early": "mechscope, mid resid_post, logits=False",
-    "peer_hf": "HF plain forward (peer process)", "tl_all": "TransformerLens run_with_cache, all resid_post",
+    "hf": "HF plain forward",
+    "ms_all": "mechscope, all resid_post",
+    "ms_early": "mechscope, mid resid_post, logits=False",
+    "peer_hf": "HF plain forward (peer process)",
+    "tl_all": "TransformerLens run_with_cache, all resid_post",
     "tl_early": "TransformerLens, mid resid_post, stop_at_layer",
     "tlb_all": "TL TransformerBridge run_with_cache, all resid_post",
-    "tlb_early": "TL TransformerBridge, mid resid_post, stop_at_layer", "nn_all": "nnsight trace, all block outputs .save()",
+    "tlb_early": "TL TransformerBridge, mid resid_post, stop_at_layer",
+    "nn_all": "nnsight trace, all block outputs .save()",
     "nn_early": "nnsight trace, mid block output, tracer.stop()",
 }
 
@@ -86,8 +90,16 @@ class Peers:
     """The peer subprocess: one JSON line per request on its stdout."""
 
     def __init__(self, python: Path, folder: Path, ids_file: Path, layer: int, threads: int):
-        cmd = [str(python), str(BENCH / "_peers.py"), str(folder), str(ids_file), "--layer", str(layer),
-               "--threads", str(threads)]
+        cmd = [
+            str(python),
+            str(BENCH / "_peers.py"),
+            str(folder),
+            str(ids_file),
+            "--layer",
+            str(layer),
+            "--threads",
+            str(threads),
+        ]
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # everything is local; never reach for the hub
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.info = self._read()
@@ -118,9 +130,14 @@ def check_mechscope(model: ms.Model, hf, ids: torch.Tensor, mid: int) -> dict:
     early = model.run(ids, record=f"blocks.{mid}.hook_resid_post", logits=False)
     return {
         "ms_logits_maxdiff": (run.logits - ref.logits).abs().max().item(),
-        "ms_resid_maxdiff": max((run.cache[f"blocks.{i}.hook_resid_post"] - ref.hidden_states[i + 1]).abs().max().item()
-                                for i in range(n - 1)),
-        "ms_early_maxdiff": (early.cache[f"blocks.{mid}.hook_resid_post"] - ref.hidden_states[mid + 1]).abs().max().item(),
+        "ms_resid_maxdiff": max(
+            (run.cache[f"blocks.{i}.hook_resid_post"] - ref.hidden_states[i + 1]).abs().max().item()
+            for i in range(n - 1)
+        ),
+        "ms_early_maxdiff": (early.cache[f"blocks.{mid}.hook_resid_post"] - ref.hidden_states[mid + 1])
+        .abs()
+        .max()
+        .item(),
         "ms_early_logits_is_none": early.logits is None,
     }
 
@@ -183,7 +200,7 @@ def bench_model(name: str, args, tmp: Path) -> dict | None:
         samples: dict[str, list[float]] = {v: [] for v in variants}
         print(f"[{name}] timing {len(variants)} variants x {args.repeats} repeats x {inner} forwards ...", flush=True)
         for r in range(args.repeats):
-            order = variants[r % len(variants):] + variants[:r % len(variants)]  # rotate: no fixed neighbour
+            order = variants[r % len(variants) :] + variants[: r % len(variants)]  # rotate: no fixed neighbour
             for variant in order:
                 samples[variant].append(measure(variant, inner))
     finally:
@@ -191,44 +208,64 @@ def bench_model(name: str, args, tmp: Path) -> dict | None:
             peers.close()
     med = {v: statistics.median(s) for v, s in samples.items()}
     spread = {v: (min(s), max(s)) for v, s in samples.items()}
-    return {"model": name, "description": description, "layers": n_layers, "mid": mid, "inner": inner,
-            "attn": hf.config._attn_implementation, "median_s": med, "min_max_s": spread, "checks": checks,
-            "peer_versions": info.get("versions"), "peer_attn": info.get("attn"),
-            "bridge_attn": info.get("bridge_attn")}
+    return {
+        "model": name,
+        "description": description,
+        "layers": n_layers,
+        "mid": mid,
+        "inner": inner,
+        "attn": hf.config._attn_implementation,
+        "median_s": med,
+        "min_max_s": spread,
+        "checks": checks,
+        "peer_versions": info.get("versions"),
+        "peer_attn": info.get("attn"),
+        "bridge_attn": info.get("bridge_attn"),
+    }
 
 
 def ratio_lines(res: dict) -> list[str]:
     m = res["median_s"]
-    lines = [f"     mechscope all ÷ {'HF plain':<16} {m['ms_all'] / m['hf']:.3f}   goal <= 1.05  "
-             f"{'ok' if m['ms_all'] / m['hf'] <= 1.05 else 'MISSED'}",
-             f"     mechscope early (L{res['mid']}, logits=False) ÷ HF plain full forward: {m['ms_early'] / m['hf']:.3f}"]
+    lines = [
+        f"     mechscope all ÷ {'HF plain':<16} {m['ms_all'] / m['hf']:.3f}   goal <= 1.05  "
+        f"{'ok' if m['ms_all'] / m['hf'] <= 1.05 else 'MISSED'}",
+        f"     mechscope early (L{res['mid']}, logits=False) ÷ HF plain full forward: {m['ms_early'] / m['hf']:.3f}",
+    ]
     if "tl_all" in m:
         for peer, label in (("tl", "TransformerLens"), ("tlb", "TL bridge"), ("nn", "nnsight")):
             direct = m["ms_all"] / m[f"{peer}_all"]
             # normalised: each side divided by its own process's HF baseline
             norm = (m["ms_all"] / m["hf"]) / (m[f"{peer}_all"] / m["peer_hf"])
             early = (m["ms_early"] / m["hf"]) / (m[f"{peer}_early"] / m["peer_hf"])
-            lines.append(f"     mechscope all ÷ {label:<16} {direct:.3f}   (HF-normalised {norm:.3f})   goal < 1  "
-                         f"{'ok' if direct < 1 else 'MISSED'};   early ÷ early, HF-normalised: {early:.3f}")
+            lines.append(
+                f"     mechscope all ÷ {label:<16} {direct:.3f}   (HF-normalised {norm:.3f})   goal < 1  "
+                f"{'ok' if direct < 1 else 'MISSED'};   early ÷ early, HF-normalised: {early:.3f}"
+            )
     return lines
 
 
 def report(res: dict, args) -> None:
     print(f"\n== {res['model']}: {res['description']}")
-    print(f"   {res['layers']} layers, batch {args.batch} x {args.seq} tokens, float32, torch threads {args.threads}, "
-          f"attention {res['attn']}; median of {args.repeats} interleaved samples x {res['inner']} forwards")
+    print(
+        f"   {res['layers']} layers, batch {args.batch} x {args.seq} tokens, float32, torch threads {args.threads}, "
+        f"attention {res['attn']}; median of {args.repeats} interleaved samples x {res['inner']} forwards"
+    )
     print(f"   {'variant':<50} {'ms/forward':>10} {'÷ HF':>7} {'min':>8} {'max':>8}")
     for variant, seconds in res["median_s"].items():
         base = res["median_s"]["peer_hf" if variant in PEER else "hf"]
         lo, hi = res["min_max_s"][variant]
-        print(f"   {LABELS[variant]:<50} {seconds * 1e3:>10.1f} {seconds / base:>7.3f} {lo * 1e3:>8.1f} {hi * 1e3:>8.1f}")
+        print(
+            f"   {LABELS[variant]:<50} {seconds * 1e3:>10.1f} {seconds / base:>7.3f} {lo * 1e3:>8.1f} {hi * 1e3:>8.1f}"
+        )
     print("   ratios:")
     print("\n".join(ratio_lines(res)))
     checks = ", ".join(f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}" for k, v in res["checks"].items())
     print(f"   checks against HF: {checks}")
     if res["peer_versions"]:
-        print(f"   peers: {', '.join(f'{k} {v}' for k, v in res['peer_versions'].items())} "
-              f" (attention: peer HF and nnsight {res['peer_attn']}, TL bridge {res['bridge_attn']})")
+        print(
+            f"   peers: {', '.join(f'{k} {v}' for k, v in res['peer_versions'].items())} "
+            f" (attention: peer HF and nnsight {res['peer_attn']}, TL bridge {res['bridge_attn']})"
+        )
 
 
 def main(argv=None) -> None:
@@ -248,8 +285,10 @@ def main(argv=None) -> None:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    print(f"mechscope {ms.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"python {sys.version.split()[0]}")
+    print(
+        f"mechscope {ms.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"python {sys.version.split()[0]}"
+    )
     machine = machine_info()
     print(machine_line(machine))
     results = []
@@ -260,11 +299,15 @@ def main(argv=None) -> None:
                 report(res, args)
                 results.append(res)
     if not PEERS_PYTHON.exists() and args.peers:
-        print(f"\nTo compare with TransformerLens and nnsight, create {PEERS_PYTHON.parent.parent} as bench/README.md says.")
+        print(
+            f"\nTo compare with TransformerLens and nnsight, create {PEERS_PYTHON.parent.parent} "
+            "as bench/README.md says."
+        )
     print(load_line())
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine, "load_average_end": os.getloadavg(), "models": results},
-                                        indent=2))
+        args.json.write_text(
+            json.dumps({"machine": machine, "load_average_end": os.getloadavg(), "models": results}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -60,10 +60,11 @@ def peer_worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     real_stdout, sys.stdout = sys.stdout, sys.stderr  # keep stdout for our one JSON line
+    from importlib.metadata import version
+
     import datasets
     import tuned_lens.scripts.ingredients as ing
     import tuned_lens.scripts.train_loop as tl
-    from importlib.metadata import version
 
     ids = load_file(args.ids)["input_ids"]
     ds = datasets.Dataset.from_dict({"input_ids": ids.tolist()}).with_format("torch")
@@ -88,13 +89,31 @@ def peer_worker(args) -> None:
     if args.fp32:
         tl.th.autocast = lambda *a, **k: contextlib.nullcontext()
     with tempfile.TemporaryDirectory() as out:
-        train = tl.Train(model=ing.Model(name=args.model_dir, precision="float32"), data=ing.Data(name=["unused"]),
-                         opt=ing.Optimizer(), dist=ing.Distributed(per_gpu_batch_size=args.batch),
-                         output=Path(out), num_steps=args.steps, tokens_per_step=args.batch * ids.shape[1], seed=0)
+        train = tl.Train(
+            model=ing.Model(name=args.model_dir, precision="float32"),
+            data=ing.Data(name=["unused"]),
+            opt=ing.Optimizer(),
+            dist=ing.Distributed(per_gpu_batch_size=args.batch),
+            output=Path(out),
+            num_steps=args.steps,
+            tokens_per_step=args.batch * ids.shape[1],
+            seed=0,
+        )
         train.execute()
     steps = [b - a for a, b in zip(stamps, stamps[1:])]
-    real_stdout.write(json.dumps({"step_s": steps, "versions": {
-        "tuned-lens": version("tuned-lens"), "torch": torch.__version__, "transformers": version("transformers")}}) + "\n")
+    real_stdout.write(
+        json.dumps(
+            {
+                "step_s": steps,
+                "versions": {
+                    "tuned-lens": version("tuned-lens"),
+                    "torch": torch.__version__,
+                    "transformers": version("transformers"),
+                },
+            }
+        )
+        + "\n"
+    )
 
 
 # --- the mechscope side ---
@@ -103,8 +122,12 @@ def peer_worker(args) -> None:
 def corpus(model, ctx: int, n: int):
     """`n` contexts of `ctx` tokens from stdlib files zoo:pycode never trained on."""
     from mechscope.data import DataConfig, stdlib_documents, tokenize_documents
-    data = tokenize_documents(stdlib_documents(split="heldout"), model.tokenizer,
-                              DataConfig("stdlib", ctx_len=ctx, max_tokens=n * ctx + 1, heldout_fraction=0))
+
+    data = tokenize_documents(
+        stdlib_documents(split="heldout"),
+        model.tokenizer,
+        DataConfig("stdlib", ctx_len=ctx, max_tokens=n * ctx + 1, heldout_fraction=0),
+    )
     return data.train[:n]
 
 
@@ -115,7 +138,7 @@ def time_calls(fns: dict, repeats: int, warmup: int) -> tuple[dict[str, list[flo
             fn()
     names, wall, cpu = list(fns), {k: [] for k in fns}, {k: [] for k in fns}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             start, start_cpu = time.perf_counter(), time.process_time()
             fns[name]()
             wall[name].append(time.perf_counter() - start)
@@ -130,6 +153,7 @@ def forward_macs(model, ctx: int) -> tuple[int, int]:
     """Multiply-adds per token of one forward (every Linear weight once, plus causal attention
     scores and mixing at mean length ctx/2), and of one full-vocabulary unembedding."""
     import torch
+
     linear = sum(m.weight.numel() for m in model.hf.modules() if isinstance(m, torch.nn.Linear))
     d = model.dims
     attention = 2 * d.n_layers * d.n_heads * d.d_head * ctx // 2
@@ -138,46 +162,75 @@ def forward_macs(model, ctx: int) -> tuple[int, int]:
 
 def bench_logit_lens(model, ids, args) -> dict:
     import torch
+
     from mechscope.lens.logit import logit_lens
+
     streams = len(logit_lens(model, ids[:1]).layers)
     rows = torch.randn(streams * ids.numel(), model.dims.d_model)
     chunk = 1024
-    fns = {"forward": lambda: model.run(ids),
-           "logit_lens": lambda: logit_lens(model, ids),
-           "logit_lens_post": lambda: logit_lens(model, ids, include_mid=False),
-           "logit_lens_last": lambda: logit_lens(model, ids, positions=-1),
-           "unembed_only": lambda: [model.to_logits(rows[i:i + chunk]) for i in range(0, len(rows), chunk)],
-           "cli_forward": lambda: model.run(CLI_PROMPT),
-           "cli_lens": lambda: logit_lens(model, CLI_PROMPT, k=5)}
+    fns = {
+        "forward": lambda: model.run(ids),
+        "logit_lens": lambda: logit_lens(model, ids),
+        "logit_lens_post": lambda: logit_lens(model, ids, include_mid=False),
+        "logit_lens_last": lambda: logit_lens(model, ids, positions=-1),
+        "unembed_only": lambda: [model.to_logits(rows[i : i + chunk]) for i in range(0, len(rows), chunk)],
+        "cli_forward": lambda: model.run(CLI_PROMPT),
+        "cli_lens": lambda: logit_lens(model, CLI_PROMPT, k=5),
+    }
     with torch.inference_mode():
         wall, cpu = time_calls(fns, args.repeats, args.warmup)
     med = {k: statistics.median(v) for k, v in wall.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     ratio = lambda m, k: m[k] / m["cli_forward" if k.startswith("cli") else "forward"]  # noqa: E731
     fwd, unembed = forward_macs(model, ids.shape[1])
-    return {"median_s": med, "median_cpu_s": med_cpu, "ratio": {k: ratio(med, k) for k in med},
-            "ratio_cpu": {k: ratio(med_cpu, k) for k in med_cpu}, "streams": streams, "shape": list(ids.shape),
-            "cli_tokens": int(model.run(CLI_PROMPT).tokens.shape[1]),
-            "macs_per_token": {"forward": fwd, "unembed": unembed,
-                               "lens_floor_ratio": ((fwd - unembed) + streams * unembed) / fwd}}
+    return {
+        "median_s": med,
+        "median_cpu_s": med_cpu,
+        "ratio": {k: ratio(med, k) for k in med},
+        "ratio_cpu": {k: ratio(med_cpu, k) for k in med_cpu},
+        "streams": streams,
+        "shape": list(ids.shape),
+        "cli_tokens": int(model.run(CLI_PROMPT).tokens.shape[1]),
+        "macs_per_token": {
+            "forward": fwd,
+            "unembed": unembed,
+            "lens_floor_ratio": ((fwd - unembed) + streams * unembed) / fwd,
+        },
+    }
 
 
 def bench_ours(model, data, args, autocast: str = "off") -> list[float]:
     from mechscope.lens.tuned import TunedLensConfig, TunedLensTrainer
+
     steps = args.steps if autocast == "off" else min(args.steps, args.bf16_steps)  # bf16 without native support is slow
-    trainer = TunedLensTrainer(model, TunedLensConfig(steps=steps + args.warmup, batch_size=args.batch, autocast=autocast))
+    trainer = TunedLensTrainer(
+        model, TunedLensConfig(steps=steps + args.warmup, batch_size=args.batch, autocast=autocast)
+    )
     times = []
     for _ in range(steps + args.warmup):
         start = time.perf_counter()
         trainer.step(data)
         times.append(time.perf_counter() - start)
-    return times[args.warmup:]
+    return times[args.warmup :]
 
 
 def bench_peer(folder: Path, ids_file: Path, args, fp32: bool) -> dict | None:
     steps = args.steps if fp32 else min(args.steps, args.bf16_steps)  # bf16 on CPU is very slow
-    cmd = [str(PEER_PYTHON), __file__, "--peer-worker", "--model-dir", str(folder), "--ids", str(ids_file),
-           "--steps", str(steps + args.warmup), "--batch", str(args.batch), "--threads", str(args.threads)]
+    cmd = [
+        str(PEER_PYTHON),
+        __file__,
+        "--peer-worker",
+        "--model-dir",
+        str(folder),
+        "--ids",
+        str(ids_file),
+        "--steps",
+        str(steps + args.warmup),
+        "--batch",
+        str(args.batch),
+        "--threads",
+        str(args.threads),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TQDM_DISABLE": "1"}
     proc = subprocess.run(cmd + (["--fp32"] if fp32 else []), capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -185,12 +238,13 @@ def bench_peer(folder: Path, ids_file: Path, args, fp32: bool) -> dict | None:
         print(f"tuned-lens peer failed (exit {proc.returncode})", file=sys.stderr)
         return None
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    out["step_s"] = out["step_s"][args.warmup:]
+    out["step_s"] = out["step_s"][args.warmup :]
     return out
 
 
 def bench_tuned_lens(model, folder: Path, data, args, tmp: Path) -> dict:
     from safetensors.torch import save_file
+
     ids_file = tmp / "ids.safetensors"
     save_file({"input_ids": data.contiguous()}, str(ids_file))
     tokens = args.batch * data.shape[1]
@@ -210,17 +264,23 @@ def bench_tuned_lens(model, folder: Path, data, args, tmp: Path) -> dict:
                     versions = peer["versions"]
     tps = {k: tokens / statistics.median(v) for k, v in rows.items() if v}
     ours = [k for k in MECHSCOPE_VARIANTS if k in tps]
-    return {"tokens_per_step": tokens, "tokens_per_s": tps, "peer_versions": versions,
-            "ratio": {m: {k: tps[m] / v for k, v in tps.items() if k not in MECHSCOPE_VARIANTS} for m in ours},
-            "steps_timed": {k: len(v) for k, v in rows.items()}}
+    return {
+        "tokens_per_step": tokens,
+        "tokens_per_s": tps,
+        "peer_versions": versions,
+        "ratio": {m: {k: tps[m] / v for k, v in tps.items() if k not in MECHSCOPE_VARIANTS} for m in ours},
+        "steps_timed": {k: len(v) for k, v in rows.items()},
+    }
 
 
 def report(a: dict | None, b: dict | None, args) -> None:
     if a:
         report_logit_lens(a, args)
     if b:
-        print(f"\n(b) tuned-lens training, {b['tokens_per_step']} tokens per step, {args.threads} thread(s), "
-              f"median step; peer {b['peer_versions']}")
+        print(
+            f"\n(b) tuned-lens training, {b['tokens_per_step']} tokens per step, {args.threads} thread(s), "
+            f"median step; peer {b['peer_versions']}"
+        )
         ours = list(b["ratio"])
         tag = {"mechscope (fp32)": "mechscope fp32 ÷ it", "mechscope (bf16 autocast)": "mechscope bf16 ÷ it"}
         print(f"  {'trainer':<44}{'tokens/s':>10}" + "".join(f"{tag[m]:>22}" for m in ours))
@@ -232,22 +292,30 @@ def report(a: dict | None, b: dict | None, args) -> None:
 
 def report_logit_lens(a: dict, args) -> None:
     m, c, r, rc = a["median_s"], a["median_cpu_s"], a["ratio"], a["ratio_cpu"]
-    print(f"\n(a) logit lens over all layers and positions, {a['shape'][0]} x {a['shape'][1]} tokens, "
-          f"{args.threads} thread(s), median of {args.repeats}")
+    print(
+        f"\n(a) logit lens over all layers and positions, {a['shape'][0]} x {a['shape'][1]} tokens, "
+        f"{args.threads} thread(s), median of {args.repeats}"
+    )
     print(f"  {'variant':<52}{'wall s':>9}{'÷ fwd':>7}{'CPU s':>9}{'÷ fwd':>7}")
-    rows = [("forward", "one forward pass (model.run, logits)"),
-            ("logit_lens", f"logit_lens, all {a['streams']} streams (with resid_mid)"),
-            ("logit_lens_post", "logit_lens, resid_post only"),
-            ("logit_lens_last", "logit_lens, all streams, last position only"),
-            ("unembed_only", f"floor: to_logits of {a['streams']} streams x all tokens")]
-    rows += [("cli_forward", f"CLI prompt ({a['cli_tokens']} tokens): one forward"),
-             ("cli_lens", "CLI default: logit_lens(prompt, k=5)")]
+    rows = [
+        ("forward", "one forward pass (model.run, logits)"),
+        ("logit_lens", f"logit_lens, all {a['streams']} streams (with resid_mid)"),
+        ("logit_lens_post", "logit_lens, resid_post only"),
+        ("logit_lens_last", "logit_lens, all streams, last position only"),
+        ("unembed_only", f"floor: to_logits of {a['streams']} streams x all tokens"),
+    ]
+    rows += [
+        ("cli_forward", f"CLI prompt ({a['cli_tokens']} tokens): one forward"),
+        ("cli_lens", "CLI default: logit_lens(prompt, k=5)"),
+    ]
     for key, label in rows:
         print(f"  {label:<52}{m[key]:>9.4f}{r[key]:>7.2f}{c[key]:>9.4f}{rc[key]:>7.2f}")
     macs = a["macs_per_token"]
-    print(f"  multiply-adds per token: forward {macs['forward']:,}, one unembedding {macs['unembed']:,}; "
-          f"lens (forward without its unembedding + {a['streams']} unembeddings) ÷ forward = "
-          f"{macs['lens_floor_ratio']:.2f}")
+    print(
+        f"  multiply-adds per token: forward {macs['forward']:,}, one unembedding {macs['unembed']:,}; "
+        f"lens (forward without its unembedding + {a['streams']} unembeddings) ÷ forward = "
+        f"{macs['lens_floor_ratio']:.2f}"
+    )
     print("  goal: logit lens ÷ forward <= 1.5")
 
 
@@ -258,7 +326,12 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=20, help="timed training steps per round and trainer")
     p.add_argument("--rounds", type=int, default=2, help="alternations of mechscope and the peer")
-    p.add_argument("--bf16-steps", type=int, default=4, help="timed steps of the bf16-autocast variants (the peer as shipped, mechscope bf16) per round")
+    p.add_argument(
+        "--bf16-steps",
+        type=int,
+        default=4,
+        help="timed steps of the bf16-autocast variants (the peer as shipped, mechscope bf16) per round",
+    )
     p.add_argument("--repeats", type=int, default=15, help="timed calls per logit-lens variant")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
@@ -274,9 +347,11 @@ def main(argv=None) -> None:
         return peer_worker(args)
 
     import torch
+    from _machine import load_line, machine_info, machine_line
+
     import mechscope as ms
     from mechscope.models.loading import resolve_source
-    from _machine import load_line, machine_info, machine_line
+
     torch.set_num_threads(args.threads)
     machine = machine_info()
     print(machine_line(machine))
@@ -284,7 +359,7 @@ def main(argv=None) -> None:
     model = ms.load(args.model)
     folder = Path(resolve_source(args.model)[0])
     data = corpus(model, args.ctx, max(64, args.batch * (args.steps + args.warmup)))
-    a = bench_logit_lens(model, data[:args.batch], args) if args.only in (None, "logit") else None
+    a = bench_logit_lens(model, data[: args.batch], args) if args.only in (None, "logit") else None
     if args.peers and not PEER_PYTHON.exists():
         print(f"peer skipped: {PEER_PYTHON} is missing; create it as bench/README.md says")
     with tempfile.TemporaryDirectory() as tmp:
@@ -292,8 +367,18 @@ def main(argv=None) -> None:
     report(a, b, args)
     print(load_line())
     if args.json:
-        Path(args.json).write_text(json.dumps({"logit_lens": a, "tuned_lens": b, "threads": args.threads,
-                                               "machine": machine, "load_average_end": os.getloadavg()}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "logit_lens": a,
+                    "tuned_lens": b,
+                    "threads": args.threads,
+                    "machine": machine,
+                    "load_average_end": os.getloadavg(),
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -21,14 +21,14 @@ import statistics
 import time
 
 import torch
+from _machine import load_line, machine_line
 
 import mechscope as ms
-from mechscope.heads import repeated_random_tokens
 from mechscope import edits
+from mechscope.heads import repeated_random_tokens
 from mechscope.patching import Task, agreement, answer_logit, attribution_sweep, logit_diff, sweep
 from mechscope.patching.metrics import Metric
 from mechscope.patching.sweep import plan
-from _machine import load_line, machine_line
 
 
 def _medians(variants: dict, repeats: int) -> dict[str, float]:
@@ -37,7 +37,7 @@ def _medians(variants: dict, repeats: int) -> dict[str, float]:
     for fn in variants.values():
         fn()  # warm-up
     for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
             variants[name]()
             times[name].append(time.perf_counter() - start)
@@ -67,12 +67,15 @@ def naive(model, task, metric, kind: str) -> torch.Tensor:
         clean = model.run(task.clean, record=sorted({p.site for p in patches}), attention_mask=mask).cache
         values = []
         for p in patches:
+
             def write(x, p=p):
                 index = (slice(None), slice(None) if p.position is None else p.position) + (
-                    () if p.head is None else (p.head,))
+                    () if p.head is None else (p.head,)
+                )
                 x = x.clone()
                 x[index] = clean[p.site][index].to(x.dtype)
                 return x
+
             logits = model.run(task.corrupt, attention_mask=mask, edits=[edits.replace(p.site, write)]).logits
             values.append(float(metric(logits)))
     return torch.tensor(values).reshape(shape)
@@ -94,20 +97,25 @@ def main() -> None:
                 other = sweep(model, task, m, sweep=kind, batch_size=256, share=share)
                 torch.testing.assert_close(other.patched, reference, atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(exact.patched, reference, atol=1e-4, rtol=1e-4)
-            t = _medians({
-                "batched": lambda: sweep(model, task, metric, sweep=kind, batch_size=256),
-                "layers only": lambda: sweep(model, task, full_logits, sweep=kind, batch_size=256),
-                "plain": lambda: sweep(model, task, metric, sweep=kind, batch_size=256, share=False),
-                "naive": lambda: naive(model, task, metric, kind),
-                "attribution": lambda: attribution_sweep(model, task, metric, sweep=kind),
-            }, args.repeats)
+            t = _medians(
+                {
+                    "batched": lambda: sweep(model, task, metric, sweep=kind, batch_size=256),
+                    "layers only": lambda: sweep(model, task, full_logits, sweep=kind, batch_size=256),
+                    "plain": lambda: sweep(model, task, metric, sweep=kind, batch_size=256, share=False),
+                    "naive": lambda: naive(model, task, metric, kind),
+                    "attribution": lambda: attribution_sweep(model, task, metric, sweep=kind),
+                },
+                args.repeats,
+            )
             fit = agreement(exact, attribution_sweep(model, task, metric, sweep=kind))
-            print(f"{model.name:>14} {kind:>9} ({exact.scores.numel():4d} patches x {len(task)} prompts): "
-                  f"naive {t['naive'] * 1e3:7.1f} ms, batched {t['batched'] * 1e3:6.1f} ms "
-                  f"(ratio {t['naive'] / t['batched']:4.1f}x; layers only {t['naive'] / t['layers only']:4.1f}x, "
-                  f"plain {t['naive'] / t['plain']:4.1f}x) | attribution {t['attribution'] * 1e3:6.1f} ms "
-                  f"({t['batched'] / t['attribution']:4.1f}x faster than batched), r={fit.pearson:.3f}, "
-                  f"sign={fit.sign:.2f}")
+            print(
+                f"{model.name:>14} {kind:>9} ({exact.scores.numel():4d} patches x {len(task)} prompts): "
+                f"naive {t['naive'] * 1e3:7.1f} ms, batched {t['batched'] * 1e3:6.1f} ms "
+                f"(ratio {t['naive'] / t['batched']:4.1f}x; layers only {t['naive'] / t['layers only']:4.1f}x, "
+                f"plain {t['naive'] / t['plain']:4.1f}x) | attribution {t['attribution'] * 1e3:6.1f} ms "
+                f"({t['batched'] / t['attribution']:4.1f}x faster than batched), r={fit.pearson:.3f}, "
+                f"sign={fit.sign:.2f}"
+            )
     print(load_line())
 
 

@@ -54,8 +54,9 @@ def gpt2_folder(tmp: Path) -> Path:
 
     folder = tmp / "gpt2-2k"
     torch.manual_seed(0)
-    config = GPT2Config(n_positions=2048, n_embd=256, n_layer=4, n_head=4, vocab_size=4096, bos_token_id=0,
-                        eos_token_id=0)
+    config = GPT2Config(
+        n_positions=2048, n_embd=256, n_layer=4, n_head=4, vocab_size=4096, bos_token_id=0, eos_token_id=0
+    )
     GPT2LMHeadModel(config).save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(WEIGHTS / "pycode" / name, folder / name)
@@ -84,8 +85,13 @@ def prompts(model_name: str, lengths: list[int]) -> tuple[dict[int, str], int | 
 
 def time_report(model: str, prompt: str, out: Path, src: str | None, threads: int, timeout: float) -> dict:
     """Wall seconds and peak RSS (MiB) of one `mechscope report` in a fresh process."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "MPLBACKEND": "Agg"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "MPLBACKEND": "Agg",
+    }
     if src:
         env["PYTHONPATH"] = src
     cmd = [sys.executable, "-m", "mechscope", "report", model, "--prompt", prompt, "--out", str(out)]
@@ -113,19 +119,25 @@ def time_report(model: str, prompt: str, out: Path, src: str | None, threads: in
 def bench(model: str, label: str, args, tmp: Path) -> list[dict]:
     texts, limit = prompts(model, args.lengths)
     capped = [n for n in args.lengths if limit and n > limit]
-    print(f"\n== {label}: reads {limit or 'any number of'} positions"
-          + (f"; {', '.join(map(str, capped))} capped to {limit}" if capped else ""))
+    print(
+        f"\n== {label}: reads {limit or 'any number of'} positions"
+        + (f"; {', '.join(map(str, capped))} capped to {limit}" if capped else "")
+    )
     codes = [("current", None)] + ([("--src", args.src)] if args.src else [])
     rows = []
     for round_ in range(args.rounds):
         for n, prompt in texts.items():  # interleaved: code versions side by side at each length
             for code, src in codes:
                 res = time_report(model, prompt, tmp / f"out-{code}-{n}", src, args.threads, args.timeout)
-                rows.append({"model": label, "tokens": n, "code": code, "round": round_, **res,
-                             "load_1min": os.getloadavg()[0]})
-                print(f"   round {round_} {code:<8} {n:>5} tokens: {res['seconds']:7.1f} s  peak {res['peak_mib']:6.0f} MiB"
-                      f"  load {rows[-1]['load_1min']:.2f}" + (f"  ERROR {res['error']}" if "error" in res else ""),
-                      flush=True)
+                rows.append(
+                    {"model": label, "tokens": n, "code": code, "round": round_, **res, "load_1min": os.getloadavg()[0]}
+                )
+                print(
+                    f"   round {round_} {code:<8} {n:>5} tokens: {res['seconds']:7.1f} s"
+                    f"  peak {res['peak_mib']:6.0f} MiB"
+                    f"  load {rows[-1]['load_1min']:.2f}" + (f"  ERROR {res['error']}" if "error" in res else ""),
+                    flush=True,
+                )
     summarise(rows, texts)
     return rows
 
@@ -134,9 +146,11 @@ def summarise(rows: list[dict], texts: dict[int, str]) -> None:
     shortest = min(texts)
     print(f"   median over rounds; ratios to the {shortest}-token report of the same code")
     for code in dict.fromkeys(r["code"] for r in rows):
+
         def median(n, key):
             values = sorted(r[key] for r in rows if r["code"] == code and r["tokens"] == n)
             return values[len(values) // 2]
+
         base_s, base_m = median(shortest, "seconds"), median(shortest, "peak_mib")
         for n in texts:
             s, m = median(n, "seconds"), median(n, "peak_mib")
@@ -144,13 +158,17 @@ def summarise(rows: list[dict], texts: dict[int, str]) -> None:
                 print(f"   {code:<8} {n:>5} tokens: killed at the timeout  peak {m:6.0f} MiB when killed")
                 continue
             verdict = "" if n == shortest else f"  goal <= {GOAL:g}x: {'ok' if s / base_s <= GOAL else 'MISSED'}"
-            print(f"   {code:<8} {n:>5} tokens: {s:7.1f} s ({s / base_s:5.2f}x)  peak {m:6.0f} MiB "
-                  f"({m / base_m:4.2f}x){verdict}")
+            print(
+                f"   {code:<8} {n:>5} tokens: {s:7.1f} s ({s / base_s:5.2f}x)  peak {m:6.0f} MiB "
+                f"({m / base_m:4.2f}x){verdict}"
+            )
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Time and peak memory of `mechscope report` at several prompt lengths")
-    p.add_argument("--models", default="pycode,gpt2-2k", help="comma-separated: pycode, gpt2-2k, or model names/folders")
+    p.add_argument(
+        "--models", default="pycode,gpt2-2k", help="comma-separated: pycode, gpt2-2k, or model names/folders"
+    )
     p.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=[128, 512, 2048])
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (median reported)")
     p.add_argument("--threads", type=int, default=1, help="OMP/MKL threads of each report process")
@@ -164,15 +182,19 @@ def main(argv=None) -> None:
 
     import mechscope as ms
 
-    print(f"mechscope {ms.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"python {sys.version.split()[0]}; {args.threads} thread(s) per report process")
+    print(
+        f"mechscope {ms.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"python {sys.version.split()[0]}; {args.threads} thread(s) per report process"
+    )
     print(f"machine: {machine()}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="mechscope-bench-report-") as tmp:
         for name in args.models.split(","):
             name = name.strip()
-            model, label = {"pycode": ("zoo:pycode", "zoo:pycode (trained)"),
-                            "gpt2-2k": (None, "GPT-2 shape, 4 x 256, 2,048 positions, random weights")}.get(name, (name, name))
+            model, label = {
+                "pycode": ("zoo:pycode", "zoo:pycode (trained)"),
+                "gpt2-2k": (None, "GPT-2 shape, 4 x 256, 2,048 positions, random weights"),
+            }.get(name, (name, name))
             rows += bench(model or str(gpt2_folder(Path(tmp))), label, args, Path(tmp))
     print(f"\nmachine after: {machine()}")
     if args.json:

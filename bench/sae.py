@@ -90,12 +90,16 @@ def prepare(out: Path, n_tokens: int) -> Path:
     from mechscope.dictionary.cache import CacheReader, write_cache
     from mechscope.dictionary.source import estimate_norm_scale
     from mechscope.io import write_tensors
+
     path = out / "acts.safetensors"
     if path.is_file():
         return path
     model = ms.load("zoo:pycode")
-    data = tokenize_documents(stdlib_documents(200), model.tokenizer,
-                              DataConfig("stdlib", ctx_len=128, max_tokens=n_tokens, heldout_fraction=0.0))
+    data = tokenize_documents(
+        stdlib_documents(200),
+        model.tokenizer,
+        DataConfig("stdlib", ctx_len=128, max_tokens=n_tokens, heldout_fraction=0.0),
+    )
     write_cache(model, SITE, data.train, out / "acts", progress=True)
     reader = CacheReader(out / "acts")
     rows = reader.rows(torch.randperm(reader.n_tokens, generator=torch.Generator().manual_seed(0)))[SITE]
@@ -119,12 +123,40 @@ def matmul_flops(d_in: int, width: int, batch: int, threads: int, dtype=torch.fl
 
 def run_worker(lib: str, acts: Path, args) -> dict:
     python = sys.executable if lib == "mechscope" else str(PYTHON[lib])
-    cmd = [python, str(ROOT / "bench/_sae_peers.py"), lib, str(acts), "--steps", str(args.steps), "--warmup", "2", "--curve",
-           "--width", str(args.width), "--k", str(args.k), "--batch", str(args.batch), "--threads", str(args.threads),
-           "--lr", str(args.lr)]
-    done = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT, env={"OMP_NUM_THREADS": str(args.threads),
-                                                                            "PATH": "/usr/bin:/bin", "HOME": "/root",
-                                                                            "PYTHONPATH": str(ROOT / "src")})
+    cmd = [
+        python,
+        str(ROOT / "bench/_sae_peers.py"),
+        lib,
+        str(acts),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        "2",
+        "--curve",
+        "--width",
+        str(args.width),
+        "--k",
+        str(args.k),
+        "--batch",
+        str(args.batch),
+        "--threads",
+        str(args.threads),
+        "--lr",
+        str(args.lr),
+    ]
+    done = subprocess.run(
+        cmd,
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={
+            "OMP_NUM_THREADS": str(args.threads),
+            "PATH": "/usr/bin:/bin",
+            "HOME": "/root",
+            "PYTHONPATH": str(ROOT / "src"),
+        },
+    )
     if done.returncode != 0:
         return {"lib": lib, "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -142,8 +174,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "out/bench-sae"))
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--lr", type=float, default=4e-4, help="Adam's constant rate, every trainer")
-    p.add_argument("--with-bare", action="store_true",
-                   help="also time sparsify without its trainer's b_dec init (what this bench did until 2026-12-07)")
+    p.add_argument(
+        "--with-bare",
+        action="store_true",
+        help="also time sparsify without its trainer's b_dec init (what this bench did until 2026-12-07)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     machine = machine_info()
@@ -160,7 +195,7 @@ def main(argv=None) -> int:
     for r in range(args.rounds):
         peak.append(matmul_flops(256, args.width, args.batch, args.threads))
         peak16.append(matmul_flops(256, args.width, args.batch, args.threads, torch.bfloat16))
-        for lib in libs[r % len(libs):] + libs[:r % len(libs)]:
+        for lib in libs[r % len(libs) :] + libs[: r % len(libs)]:
             runs[lib].append(run_worker(lib, acts, args))
         load.append(os.getloadavg()[0])
     report = summarise(runs, max(peak), max(peak16), args)  # the best rates seen: noise only ever lowers them
@@ -187,8 +222,14 @@ def equal_fvu(rows: dict, curves: dict) -> dict:
         target = max(ms["fvu"], row["fvu"])
         n_ms, n_peer = steps_to(curves["mechscope"], target), steps_to(curves[lib], target)
         t_ms, t_peer = n_ms * ms["step_s"], n_peer * row["step_s"]
-        out[lib] = {"target_fvu": target, "mechscope_steps": n_ms, "peer_steps": n_peer, "mechscope_s": t_ms,
-                    "peer_s": t_peer, "peer_time_over_mechscope": t_peer / t_ms}
+        out[lib] = {
+            "target_fvu": target,
+            "mechscope_steps": n_ms,
+            "peer_steps": n_peer,
+            "mechscope_s": t_ms,
+            "peer_s": t_peer,
+            "peer_time_over_mechscope": t_peer / t_ms,
+        }
     return out
 
 
@@ -205,32 +246,46 @@ def summarise(runs: dict, peak: float, peak16: float, args) -> dict:
             rows[lib] = {"error": results[0]["error"]}
             continue
         tps = statistics.median(r["tokens_per_s"] for r in ok)
-        rows[lib] = {"version": ok[0]["version"], "tokens_per_s": tps, "fvu": statistics.median(r["fvu"] for r in ok),
-                     "step_s": statistics.median(t for r in ok for t in r["step_s"]),
-                     "tokens_per_s_each_round": [r["tokens_per_s"] for r in ok],
-                     "executed_flops_per_s": tps / B * executed,
-                     "bf16_selection": any(r.get("bf16_selection") for r in ok)}
+        rows[lib] = {
+            "version": ok[0]["version"],
+            "tokens_per_s": tps,
+            "fvu": statistics.median(r["fvu"] for r in ok),
+            "step_s": statistics.median(t for r in ok for t in r["step_s"]),
+            "tokens_per_s_each_round": [r["tokens_per_s"] for r in ok],
+            "executed_flops_per_s": tps / B * executed,
+            "bf16_selection": any(r.get("bf16_selection") for r in ok),
+        }
     ms_tps = rows["mechscope"].get("tokens_per_s")
     for lib, row in rows.items():
         if ms_tps and "tokens_per_s" in row:
             row["mechscope_speedup"] = ms_tps / row["tokens_per_s"]
     curves = {lib: next((r["fvu_curve"] for r in results if r.get("fvu_curve")), []) for lib, results in runs.items()}
     ms_bf16 = rows["mechscope"].get("bf16_selection", False)
-    return {"config": vars(args), "matmul_flops_per_s": peak, "bf16_matmul_flops_per_s": peak16, "libs": rows,
-            "fvu_curves": curves, "mechscope_bf16_selection": ms_bf16,
-            "mechscope_peak_time_share": (ms_tps or 0) / B * (peak_seconds if ms_bf16 else executed / peak),
-            "equal_fvu": equal_fvu(rows, curves),
-            "mechscope_executed_flops_ratio": rows["mechscope"].get("executed_flops_per_s", 0) / peak,
-            "mechscope_dense_equivalent_flops_ratio": (ms_tps or 0) / B * dense / peak}
+    return {
+        "config": vars(args),
+        "matmul_flops_per_s": peak,
+        "bf16_matmul_flops_per_s": peak16,
+        "libs": rows,
+        "fvu_curves": curves,
+        "mechscope_bf16_selection": ms_bf16,
+        "mechscope_peak_time_share": (ms_tps or 0) / B * (peak_seconds if ms_bf16 else executed / peak),
+        "equal_fvu": equal_fvu(rows, curves),
+        "mechscope_executed_flops_ratio": rows["mechscope"].get("executed_flops_per_s", 0) / peak,
+        "mechscope_dense_equivalent_flops_ratio": (ms_tps or 0) / B * dense / peak,
+    }
 
 
 def print_report(report: dict) -> None:
     c = report["config"]
-    print(f"TopK SAE d_in 256, width {c['width']}, k {c['k']}, batch {c['batch']} tokens, {c['threads']} threads, "
-          f"{c['steps']} timed steps x {c['rounds']} rounds")
-    print(f"dense matmul (preallocated output): fp32 {report['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s, bf16 "
-          f"{report['bf16_matmul_flops_per_s'] / 1e9:.1f} GFLOP/s; "
-          f"1-min load average {', '.join(f'{x:.2f}' for x in report.get('load_average_1min', []))}")
+    print(
+        f"TopK SAE d_in 256, width {c['width']}, k {c['k']}, batch {c['batch']} tokens, {c['threads']} threads, "
+        f"{c['steps']} timed steps x {c['rounds']} rounds"
+    )
+    print(
+        f"dense matmul (preallocated output): fp32 {report['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s, bf16 "
+        f"{report['bf16_matmul_flops_per_s'] / 1e9:.1f} GFLOP/s; "
+        f"1-min load average {', '.join(f'{x:.2f}' for x in report.get('load_average_1min', []))}"
+    )
     steps = c["steps"] + 2
     print(f"{'library':<14}{'version':<12}{'tokens/s':>12}{'ms/peer':>10}{f'FVU@{steps}':>10}  tokens/s per round")
     for lib, row in report["libs"].items():
@@ -238,18 +293,26 @@ def print_report(report: dict) -> None:
             print(f"{lib:<14}error: {row['error']}")
             continue
         rounds = " ".join(f"{t:,.0f}" for t in row["tokens_per_s_each_round"])
-        print(f"{lib:<14}{row['version']:<12}{row['tokens_per_s']:>12,.0f}{row['mechscope_speedup']:>10.2f}"
-              f"{row['fvu']:>10.4f}  {rounds}")
+        print(
+            f"{lib:<14}{row['version']:<12}{row['tokens_per_s']:>12,.0f}{row['mechscope_speedup']:>10.2f}"
+            f"{row['fvu']:>10.4f}  {rounds}"
+        )
     for lib, e in report["equal_fvu"].items():
-        print(f"time to held-out FVU {e['target_fvu']:.4f} (the worse final): mechscope {e['mechscope_steps']} steps "
-              f"{e['mechscope_s']:.2f} s, {lib} {e['peer_steps']} steps {e['peer_s']:.2f} s: "
-              f"{lib} / mechscope = {e['peer_time_over_mechscope']:.2f}")
-    print(f"mechscope achieved / fp32 matmul FLOP/s: {report['mechscope_executed_flops_ratio']:.2f} counting executed "
-          f"FLOPs, {report['mechscope_dense_equivalent_flops_ratio']:.2f} counting dense-equivalent FLOPs")
+        print(
+            f"time to held-out FVU {e['target_fvu']:.4f} (the worse final): mechscope {e['mechscope_steps']} steps "
+            f"{e['mechscope_s']:.2f} s, {lib} {e['peer_steps']} steps {e['peer_s']:.2f} s: "
+            f"{lib} / mechscope = {e['peer_time_over_mechscope']:.2f}"
+        )
+    print(
+        f"mechscope achieved / fp32 matmul FLOP/s: {report['mechscope_executed_flops_ratio']:.2f} counting executed "
+        f"FLOPs, {report['mechscope_dense_equivalent_flops_ratio']:.2f} counting dense-equivalent FLOPs"
+    )
     if report["mechscope_bf16_selection"]:
-        print(f"  (its encoder GEMM ran in bfloat16, for the selection only: values and gradients are fp32; counting "
-              f"each FLOP at the rate of its precision, the step is {report['mechscope_peak_time_share']:.2f} of "
-              "the machine's time at peak)")
+        print(
+            f"  (its encoder GEMM ran in bfloat16, for the selection only: values and gradients are fp32; counting "
+            f"each FLOP at the rate of its precision, the step is {report['mechscope_peak_time_share']:.2f} of "
+            "the machine's time at peak)"
+        )
     print(load_line())
     for lib in report.get("missing_peers", []):
         print(f"{lib}: not installed (see bench/README.md); not timed")

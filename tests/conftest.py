@@ -19,5 +19,7 @@ def _shipped(name: str) -> bool:
 
 # The default model's weights come from `mechscope zoo train pycode` (about 40 CPU minutes);
 # tests that run it say so instead of failing with a missing-folder error when they are absent.
-requires_pycode = pytest.mark.skipif(not _shipped("pycode"), reason="zoo:pycode weights are not shipped in this "
-                                     "checkout: run `mechscope zoo train pycode`")
+requires_pycode = pytest.mark.skipif(
+    not _shipped("pycode"),
+    reason="zoo:pycode weights are not shipped in this checkout: run `mechscope zoo train pycode`",
+)

@@ -27,8 +27,20 @@ def test_info_json(capsys):
 @requires_pycode
 def test_run_records_and_writes_atomically(tmp_path, capsys):
     out = tmp_path / "cache.safetensors"
-    code = main(["run", "zoo:pycode", "def f(x):\n    return", "--record", "blocks.*.hook_resid_post",
-                 "--positions", "-1", "--out", str(out), "--json"])
+    code = main(
+        [
+            "run",
+            "zoo:pycode",
+            "def f(x):\n    return",
+            "--record",
+            "blocks.*.hook_resid_post",
+            "--positions",
+            "-1",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert len(result["top_next"]) == 5 and result["recorded"]["blocks.0.hook_resid_post"][1] == 1
@@ -42,7 +54,7 @@ def test_report_is_self_contained(tmp_path):
     assert main(["report", "zoo:pycode", "--prompt", "import os\nprint(os.getcwd())", "--out", str(tmp_path)]) == 0
     page = (tmp_path / "index.html").read_text()
     assert "Next-token predictions" in page and "data:image/png;base64" in page
-    assert "src=\"http" not in page and "href=\"http" not in page
+    assert 'src="http' not in page and 'href="http' not in page
 
 
 @requires_pycode
@@ -66,7 +78,7 @@ def test_device_and_dtype_options_reach_every_load_and_are_restored(capsys, monk
     assert (info["dtype"], info["device"]) == ("bfloat16", "cpu")
     assert "MECHSCOPE_DTYPE" not in os.environ and "MECHSCOPE_DEVICE" not in os.environ  # nothing leaks
     monkeypatch.setenv("MECHSCOPE_DTYPE", "float64")
-    assert ms.load("zoo:pycode").info()["dtype"] == "float64"           # the library reads the same default
+    assert ms.load("zoo:pycode").info()["dtype"] == "float64"  # the library reads the same default
 
 
 @requires_pycode
@@ -109,7 +121,9 @@ def test_run_and_lens_refuse_bad_outputs_prompts_and_counts(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     record = ["--record", "blocks.0.hook_resid_post"]
-    _fails(["run", "zoo:pycode", "x", *record, "--out", str(blocker / "a.safetensors")], capsys, "is a file, not a folder")
+    _fails(
+        ["run", "zoo:pycode", "x", *record, "--out", str(blocker / "a.safetensors")], capsys, "is a file, not a folder"
+    )
     _fails(["run", "zoo:pycode", "x", *record, "--out", str(tmp_path)], capsys, "it is a folder")
     _fails(["lens", "zoo:pycode", "x", "--plot", str(tmp_path / "lens.xyz")], capsys, "does not write .xyz files")
     _fails(["run", "zoo:pycode", ""], capsys, "has no tokens")
@@ -120,7 +134,7 @@ def test_run_and_lens_refuse_bad_outputs_prompts_and_counts(tmp_path, capsys):
 
 
 def test_options_that_would_waste_a_run_fail_before_it(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_:   # argparse: before any sweep runs
+    with pytest.raises(SystemExit) as exit_:  # argparse: before any sweep runs
         main(["patch", "zoo:pycode", str(tmp_path / "task.yaml"), "--top", "-2"])
     assert exit_.value.code == 2 and "0 or more" in capsys.readouterr().err
     assert main(["run", "zoo:pycode", "x = 1", "--out", str(tmp_path / "a.safetensors")]) == 2

@@ -8,8 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from mechscope.data import (DataConfig, find_sources, load_tokens, read_documents, stdlib_documents, token_stream,
-                            write_stdlib_corpus)
+from mechscope.data import (
+    DataConfig,
+    find_sources,
+    load_tokens,
+    read_documents,
+    stdlib_documents,
+    token_stream,
+    write_stdlib_corpus,
+)
 from mechscope.errors import MechscopeError
 from tests.lens.helpers import text_tokenizer
 
@@ -37,7 +44,7 @@ def test_txt_folder_reads_every_file_in_sorted_order(tmp_path, tok):
     sep = tok.sep_token_id  # WordPiece has no EOS: documents are separated by SEP
     assert n_docs == 3 and stream[0] == sep and stream[-1] == sep and int((stream == sep).sum()) == 4
     one = tok(DOCS[0], add_special_tokens=False)["input_ids"]
-    assert stream[1:1 + len(one)].tolist() == one
+    assert stream[1 : 1 + len(one)].tolist() == one
 
 
 def test_contexts_cover_the_stream_and_split_by_seed(tmp_path, tok):
@@ -135,10 +142,12 @@ def test_datasets_folder_is_read_or_datasets_is_named(tmp_path):
 
     def dataset(columns, name):  # a fixed fingerprint: no hashing of the table at construction
         return datasets.Dataset(InMemoryTable(pa.table(columns)), fingerprint=name)
-    splits = datasets.DatasetDict({"validation": dataset({"text": ["v"]}, "v"),
-                                   "train": dataset({"text": ["a", "b"], "n": [1, 2]}, "t")})
+
+    splits = datasets.DatasetDict(
+        {"validation": dataset({"text": ["v"]}, "v"), "train": dataset({"text": ["a", "b"], "n": [1, 2]}, "t")}
+    )
     splits.save_to_disk(str(folder))
-    assert list(read_documents(folder)) == ["a", "b"]                      # the train split
+    assert list(read_documents(folder)) == ["a", "b"]  # the train split
     dataset({"text": ["only"]}, "o").save_to_disk(str(tmp_path / "one"))
     assert list(read_documents(tmp_path / "one")) == ["only"]
     with pytest.raises(MechscopeError, match=r"no 'body' column \(has: text, n\)"):
@@ -148,6 +157,7 @@ def test_datasets_folder_is_read_or_datasets_is_named(tmp_path):
 def test_stdlib_corpus(tmp_path):
     from mechscope.data import PYCODE_HELDOUT_FRACTION
     from mechscope.zoo.pycode import PycodeRecipe
+
     assert PYCODE_HELDOUT_FRACTION == PycodeRecipe().heldout_fraction
     held, train = stdlib_documents(3), stdlib_documents(3, split="train")
     assert len(held) == 3 and len(train) == 3 and not set(held) & set(train)

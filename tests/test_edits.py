@@ -29,6 +29,7 @@ SITE = "blocks.0.hook_resid_post"
 def test_hooks_removed_after_exception_inside_edit(llama):
     def broken(x):
         raise ValueError("boom")
+
     with pytest.raises(ValueError, match="boom"):
         llama.run(IDS, record="blocks.*", edits=[edits.replace(SITE, broken)])
     assert _hook_count(llama) == 0
@@ -111,8 +112,9 @@ def test_edits_stay_active_during_generate():
     plain = model.generate("def main():", max_new_tokens=8)
     token = model.tokenizer.encode(" lambda")[-1]
     direction = model.W_U[:, token].detach() / model.W_U[:, token].norm()
-    steered = model.generate("def main():", max_new_tokens=8,
-                             edits=[edits.add("blocks.3.hook_resid_post", 300 * direction)])
+    steered = model.generate(
+        "def main():", max_new_tokens=8, edits=[edits.add("blocks.3.hook_resid_post", 300 * direction)]
+    )
     assert plain != steered  # the edit acted on every generated step
     with model.steer("blocks.3.hook_resid_post", direction, scale=300):
         assert model.generate("def main():", max_new_tokens=8) == steered

@@ -14,9 +14,21 @@ import pytest
 import mechscope
 
 PACKAGE = Path(mechscope.__file__).parent
-CORE = ("mechscope.model", "mechscope.hooks", "mechscope.run", "mechscope.edits", "mechscope.sites",
-        "mechscope.weights", "mechscope.io", "mechscope.folders", "mechscope.errors", "mechscope.models.loading",
-        "mechscope.models.families", "mechscope.module_model", "mechscope.hooked_model")
+CORE = (
+    "mechscope.model",
+    "mechscope.hooks",
+    "mechscope.run",
+    "mechscope.edits",
+    "mechscope.sites",
+    "mechscope.weights",
+    "mechscope.io",
+    "mechscope.folders",
+    "mechscope.errors",
+    "mechscope.models.loading",
+    "mechscope.models.families",
+    "mechscope.module_model",
+    "mechscope.hooked_model",
+)
 
 
 def _file(module: str) -> Path | None:
@@ -54,8 +66,12 @@ def _top_level(body):
     for node in body:
         yield node
         if isinstance(node, (ast.If, ast.Try, ast.With)):
-            for part in (node.body, getattr(node, "orelse", []), getattr(node, "finalbody", []),
-                         *(h.body for h in getattr(node, "handlers", []))):
+            for part in (
+                node.body,
+                getattr(node, "orelse", []),
+                getattr(node, "finalbody", []),
+                *(h.body for h in getattr(node, "handlers", [])),
+            ):
                 yield from _top_level(part)
 
 
@@ -68,11 +84,12 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[node], _ = 1, path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         state[node], _ = 2, path.pop()
         return None
+
     return next((c for node in sorted(graph) if node not in state and (c := visit(node))), None)
 
 
@@ -109,8 +126,9 @@ print(json.dumps(failed))
 
 
 def test_each_core_module_imports_alone():
-    done = subprocess.run([sys.executable, "-c", ALONE, *CORE], capture_output=True, text=True, timeout=300,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", ALONE, *CORE], capture_output=True, text=True, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {}
 
@@ -118,6 +136,7 @@ def test_each_core_module_imports_alone():
 @pytest.mark.slow  # a fresh interpreter importing torch per module: ~10 s each on a busy 2-core machine
 @pytest.mark.parametrize("module", CORE)
 def test_core_module_imports_in_a_fresh_interpreter(module):
-    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=300,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stderr[-2000:]

@@ -53,6 +53,7 @@ def test_module_folder_round_trip_and_corruption(tmp_path):
 
 def test_truncated_hf_weights_are_a_clear_error(tmp_path):
     from mechscope.zoo.transformer import ToyConfig, ToyTransformer
+
     ToyTransformer(ToyConfig(d_model=16, n_heads=2, d_head=8, d_mlp=0)).save_pretrained(tmp_path)
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
@@ -63,7 +64,9 @@ def test_truncated_hf_weights_are_a_clear_error(tmp_path):
 def test_what_needs_a_transformer_is_one_line_error():
     model = ModuleModel(NET)
     for name in ("dims", "adapter", "W_E", "generate"):
-        with pytest.raises(ms.MechscopeError, match=rf"^TwoLayer is not a transformer: '{name}' needs an architecture adapter"):
+        with pytest.raises(
+            ms.MechscopeError, match=rf"^TwoLayer is not a transformer: '{name}' needs an architecture adapter"
+        ):
             getattr(model, name)
     assert getattr(model, "dims", None) is None and not hasattr(model, "adapter")  # still tells the kinds apart
     with pytest.raises(AttributeError, match="no_such_thing"):

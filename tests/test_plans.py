@@ -42,12 +42,17 @@ class Doubled(Plan):
 def test_a_plan_of_ones_own_runs_with_records_and_edits():
     model = tiny_model("toy")
     plain = model.run(IDS, record="blocks.1.hook_resid_post", edits=[edits.zero("blocks.1.hook_mlp_out")])
-    both = model.run(IDS, record="blocks.1.hook_resid_post", edits=[edits.zero("blocks.1.hook_mlp_out")],
-                     plans=[Doubled()])
+    both = model.run(
+        IDS, record="blocks.1.hook_resid_post", edits=[edits.zero("blocks.1.hook_mlp_out")], plans=[Doubled()]
+    )
     assert both.logits.shape[0] == 6 and both.tokens.shape == (6, 6)
     torch.testing.assert_close(both.logits, plain.logits.repeat(2, 1, 1), atol=1e-6, rtol=0)
-    torch.testing.assert_close(both.cache["blocks.1.hook_resid_post"],
-                               plain.cache["blocks.1.hook_resid_post"].repeat(2, 1, 1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        both.cache["blocks.1.hook_resid_post"],
+        plain.cache["blocks.1.hook_resid_post"].repeat(2, 1, 1),
+        atol=1e-6,
+        rtol=0,
+    )
     with pytest.raises(ms.MechscopeError, match="^doubled need the prompts in one batch"):
         model.run(IDS, plans=[Doubled()], batch_size=1)
     assert _hook_count(model) == 0
@@ -70,8 +75,9 @@ def test_hooks_are_removed_when_a_plan_fails_to_install():
 
     class Broken(Plan):
         def install(self, model_, table, handles):
-            handles.append(model_.get_submodule(table["blocks.0.hook_resid_pre"].module).register_forward_pre_hook(
-                lambda *a: None))
+            handles.append(
+                model_.get_submodule(table["blocks.0.hook_resid_pre"].module).register_forward_pre_hook(lambda *a: None)
+            )
             raise ms.MechscopeError("broken plan")
 
     with pytest.raises(ms.MechscopeError, match="broken plan"):
@@ -85,6 +91,9 @@ def test_hooks_are_removed_when_a_plan_fails_to_install():
 def test_hooks_functions_stay_short():
     """House rule: no function in hooks.py over 60 lines."""
     tree = ast.parse(inspect.getsource(hooks))
-    longest = max((n.end_lineno - n.lineno + 1, n.name) for n in ast.walk(tree)
-                  if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
+    longest = max(
+        (n.end_lineno - n.lineno + 1, n.name)
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+    )
     assert longest[0] <= 60, longest

@@ -16,8 +16,13 @@ from .errors import MechscopeError
 
 __version__ = "0.1.0"
 METHODS = ("attribution", "circuits", "dictionary", "heads", "lens", "patching", "structure")
-CORE = {"load": ("models.loading", "load"), "Model": ("model", "Model"), "Run": ("run", "Run"), "edits": ("edits", None),
-        "auto_model": ("models.auto_model", "auto_model")}  # a Hugging Face model without a table: verified sites
+CORE = {
+    "load": ("models.loading", "load"),
+    "Model": ("model", "Model"),
+    "Run": ("run", "Run"),
+    "edits": ("edits", None),
+    "auto_model": ("models.auto_model", "auto_model"),
+}  # a Hugging Face model without a table: verified sites
 __all__ = ["load", "Model", "auto_model", "Run", "MechscopeError", "edits", "toys", *METHODS, "__version__"]
 
 

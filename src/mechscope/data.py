@@ -153,7 +153,9 @@ def _read_datasets_folder(path: Path, text_field: str) -> Iterator[str]:
     try:
         import datasets
     except ImportError:
-        raise MechscopeError(f"'{path}' is a Hugging Face datasets folder: reading it needs `pip install datasets`") from None
+        raise MechscopeError(
+            f"'{path}' is a Hugging Face datasets folder: reading it needs `pip install datasets`"
+        ) from None
     ds = datasets.load_from_disk(str(path))
     if isinstance(ds, datasets.DatasetDict):
         split = "train" if "train" in ds else sorted(ds)[0]
@@ -183,8 +185,9 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
-def token_stream(documents: Iterable[str], tokenizer, max_tokens: int | None = None,
-                 batch: int = 64) -> tuple[Tensor, int]:
+def token_stream(
+    documents: Iterable[str], tokenizer, max_tokens: int | None = None, batch: int = 64
+) -> tuple[Tensor, int]:
     """`EOS doc EOS doc ... EOS` as one int64 tensor (cut at `max_tokens`), and the documents read."""
     eos = _separator(tokenizer)
     stream: list[int] = [eos]
@@ -222,14 +225,17 @@ def split(ctxs: Tensor, heldout_fraction: float, seed: int) -> tuple[Tensor, Ten
     n = len(ctxs)
     k = 0 if heldout_fraction == 0 else max(1, round(n * heldout_fraction))
     if n - k < 1:
-        raise MechscopeError(f"only {n} context(s): too few to hold out {heldout_fraction:.0%} and train on the rest; "
-                             "add text or lower ctx_len")
+        raise MechscopeError(
+            f"only {n} context(s): too few to hold out {heldout_fraction:.0%} and train on the rest; "
+            "add text or lower ctx_len"
+        )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return ctxs[order[k:]], ctxs[order[:k].sort().values]
 
 
-def tokenize_documents(documents: Iterable[str], tokenizer, cfg: DataConfig,
-                       sources: tuple[str, ...] = ()) -> TokenData:
+def tokenize_documents(
+    documents: Iterable[str], tokenizer, cfg: DataConfig, sources: tuple[str, ...] = ()
+) -> TokenData:
     """Documents -> `TokenData` per `cfg` (its `path` is not read)."""
     stream, n_docs = token_stream(documents, tokenizer, cfg.max_tokens)
     if n_docs == 0:
@@ -238,8 +244,14 @@ def tokenize_documents(documents: Iterable[str], tokenizer, cfg: DataConfig,
     if len(ctxs) == 0:
         raise MechscopeError(f"'{cfg.path}' has {len(stream)} tokens: not enough for one context of {cfg.ctx_len}")
     train, heldout = split(ctxs, cfg.heldout_fraction, cfg.seed)
-    log.info("data: %d documents, %d tokens -> %d train + %d held-out contexts of %d",
-             n_docs, len(stream), len(train), len(heldout), cfg.ctx_len)
+    log.info(
+        "data: %d documents, %d tokens -> %d train + %d held-out contexts of %d",
+        n_docs,
+        len(stream),
+        len(train),
+        len(heldout),
+        cfg.ctx_len,
+    )
     return TokenData(train, heldout, len(stream), n_docs, sources)
 
 
@@ -265,6 +277,7 @@ def stdlib_documents(max_files: int | None = None, *, split: str = "heldout") ->
     "train" (the files it trained on) or "all". `max_files` keeps the first N in path order.
     """
     from .zoo import pycode_data  # lazy: reads nothing at import
+
     if split not in ("heldout", "train", "all"):
         raise MechscopeError(f"split must be 'heldout', 'train' or 'all', got {split!r}")
     root = pycode_data.stdlib_root()
@@ -287,12 +300,14 @@ def stdlib_documents(max_files: int | None = None, *, split: str = "heldout") ->
 def write_stdlib_corpus(path: str | Path, max_files: int | None = None, *, split: str = "heldout") -> Path:
     """Write `stdlib_documents(...)` as a .jsonl file (one {"text": ...} per file), atomically."""
     from .io import write_text
+
     lines = (json.dumps({"text": t}) for t in stdlib_documents(max_files, split=split))
     return write_text(Path(path), "\n".join(lines) + "\n")
 
 
-def repeated_random_tokens(vocab_size: int, seq_len: int, batch: int = 8, seed: int = 0,
-                           prefix_token: int | None = None) -> Int[Tensor, "batch pos"]:
+def repeated_random_tokens(
+    vocab_size: int, seq_len: int, batch: int = 8, seed: int = 0, prefix_token: int | None = None
+) -> Int[Tensor, "batch pos"]:
     """Rows of ``seq_len`` random token ids repeated twice: ``[prefix_token], r, r``.
 
     Within a row the ids of ``r`` are distinct (drawn without replacement from
@@ -304,8 +319,10 @@ def repeated_random_tokens(vocab_size: int, seq_len: int, batch: int = 8, seed: 
         raise MechscopeError(f"batch must be at least 1 (how many repeated sequences), got {batch}")
     allowed = torch.tensor([t for t in range(vocab_size) if t != prefix_token])
     if not 1 <= seq_len <= len(allowed):
-        raise MechscopeError(f"seq_len must be between 1 and {len(allowed)} (the distinct tokens available "
-                             f"in a vocabulary of {vocab_size}), got {seq_len}")
+        raise MechscopeError(
+            f"seq_len must be between 1 and {len(allowed)} (the distinct tokens available "
+            f"in a vocabulary of {vocab_size}), got {seq_len}"
+        )
     gen = torch.Generator().manual_seed(seed)
     span = allowed[torch.rand(batch, len(allowed), generator=gen).argsort(-1)[:, :seq_len]]
     rows = torch.cat([span, span], dim=1)

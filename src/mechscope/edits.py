@@ -96,7 +96,8 @@ def _check_shape(value: Tensor, x: Tensor, site: str, exact: bool = False) -> No
     if not ok:
         raise MechscopeError(
             f"edit of '{site}' has shape {tuple(value.shape)} but the site has shape {tuple(x.shape)}: "
-            "give a tensor of the site's shape (or one that broadcasts to it)")
+            "give a tensor of the site's shape (or one that broadcasts to it)"
+        )
 
 
 def _as_list(selection: int | Sequence[int]) -> list[int]:
@@ -130,7 +131,9 @@ def _selection(x: Tensor, dims, positions, heads, lengths, site: str, strict: bo
     return mask
 
 
-def position_mask(positions: Positions, lengths: Tensor | None, batch: int, seq: int, site: str, strict: bool) -> Tensor:
+def position_mask(
+    positions: Positions, lengths: Tensor | None, batch: int, seq: int, site: str, strict: bool
+) -> Tensor:
     """[batch, seq] bool: which positions of each sequence are selected."""
     lengths = torch.full((batch,), seq) if lengths is None else lengths.cpu()
     mask = torch.zeros(batch, seq, dtype=torch.bool)
@@ -143,7 +146,8 @@ def position_mask(positions: Positions, lengths: Tensor | None, batch: int, seq:
         inside = (index >= 0) & (index < seq) & (index < lengths)
         if strict and not bool(inside.all()):
             raise MechscopeError(
-                f"position {p} is outside the sequence at '{site}' (lengths {sorted(set(lengths.tolist()))})")
+                f"position {p} is outside the sequence at '{site}' (lengths {sorted(set(lengths.tolist()))})"
+            )
         rows = torch.arange(batch)[inside]
         mask[rows, index[inside]] = True
     return mask
@@ -151,7 +155,10 @@ def position_mask(positions: Positions, lengths: Tensor | None, batch: int, seq:
 
 # Constructors: the public way to write edits.
 
-def replace(site: str, value: Tensor | Callable[[Tensor], Tensor], *, positions: Positions = None, heads: Heads = None) -> Edit:
+
+def replace(
+    site: str, value: Tensor | Callable[[Tensor], Tensor], *, positions: Positions = None, heads: Heads = None
+) -> Edit:
     """Replace the activation with `value` (a tensor broadcastable to it, or a function of it)."""
     return Edit(site, "replace", value, positions, heads)
 
@@ -178,7 +185,9 @@ def zero(site: str, *, positions: Positions = None, heads: Heads = None) -> Edit
     return Edit(site, "zero", None, positions, heads)
 
 
-def mean(site: str, reference: Tensor, *, over_positions: bool = False, positions: Positions = None, heads: Heads = None) -> Edit:
+def mean(
+    site: str, reference: Tensor, *, over_positions: bool = False, positions: Positions = None, heads: Heads = None
+) -> Edit:
     """Mean-ablate: replace with the mean of `reference`, the site's activations on a
     reference data set ([n, pos, ...] as `run.cache[site]` gives them). The mean is over
     examples, keeping positions, or also over positions with `over_positions=True`."""

@@ -28,8 +28,11 @@ def is_finite(t: Tensor) -> bool:
 def nonfinite_parameters(module: nn.Module, limit: int = 3) -> list[str]:
     """Names of up to `limit` parameters holding NaN or inf (one pass; parameters left on
     the meta device by offloading are skipped)."""
-    named = [(n, p.detach()) for n, p in module.named_parameters()
-             if not p.is_meta and (p.is_floating_point() or p.is_complex())]
+    named = [
+        (n, p.detach())
+        for n, p in module.named_parameters()
+        if not p.is_meta and (p.is_floating_point() or p.is_complex())
+    ]
     if not named:
         return []
     # NaN and inf survive a sum: one read of each tensor and one host sync for the whole model;
@@ -44,8 +47,13 @@ def warn_nonfinite_parameters(module: nn.Module, model_name: str) -> list[str]:
     """Log a warning naming the parameters of `module` that hold NaN or inf; returns them."""
     bad = nonfinite_parameters(module, SHOWN)
     if bad:
-        log.warning("%s has NaN or inf in its weights (%s%s): its activations will be NaN where they pass; "
-                    "restore or retrain it", model_name, ", ".join(bad), ", ..." if len(bad) == SHOWN else "")
+        log.warning(
+            "%s has NaN or inf in its weights (%s%s): its activations will be NaN where they pass; "
+            "restore or retrain it",
+            model_name,
+            ", ".join(bad),
+            ", ..." if len(bad) == SHOWN else "",
+        )
     return bad
 
 

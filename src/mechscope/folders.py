@@ -30,7 +30,7 @@ def _leftovers(path: Path, kind: str) -> list[Path]:
         return []
     found = []
     for entry in path.parent.iterdir():
-        pid = entry.name[len(prefix):]
+        pid = entry.name[len(prefix) :]
         if entry.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
             found.append(entry)
     return sorted(found, key=lambda p: p.stat().st_mtime)

@@ -115,9 +115,20 @@ class HookedModel:
         # token ids without a mask have no padding: the wrapped model then gets no mask either, as
         # in its own plain call (on a GPU a mask costs mask-building kernels and a host sync)
         unpadded = isinstance(prompts, Tensor) and attention_mask is None
-        chunks = [self._forward({k: v[i:i + size] for k, v in inputs.items()}, names, positions, edits,
-                                grad, logits or "logits" in names, cache_device, plans, unpadded)
-                  for i in range(0, len(ids), size)]
+        chunks = [
+            self._forward(
+                {k: v[i : i + size] for k, v in inputs.items()},
+                names,
+                positions,
+                edits,
+                grad,
+                logits or "logits" in names,
+                cache_device,
+                plans,
+                unpadded,
+            )
+            for i in range(0, len(ids), size)
+        ]
         return self._assemble(chunks, ids, inputs.get("attention_mask"), names, positions, plans)
 
     def _batch_size(self, batch_size: int | None, rows: int, plans: Sequence[Plan]) -> int:
@@ -132,8 +143,9 @@ class HookedModel:
             plan.check(self)
         return size
 
-    def _assemble(self, chunks, ids: Tensor, mask: Tensor | None, names: list[str], positions,
-                  plans: Sequence[Plan]) -> Run:
+    def _assemble(
+        self, chunks, ids: Tensor, mask: Tensor | None, names: list[str], positions, plans: Sequence[Plan]
+    ) -> Run:
         """One `Run` from the chunks' (output, recorded) pairs."""
         seq = ids.shape[1] if mask is not None else 0
         # Chunks are trimmed to their own longest sequence; pad position axes back to `seq`,
@@ -144,7 +156,9 @@ class HookedModel:
         for plan in plans:
             out_dims, rows = plan.output_dims(out_dims), plan.rows(rows)
         out = _concat([c[0] for c in chunks], seq, out_dims, {"pos"} & pad) if chunks[0][0] is not None else None
-        cache = Cache({n: _concat([c[1][n] for c in chunks], seq, self.table[n].dims, pad) for n in names if n != "logits"})
+        cache = Cache(
+            {n: _concat([c[1][n] for c in chunks], seq, self.table[n].dims, pad) for n in names if n != "logits"}
+        )
         if "logits" in names:
             cache["logits"] = out
         if rows != len(ids):
@@ -172,9 +186,19 @@ class HookedModel:
         hook_names = [n for n in names if n != "logits"]
         patterns = any(self.table[n].view.index == 1 for n in hook_names)
         output = None
-        with torch.enable_grad() if grad else torch.no_grad(), self._eager_attention(patterns), hooked(
-            self.hf, self.table, record=hook_names, edits=resolve_edits(self.table, [*self._held_edits, *edits]),
-            on_record=on_record, lengths=lengths, stop_when_recorded=bool(hook_names) and not want_output, plans=plans,
+        with (
+            torch.enable_grad() if grad else torch.no_grad(),
+            self._eager_attention(patterns),
+            hooked(
+                self.hf,
+                self.table,
+                record=hook_names,
+                edits=resolve_edits(self.table, [*self._held_edits, *edits]),
+                on_record=on_record,
+                lengths=lengths,
+                stop_when_recorded=bool(hook_names) and not want_output,
+                plans=plans,
+            ),
         ):
             try:
                 output = self._call(inputs)
@@ -228,7 +252,9 @@ def _select_positions(value: Tensor, site: Site, positions, lengths: Tensor) -> 
     wanted = [positions] if isinstance(positions, int) else list(positions)
     index = torch.stack([lengths + p if p < 0 else torch.full_like(lengths, p) for p in wanted], dim=1)
     if bool((index < 0).any() or (index >= lengths[:, None]).any()):
-        raise MechscopeError(f"positions {wanted} fall outside some sequences (lengths {sorted(set(lengths.tolist()))})")
+        raise MechscopeError(
+            f"positions {wanted} fall outside some sequences (lengths {sorted(set(lengths.tolist()))})"
+        )
     shape = list(index.shape) + [1] * (value.dim() - 2)
     index = index.view(shape).movedim(1, dim) if dim != 1 else index.view(shape)
     expand = list(value.shape)

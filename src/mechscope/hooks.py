@@ -76,9 +76,18 @@ def installed(model: nn.Module, table: SiteTable, plans: Sequence[Plan]) -> Iter
 
 
 @contextmanager
-def hooked(model: nn.Module, table: SiteTable, *, record: Sequence[str] = (), edits: dict[str, list[Edit]] | None = None,
-           on_record: Callable[[str, Tensor], None] | None = None, lengths: Tensor | None = None, strict: bool = True,
-           stop_when_recorded: bool = False, plans: Sequence[Plan] = ()) -> Iterator[None]:
+def hooked(
+    model: nn.Module,
+    table: SiteTable,
+    *,
+    record: Sequence[str] = (),
+    edits: dict[str, list[Edit]] | None = None,
+    on_record: Callable[[str, Tensor], None] | None = None,
+    lengths: Tensor | None = None,
+    strict: bool = True,
+    stop_when_recorded: bool = False,
+    plans: Sequence[Plan] = (),
+) -> Iterator[None]:
     """`plans` (installed first: copies exist before an edit of the same block's input sees
     them), then a `RecordEdit` of `record`, `edits` and `on_record` (see there)."""
     recorder = RecordEdit(record, edits, on_record, lengths=lengths, strict=strict, stop=stop_when_recorded)
@@ -91,12 +100,15 @@ def resolve_edits(table: SiteTable, edits: Sequence[Edit]) -> dict[str, list[Edi
     by_site: dict[str, list[Edit]] = defaultdict(list)
     for edit in edits:
         if not isinstance(edit, Edit):
-            raise MechscopeError(f"edits must be made with mechscope.edits (replace, add, ...), got {type(edit).__name__}")
+            raise MechscopeError(
+                f"edits must be made with mechscope.edits (replace, add, ...), got {type(edit).__name__}"
+            )
         for name in table.resolve(edit.site):
             site = table[name]
             if (edit.changes and not site.view.editable) or not site.module:
-                why = getattr(site.view, "reason", "") or ("the model has already used it when it is computed "
-                                                           "(edit hook_z, hook_v or hook_resid_* instead)")
+                why = getattr(site.view, "reason", "") or (
+                    "the model has already used it when it is computed (edit hook_z, hook_v or hook_resid_* instead)"
+                )
                 raise MechscopeError(f"'{name}' can be recorded but not edited: {why}")
             by_site[name].append(edit)
     return dict(by_site)
@@ -125,6 +137,7 @@ class RowShapes(Plan):
         def fn(module, args, kwargs):
             box, key = _hidden_slot(args, kwargs)
             self.shapes[path] = box[key].shape[:-1]
+
         return fn
 
     def read(self, site: Site, raw: Tensor) -> Tensor:
@@ -144,9 +157,16 @@ class RecordEdit(Plan):
 
     name = "record and edit"
 
-    def __init__(self, record: Sequence[str] = (), edits: dict[str, list[Edit]] | None = None,
-                 on_record: Callable[[str, Tensor], None] | None = None, *, lengths: Tensor | None = None,
-                 strict: bool = True, stop: bool = False):
+    def __init__(
+        self,
+        record: Sequence[str] = (),
+        edits: dict[str, list[Edit]] | None = None,
+        on_record: Callable[[str, Tensor], None] | None = None,
+        *,
+        lengths: Tensor | None = None,
+        strict: bool = True,
+        stop: bool = False,
+    ):
         self.record, self.edits, self.on_record = record, edits or {}, on_record
         self.lengths, self.strict, self.stop = lengths, strict, stop
 
@@ -166,13 +186,20 @@ class RecordEdit(Plan):
             else:
                 handles.append(module.register_forward_pre_hook(self._in_hook(sites), with_kwargs=True))
 
-    def _process(self, raw_of: Callable[[int], Tensor], set_raw: Callable[[int, Tensor], None], sites: list[Site]) -> None:
+    def _process(
+        self, raw_of: Callable[[int], Tensor], set_raw: Callable[[int, Tensor], None], sites: list[Site]
+    ) -> None:
         for site in sites:
             raw = raw_of(site.view.index)
             for edit in self.edits.get(site.name, ()):
                 value = self.shapes.read(site, raw)
-                value = edit.apply(value, site=site.name, dims=site.dims,
-                                   lengths=per_row(self.lengths, value.shape[0]), strict=self.strict)
+                value = edit.apply(
+                    value,
+                    site=site.name,
+                    dims=site.dims,
+                    lengths=per_row(self.lengths, value.shape[0]),
+                    strict=self.strict,
+                )
                 raw = self.shapes.write(site, raw, value)
                 set_raw(site.view.index, raw)
             if site.name in self.wanted:
@@ -186,6 +213,7 @@ class RecordEdit(Plan):
             box = list(output) if isinstance(output, tuple) else [output]
             self._process(box.__getitem__, box.__setitem__, sites)
             return tuple(box) if isinstance(output, tuple) else box[0]
+
         return hook
 
     def _in_hook(self, sites: list[Site]):
@@ -194,6 +222,7 @@ class RecordEdit(Plan):
             box, key = _hidden_slot(args, kwargs)
             self._process(lambda _: box[key], lambda _, value: box.__setitem__(key, value), sites)
             return tuple(args), kwargs
+
         return hook
 
 
@@ -240,7 +269,9 @@ class CopyRows(Plan):
         if not self.copies:
             return
         if any(not 0 <= layer < table.n_layers for layer in self.copies):
-            raise MechscopeError(f"copies join at layers {sorted(self.copies)}, but this model has layers 0-{table.n_layers - 1}")
+            raise MechscopeError(
+                f"copies join at layers {sorted(self.copies)}, but this model has layers 0-{table.n_layers - 1}"
+            )
         self.prompts = 0  # P, read at the first block that forks
         for layer in range(min(self.copies), table.n_layers):
             block = model.get_submodule(table[f"blocks.{layer}.hook_resid_pre"].module)
@@ -262,6 +293,7 @@ class CopyRows(Plan):
             args, kwargs = _tile(args, p, hidden.shape[0] // p), _tile(kwargs, p, hidden.shape[0] // p)
             (args if key == 0 else kwargs)[key] = hidden
             return tuple(args), kwargs
+
         return fn
 
 
@@ -297,4 +329,6 @@ class GatherLogits(Plan):
 
 def shortcut_plans(copies: dict[int, int] | None, logit_positions: Tensor | None) -> list[Plan]:
     """The plans behind `Model.run(copies=..., logit_positions=...)`."""
-    return ([CopyRows(copies)] if copies else []) + ([GatherLogits(logit_positions)] if logit_positions is not None else [])
+    return ([CopyRows(copies)] if copies else []) + (
+        [GatherLogits(logit_positions)] if logit_positions is not None else []
+    )

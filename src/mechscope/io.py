@@ -56,8 +56,9 @@ def write_error(path: str | Path, err: Exception) -> MechscopeError:
     if code in _FULL:
         return MechscopeError(f"{_FULL[code]} writing {path}: free space or choose another --out")
     why = os.strerror(code) if code else str(err).splitlines()[0]
-    return MechscopeError(f"cannot write {path} ({why}): the previous file is unchanged; check the disk or "
-                          "choose another --out")
+    return MechscopeError(
+        f"cannot write {path} ({why}): the previous file is unchanged; check the disk or choose another --out"
+    )
 
 
 def make_folder(folder: str | Path) -> Path:
@@ -157,8 +158,9 @@ def write_json(path: Path, data, *, durable: bool = False) -> Path:
     return write_text(path, json.dumps(data, indent=2, default=str) + "\n", durable=durable)
 
 
-def write_tensors(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None, *,
-                  durable: bool = False) -> Path:
+def write_tensors(
+    path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None, *, durable: bool = False
+) -> Path:
     """Save tensors as safetensors (contiguous CPU copies), atomically."""
     ready = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     return _atomic(path, lambda tmp: save_file(ready, tmp, metadata=metadata), durable)
@@ -241,12 +243,14 @@ def _agree(ok: bool, folder: Path) -> None:
     """All ranks learn whether rank 0 took the lock (so that none waits for a refused rank 0)."""
     import torch
     import torch.distributed as dist
+
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
     refused = torch.tensor([0 if ok else 1], device=device)
     dist.all_reduce(refused, op=dist.ReduceOp.MAX)
     if refused.item() and ok:
-        raise MechscopeError(f"{folder} is being written by another job (rank 0 could not lock it); wait for it "
-                             "or choose another --out")
+        raise MechscopeError(
+            f"{folder} is being written by another job (rank 0 could not lock it); wait for it or choose another --out"
+        )
 
 
 def remove_orphans(folder: str | Path) -> list[Path]:
@@ -254,8 +258,9 @@ def remove_orphans(folder: str | Path) -> list[Path]:
     left in `folder` and its sub-folders (one level down; not in a sub-folder with a lock
     of its own). Call it only while holding the folder's lock."""
     folder = Path(folder)
-    places = [folder] + [p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()
-                         and not (p / LOCK_FILE).exists()]
+    places = [folder] + [
+        p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and not (p / LOCK_FILE).exists()
+    ]
     removed = []
     for place in places:
         for path in place.iterdir():
@@ -272,8 +277,10 @@ def read_tensors(path: str | Path, what: str = "tensors", device: str = "cpu") -
     try:
         return load_file(str(path), device=device)
     except (SafetensorError, OSError) as err:
-        raise MechscopeError(f"cannot read the {what} in {path} ({str(err).splitlines()[0]}): the file is missing, "
-                             "truncated or corrupt; restore it or write it again") from None
+        raise MechscopeError(
+            f"cannot read the {what} in {path} ({str(err).splitlines()[0]}): the file is missing, "
+            "truncated or corrupt; restore it or write it again"
+        ) from None
 
 
 def read_json(path: str | Path) -> dict:
@@ -283,5 +290,7 @@ def read_json(path: str | Path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise MechscopeError(f"cannot read {path} ({err}): restore the file or write it again") from None
     if not isinstance(data, dict):
-        raise MechscopeError(f"{path} holds {type(data).__name__}, not a JSON object: restore the file or write it again")
+        raise MechscopeError(
+            f"{path} holds {type(data).__name__}, not a JSON object: restore the file or write it again"
+        )
     return data

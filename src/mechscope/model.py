@@ -37,7 +37,9 @@ class Model(HookedModel, WeightAccess):
 
     def __init__(self, hf: nn.Module, tokenizer=None, *, name: str | None = None):
         check_supported(hf.config)
-        super().__init__(hf, tokenizer=tokenizer, name=name or getattr(hf.config, "_name_or_path", "") or type(hf).__name__)
+        super().__init__(
+            hf, tokenizer=tokenizer, name=name or getattr(hf.config, "_name_or_path", "") or type(hf).__name__
+        )
         self.adapter = adapter_for(hf.config.model_type).resolve(hf.config)
         base = hf.base_model
         self._prefix = "" if base is hf else hf.base_model_prefix + "."
@@ -45,8 +47,12 @@ class Model(HookedModel, WeightAccess):
         parallel = self.adapter.parallel
         has_logits = hf.get_output_embeddings() is not None
         has_pos = self.adapter.pos_embed is not None and self._has_module(self.adapter.pos_embed)
-        self.table = SiteTable(build_sites(self.adapter, self.dims, self._prefix, parallel, has_logits, has_pos),
-                               self.dims.n_layers, self.adapter.family, dict(self.adapter.unavailable))
+        self.table = SiteTable(
+            build_sites(self.adapter, self.dims, self._prefix, parallel, has_logits, has_pos),
+            self.dims.n_layers,
+            self.adapter.family,
+            dict(self.adapter.unavailable),
+        )
         if tokenizer is not None and tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
 
@@ -67,8 +73,10 @@ class Model(HookedModel, WeightAccess):
 
     def __repr__(self) -> str:
         d = self.dims
-        return (f"Model({self.name!r}, family={self.adapter.family!r}, layers={d.n_layers}, d_model={d.d_model}, "
-                f"heads={d.n_heads}, kv_heads={d.n_kv_heads})")
+        return (
+            f"Model({self.name!r}, family={self.adapter.family!r}, layers={d.n_layers}, d_model={d.d_model}, "
+            f"heads={d.n_heads}, kv_heads={d.n_kv_heads})"
+        )
 
     def info(self) -> dict:
         """What `mechscope info` shows: family, sizes, conventions and every site's shape."""
@@ -98,7 +106,10 @@ class Model(HookedModel, WeightAccess):
 
     def block_module(self, layer: int, path: str) -> nn.Module:
         if not 0 <= layer < self.dims.n_layers:
-            raise MechscopeError(f"layer {layer} is out of range: this model has {self.dims.n_layers} layers (0-{self.dims.n_layers - 1})")
+            raise MechscopeError(
+                f"layer {layer} is out of range: this model has {self.dims.n_layers} layers "
+                f"(0-{self.dims.n_layers - 1})"
+            )
         return self.module(self.adapter.block(layer, path))
 
     # Inputs
@@ -114,8 +125,9 @@ class Model(HookedModel, WeightAccess):
                 return value
         return None
 
-    def tokenize(self, prompts: Prompts, attention_mask: Tensor | None = None, *,
-                 truncate: bool = False) -> dict[str, Tensor]:
+    def tokenize(
+        self, prompts: Prompts, attention_mask: Tensor | None = None, *, truncate: bool = False
+    ) -> dict[str, Tensor]:
         """Model inputs for text (right-padded) or for token ids [pos] / [batch, pos].
 
         A prompt longer than the model's context (`context_length`) is refused, since the
@@ -124,7 +136,9 @@ class Model(HookedModel, WeightAccess):
         if isinstance(prompts, Tensor):
             ids = prompts.unsqueeze(0) if prompts.dim() == 1 else prompts
             mask = torch.ones_like(ids) if attention_mask is None else attention_mask
-            return _fit_context(self, {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}, truncate)
+            return _fit_context(
+                self, {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}, truncate
+            )
         if self.tokenizer is None:
             raise MechscopeError(f"{self.name} has no tokenizer: pass token ids (a LongTensor) instead of text")
         texts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -135,11 +149,17 @@ class Model(HookedModel, WeightAccess):
             enc = self.tokenizer(texts, return_tensors="pt", padding=True)
         finally:
             self.tokenizer.padding_side = side
-        lengths = enc["attention_mask"].sum(1).tolist() if "attention_mask" in enc else [enc["input_ids"].shape[1]] * len(texts)
+        lengths = (
+            enc["attention_mask"].sum(1).tolist()
+            if "attention_mask" in enc
+            else [enc["input_ids"].shape[1]] * len(texts)
+        )
         empty = [i for i, n in enumerate(lengths) if n == 0]
         if empty:
             raise MechscopeError(f"prompt {empty[0]} ({texts[empty[0]]!r}) has no tokens: give some text")
-        inputs = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        inputs = {
+            k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+        }
         return _fit_context(self, inputs, truncate, lengths)
 
     def _check_tokens(self, inputs: dict[str, Tensor]) -> None:
@@ -150,14 +170,18 @@ class Model(HookedModel, WeightAccess):
         if ids.numel() == 0:
             raise MechscopeError(f"no tokens to run (token ids of shape {tuple(ids.shape)}): give at least one token")
         vocab = self.module(self.adapter.embed).num_embeddings
-        low, high = torch.aminmax(ids)      # one host sync, not two
+        low, high = torch.aminmax(ids)  # one host sync, not two
         low, high = int(low), int(high)
         if low < 0 or high >= vocab:
-            raise MechscopeError(f"token id {high if high >= vocab else low} is outside this model's vocabulary (0-{vocab - 1})")
+            raise MechscopeError(
+                f"token id {high if high >= vocab else low} is outside this model's vocabulary (0-{vocab - 1})"
+            )
         if self.adapter.pos_embed and self._has_module(self.adapter.pos_embed):
             n_ctx = self.module(self.adapter.pos_embed).num_embeddings
             if ids.shape[1] > n_ctx:
-                raise MechscopeError(f"sequences of {ids.shape[1]} tokens exceed this model's {n_ctx} positions: shorten them")
+                raise MechscopeError(
+                    f"sequences of {ids.shape[1]} tokens exceed this model's {n_ctx} positions: shorten them"
+                )
 
     @property
     def has_lm_head(self) -> bool:
@@ -168,7 +192,9 @@ class Model(HookedModel, WeightAccess):
         result = self.hf(**inputs, use_cache=False)
         return result.logits if hasattr(result, "logits") else result.last_hidden_state
 
-    def generate(self, prompts: Prompts, *, max_new_tokens: int = 20, edits: Sequence[Edit] = (), **kwargs) -> str | list[str]:
+    def generate(
+        self, prompts: Prompts, *, max_new_tokens: int = 20, edits: Sequence[Edit] = (), **kwargs
+    ) -> str | list[str]:
         """Greedy (or `do_sample=True`) generation with edits active at every step."""
         if not self.has_lm_head:
             raise MechscopeError(f"{self.name} has no LM head; it cannot generate")
@@ -177,18 +203,26 @@ class Model(HookedModel, WeightAccess):
             raise MechscopeError(f"{self.name} has no tokenizer; generate needs text")
         side, self.tokenizer.padding_side = self.tokenizer.padding_side, "left"
         try:
-            enc = self.tokenizer([prompts] if single else list(prompts), return_tensors="pt", padding=True).to(self.device)
+            enc = self.tokenizer([prompts] if single else list(prompts), return_tensors="pt", padding=True).to(
+                self.device
+            )
         finally:
             self.tokenizer.padding_side = side
         kwargs.setdefault("do_sample", False)
-        with torch.no_grad(), hooked(self.hf, self.table, edits=resolve_edits(self.table, [*self._held_edits, *edits]),
-                                     strict=False):
-            out = self.hf.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **kwargs)
+        with (
+            torch.no_grad(),
+            hooked(self.hf, self.table, edits=resolve_edits(self.table, [*self._held_edits, *edits]), strict=False),
+        ):
+            out = self.hf.generate(
+                **enc, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **kwargs
+            )
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         return texts[0] if single else texts
 
 
-def _fit_context(model, inputs: dict[str, Tensor], truncate: bool, lengths: list[int] | None = None) -> dict[str, Tensor]:
+def _fit_context(
+    model, inputs: dict[str, Tensor], truncate: bool, lengths: list[int] | None = None
+) -> dict[str, Tensor]:
     """`inputs` cut to the model's context when `truncate`, else refused when longer (any model
     with `context_length` and `name`: `ModulePathLM` tokenizes through `Model.tokenize`)."""
     limit, width = model.context_length, inputs["input_ids"].shape[-1]
@@ -200,7 +234,14 @@ def _fit_context(model, inputs: dict[str, Tensor], truncate: bool, lengths: list
         raise MechscopeError(
             f"prompt {longest} has {lengths[longest]} tokens, which exceed this model's {limit} positions "
             f"({model.name} reads no further): shorten it, or truncate (truncate=True; --truncate on the command "
-            f"line) to keep its first {limit} tokens")
-    log.warning("prompt %d has %d tokens, more than %s's %d positions: kept its first %d", longest,
-                lengths[longest], model.name, limit, limit)
+            f"line) to keep its first {limit} tokens"
+        )
+    log.warning(
+        "prompt %d has %d tokens, more than %s's %d positions: kept its first %d",
+        longest,
+        lengths[longest],
+        model.name,
+        limit,
+        limit,
+    )
     return {k: v[:, :limit] for k, v in inputs.items()}

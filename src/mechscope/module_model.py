@@ -15,8 +15,18 @@ from .hooked_model import HookedModel
 from .sites import Site, SiteTable, View
 
 ANY = (("batch", "..."), (None, None))
-TRANSFORMER_ONLY = ("dims", "adapter", "final_norm", "unembed", "to_logits", "head_results", "generate", "module",
-                    "block_module", "context_length")
+TRANSFORMER_ONLY = (
+    "dims",
+    "adapter",
+    "final_norm",
+    "unembed",
+    "to_logits",
+    "head_results",
+    "generate",
+    "module",
+    "block_module",
+    "context_length",
+)
 
 
 class NotATransformer(MechscopeError, AttributeError):
@@ -28,7 +38,10 @@ def module_sites(module: nn.Module) -> list[Site]:
     sites = []
     for path, _ in module.named_modules():
         if path:
-            sites += [Site(f"{path}.hook_in", path, "in", View(), *ANY), Site(f"{path}.hook_out", path, "out", View(), *ANY)]
+            sites += [
+                Site(f"{path}.hook_in", path, "in", View(), *ANY),
+                Site(f"{path}.hook_out", path, "out", View(), *ANY),
+            ]
     return sites
 
 
@@ -47,17 +60,24 @@ class ModuleModel(HookedModel):
     """
 
     def __init__(self, module: nn.Module, *, name: str | None = None, card: dict | None = None):
-        super().__init__(module, name=name or type(module).__name__,
-                         table=SiteTable(module_sites(module), n_layers=0, family=type(module).__name__))
+        super().__init__(
+            module,
+            name=name or type(module).__name__,
+            table=SiteTable(module_sites(module), n_layers=0, family=type(module).__name__),
+        )
         self.card = card or {}
 
     def __repr__(self) -> str:
         return f"ModuleModel({self.name!r}, {type(self.hf).__name__}, {len(self.table)} sites)"
 
     def info(self) -> dict:
-        return {"name": self.name, "family": f"torch module ({type(self.hf).__name__})",
-                "parameters": sum(p.numel() for p in self.hf.parameters()), "notes": [],
-                "sites": {s.name: {} for s in self.table}}
+        return {
+            "name": self.name,
+            "family": f"torch module ({type(self.hf).__name__})",
+            "parameters": sum(p.numel() for p in self.hf.parameters()),
+            "notes": [],
+            "sites": {s.name: {} for s in self.table},
+        }
 
     @property
     def output_is_logits(self) -> bool:
@@ -66,8 +86,10 @@ class ModuleModel(HookedModel):
     def run(self, prompts, *, positions=None, **kwargs):
         """`HookedModel.run`; positions= is refused: module-path sites have no position axis."""
         if positions is not None:
-            raise MechscopeError(f"{self.name}'s sites have no position axis: leave positions= out and index the "
-                                 "recorded tensors (run.cache[site][:, ...]) instead")
+            raise MechscopeError(
+                f"{self.name}'s sites have no position axis: leave positions= out and index the "
+                "recorded tensors (run.cache[site][:, ...]) instead"
+            )
         return super().run(prompts, **kwargs)
 
     def tokenize(self, inputs, attention_mask=None) -> dict[str, Tensor]:
@@ -81,6 +103,8 @@ class ModuleModel(HookedModel):
 
     def __getattr__(self, name: str):
         if name.startswith(("W_", "b_")) or name in TRANSFORMER_ONLY:
-            raise NotATransformer(f"{self.name} is not a transformer: '{name}' needs an architecture adapter "
-                                  "(load a Hugging Face model, or use this model's module-path sites)")
+            raise NotATransformer(
+                f"{self.name} is not a transformer: '{name}' needs an architecture adapter "
+                "(load a Hugging Face model, or use this model's module-path sites)"
+            )
         raise AttributeError(name)

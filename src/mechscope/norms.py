@@ -18,8 +18,12 @@ def frozen_norm(module: nn.Module, x: Tensor, gain_offset: float = 0.0) -> Calla
     `gain_offset` is 1.0 for Gemma's RMSNorm, which multiplies by (1 + weight).
     """
     # LayerNorms centre, RMSNorms do not; Cohere's LayerNorm has no bias and is no nn.LayerNorm
-    centre = (isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("LayerNorm")
-              or hasattr(module, "bias") and module.bias is not None)
+    centre = (
+        isinstance(module, nn.LayerNorm)
+        or type(module).__name__.endswith("LayerNorm")
+        or hasattr(module, "bias")
+        and module.bias is not None
+    )
     eps = next(getattr(module, a) for a in ("eps", "variance_epsilon", "epsilon") if hasattr(module, a))
     xf = x.float()
     if centre:
@@ -33,6 +37,7 @@ def frozen_norm(module: nn.Module, x: Tensor, gain_offset: float = 0.0) -> Calla
         if centre:
             hf = hf - hf.mean(-1, keepdim=True)
         return (hf * _expand(scale, hf) * gain.to(hf.device)).to(h.dtype)
+
     return apply
 
 

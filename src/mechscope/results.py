@@ -44,7 +44,9 @@ class Saveable:
         """The result saved at `path`; a missing, truncated or corrupt folder fails in one line."""
         path = Path(path)
         if not (path / "cfg.json").is_file() or not (path / "tensors.safetensors").is_file():
-            raise MechscopeError(f"no saved {cls.KIND} at '{path}': expected a folder with cfg.json and tensors.safetensors")
+            raise MechscopeError(
+                f"no saved {cls.KIND} at '{path}': expected a folder with cfg.json and tensors.safetensors"
+            )
         cfg = read_json(path / "cfg.json")
         kind = cfg.pop("kind", None)
         if kind != cls.KIND:

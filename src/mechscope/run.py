@@ -46,7 +46,7 @@ class Run:
     tokenizer: Any = field(default=None, repr=False)
 
     @property
-    def lengths(self) -> Int[Tensor, "batch"]:
+    def lengths(self) -> Int[Tensor, " batch"]:
         return self.mask.sum(-1)
 
     def str_tokens(self, row: int = 0) -> list[str]:
@@ -86,5 +86,9 @@ class Run:
             p_next = probs[:-1].gather(-1, following[:, None])[:, 0]
             actual[:-1] = p_next.cpu()
             rank[:-1] = (probs[:-1] > p_next[:, None]).sum(-1).cpu()
-        return {"entropy": -(probs * logp).sum(-1).cpu(), "top1": probs.max(-1).values.cpu(),
-                "p_actual": actual, "rank_actual": rank}
+        return {
+            "entropy": -(probs * logp).sum(-1).cpu(),
+            "top1": probs.max(-1).values.cpu(),
+            "p_actual": actual,
+            "rank_actual": rank,
+        }

@@ -8,9 +8,21 @@ from __future__ import annotations
 import difflib
 import re
 
-BLOCK_KINDS = ("hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_pattern", "attn.hook_z",
-               "hook_attn_out", "hook_resid_mid", "hook_mlp_in", "mlp.hook_post", "mlp.hook_router_logits",
-               "hook_mlp_out", "hook_resid_post")
+BLOCK_KINDS = (
+    "hook_resid_pre",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "attn.hook_pattern",
+    "attn.hook_z",
+    "hook_attn_out",
+    "hook_resid_mid",
+    "hook_mlp_in",
+    "mlp.hook_post",
+    "mlp.hook_router_logits",
+    "hook_mlp_out",
+    "hook_resid_post",
+)
 """Site kinds inside block l (`blocks.{l}.KIND`), in forward order."""
 MODEL_KINDS = ("hook_embed", "hook_pos_embed", "ln_final.hook_normalized", "logits")
 """Sites outside the blocks."""
@@ -31,6 +43,8 @@ def unknown_kind(name: str) -> str | None:
         kind = block.group(2) if block else name.removeprefix("blocks.")
         if kind in BLOCK_KINDS:
             return None
-        near = [f"blocks.{block.group(1) if block else 'L'}.{k}" for k in difflib.get_close_matches(kind, BLOCK_KINDS, n=1)]
+        near = [
+            f"blocks.{block.group(1) if block else 'L'}.{k}" for k in difflib.get_close_matches(kind, BLOCK_KINDS, n=1)
+        ]
     hint = f": did you mean '{near[0]}'?" if near else ""
     return f"unknown site '{name}'{hint} (`mechscope info MODEL` lists every site with its shape)"

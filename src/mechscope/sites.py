@@ -69,7 +69,9 @@ class FusedQKVView(View):
     `layout` is the adapter's qkv_layout; `n_kv_heads` matters for 'concat' (q then k then v)."""
 
     part: int
-    layout: str  # neox_fused: [head, 3, d_head]; gpt2_fused / concat: [q | k | v]; grouped: [kv_head, group + 2, d_head]
+    layout: (
+        str  # neox_fused: [head, 3, d_head]; gpt2_fused / concat: [q | k | v]; grouped: [kv_head, group + 2, d_head]
+    )
     n_heads: int
     d_head: int
     n_kv_heads: int | None = None
@@ -215,11 +217,15 @@ def _mid_sites(blk: str, module: str, boundary, resid, layer: int, flat: str | N
     hook_resid_mid is read-only (an edit would leave the residual stream as it was)."""
     if boundary != "in":  # read after the norm that produces the stream itself (post-LN): editable
         return [Site(blk + "hook_resid_mid", module, boundary, View(), *resid, layer, rows_from=flat)]
-    why = (f"the block keeps its own copy of the residual stream before the MLP reads it, so an edit here would "
-           f"reach the MLP only: edit {blk}hook_mlp_in (what the MLP reads) or {blk}hook_attn_out (what joins the "
-           "residual stream)")
-    return [Site(blk + "hook_resid_mid", module, boundary, ReadOnlyView(why), *resid, layer, rows_from=flat),
-            Site(blk + "hook_mlp_in", module, boundary, View(), *resid, layer, rows_from=flat)]
+    why = (
+        f"the block keeps its own copy of the residual stream before the MLP reads it, so an edit here would "
+        f"reach the MLP only: edit {blk}hook_mlp_in (what the MLP reads) or {blk}hook_attn_out (what joins the "
+        "residual stream)"
+    )
+    return [
+        Site(blk + "hook_resid_mid", module, boundary, ReadOnlyView(why), *resid, layer, rows_from=flat),
+        Site(blk + "hook_mlp_in", module, boundary, View(), *resid, layer, rows_from=flat),
+    ]
 
 
 def _block_sites(adapter: Adapter, dims: Dims, layer: int, prefix: str, parallel: bool) -> list[Site]:
@@ -233,39 +239,106 @@ def _block_sites(adapter: Adapter, dims: Dims, layer: int, prefix: str, parallel
     sites = [Site(blk + "hook_resid_pre", block, "in", View(), *resid, layer=layer)]
     n_kv = d.n_kv_heads
     sites += [
-        Site(blk + "attn.hook_q", path(adapter.q), "out", _qkv_view(adapter, 0, d.n_heads, d.d_head, n_kv), *per_head(d.n_heads), layer),
-        Site(blk + "attn.hook_k", path(adapter.k), "out", _qkv_view(adapter, 1, d.n_heads, d.d_head, n_kv), *per_head(n_kv), layer),
-        Site(blk + "attn.hook_v", path(adapter.v), "out", _qkv_view(adapter, 2, d.n_heads, d.d_head, n_kv), *per_head(n_kv), layer),
-        Site(blk + "attn.hook_pattern", path(adapter.attention), "out", PatternView(),
-             ("batch", "head", "q_pos", "k_pos"), (None, d.n_heads, None, None), layer),
+        Site(
+            blk + "attn.hook_q",
+            path(adapter.q),
+            "out",
+            _qkv_view(adapter, 0, d.n_heads, d.d_head, n_kv),
+            *per_head(d.n_heads),
+            layer,
+        ),
+        Site(
+            blk + "attn.hook_k",
+            path(adapter.k),
+            "out",
+            _qkv_view(adapter, 1, d.n_heads, d.d_head, n_kv),
+            *per_head(n_kv),
+            layer,
+        ),
+        Site(
+            blk + "attn.hook_v",
+            path(adapter.v),
+            "out",
+            _qkv_view(adapter, 2, d.n_heads, d.d_head, n_kv),
+            *per_head(n_kv),
+            layer,
+        ),
+        Site(
+            blk + "attn.hook_pattern",
+            path(adapter.attention),
+            "out",
+            PatternView(),
+            ("batch", "head", "q_pos", "k_pos"),
+            (None, d.n_heads, None, None),
+            layer,
+        ),
         Site(blk + "attn.hook_z", path(adapter.o), "in", HeadsView(d.n_heads, d.d_head), *per_head(d.n_heads), layer),
-        Site(blk + "hook_attn_out", path(adapter.attn_out.module), adapter.attn_out.boundary, _sublayer_view(adapter, adapter.attn_out), *resid, layer),
+        Site(
+            blk + "hook_attn_out",
+            path(adapter.attn_out.module),
+            adapter.attn_out.boundary,
+            _sublayer_view(adapter, adapter.attn_out),
+            *resid,
+            layer,
+        ),
     ]
     if d.d_mlp:  # attention-only models have no MLP and so no resid_mid either
         flat = block if adapter.mlp_flat_rows else None  # OPT's MLP runs on [batch * pos, ...]
         if adapter.resid_mid is not None and not parallel:
             sites += _mid_sites(blk, path(adapter.resid_mid.module), adapter.resid_mid.boundary, resid, layer, flat)
         if adapter.mlp_down:
-            sites.append(Site(blk + "mlp.hook_post", path(adapter.mlp_down), "in", View(), ("batch", "pos", "d_mlp"),
-                              (None, None, d.d_mlp), layer, rows_from=flat))
+            sites.append(
+                Site(
+                    blk + "mlp.hook_post",
+                    path(adapter.mlp_down),
+                    "in",
+                    View(),
+                    ("batch", "pos", "d_mlp"),
+                    (None, None, d.d_mlp),
+                    layer,
+                    rows_from=flat,
+                )
+            )
         if adapter.moe_router:  # the router sees tokens flattened to [batch * pos, d_model]
-            sites.append(Site(blk + "mlp.hook_router_logits", path(adapter.moe_router), "out", RouterView(),
-                              ("batch", "pos", "expert"), (None, None, adapter.n_experts), layer, rows_from=block))
-        sites.append(Site(blk + "hook_mlp_out", path(adapter.mlp_out.module), adapter.mlp_out.boundary,
-                          _sublayer_view(adapter, adapter.mlp_out), *resid, layer, rows_from=flat))
+            sites.append(
+                Site(
+                    blk + "mlp.hook_router_logits",
+                    path(adapter.moe_router),
+                    "out",
+                    RouterView(),
+                    ("batch", "pos", "expert"),
+                    (None, None, adapter.n_experts),
+                    layer,
+                    rows_from=block,
+                )
+            )
+        sites.append(
+            Site(
+                blk + "hook_mlp_out",
+                path(adapter.mlp_out.module),
+                adapter.mlp_out.boundary,
+                _sublayer_view(adapter, adapter.mlp_out),
+                *resid,
+                layer,
+                rows_from=flat,
+            )
+        )
     sites.append(Site(blk + "hook_resid_post", block, "out", View(), *resid, layer=layer))
     return sites
 
 
-def build_sites(adapter: Adapter, dims: Dims, prefix: str, parallel: bool, has_logits: bool,
-                has_pos_embed: bool) -> list[Site]:
+def build_sites(
+    adapter: Adapter, dims: Dims, prefix: str, parallel: bool, has_logits: bool, has_pos_embed: bool
+) -> list[Site]:
     """Every site of a model, in the order the forward pass computes them."""
     resid = (("batch", "pos", "d_model"), (None, None, dims.d_model))
     sites = [Site("hook_embed", prefix + adapter.embed, "out", View(), *resid)]
     if has_pos_embed:
         # Position embeddings are computed once and broadcast over the batch: batch=1.
         rows = None if adapter.pos_embed_per_prompt else 1
-        sites.append(Site("hook_pos_embed", prefix + adapter.pos_embed, "out", View(), resid[0], (rows, None, dims.d_model)))
+        sites.append(
+            Site("hook_pos_embed", prefix + adapter.pos_embed, "out", View(), resid[0], (rows, None, dims.d_model))
+        )
     for layer in range(dims.n_layers):
         sites += _block_sites(adapter, dims, layer, prefix, parallel)
     if adapter.final_norm:
@@ -303,8 +376,11 @@ class SiteTable:
         for pattern in patterns:
             if not isinstance(pattern, str):
                 raise MechscopeError(f"site names must be strings, got {pattern!r}")
-            matches = fnmatch.filter(self.by_name, pattern) if any(c in pattern for c in "*?[") else (
-                [pattern] if pattern in self.by_name else [])
+            matches = (
+                fnmatch.filter(self.by_name, pattern)
+                if any(c in pattern for c in "*?[")
+                else ([pattern] if pattern in self.by_name else [])
+            )
             if not matches:
                 self._unknown(pattern)
             found.update(matches)
@@ -312,14 +388,18 @@ class SiteTable:
 
     def _unknown(self, name: str):
         layer = re.match(r"blocks\.(-?\d+)\.", name)
-        if layer and not 0 <= int(layer.group(1)) < self.n_layers:   # site names count layers 0.., never back
+        if layer and not 0 <= int(layer.group(1)) < self.n_layers:  # site names count layers 0.., never back
             raise MechscopeError(
-                f"unknown site '{name}': this model has {self.n_layers} layers (0-{self.n_layers - 1})")
+                f"unknown site '{name}': this model has {self.n_layers} layers (0-{self.n_layers - 1})"
+            )
         kind = re.sub(r"^blocks\.\d+\.", "", name)
         if kind in self.unavailable:
             raise MechscopeError(f"'{name}' is not available for {self.family}: {self.unavailable[kind]}")
         close = difflib.get_close_matches(name, self.by_name, n=1, cutoff=0.6)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         if "hook_resid_mid" in name and not any(n.endswith("hook_resid_mid") for n in self.by_name):
-            hint = f": {self.family} blocks here run attention and MLP in parallel (or have no MLP), so there is no resid_mid"
+            hint = (
+                f": {self.family} blocks here run attention and MLP in parallel (or have no MLP), "
+                "so there is no resid_mid"
+            )
         raise MechscopeError(f"unknown site '{name}'{hint} (`mechscope info MODEL` lists every site)")

@@ -14,8 +14,10 @@ from .errors import MechscopeError
 
 def require_lm_head(model, method: str) -> None:
     if not model.has_lm_head:
-        raise MechscopeError(f"{model.name} has no LM head (an encoder without an unembedding): {method} needs "
-                             "one; load the model with its LM head (e.g. a ...ForCausalLM / ...ForMaskedLM class)")
+        raise MechscopeError(
+            f"{model.name} has no LM head (an encoder without an unembedding): {method} needs "
+            "one; load the model with its LM head (e.g. a ...ForCausalLM / ...ForMaskedLM class)"
+        )
 
 
 def decode(model, token_id: int) -> str:

@@ -65,7 +65,7 @@ class WeightAccess:
         return _param(self._output_embedding(), "weight").T
 
     @property
-    def b_U(self) -> Float[Tensor, "vocab"]:
+    def b_U(self) -> Float[Tensor, " vocab"]:
         bias = _bias(self._output_embedding())
         return torch.zeros(self.dims.d_vocab, device=self.W_U.device) if bias is None else bias
 
@@ -73,6 +73,7 @@ class WeightAccess:
         out = self.hf.get_output_embeddings() if hasattr(self.hf, "get_output_embeddings") else None
         if out is None:
             from .errors import MechscopeError
+
             raise MechscopeError(f"{self.name} has no unembedding (it is an encoder without an LM head)")
         return out
 
@@ -113,7 +114,7 @@ class WeightAccess:
         o = self.block_module(layer, self.adapter.o)
         return _in_out(o, self.adapter.conv1d).unflatten(0, (self.dims.n_heads, self.dims.d_head))
 
-    def b_O(self, layer: int) -> Float[Tensor, "d_model"]:
+    def b_O(self, layer: int) -> Float[Tensor, " d_model"]:
         o = self.block_module(layer, self.adapter.o)
         bias = _bias(o)
         return torch.zeros(self.dims.d_model, device=_param(o, "weight").device) if bias is None else bias
@@ -123,8 +124,11 @@ class WeightAccess:
     def _mlp(self, layer: int, path: str | None) -> nn.Module:
         if path is None or self.adapter.mlp_down is None:  # path is None only for mlp_down
             from .errors import MechscopeError
-            raise MechscopeError(f"{self.adapter.family} has a mixture-of-experts MLP whose experts live in one fused "
-                                 "module: there is no single W_in / W_out (read the experts' parameters directly)")
+
+            raise MechscopeError(
+                f"{self.adapter.family} has a mixture-of-experts MLP whose experts live in one fused "
+                "module: there is no single W_in / W_out (read the experts' parameters directly)"
+            )
         return self.block_module(layer, path)
 
     def _gate_up(self, layer: int, part: int, bias: bool) -> Tensor | None:

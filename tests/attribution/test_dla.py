@@ -75,8 +75,11 @@ def test_heads_grid_top_and_plot(ids, tmp_path):
 
 def test_text_targets_and_multi_token_error():
     model = pycode_or_worded()
-    prompt, candidates, bad = ("the cat sat on the", ["mat", "dog"], " hello world") if model.name == "tiny-worded" \
+    prompt, candidates, bad = (
+        ("the cat sat on the", ["mat", "dog"], " hello world")
+        if model.name == "tiny-worded"
         else ("def add(a, b):\n    return", [" a", " b", " x", " self", "a", "b"], " import os")
+    )
     target, vs = [c for c in candidates if len(model.tokenizer.encode(c, add_special_tokens=False)) == 1][:2]
     result = direct_logit_attribution(model, prompt, target, vs, positions=-1)
     assert torch.allclose(result.contributions.sum(0), result.output_logit, atol=1e-4)

@@ -58,11 +58,34 @@ def _parse(argv):
 
 def test_command_eap_and_acdc(tmp_path, capsys):
     task = tmp_path / "task.json"
-    task.write_text(json.dumps({"clean": [[0, 5, 6, 7, 5, 6], [0, 9, 3, 4, 9, 3]],
-                                "corrupt": [[0, 7, 6, 5, 5, 6], [0, 4, 3, 9, 9, 3]],
-                                "answers": [7, 4], "wrong": [5, 9]}))
-    assert cmd.execute(_parse(["zoo:induction", str(task), "--top", "6", "--json", "--plots", str(tmp_path / "p"),
-                               "--out", str(tmp_path / "c")])) == 0
+    task.write_text(
+        json.dumps(
+            {
+                "clean": [[0, 5, 6, 7, 5, 6], [0, 9, 3, 4, 9, 3]],
+                "corrupt": [[0, 7, 6, 5, 5, 6], [0, 4, 3, 9, 9, 3]],
+                "answers": [7, 4],
+                "wrong": [5, 9],
+            }
+        )
+    )
+    assert (
+        cmd.execute(
+            _parse(
+                [
+                    "zoo:induction",
+                    str(task),
+                    "--top",
+                    "6",
+                    "--json",
+                    "--plots",
+                    str(tmp_path / "p"),
+                    "--out",
+                    str(tmp_path / "c"),
+                ]
+            )
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert len(out["circuit"]["edges"]) == 6 and (tmp_path / "p" / "circuit_eap.png").is_file()
     assert Circuit.load(tmp_path / "c").n_edges == 6
@@ -76,6 +99,7 @@ def test_command_eap_and_acdc(tmp_path, capsys):
 def test_report_section_draws_the_induction_circuit():
     import mechscope as ms
     from mechscope.report.circuits import section
+
     page = section(ms.load("zoo:induction"), None)
     assert "Circuit (EAP)" in page and "<img" in page and "a1.h" in page
     assert section(tiny_model("bert"), None) == ""

@@ -37,10 +37,16 @@ def test_eap_is_exact_where_the_model_is_linear_in_the_edge():
     scores = eap(model, task, metric)
     patcher = EdgePatcher(model)
     _, ablated = patcher.ablated_values(task)
-    for edge in [("embed", "logits"), ("a0.h1", "logits"), ("a1.h3", "logits"), ("embed", "a1.h2.v"),
-                 ("a0.h0", "a1.h1.v")]:
-        assert scores.score(*edge) == pytest.approx(_exact_single_edge(patcher, task, metric, ablated, edge),
-                                                    abs=1e-4, rel=1e-4)
+    for edge in [
+        ("embed", "logits"),
+        ("a0.h1", "logits"),
+        ("a1.h3", "logits"),
+        ("embed", "a1.h2.v"),
+        ("a0.h0", "a1.h1.v"),
+    ]:
+        assert scores.score(*edge) == pytest.approx(
+            _exact_single_edge(patcher, task, metric, ablated, edge), abs=1e-4, rel=1e-4
+        )
     # all edges into logits together: the whole change of the (linear) readout
     into_logits = sum(v for (s, r), v in zip(scores.edges, scores.scores.tolist()) if r == "logits")
     with torch.no_grad():
@@ -60,24 +66,25 @@ def test_eap_matches_finite_differences_on_every_family(kind):
     def metric(logits):  # logit difference in float64 (the library's metrics read float32)
         last = task.read(logits)
         return (last[rows, task.answers] - last[rows, task.wrong]).mean()
+
     scores = eap(model, task, metric)
     patcher = EdgePatcher(model)
     clean, ablated = patcher.ablated_values(task)
     eps, g = 1e-2, patcher.graph
     top = scores.scores.abs().max()
-    kv = g.receivers[g.receivers.index("a1.h0.q") + g.n_heads]          # first k receiver of layer 1
+    kv = g.receivers[g.receivers.index("a1.h0.q") + g.n_heads]  # first k receiver of layer 1
     for receiver in ["a1.h2.q", kv, kv[:-1] + "v", "m1", "logits"]:
         # the sender with the largest score into this receiver (tiny random models have many ~0 edges)
         edge = max((e for e in scores.edges if e[1] == receiver), key=lambda e: abs(scores.score(*e)))
         up = _exact_single_edge(patcher, task, metric, clean + eps * (ablated - clean), edge)
         down = _exact_single_edge(patcher, task, metric, clean - eps * (ablated - clean), edge)
-        numeric = (up - down) / (2 * eps)                                  # central difference
+        numeric = (up - down) / (2 * eps)  # central difference
         assert scores.score(*edge) == pytest.approx(numeric, rel=1e-2, abs=1e-3 * float(top)), edge
     # sum into logits = first-order change through the final residual stream
     L = model.dims.n_layers
     name = f"blocks.{L - 1}.hook_resid_post"
     resid = model.run(task.clean, record=[name]).cache[name].requires_grad_(True)
-    grad, = torch.autograd.grad(metric(model.to_logits(resid)), resid)
+    (grad,) = torch.autograd.grad(metric(model.to_logits(resid)), resid)
     first_order = float(((ablated - clean).sum(2) * grad).sum())
     into_logits = sum(v for (s, r), v in zip(scores.edges, scores.scores.tolist()) if r == "logits")
     assert into_logits == pytest.approx(first_order, rel=1e-6, abs=1e-8)
@@ -113,6 +120,7 @@ def test_acdc_keeps_every_edge_at_negative_threshold(kind):
 
 
 # Planted circuits
+
 
 @pytest.fixture(scope="module")
 def induction():
@@ -155,6 +163,7 @@ def _chain_task(depth=2, n=8, statements=4, seed=5):
     """Redirect hop 1 (``D=C`` -> ``D=E``) to a distractor of the same remaining depth and
     another digit: only the path of stacked hop heads carries the difference."""
     from mechscope.zoo import chain as Z
+
     rng, rows = random.Random(seed), []
     while len(rows) < n:
         text, answer, hops, resolved = Z.make_prompt(rng, depth, statements, 4)
@@ -184,6 +193,7 @@ def test_chain_circuit_is_the_stack_of_hop_heads():
 
 # Bad input
 
+
 def test_bad_input_errors():
     model = tiny_model("toy_attn_only")
     task = _random_task(model)
@@ -206,8 +216,11 @@ def test_bad_input_errors():
 
 def test_cli_bad_input_is_one_line(capsys):
     from mechscope.cli import main
-    for argv, text in [(["circuit", "zoo:digits", "induction"], "zoo:digits has no attention heads"),
-                       (["circuit", "zoo:induction", "induction", "--top", "0"], "top must be at least 1, got 0")]:
+
+    for argv, text in [
+        (["circuit", "zoo:digits", "induction"], "zoo:digits has no attention heads"),
+        (["circuit", "zoo:induction", "induction", "--top", "0"], "top must be at least 1, got 0"),
+    ]:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("mechscope: error:") and "\n" not in err and text in err, err

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import mechscope as ms
-from mechscope.heads import repeated_random_tokens
 from mechscope.circuits import EdgePatcher, Graph
 from mechscope.errors import MechscopeError
+from mechscope.heads import repeated_random_tokens
 from tests.models.tiny import tiny_model
 
 KINDS = ["gpt2", "neox", "neox_seq", "llama", "mistral", "gemma2", "toy", "toy_attn_only"]
@@ -49,11 +49,11 @@ def test_senders_sum_to_final_residual(kind):
 
 
 def test_graph_gqa_receivers_and_parallel_edges():
-    llama = Graph.from_model(tiny_model("llama"))       # 4 heads, 2 KV heads, sequential
+    llama = Graph.from_model(tiny_model("llama"))  # 4 heads, 2 KV heads, sequential
     assert "a1.kv1.k" in llama.receivers and "a1.h3.k" not in llama.receivers
     assert llama.receivers.count("logits") == 1 and len(llama.senders) == 1 + 2 * 5
-    assert ("a0.h2", "m0") in llama.edges and ("a1.h0", "m1") in llama.edges   # MLP reads its own layer's heads
-    neox = Graph.from_model(tiny_model("neox"))          # parallel: MLP reads resid_pre only
+    assert ("a0.h2", "m0") in llama.edges and ("a1.h0", "m1") in llama.edges  # MLP reads its own layer's heads
+    neox = Graph.from_model(tiny_model("neox"))  # parallel: MLP reads resid_pre only
     assert ("a0.h2", "m0") not in neox.edges and ("m0", "a1.h0.q") in neox.edges
     toy = Graph.from_model(tiny_model("toy_attn_only"))
     assert not any(n.startswith("m") for n in toy.senders)

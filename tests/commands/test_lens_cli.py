@@ -27,8 +27,25 @@ def parse(command, argv: list[str]) -> argparse.Namespace:
 
 def test_lens_json_with_targets_and_plot(folder, tmp_path, capsys):
     plot = tmp_path / "lens.png"
-    args = parse(lens_cmd, [folder, "the cat sat", "--targets", "the", "cat", "--positions", "0,-1", "--k", "3",
-                            "--json", "--plot", str(plot), "--save", str(tmp_path / "saved")])
+    args = parse(
+        lens_cmd,
+        [
+            folder,
+            "the cat sat",
+            "--targets",
+            "the",
+            "cat",
+            "--positions",
+            "0,-1",
+            "--k",
+            "3",
+            "--json",
+            "--plot",
+            str(plot),
+            "--save",
+            str(tmp_path / "saved"),
+        ],
+    )
     assert lens_cmd.execute(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["layers"] == ["embed", "L0 mid", "L0", "L1 mid", "L1"] and out["tokens"] == ["[CLS]", "[SEP]"]
@@ -40,7 +57,10 @@ def test_lens_json_with_targets_and_plot(folder, tmp_path, capsys):
 
 
 def test_lens_text_table(folder, capsys):
-    assert lens_cmd.execute(parse(lens_cmd, [folder, "hello there", "--no-mid", "--layers", "-1", "--targets", "hello"])) == 0
+    assert (
+        lens_cmd.execute(parse(lens_cmd, [folder, "hello there", "--no-mid", "--layers", "-1", "--targets", "hello"]))
+        == 0
+    )
     text = capsys.readouterr().out
     assert "logit lens of" in text and "p('hello')" in text
     assert "     L1 " in text and "embed" not in text
@@ -53,15 +73,17 @@ def test_lens_errors(folder):
         lens_cmd.execute(parse(lens_cmd, [folder, "hi", "--layers", "0,4"]))
     with pytest.raises(SystemExit):
         parse(lens_cmd, [folder, "hi", "--positions", "last"])
-    with pytest.raises(ms.MechscopeError) as missing:   # mechscope.lens.tuned is part of the package
+    with pytest.raises(ms.MechscopeError) as missing:  # mechscope.lens.tuned is part of the package
         lens_cmd.execute(parse(lens_cmd, [folder, "hi", "--tuned", "nowhere"]))
     assert "nowhere" in str(missing.value) and "needs mechscope.lens.tuned" not in str(missing.value)
 
 
 def test_dla_json_and_text(folder, tmp_path, capsys):
     plot = tmp_path / "dla.png"
-    args = parse(dla_cmd, [folder, "the cat sat on the", "--target", "mat", "--vs", "dog", "--top", "4", "--json",
-                           "--plot", str(plot)])
+    args = parse(
+        dla_cmd,
+        [folder, "the cat sat on the", "--target", "mat", "--vs", "dog", "--top", "4", "--json", "--plot", str(plot)],
+    )
     assert dla_cmd.execute(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["metric"] == "logit 'mat' - logit 'dog'" and len(out["top"]) == 4
@@ -79,6 +101,7 @@ def test_dla_json_and_text(folder, tmp_path, capsys):
 
 def test_lens_reads_through_a_saved_tuned_lens(folder, tmp_path, capsys):
     import torch
+
     model = ms.load(folder)
     d, n = model.dims.d_model, model.dims.n_layers
     meta = {"model": folder, "n_layers": n, "d_model": d, "unembed_sha256": tuned.model_fingerprint(model)}
@@ -95,6 +118,7 @@ def test_cli_bad_training_settings_and_lens_files_are_one_line(folder, tmp_path,
     import torch
 
     from mechscope.cli import main
+
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the cat sat on the mat and the dog sat on the cat\n" * 20)
     blocker = tmp_path / "file"
@@ -104,12 +128,26 @@ def test_cli_bad_training_settings_and_lens_files_are_one_line(folder, tmp_path,
     meta = {"model": folder, "n_layers": n, "d_model": d, "unembed_sha256": tuned.model_fingerprint(model)}
     lens = tuned.TunedLens(torch.zeros(n, d, d), torch.zeros(n, d), meta).save(tmp_path / "tuned")
     (lens / "translators.safetensors").write_bytes((lens / "translators.safetensors").read_bytes()[:200])
-    train = ["lens", "train", folder, "--data", str(corpus), "--ctx", "8", "--steps", "2", "--batch", "2",
-             "--no-progress"]
-    for argv, text in [([*train, "--out", str(tmp_path / "a"), "--lr", "-1"], "got lr=-1.0"),
-                       ([*train, "--out", str(tmp_path / "a"), "--warmup", "-5"], "warmup_steps=-5"),
-                       ([*train, "--out", str(blocker / "lens")], "is a file, not a folder"),
-                       (["lens", folder, "the cat", "--tuned", str(lens)], "cannot read the tuned lens")]:
+    train = [
+        "lens",
+        "train",
+        folder,
+        "--data",
+        str(corpus),
+        "--ctx",
+        "8",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--no-progress",
+    ]
+    for argv, text in [
+        ([*train, "--out", str(tmp_path / "a"), "--lr", "-1"], "got lr=-1.0"),
+        ([*train, "--out", str(tmp_path / "a"), "--warmup", "-5"], "warmup_steps=-5"),
+        ([*train, "--out", str(blocker / "lens")], "is a file, not a folder"),
+        (["lens", folder, "the cat", "--tuned", str(lens)], "cannot read the tuned lens"),
+    ]:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("mechscope: error:") and "\n" not in err and text in err, err

@@ -20,7 +20,6 @@ from ..models.tiny import tiny_model
 WORDS = ["[UNK]", "[PAD]", "def", "add", "(", "a", ",", "b", ")", ":", "return", "+", "x", "y", "print"]
 
 
-
 def word_tokenizer() -> T.PreTrainedTokenizerFast:
     """A word-level tokenizer built here (nothing from a hub)."""
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
@@ -52,8 +51,10 @@ PROMPT = "def add ( a , b ) : return a + b"
 
 
 def test_attention_graph_json(folders, capsys):
-    args = parse(cmd.configure_attention_graph, [folders["base"], PROMPT, "--heads", "0.1,1.3", "--threshold", "0.05",
-                                                 "--null", "10", "--json"])
+    args = parse(
+        cmd.configure_attention_graph,
+        [folders["base"], PROMPT, "--heads", "0.1,1.3", "--threshold", "0.05", "--null", "10", "--json"],
+    )
     assert cmd.execute_attention_graph(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["tokens"][:3] == ["def", "add", "("] and len(out["tokens"]) == 12
@@ -63,8 +64,10 @@ def test_attention_graph_json(folders, capsys):
 
 
 def test_attention_graph_plots(folders, tmp_path, capsys):
-    args = parse(cmd.configure_attention_graph, [folders["base"], PROMPT, "--heads", "1.2", "--null", "5",
-                                                 "--plots", str(tmp_path)])
+    args = parse(
+        cmd.configure_attention_graph,
+        [folders["base"], PROMPT, "--heads", "1.2", "--null", "5", "--plots", str(tmp_path)],
+    )
     assert cmd.execute_attention_graph(args) == 0
     assert "wrote 4 plots" in capsys.readouterr().out
     names = sorted(p.name for p in tmp_path.iterdir())  # no temporary files left
@@ -73,7 +76,9 @@ def test_attention_graph_plots(folders, tmp_path, capsys):
 
 
 def test_attention_graph_text_table(folders, capsys):
-    assert cmd.execute_attention_graph(parse(cmd.configure_attention_graph, [folders["base"], PROMPT, "--null", "5"])) == 0
+    assert (
+        cmd.execute_attention_graph(parse(cmd.configure_attention_graph, [folders["base"], PROMPT, "--null", "5"])) == 0
+    )
     text = capsys.readouterr().out
     assert "Erdős–Rényi" in text and "clustering_z" in text
     assert len([line for line in text.splitlines() if line.strip()]) == 2 + 8  # header lines + 2 layers x 4 heads
@@ -93,8 +98,12 @@ def test_spectra_vs_finds_the_planted_update(folders, tmp_path, capsys):
     ranks = {r["name"]: r["rank"] for r in out["diff"]["rows"]}
     assert ranks["blocks.0.mlp.W_out"] == 2 and sum(ranks.values()) == 2
     assert {r["kind"] for r in out["spectra"]} >= {"OV", "QK", "W_gate", "W_E", "W_U"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["spectra_effective_rank.png", "spectra_stable_rank.png",
-                                                          "update_rank.png", "update_relative_norm.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "spectra_effective_rank.png",
+        "spectra_stable_rank.png",
+        "update_rank.png",
+        "update_relative_norm.png",
+    ]
 
 
 def test_spectra_text(folders, capsys):
@@ -110,19 +119,26 @@ def test_spectra_mismatched_models(folders):
 
 def test_report_section(folders):
     from mechscope.report.structure import section
+
     model = ms.load(folders["base"])
     without = section(model, None)
-    assert without.startswith("<h2>Structure</h2>") and "Weight spectra" in without and "Attention graphs" not in without
+    assert (
+        without.startswith("<h2>Structure</h2>") and "Weight spectra" in without and "Attention graphs" not in without
+    )
     page = section(model, model.run(PROMPT, record="blocks.*.hook_resid_post"))
     assert "Attention graphs" in page and page.count("data:image/png;base64") == 1 + 3
     from mechscope.module_model import ModuleModel
+
     assert section(ModuleModel(torch.nn.Linear(2, 2)), None) == ""
 
 
 def test_cli_counts_below_their_minimum_are_one_line(capsys):
     from mechscope.cli import main
-    for argv, text in [(["attention-graph", "zoo:chain", "a b c d", "--null", "-1"], "n_null must be 0"),
-                       (["spectra", "zoo:chain", "--top-k", "0"], "top_k must be at least 1")]:
+
+    for argv, text in [
+        (["attention-graph", "zoo:chain", "a b c d", "--null", "-1"], "n_null must be 0"),
+        (["spectra", "zoo:chain", "--top-k", "0"], "top_k must be at least 1"),
+    ]:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("mechscope: error:") and "\n" not in err and text in err, err

@@ -14,12 +14,15 @@ from tests.models.tiny import tiny_model
 
 def main(folder: str) -> None:
     import torch.distributed as dist
+
     torch.set_num_threads(1)
     rank, world = init_distributed()
     assert world == 2, world
     try:
         src = SourceConfig(model_batch=5, buffer_contexts=6)
-        stream = train(tiny_model("llama"), SITE, CODER, small(dead_window=10**9), data=contexts(), source=src, progress=False)
+        stream = train(
+            tiny_model("llama"), SITE, CODER, small(dead_window=10**9), data=contexts(), source=src, progress=False
+        )
         stream.save(f"{folder}/stream-rank{rank}")
         cache = train_from_cache(f"{folder}/acts", CODER, small(dead_window=10**9), progress=False)
         cache.save(f"{folder}/cache-rank{rank}")

@@ -34,8 +34,16 @@ def recovery(decoder: Tensor, dictionary: Tensor) -> float:
     return float((dictionary @ rows.T).max(-1).values.mean())
 
 
-def train(cfg: CoderConfig, *, steps: int, batch: int, lr: float, seed: int = 0, dead_after: int | None = None,
-          betas: tuple[float, float] = (0.9, 0.999)):
+def train(
+    cfg: CoderConfig,
+    *,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int = 0,
+    dead_after: int | None = None,
+    betas: tuple[float, float] = (0.9, 0.999),
+):
     """Plain Adam (constant lr) on fresh samples each step; tracks dead latents for AuxK."""
     torch.manual_seed(seed)
     dictionary = atoms(seed)

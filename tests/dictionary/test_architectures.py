@@ -61,8 +61,8 @@ import torch
 
 from mechscope.dictionary import ARCHITECTURES, CoderConfig, build, geometric_median
 from mechscope.dictionary.config import INPUT_NORMS
-from mechscope.errors import MechscopeError
 from mechscope.dictionary.topk import TopKEncode
+from mechscope.errors import MechscopeError
 
 from .synthetic import recovery, train
 
@@ -82,8 +82,13 @@ BUDGETS = {
     "switch": Budget(2048, 1000, 1e-2, {"k": 8, "n_experts": 2}),
     "relu": Budget(1024, 400, 1e-2, {"l1_coeff": 0.3}),
     "gated": Budget(1024, 800, 5e-3, {"l1_coeff": 0.6}),
-    "jumprelu": Budget(1024, 500, 1e-2, {"l0_coeff": 2.25, "bandwidth": 0.3, "init_threshold": 0.168,
-                                         "input_norm": "layer_norm"}, betas=(0.0, 0.999)),
+    "jumprelu": Budget(
+        1024,
+        500,
+        1e-2,
+        {"l0_coeff": 2.25, "bandwidth": 0.3, "init_threshold": 0.168, "input_norm": "layer_norm"},
+        betas=(0.0, 0.999),
+    ),
 }
 
 
@@ -162,7 +167,7 @@ def test_switch_routes_each_input_to_one_expert():
     assert bool((experts.sum(-1) == 1).all())
     torch.testing.assert_close(coder.decode(out.acts), out.x_hat, atol=1e-6, rtol=0)
     out.loss.backward()
-    assert coder.W_router.grad.abs().sum() > 0                         # the router learns through p_e
+    assert coder.W_router.grad.abs().sum() > 0  # the router learns through p_e
     # balanced routing with uniform router probabilities gives the minimum, 1
     with torch.no_grad():
         coder.W_router.zero_()
@@ -181,8 +186,8 @@ def test_jumprelu_threshold_pseudo_gradient():
     window = ((pre - theta).abs() < 0.1).double()
     acts = out.acts.detach().requires_grad_()
     recon = ((acts @ coder.W_dec.detach() + coder.b_dec.detach()) - x).pow(2).sum(-1).mean()
-    g_acts, = torch.autograd.grad(recon, acts)
-    d_theta = (-(theta / 0.2) * (window * g_acts).sum(0) - 0.5 / 0.2 * window.sum(0) / 64)
+    (g_acts,) = torch.autograd.grad(recon, acts)
+    d_theta = -(theta / 0.2) * (window * g_acts).sum(0) - 0.5 / 0.2 * window.sum(0) / 64
     torch.testing.assert_close(coder.log_threshold.grad.double(), (d_theta * theta).double(), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.acts, pre * (pre > theta), atol=0, rtol=0)
 
@@ -200,7 +205,7 @@ def test_gated_acts_and_unit_norm_hooks():
     topk = build(CoderConfig("topk", 8, 16, k=2))
     topk(torch.randn(20, 8)).loss.backward()
     topk.before_step()
-    assert (topk.W_dec.grad * topk.W_dec).sum(-1).abs().max() < 1e-5    # no component along the rows
+    assert (topk.W_dec.grad * topk.W_dec).sum(-1).abs().max() < 1e-5  # no component along the rows
     with torch.no_grad():
         topk.W_dec.mul_(3.0)
     topk.after_step()
@@ -229,8 +234,19 @@ def test_geometric_median_ignores_outliers():
 
 def _layer_norm_coder(arch: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    coder = build(CoderConfig(arch, 16, 64, k=4, n_experts=4, prefixes=(16, 64) if arch == "matryoshka" else (),
-                              input_norm="layer_norm", norm_scale=2.5, dtype="float64"))
+    coder = build(
+        CoderConfig(
+            arch,
+            16,
+            64,
+            k=4,
+            n_experts=4,
+            prefixes=(16, 64) if arch == "matryoshka" else (),
+            input_norm="layer_norm",
+            norm_scale=2.5,
+            dtype="float64",
+        )
+    )
     with torch.no_grad():
         coder.b_enc.normal_(0, 0.1)
         coder.b_dec.normal_(0, 0.3)
@@ -255,11 +271,12 @@ def test_layer_norm_maps_raw_inputs_back_and_is_equivariant(arch):
     assert float(out.parts["mse"]) == pytest.approx(float(loss_space_error), rel=1e-4)
     ones = torch.ones(16, dtype=torch.float64)
     for a, b in ((3.0, -1.5), (0.5, 2.0)):
-        torch.testing.assert_close(coder.predict(a * x + b * ones), a * coder.predict(x) + b * ones,
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            coder.predict(a * x + b * ones), a * coder.predict(x) + b * ones, atol=1e-4, rtol=1e-4
+        )
     with pytest.raises(MechscopeError, match=r"decode\(acts, x=x\)"):
         coder.decode(coder.encode(x))
-    folded = coder.fold_norm_scale().eval()                # norm_scale is unused: nothing to fold
+    folded = coder.fold_norm_scale().eval()  # norm_scale is unused: nothing to fold
     assert folded.cfg.norm_scale == 1.0 and torch.equal(folded.predict(x), coder.predict(x))
 
 

@@ -46,7 +46,7 @@ def test_error_term_keeps_the_forward_and_replacement_changes_it(kind):
         replaced = model.run(tokens, record=[SITE])
     assert (replaced.logits - clean.logits).abs().max() > 1e-2
     torch.testing.assert_close(replaced.cache[SITE], coder.decode(expected), atol=1e-5, rtol=1e-5)
-    after = model.run(tokens).logits                                   # removed on exit
+    after = model.run(tokens).logits  # removed on exit
     torch.testing.assert_close(after, clean.logits, atol=0, rtol=0)
 
 
@@ -60,6 +60,7 @@ def test_read_only_attach_and_edit_acts():
 
     def ablate(acts):
         return acts.index_fill(-1, torch.tensor([feature]), 0.0)
+
     with attach(model, coder, replace=True, edit_acts=ablate) as a:
         ablated = model.run(tokens, record=[SITE])
     # the ablated feature's decoder contribution is exactly what left the stream
@@ -120,12 +121,14 @@ def test_flattened_head_sites():
     with attach(model, coder, replace=True):
         torch.testing.assert_close(model.run(tokens).logits, clean.logits, atol=1e-6, rtol=0)
     z = clean.cache["blocks.1.attn.hook_z"]
-    torch.testing.assert_close(feature_acts(model, coder, tokens), coder.encode(z.reshape(3, 10, 32)), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        feature_acts(model, coder, tokens), coder.encode(z.reshape(3, 10, 32)), atol=1e-6, rtol=0
+    )
 
 
 def test_top_contexts_match_a_brute_force_search(tmp_path):
     model, coder, tokens = tiny_model("gpt2"), _coder(), _tokens(batch=7, pos=12, seed=3)
-    acts = feature_acts(model, coder, tokens)                          # [7, 12, 128]
+    acts = feature_acts(model, coder, tokens)  # [7, 12, 128]
     features = [int(f) for f in (acts > 0).sum((0, 1)).argsort(descending=True)[:3]]
     top = top_contexts(model, coder, tokens, features, k=4, context=2, batch_size=3)
     for i, f in enumerate(features):
@@ -173,7 +176,7 @@ def test_prompts_on_a_zoo_model_with_a_tokenizer():
         torch.testing.assert_close(model.run(prompts).logits, clean.logits, atol=1e-6, rtol=0)
     acts = feature_acts(model, coder, prompts)
     assert acts.shape == (3, clean.tokens.shape[1], 256)
-    assert float(acts[~clean.mask.bool()].abs().max()) == 0                   # padding reads as silent
+    assert float(acts[~clean.mask.bool()].abs().max()) == 0  # padding reads as silent
     feature = int(acts.sum((0, 1)).argmax())
     top = top_contexts(model, coder, prompts, feature, k=3, context=3, batch_size=2)
     for row in top.rows(feature):

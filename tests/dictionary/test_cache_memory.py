@@ -22,10 +22,11 @@ def _fake_cache(folder: Path) -> np.ndarray:
     data = np.random.default_rng(0).standard_normal((SHARDS * ROWS, D_IN)).astype(np.float32)
     (folder / SITE).mkdir(parents=True)
     for i in range(SHARDS):
-        np.save(folder / SITE / _shard(i), data[i * ROWS:(i + 1) * ROWS])
+        np.save(folder / SITE / _shard(i), data[i * ROWS : (i + 1) * ROWS])
     (folder / SITE / "cfg.json").write_text(json.dumps({"d_in": D_IN}))
-    (folder / "cfg.json").write_text(json.dumps({"sites": [SITE], "n_tokens": SHARDS * ROWS,
-                                                 "shards": [ROWS] * SHARDS}))
+    (folder / "cfg.json").write_text(
+        json.dumps({"sites": [SITE], "n_tokens": SHARDS * ROWS, "shards": [ROWS] * SHARDS})
+    )
     return data
 
 
@@ -48,7 +49,7 @@ def test_shuffled_reads_leave_no_cache_pages_mapped(tmp_path):
     for (batch, _), _ in zip(reader.batches(), range(12)):
         assert batch[SITE].shape == (2048, D_IN)
         seen += 2048
-    assert seen > len(data) / 2                   # reads reached across the whole cache ...
-    assert _mapped_kb(tmp_path) < 512             # ... yet almost none of its 16 MB stays mapped
+    assert seen > len(data) / 2  # reads reached across the whole cache ...
+    assert _mapped_kb(tmp_path) < 512  # ... yet almost none of its 16 MB stays mapped
     index = torch.tensor([5, 3 * ROWS + 7, 2, ROWS])
     assert torch.equal(reader.rows(index)[SITE], torch.from_numpy(data[index.numpy()]))

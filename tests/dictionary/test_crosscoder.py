@@ -48,13 +48,15 @@ def planted(seed: int = 0):
     def unit(n):
         a = torch.randn(n, D, generator=g)
         return a / a.norm(dim=-1, keepdim=True)
+
     n = N_SHARED + N_A + N_B
     atoms = torch.zeros(n, 2 * D)
     atoms[:N_SHARED, :D], atoms[:N_SHARED, D:] = unit(N_SHARED), unit(N_SHARED)
-    atoms[N_SHARED:N_SHARED + N_A, :D] = unit(N_A)
-    atoms[N_SHARED + N_A:, D:] = unit(N_B)
-    kind = torch.tensor([KINDS.index("shared")] * N_SHARED + [KINDS.index("a_only")] * N_A
-                        + [KINDS.index("b_only")] * N_B)
+    atoms[N_SHARED : N_SHARED + N_A, :D] = unit(N_A)
+    atoms[N_SHARED + N_A :, D:] = unit(N_B)
+    kind = torch.tensor(
+        [KINDS.index("shared")] * N_SHARED + [KINDS.index("a_only")] * N_A + [KINDS.index("b_only")] * N_B
+    )
     raw = atoms.clone()
     raw[:, D:] *= SCALE_B
 
@@ -63,6 +65,7 @@ def planted(seed: int = 0):
         on = torch.rand(rows, n, generator=gen) < ACTIVE / n
         x = (torch.rand(rows, n, generator=gen) * on) @ raw + 0.01 * torch.randn(rows, 2 * D, generator=gen)
         return {"A": x[:, :D], "B": x[:, D:]}
+
     return atoms, kind, sampler
 
 
@@ -71,8 +74,12 @@ def _train_planted(steps=500, arch="crosscoder", **kw):
     stream = TensorStream(sampler, {"A": D, "B": D}, 256)
     stacked = StackedSource([stream, stream], ["A", "B"])
     cfg = crosscoder_config(stacked, 256, arch=arch, l1_coeff=1.0)
-    trainer = Trainer(stacked, [cfg], TrainConfig(total_tokens=256 * steps, batch_tokens=256, lr=3e-3,
-                                                  warmup_steps=20, norm_batches=4, **kw), device="cpu")
+    trainer = Trainer(
+        stacked,
+        [cfg],
+        TrainConfig(total_tokens=256 * steps, batch_tokens=256, lr=3e-3, warmup_steps=20, norm_batches=4, **kw),
+        device="cpu",
+    )
     return trainer.fit(progress=False)[0], atoms, kind, sampler
 
 
@@ -163,22 +170,27 @@ def test_weakly_causal_mask_holds_after_training(tmp_path):
     def layers(step, rows):  # three "layers": A, A + B, B
         s = sampler(step, rows)
         return {"l0": s["A"], "l1": s["A"] + s["B"] / SCALE_B, "l2": s["B"]}
+
     stream = TensorStream(layers, {"l0": D, "l1": D, "l2": D}, 128)
     stacked = StackedSource([stream] * 3, ["l0", "l1", "l2"])
     cfg = crosscoder_config(stacked, 30, arch="weakly_causal_crosscoder", l1_coeff=1.0)
-    coder = Trainer(stacked, [cfg], TrainConfig(total_tokens=128 * 40, batch_tokens=128, lr=3e-3, warmup_steps=2,
-                                                norm_batches=2), device="cpu").fit(progress=False)[0]
+    coder = Trainer(
+        stacked,
+        [cfg],
+        TrainConfig(total_tokens=128 * 40, batch_tokens=128, lr=3e-3, warmup_steps=2, norm_batches=2),
+        device="cpu",
+    ).fit(progress=False)[0]
     assert isinstance(coder, WeaklyCausalCrosscoder)
     src = coder.sources()
     assert src.tolist() == [0] * 10 + [1] * 10 + [2] * 10
     coder = SparseCoder.load(coder.save(tmp_path / "wc"))
-    enc = coder.W_enc.detach().view(3, D, 30).abs().sum(1)      # [block, latent]
-    dec = coder.W_dec.detach().view(30, 3, D).abs().sum(-1)     # [latent, block]
+    enc = coder.W_enc.detach().view(3, D, 30).abs().sum(1)  # [block, latent]
+    dec = coder.W_dec.detach().view(30, 3, D).abs().sum(-1)  # [latent, block]
     for i, s in enumerate(src.tolist()):
         for b in range(3):
-            assert (enc[b, i] > 0) == (b == s), (i, b)          # reads its own block only
-    assert bool((dec[src[:, None] > torch.arange(3)[None]] == 0).all())   # writes no earlier block
-    assert bool((dec[src[:, None] <= torch.arange(3)[None]] > 0).all())   # and does write the others
+            assert (enc[b, i] > 0) == (b == s), (i, b)  # reads its own block only
+    assert bool((dec[src[:, None] > torch.arange(3)[None]] == 0).all())  # writes no earlier block
+    assert bool((dec[src[:, None] <= torch.arange(3)[None]] > 0).all())  # and does write the others
 
 
 def test_resume_is_exact_with_block_scales(tmp_path):
@@ -224,10 +236,13 @@ def test_report_section_for_a_layer_crosscoder(tmp_path):
     from mechscope.dictionary.diffing import stacked_activations
     from mechscope.report.crosscoder import section
     from tests.models.tiny import tiny_model
+
     model = tiny_model("llama")
     sites = ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
     coder = build(CoderConfig("crosscoder", 64, 16, blocks=sites))
-    coder.init_from_data(stacked_activations([(model, s) for s in sites], torch.randint(1, 97, (4, 8)))[:, 1:].reshape(-1, 64))
+    coder.init_from_data(
+        stacked_activations([(model, s) for s in sites], torch.randint(1, 97, (4, 8)))[:, 1:].reshape(-1, 64)
+    )
     coder = coder.fold_norm_scale()
     coder.save(tmp_path / "cc")
     ids = torch.randint(1, 97, (1, 8), generator=torch.Generator().manual_seed(0))
@@ -241,6 +256,7 @@ def test_report_section_for_a_layer_crosscoder(tmp_path):
 
 def test_report_section_for_a_two_model_crosscoder_counts_exclusive_latents(tmp_path):
     from mechscope.report.crosscoder import section
+
     blocks = ("A:blocks.0.hook_resid_post", "B:blocks.0.hook_resid_post")
     coder = build(CoderConfig("crosscoder", 2 * D, 10, blocks=blocks))
     with torch.no_grad():  # latents 0-2 write only to A, 3-6 only to B, 7-9 to both

@@ -88,7 +88,7 @@ def test_diff_of_two_models_end_to_end(two_models, tmp_path):
     tokens = torch.randint(1, 97, (24, 9), generator=torch.Generator().manual_seed(0))
     src = SourceConfig(batch_tokens=64, model_batch=8, buffer_contexts=8)
     with pytest.raises(MechscopeError, match="labels"):
-        diff_source(a, b, SITE, tokens, src)   # both are called tiny-llama
+        diff_source(a, b, SITE, tokens, src)  # both are called tiny-llama
     stream = diff_source(a, b, SITE, tokens, src, labels=("base", "tuned"))
     assert stream.blocks == (f"base:{SITE}", f"tuned:{SITE}")
     # rows line up: each block equals that model's own stream at the same position
@@ -97,8 +97,12 @@ def test_diff_of_two_models_end_to_end(two_models, tmp_path):
         own, own_position = next(ActivationSource(model, SITE, tokens, src).batches())
         assert own_position == position and torch.equal(batch[stream.key][:, half], own[SITE])
     cfg = crosscoder_config(stream, 16, l1_coeff=1.0)
-    coder = Trainer(stream, [cfg], TrainConfig(total_tokens=64 * 6, batch_tokens=64, lr=3e-3, warmup_steps=1,
-                                               norm_batches=1), device="cpu").fit(progress=False)[0]
+    coder = Trainer(
+        stream,
+        [cfg],
+        TrainConfig(total_tokens=64 * 6, batch_tokens=64, lr=3e-3, warmup_steps=1, norm_batches=1),
+        device="cpu",
+    ).fit(progress=False)[0]
     coder = SparseCoder.load(coder.save(tmp_path / "cc"))
     members = [(a, SITE), (b, SITE)]
     x = stacked_activations(members, tokens)
@@ -125,14 +129,14 @@ def test_models_that_read_tokens_differently_fail_clearly():
     with pytest.raises(MechscopeError, match="tokenizer"):
         check_same_inputs(_fake("a", 3, {"x": 0, "y": 1, "z": 2}), _fake("b", 3))
     with pytest.raises(MechscopeError, match="vocabulary"):
-        check_same_inputs(_fake("a", 114), _fake("b", 97))      # no tokenizers: vocabulary sizes
-    check_same_inputs(_fake("a", 114), _fake("b", 114))          # e.g. two zoo:modadd snapshots
+        check_same_inputs(_fake("a", 114), _fake("b", 97))  # no tokenizers: vocabulary sizes
+    check_same_inputs(_fake("a", 114), _fake("b", 114))  # e.g. two zoo:modadd snapshots
     check_same_inputs(_fake("a", 3, {"x": 0}), _fake("b", 3, {"x": 0}))
 
 
 def test_sites_of_different_widths_fail_clearly(two_models):
     a = two_models[0]
-    other = tiny_model("gpt2")     # same vocabulary size (97), no tokenizers
+    other = tiny_model("gpt2")  # same vocabulary size (97), no tokenizers
     tokens = torch.randint(1, 97, (8, 5), generator=torch.Generator().manual_seed(0))
     narrow = SourceConfig(batch_tokens=16, model_batch=8, buffer_contexts=8)
     # A's residual (32 wide) against B's MLP neurons (64 wide): no common width without a projection
@@ -142,6 +146,7 @@ def test_sites_of_different_widths_fail_clearly(two_models):
 
 def test_model_diff_shapes_match_their_annotations():
     from tests.lens.helpers import check_shapes
+
     check_shapes(diff(hand_set(), density=torch.full((5,), 0.5)))
 
 
@@ -157,6 +162,7 @@ def test_cli_train_across_layers_and_models_then_diff(tmp_path, capsys):
         command.configure(parser)
         assert command.execute(parser.parse_args(argv)) == 0
         return json.loads(capsys.readouterr().out)
+
     folders = []
     for seed in (0, 1):
         model = worded_model(seed)
@@ -164,19 +170,82 @@ def test_cli_train_across_layers_and_models_then_diff(tmp_path, capsys):
         model.tokenizer.save_pretrained(tmp_path / f"m{seed}")
         folders.append(str(tmp_path / f"m{seed}"))
     corpus = write_corpus(tmp_path / "corpus.jsonl", 40)
-    common = ["--data", str(corpus), "--ctx", "16", "--heldout", "0.2", "--width", "32", "--total-tokens", "128",
-              "--batch-tokens", "32", "--warmup", "1", "--eval-contexts", "4", "--json"]
-    layers = call(["train", folders[0], "--site", "blocks.0.hook_resid_post", "--site", SITE, "--variant",
-                   "weakly-causal", "--out", str(tmp_path / "layers"), *common])
+    common = [
+        "--data",
+        str(corpus),
+        "--ctx",
+        "16",
+        "--heldout",
+        "0.2",
+        "--width",
+        "32",
+        "--total-tokens",
+        "128",
+        "--batch-tokens",
+        "32",
+        "--warmup",
+        "1",
+        "--eval-contexts",
+        "4",
+        "--json",
+    ]
+    layers = call(
+        [
+            "train",
+            folders[0],
+            "--site",
+            "blocks.0.hook_resid_post",
+            "--site",
+            SITE,
+            "--variant",
+            "weakly-causal",
+            "--out",
+            str(tmp_path / "layers"),
+            *common,
+        ]
+    )
     assert layers["arch"] == "weakly_causal_crosscoder" and layers["blocks"] == ["blocks.0.hook_resid_post", SITE]
     assert set(layers["eval"]["fvu_per_block"]) == set(layers["blocks"])
-    trained = call(["train", folders[0], "--vs", folders[1], "--labels", "base,tuned", "--site", SITE,
-                    "--out", str(tmp_path / "diff"), *common])
+    trained = call(
+        [
+            "train",
+            folders[0],
+            "--vs",
+            folders[1],
+            "--labels",
+            "base,tuned",
+            "--site",
+            SITE,
+            "--out",
+            str(tmp_path / "diff"),
+            *common,
+        ]
+    )
     assert trained["blocks"] == [f"base:{SITE}", f"tuned:{SITE}"]
     assert SparseCoder.load(tmp_path / "diff").cfg.blocks == tuple(trained["blocks"])
-    found = call(["diff", folders[0], folders[1], str(tmp_path / "diff"), "--data", str(corpus), "--ctx", "16",
-                  "--heldout", "0.2", "--plot", str(tmp_path / "hist.png"), "--save", str(tmp_path / "result"), "--json"])
+    found = call(
+        [
+            "diff",
+            folders[0],
+            folders[1],
+            str(tmp_path / "diff"),
+            "--data",
+            str(corpus),
+            "--ctx",
+            "16",
+            "--heldout",
+            "0.2",
+            "--plot",
+            str(tmp_path / "hist.png"),
+            "--save",
+            str(tmp_path / "result"),
+            "--json",
+        ]
+    )
     assert found["labels"] == ["base", "tuned"] and sum(found["counts"].values()) == 32
-    assert (tmp_path / "hist.png").stat().st_size > 0 and ModelDiff.load(tmp_path / "result").labels == ["base", "tuned"]
+    assert (tmp_path / "hist.png").stat().st_size > 0 and ModelDiff.load(tmp_path / "result").labels == [
+        "base",
+        "tuned",
+    ]
     with pytest.raises(MechscopeError, match="two-model crosscoder"):
         call(["diff", folders[0], folders[1], str(tmp_path / "layers"), "--data", str(corpus), "--json"])

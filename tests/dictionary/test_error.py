@@ -35,12 +35,12 @@ def test_planted_linear_error_is_predicted():
     u = torch.randn(D, generator=gen)
     u /= u.norm()
     w = torch.randn(D, generator=gen) * 0.3
-    scale = x @ w + 10                                   # positive: the norm is linear in x
+    scale = x @ w + 10  # positive: the norm is linear in x
     assert bool((scale > 0).all())
     e = scale[:, None] * u + 0.05 * torch.randn(N, D, generator=gen)
     fit = linear_predictability(x, e)
     assert fit["norm_r2"] > 0.98 and fit["vector_r2"] > 0.98
-    e_full = x @ torch.randn(D, D, generator=gen)        # any linear map: the vector is predictable
+    e_full = x @ torch.randn(D, D, generator=gen)  # any linear map: the vector is predictable
     assert linear_predictability(x, e_full)["vector_r2"] > 0.999
 
 
@@ -60,7 +60,7 @@ def test_end_to_end_a_constant_reconstruction_leaves_a_linear_error_and_saves(tm
         sae.W_dec.zero_()
         sae.b_dec.normal_()
     ids = torch.randint(1, 97, (40, 12), generator=torch.Generator().manual_seed(0))
-    result = error_analysis(model, sae, ids)             # x_hat = b_dec: e = x - b_dec, linear in x
+    result = error_analysis(model, sae, ids)  # x_hat = b_dec: e = x - b_dec, linear in x
     assert result.vector_r2 > 0.999 and result.n_tokens == 40 * 11
     assert torch.isnan(result.token_norms[:, 0]).all() and not torch.isnan(result.token_norms[:, 1:]).any()
     x = model.run(ids, record=[site]).cache[site][:, 1:]
@@ -71,7 +71,7 @@ def test_end_to_end_a_constant_reconstruction_leaves_a_linear_error_and_saves(tm
     assert back.to_dict() == result.to_dict() and torch.equal(back.test_predicted, result.test_predicted)
     assert back.plot() is not None
     tensors = tmp_path / "err" / "errors.safetensors"
-    tensors.write_bytes(tensors.read_bytes()[:100])       # truncated: one line naming the file
+    tensors.write_bytes(tensors.read_bytes()[:100])  # truncated: one line naming the file
     with pytest.raises(ms.MechscopeError, match=r"errors\.safetensors") as err:
         ErrorAnalysis.load(tmp_path / "err")
     assert "\n" not in str(err.value)
@@ -88,8 +88,11 @@ def test_bad_input_fails_clearly(tmp_path):
         ErrorAnalysis.load(tmp_path)
     model = tiny_model("llama")
     with pytest.raises(ms.MechscopeError, match="d_in=16"):
-        error_analysis(model, ms.dictionary.build(CoderConfig("relu", 16, 8, hook_name="blocks.1.hook_resid_post")),
-                       torch.ones(2, 5, dtype=torch.long))
+        error_analysis(
+            model,
+            ms.dictionary.build(CoderConfig("relu", 16, 8, hook_name="blocks.1.hook_resid_post")),
+            torch.ones(2, 5, dtype=torch.long),
+        )
 
 
 def test_cli_prints_r2_and_the_largest_errors(tmp_path, capsys):
@@ -98,14 +101,30 @@ def test_cli_prints_r2_and_the_largest_errors(tmp_path, capsys):
 
     from mechscope.commands import sae as command
     from tests.lens.helpers import save_worded, write_corpus
+
     folder = save_worded(tmp_path / "model")
     corpus = write_corpus(tmp_path / "corpus.jsonl", 80)
     ms.dictionary.build(CoderConfig("topk", 32, 16, k=4, hook_name="blocks.1.hook_resid_post")).save(tmp_path / "sae")
     parser = argparse.ArgumentParser()
     command.configure(parser)
-    args = parser.parse_args(["error", str(folder), str(tmp_path / "sae"), "--data", str(corpus), "--ctx", "16",
-                              "--heldout", "0.5", "--save", str(tmp_path / "err"), "--plot", str(tmp_path / "e.png"),
-                              "--json"])
+    args = parser.parse_args(
+        [
+            "error",
+            str(folder),
+            str(tmp_path / "sae"),
+            "--data",
+            str(corpus),
+            "--ctx",
+            "16",
+            "--heldout",
+            "0.5",
+            "--save",
+            str(tmp_path / "err"),
+            "--plot",
+            str(tmp_path / "e.png"),
+            "--json",
+        ]
+    )
     assert command.execute(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert -1 < out["norm_r2"] <= 1 and len(out["largest_errors"]) == 5 and (tmp_path / "e.png").is_file()

@@ -43,7 +43,9 @@ def test_perfect_reconstruction_scores_one_and_zero_reconstruction_scores_zero(k
     assert perfect.relative_bias == pytest.approx(1.0, abs=1e-9) and perfect.n_tokens == 6 * 9
     zero = evaluate(model, Fake(32, torch.zeros_like), tokens(), batch_size=4)
     assert zero.ce_loss_score == pytest.approx(0.0, abs=1e-9) and zero.kl_div_score == pytest.approx(0.0, abs=1e-9)
-    assert zero.ce_zero == pytest.approx(perfect.ce_zero, abs=1e-9) and zero.ce_sae == pytest.approx(zero.ce_zero, abs=1e-9)
+    assert zero.ce_zero == pytest.approx(perfect.ce_zero, abs=1e-9) and zero.ce_sae == pytest.approx(
+        zero.ce_zero, abs=1e-9
+    )
     assert zero.fvu > 1.0  # zero is worse than predicting the mean
 
 
@@ -56,7 +58,9 @@ def test_fvu_density_and_bias_match_direct_computation():
     x = model.run(ids, record=[SITE]).cache[SITE].flatten(0, 1).double()
     x_hat = 0.5 * x + x @ W.double()
     fvu = (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
-    assert r.fvu == pytest.approx(float(fvu), rel=1e-6) and r.explained_variance == pytest.approx(1 - float(fvu), rel=1e-6)
+    assert r.fvu == pytest.approx(float(fvu), rel=1e-6) and r.explained_variance == pytest.approx(
+        1 - float(fvu), rel=1e-6
+    )
     assert r.relative_bias == pytest.approx(float(x_hat.pow(2).sum() / (x * x_hat).sum()), rel=1e-6)
     assert math.isnan(r.ce_loss_score) and r.to_dict()["ce_loss_score"] is None
     shrunk = evaluate(model, Fake(32, lambda a: 0.8 * a), ids, splice=False)

@@ -19,9 +19,19 @@ D_IN, D_SAE = 16, 64
 def _trained_ish(arch: str, dtype: str = "float32", norm_scale: float = 1.0, input_norm: str = "none") -> SparseCoder:
     """A coder with non-trivial biases and thresholds (a few training steps' worth of state)."""
     torch.manual_seed(0)
-    cfg = CoderConfig(arch, D_IN, D_SAE, k=4, n_experts=4, prefixes=(16, 64) if arch == "matryoshka" else (),
-                      norm_scale=norm_scale, input_norm=input_norm, dtype=dtype, hook_name="blocks.0.hook_resid_post",
-                      model_name="tiny")
+    cfg = CoderConfig(
+        arch,
+        D_IN,
+        D_SAE,
+        k=4,
+        n_experts=4,
+        prefixes=(16, 64) if arch == "matryoshka" else (),
+        norm_scale=norm_scale,
+        input_norm=input_norm,
+        dtype=dtype,
+        hook_name="blocks.0.hook_resid_post",
+        model_name="tiny",
+    )
     coder = build(cfg)
     with torch.no_grad():
         for name, p in coder.named_parameters():
@@ -105,12 +115,25 @@ def test_saelens_preserves_dtype_and_weights(dtype, tmp_path):
 def test_saelens_without_b_dec_on_input(tmp_path):
     """apply_b_dec_to_input=False: the encoder reads x itself; we fold b_dec W_enc into b_enc."""
     torch.manual_seed(1)
-    w = {"W_enc": torch.randn(D_IN, D_SAE), "W_dec": torch.randn(D_SAE, D_IN), "b_enc": torch.randn(D_SAE) * 0.1,
-         "b_dec": torch.randn(D_IN)}
+    w = {
+        "W_enc": torch.randn(D_IN, D_SAE),
+        "W_dec": torch.randn(D_SAE, D_IN),
+        "b_enc": torch.randn(D_SAE) * 0.1,
+        "b_dec": torch.randn(D_IN),
+    }
     (tmp_path / "sl").mkdir()
     save_file(w, str(tmp_path / "sl" / "sae_weights.safetensors"))
-    (tmp_path / "sl" / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": D_IN, "d_sae": D_SAE,
-                                                          "apply_b_dec_to_input": False, "dtype": "float32"}))
+    (tmp_path / "sl" / "cfg.json").write_text(
+        json.dumps(
+            {
+                "architecture": "standard",
+                "d_in": D_IN,
+                "d_sae": D_SAE,
+                "apply_b_dec_to_input": False,
+                "dtype": "float32",
+            }
+        )
+    )
     coder = read(tmp_path / "sl")
     x = torch.randn(32, D_IN)
     ref = torch.relu(x @ w["W_enc"] + w["b_enc"])
@@ -120,12 +143,27 @@ def test_saelens_without_b_dec_on_input(tmp_path):
 
 def _sparsify_folder(path, seed: int):
     torch.manual_seed(seed)
-    w = {"encoder.weight": torch.randn(D_SAE, D_IN), "encoder.bias": torch.randn(D_SAE) * 0.1,
-         "W_dec": torch.randn(D_SAE, D_IN), "b_dec": torch.randn(D_IN)}
+    w = {
+        "encoder.weight": torch.randn(D_SAE, D_IN),
+        "encoder.bias": torch.randn(D_SAE) * 0.1,
+        "W_dec": torch.randn(D_SAE, D_IN),
+        "b_dec": torch.randn(D_IN),
+    }
     path.mkdir(parents=True)
     save_file(w, str(path / "sae.safetensors"))
-    (path / "cfg.json").write_text(json.dumps({"expansion_factor": 4, "normalize_decoder": True, "num_latents": 0,
-                                               "k": 5, "multi_topk": False, "skip_connection": False, "d_in": D_IN}))
+    (path / "cfg.json").write_text(
+        json.dumps(
+            {
+                "expansion_factor": 4,
+                "normalize_decoder": True,
+                "num_latents": 0,
+                "k": 5,
+                "multi_topk": False,
+                "skip_connection": False,
+                "d_in": D_IN,
+            }
+        )
+    )
     return w
 
 

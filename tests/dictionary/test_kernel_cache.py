@@ -23,8 +23,9 @@ def _fake_compiler(tmp_path, name: str, version: str, fails: bool = False):
     calls = tmp_path / f"{name}.calls"
     script = tmp_path / name
     body = "exit 1" if fails else 'prev=""; for a; do [ "$prev" = -o ] && : > "$a"; prev=$a; done'
-    script.write_text(f'#!/bin/sh\nif [ "$1" = --version ]; then echo "{version}"; exit 0; fi\n'
-                      f'echo x >> "{calls}"\n{body}\n')
+    script.write_text(
+        f'#!/bin/sh\nif [ "$1" = --version ]; then echo "{version}"; exit 0; fi\necho x >> "{calls}"\n{body}\n'
+    )
     script.chmod(0o755)
     return str(script), calls
 

@@ -24,26 +24,28 @@ def test_kernels_build_where_there_is_a_compiler():
 @pytest.mark.parametrize("d, k, blocks", [(4096, 32, 256), (1000, 8, 125), (64, 64, 64), (96, 6, 6)])
 def test_native_topk_selects_what_torch_topk_selects(d, k, blocks):
     gen = torch.Generator().manual_seed(d)
-    for pre in (torch.randn(300, d, generator=gen),
-                torch.randint(0, 3, (300, d), generator=gen).float(),         # heavy ties
-                torch.zeros(3, d),                                             # one value everywhere
-                torch.randn(300, d, generator=gen).clamp(max=0.2)):           # ties at the top
+    for pre in (
+        torch.randn(300, d, generator=gen),
+        torch.randint(0, 3, (300, d), generator=gen).float(),  # heavy ties
+        torch.zeros(3, d),  # one value everywhere
+        torch.randn(300, d, generator=gen).clamp(max=0.2),
+    ):  # ties at the top
         values, idx = kernels.topk_rows(pre, k, blocks)
         want = pre.topk(k, dim=-1).values
         torch.testing.assert_close(values.sort(-1).values, want.sort(-1).values, atol=0, rtol=0)
         torch.testing.assert_close(pre.gather(1, idx), values, atol=0, rtol=0)
-        assert bool((idx.sort(-1).values.diff(dim=-1) > 0).all())          # k distinct columns
+        assert bool((idx.sort(-1).values.diff(dim=-1) > 0).all())  # k distinct columns
 
 
 @needs_kernels
 def test_native_topk_declines_rows_with_nan_and_unsupported_input():
     pre = torch.randn(8, 512)
     pre[3, 7] = float("nan")
-    values, idx = kernels.topk_rows(pre, 4, 32)                               # torch.topk ranks NaN first
+    values, idx = kernels.topk_rows(pre, 4, 32)  # torch.topk ranks NaN first
     assert torch.isnan(values[3]).any() and not torch.isnan(values[[0, 1, 2, 4, 5, 6, 7]]).any()
     assert kernels.topk_rows(torch.randn(8, 512, dtype=torch.float64), 4, 32) is None
-    assert kernels.topk_rows(torch.randn(512, 8).T, 4, 32) is None            # not contiguous
-    values, _ = topk_module.topk_select(pre, 4)                               # and topk_select still answers
+    assert kernels.topk_rows(torch.randn(512, 8).T, 4, 32) is None  # not contiguous
+    values, _ = topk_module.topk_select(pre, 4)  # and topk_select still answers
     assert values.shape == (8, 4)
 
 
@@ -51,10 +53,11 @@ def test_native_topk_declines_rows_with_nan_and_unsupported_input():
 def test_native_scatter_equals_the_sparse_product():
     gen = torch.Generator().manual_seed(0)
     n, k, rows, d = 70, 5, 300, 24
-    idx = torch.randint(0, rows, (n, k), generator=gen)                      # repeats within a row too
+    idx = torch.randint(0, rows, (n, k), generator=gen)  # repeats within a row too
     g, x = torch.randn(n, k, generator=gen), torch.randn(n, d, generator=gen)
     want = torch.zeros(rows, d, dtype=torch.float64).index_add_(
-        0, idx.reshape(-1), (g[..., None].double() * x[:, None, :].double()).reshape(-1, d))
+        0, idx.reshape(-1), (g[..., None].double() * x[:, None, :].double()).reshape(-1, d)
+    )
     got = kernels.scatter_columns(idx, g, x, rows)
     assert got.shape == (d, rows)
     torch.testing.assert_close(got.double(), want.T, atol=1e-5, rtol=1e-5)
@@ -64,7 +67,7 @@ def test_native_scatter_equals_the_sparse_product():
 @pytest.mark.parametrize("need_values, need_w", [(True, True), (True, False), (False, True)])
 def test_native_decoder_backward_equals_autograd(need_values, need_w):
     gen = torch.Generator().manual_seed(1)
-    n, k, rows, d = 90, 6, 200, 40                                            # d not a multiple of 16
+    n, k, rows, d = 90, 6, 200, 40  # d not a multiple of 16
     idx = torch.stack([torch.randperm(rows, generator=gen)[:k] for _ in range(n)])
     v, w = torch.randn(n, k, generator=gen), torch.randn(rows, d, generator=gen)
     e = torch.randn(n, d, generator=gen)
@@ -77,7 +80,7 @@ def test_native_decoder_backward_equals_autograd(need_values, need_w):
         torch.testing.assert_close(got_v.double(), want_v, atol=1e-5, rtol=1e-5)
     if need_w:
         torch.testing.assert_close(got_w.double(), want_w, atol=1e-5, rtol=1e-5)
-    assert kernels.decode_backward(idx + rows, v, e, w, True, True) is None   # an index outside w: refused
+    assert kernels.decode_backward(idx + rows, v, e, w, True, True) is None  # an index outside w: refused
 
 
 def _step(coder, x, dead):
@@ -90,7 +93,7 @@ def _step(coder, x, dead):
 
 @pytest.mark.parametrize("bf16", [True, False], ids=["bf16-selection", "fp32-selection"])
 def test_a_training_step_is_the_same_with_and_without_the_native_kernels(monkeypatch, bf16):
-    monkeypatch.setattr(topk_module, "CHUNK_ELEMENTS", 64 * 2048)           # several chunks
+    monkeypatch.setattr(topk_module, "CHUNK_ELEMENTS", 64 * 2048)  # several chunks
     if not bf16:
         monkeypatch.setattr(kernels, "bf16_selection", lambda: False)
     torch.manual_seed(0)
@@ -101,7 +104,7 @@ def test_a_training_step_is_the_same_with_and_without_the_native_kernels(monkeyp
     plain, plain_grads = _step(coder, x, dead)
     torch.testing.assert_close(native.loss, plain.loss, atol=1e-6, rtol=1e-6)
     native_acts, plain_acts = native.acts.to_dense(), plain.acts.to_dense()
-    assert torch.equal(native_acts != 0, plain_acts != 0)                   # the same latents selected
+    assert torch.equal(native_acts != 0, plain_acts != 0)  # the same latents selected
     torch.testing.assert_close(native_acts, plain_acts, atol=1e-6, rtol=1e-6)  # (bf16 selection: fp32 dots)
     for name, grad in plain_grads.items():
         torch.testing.assert_close(native_grads[name], grad, atol=1e-5, rtol=1e-5)
@@ -117,9 +120,9 @@ def _exact_top(x, W, b, k):
 @needs_bf16
 def test_bf16_selection_picks_the_fp32_top_k():
     gen = torch.Generator().manual_seed(0)
-    n, d, width, k = 700, 96, 1024, 16                                       # several chunks, a partial one
+    n, d, width, k = 700, 96, 1024, 16  # several chunks, a partial one
     x = torch.randn(n, d, generator=gen) * torch.linspace(0.1, 3, d)
-    W = torch.randn(d, width, generator=gen) / d ** 0.5
+    W = torch.randn(d, width, generator=gen) / d**0.5
     b = torch.randn(width, generator=gen)
     values, idx = kernels.encode_topk_bf16(x, W, b, k, chunk_rows=256)
     want = _exact_top(x, W, b, k)
@@ -134,13 +137,13 @@ def test_bf16_selection_resolves_what_bfloat16_cannot():
     gen = torch.Generator().manual_seed(1)
     d, width, k = 64, 512, 8
     base = torch.randn(d, 1, generator=gen)
-    W = base * (1 + 1e-5 * torch.randperm(width, generator=gen).float())       # a shuffled ladder of near-copies
+    W = base * (1 + 1e-5 * torch.randperm(width, generator=gen).float())  # a shuffled ladder of near-copies
     x = torch.randn(40, d, generator=gen)
-    x = x * torch.sign(x @ base)                                              # x . base > 0: the ladder ranks them
+    x = x * torch.sign(x @ base)  # x . base > 0: the ladder ranks them
     b = torch.zeros(width)
     values, idx = kernels.encode_topk_bf16(x, W, b, k, chunk_rows=16)
     assert torch.equal(idx.sort(-1).values, _exact_top(x, W, b, k).indices.sort(-1).values)
-    big = torch.randn(width, generator=gen) * 1e3                             # a bias that dwarfs the products
+    big = torch.randn(width, generator=gen) * 1e3  # a bias that dwarfs the products
     values, idx = kernels.encode_topk_bf16(x, W * 1e-3, big, k, chunk_rows=16)
     assert torch.equal(idx.sort(-1).values, _exact_top(x, W * 1e-3, big, k).indices.sort(-1).values)
 
@@ -149,6 +152,6 @@ def test_bf16_selection_resolves_what_bfloat16_cannot():
 def test_bf16_selection_declines_nan_and_can_be_switched_off(monkeypatch):
     x, W, b = torch.randn(20, 32), torch.randn(32, 256), torch.zeros(256)
     x[4, 3] = float("nan")
-    assert kernels.encode_topk_bf16(x, W, b, 4, chunk_rows=8) is None          # the fp32 path ranks NaN first
+    assert kernels.encode_topk_bf16(x, W, b, 4, chunk_rows=8) is None  # the fp32 path ranks NaN first
     monkeypatch.setattr(kernels, "bf16_selection", lambda: False)
     assert kernels.encode_topk_bf16(torch.randn(20, 32), W, b, 4, chunk_rows=8) is None

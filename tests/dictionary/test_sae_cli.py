@@ -16,6 +16,7 @@ SITE = "blocks.1.hook_resid_post"
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sae_cli")
     from tests.lens.helpers import save_worded, write_corpus
+
     folder = save_worded(tmp / "model")
     corpus = write_corpus(tmp / "corpus.jsonl", 60)
     return tmp, folder, corpus
@@ -31,11 +32,33 @@ def call(argv, capsys):
 def test_cache_train_resume_eval_features_convert(setup, capsys):
     tmp, model, corpus = setup
     data = ["--data", str(corpus), "--ctx", "16", "--heldout", "0.2"]
-    cached = json.loads(call(["cache", str(model), "--site", SITE, "--out", str(tmp / "acts"), *data, "--json"], capsys))
+    cached = json.loads(
+        call(["cache", str(model), "--site", SITE, "--out", str(tmp / "acts"), *data, "--json"], capsys)
+    )
     assert cached["sites"] == [SITE] and cached["n_tokens"] > 0
-    train = ["train", str(model), "--site", SITE, "--out", str(tmp / "sae"), "--width", "64", "--k", "4",
-             "--total-tokens", "256", "--batch-tokens", "32", "--warmup", "1", "--checkpoint-every", "3",
-             "--eval-contexts", "3", *data]
+    train = [
+        "train",
+        str(model),
+        "--site",
+        SITE,
+        "--out",
+        str(tmp / "sae"),
+        "--width",
+        "64",
+        "--k",
+        "4",
+        "--total-tokens",
+        "256",
+        "--batch-tokens",
+        "32",
+        "--warmup",
+        "1",
+        "--checkpoint-every",
+        "3",
+        "--eval-contexts",
+        "3",
+        *data,
+    ]
     first = json.loads(call([*train, "--json"], capsys))
     assert first["steps"] == 8 and first["eval"]["l0"] <= 4.0 and 0 <= first["eval"]["fvu"]
     coder = ms.dictionary.load(tmp / "sae")
@@ -44,13 +67,51 @@ def test_cache_train_resume_eval_features_convert(setup, capsys):
     again = json.loads(call([*train, "--json"], capsys))  # resumes from the finished checkpoint: same weights
     assert again["eval"] == first["eval"]
     assert torch.equal(ms.dictionary.load(tmp / "sae").W_dec, coder.W_dec)
-    from_cache = json.loads(call(["train", str(model), "--cache", str(tmp / "acts"), "--out", str(tmp / "sae2"),
-                                  "--width", "64", "--k", "4", "--total-tokens", "256", "--batch-tokens", "32",
-                                  "--input-norm", "layer_norm", "--json", "--no-progress"], capsys))
+    from_cache = json.loads(
+        call(
+            [
+                "train",
+                str(model),
+                "--cache",
+                str(tmp / "acts"),
+                "--out",
+                str(tmp / "sae2"),
+                "--width",
+                "64",
+                "--k",
+                "4",
+                "--total-tokens",
+                "256",
+                "--batch-tokens",
+                "32",
+                "--input-norm",
+                "layer_norm",
+                "--json",
+                "--no-progress",
+            ],
+            capsys,
+        )
+    )
     assert from_cache["sites"] == [SITE] and "eval" not in from_cache
     assert ms.dictionary.load(tmp / "sae2").cfg.input_norm == "layer_norm"
-    ev = json.loads(call(["eval", str(model), str(tmp / "sae"), *data, "--contexts", "3", "--plot", str(tmp / "d.png"),
-                          "--save", str(tmp / "ev"), "--json"], capsys))
+    ev = json.loads(
+        call(
+            [
+                "eval",
+                str(model),
+                str(tmp / "sae"),
+                *data,
+                "--contexts",
+                "3",
+                "--plot",
+                str(tmp / "d.png"),
+                "--save",
+                str(tmp / "ev"),
+                "--json",
+            ],
+            capsys,
+        )
+    )
     assert ev["fvu"] == pytest.approx(first["eval"]["fvu"], rel=1e-6) and (tmp / "d.png").is_file()
     assert (tmp / "ev" / "density.safetensors").is_file()
     text = call(["eval", str(model), str(tmp / "sae"), *data, "--contexts", "2"], capsys)
@@ -71,8 +132,20 @@ def test_cli_errors_are_clear(setup):
     args = parser.parse_args(["train", str(model), "--site", SITE, "--out", str(tmp / "x")])
     with pytest.raises(ms.MechscopeError, match="give --data"):
         sae.execute(args)
-    args = parser.parse_args(["train", str(model), "--site", "blocks.9.hook_resid_post", "--out", str(tmp / "x"),
-                              "--data", str(corpus), "--ctx", "16"])
+    args = parser.parse_args(
+        [
+            "train",
+            str(model),
+            "--site",
+            "blocks.9.hook_resid_post",
+            "--out",
+            str(tmp / "x"),
+            "--data",
+            str(corpus),
+            "--ctx",
+            "16",
+        ]
+    )
     with pytest.raises(ms.MechscopeError, match="unknown site"):
         sae.execute(args)
     args = parser.parse_args(["eval", str(model), str(tmp / "nothing-here"), "--data", str(corpus)])
@@ -86,10 +159,18 @@ def test_report_section_shows_metrics_density_and_features(tmp_path):
     from mechscope.dictionary.trainer_config import TrainConfig
     from mechscope.report.sae import section
     from tests.models.tiny import tiny_model
+
     model = tiny_model("gpt2")
     data = torch.randint(1, 97, (16, 9), generator=torch.Generator().manual_seed(0))
-    train(model, SITE, CoderConfig("topk", 32, 64, k=4), TrainConfig(total_tokens=128, batch_tokens=32, warmup_steps=1),
-          data=data, out=tmp_path / "sae", progress=False)
+    train(
+        model,
+        SITE,
+        CoderConfig("topk", 32, 64, k=4),
+        TrainConfig(total_tokens=128, batch_tokens=32, warmup_steps=1),
+        data=data,
+        out=tmp_path / "sae",
+        progress=False,
+    )
     assert "No dictionary given" in section(model, None)
     run = model.run(data[:1])
     page = section(model, run, tmp_path / "sae")
@@ -103,6 +184,7 @@ def test_cli_bad_numbers_paths_and_files_are_one_line(setup, tmp_path, capsys):
     from mechscope.cli import main
     from mechscope.dictionary.base import build
     from mechscope.dictionary.config import CoderConfig
+
     _, model, corpus = setup
     data = ["--data", str(corpus), "--ctx", "16", "--heldout", "0.2"]
     blocker = tmp_path / "file"
@@ -111,17 +193,49 @@ def test_cli_bad_numbers_paths_and_files_are_one_line(setup, tmp_path, capsys):
     truncated = build(CoderConfig("topk", 32, 64, k=4, hook_name=SITE)).save(tmp_path / "truncated")
     weights = truncated / "sae.safetensors"
     weights.write_bytes(weights.read_bytes()[:300])
-    train = ["sae", "train", str(model), "--site", SITE, "--width", "64", "--k", "4", "--total-tokens", "64",
-             "--batch-tokens", "32", *data]
-    for argv, text in [([*train, "--out", str(tmp_path / "a"), "--lr", "-1"], "lr must be positive, got -1.0"),
-                       ([*train, "--out", str(blocker / "sae")], "is a file, not a folder"),   # before training
-                       (["sae", "train", str(model), "--cache", str(tmp_path / "none"), "--out", str(tmp_path / "b")],
-                        "is not an activation cache"),
-                       (["sae", "eval", str(model), str(truncated), *data], "cannot read the dictionary weights"),
-                       (["sae", "meta", str(built), "--epochs", "0"], "epochs and width must be at least 1"),
-                       (["sae", "error", str(model), str(built), *data, "--ridge", "-1"], "ridge must be positive"),
-                       (["crosscoder", "train", str(model), "--site", SITE, "--site", "blocks.0.hook_resid_post",
-                         "--data", "pairs", "--out", str(tmp_path / "c")], "is not a modular-addition model")]:
+    train = [
+        "sae",
+        "train",
+        str(model),
+        "--site",
+        SITE,
+        "--width",
+        "64",
+        "--k",
+        "4",
+        "--total-tokens",
+        "64",
+        "--batch-tokens",
+        "32",
+        *data,
+    ]
+    for argv, text in [
+        ([*train, "--out", str(tmp_path / "a"), "--lr", "-1"], "lr must be positive, got -1.0"),
+        ([*train, "--out", str(blocker / "sae")], "is a file, not a folder"),  # before training
+        (
+            ["sae", "train", str(model), "--cache", str(tmp_path / "none"), "--out", str(tmp_path / "b")],
+            "is not an activation cache",
+        ),
+        (["sae", "eval", str(model), str(truncated), *data], "cannot read the dictionary weights"),
+        (["sae", "meta", str(built), "--epochs", "0"], "epochs and width must be at least 1"),
+        (["sae", "error", str(model), str(built), *data, "--ridge", "-1"], "ridge must be positive"),
+        (
+            [
+                "crosscoder",
+                "train",
+                str(model),
+                "--site",
+                SITE,
+                "--site",
+                "blocks.0.hook_resid_post",
+                "--data",
+                "pairs",
+                "--out",
+                str(tmp_path / "c"),
+            ],
+            "is not a modular-addition model",
+        ),
+    ]:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("mechscope: error:") and "\n" not in err and text in err, err

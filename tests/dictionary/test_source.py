@@ -69,6 +69,7 @@ def test_cache_round_trip_equals_recorded_activations_and_interrupted_writing_re
     cfg = SourceConfig(model_batch=4)
     folder = tmp_path / "cache"
     import mechscope.dictionary.cache as cache_module
+
     real, calls = cache_module.record, []
 
     def crash_on_third(*args, **kwargs):

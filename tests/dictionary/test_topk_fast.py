@@ -20,14 +20,16 @@ from mechscope.dictionary.topk import (
 @pytest.mark.parametrize("d, k", [(4096, 32), (1000, 8), (512, 4), (96, 6), (64, 64)])
 def test_two_stage_selection_keeps_the_same_values_as_topk(d, k):
     gen = torch.Generator().manual_seed(d + k)
-    for pre in (torch.randn(64, d, generator=gen),                          # no ties
-                torch.randint(0, 4, (64, d), generator=gen).float(),          # heavy ties
-                torch.randn(64, d, generator=gen).clamp(max=0.5)):            # ties at the top
+    for pre in (
+        torch.randn(64, d, generator=gen),  # no ties
+        torch.randint(0, 4, (64, d), generator=gen).float(),  # heavy ties
+        torch.randn(64, d, generator=gen).clamp(max=0.5),
+    ):  # ties at the top
         values, idx = topk_select(pre, k)
         ref = pre.topk(k, dim=-1, sorted=False).values
         torch.testing.assert_close(values.sort(-1).values, ref.sort(-1).values, atol=0, rtol=0)
-        torch.testing.assert_close(pre.gather(1, idx), values, atol=0, rtol=0)      # indices point at them
-        assert bool((idx.sort(-1).values.diff(dim=-1) > 0).all())                     # distinct columns
+        torch.testing.assert_close(pre.gather(1, idx), values, atol=0, rtol=0)  # indices point at them
+        assert bool((idx.sort(-1).values.diff(dim=-1) > 0).all())  # distinct columns
 
 
 def test_two_stage_selection_picks_the_same_columns_without_ties():
@@ -45,14 +47,16 @@ def _dense_reference(x, W, b, k, b_dec):
 @pytest.mark.parametrize("centred", [True, False])
 @pytest.mark.parametrize("x_grad", [True, False])
 def test_chunked_encoder_and_sparse_backward_equal_dense_autograd(monkeypatch, centred, x_grad):
-    monkeypatch.setattr(topk_module, "CHUNK_ELEMENTS", 7 * 512)          # 7-row chunks, a partial last one
+    monkeypatch.setattr(topk_module, "CHUNK_ELEMENTS", 7 * 512)  # 7-row chunks, a partial last one
     gen = torch.Generator().manual_seed(1)
     n, d_in, d_sae, k = 40, 12, 512, 4
-    leaves = [torch.randn(n, d_in, generator=gen, dtype=torch.float64),
-              torch.randn(d_in, d_sae, generator=gen, dtype=torch.float64),
-              torch.randn(d_sae, generator=gen, dtype=torch.float64) * 0.3,
-              torch.randn(d_in, generator=gen, dtype=torch.float64) * 0.3]
-    upstream = torch.randn(n, d_sae, generator=gen, dtype=torch.float64)    # a random gradient on the latents
+    leaves = [
+        torch.randn(n, d_in, generator=gen, dtype=torch.float64),
+        torch.randn(d_in, d_sae, generator=gen, dtype=torch.float64),
+        torch.randn(d_sae, generator=gen, dtype=torch.float64) * 0.3,
+        torch.randn(d_in, generator=gen, dtype=torch.float64) * 0.3,
+    ]
+    upstream = torch.randn(n, d_sae, generator=gen, dtype=torch.float64)  # a random gradient on the latents
     grads = []
     for fast in (True, False):
         x, W, b, b_dec = [t.clone().requires_grad_(i != 0 or x_grad) for i, t in enumerate(leaves)]
@@ -63,7 +67,12 @@ def test_chunked_encoder_and_sparse_backward_equal_dense_autograd(monkeypatch, c
         else:
             dense = _dense_reference(x, W, b, k, b_dec)
         loss = (dense * upstream).sum() + dense.pow(2).sum()
-        grads.append((dense.detach(), torch.autograd.grad(loss, [t for t in (x, W, b, b_dec) if t is not None and t.requires_grad])))
+        grads.append(
+            (
+                dense.detach(),
+                torch.autograd.grad(loss, [t for t in (x, W, b, b_dec) if t is not None and t.requires_grad]),
+            )
+        )
     (fast_acts, fast_grads), (ref_acts, ref_grads) = grads
     torch.testing.assert_close(fast_acts, ref_acts, atol=1e-12, rtol=0)
     assert len(fast_grads) == len(ref_grads) == 2 + x_grad + centred
@@ -74,10 +83,12 @@ def test_chunked_encoder_and_sparse_backward_equal_dense_autograd(monkeypatch, c
 
 def test_sparse_backward_passes_gradcheck_with_b_dec():
     gen = torch.Generator().manual_seed(2)
-    args = [torch.randn(6, 5, generator=gen, dtype=torch.float64, requires_grad=True),
-            torch.randn(5, 64, generator=gen, dtype=torch.float64, requires_grad=True),
-            torch.randn(64, generator=gen, dtype=torch.float64, requires_grad=True),
-            torch.randn(5, generator=gen, dtype=torch.float64, requires_grad=True)]
+    args = [
+        torch.randn(6, 5, generator=gen, dtype=torch.float64, requires_grad=True),
+        torch.randn(5, 64, generator=gen, dtype=torch.float64, requires_grad=True),
+        torch.randn(64, generator=gen, dtype=torch.float64, requires_grad=True),
+        torch.randn(5, generator=gen, dtype=torch.float64, requires_grad=True),
+    ]
     assert torch.autograd.gradcheck(lambda x, W, b, c: TopKEncode.apply(x, W, b, 3, c)[0], args)
 
 
@@ -101,7 +112,7 @@ def test_training_step_matches_the_dense_path_with_sparse_latents_and_auxk(monke
         results.append((out, {n: p.grad.clone() for n, p in coder.named_parameters()}))
     (sp, sp_grads), (de, de_grads) = results
     if arch == "topk":
-        assert sp.acts.is_sparse and not de.acts.is_sparse and not coder._sparse_acts   # the context restores
+        assert sp.acts.is_sparse and not de.acts.is_sparse and not coder._sparse_acts  # the context restores
     torch.testing.assert_close(sp.acts.to_dense() if sp.acts.is_sparse else sp.acts, de.acts, atol=0, rtol=0)
     torch.testing.assert_close(sp.x_hat, de.x_hat, atol=0, rtol=0)
     assert float(sp.parts["aux"]) > 0
@@ -128,9 +139,9 @@ def test_trainer_dead_counts_from_sparse_latents_equal_dense_ones():
     trainer = Trainer(Stream(), [CoderConfig("topk", 16, 256, k=3)], TrainConfig(total_tokens=640, batch_tokens=64))
     coder = build(CoderConfig("topk", 16, 256, k=3, hook_name="x"))
     x = torch.randn(64, 16)
-    x[:5] = 0.0                                                  # all-zero rows: selected values may be 0
+    x[:5] = 0.0  # all-zero rows: selected values may be 0
     with torch.no_grad():
-        coder.b_enc.fill_(-0.5)                                  # some selected latents stay at 0 (not fired)
+        coder.b_enc.fill_(-0.5)  # some selected latents stay at 0 (not fired)
         dense = coder(x).acts
         with coder.sparse_acts():
             sparse = coder(x).acts
@@ -150,28 +161,34 @@ def test_encoder_init_scale_is_the_least_squares_scale_at_init():
     coder = build(CoderConfig("topk", d_in, d_sae, k=k))
     c = encoder_init_scale(k, d_sae, d_in)
     torch.testing.assert_close(coder.W_enc.detach(), c * coder.W_dec.detach().T)
-    x = torch.randn(2048, d_in) * torch.linspace(0.2, 2.0, d_in)          # anisotropic inputs
+    x = torch.randn(2048, d_in) * torch.linspace(0.2, 2.0, d_in)  # anisotropic inputs
     with torch.no_grad():
-        recon = coder.decode(coder.encode(x))                              # = c * (reconstruction at scale 1)
-        best = float((x * recon).sum() / recon.pow(2).sum())               # least-squares multiple of it
+        recon = coder.decode(coder.encode(x))  # = c * (reconstruction at scale 1)
+        best = float((x * recon).sum() / recon.pow(2).sum())  # least-squares multiple of it
     assert 0.3 < c < 0.9 and best == pytest.approx(1.0, abs=0.03)
-    assert encoder_init_scale(k, d_sae, 100 * d_in) == pytest.approx(1.0, abs=0.01)   # wide inputs: ~1
-    relu = build(CoderConfig("relu", d_in, d_sae))                         # L1 coders keep W_enc = W_dec^T
+    assert encoder_init_scale(k, d_sae, 100 * d_in) == pytest.approx(1.0, abs=0.01)  # wide inputs: ~1
+    relu = build(CoderConfig("relu", d_in, d_sae))  # L1 coders keep W_enc = W_dec^T
     torch.testing.assert_close(relu.W_enc.detach(), relu.W_dec.detach().T)
 
 
 def test_sparse_decode_backward_equals_embedding_bag_autograd():
     gen = torch.Generator().manual_seed(3)
     n, k, d_sae, d_out = 30, 5, 200, 16
-    idx = torch.stack([torch.randperm(d_sae, generator=gen)[:k] for _ in range(n)])   # distinct, unsorted
-    leaves = [torch.randn(n, k, generator=gen, dtype=torch.float64), torch.randn(d_sae, d_out, generator=gen,
-              dtype=torch.float64), torch.randn(d_out, generator=gen, dtype=torch.float64)]
+    idx = torch.stack([torch.randperm(d_sae, generator=gen)[:k] for _ in range(n)])  # distinct, unsorted
+    leaves = [
+        torch.randn(n, k, generator=gen, dtype=torch.float64),
+        torch.randn(d_sae, d_out, generator=gen, dtype=torch.float64),
+        torch.randn(d_out, generator=gen, dtype=torch.float64),
+    ]
     upstream = torch.randn(n, d_out, generator=gen, dtype=torch.float64)
     grads = []
     for fast in (True, False):
         v, W, b = [t.clone().requires_grad_() for t in leaves]
-        out = sparse_decode(v, idx, W, b) if fast else \
-            torch.nn.functional.embedding_bag(idx, W, per_sample_weights=v, mode="sum") + b
+        out = (
+            sparse_decode(v, idx, W, b)
+            if fast
+            else torch.nn.functional.embedding_bag(idx, W, per_sample_weights=v, mode="sum") + b
+        )
         grads.append(torch.autograd.grad((out * upstream).sum(), (v, W, b)))
     for got, want in zip(*grads):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)

@@ -29,8 +29,18 @@ def contexts(n=16, ctx=9, seed=0):
 
 
 def small(**kw):
-    return TrainConfig(**{"total_tokens": 8 * 32, "batch_tokens": 32, "lr": 3e-3, "warmup_steps": 2,
-                          "checkpoint_every": 2, "norm_batches": 2, "dead_window": 64, **kw})
+    return TrainConfig(
+        **{
+            "total_tokens": 8 * 32,
+            "batch_tokens": 32,
+            "lr": 3e-3,
+            "warmup_steps": 2,
+            "checkpoint_every": 2,
+            "norm_batches": 2,
+            "dead_window": 64,
+            **kw,
+        }
+    )
 
 
 CODER = CoderConfig("topk", 32, 64, k=4, aux_k=8)
@@ -44,12 +54,22 @@ def same(a, b):
 @requires_pycode
 def test_topk_on_pycode_reaches_the_measured_quality_floor():
     from mechscope.data import DataConfig, stdlib_documents, tokenize_documents
+
     model = ms.load("zoo:pycode")
-    data = tokenize_documents(stdlib_documents(40), model.tokenizer,
-                              DataConfig("stdlib", ctx_len=64, max_tokens=60_000, heldout_fraction=0.05))
-    sae = train(model, "blocks.2.hook_resid_post", CoderConfig("topk", 256, 512, k=16),
-                TrainConfig(total_tokens=50 * 1024, batch_tokens=1024, warmup_steps=5, lr=2e-3, dead_window=4096),
-                data=data.train, source=SourceConfig(model_batch=32, buffer_contexts=128), progress=False)
+    data = tokenize_documents(
+        stdlib_documents(40),
+        model.tokenizer,
+        DataConfig("stdlib", ctx_len=64, max_tokens=60_000, heldout_fraction=0.05),
+    )
+    sae = train(
+        model,
+        "blocks.2.hook_resid_post",
+        CoderConfig("topk", 256, 512, k=16),
+        TrainConfig(total_tokens=50 * 1024, batch_tokens=1024, warmup_steps=5, lr=2e-3, dead_window=4096),
+        data=data.train,
+        source=SourceConfig(model_batch=32, buffer_contexts=128),
+        progress=False,
+    )
     assert sae.cfg.norm_scale == 1.0 and sae.cfg.hook_name == "blocks.2.hook_resid_post"
     r = evaluate(model, sae, data.heldout)
     # measured (2026-12, pycode with induction heads, 1 thread): FVU 0.299, ce_loss_score 0.932,
@@ -102,14 +122,24 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     model = tiny_model("llama")
     write_cache(model, SITE, contexts(), tmp_path / "acts", shard_contexts=8)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "dictionary" / "ddp_worker.py"), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "tests" / "dictionary" / "ddp_worker.py"),
+        str(tmp_path),
+    ]
     done = subprocess.run(cmd, check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     src = SourceConfig(model_batch=5, buffer_contexts=6)
     cfg = small(dead_window=10**9)
-    single = {"stream": train(model, SITE, CODER, cfg, data=contexts(), source=src, progress=False),
-              "cache": train_from_cache(tmp_path / "acts", CODER, small(dead_window=10**9), progress=False)}
+    single = {
+        "stream": train(model, SITE, CODER, cfg, data=contexts(), source=src, progress=False),
+        "cache": train_from_cache(tmp_path / "acts", CODER, small(dead_window=10**9), progress=False),
+    }
     for kind, coder in single.items():
         ranks = [ms.dictionary.load(tmp_path / f"{kind}-rank{r}") for r in (0, 1)]
         assert same(ranks[0], ranks[1])
@@ -155,9 +185,13 @@ def test_schedule_warms_up_and_decays_to_zero():
     cfg = TrainConfig(total_tokens=100 * 8, batch_tokens=8, lr=1.0, warmup_steps=10, decay="linear")
     lrs = [cfg.lr_at(s, 64) for s in range(100)]
     assert lrs[:10] == sorted(lrs[:10]) and lrs[0] < 0.2 and lrs[10:80] == [1.0] * 70
-    assert lrs[80] == pytest.approx(1.0) and lrs[99] == pytest.approx(0.05) and lrs[80:] == sorted(lrs[80:], reverse=True)
+    assert (
+        lrs[80] == pytest.approx(1.0) and lrs[99] == pytest.approx(0.05) and lrs[80:] == sorted(lrs[80:], reverse=True)
+    )
     cos = TrainConfig(total_tokens=100 * 8, batch_tokens=8, lr=1.0, warmup_steps=0, decay="cosine")
-    assert cos.lr_at(0, 64) == pytest.approx(1.0) and cos.lr_at(50, 64) == pytest.approx(0.5) and cos.lr_at(99, 64) < 1e-3
+    assert (
+        cos.lr_at(0, 64) == pytest.approx(1.0) and cos.lr_at(50, 64) == pytest.approx(0.5) and cos.lr_at(99, 64) < 1e-3
+    )
     assert TrainConfig(lr=None).peak_lr(16384) == pytest.approx(2e-4)
     with pytest.raises(ms.MechscopeError, match="decay"):
         TrainConfig(decay="step")
@@ -181,14 +215,15 @@ def test_a_layer_norm_dictionary_trains_resumes_saves_and_evaluates(tmp_path):
     straight = train(model, SITE, cfg, small(), data=data, source=src, progress=False)
     out = tmp_path / "sae"
     train(model, SITE, cfg, small(), data=data, source=src, out=out, progress=False, stop_after=5)
-    resumed = train(model, SITE, cfg, small(), data=data, source=src, out=out, progress=False,
-                    heldout=contexts(4, seed=1))
+    resumed = train(
+        model, SITE, cfg, small(), data=data, source=src, out=out, progress=False, heldout=contexts(4, seed=1)
+    )
     assert same(resumed, straight)
     loaded = ms.dictionary.load(out)
     assert same(loaded, straight) and loaded.cfg.input_norm == "layer_norm" and loaded.cfg.norm_scale == 1.0
     x = model.run(contexts(2, seed=2), record=[SITE]).cache[SITE]
     torch.testing.assert_close(loaded.predict(x), straight.eval().predict(x), atol=0, rtol=0)
-    held = json.loads((out / "metrics.json").read_text())["history"][-1]    # Trainer.evaluate: decode(acts, x=x)
+    held = json.loads((out / "metrics.json").read_text())["history"][-1]  # Trainer.evaluate: decode(acts, x=x)
     r = evaluate(model, loaded, contexts(4, seed=1))
     assert 0 < held["fvu"] < 2 and 0 < r.fvu < 2
     # the spliced cross-entropy by hand: reconstructions in place of the kept activations
@@ -199,6 +234,7 @@ def test_a_layer_norm_dictionary_trains_resumes_saves_and_evaluates(tmp_path):
         flat = value.reshape(-1, value.shape[-1])
         back = loaded.decode(loaded.encode(flat), x=flat).reshape(value.shape)
         return torch.cat([value[:, :1], back[:, 1:]], dim=1)
+
     with torch.no_grad():
         logits = model.run(ids, edits=[ms.edits.replace(SITE, splice)]).logits
         clean = model.run(ids).logits

@@ -25,8 +25,18 @@ def contexts(n=16, ctx=9, seed=0):
 
 
 def small(**kw):
-    return TrainConfig(**{"total_tokens": 8 * 32, "batch_tokens": 32, "lr": 3e-3, "warmup_steps": 2,
-                          "checkpoint_every": 4, "norm_batches": 2, "dead_window": 64, **kw})
+    return TrainConfig(
+        **{
+            "total_tokens": 8 * 32,
+            "batch_tokens": 32,
+            "lr": 3e-3,
+            "warmup_steps": 2,
+            "checkpoint_every": 4,
+            "norm_batches": 2,
+            "dead_window": 64,
+            **kw,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +47,23 @@ def model():
 @requires_pycode
 def test_pycode_mlp0_transcoder_keeps_ce_near_clean_and_beats_zero_ablation():
     from mechscope.data import DataConfig, stdlib_documents, tokenize_documents
+
     model = ms.load("zoo:pycode")
-    data = tokenize_documents(stdlib_documents(40), model.tokenizer,
-                              DataConfig("stdlib", ctx_len=64, max_tokens=60_000, heldout_fraction=0.05))
+    data = tokenize_documents(
+        stdlib_documents(40),
+        model.tokenizer,
+        DataConfig("stdlib", ctx_len=64, max_tokens=60_000, heldout_fraction=0.05),
+    )
     cfg = transcoder_config(model, 0, arch="topk", width=512, k=16, skip=True)
-    tc = train(model, cfg.hook_name, cfg, TrainConfig(total_tokens=50 * 1024, batch_tokens=1024, warmup_steps=5,
-                                                      lr=2e-3, dead_window=4096),
-               data=data.train, source=SourceConfig(model_batch=32, buffer_contexts=128), progress=False)
+    tc = train(
+        model,
+        cfg.hook_name,
+        cfg,
+        TrainConfig(total_tokens=50 * 1024, batch_tokens=1024, warmup_steps=5, lr=2e-3, dead_window=4096),
+        data=data.train,
+        source=SourceConfig(model_batch=32, buffer_contexts=128),
+        progress=False,
+    )
     assert tc.cfg.norm_scale == 1.0 and tc.cfg.target_hook == "blocks.0.hook_mlp_out"
     r = evaluate(model, tc, data.heldout)
     # measured (2026-11, 1 thread): CE clean 2.514, transcoder 2.620, MLP0 zeroed 4.382; ce_loss_score 0.943,
@@ -101,13 +121,23 @@ def test_folded_artifact_maps_raw_activations_identically_and_round_trips(arch, 
 
 def test_trained_from_stream_and_cache_the_skip_learns_and_fvu_is_against_the_target(tmp_path, model):
     import json
+
     data, held = contexts(24, 9), contexts(4, 9, seed=1)
     cfg = transcoder_config(model, 1, arch="topk", width=32, k=4, aux_k=8, skip=True)
-    a = train(model, IN, cfg, small(), data=data, source=SourceConfig(model_batch=8, buffer_contexts=8),
-              heldout=held, out=tmp_path / "tc", progress=False)
+    a = train(
+        model,
+        IN,
+        cfg,
+        small(),
+        data=data,
+        source=SourceConfig(model_batch=8, buffer_contexts=8),
+        heldout=held,
+        out=tmp_path / "tc",
+        progress=False,
+    )
     assert a.W_skip.abs().sum() > 0
     history = json.loads((tmp_path / "tc" / "metrics.json").read_text())["history"]
-    r = evaluate(model, a, held, splice=False)   # the trainer's held-out FVU and evaluate's agree
+    r = evaluate(model, a, held, splice=False)  # the trainer's held-out FVU and evaluate's agree
     assert r.target_hook == OUT and r.fvu == pytest.approx(history[-1]["fvu"], rel=1e-4)
     write_cache(model, [IN, OUT], data, tmp_path / "acts", progress=False)
     b = train_from_cache(tmp_path / "acts", cfg, small(), progress=False)
@@ -126,6 +156,7 @@ def test_bad_input_fails_clearly(model):
     with pytest.raises(ms.MechscopeError, match="record the target site"):
         from mechscope.dictionary.source import ActivationSource
         from mechscope.dictionary.train import Trainer
+
         stream = ActivationSource(model, [IN], contexts(), SourceConfig(batch_tokens=32))
         Trainer(stream, [transcoder_config(model, 1, width=16, k=4)], small())
     wrong = CoderConfig("topk", 32, 16, d_out=64, k=4, hook_name=IN, target_hook=OUT)
@@ -141,6 +172,7 @@ def test_cli_train_writes_eval_json_and_eval_reads_it_back(tmp_path, capsys):
 
     from mechscope.commands import transcoder as command
     from tests.lens.helpers import save_worded, write_corpus
+
     folder = save_worded(tmp_path / "model")
     corpus = write_corpus(tmp_path / "corpus.jsonl", 60)
 
@@ -151,9 +183,31 @@ def test_cli_train_writes_eval_json_and_eval_reads_it_back(tmp_path, capsys):
         return json.loads(capsys.readouterr().out)
 
     data = ["--data", str(corpus), "--ctx", "16", "--heldout", "0.2", "--json"]
-    out = call(["train", str(folder), "--layer", "1", "--skip", "--out", str(tmp_path / "tc"), "--width", "32",
-                "--k", "4", "--total-tokens", "256", "--batch-tokens", "32", "--warmup", "1", "--eval-contexts", "3",
-                "--no-progress", *data])
+    out = call(
+        [
+            "train",
+            str(folder),
+            "--layer",
+            "1",
+            "--skip",
+            "--out",
+            str(tmp_path / "tc"),
+            "--width",
+            "32",
+            "--k",
+            "4",
+            "--total-tokens",
+            "256",
+            "--batch-tokens",
+            "32",
+            "--warmup",
+            "1",
+            "--eval-contexts",
+            "3",
+            "--no-progress",
+            *data,
+        ]
+    )
     assert out["target"] == "blocks.1.hook_mlp_out" and out["skip"] and out["eval"]["ce_zero"] is not None
     assert json.loads((tmp_path / "tc" / "eval.json").read_text()) == out["eval"]
     again = call(["eval", str(folder), str(tmp_path / "tc"), "--contexts", "3", *data])
@@ -168,6 +222,7 @@ def test_report_shows_the_transcoder_and_the_saes_error_and_meta_parts(tmp_path,
     from mechscope.dictionary.error import error_analysis
     from mechscope.dictionary.meta import train_meta
     from mechscope.report.sae import section
+
     tc = ms.dictionary.build(transcoder_config(model, 1, arch="topk", width=16, k=4, skip=True))
     tc.save(tmp_path / "tc")
     run = model.run(contexts(1, 8))
@@ -185,6 +240,7 @@ def test_report_shows_the_transcoder_and_the_saes_error_and_meta_parts(tmp_path,
 def test_transcoders_are_not_attached_in_place_or_written_as_saelens(model, tmp_path):
     from mechscope.dictionary import attach, build, write_saelens
     from mechscope.errors import MechscopeError
+
     site_in, site_out = mlp_sites(0)
     width = model.dims.d_model
     tc = build(CoderConfig("topk", width, 32, d_out=width, k=4, hook_name=site_in, target_hook=site_out))

@@ -22,23 +22,32 @@ from mechscope.heads import (
 from mechscope.zoo.transformer import ToyConfig, ToyTransformer
 
 SPAN = 8
-LENGTH = 2 * SPAN + 1                  # [prefix, r, r]
-OFFSETS = (-1, -(SPAN - 1), -SPAN)     # layer 0: previous token, 1: induction, 2: duplicate
+LENGTH = 2 * SPAN + 1  # [prefix, r, r]
+OFFSETS = (-1, -(SPAN - 1), -SPAN)  # layer 0: previous token, 1: induction, 2: duplicate
 
 
 def planted_model() -> ms.Model:
     """Three layers; head 0 of layer l attends (all but exactly) to key q + OFFSETS[l]
     through one-hot positions, head 1 attends uniformly. Output projections are zero, so
     every layer sees the same residual stream: the one-hot position."""
-    config = ToyConfig(vocab_size=16, n_ctx=LENGTH, d_model=LENGTH, n_layers=3, n_heads=2, d_head=LENGTH,
-                       d_mlp=0, norm="none", positions="learned")
+    config = ToyConfig(
+        vocab_size=16,
+        n_ctx=LENGTH,
+        d_model=LENGTH,
+        n_layers=3,
+        n_heads=2,
+        d_head=LENGTH,
+        d_mlp=0,
+        norm="none",
+        positions="learned",
+    )
     hf = ToyTransformer(config)
     with torch.no_grad():
         for p in hf.parameters():
             p.zero_()
         hf.pos_embed.weight.copy_(torch.eye(LENGTH))
         for block, offset in zip(hf.blocks, OFFSETS):
-            block.attn.q.weight[:LENGTH] = 1e4 * torch.eye(LENGTH)              # head 0: q_i = big * e_i
+            block.attn.q.weight[:LENGTH] = 1e4 * torch.eye(LENGTH)  # head 0: q_i = big * e_i
             block.attn.k.weight[:LENGTH] = torch.diag(torch.ones(LENGTH + offset), offset)  # k_j = e_{j - offset}
     return ms.Model(hf, name="planted")
 
@@ -96,13 +105,14 @@ def test_padding_is_left_out_of_previous_token_scores(model, tokens):
     mask[1, 10:] = 0
     scores = previous_token_scores(model, tokens, attention_mask=mask)
     queries = [q for q in range(1, LENGTH)] * 2 + list(range(1, 10))
-    torch.testing.assert_close(scores.scores[0, 1], torch.tensor(sum(1 / (q + 1) for q in queries) / len(queries)),
-                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        scores.scores[0, 1], torch.tensor(sum(1 / (q + 1) for q in queries) / len(queries)), rtol=1e-6, atol=0
+    )
     assert scores.scores[0, 0] == 1.0
 
 
 def test_stripe_scores_on_hand_built_patterns():
-    patterns = torch.zeros(1, 2, 1, 4, 4)                  # [layer, batch, head, q, k]
+    patterns = torch.zeros(1, 2, 1, 4, 4)  # [layer, batch, head, q, k]
     patterns[0, 0, 0] = torch.tensor([[1, 0, 0, 0], [0.5, 0.5, 0, 0], [0, 0.25, 0.75, 0], [0, 0, 1.0, 0]])
     patterns[0, 1, 0] = torch.tensor([[1, 0, 0, 0], [1.0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0.5, 0.5]])
     every = torch.ones(2, 4, dtype=torch.bool)
@@ -123,7 +133,7 @@ def test_repeated_random_tokens():
     assert rows.shape == (4, 41) and rows.dtype == torch.long
     assert (rows[:, 0] == 7).all() and not (rows[:, 1:] == 7).any()
     assert torch.equal(rows[:, 1:21], rows[:, 21:])
-    assert all(len(set(row[1:21].tolist())) == 20 for row in rows)            # distinct within a span
+    assert all(len(set(row[1:21].tolist())) == 20 for row in rows)  # distinct within a span
     assert torch.equal(rows, repeated_random_tokens(50, 20, batch=4, seed=3, prefix_token=7))
     assert not torch.equal(rows, repeated_random_tokens(50, 20, batch=4, seed=4, prefix_token=7))
     assert repeat_span(rows) == 20 and repeat_span(rows[:, 1:]) == 20
@@ -150,14 +160,19 @@ def test_scores_any_family_and_plot():
     fig = HeadScores(torch.tensor([[0.1, 0.9], [0.5, 0.2]]), "induction").plot()
     assert isinstance(fig, Figure) and fig.axes[0].get_title() == "induction score"
     assert HeadScores(torch.tensor([[0.1, 0.9], [0.5, 0.2]]), "induction").top(2) == [
-        (0, 1, pytest.approx(0.9)), (1, 0, pytest.approx(0.5))]
+        (0, 1, pytest.approx(0.9)),
+        (1, 0, pytest.approx(0.5)),
+    ]
 
 
 def test_cli_bad_input_is_one_line(capsys):
     from mechscope.cli import main
-    for argv, text in [(["heads", "zoo:digits"], "zoo:digits has no attention heads"),
-                       (["heads", "zoo:induction", "--batch", "0"], "batch must be at least 1"),
-                       (["heads", "zoo:induction", "--top", "-2"], "k must be 0 or more")]:
+
+    for argv, text in [
+        (["heads", "zoo:digits"], "zoo:digits has no attention heads"),
+        (["heads", "zoo:induction", "--batch", "0"], "batch must be at least 1"),
+        (["heads", "zoo:induction", "--top", "-2"], "k must be 0 or more"),
+    ]:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("mechscope: error:") and "\n" not in err and text in err, err

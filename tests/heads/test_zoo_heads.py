@@ -21,7 +21,7 @@ def test_induction_model_has_its_planted_heads():
 
 
 def test_pycode_has_an_induction_head_fed_by_an_earlier_previous_token_head():
-    prev, ind = detect("zoo:pycode", 50)   # measured: induction L2H0 0.97, previous-token L1H1 0.99
+    prev, ind = detect("zoo:pycode", 50)  # measured: induction L2H0 0.97, previous-token L1H1 0.99
     layer, head = divmod(int(ind.argmax()), ind.shape[1])
     assert ind[layer, head] >= 0.8
     assert layer > 0 and prev[:layer].max() >= 0.8

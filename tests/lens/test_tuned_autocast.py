@@ -66,16 +66,34 @@ def test_auto_follows_native_bf16_and_bad_values_are_refused():
 
 def test_cli_option_reaches_the_trainer(tmp_path, capsys):
     from mechscope.commands import tuned_lens
+
     folder = save_worded(tmp_path / "model")
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"})
-                                for i in range(40)))
+    corpus.write_text(
+        "\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"}) for i in range(40))
+    )
     parser = argparse.ArgumentParser()
     tuned_lens.configure(parser)
     assert parser.parse_args([str(folder), "--data", str(corpus)]).autocast == "off"
     out = tmp_path / "lens"
-    args = parser.parse_args([str(folder), "--data", str(corpus), "--out", str(out), "--steps", "2", "--ctx", "16",
-                              "--batch", "4", "--autocast", "bf16", "--json"])
+    args = parser.parse_args(
+        [
+            str(folder),
+            "--data",
+            str(corpus),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--ctx",
+            "16",
+            "--batch",
+            "4",
+            "--autocast",
+            "bf16",
+            "--json",
+        ]
+    )
     assert tuned_lens.execute(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert all(row["tuned_kl"] == row["tuned_kl"] for row in result["layers"])  # finite (not NaN)

@@ -35,14 +35,14 @@ def test_automatic_path_matches_the_table(kind, ids):
     table = tiny_model(kind)
     auto = ms.auto_model(table.hf, name=f"auto-{kind}")
     assert isinstance(auto, AutoModel)
-    assert list(auto.table.by_name) == list(table.table.by_name)            # same sites, same order
+    assert list(auto.table.by_name) == list(table.table.by_name)  # same sites, same order
     assert PATHS not in auto.provenance and auto.adapter.parallel == table.adapter.parallel
     a = auto.run(ids, record="*")
     t = table.run(ids, record="*")
     assert torch.equal(a.logits, t.logits)
     for name, value in t.cache.items():
         assert torch.equal(a.cache[name], value), name
-    for layer in range(table.dims.n_layers):                                 # weights read the same way
+    for layer in range(table.dims.n_layers):  # weights read the same way
         for w in ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "b_Q", "b_O"):
             assert torch.equal(getattr(auto, w)(layer), getattr(table, w)(layer)), (w, layer)
     assert torch.equal(auto.to_logits(t.cache["blocks.1.hook_resid_post"]), t.logits)
@@ -127,13 +127,24 @@ def test_hf_model_without_block_list_gets_module_paths():
 def _untabled_folder(folder) -> None:
     """A tiny model of a type that has no table (yet), saved to `folder`."""
     from mechscope.models.families import adapter_for
+
     candidates = {"helium": T.HeliumConfig, "olmo": T.OlmoConfig, "glm": T.GlmConfig, "nemotron": T.NemotronConfig}
     kind = next((k for k in candidates if adapter_for(k) is None), None)
     if kind is None:
         pytest.skip("every candidate type has a table now")
-    config = candidates[kind](num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-                              head_dim=8, intermediate_size=64, vocab_size=97, max_position_embeddings=64,
-                              pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = candidates[kind](
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=64,
+        vocab_size=97,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     torch.manual_seed(0)
     T.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
 
@@ -155,6 +166,7 @@ def test_load_refuses_a_type_that_is_not_a_causal_lm(tmp_path):
 
 def test_info_says_where_sites_come_from(tmp_path, capsys):
     from mechscope.cli import main
+
     _untabled_folder(tmp_path)
     assert main(["info", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -178,6 +190,7 @@ def test_half_precision_verifies_the_same_sites(kind):
 
 def _untabled(kinds: list[str]) -> list[str]:
     from mechscope.models.families import adapter_for
+
     return [k for k in kinds if adapter_for(k) is None]
 
 
@@ -187,6 +200,7 @@ UNTABLED = _untabled(["olmo", "gpt_neo", "bloom", "helium", "biogpt", "persimmon
 @pytest.fixture(scope="module", params=UNTABLED)
 def untabled(request) -> AutoModel:
     from mechscope.models.sweep import build
+
     model = auto_model(build(request.param), name=request.param)
     assert isinstance(model, AutoModel)
     return model
@@ -211,8 +225,9 @@ def test_untabled_edits_act_where_they_should(untabled):
     again = untabled.run(ids, edits=[ms.edits.replace(n, v) for n, v in run.cache.items()])
     assert torch.allclose(again.logits, run.logits, atol=1e-6)
     if "blocks.0.attn.hook_z" in untabled.table.by_name:
-        zeroed = untabled.run(ids, record="blocks.1.hook_resid_post",
-                              edits=[ms.edits.zero("blocks.0.attn.hook_z", heads=1, positions=4)])
+        zeroed = untabled.run(
+            ids, record="blocks.1.hook_resid_post", edits=[ms.edits.zero("blocks.0.attn.hook_z", heads=1, positions=4)]
+        )
         before = untabled.run(ids, record="blocks.1.hook_resid_post").cache["blocks.1.hook_resid_post"]
         after = zeroed.cache["blocks.1.hook_resid_post"]
         assert torch.equal(after[:, :4], before[:, :4]) and not torch.equal(after[:, 4], before[:, 4])

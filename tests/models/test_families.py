@@ -22,16 +22,51 @@ def ids() -> torch.Tensor:
     return torch.randint(0, 97, (3, 9), generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("cls, config, match", [
-    (T.OPTForCausalLM, T.OPTConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=4, ffn_dim=64,
-                                   word_embed_proj_dim=32, do_layer_norm_before=False, vocab_size=97, **IDS),
-     "post-LN OPT"),
-    (T.OPTForCausalLM, T.OPTConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=4, ffn_dim=64,
-                                   word_embed_proj_dim=16, vocab_size=97, **IDS), "projected in and out"),
-    (T.Qwen3MoeForCausalLM, T.Qwen3MoeConfig(**{**GQA, "num_hidden_layers": 2}, **IDS, head_dim=8, num_experts=4,
-                                             num_experts_per_tok=2, moe_intermediate_size=16, mlp_only_layers=[1]),
-     "dense MLP"),
-])
+@pytest.mark.parametrize(
+    "cls, config, match",
+    [
+        (
+            T.OPTForCausalLM,
+            T.OPTConfig(
+                num_hidden_layers=1,
+                hidden_size=32,
+                num_attention_heads=4,
+                ffn_dim=64,
+                word_embed_proj_dim=32,
+                do_layer_norm_before=False,
+                vocab_size=97,
+                **IDS,
+            ),
+            "post-LN OPT",
+        ),
+        (
+            T.OPTForCausalLM,
+            T.OPTConfig(
+                num_hidden_layers=1,
+                hidden_size=32,
+                num_attention_heads=4,
+                ffn_dim=64,
+                word_embed_proj_dim=16,
+                vocab_size=97,
+                **IDS,
+            ),
+            "projected in and out",
+        ),
+        (
+            T.Qwen3MoeForCausalLM,
+            T.Qwen3MoeConfig(
+                **{**GQA, "num_hidden_layers": 2},
+                **IDS,
+                head_dim=8,
+                num_experts=4,
+                num_experts_per_tok=2,
+                moe_intermediate_size=16,
+                mlp_only_layers=[1],
+            ),
+            "dense MLP",
+        ),
+    ],
+)
 def test_configs_a_table_cannot_serve_are_refused(cls, config, match):
     with pytest.raises(MechscopeError, match=match):
         ms.Model(cls(config))
@@ -50,7 +85,9 @@ def test_scaled_embedding_is_read_after_the_scale(kind, ids):
 def test_granite_multipliers(ids):
     model = tiny_model("granite")
     c = model.hf.config
-    run = model.run(ids, record=["hook_embed", "blocks.0.hook_resid_pre", "blocks.0.attn.hook_z", "blocks.0.hook_attn_out"])
+    run = model.run(
+        ids, record=["hook_embed", "blocks.0.hook_resid_pre", "blocks.0.attn.hook_z", "blocks.0.hook_attn_out"]
+    )
     assert torch.allclose(run.cache["blocks.0.hook_resid_pre"], run.cache["hook_embed"] * c.embedding_multiplier)
     o_proj = model.block_module(0, "self_attn.o_proj")(run.cache["blocks.0.attn.hook_z"].flatten(-2))
     assert torch.allclose(run.cache["blocks.0.hook_attn_out"], o_proj * c.residual_multiplier, atol=1e-6)
@@ -104,7 +141,9 @@ def test_flattened_token_sites_follow_the_rows_run(kind, ids):
         assert torch.allclose(forked.cache[site], value.repeat(2, *[1] * (value.dim() - 1)), atol=1e-6), site
     zeroed = model.run(ids, record="blocks.1.hook_mlp_out", edits=[ms.edits.zero("blocks.1.hook_mlp_out", positions=3)])
     out = zeroed.cache["blocks.1.hook_mlp_out"]
-    assert torch.equal(out[:, 3], torch.zeros_like(out[:, 3])) and torch.equal(out[:, 4:], plain.cache["blocks.1.hook_mlp_out"][:, 4:])
+    assert torch.equal(out[:, 3], torch.zeros_like(out[:, 3])) and torch.equal(
+        out[:, 4:], plain.cache["blocks.1.hook_mlp_out"][:, 4:]
+    )
 
 
 def test_every_table_has_a_tiny_model_and_notes():

@@ -15,8 +15,14 @@ from mechscope.models import loading, memory
 
 @pytest.fixture
 def folder(tmp_path):
-    config = T.LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
-                           vocab_size=97, max_position_embeddings=64)
+    config = T.LlamaConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=97,
+        max_position_embeddings=64,
+    )
     T.LlamaForCausalLM(config).save_pretrained(tmp_path)
     return tmp_path
 

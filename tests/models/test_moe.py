@@ -38,7 +38,9 @@ def test_router_logits_equal_the_models_own(model, ids):
 def test_router_logits_at_positions_and_with_padding(model, ids):
     """Unflattening follows the rows actually run: a position subset, a padded batch."""
     full = model.run(ids, record="blocks.1.mlp.hook_router_logits").cache["blocks.1.mlp.hook_router_logits"]
-    last = model.run(ids, record="blocks.1.mlp.hook_router_logits", positions=-1).cache["blocks.1.mlp.hook_router_logits"]
+    last = model.run(ids, record="blocks.1.mlp.hook_router_logits", positions=-1).cache[
+        "blocks.1.mlp.hook_router_logits"
+    ]
     assert torch.equal(last[:, 0], full[:, -1])
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0
@@ -60,4 +62,3 @@ def test_router_logits_are_read_only_and_neurons_unavailable(model, ids):
         model.run(ids, record="blocks.0.mlp.hook_post")
     with pytest.raises(MechscopeError, match="mixture-of-experts"):
         model.W_out(0)
-

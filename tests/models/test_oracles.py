@@ -11,7 +11,6 @@ from mechscope import edits
 
 from .tiny import ENCODER_NAMES, FAMILY_NAMES, tiny_model
 
-
 DTYPES = {"f32": torch.float32, "f64": torch.float64}
 
 
@@ -93,7 +92,11 @@ def test_qkv_views_match_weights(model, ids):
     x = run.cache["blocks.0.hook_resid_pre"]
     if model.adapter.attn_in_norm:
         x = model.block_module(0, model.adapter.attn_in_norm)(x)
-    for name, w, b in (("q", model.W_Q(0), model.b_Q(0)), ("k", model.W_K(0), model.b_K(0)), ("v", model.W_V(0), model.b_V(0))):
+    for name, w, b in (
+        ("q", model.W_Q(0), model.b_Q(0)),
+        ("k", model.W_K(0), model.b_K(0)),
+        ("v", model.W_V(0), model.b_V(0)),
+    ):
         expected = torch.einsum("bpm,hmd->bphd", x, w) + b
         assert torch.allclose(run.cache[f"blocks.0.attn.hook_{name}"], expected, atol=1e-5), name
 

@@ -29,8 +29,12 @@ def test_resid_mid_is_read_only_and_mlp_in_edits_only_the_mlp(name):
     assert torch.equal(pushed["blocks.0.hook_mlp_in"], clean["blocks.0.hook_mlp_in"] + u)
     assert torch.equal(pushed["blocks.0.hook_resid_mid"], clean["blocks.0.hook_resid_mid"])  # the stream: unedited
     # ... and the stream went on without it: resid_post = (unedited) resid_mid + the MLP's new output
-    torch.testing.assert_close(pushed["blocks.0.hook_resid_post"],
-                               clean["blocks.0.hook_resid_mid"] + pushed["blocks.0.hook_mlp_out"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        pushed["blocks.0.hook_resid_post"],
+        clean["blocks.0.hook_resid_mid"] + pushed["blocks.0.hook_mlp_out"],
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_post_ln_resid_mid_stays_editable_and_has_no_mlp_in():
@@ -38,6 +42,7 @@ def test_post_ln_resid_mid_stays_editable_and_has_no_mlp_in():
     assert "blocks.0.hook_mlp_in" not in model.table.by_name
     u = torch.ones(model.dims.d_model)
     base = model.run(IDS, record="blocks.0.hook_resid_mid").cache["blocks.0.hook_resid_mid"]
-    got = model.run(IDS, record="blocks.0.hook_resid_mid",
-                    edits=[edits.add("blocks.0.hook_resid_mid", u)]).cache["blocks.0.hook_resid_mid"]
+    got = model.run(IDS, record="blocks.0.hook_resid_mid", edits=[edits.add("blocks.0.hook_resid_mid", u)]).cache[
+        "blocks.0.hook_resid_mid"
+    ]
     torch.testing.assert_close(got, base + u)

@@ -23,16 +23,16 @@ REGENERATE = "regenerate it: python -m mechscope.models.sweep --write docs/archi
 def test_a_few_types_end_in_the_right_outcome():
     results = {r.model_type: r for r in sweep.sweep(["gpt2", "olmo", "mamba", "musicgen"])}
     assert results["gpt2"].outcome == "exact (table)"
-    assert results["olmo"].outcome in EXACT           # automatic until a table arrives
+    assert results["olmo"].outcome in EXACT  # automatic until a table arrives
     assert results["mamba"].outcome == "module paths"
     assert "differ from Hugging Face's hidden_states" in results["mamba"].detail
-    assert results["musicgen"].outcome == "not built"   # its config lacks a value its model reads
+    assert results["musicgen"].outcome == "not built"  # its config lacks a value its model reads
 
 
 def test_tiny_configs_are_tiny():
     config = sweep.tiny_config("llama")
     assert (config.hidden_size, config.num_hidden_layers, config.vocab_size) == (32, 2, 128)
-    gpt2 = sweep.tiny_config("gpt2")                  # token ids (50256 by default) moved into the vocabulary
+    gpt2 = sweep.tiny_config("gpt2")  # token ids (50256 by default) moved into the vocabulary
     assert (gpt2.n_embd, gpt2.n_layer, gpt2.bos_token_id, gpt2.eos_token_id) == (32, 2, 1, 2)
 
 
@@ -68,8 +68,11 @@ def test_committed_table_is_current(results):
     committed = sweep.read_outcomes(text)
     assert set(committed) == {r.model_type for r in results}, REGENERATE
     # a new family table moves a type from "automatic" to "table": still exact, so only exactness must agree
-    changed = {r.model_type: (committed[r.model_type], r.outcome) for r in results
-               if (committed[r.model_type] in EXACT) != (r.outcome in EXACT)}
+    changed = {
+        r.model_type: (committed[r.model_type], r.outcome)
+        for r in results
+        if (committed[r.model_type] in EXACT) != (r.outcome in EXACT)
+    }
     assert not changed, f"{changed}: {REGENERATE}"
     counts = sweep.read_counts(text)
     assert sum(counts[o] for o in EXACT) == sum(r.outcome in EXACT for r in results), REGENERATE

@@ -49,8 +49,8 @@ def _aux_by_hand(coder, x, x_hat, target, dead_mask, aux_k=AUX_K):
     total_err, total_var = 0.0, 0.0
     mean_error = error.mean(0)
     for b in range(len(x)):
-        pre = (x[b] - b_dec) @ W_enc[:, dead] + b_enc[dead]         # dead latents only
-        order = sorted(range(len(dead)), key=lambda j: -float(pre[j]))[:min(aux_k, len(dead))]
+        pre = (x[b] - b_dec) @ W_enc[:, dead] + b_enc[dead]  # dead latents only
+        order = sorted(range(len(dead)), key=lambda j: -float(pre[j]))[: min(aux_k, len(dead))]
         e_hat = sum(max(float(pre[j]), 0.0) * W_dec[dead[j]] for j in order)  # no decoder bias
         total_err += float((e_hat - error[b]).pow(2).sum())
         total_var += float((error[b] - mean_error).pow(2).sum())
@@ -61,20 +61,22 @@ def test_aux_loss_is_the_centred_normalised_error_reconstruction():
     coder, x, dead = _coder(), _inputs(), _dead()
     gen = torch.Generator().manual_seed(5)
     target = x + 0.5 * torch.randn(x.shape, generator=gen)
-    x_hat = target - (3.0 + torch.randn(x.shape, generator=gen))   # an error with a large mean
+    x_hat = target - (3.0 + torch.randn(x.shape, generator=gen))  # an error with a large mean
     expected = _aux_by_hand(coder, x, x_hat, target, dead)
-    uncentred = expected * float(((target - x_hat) - (target - x_hat).mean(0)).pow(2).sum()
-                                 / (target - x_hat).pow(2).sum())
+    uncentred = expected * float(
+        ((target - x_hat) - (target - x_hat).mean(0)).pow(2).sum() / (target - x_hat).pow(2).sum()
+    )
     assert abs(uncentred - expected) > 0.5 * expected  # the two normalisations really differ here
-    fast = aux_loss(coder, x, x_hat, target, dead, b_dec=coder.b_dec)            # encoder subtracts b_dec
-    plain = aux_loss(coder, coder.centered(x), x_hat, target, dead)              # already centred input
+    fast = aux_loss(coder, x, x_hat, target, dead, b_dec=coder.b_dec)  # encoder subtracts b_dec
+    plain = aux_loss(coder, coder.centered(x), x_hat, target, dead)  # already centred input
     assert float(fast.detach()) == pytest.approx(expected, rel=1e-4)
     assert float(plain.detach()) == pytest.approx(expected, rel=1e-4)
     # fewer dead latents than aux_k: all of them are used
     few = torch.zeros(D_SAE, dtype=torch.bool)
     few[[3, 17, 40]] = True
     assert float(aux_loss(coder, x, x_hat, target, few, b_dec=coder.b_dec).detach()) == pytest.approx(
-        _aux_by_hand(coder, x, x_hat, target, few), rel=1e-4)
+        _aux_by_hand(coder, x, x_hat, target, few), rel=1e-4
+    )
     # nothing dead: no loss
     assert float(aux_loss(coder, x, x_hat, target, torch.zeros(D_SAE, dtype=torch.bool))) == 0.0
     assert float(aux_loss(coder, x, x_hat, target, None)) == 0.0

@@ -91,7 +91,7 @@ def test_each_component_matches_its_projection_by_hand(name):
         assert min(float((heads[a] - heads[b]).abs().max()) for a in range(n_heads) for b in range(a)) > 1e-3
     # labels: the embeddings, then per layer its heads in order, its attention bias and MLP
     heads_in_order = [label for label in result.labels if "H" in label]
-    assert heads_in_order == [f"L{l}H{h}" for l in range(n_layers) for h in range(n_heads)]
+    assert heads_in_order == [f"L{i}H{h}" for i in range(n_layers) for h in range(n_heads)]
     assert result.labels[0] == "embed"
     assert torch.allclose(result.contributions.sum(0), result.logit, atol=1e-4)
     logits = model.run(ids).logits.detach()
@@ -142,7 +142,7 @@ def test_views_and_defaults_read_the_right_cells():
     ids = IDS[:, :5] % 97
     result = direct_logit_attribution(model, ids, [7, 8], vs=[11, 12])
     assert result.metric() == "logit '7' - logit '11'" and result.metric(1) == "logit '8' - logit '12'"
-    assert result.text(12) == "12" and result.text(96) == "96"           # no tokenizer: ids as text
+    assert result.text(12) == "12" and result.text(96) == "96"  # no tokenizer: ids as text
     assert result.top() == result.top(10, 0, -1) and len(result.top()) == 10
     assert torch.equal(result.heads(), result.heads(0, -1)) and not torch.equal(result.heads(), result.heads(1, -1))
     with pytest.raises(ms.MechscopeError, match=r"^vs id 200 is outside the vocabulary \(0-96\)$"):
@@ -156,6 +156,7 @@ def test_views_and_defaults_read_the_right_cells():
     # a chart at another row and position: its bars are that column's contributions; a zero
     # contribution (llama's attention has no output bias) is drawn in the positive colour
     from matplotlib.colors import to_hex
+
     ax = result.plot(row=1, pos=2, k=len(result.labels)).axes[0]
     top = result.top(len(result.labels), 1, 2)[::-1]
     assert [t.get_text() for t in ax.get_yticklabels()] == [label for label, _ in top]
@@ -171,19 +172,21 @@ def test_plot_draws_the_top_contributions_by_sign():
 
     model = ms.load("zoo:pycode")
     result = direct_logit_attribution(model, "def add(a, b):\n    return", " a", " x")
-    assert len(result.labels) > 20 and result.text(result.vs_ids[0]) == " x"   # " x" is not in the prompt
-    fig = result.plot()                                   # row 0, last position, 20 bars
+    assert len(result.labels) > 20 and result.text(result.vs_ids[0]) == " x"  # " x" is not in the prompt
+    fig = result.plot()  # row 0, last position, 20 bars
     ax = fig.axes[0]
-    top = result.top(20, 0, -1)[::-1]                     # largest at the top of the chart
+    top = result.top(20, 0, -1)[::-1]  # largest at the top of the chart
     assert [t.get_text() for t in ax.get_yticklabels()] == [label for label, _ in top]
     assert [p.get_width() for p in ax.patches] == pytest.approx([v for _, v in top])
     assert [to_hex(p.get_facecolor()) for p in ax.patches] == ["#4c78a8" if v >= 0 else "#e45756" for _, v in top]
-    assert {to_hex(p.get_facecolor()) for p in ax.patches} == {"#4c78a8", "#e45756"}   # both signs drawn
+    assert {to_hex(p.get_facecolor()) for p in ax.patches} == {"#4c78a8", "#e45756"}  # both signs drawn
     assert ax.get_xlabel() == "direct contribution to logit ' a' - logit ' x'"
     last = int(result.positions[0, -1])
-    assert ax.get_title() == f"zoo:pycode, position {last} ({result.text(result.tokens[0, -1])!r}): " \
-                             f"total {float(result.logit[0, -1]):.3f}"
-    assert any(list(line.get_xdata()) == [0, 0] for line in ax.lines)   # the zero line
+    assert (
+        ax.get_title() == f"zoo:pycode, position {last} ({result.text(result.tokens[0, -1])!r}): "
+        f"total {float(result.logit[0, -1]):.3f}"
+    )
+    assert any(list(line.get_xdata()) == [0, 0] for line in ax.lines)  # the zero line
     own = Figure().subplots()
     assert result.plot(k=3, ax=own) is own.figure and len(own.patches) == 3
 
@@ -215,7 +218,10 @@ def test_unembed_bias_and_single_target_by_hand():
 
 
 def test_post_ln_refusal_names_the_family():
-    with pytest.raises(ms.MechscopeError, match=r"^BERT.* is post-LN \(the residual stream is renormalised after each "
-                       r"sublayer\), so its final stream is not a sum of components: direct logit attribution needs a "
-                       r"pre-norm model$"):
+    with pytest.raises(
+        ms.MechscopeError,
+        match=r"^BERT.* is post-LN \(the residual stream is renormalised after each "
+        r"sublayer\), so its final stream is not a sum of components: direct logit attribution needs a "
+        r"pre-norm model$",
+    ):
         direct_logit_attribution(tiny_model("bert"), IDS[:, :5] % 97, 3)

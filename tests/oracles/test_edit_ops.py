@@ -44,8 +44,10 @@ def test_every_operation_at_selected_positions_and_heads(llama):
         "scale": (edits.scale(Z, -2.5, positions=[1], heads=[2]), lambda x: -2.5 * x),
         "zero": (edits.zero(Z, positions=[1], heads=[2]), torch.zeros_like),
         "mean": (edits.mean(Z, other, positions=[1], heads=[2]), lambda x: other.mean(0).expand_as(x)),
-        "mean_flat": (edits.mean(Z, other, over_positions=True, positions=[1], heads=[2]),
-                      lambda x: other.mean((0, 1)).expand_as(x)),
+        "mean_flat": (
+            edits.mean(Z, other, over_positions=True, positions=[1], heads=[2]),
+            lambda x: other.mean((0, 1)).expand_as(x),
+        ),
     }
     selected = _selected(base.shape, [1], [2])
     for name, (edit, by_hand) in cases.items():
@@ -76,8 +78,9 @@ def test_values_take_the_sites_dtype(llama):
 
 def test_apply_selects_query_positions_of_a_pattern_shaped_value():
     x = torch.rand(2, 4, 5, 5)  # [batch, head, q_pos, k_pos]
-    out = edits.zero("s", positions=[-1], heads=[1]).apply(x, site="s", dims=("batch", "head", "q_pos", "k_pos"),
-                                                           lengths=torch.tensor([5, 3]), strict=True)
+    out = edits.zero("s", positions=[-1], heads=[1]).apply(
+        x, site="s", dims=("batch", "head", "q_pos", "k_pos"), lengths=torch.tensor([5, 3]), strict=True
+    )
     expected = x.clone()
     expected[0, 1, 4] = 0
     expected[1, 1, 2] = 0
@@ -91,12 +94,14 @@ def test_bad_edits_are_refused_with_their_site_named():
     def apply(edit, value=x, dims=dims, strict=True):
         return edit.apply(value, site="the.site", dims=dims, lengths=None, strict=strict)
 
-    with pytest.raises(ms.MechscopeError, match=r"edit of 'the.site' has shape \(5,\) but the site has shape \(2, 3, 4, 8\): give"):
+    with pytest.raises(
+        ms.MechscopeError, match=r"edit of 'the.site' has shape \(5,\) but the site has shape \(2, 3, 4, 8\): give"
+    ):
         apply(edits.add("s", torch.zeros(5)))
     # a function must keep the exact shape, even one that would broadcast
     with pytest.raises(ms.MechscopeError, match=r"edit of 'the.site' has shape \(1, 3, 4, 8\) but the site"):
         apply(edits.replace("s", lambda v: v[:1]))
-    assert torch.equal(apply(edits.replace("s", torch.ones(8))), torch.ones(2, 3, 4, 8))        # broadcasts
+    assert torch.equal(apply(edits.replace("s", torch.ones(8))), torch.ones(2, 3, 4, 8))  # broadcasts
     assert torch.equal(apply(edits.replace("s", torch.ones(3, 1, 8))), torch.ones(2, 3, 4, 8))
     with pytest.raises(ms.MechscopeError, match="unknown edit operation 'bogus'"):
         apply(Edit("s", "bogus", 1.0))
@@ -112,10 +117,13 @@ def test_bad_edits_are_refused_with_their_site_named():
     assert out[:, :, 0].eq(2).all() and out[:, :, 1:].eq(1).all()
     with pytest.raises(ms.MechscopeError, match=r"position 3 is outside the sequence at 'the.site'"):
         apply(edits.zero("s", positions=3))
-    assert torch.equal(apply(edits.add("s", 1.0, positions=3), strict=False), x)   # not strict: left alone
-    with pytest.raises(ms.MechscopeError, match=r"^resample needs a non-empty reference batch \[n, pos, \.\.\.\] of "
-                       r"recorded activations$"):
+    assert torch.equal(apply(edits.add("s", 1.0, positions=3), strict=False), x)  # not strict: left alone
+    with pytest.raises(
+        ms.MechscopeError,
+        match=r"^resample needs a non-empty reference batch \[n, pos, \.\.\.\] of "
+        r"recorded activations$",
+    ):
         edits.resample("s", torch.zeros(4))
-    assert edits.resample("s", torch.zeros(3, 4)).value.shape == (3, 4)   # [n, pos] is the smallest reference
+    assert edits.resample("s", torch.zeros(3, 4)).value.shape == (3, 4)  # [n, pos] is the smallest reference
     with pytest.raises(ms.MechscopeError, match="resample needs a non-empty reference batch"):
         edits.resample("s", torch.zeros(0, 3))

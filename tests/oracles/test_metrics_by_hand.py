@@ -90,8 +90,9 @@ def test_probability_logit_and_cross_entropy_by_hand(pycode, task_and_logits):
 @requires_pycode
 def test_kl_to_clean_by_hand(pycode, task_and_logits):
     task, logits = task_and_logits
-    other = pycode.run(task.corrupt[:, :], attention_mask=task.attention_mask(),
-                       edits=[ms.edits.zero("blocks.1.hook_attn_out")]).logits.detach()
+    other = pycode.run(
+        task.corrupt[:, :], attention_mask=task.attention_mask(), edits=[ms.edits.zero("blocks.1.hook_attn_out")]
+    ).logits.detach()
     clean_rows, other_rows = _by_hand(pycode, task, logits), _by_hand(pycode, task, other)
     kl = 0.0
     for p_logits, q_logits in zip(clean_rows, other_rows):
@@ -121,26 +122,42 @@ def test_metric_wrapper_checks_values():
     assert float(ok(torch.ones(2, 3, 4))) == 24.0 and ok.name == "<lambda>"
     assert metrics.as_metric(ok) is ok
     assert float(metrics.as_metric(lambda logits: 2, name="two")(torch.ones(1))) == 2.0
-    with pytest.raises(ms.MechscopeError, match=r"^metric 'nan' returned nan: check it for log\(0\), division by zero or "
-                       r"overflow \(a logit difference in float16\?\)$"):
+    with pytest.raises(
+        ms.MechscopeError,
+        match=r"^metric 'nan' returned nan: check it for log\(0\), division by zero or "
+        r"overflow \(a logit difference in float16\?\)$",
+    ):
         metrics.as_metric(lambda logits: logits.sum() * float("nan"), name="nan")(torch.ones(2))
-    with pytest.raises(ms.MechscopeError, match=r"^metric 'vec' returned a tensor of shape \(2,\): it must return one "
-                       r"number \(average over the batch, e.g. `.mean\(\)`\)$"):
+    with pytest.raises(
+        ms.MechscopeError,
+        match=r"^metric 'vec' returned a tensor of shape \(2,\): it must return one "
+        r"number \(average over the batch, e.g. `.mean\(\)`\)$",
+    ):
         metrics.as_metric(lambda logits: logits, name="vec")(torch.ones(2))
-    with pytest.raises(ms.MechscopeError, match=r"^metric 'text' returned str: it must return a scalar tensor \(a float is "
-                       r"accepted but carries no gradient\)$"):
+    with pytest.raises(
+        ms.MechscopeError,
+        match=r"^metric 'text' returned str: it must return a scalar tensor \(a float is "
+        r"accepted but carries no gradient\)$",
+    ):
         metrics.as_metric(lambda logits: "x", name="text")(torch.ones(2))
 
     class Reader:  # a callable object has no __name__: its class names it
         def __call__(self, logits):
             return logits.mean()
+
     assert metrics.as_metric(Reader()).name == "Reader"
     with pytest.raises(ms.MechscopeError, match="must be callable"):
         metrics.as_metric(3)
     task = Task.from_tokens([[1, 2, 3]], [[1, 2, 4]], [5])
-    with pytest.raises(ms.MechscopeError, match=r"^logit_diff needs the task's wrong tokens \(a foil per prompt\): give "
-                       r"`wrong`, or use answer_prob / answer_logit$"):
+    with pytest.raises(
+        ms.MechscopeError,
+        match=r"^logit_diff needs the task's wrong tokens \(a foil per prompt\): give "
+        r"`wrong`, or use answer_prob / answer_logit$",
+    ):
         metrics.logit_diff(task)
-    with pytest.raises(ms.MechscopeError, match=r"^unknown metric 'nope': choose one of \['answer_logit', 'answer_prob', "
-                       r"'cross_entropy', 'kl_to_clean', 'logit_diff'\]$"):
+    with pytest.raises(
+        ms.MechscopeError,
+        match=r"^unknown metric 'nope': choose one of \['answer_logit', 'answer_prob', "
+        r"'cross_entropy', 'kl_to_clean', 'logit_diff'\]$",
+    ):
         metrics.by_name("nope", task)

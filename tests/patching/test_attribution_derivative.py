@@ -32,16 +32,23 @@ def _task(vocab=97, batch=3, length=7, seed=0):
     corrupt[:, 1:3] = torch.randint(1, vocab, (batch, 2), generator=gen)
     mask = torch.ones_like(clean)
     mask[-1, 5:] = 0
-    return Task(clean, corrupt, torch.randint(0, vocab, (batch,), generator=gen),
-                torch.randint(0, vocab, (batch,), generator=gen), mask=mask)
+    return Task(
+        clean,
+        corrupt,
+        torch.randint(0, vocab, (batch,), generator=gen),
+        torch.randint(0, vocab, (batch,), generator=gen),
+        mask=mask,
+    )
 
 
 def _logit_diff64(task: Task) -> Metric:
     """logit_diff without its float32 cast, so that a float64 model gives a float64 metric."""
+
     def fn(logits):
         rows = task.read(logits)
         pick = lambda ids: rows.gather(-1, ids[:, None])[:, 0]  # noqa: E731
         return (pick(task.answers) - pick(task.wrong)).mean()
+
     return Metric(fn, "logit_diff64", positions=task.index())
 
 
@@ -57,16 +64,20 @@ def _scaled_patches(model, task, metric, kind, direction, alphas):
     deltas = {s: source.cache[s].new_zeros((n,) + tuple(source.cache[s].shape)) for s in sites}
     for c, p in enumerate(patches):
         index = (c, slice(None), slice(None) if p.position is None else p.position) + (
-            () if p.head is None else (p.head,))
+            () if p.head is None else (p.head,)
+        )
         deltas[p.site][index] = (source.cache[p.site] - base_run.cache[p.site])[index[1:]]
     mask = task.attention_mask()
     out = []
     with torch.no_grad():
         m0 = float(metric(model.run(base, attention_mask=mask).logits))
         for alpha in alphas:
-            logits = model.run(base.repeat(n, 1), attention_mask=mask.repeat(n, 1),
-                               edits=[E.add(s, alpha * d.flatten(0, 1)) for s, d in deltas.items()]).logits
-            out.append(torch.tensor([float(metric(logits[c * rows:(c + 1) * rows])) - m0 for c in range(n)]))
+            logits = model.run(
+                base.repeat(n, 1),
+                attention_mask=mask.repeat(n, 1),
+                edits=[E.add(s, alpha * d.flatten(0, 1)) for s, d in deltas.items()],
+            ).logits
+            out.append(torch.tensor([float(metric(logits[c * rows : (c + 1) * rows])) - m0 for c in range(n)]))
     return torch.stack(out).double().reshape(len(alphas), *shape)
 
 
@@ -100,6 +111,7 @@ def test_attribution_is_the_derivative_on_pycode():
     # the bench task, where attribution agrees poorly with the exact sweep (nonlinearity,
     # not a bug: at alpha = 0.1 the exact changes correlate with attribution at r >= 0.99)
     import mechscope as ms
+
     model = ms.load("zoo:pycode", dtype=torch.float64)
     clean = ["def add(a, b):\n    return a", "def sub(x, y):\n    return x"]
     corrupt = ["def add(c, d):\n    return c", "def sub(p, q):\n    return p"]

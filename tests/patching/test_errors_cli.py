@@ -33,6 +33,7 @@ def test_nan_metric_raises_with_its_name():
 
     def broken(logits):
         return logits.sum() * float("nan")
+
     with pytest.raises(MechscopeError, match="metric 'broken' returned nan"):
         sweep(model, task, broken)
     with pytest.raises(MechscopeError, match="one number"):
@@ -67,10 +68,20 @@ def _parse(configure, argv):
 def test_patch_command_json_and_bad_file(tmp_path, capsys):
     good = tmp_path / "task.json"
     clean = [[0, 5, 9, 12, 5, 9], [0, 7, 3, 20, 7, 3]]
-    good.write_text(json.dumps({"clean": clean, "corrupt": [[0, 6, 8, 12, 5, 9], [0, 8, 4, 20, 7, 3]],
-                                "answers": [12, 20], "wrong": [1, 2]}))
-    args = _parse(cmd.configure_patch, ["zoo:induction", str(good), "--sweep", "heads", "--attribution", "--json",
-                                        "--plots", str(tmp_path / "plots")])
+    good.write_text(
+        json.dumps(
+            {
+                "clean": clean,
+                "corrupt": [[0, 6, 8, 12, 5, 9], [0, 8, 4, 20, 7, 3]],
+                "answers": [12, 20],
+                "wrong": [1, 2],
+            }
+        )
+    )
+    args = _parse(
+        cmd.configure_patch,
+        ["zoo:induction", str(good), "--sweep", "heads", "--attribution", "--json", "--plots", str(tmp_path / "plots")],
+    )
     assert cmd.execute_patch(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["exact"]) == 2 and len(out["exact"][0]) == 4 and -1 <= out["agreement"]["pearson"] <= 1
@@ -85,8 +96,10 @@ def test_patch_command_json_and_bad_file(tmp_path, capsys):
 
 @requires_pycode
 def test_trace_command(tmp_path, capsys):
-    args = _parse(cmd.configure_trace, ["zoo:pycode", "import numpy as np", "--subject", "numpy", "--samples", "2",
-                                        "--window", "2", "--json"])
+    args = _parse(
+        cmd.configure_trace,
+        ["zoo:pycode", "import numpy as np", "--subject", "numpy", "--samples", "2", "--window", "2", "--json"],
+    )
     assert cmd.execute_trace(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["subject_positions"] and 0 <= out["corrupt_prob"] <= 1 and len(out["resid"]) == 4
@@ -97,6 +110,7 @@ def test_trace_command(tmp_path, capsys):
 
 def test_report_section_builds_a_heatmap_or_skips():
     from mechscope.report.patching import section
+
     model = tiny_model("llama")
     run = model.run(torch.tensor([[3, 9, 14, 2, 7]]))
     assert "<img" in section(model, run)
@@ -106,16 +120,19 @@ def test_report_section_builds_a_heatmap_or_skips():
 
 def test_cli_task_files_and_counts(tmp_path, capsys):
     from mechscope.cli import main
+
     broken = tmp_path / "broken.yaml"
     broken.write_text('clean: ["a b"\ncorrupt: [\n')
     good = tmp_path / "task.json"
     good.write_text(json.dumps({"clean": [[0, 5, 9, 12, 5, 9]], "corrupt": [[0, 6, 8, 12, 5, 9]], "answers": [12]}))
-    for argv, text in [([str(broken)], "is not valid YAML at line 2, column 1"),
-                       ([str(tmp_path)], "is a folder"),
-                       ([str(good), "--batch-size", "0"], "batch_size must be at least 1")]:
+    for argv, text in [
+        ([str(broken)], "is not valid YAML at line 2, column 1"),
+        ([str(tmp_path)], "is a folder"),
+        ([str(good), "--batch-size", "0"], "batch_size must be at least 1"),
+    ]:
         assert main(["patch", "zoo:induction", *argv, "--json"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("mechscope: error:") and "\n" not in err and text in err, err
-    with pytest.raises(SystemExit) as exit_:                                      # argparse: before the sweep
+    with pytest.raises(SystemExit) as exit_:  # argparse: before the sweep
         main(["patch", "zoo:induction", str(good), "--top", "-2"])
     assert exit_.value.code == 2 and "expected a whole number, 0 or more, got '-2'" in capsys.readouterr().err

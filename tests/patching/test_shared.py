@@ -29,9 +29,11 @@ def _ids(rows: int, padded: bool, length: int = 7):
 
 def _per_copy(rows: int):
     """A different edit in each copy: copy c scales the residual by c + 1."""
+
     def fn(x):
         scale = torch.arange(1, x.shape[0] // rows + 1, dtype=x.dtype).repeat_interleave(rows)
         return x * scale[:, None, None]
+
     return fn
 
 
@@ -89,10 +91,16 @@ def _task(rows=3, length=7, padded=False):
     corrupt = clean.clone()
     corrupt[:, 1:3] = torch.randint(1, 97, (rows, 2), generator=gen)
     if not padded:
-        return Task(clean, corrupt, torch.randint(0, 97, (rows,), generator=gen), torch.randint(0, 97, (rows,), generator=gen))
+        return Task(
+            clean, corrupt, torch.randint(0, 97, (rows,), generator=gen), torch.randint(0, 97, (rows,), generator=gen)
+        )
     lengths = [length, length - 2, length - 3]
-    return Task.from_tokens([r[:n].tolist() for r, n in zip(clean, lengths)],
-                            [r[:n].tolist() for r, n in zip(corrupt, lengths)], [5, 6, 7], [8, 9, 10])
+    return Task.from_tokens(
+        [r[:n].tolist() for r, n in zip(clean, lengths)],
+        [r[:n].tolist() for r, n in zip(corrupt, lengths)],
+        [5, 6, 7],
+        [8, 9, 10],
+    )
 
 
 def _check_sweeps(model, task, metric, kinds, tol):
@@ -159,6 +167,7 @@ def test_metric_without_positions_gets_full_logits():
     def last_logit(logits):  # a user metric: reads any position, declares none
         seen.append(logits.dim())
         return logits[:, -1, 0].mean()
+
     fast = sweep(model, task, last_logit, sweep="heads-pos")
     plain = sweep(model, task, last_logit, sweep="heads-pos", share=False)
     torch.testing.assert_close(fast.patched, plain.patched, atol=1e-5, rtol=0)

@@ -6,8 +6,18 @@ import torch
 
 import mechscope as ms
 from mechscope.heads import induction_scores, previous_token_scores, repeated_random_tokens
-from mechscope.patching import (Patch, Task, agreement, answer_logit, answer_prob, attribution_sweep, causal_trace,
-                                logit_diff, patch, sweep)
+from mechscope.patching import (
+    Patch,
+    Task,
+    agreement,
+    answer_logit,
+    answer_prob,
+    attribution_sweep,
+    causal_trace,
+    logit_diff,
+    patch,
+    sweep,
+)
 from mechscope.patching.sweep import plan, record, run_groups
 from mechscope.patching.tracing import restore_all
 from tests.models.tiny import tiny_model
@@ -21,8 +31,12 @@ def _task(vocab=97, batch=3, length=7, seed=0, same=False):
     corrupt = clean.clone()
     if not same:
         corrupt[:, 1:3] = torch.randint(1, vocab, (batch, 2), generator=gen)
-    return Task(clean, corrupt, torch.randint(0, vocab, (batch,), generator=gen),
-                torch.randint(0, vocab, (batch,), generator=gen))
+    return Task(
+        clean,
+        corrupt,
+        torch.randint(0, vocab, (batch,), generator=gen),
+        torch.randint(0, vocab, (batch,), generator=gen),
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -64,7 +78,7 @@ def test_patching_all_of_the_first_residual_restores_clean(family):
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
 def test_skipping_unchanged_patches_equals_running_them(direction):
     model = tiny_model("llama")
-    task = _task()   # prompts differ at positions 1-2: position 0 is the same in both runs
+    task = _task()  # prompts differ at positions 1-2: position 0 is the same in both runs
     metric = logit_diff(task)
     for kind in ["resid", "heads-pos", "attn"]:
         result = sweep(model, task, metric, sweep=kind, direction=direction)
@@ -134,7 +148,7 @@ def test_head_sweep_finds_the_induction_circuit(induction):
     assert (top["layer"], top["head"]) == (1, inductive) and score > 0.9
     layer0 = result.scores[0]
     assert previous[layer0.argmax()] > 0.9  # the largest layer-0 effect is a previous-token head
-    others = torch.cat([result.scores[1, :inductive], result.scores[1, inductive + 1:]])
+    others = torch.cat([result.scores[1, :inductive], result.scores[1, inductive + 1 :]])
     assert layer0.max() > 3 * others.abs().max()
 
 
@@ -166,6 +180,7 @@ def test_results_save_load_and_plot(tmp_path):
 
 def test_path_patching_and_ablations_on_induction(induction):
     from mechscope.patching import ablate, path_patch
+
     model, _, task = induction
     metric = answer_logit(task)
     heads = sweep(model, task, metric, sweep="heads", direction="noise")

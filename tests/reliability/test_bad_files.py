@@ -36,25 +36,43 @@ def good(tmp_path_factory):
     """A tiny text model, a corpus and one good dictionary per layout."""
     root = tmp_path_factory.mktemp("bad_files")
     model = save_worded(root / "model")
-    corpus = write_corpus(root / "corpus.jsonl", 40)
+    write_corpus(root / "corpus.jsonl", 40)
     torch.manual_seed(0)
     coder = build(CoderConfig("topk", D_IN, D_SAE, k=4, hook_name=SITE, model_name=str(model)))
     coder.save(root / "mechscope")
     write_saelens(coder, root / "saelens")
-    w = {"encoder.weight": coder.W_enc.detach().T.contiguous(), "encoder.bias": coder.b_enc.detach(),
-         "W_dec": coder.W_dec.detach(), "b_dec": coder.b_dec.detach()}
+    w = {
+        "encoder.weight": coder.W_enc.detach().T.contiguous(),
+        "encoder.bias": coder.b_enc.detach(),
+        "W_dec": coder.W_dec.detach(),
+        "b_dec": coder.b_dec.detach(),
+    }
     sparsify = root / FOLDERS["sparsify"]
     sparsify.mkdir()
     save_file(w, str(sparsify / "sae.safetensors"))
-    (sparsify / "cfg.json").write_text(json.dumps(
-        {"expansion_factor": 2, "normalize_decoder": True, "num_latents": 0, "k": 4, "multi_topk": False,
-         "skip_connection": False, "d_in": D_IN}))
+    (sparsify / "cfg.json").write_text(
+        json.dumps(
+            {
+                "expansion_factor": 2,
+                "normalize_decoder": True,
+                "num_latents": 0,
+                "k": 4,
+                "multi_topk": False,
+                "skip_connection": False,
+                "d_in": D_IN,
+            }
+        )
+    )
     return root
 
 
 def hashes(*folders: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-            for folder in folders for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in folders
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file()
+    }
 
 
 def assert_untouched(before: dict[str, str], *folders: Path) -> None:
@@ -94,6 +112,7 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> str:
 
 
 # Dictionaries: (layout, how the copy is damaged, words the one line must hold)
+
 
 def _cfg(key, value):
     return lambda folder: edit_json(folder / "cfg.json", lambda d: d.__setitem__(key, value))
@@ -136,15 +155,21 @@ DICTIONARY_CASES = {
     "norm_scale inf": ("mechscope", _cfg("norm_scale", math.inf), ["norm_scale must be a finite number"]),
     "norm_scale negative": ("mechscope", _cfg("norm_scale", -1.0), ["norm_scale=-1.0", "positive"]),
     "weights wider than cfg": ("mechscope", _cfg("d_sae", 32), ["tensor W_dec", "[64, 32]", "[32, 32]"]),
-    "weights lack a tensor": ("mechscope", lambda f: edit_tensors(f / "sae.safetensors", lambda t: t.pop("b_dec")),
-                              ["lacks b_dec"]),
+    "weights lack a tensor": (
+        "mechscope",
+        lambda f: edit_tensors(f / "sae.safetensors", lambda t: t.pop("b_dec")),
+        ["lacks b_dec"],
+    ),
     "weights hold NaN": ("mechscope", _tensor("sae.safetensors", "W_dec", _poison), ["W_dec", "NaN"]),
     "weights hold inf": ("mechscope", _tensor("sae.safetensors", "b_enc", lambda t: t / 0), ["b_enc", "infinite"]),
     "saelens d_sae disagrees": ("saelens", _cfg("d_sae", 128), ["tensor W_enc", "[32, 64]", "[32, 128]"]),
     "saelens d_in string": ("saelens", _cfg("d_in", "32"), ["d_in must be a positive integer"]),
     "saelens k string": ("saelens", _cfg("activation_fn_kwargs", {"k": "4"}), ["k must be a positive integer"]),
-    "saelens b_dec shape": ("saelens", _tensor("sae_weights.safetensors", "b_dec", lambda t: t[:5].clone()),
-                            ["tensor b_dec", "[5]", "[32]"]),
+    "saelens b_dec shape": (
+        "saelens",
+        _tensor("sae_weights.safetensors", "b_dec", lambda t: t[:5].clone()),
+        ["tensor b_dec", "[5]", "[32]"],
+    ),
     "saelens weights NaN": ("saelens", _tensor("sae_weights.safetensors", "W_enc", _poison), ["W_enc", "NaN"]),
     "saelens cfg binary": ("saelens", _write("cfg.json", b"\xff\xfe\x00garbage"), ["cannot read"]),
     "saelens cfg list": ("saelens", _write("cfg.json", b"[]"), ["not a JSON object"]),
@@ -162,8 +187,22 @@ def test_a_bad_dictionary_is_one_line(good, tmp_path, capsys, case):
     shutil.copytree(good / FOLDERS[layout], folder)
     damage(folder)
     before = hashes(folder, good / "model")
-    code, err = run_cli(["sae", "eval", str(good / "model"), str(folder), "--data", str(good / "corpus.jsonl"),
-                         "--ctx", "16", "--contexts", "2", "--json"], capsys)
+    code, err = run_cli(
+        [
+            "sae",
+            "eval",
+            str(good / "model"),
+            str(folder),
+            "--data",
+            str(good / "corpus.jsonl"),
+            "--ctx",
+            "16",
+            "--contexts",
+            "2",
+            "--json",
+        ],
+        capsys,
+    )
     assert_one_line_error(code, err, *needles)
     assert_untouched(before, folder, good / "model")
 
@@ -171,17 +210,33 @@ def test_a_bad_dictionary_is_one_line(good, tmp_path, capsys, case):
 def test_the_good_dictionaries_evaluate(good, capsys):
     """The undamaged copies pass, so each case above fails for its damage alone."""
     for layout in ("mechscope", "saelens", "sparsify"):
-        code, err = run_cli(["sae", "eval", str(good / "model"), str(good / FOLDERS[layout]), "--data",
-                             str(good / "corpus.jsonl"), "--ctx", "16", "--contexts", "2", "--json"], capsys)
+        code, err = run_cli(
+            [
+                "sae",
+                "eval",
+                str(good / "model"),
+                str(good / FOLDERS[layout]),
+                "--data",
+                str(good / "corpus.jsonl"),
+                "--ctx",
+                "16",
+                "--contexts",
+                "2",
+                "--json",
+            ],
+            capsys,
+        )
         assert code == 0, err
 
 
 # Models: NaN / inf weights, pickle-only folders
 
+
 def _broken_model(good: Path, folder: Path, value: float) -> Path:
     shutil.copytree(good / "model", folder)
-    edit_tensors(folder / "model.safetensors", lambda t: t.__setitem__(
-        BROKEN, t[BROKEN].index_fill(1, torch.tensor([5]), value)))
+    edit_tensors(
+        folder / "model.safetensors", lambda t: t.__setitem__(BROKEN, t[BROKEN].index_fill(1, torch.tensor([5]), value))
+    )
     return folder
 
 
@@ -193,8 +248,22 @@ def _pickle_only(good: Path, folder: Path, value=None) -> Path:
 
 
 BROKEN = "transformer.h.0.mlp.c_fc.weight"
-LENS = ["lens", "train", "{model}", "--data", "{corpus}", "--ctx", "16", "--steps", "3", "--batch", "2",
-        "--out", "{out}", "--no-progress"]
+LENS = [
+    "lens",
+    "train",
+    "{model}",
+    "--data",
+    "{corpus}",
+    "--ctx",
+    "16",
+    "--steps",
+    "3",
+    "--batch",
+    "2",
+    "--out",
+    "{out}",
+    "--no-progress",
+]
 REPORT = ["report", "{model}", "--prompt", "the quick brown fox", "--out", "{out}"]
 EVAL = ["sae", "eval", "{model}", "{sae}", "--data", "{corpus}", "--ctx", "16", "--contexts", "2", "--json"]
 MODEL_CASES = {
@@ -226,6 +295,7 @@ def test_a_bad_model_is_one_line(good, tmp_path, capsys, case):
 def test_a_broken_model_loads_with_a_warning_naming_the_parameter(good, tmp_path, caplog):
     """A warning, not a refusal: loading a broken model is how one finds the damage."""
     import mechscope as ms
+
     model = ms.load(str(_broken_model(good, tmp_path / "model", math.nan)))
     assert model.dims.n_layers == 2
     assert any(BROKEN in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
@@ -240,6 +310,7 @@ def test_a_loss_that_turns_nan_stops_training_and_keeps_the_last_checkpoint(good
     the very lens an uninterrupted run gives."""
     import mechscope as ms
     from mechscope.lens.tuned import TunedLensConfig, rows_for_step, train
+
     clean = ms.load(str(good / "model"))
     broken = ms.load(str(good / "model"))
     bad_token = 1000
@@ -269,8 +340,21 @@ def test_a_dictionary_from_another_model_warns_naming_both(good, tmp_path, capsy
     coder = build(CoderConfig("topk", D_IN, D_SAE, k=4, hook_name=SITE, model_name="meta-llama/Llama-3.2-1B"))
     coder.save(tmp_path / "sae")
     extra = ["--contexts", "2"] if command == "eval" else ["--contexts", "4"]
-    code, err = run_cli(["sae", command, str(good / "model"), str(tmp_path / "sae"), "--data",
-                         str(good / "corpus.jsonl"), "--ctx", "16", *extra, "--json"], capsys)
+    code, err = run_cli(
+        [
+            "sae",
+            command,
+            str(good / "model"),
+            str(tmp_path / "sae"),
+            "--data",
+            str(good / "corpus.jsonl"),
+            "--ctx",
+            "16",
+            *extra,
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("meta-llama/Llama-3.2-1B" in m and str(good / "model") in m for m in said), said
@@ -283,8 +367,18 @@ def test_config_checks_keep_good_values_and_name_the_registry():
 
     from mechscope.dictionary.base import _REGISTRY
     from mechscope.dictionary.config import ARCHITECTURES, CROSSCODERS
-    cfg = CoderConfig.from_dict({"arch": "matryoshka", "d_in": np.int64(D_IN), "d_sae": D_SAE, "norm_scale": 2,
-                                 "prefixes": [16, D_SAE], "k": 4, "unknown_future_field": 1})
+
+    cfg = CoderConfig.from_dict(
+        {
+            "arch": "matryoshka",
+            "d_in": np.int64(D_IN),
+            "d_sae": D_SAE,
+            "norm_scale": 2,
+            "prefixes": [16, D_SAE],
+            "k": 4,
+            "unknown_future_field": 1,
+        }
+    )
     assert cfg.norm_scale == 2.0 and isinstance(cfg.norm_scale, float)
     assert type(cfg.d_in) is int and cfg.prefixes == (16, D_SAE)
     assert CoderConfig.from_dict(cfg.to_dict()) == cfg

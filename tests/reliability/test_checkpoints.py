@@ -55,14 +55,21 @@ class Recorder:
         def _unlink(path, **kw):
             record("unlink", str(path))
             return unlink(path, **kw)
+
         monkeypatch.setattr(os, "fsync", _fsync)
         monkeypatch.setattr(os, "replace", _replace)
         monkeypatch.setattr(os, "unlink", _unlink)
 
 
-ORDER = [("fsync", "tmp:step-0000002.safetensors"), ("replace", "step-0000002.safetensors"), ("fsync", "folder"),
-         ("fsync", "tmp:state.json"), ("replace", "state.json"), ("fsync", "folder"),
-         ("unlink", "step-0000001.safetensors")]
+ORDER = [
+    ("fsync", "tmp:step-0000002.safetensors"),
+    ("replace", "step-0000002.safetensors"),
+    ("fsync", "folder"),
+    ("fsync", "tmp:state.json"),
+    ("replace", "state.json"),
+    ("fsync", "folder"),
+    ("unlink", "step-0000001.safetensors"),
+]
 
 
 def _commit(folder: Path, step: int) -> None:
@@ -114,6 +121,7 @@ def test_dictionary_tuned_lens_and_zoo_checkpoints_commit_in_that_order(tmp_path
     from mechscope.lens.tuned import TunedLensConfig, TunedLensTrainer
     from mechscope.zoo import checkpoint
     from tests.lens.helpers import worded_model
+
     expected = [(op, re.sub(r"step-\d+", "step-N", name)) for op, name in ORDER]
     expected[-1] = ("unlink", "step-N.safetensors")
     data = torch.randint(1, 50, (8, 9), generator=torch.Generator().manual_seed(0))
@@ -128,20 +136,34 @@ def test_dictionary_tuned_lens_and_zoo_checkpoints_commit_in_that_order(tmp_path
     net = torch.nn.Linear(3, 2)
     opt = torch.optim.Adam(net.parameters())
     for step in (1, 2):
-        ops = _ops_of(monkeypatch, tmp_path / "zoo",
-                      lambda step=step: checkpoint.save(tmp_path / "zoo", net, opt, {"step": step}))
+        ops = _ops_of(
+            monkeypatch, tmp_path / "zoo", lambda step=step: checkpoint.save(tmp_path / "zoo", net, opt, {"step": step})
+        )
         assert ops == (expected if step == 2 else expected[:-1])
 
-    ops = _ops_of(monkeypatch, tmp_path / "sae" / "checkpoint",
-                  lambda: train(tiny_model("llama"), SITE, CODER, SMALL, data=data, source=SOURCE, out=tmp_path / "sae",
-                                progress=False, stop_after=4))
+    ops = _ops_of(
+        monkeypatch,
+        tmp_path / "sae" / "checkpoint",
+        lambda: train(
+            tiny_model("llama"),
+            SITE,
+            CODER,
+            SMALL,
+            data=data,
+            source=SOURCE,
+            out=tmp_path / "sae",
+            progress=False,
+            stop_after=4,
+        ),
+    )
     assert ops == expected[:-1] + expected  # checkpoints at steps 2 and 4
 
 
 SITE = "blocks.1.hook_resid_post"
 CODER = CoderConfig("topk", 32, 64, k=4, aux_k=8)
-SMALL = TrainConfig(total_tokens=8 * 32, batch_tokens=32, lr=3e-3, warmup_steps=2, checkpoint_every=2,
-                    norm_batches=2, dead_window=64)
+SMALL = TrainConfig(
+    total_tokens=8 * 32, batch_tokens=32, lr=3e-3, warmup_steps=2, checkpoint_every=2, norm_batches=2, dead_window=64
+)
 SOURCE = SourceConfig(model_batch=5, buffer_contexts=6)
 
 
@@ -165,6 +187,7 @@ def test_training_killed_while_checkpointing_resumes_bit_for_bit(tmp_path, monke
 
 def test_a_cache_manifest_is_written_only_after_its_shards_are_on_disk(tmp_path, monkeypatch):
     from mechscope.dictionary.cache import write_cache
+
     folder = tmp_path / "acts"
     folder.mkdir()
     recorder = Recorder(monkeypatch, folder)

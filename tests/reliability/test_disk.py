@@ -34,6 +34,7 @@ class Disk:
                 if os.readlink(f"/proc/self/fd/{fd}").startswith(str(self.path)):
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 return fsync(fd)
+
             self._patch.setattr(os, "fsync", full)
             return
         fd = os.open(self.path / "filler", os.O_WRONLY | os.O_CREAT)
@@ -50,15 +51,19 @@ class Disk:
 
     def files(self) -> dict[str, bytes]:
         """Every file's bytes (but the filler and lock files), by relative path."""
-        return {str(p.relative_to(self.path)): p.read_bytes() for p in sorted(self.path.rglob("*"))
-                if p.is_file() and p.name not in ("filler", io.LOCK_FILE)}
+        return {
+            str(p.relative_to(self.path)): p.read_bytes()
+            for p in sorted(self.path.rglob("*"))
+            if p.is_file() and p.name not in ("filler", io.LOCK_FILE)
+        }
 
 
 def _mount(path: Path) -> bool:
     if os.geteuid() != 0:
         return False
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)], capture_output=True,
-                          check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)], capture_output=True, check=False
+    )
     return done.returncode == 0
 
 
@@ -75,10 +80,12 @@ def disk(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     from tests.lens.helpers import save_worded
+
     tmp = tmp_path_factory.mktemp("disk_inputs")
     corpus = tmp / "corpus.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"})
-                                for i in range(60)))
+    corpus.write_text(
+        "\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"}) for i in range(60))
+    )
     return str(save_worded(tmp / "model")), str(corpus)
 
 
@@ -99,19 +106,27 @@ def _no_temp_files(folder: Path) -> None:
 # The atomic writers
 
 
-@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "no space left on device writing"),
-                                         (errno.EDQUOT, "disk quota exceeded writing"),
-                                         (errno.EIO, "Input/output error")])
+@pytest.mark.parametrize(
+    "code, words",
+    [
+        (errno.ENOSPC, "no space left on device writing"),
+        (errno.EDQUOT, "disk quota exceeded writing"),
+        (errno.EIO, "Input/output error"),
+    ],
+)
 def test_a_failed_write_is_one_line_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monkeypatch, code, words):
     path = io.write_json(tmp_path / "state.json", {"step": 1})
     before = path.read_bytes()
 
     def broken(fd):
         raise OSError(code, os.strerror(code))
+
     monkeypatch.setattr(os, "fsync", broken)
-    for write in (lambda: io.write_json(path, {"step": 2}),
-                  lambda: io.write_tensors(path, {"x": torch.ones(3)}),
-                  lambda: io.write_bytes(path, b"new")):
+    for write in (
+        lambda: io.write_json(path, {"step": 2}),
+        lambda: io.write_tensors(path, {"x": torch.ones(3)}),
+        lambda: io.write_bytes(path, b"new"),
+    ):
         with pytest.raises(ms.MechscopeError, match=words) as err:
             write()
         assert "\n" not in str(err.value) and str(path) in str(err.value)
@@ -120,8 +135,11 @@ def test_a_failed_write_is_one_line_keeps_the_old_file_and_leaves_no_temp_file(t
 
 def test_safetensors_full_disk_error_is_recognised():
     from safetensors import SafetensorError
-    err = io.write_error(Path("x.safetensors"), SafetensorError("Error while serializing: I/O error: No space "
-                                                                 "left on device (os error 28)"))
+
+    err = io.write_error(
+        Path("x.safetensors"),
+        SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+    )
     assert str(err) == "no space left on device writing x.safetensors: free space or choose another --out"
 
 
@@ -143,8 +161,15 @@ def test_writers_on_a_full_file_system_fail_in_one_line(disk):
 
 def test_run_out_on_a_full_disk_exits_2_and_keeps_the_previous_file(disk, inputs, capsys):
     model, _ = inputs
-    argv = ["run", model, "the quick brown fox", "--record", "blocks.*.hook_resid_post",
-            "--out", str(disk.path / "acts.safetensors")]
+    argv = [
+        "run",
+        model,
+        "the quick brown fox",
+        "--record",
+        "blocks.*.hook_resid_post",
+        "--out",
+        str(disk.path / "acts.safetensors"),
+    ]
     assert main(argv) == 0
     before = disk.files()
     disk.fill()
@@ -159,9 +184,31 @@ def test_sae_cache_train_convert_on_a_full_disk(disk, inputs, capsys):
     model, corpus = inputs
     data = ["--data", corpus, "--ctx", "16", "--heldout", "0.2"]
     cache = ["sae", "cache", model, "--site", SITE, "--out", str(disk.path / "acts"), *data, "--no-progress"]
-    train = ["sae", "train", model, "--site", SITE, "--out", str(disk.path / "sae"), "--width", "64", "--k", "4",
-             "--total-tokens", "256", "--batch-tokens", "32", "--warmup", "1", "--checkpoint-every", "3",
-             "--eval-contexts", "3", "--no-progress", *data]
+    train = [
+        "sae",
+        "train",
+        model,
+        "--site",
+        SITE,
+        "--out",
+        str(disk.path / "sae"),
+        "--width",
+        "64",
+        "--k",
+        "4",
+        "--total-tokens",
+        "256",
+        "--batch-tokens",
+        "32",
+        "--warmup",
+        "1",
+        "--checkpoint-every",
+        "3",
+        "--eval-contexts",
+        "3",
+        "--no-progress",
+        *data,
+    ]
     convert = ["sae", "convert", str(disk.path / "sae"), str(disk.path / "sl"), "--to", "saelens"]
     for argv in (cache, train, convert):
         assert main(argv) == 0
@@ -179,8 +226,22 @@ def test_sae_cache_train_convert_on_a_full_disk(disk, inputs, capsys):
 
 def test_lens_train_on_a_full_disk(disk, inputs, capsys):
     model, corpus = inputs
-    argv = ["lens", "train", model, "--data", corpus, "--out", str(disk.path / "lens"), "--steps", "3", "--ctx", "16",
-            "--batch", "4", "--no-progress"]
+    argv = [
+        "lens",
+        "train",
+        model,
+        "--data",
+        corpus,
+        "--out",
+        str(disk.path / "lens"),
+        "--steps",
+        "3",
+        "--ctx",
+        "16",
+        "--batch",
+        "4",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     capsys.readouterr()
     before = disk.files()
@@ -208,8 +269,11 @@ def test_a_full_disk_met_outside_mechscope_io_is_one_line_too(tmp_path, monkeypa
 
     def save_pretrained(*args, **kwargs):  # e.g. transformers writing a zoo model's folder
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "model.safetensors"))
+
     monkeypatch.setattr(zoo, "train", save_pretrained)
     assert main(["zoo", "train", "superposition", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err == (f"mechscope: error: no space left on device writing {tmp_path / 'model.safetensors'}: free space "
-                   "or choose another --out\n")
+    assert err == (
+        f"mechscope: error: no space left on device writing {tmp_path / 'model.safetensors'}: free space "
+        "or choose another --out\n"
+    )

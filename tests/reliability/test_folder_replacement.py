@@ -45,6 +45,7 @@ def _model_weights(path):
 @pytest.mark.parametrize("fn, nth", [("replace", 1), ("replace", 2), ("rmtree", 2), ("rmtree", 3)])
 def test_a_kill_at_each_step_of_a_replacement_leaves_a_loadable_folder(tmp_path, fn, nth):
     from mechscope.zoo.digits import DigitsCNN
+
     torch.manual_seed(0)
     target = tmp_path / "model"
     save_module_folder(DigitsCNN(**KWARGS), KWARGS, target)

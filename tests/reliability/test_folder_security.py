@@ -46,23 +46,27 @@ def test_a_folder_naming_a_mechscope_writer_writes_nothing(tmp_path, capsys):
     assert not target.exists()
 
 
-@pytest.mark.parametrize("named", ["mechscope.zoo.transformer:ToyTransformer", "torch.nn:Linear", "Linear",
-                                   "builtins:eval", "", 3, None])
+@pytest.mark.parametrize(
+    "named", ["mechscope.zoo.transformer:ToyTransformer", "torch.nn:Linear", "Linear", "builtins:eval", "", 3, None]
+)
 def test_classes_that_exist_but_are_not_registered_are_refused(tmp_path, named):
     folder = _folder(tmp_path, {"class": named, "kwargs": {}})
     with pytest.raises(ms.MechscopeError):
         load_module_folder(folder)
 
 
-@pytest.mark.parametrize("kwargs, why", [
-    ({"channels1": 16, "channels2": 32, "n_classes": 10, "extra": 1}, "unknown argument"),
-    ({"channels1": "16"}, "must be int"),
-    ({"channels1": True}, "must be int"),
-    ({"channels1": 1.5}, "must be int"),
-    ({"channels1": -3}, "cannot be built"),
-    ({"channels1": 2_000_000, "channels2": 2_000_000}, "parameters"),
-    (["channels1"], "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "kwargs, why",
+    [
+        ({"channels1": 16, "channels2": 32, "n_classes": 10, "extra": 1}, "unknown argument"),
+        ({"channels1": "16"}, "must be int"),
+        ({"channels1": True}, "must be int"),
+        ({"channels1": 1.5}, "must be int"),
+        ({"channels1": -3}, "cannot be built"),
+        ({"channels1": 2_000_000, "channels2": 2_000_000}, "parameters"),
+        (["channels1"], "must be a JSON object"),
+    ],
+)
 def test_arguments_are_checked_before_anything_is_built(tmp_path, kwargs, why):
     folder = _folder(tmp_path, {"class": "DigitsCNN", "kwargs": kwargs})
     with pytest.raises(ms.MechscopeError, match=why):

@@ -19,14 +19,17 @@ from mechscope.io import LOCK_FILE, folder_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = "blocks.1.hook_resid_post"
-HOLD = ("import sys, time\nfrom mechscope.io import folder_lock\nwith folder_lock(sys.argv[1]):\n"
-        "    print('locked', flush=True)\n    time.sleep(600)\n")
+HOLD = (
+    "import sys, time\nfrom mechscope.io import folder_lock\nwith folder_lock(sys.argv[1]):\n"
+    "    print('locked', flush=True)\n    time.sleep(600)\n"
+)
 
 
 def _start(argv: list[str]) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            cwd=ROOT, text=True)
+    return subprocess.Popen(
+        [sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT, text=True
+    )
 
 
 @pytest.fixture
@@ -42,10 +45,12 @@ def holder(tmp_path):
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     from tests.lens.helpers import save_worded
+
     tmp = tmp_path_factory.mktemp("lock_inputs")
     corpus = tmp / "corpus.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"})
-                                for i in range(60)))
+    corpus.write_text(
+        "\n".join(json.dumps({"text": f"line {i}: the quick brown fox jumps over the lazy dog"}) for i in range(60))
+    )
     return str(save_worded(tmp / "model")), str(corpus)
 
 
@@ -60,8 +65,10 @@ def _refused(argv, capsys, folder: Path, pid: int) -> None:
 
 def test_a_second_writer_is_refused_and_a_kill_9_frees_the_folder(tmp_path, holder):
     out = tmp_path / "out"
-    with pytest.raises(ms.MechscopeError, match=f"is being written by process {holder.pid} on .* since ") as err, \
-            folder_lock(out):
+    with (
+        pytest.raises(ms.MechscopeError, match=f"is being written by process {holder.pid} on .* since ") as err,
+        folder_lock(out),
+    ):
         pass
     assert "\n" not in str(err.value)
     holder.send_signal(signal.SIGKILL)
@@ -78,10 +85,17 @@ def test_taking_the_lock_removes_only_io_temp_files(tmp_path):
     (out / "checkpoint").mkdir(parents=True)
     (out / "other").mkdir()
     (out / "other" / LOCK_FILE).touch()  # a folder with a lock of its own is that job's business
-    orphans = [Path(tempfile.mkstemp(dir=d, prefix=f".{name}.", suffix=".tmp")[1])  # as io names its temp files
-               for d, name in ((out, "state.json"), (out / "checkpoint", "step-0000004.safetensors"))]
-    keep = [out / "notes.tmp", out / ".keep.tmp", out / ".cfg.json.ABCDEFGH.tmp", out / "cfg.json",
-            out / "other" / ".state.json.abcd1234.tmp"]
+    orphans = [
+        Path(tempfile.mkstemp(dir=d, prefix=f".{name}.", suffix=".tmp")[1])  # as io names its temp files
+        for d, name in ((out, "state.json"), (out / "checkpoint", "step-0000004.safetensors"))
+    ]
+    keep = [
+        out / "notes.tmp",
+        out / ".keep.tmp",
+        out / ".cfg.json.ABCDEFGH.tmp",
+        out / "cfg.json",
+        out / "other" / ".state.json.abcd1234.tmp",
+    ]
     for path in keep:
         path.write_text("x")
     with folder_lock(out):
@@ -94,14 +108,28 @@ def test_every_long_job_refuses_a_folder_that_another_job_writes(tmp_path, holde
     out = tmp_path / "out"
     data = ["--data", corpus, "--ctx", "16", "--no-progress"]
     small = ["--total-tokens", "64", "--batch-tokens", "32"]
-    jobs = [["sae", "cache", model, "--site", SITE, "--out", str(out), *data],
-            ["sae", "train", model, "--site", SITE, "--out", str(out), "--width", "16", "--k", "2", *small, *data],
-            ["lens", "train", model, "--out", str(out), "--steps", "2", "--batch", "4", *data],
-            ["transcoder", "train", model, "--layer", "1", "--out", str(out), "--width", "16", "--k", "2", *small,
-             *data],
-            ["crosscoder", "train", model, "--site", "blocks.0.hook_resid_post", "--site", SITE, "--out", str(out),
-             "--width", "16", *small, *data],
-            ["zoo", "train", "superposition", "--out", str(out)]]
+    jobs = [
+        ["sae", "cache", model, "--site", SITE, "--out", str(out), *data],
+        ["sae", "train", model, "--site", SITE, "--out", str(out), "--width", "16", "--k", "2", *small, *data],
+        ["lens", "train", model, "--out", str(out), "--steps", "2", "--batch", "4", *data],
+        ["transcoder", "train", model, "--layer", "1", "--out", str(out), "--width", "16", "--k", "2", *small, *data],
+        [
+            "crosscoder",
+            "train",
+            model,
+            "--site",
+            "blocks.0.hook_resid_post",
+            "--site",
+            SITE,
+            "--out",
+            str(out),
+            "--width",
+            "16",
+            *small,
+            *data,
+        ],
+        ["zoo", "train", "superposition", "--out", str(out)],
+    ]
     for argv in jobs:
         _refused(argv, capsys, out, holder.pid)
     assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # none of them wrote anything
@@ -113,8 +141,28 @@ def test_two_sae_trainings_into_one_out(tmp_path, inputs, capsys):
     kill -9 of the first, the folder is free and its checkpoint names its own run."""
     model, corpus = inputs
     out = tmp_path / "sae"
-    common = ["sae", "train", model, "--site", SITE, "--out", str(out), "--k", "2", "--batch-tokens", "32",
-              "--checkpoint-every", "1", "--data", corpus, "--ctx", "16", "--no-progress", "--eval-contexts", "0"]
+    common = [
+        "sae",
+        "train",
+        model,
+        "--site",
+        SITE,
+        "--out",
+        str(out),
+        "--k",
+        "2",
+        "--batch-tokens",
+        "32",
+        "--checkpoint-every",
+        "1",
+        "--data",
+        corpus,
+        "--ctx",
+        "16",
+        "--no-progress",
+        "--eval-contexts",
+        "0",
+    ]
     first = _start(["-m", "mechscope", *common, "--width", "16", "--total-tokens", str(32 * 100_000)])
     try:
         deadline = time.time() + 120
@@ -133,6 +181,7 @@ def test_two_sae_trainings_into_one_out(tmp_path, inputs, capsys):
 
 def _ddp_lock_worker(rank: int, store: str, folder: str) -> None:
     import torch.distributed as dist
+
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
         outcome = []
@@ -150,6 +199,7 @@ def _ddp_lock_worker(rank: int, store: str, folder: str) -> None:
 @pytest.mark.slow  # two fresh interpreters importing torch: ~30 s on a busy 2-core machine
 def test_under_ddp_every_rank_learns_that_rank_0_was_refused(tmp_path):
     import torch.multiprocessing
+
     proc = _start(["-c", HOLD, str(tmp_path / "busy")])
     try:
         assert proc.stdout.readline().strip() == "locked", proc.stderr.read()

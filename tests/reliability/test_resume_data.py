@@ -22,8 +22,9 @@ from tests.models.tiny import _configs, tiny_model
 
 SITE = "blocks.1.hook_resid_post"
 CODER = CoderConfig("topk", 32, 64, k=4, aux_k=8)
-SMALL = TrainConfig(total_tokens=8 * 32, batch_tokens=32, lr=3e-3, warmup_steps=2, checkpoint_every=2,
-                    norm_batches=2, dead_window=64)
+SMALL = TrainConfig(
+    total_tokens=8 * 32, batch_tokens=32, lr=3e-3, warmup_steps=2, checkpoint_every=2, norm_batches=2, dead_window=64
+)
 SOURCE = SourceConfig(model_batch=8, buffer_contexts=8)
 
 
@@ -52,8 +53,16 @@ def test_a_stream_resume_with_other_contexts_is_refused_and_with_the_same_is_exa
         train(model, SITE, CODER, SMALL, data=contexts(0)[:-1], source=SOURCE, out=out, progress=False)
     assert "data.contexts was 16, now 15" in _one_line(err)
     with pytest.raises(ms.MechscopeError) as err:  # the same tokens, another shuffle buffer
-        train(model, SITE, CODER, SMALL, data=contexts(0), source=SourceConfig(model_batch=8, buffer_contexts=4),
-              out=out, progress=False)
+        train(
+            model,
+            SITE,
+            CODER,
+            SMALL,
+            data=contexts(0),
+            source=SourceConfig(model_batch=8, buffer_contexts=4),
+            out=out,
+            progress=False,
+        )
     assert "data.buffer_contexts was 8, now 4" in _one_line(err)
     resumed = train(model, SITE, CODER, SMALL, data=contexts(0), source=SOURCE, out=out, progress=False)
     straight = train(model, SITE, CODER, SMALL, data=contexts(0), source=SOURCE, progress=False)
@@ -92,8 +101,17 @@ def test_a_cache_resume_on_another_cache_is_refused(tmp_path, model):
 
 def test_transcoder_and_crosscoder_resumes_on_other_data_are_refused(tmp_path, model):
     tc = transcoder_config(model, 1, width=32, k=4, aux_k=8)
-    train(model, mlp_sites(1)[0], tc, SMALL, data=contexts(0), source=SOURCE, out=tmp_path / "tc", progress=False,
-          stop_after=3)
+    train(
+        model,
+        mlp_sites(1)[0],
+        tc,
+        SMALL,
+        data=contexts(0),
+        source=SOURCE,
+        out=tmp_path / "tc",
+        progress=False,
+        stop_after=3,
+    )
     with pytest.raises(ms.MechscopeError) as err:
         train(model, mlp_sites(1)[0], tc, SMALL, data=contexts(1), source=SOURCE, out=tmp_path / "tc", progress=False)
     assert "data.contexts_sha256 differs" in _one_line(err)
@@ -120,15 +138,43 @@ def test_a_checkpoint_from_before_data_fingerprints_resumes_with_a_warning(tmp_p
 
 def test_cli_sae_train_with_another_corpus_is_refused(tmp_path, capsys):
     from tests.lens.helpers import save_worded
+
     folder = str(save_worded(tmp_path / "model"))
     corpora = []
     for name, word in (("a", "fox"), ("b", "cat")):
         corpora.append(tmp_path / f"{name}.jsonl")
-        corpora[-1].write_text("\n".join(json.dumps({"text": f"line {i}: the quick brown {word} jumps over the lazy dog"})
-                                         for i in range(60)))
-    argv = ["sae", "train", folder, "--site", SITE, "--out", str(tmp_path / "sae"), "--width", "32", "--k", "4",
-            "--total-tokens", "128", "--batch-tokens", "32", "--warmup", "1", "--checkpoint-every", "2",
-            "--eval-contexts", "0", "--ctx", "16", "--no-progress", "--data"]
+        corpora[-1].write_text(
+            "\n".join(
+                json.dumps({"text": f"line {i}: the quick brown {word} jumps over the lazy dog"}) for i in range(60)
+            )
+        )
+    argv = [
+        "sae",
+        "train",
+        folder,
+        "--site",
+        SITE,
+        "--out",
+        str(tmp_path / "sae"),
+        "--width",
+        "32",
+        "--k",
+        "4",
+        "--total-tokens",
+        "128",
+        "--batch-tokens",
+        "32",
+        "--warmup",
+        "1",
+        "--checkpoint-every",
+        "2",
+        "--eval-contexts",
+        "0",
+        "--ctx",
+        "16",
+        "--no-progress",
+        "--data",
+    ]
     assert main([*argv, str(corpora[0])]) == 0
     capsys.readouterr()
     assert main([*argv, str(corpora[1])]) == 2

@@ -34,9 +34,9 @@ def run(model):
 def test_window_is_the_induced_subgraph_of_the_last_tokens(model):
     ids = torch.randint(3, 97, (2, 20), generator=torch.Generator().manual_seed(0))
     full = st.attention_graphs(model, ids, heads="0.1,1.3")
-    cut = st.attention_graphs(model, ids, heads="0.1,1.3", window=6)   # every prompt >= 6: only 6 query rows recorded
+    cut = st.attention_graphs(model, ids, heads="0.1,1.3", window=6)  # every prompt >= 6: only 6 query rows recorded
     mask = torch.ones_like(ids)
-    mask[1, 4:] = 0                                                     # a 4-token prompt: shorter than the window
+    mask[1, 4:] = 0  # a 4-token prompt: shorter than the window
     padded = st.attention_graphs(model, ids, heads="0.1,1.3", window=6, attention_mask=mask)
     for g in full.graphs:
         w = cut.get(g.layer, g.head, g.prompt)
@@ -48,7 +48,7 @@ def test_window_is_the_induced_subgraph_of_the_last_tokens(model):
     assert short.offset == 0 and short.weights.shape == (4, 4)
     torch.testing.assert_close(short.weights, st.attention_graphs(model, ids[1:, :4], heads="1.3").get(1, 3).weights)
     torch.testing.assert_close(padded.get(0, 1, 0).weights, full.get(0, 1, 0).weights[14:, 14:])
-    same = st.attention_graphs(model, ids, heads="0.1", window=20)     # window >= prompt: nothing changes
+    same = st.attention_graphs(model, ids, heads="0.1", window=20)  # window >= prompt: nothing changes
     torch.testing.assert_close(same.get(0, 1, 1).weights, full.get(0, 1, 1).weights)
     assert same.get(0, 1, 1).offset == 0
 
@@ -65,12 +65,13 @@ def test_graph_statistics_run_on_at_most_the_cap_and_the_page_says_so(model, run
     def counting_communities(weights, tokens, **kwargs):
         sizes["communities"].append(len(weights))
         return communities(weights, tokens, **kwargs)
+
     monkeypatch.setattr(graphs_module, "compare_with_er", counting_compare)
     monkeypatch.setattr(graphs_module, "communities", counting_communities)
     page = report_structure.section(model, run)
-    n_graphs = 2 * model.dims.n_heads        # first and last layer of a 2-layer model
+    n_graphs = 2 * model.dims.n_heads  # first and last layer of a 2-layer model
     assert sizes["stats"] == [WINDOW] * n_graphs
-    assert sizes["communities"] == [WINDOW] * n_graphs      # once per graph: the diagrams reuse them
+    assert sizes["communities"] == [WINDOW] * n_graphs  # once per graph: the diagrams reuse them
     assert f"Statistics on the last {WINDOW} of {N_TOKENS} positions" in page
     assert page.count("data:image/png;base64") == 1 + 3
 
@@ -94,6 +95,7 @@ def test_predictions_table_and_position_figures_are_bounded(model, run, monkeypa
     def recording_figure(width, height):
         widths.append(width)
         return figure(width, height)
+
     monkeypatch.setattr(sections, "_figure", recording_figure)
     page = sections.predictions(model, run)
     positions = [int(p) for p in re.findall(r"<tr><td>(\d+)</td>", page)]

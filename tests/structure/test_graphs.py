@@ -17,29 +17,40 @@ from mechscope.structure.graph_stats import as_digraph, er_samples
 from ..models.tiny import tiny_model
 
 
-
 def networkx_statistics(a: np.ndarray) -> dict[str, float]:
     g = as_digraph(a)
     component = max(nx.weakly_connected_components(g), key=len)
     und = g.subgraph(component).to_undirected()
     indeg = np.array([d for _, d in g.in_degree()], float)
     outdeg = np.array([d for _, d in g.out_degree()], float)
-    return {"density": nx.density(g), "clustering": nx.average_clustering(g),
-            "mean_path": nx.average_shortest_path_length(und) if len(component) > 1 else math.nan,
-            "mean_degree": outdeg.mean(), "in_degree_std": indeg.std(ddof=1), "out_degree_std": outdeg.std(ddof=1),
-            "in_degree_max": indeg.max(), "out_degree_max": outdeg.max()}
+    return {
+        "density": nx.density(g),
+        "clustering": nx.average_clustering(g),
+        "mean_path": nx.average_shortest_path_length(und) if len(component) > 1 else math.nan,
+        "mean_degree": outdeg.mean(),
+        "in_degree_std": indeg.std(ddof=1),
+        "out_degree_std": outdeg.std(ddof=1),
+        "in_degree_max": indeg.max(),
+        "out_degree_max": outdeg.max(),
+    }
 
 
 def known_graphs():
     rng = np.random.default_rng(3)
     star = np.zeros((8, 8), bool)
-    star[1:, 0] = True                      # every token attends to the first (an attention sink)
+    star[1:, 0] = True  # every token attends to the first (an attention sink)
     cycle = np.roll(np.eye(6, dtype=bool), 1, axis=1)
     causal = np.tril(rng.random((12, 12)) < 0.4, -1)
     two_parts = np.zeros((9, 9), bool)
     two_parts[1:4, 0] = two_parts[5:, 4] = True
-    return {"complete": ~np.eye(5, dtype=bool), "star": star, "cycle": cycle, "causal": causal,
-            "two_parts": two_parts, "karate": nx.to_numpy_array(nx.karate_club_graph()) > 0}
+    return {
+        "complete": ~np.eye(5, dtype=bool),
+        "star": star,
+        "cycle": cycle,
+        "causal": causal,
+        "two_parts": two_parts,
+        "karate": nx.to_numpy_array(nx.karate_club_graph()) > 0,
+    }
 
 
 @pytest.mark.parametrize("name", list(known_graphs()))
@@ -61,7 +72,9 @@ def test_er_expectations_match_sampled_networkx_graphs():
     assert mean["density"] == pytest.approx(expected["density"], rel=0.03)
     assert mean["clustering"] == pytest.approx(expected["clustering"], rel=0.06)
     assert mean["mean_degree"] == pytest.approx(expected["mean_degree"], rel=0.03)
-    assert np.mean([s["in_degree_std"] ** 2 for s in samples]) == pytest.approx(expected["in_degree_std"] ** 2, rel=0.08)
+    assert np.mean([s["in_degree_std"] ** 2 for s in samples]) == pytest.approx(
+        expected["in_degree_std"] ** 2, rel=0.08
+    )
     assert mean["in_degree_max"] == pytest.approx(expected["in_degree_max"], rel=0.05)
     assert mean["out_degree_max"] == pytest.approx(expected["out_degree_max"], rel=0.05)
     assert mean["mean_path"] == pytest.approx(expected["mean_path"], rel=0.1)  # mean-field approximation
@@ -73,7 +86,11 @@ def test_er_expectations_match_sampled_networkx_graphs():
 def test_compare_with_er_flags_a_sink_not_a_random_graph():
     star = known_graphs()["star"]
     result = st.compare_with_er(star, n_null=200, seed=0)
-    assert result.observed["in_degree_max"] == 7 and result.p_value["in_degree_max"] < 0.05 and result.z("in_degree_max") > 3
+    assert (
+        result.observed["in_degree_max"] == 7
+        and result.p_value["in_degree_max"] < 0.05
+        and result.z("in_degree_max") > 3
+    )
     rng = np.random.default_rng(0)
     random = st.compare_with_er(rng.random((20, 20)) < 0.3, n_null=200, seed=1)
     assert all(random.p_value[k] > 0.01 for k in ("clustering", "in_degree_max", "out_degree_std"))
@@ -83,7 +100,7 @@ def test_compare_with_er_flags_a_sink_not_a_random_graph():
     null = er_samples(8, p, 50, seed=4)
     for i, key in enumerate(st.STAT_NAMES):
         assert seeded.null_mean[key] == pytest.approx(float(np.nanmean(null[:, i])), abs=1e-12), key
-    assert seeded.null_mean["density"] == pytest.approx(p, rel=0.15)   # 3 sigma of 50 graphs' mean density
+    assert seeded.null_mean["density"] == pytest.approx(p, rel=0.15)  # 3 sigma of 50 graphs' mean density
     assert st.compare_with_er(star, n_null=50, seed=5).null_mean["clustering"] != seeded.null_mean["clustering"]
 
 
@@ -118,8 +135,9 @@ def test_two_sample_false_positive_rate_is_near_nominal():
     rejections = 0
     for trial in range(200):
         chosen = rng.choice(len(pool), 20, replace=False)
-        result = st.two_sample_test(pool[chosen[:10]], pool[chosen[10:]], names=st.STAT_NAMES,
-                                    n_permutations=199, alpha=0.05, seed=trial)
+        result = st.two_sample_test(
+            pool[chosen[:10]], pool[chosen[10:]], names=st.STAT_NAMES, n_permutations=199, alpha=0.05, seed=trial
+        )
         rejections += result.reject
     assert 0.01 <= rejections / 200 <= 0.10
 
@@ -148,7 +166,9 @@ def test_communities_and_laplacian_elbow_find_planted_blocks():
     assert parts.groups == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]] and parts.modularity > 0.3
     assert st.laplacian_spectrum(w).elbow == 2
     coords = np.array(st.spectral_embedding(w, tokens, dim=1).coords)[:, 0]
-    assert np.sign(coords[:5]).tolist() == [np.sign(coords[0])] * 5 and np.all(np.sign(coords[5:]) == -np.sign(coords[0]))
+    assert np.sign(coords[:5]).tolist() == [np.sign(coords[0])] * 5 and np.all(
+        np.sign(coords[5:]) == -np.sign(coords[0])
+    )
 
 
 @pytest.fixture(scope="module")

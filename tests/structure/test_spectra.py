@@ -16,7 +16,6 @@ from mechscope.errors import MechscopeError
 from ..models.tiny import tiny_model
 
 
-
 @pytest.mark.parametrize("d", [2, 7, 32])
 def test_statistics_of_known_spectra(d):
     identity = torch.linalg.svdvals(torch.eye(d, dtype=torch.float64))
@@ -52,8 +51,8 @@ def test_circuits_via_factors_equal_the_explicit_product(kind):
             for name, product in (("OV", ov), ("QK", qk)):
                 explicit = torch.linalg.svdvals(product)
                 found = spectra.values[f"blocks.{layer}.attn.{name}.{h}"]
-                assert found.shape == (d.d_head,) and torch.allclose(found, explicit[:d.d_head], atol=1e-10)
-                assert explicit[d.d_head:].abs().max() < 1e-10  # rank <= d_head
+                assert found.shape == (d.d_head,) and torch.allclose(found, explicit[: d.d_head], atol=1e-10)
+                assert explicit[d.d_head :].abs().max() < 1e-10  # rank <= d_head
 
 
 def test_weight_spectra_cover_every_matrix(tmp_path):
@@ -87,8 +86,10 @@ def planted(model, rank: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         w_in = tuned.W_in(1)  # a view of the live parameter, [d_model, d_mlp]
-        u, v = torch.linalg.qr(torch.randn(w_in.shape[0], rank, generator=g))[0], torch.linalg.qr(
-            torch.randn(w_in.shape[1], rank, generator=g))[0]
+        u, v = (
+            torch.linalg.qr(torch.randn(w_in.shape[0], rank, generator=g))[0],
+            torch.linalg.qr(torch.randn(w_in.shape[1], rank, generator=g))[0],
+        )
         w_in.add_(u @ torch.diag(torch.linspace(0.5, 0.4, rank)) @ v.T)
         tuned.W_V(0)[0].add_(0.3 * torch.randn(32, 1, generator=g) @ torch.randn(1, 8, generator=g))
     return tuned, u
@@ -102,7 +103,8 @@ def test_planted_update_is_found_with_its_rank_and_directions(rank, tmp_path):
     changed = {r["name"] for r in diff.rows if r["rank"] > 0}
     # W_V's only kv head feeds every head's OV circuit (grouped-query attention)
     assert changed == {"blocks.1.mlp.W_in", "blocks.0.attn.W_V", "blocks.0.attn.W_V.0"} | {
-        f"blocks.0.attn.OV.{h}" for h in range(4)}
+        f"blocks.0.attn.OV.{h}" for h in range(4)
+    }
     row = diff.row("blocks.1.mlp.W_in")
     assert row["rank"] == rank and row["elbow"] == rank and row["relative_norm"] > 0
     assert all(diff.row(f"blocks.0.attn.OV.{h}")["rank"] == 1 for h in range(4))
@@ -134,6 +136,7 @@ def test_bad_input():
         st.weight_spectra(llama, kinds=("OV",)).scree("W_E")
     with pytest.raises(MechscopeError, match="not a transformer"):
         from mechscope.module_model import ModuleModel
+
         st.weight_spectra(ModuleModel(torch.nn.Linear(3, 3)))
     with pytest.raises(MechscopeError, match="unknown statistic"):
         st.weight_spectra(llama, kinds=("OV",)).plot("rank")

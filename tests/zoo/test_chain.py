@@ -28,8 +28,20 @@ from mechscope.zoo.chain import (
 )
 
 SHIPPED = Path(chain.__file__).parent / "weights" / "chain"
-TINY = ChainRecipe(n_statements=4, max_depth=2, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=16,
-                   batch_size=4, steps=3, warmup_steps=1, eval_every=2, eval_prompts=4)
+TINY = ChainRecipe(
+    n_statements=4,
+    max_depth=2,
+    n_layers=2,
+    d_model=16,
+    n_heads=2,
+    d_head=8,
+    d_mlp=16,
+    batch_size=4,
+    steps=3,
+    warmup_steps=1,
+    eval_every=2,
+    eval_prompts=4,
+)
 
 
 def resolve(prompt: str) -> tuple[str, int]:
@@ -69,7 +81,7 @@ def test_prompts_are_well_formed():
             prompt, answer, hops, resolved = make_prompt(rng, depth, 8, 4)
             assert resolve(prompt) == (answer, depth) and len(prompt) == 4 * 8 + 2
             statements = prompt[:-3].split(",")
-            assert len({s[0] for s in statements}) == 8                # every variable assigned once
+            assert len({s[0] for s in statements}) == 8  # every variable assigned once
             assert statements[hops[0]][0] == prompt[-1] and statements[hops[-1]][-1] == answer
             assert resolved[prompt[-1]] == (answer, depth) and len(resolved) == 8
             assert all(statements[a][2] == statements[b][0] for a, b in zip(hops, hops[1:]))
@@ -115,15 +127,14 @@ def test_training_batches_and_scaffold_targets():
     tokens, targets = batch_for_step(0, TINY, held_out=set())
     assert torch.equal(tokens, batch_for_step(0, TINY, held_out=set())[0])
     texts = ["".join(chain.VOCAB[t] for t in row[1:]) for row in tokens.tolist()]
-    for text, row in zip(texts, targets.tolist()):               # ...,?D7,?B3,?E: each query's answer
+    for text, row in zip(texts, targets.tolist()):  # ...,?D7,?B3,?E: each query's answer
         queries = [i for i, ch in enumerate(text) if ch == "?"]
-        assert [chain.VOCAB[t] for t in row if t != -100] == [
-            resolve(text[:q + 2])[0] for q in queries]
-    first = {t[:t.index("?") + 2] for t in texts}                # the evaluation-style prompts
+        assert [chain.VOCAB[t] for t in row if t != -100] == [resolve(text[: q + 2])[0] for q in queries]
+    first = {t[: t.index("?") + 2] for t in texts}  # the evaluation-style prompts
     kept = ["".join(chain.VOCAB[t] for t in row[1:]) for row in batch_for_step(0, TINY, held_out=first)[0].tolist()]
-    assert not {t[:t.index("?") + 2] for t in kept} & first
+    assert not {t[: t.index("?") + 2] for t in kept} & first
     keys = scaffold_targets(tokens, targets, TINY.n_layers)
-    assert (keys[:, 3, 0] == 1).all()                            # layer 0: right-hand token -> left side
+    assert (keys[:, 3, 0] == 1).all()  # layer 0: right-hand token -> left side
 
 
 def test_same_seed_same_weights_other_seed_differs(tmp_path):

@@ -56,6 +56,7 @@ def test_bad_folders_are_refused(tmp_path):
 
 def test_cli_corrupt_card_is_one_line(tmp_path, capsys):
     from mechscope.cli import main
+
     (tmp_path / "card.json").write_text("{half")
     assert main(["zoo", "check", "pycode", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()

@@ -64,8 +64,10 @@ def test_record_conv_sites(model, split):
 
 
 def test_short_runs_are_deterministic(tmp_path):
-    cards = [digits.train(tmp_path / name, recipe, progress=False) for name, recipe in
-             (("a", SHORT), ("b", SHORT), ("c", dataclasses.replace(SHORT, seed=1)))]
+    cards = [
+        digits.train(tmp_path / name, recipe, progress=False)
+        for name, recipe in (("a", SHORT), ("b", SHORT), ("c", dataclasses.replace(SHORT, seed=1)))
+    ]
     a, b, c = (load_file(tmp_path / name / "model.safetensors") for name in "abc")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["conv1.weight"], c["conv1.weight"])

@@ -10,8 +10,23 @@ import mechscope
 from mechscope import zoo
 
 ZOO = Path(zoo.__file__).parent
-UPPER = {"attribution", "circuits", "dictionary", "heads", "lens", "patching", "probes", "steering", "structure",
-         "toys", "vision", "cli", "commands", "report", "server"}
+UPPER = {
+    "attribution",
+    "circuits",
+    "dictionary",
+    "heads",
+    "lens",
+    "patching",
+    "probes",
+    "steering",
+    "structure",
+    "toys",
+    "vision",
+    "cli",
+    "commands",
+    "report",
+    "server",
+}
 """Method and surface packages (everything above core and models)."""
 KNOWN: dict[str, set[str]] = {}
 """Up-arrows still to remove (none left)."""
@@ -34,8 +49,10 @@ def upper_imports(path: Path) -> set[str]:
 
 def test_the_scan_sees_every_import_form(tmp_path):
     src = tmp_path / "x.py"
-    src.write_text("from ..lens import logit\nimport mechscope.toys.grokking\ndef f():\n    from mechscope import patching\n"
-                   "    from .. import report\n    from .transformer import ToyConfig\n    from ..io import write_text\n")
+    src.write_text(
+        "from ..lens import logit\nimport mechscope.toys.grokking\ndef f():\n    from mechscope import patching\n"
+        "    from .. import report\n    from .transformer import ToyConfig\n    from ..io import write_text\n"
+    )
     assert upper_imports(src) == {"lens", "toys", "patching", "report"}
 
 
@@ -44,12 +61,14 @@ def test_zoo_imports_no_method_or_surface():
     assert {"modadd.py", "superposition.py", "__init__.py"} <= {f.name for f in files}
     wrong = {f.name: upper_imports(f) - KNOWN.get(f.name, set()) for f in files}
     assert not {k: v for k, v in wrong.items() if v}, "the zoo imports upward (DESIGN §2)"
-    assert UPPER >= {p.name for p in Path(mechscope.__file__).parent.iterdir()
-                     if p.is_dir() and (p / "__init__.py").is_file()} - {"models", "zoo"}
+    assert UPPER >= {
+        p.name for p in Path(mechscope.__file__).parent.iterdir() if p.is_dir() and (p / "__init__.py").is_file()
+    } - {"models", "zoo"}
 
 
 def test_toys_register_the_zoo_analyses():
     import mechscope.toys  # noqa: F401  registers
+
     assert {"modadd", "superposition", "induction"} <= set(zoo.ANALYSES)
     for name in ("modadd", "superposition"):
         assert zoo.ANALYSES[name].after_train is not None and zoo.ANALYSES[name].plots is not None

@@ -23,8 +23,7 @@ from mechscope.zoo.modadd import ModaddRecipe
 
 SHIPPED = WEIGHTS / "modadd"
 # A few steps of a tiny model on Z_13: well under a second of training.
-TINY = ModaddRecipe(p=13, train_frac=0.5, d_model=16, n_heads=2, d_head=8, d_mlp=32, steps=8,
-                    snapshots=3, eval_every=4)
+TINY = ModaddRecipe(p=13, train_frac=0.5, d_model=16, n_heads=2, d_head=8, d_mlp=32, steps=8, snapshots=3, eval_every=4)
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +107,15 @@ def test_saved_curves_match_the_weights(curves, split):
     assert last_step == int(curves.steps[-1])
     freqs = [int(k) for k in curves.key_freqs]
     again = grokking.grokking_curves([(last_step, last)], *split, key_freqs=freqs)
-    for name in ("train_loss", "test_loss", "restricted_loss", "excluded_loss", "gini_embed",
-                 "sum_squared_weights", "key_share"):
+    for name in (
+        "train_loss",
+        "test_loss",
+        "restricted_loss",
+        "excluded_loss",
+        "gini_embed",
+        "sum_squared_weights",
+        "key_share",
+    ):
         assert float(getattr(again, name)[-1]) == pytest.approx(float(getattr(curves, name)[-1]), rel=1e-3), name
 
 
@@ -131,7 +137,7 @@ def test_phases_are_ordered_and_sparsity_rises(curves):
     assert 0 < mem_end < circuit_end < cleanup_end <= int(curves.steps[-1])
     at = {int(s): i for i, s in enumerate(curves.steps)}
     for gini in (curves.gini_embed, curves.gini_neuron):
-        assert gini[at[circuit_end]] > gini[at[mem_end]] + 0.05   # sparser through circuit formation
+        assert gini[at[circuit_end]] > gini[at[mem_end]] + 0.05  # sparser through circuit formation
         assert gini[at[cleanup_end]] > gini[at[circuit_end]] + 0.1  # and much sparser after cleanup
     # the key frequencies take over the embedding, and the excluded loss rises
     assert curves.key_share[at[cleanup_end]] > curves.key_share[at[mem_end]]

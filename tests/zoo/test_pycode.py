@@ -20,8 +20,19 @@ SHIPPED = Path(pycode.__file__).parent / "weights" / "pycode"
 
 # A few steps of a tiny model on a few stdlib files: seconds, not minutes.
 TINY = PycodeRecipe(
-    max_files=4, vocab_size=320, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_mlp=64,
-    context=32, batch_size=4, steps=6, warmup_steps=2, eval_sequences=8, eval_every=3,
+    max_files=4,
+    vocab_size=320,
+    d_model=32,
+    n_layers=1,
+    n_heads=2,
+    n_kv_heads=1,
+    d_mlp=64,
+    context=32,
+    batch_size=4,
+    steps=6,
+    warmup_steps=2,
+    eval_sequences=8,
+    eval_every=3,
 )
 
 
@@ -99,8 +110,17 @@ def test_shipped_folder_is_small_and_complete():
 def test_card_records_recipe_and_metrics(card):
     assert card["recipe"] == json.loads(json.dumps(dataclasses.asdict(PycodeRecipe())))
     m = card["metrics"]
-    for key in ("heldout_loss", "train_split_loss", "train_loss_last50", "copying_first_loss",
-                "copying_second_loss", "train_time_s", "train_cpu_s", "tokens_seen", "n_params"):
+    for key in (
+        "heldout_loss",
+        "train_split_loss",
+        "train_loss_last50",
+        "copying_first_loss",
+        "copying_second_loss",
+        "train_time_s",
+        "train_cpu_s",
+        "tokens_seen",
+        "n_params",
+    ):
         assert math.isfinite(m[key]) and m[key] > 0, key
     uniform = math.log(card["data"]["vocab_size"])
     assert m["train_split_loss"] < uniform / 2 and m["heldout_loss"] < 0.6 * uniform
@@ -158,14 +178,15 @@ def test_batches_are_a_function_of_the_step():
     rep = pycode_data.batch_for_step(chunks, 0, tiled)
     assert torch.equal(rep[:, :2], seen[:4, :2])  # same chunks, each tiling its own start
     periods = [min(p for p in (2, 3, 4) if torch.equal(row, row[torch.arange(9) % p])) for row in rep]
-    assert all(torch.equal(row[p:2 * p], row[:p]) for row, p in zip(rep, periods))
+    assert all(torch.equal(row[p : 2 * p], row[:p]) for row, p in zip(rep, periods))
     assert len(set(periods)) > 1  # spans vary, so only content marks the previous copy
 
 
 def test_random_rows_tile_random_ids_after_endoftext():
     chunks = torch.arange(1000, 1000 + 40 * 65).reshape(40, 65)  # ids no random row can draw
-    recipe = dataclasses.replace(TINY, batch_size=40, context=64, random_fraction=0.5,
-                                 alternation_prob=0.5, repeat_span=(5, 12))
+    recipe = dataclasses.replace(
+        TINY, batch_size=40, context=64, random_fraction=0.5, alternation_prob=0.5, repeat_span=(5, 12)
+    )
     with pytest.raises(ValueError, match="vocabulary size"):
         pycode_data.batch_for_step(chunks, 0, recipe)
     batch = pycode_data.batch_for_step(chunks, 0, recipe, vocab_size=50)
@@ -177,7 +198,7 @@ def test_random_rows_tile_random_ids_after_endoftext():
     assert len(set(periods)) > 1
     # within the first span, ids repeat the one two back about alternation_prob / (1 + p) of the time
     # (never chained), far above chance (1/49)
-    two_back = torch.cat([row[2:p] == row[:p - 2] for row, p in zip(body, periods)]).float().mean()
+    two_back = torch.cat([row[2:p] == row[: p - 2] for row, p in zip(body, periods)]).float().mean()
     assert 0.2 < float(two_back) < 0.5
 
 
@@ -189,8 +210,15 @@ def test_learning_rate_schedule():
 
 
 def test_copying_loss_on_untrained_model_is_near_uniform():
-    cfg = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                             num_attention_heads=2, num_key_value_heads=1, bos_token_id=0)
+    cfg = LlamaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        bos_token_id=0,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)
     first, second = copying_loss(model, 300, seq_len=20, batch=4)
@@ -208,5 +236,6 @@ def test_held_out_split_is_by_path_hash():
 
 def test_plots_draw_the_copying_curve(tmp_path):
     from mechscope import zoo
+
     (path,) = zoo.plots("pycode", tmp_path)
     assert path.name == "pycode_copying_curve.png" and path.read_bytes()[:4] == b"\x89PNG"

@@ -22,8 +22,16 @@ from mechscope.zoo.superposition import SuperpositionRecipe, SuperpositionSuite
 
 SHIPPED = Path(superposition.__file__).parent / "weights" / "superposition"
 TINY = SuperpositionRecipe(
-    steps=15, batch_size=64, dim_batch_size=64, eval_batch=512, restarts=2, pentagon_sparsities=(0.0, 0.9),
-    phase_grid=3, dim_features=12, dim_hidden=3, dim_instances=3,
+    steps=15,
+    batch_size=64,
+    dim_batch_size=64,
+    eval_batch=512,
+    restarts=2,
+    pentagon_sparsities=(0.0, 0.9),
+    phase_grid=3,
+    dim_features=12,
+    dim_hidden=3,
+    dim_instances=3,
 )
 
 
@@ -68,7 +76,7 @@ def test_phase_diagram(suite):
     assert density[-1] == pytest.approx(1.0) and importance[0] < 1 < importance[-1]
     assert phases[-1, 0] == ts.PHASES.index("feature 1 only")
     assert phases[-1, -1] == ts.PHASES.index("feature 2 only")
-    near_equal = (importance.log().abs().argmin())
+    near_equal = importance.log().abs().argmin()
     assert phases[0, near_equal] == ts.PHASES.index("superposition (antipodal)")
     dense_rows, sparse_rows = phases[density > 0.5], phases[density < 0.05]
     antipodal = ts.PHASES.index("superposition (antipodal)")
@@ -128,15 +136,24 @@ def test_short_runs_are_deterministic(tmp_path):
     a, b, c = (load_file(tmp_path / k / "model.safetensors") for k in "abc")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["pentagon.W"], c["pentagon.W"])
-    assert done["a"]["metrics"] == done["b"]["metrics"] and done["a"]["metrics"]["eval_loss"] == raw["a"]["metrics"]["eval_loss"]
+    assert (
+        done["a"]["metrics"] == done["b"]["metrics"]
+        and done["a"]["metrics"]["eval_loss"] == raw["a"]["metrics"]["eval_loss"]
+    )
     assert json.loads((tmp_path / "a" / "card.json").read_text()) == done["a"]
     assert "## pentagon" in (tmp_path / "a" / "CARD.md").read_text()
     suite = ms.load(str(tmp_path / "a")).hf
-    assert isinstance(suite, SuperpositionSuite) and done["a"]["metrics"]["pentagon"] == cards.superposition_metrics(suite)["pentagon"]
+    assert (
+        isinstance(suite, SuperpositionSuite)
+        and done["a"]["metrics"]["pentagon"] == cards.superposition_metrics(suite)["pentagon"]
+    )
 
 
 def test_plots(tmp_path):
     paths = zoo.plots("superposition", tmp_path)
-    assert [p.name for p in paths] == ["superposition_pentagon.png", "superposition_phase.png",
-                                       "superposition_dimensionality.png"]
+    assert [p.name for p in paths] == [
+        "superposition_pentagon.png",
+        "superposition_phase.png",
+        "superposition_dimensionality.png",
+    ]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)

@@ -49,8 +49,8 @@ class DirectLogitAttribution(Saveable):
     """The logit (difference) the components add up to: before any soft-capping."""
     output_logit: Float[Tensor, "batch pos"]
     """The model's own output logit (difference), after soft-capping where the family caps."""
-    target_ids: Int[Tensor, "batch"]
-    vs_ids: Int[Tensor, "batch"] | None
+    target_ids: Int[Tensor, " batch"]
+    vs_ids: Int[Tensor, " batch"] | None
     tokens: Int[Tensor, "batch pos"]
     positions: Int[Tensor, "batch pos"]
     mask: Bool[Tensor, "batch pos"]
@@ -88,22 +88,35 @@ class DirectLogitAttribution(Saveable):
         """Horizontal bars of the k largest contributions at one column."""
         top = self.top(k, row, pos)[::-1]
         fig, ax = figure(6.0, 0.25 * len(top) + 1.2) if ax is None else (ax.figure, ax)
-        ax.barh([label for label, _ in top], [v for _, v in top],
-                color=["#4c78a8" if v >= 0 else "#e45756" for _, v in top])
+        ax.barh(
+            [label for label, _ in top], [v for _, v in top], color=["#4c78a8" if v >= 0 else "#e45756" for _, v in top]
+        )
         ax.axvline(0, color="black", linewidth=0.6)
         ax.tick_params(axis="y", labelsize=8)
         ax.set_xlabel(f"direct contribution to {self.metric(row)}")
         column = int(self.positions[row, pos])
-        ax.set_title(f"{self.model_name}, position {column} ({self.text(self.tokens[row, pos])!r}): "
-                     f"total {float(self.logit[row, pos]):.3f}", fontsize=9)
+        ax.set_title(
+            f"{self.model_name}, position {column} ({self.text(self.tokens[row, pos])!r}): "
+            f"total {float(self.logit[row, pos]):.3f}",
+            fontsize=9,
+        )
         return fig
 
     def to_frame(self):
         """One row per (component, prompt, position)."""
         pd = pandas()
-        rows = [{"component": label, "layer": self.layer_of[i], "head": self.head_of[i], "batch": b,
-                 "pos": int(self.positions[b, p]), "contribution": float(self.contributions[i, b, p])}
-                for i, label in enumerate(self.labels) for b, p in self.mask.nonzero().tolist()]
+        rows = [
+            {
+                "component": label,
+                "layer": self.layer_of[i],
+                "head": self.head_of[i],
+                "batch": b,
+                "pos": int(self.positions[b, p]),
+                "contribution": float(self.contributions[i, b, p]),
+            }
+            for i, label in enumerate(self.labels)
+            for b, p in self.mask.nonzero().tolist()
+        ]
         return pd.DataFrame(rows)
 
 
@@ -125,12 +138,16 @@ def _pick(logits: Tensor, ids: Tensor) -> Tensor:
 def _check_model(model) -> None:
     require_lm_head(model, "direct logit attribution")
     if model.adapter.post_ln:
-        raise MechscopeError(f"{model.adapter.family} is post-LN (the residual stream is renormalised after each "
-                             "sublayer), so its final stream is not a sum of components: direct logit attribution "
-                             "needs a pre-norm model")
+        raise MechscopeError(
+            f"{model.adapter.family} is post-LN (the residual stream is renormalised after each "
+            "sublayer), so its final stream is not a sum of components: direct logit attribution "
+            "needs a pre-norm model"
+        )
     if model.adapter.unembed:
-        raise MechscopeError(f"{model.adapter.family}'s head transforms the stream before the unembedding: direct "
-                             "logit attribution needs a linear head")
+        raise MechscopeError(
+            f"{model.adapter.family}'s head transforms the stream before the unembedding: direct "
+            "logit attribution needs a linear head"
+        )
 
 
 def _final_norm(model, resid: Tensor):
@@ -142,7 +159,9 @@ def _final_norm(model, resid: Tensor):
     return frozen_norm(module, resid.float(), model.adapter.norm_gain_offset), bias
 
 
-def _components(model, run, direction: Tensor, unembed_bias: Tensor) -> tuple[list[Tensor], list[str], list[int], list[int]]:
+def _components(
+    model, run, direction: Tensor, unembed_bias: Tensor
+) -> tuple[list[Tensor], list[str], list[int], list[int]]:
     """Every component's contribution [batch, pos] to the logit along `direction` [batch,
     d_model], with its label, layer and head."""
     n_layers = model.dims.n_layers
@@ -182,8 +201,9 @@ def _components(model, run, direction: Tensor, unembed_bias: Tensor) -> tuple[li
     return parts, labels, layers, heads
 
 
-def _logits(model, run, index: Tensor, direction: Tensor, unembed_bias: Tensor, target_ids: Tensor,
-            vs_ids: Tensor | None) -> tuple[Tensor, Tensor]:
+def _logits(
+    model, run, index: Tensor, direction: Tensor, unembed_bias: Tensor, target_ids: Tensor, vs_ids: Tensor | None
+) -> tuple[Tensor, Tensor]:
     """(pre-cap logit difference from the final stream, the model's own output difference)."""
     resid = run.cache[f"blocks.{model.dims.n_layers - 1}.hook_resid_post"]
     logit = torch.einsum("bpd,bd->bp", model.final_norm(resid).float(), direction).cpu() + unembed_bias.cpu()[:, None]
@@ -218,7 +238,7 @@ def direct_logit_attribution(
         scale = model.adapter.logit_scale  # Granite divides its logits, Cohere multiplies them
         w_u, b_u = model.W_U.detach().float() * scale, model.b_U.detach().float() * scale
         direction = w_u[:, target_ids].T - (0 if vs_ids is None else w_u[:, vs_ids].T)  # [batch, d_model]
-        unembed_bias = b_u[target_ids] - (0 if vs_ids is None else b_u[vs_ids])           # [batch]
+        unembed_bias = b_u[target_ids] - (0 if vs_ids is None else b_u[vs_ids])  # [batch]
         parts, labels, layers, heads = _components(model, run, direction, unembed_bias)
         absolute, mask = absolute_positions(run, wanted)
         index = absolute.clamp(max=run.tokens.shape[1] - 1)
@@ -226,6 +246,17 @@ def direct_logit_attribution(
     tokens = run.tokens.cpu().gather(1, index)
     seen = set(tokens[mask].tolist()) | set(target_ids.tolist()) | set([] if vs_ids is None else vs_ids.tolist())
     return DirectLogitAttribution(
-        model_name=model.name, labels=labels, layer_of=layers, head_of=heads, contributions=torch.stack(parts),
-        logit=logit, output_logit=output, target_ids=target_ids, vs_ids=vs_ids, tokens=tokens, positions=absolute,
-        mask=mask, token_strings={t: decode(model, t) for t in sorted(seen)})
+        model_name=model.name,
+        labels=labels,
+        layer_of=layers,
+        head_of=heads,
+        contributions=torch.stack(parts),
+        logit=logit,
+        output_logit=output,
+        target_ids=target_ids,
+        vs_ids=vs_ids,
+        tokens=tokens,
+        positions=absolute,
+        mask=mask,
+        token_strings={t: decode(model, t) for t in sorted(seen)},
+    )

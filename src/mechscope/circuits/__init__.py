@@ -11,11 +11,22 @@
 - `induction_task(...)`: a repeated-random-tokens clean / corrupt task for induction.
 """
 
-from .graph import Graph
-from .edges import ABLATIONS, EdgePatcher
 from .circuit import Circuit
 from .discovery import METHODS, acdc, discover, eap, eap_ig, resolve_metric
+from .edges import ABLATIONS, EdgePatcher
+from .graph import Graph
 from .tasks import induction_task
 
-__all__ = ["Graph", "EdgePatcher", "ABLATIONS", "Circuit", "METHODS", "acdc", "eap", "eap_ig", "discover",
-           "resolve_metric", "induction_task"]
+__all__ = [
+    "Graph",
+    "EdgePatcher",
+    "ABLATIONS",
+    "Circuit",
+    "METHODS",
+    "acdc",
+    "eap",
+    "eap_ig",
+    "discover",
+    "resolve_metric",
+    "induction_task",
+]

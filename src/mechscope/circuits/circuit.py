@@ -45,7 +45,7 @@ class Circuit:
     """The graph the edges belong to (its shape: layers, heads, KV heads, MLPs)."""
     edges: list[tuple[str, str]]
     """(sender, receiver) pairs, e.g. ("a0.h3", "a1.h1.k")."""
-    scores: Float[Tensor, "edge"]
+    scores: Float[Tensor, " edge"]
     """One score per edge (method-dependent; larger magnitude = more important)."""
     method: str = ""
     """acdc, eap or eap-ig."""
@@ -60,7 +60,9 @@ class Circuit:
         self.edges = [cast("tuple[str, str]", tuple(e)) for e in self.edges]  # lists (from JSON) become tuples
         self.scores = torch.as_tensor(self.scores, dtype=torch.float32).reshape(-1)
         if len(self.scores) != len(self.edges):
-            raise MechscopeError(f"a circuit needs one score per edge: {len(self.edges)} edges, {len(self.scores)} scores")
+            raise MechscopeError(
+                f"a circuit needs one score per edge: {len(self.edges)} edges, {len(self.scores)} scores"
+            )
 
     def __len__(self) -> int:
         return len(self.edges)
@@ -98,11 +100,20 @@ class Circuit:
             assert threshold is not None  # exactly one of top / threshold (checked above)
             keep = (self.scores.abs() >= threshold).nonzero()[:, 0]
         if len(keep) == 0:
-            raise MechscopeError(f"no edge has |score| >= {threshold} (largest: {float(self.scores.abs().max()):.4g}); "
-                                 "lower the threshold or use top=N")
+            raise MechscopeError(
+                f"no edge has |score| >= {threshold} (largest: {float(self.scores.abs().max()):.4g}); "
+                "lower the threshold or use top=N"
+            )
         info = {**self.info, **({"top": top} if top is not None else {"threshold": threshold})}
-        return Circuit(self.graph, [self.edges[i] for i in keep.tolist()], self.scores[keep], self.method,
-                       self.metric, self.model, info)
+        return Circuit(
+            self.graph,
+            [self.edges[i] for i in keep.tolist()],
+            self.scores[keep],
+            self.method,
+            self.metric,
+            self.model,
+            info,
+        )
 
     def faithfulness(self, model, task, metric=None, ablation: str = "corrupt") -> float:
         """(m_circuit - m_ablated) / (m_full - m_ablated), the rest of the graph ablated with
@@ -110,6 +121,7 @@ class Circuit:
         task's logit difference (answer logit without foils)."""
         from .discovery import resolve_metric
         from .edges import EdgePatcher
+
         patcher = EdgePatcher(model, self.graph)
         _, ablated = patcher.ablated_values(task, ablation)
         with torch.no_grad():
@@ -121,16 +133,25 @@ class Circuit:
             kept = self.graph.mask_of(self.edges)
             m_circ = float(m(patcher.run(task.clean, ablated, allowed & ~kept, mask=task.mask)))
         if abs(m_full - m_none) < 1e-9:
-            raise MechscopeError(f"the metric is the same with and without the model ({m_full:.4g}): the task does "
-                                 "not separate clean from ablated runs, so faithfulness is undefined")
+            raise MechscopeError(
+                f"the metric is the same with and without the model ({m_full:.4g}): the task does "
+                "not separate clean from ablated runs, so faithfulness is undefined"
+            )
         return (m_circ - m_none) / (m_full - m_none)
 
     # Output
 
     def to_json(self) -> str:
-        return json.dumps({"graph": self.graph.spec(), "method": self.method, "metric": self.metric,
-                           "model": self.model, "info": self.info,
-                           "edges": [[s, r, float(v)] for (s, r), v in zip(self.edges, self.scores.tolist())]})
+        return json.dumps(
+            {
+                "graph": self.graph.spec(),
+                "method": self.method,
+                "metric": self.metric,
+                "model": self.model,
+                "info": self.info,
+                "edges": [[s, r, float(v)] for (s, r), v in zip(self.edges, self.scores.tolist())],
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str) -> "Circuit":
@@ -138,8 +159,15 @@ class Circuit:
             data = json.loads(text)
             edges = [(s, r) for s, r, _ in data["edges"]]
             scores = torch.as_tensor([v for _, _, v in data["edges"]], dtype=torch.float32)
-            return cls(Graph(**data["graph"]), edges, scores, data.get("method", ""), data.get("metric", ""),
-                       data.get("model", ""), data.get("info", {}))
+            return cls(
+                Graph(**data["graph"]),
+                edges,
+                scores,
+                data.get("method", ""),
+                data.get("metric", ""),
+                data.get("model", ""),
+                data.get("info", {}),
+            )
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
             raise MechscopeError(f"not a circuit in JSON ({err}): write it with Circuit.to_json()") from None
 
@@ -159,8 +187,15 @@ class Circuit:
             raise MechscopeError(f"'{folder}' is not a saved circuit (it needs cfg.json and scores.safetensors)")
         cfg = json.loads((folder / "cfg.json").read_text())
         scores = load_file(folder / "scores.safetensors")["scores"]
-        return cls(Graph(**cfg["graph"]), [tuple(e) for e in cfg["edges"]], scores, cfg.get("method", ""),
-                   cfg.get("metric", ""), cfg.get("model", ""), cfg.get("info", {}))
+        return cls(
+            Graph(**cfg["graph"]),
+            [tuple(e) for e in cfg["edges"]],
+            scores,
+            cfg.get("method", ""),
+            cfg.get("metric", ""),
+            cfg.get("model", ""),
+            cfg.get("info", {}),
+        )
 
     def to_dot(self) -> str:
         """Graphviz source: one node per head / KV head / MLP, edges labelled q, k or v."""
@@ -179,6 +214,7 @@ class Circuit:
         colour = the receiver's input (q blue, k green, v red, MLP / logits grey)."""
         import networkx as nx
         from matplotlib.figure import Figure
+
         g = nx.DiGraph()
         g.add_nodes_from(self.nodes)
         for (s, r), v in zip(self.edges, self.scores.tolist()):
@@ -190,16 +226,25 @@ class Circuit:
         for y, names in rows.items():
             for i, name in enumerate(names):
                 pos[name] = (i - (len(names) - 1) / 2, y)
-        fig = Figure(figsize=(max(5.0, 1.1 * max(len(v) for v in rows.values())), 1.2 + 1.1 * len(rows)),
-                     layout="constrained")
+        fig = Figure(
+            figsize=(max(5.0, 1.1 * max(len(v) for v in rows.values())), 1.2 + 1.1 * len(rows)), layout="constrained"
+        )
         ax = fig.subplots()
         top = max((abs(d["score"]) for *_, d in g.edges(data=True)), default=1.0) or 1.0
         nx.draw_networkx_nodes(g, pos, ax=ax, node_color="#dde6f3", node_size=900, node_shape="s")
         nx.draw_networkx_labels(g, pos, ax=ax, font_size=7)
         for u, w, d in g.edges(data=True):
-            nx.draw_networkx_edges(g, pos, edgelist=[(u, w)], ax=ax, width=0.5 + 3.0 * abs(d["score"]) / top,
-                                   edge_color=CHANNEL_COLOURS[d["channel"]], arrows=True, node_size=900,
-                                   connectionstyle="arc3,rad=0.08")
+            nx.draw_networkx_edges(
+                g,
+                pos,
+                edgelist=[(u, w)],
+                ax=ax,
+                width=0.5 + 3.0 * abs(d["score"]) / top,
+                edge_color=CHANNEL_COLOURS[d["channel"]],
+                arrows=True,
+                node_size=900,
+                connectionstyle="arc3,rad=0.08",
+            )
         ax.set_title(title or f"{self.method} circuit: {self.n_edges} edges ({self.model})", fontsize=9)
         ax.axis("off")
         return fig

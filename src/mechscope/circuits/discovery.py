@@ -63,10 +63,20 @@ def _receiver_grads(patcher: EdgePatcher, task, metric: Metric, ablated, embed=N
     model, g = patcher.model, patcher.graph
     b, p, d = task.clean.shape[0], task.clean.shape[1], model.dims.d_model
     dtype = next(model.hf.parameters()).dtype
-    deltas = {i: torch.zeros(b, p, n, d, dtype=dtype, device=model.device, requires_grad=True)
-              for i, (_, _, _, n, _) in enumerate(g.groups())}
-    logits = patcher.run(task.clean, ablated, None, mask=task.mask, deltas=deltas, embed=embed, grad=True,
-                         logit_positions=_read_positions(model, task, metric))
+    deltas = {
+        i: torch.zeros(b, p, n, d, dtype=dtype, device=model.device, requires_grad=True)
+        for i, (_, _, _, n, _) in enumerate(g.groups())
+    }
+    logits = patcher.run(
+        task.clean,
+        ablated,
+        None,
+        mask=task.mask,
+        deltas=deltas,
+        embed=embed,
+        grad=True,
+        logit_positions=_read_positions(model, task, metric),
+    )
     value = metric(logits)
     grads = torch.autograd.grad(value, list(deltas.values()), allow_unused=True)
     return [torch.zeros_like(deltas[i]) if gr is None else gr for i, gr in enumerate(grads)]
@@ -82,11 +92,11 @@ def _scores_from_grads(graph: Graph, diff: torch.Tensor, grads: list[torch.Tenso
     """[sender, receiver] matrix of (ablated_s - clean_s) . grad_r summed over batch and positions:
     one matrix product per receiver group, senders and receivers flattened to rows."""
     matrix = torch.zeros(graph.allowed.shape)
-    p = grads[0].shape[1]                                                 # every group's deltas are [b, p, n, d]
-    senders = diff[:, :p].float().permute(2, 0, 1, 3).reshape(diff.shape[2], -1)     # [sender, batch pos d]
+    p = grads[0].shape[1]  # every group's deltas are [b, p, n, d]
+    senders = diff[:, :p].float().permute(2, 0, 1, 3).reshape(diff.shape[2], -1)  # [sender, batch pos d]
     for (_, _, start, n, before), grad in zip(graph.groups(), grads):
-        receivers = grad.float().permute(2, 0, 1, 3).reshape(n, -1)                   # [receiver, batch pos d]
-        matrix[:before, start:start + n] = (senders[:before] @ receivers.T).cpu()
+        receivers = grad.float().permute(2, 0, 1, 3).reshape(n, -1)  # [receiver, batch pos d]
+        matrix[:before, start : start + n] = (senders[:before] @ receivers.T).cpu()
     return matrix
 
 
@@ -95,14 +105,22 @@ def eap(model, task, metric=None, *, ablation: str = "corrupt", graph: Graph | N
     return eap_ig(model, task, metric, steps=1, ablation=ablation, graph=graph, _method="eap")
 
 
-def eap_ig(model, task, metric=None, *, steps: int = 5, ablation: str = "corrupt", graph: Graph | None = None,
-           _method: str = "eap-ig") -> Circuit:
+def eap_ig(
+    model,
+    task,
+    metric=None,
+    *,
+    steps: int = 5,
+    ablation: str = "corrupt",
+    graph: Graph | None = None,
+    _method: str = "eap-ig",
+) -> Circuit:
     """EAP with integrated gradients over `steps` interpolations of the input embeddings."""
     if steps < 1:
         raise MechscopeError(f"steps must be at least 1, got {steps}")
     patcher, clean, ablated = _setup(model, task, graph, ablation)
     clean_logits = None
-    if isinstance(metric, str) and metric in ("kl", "kl_to_clean"):   # only KL needs the clean logits
+    if isinstance(metric, str) and metric in ("kl", "kl_to_clean"):  # only KL needs the clean logits
         with torch.no_grad():
             clean_logits = model.run(task.clean, attention_mask=task.mask).logits
     m = resolve_metric(metric, task, clean_logits)
@@ -110,7 +128,11 @@ def eap_ig(model, task, metric=None, *, steps: int = 5, ablation: str = "corrupt
     base = ablated[:, :, 0]
     for k in range(1, steps + 1):
         alpha = k / steps
-        embed = None if steps == 1 else (lambda x, a=alpha: base[:, :x.shape[1]].to(x) + a * (x - base[:, :x.shape[1]].to(x)))
+        embed = (
+            None
+            if steps == 1
+            else (lambda x, a=alpha: base[:, : x.shape[1]].to(x) + a * (x - base[:, : x.shape[1]].to(x)))
+        )
         grads = _receiver_grads(patcher, task, m, ablated, embed)
         total = grads if total is None else [t + gr for t, gr in zip(total, grads)]
     assert total is not None  # steps >= 1 (checked above)
@@ -138,12 +160,21 @@ def _alive(graph: Graph, removed: torch.Tensor, kind: str, layer: int, receiver:
     return bool((graph.allowed[senders] & ~removed[senders]).any())
 
 
-def acdc(model, task, metric=None, *, threshold: float = 0.01, ablation: str = "corrupt",
-         graph: Graph | None = None, progress: bool = True) -> Circuit:
+def acdc(
+    model,
+    task,
+    metric=None,
+    *,
+    threshold: float = 0.01,
+    ablation: str = "corrupt",
+    graph: Graph | None = None,
+    progress: bool = True,
+) -> Circuit:
     """ACDC: greedy edge pruning from the logits back (see the module docstring)."""
     if not isinstance(threshold, (int, float)) or threshold != threshold:
-        raise MechscopeError(f"threshold must be a number (an edge stays removed when the metric changes by less), "
-                             f"got {threshold!r}")
+        raise MechscopeError(
+            f"threshold must be a number (an edge stays removed when the metric changes by less), got {threshold!r}"
+        )
     patcher, _, ablated = _setup(model, task, graph, ablation)
     g = patcher.graph
     with torch.no_grad():
@@ -175,8 +206,15 @@ def acdc(model, task, metric=None, *, threshold: float = 0.01, ablation: str = "
     kept = g.allowed & ~removed
     edges = [e for e, k in zip(g.edges, _edge_scores(g, kept).tolist()) if k]
     log.info("acdc kept %d of %d edges (threshold %g)", len(edges), len(g.edges), threshold)
-    return Circuit(g, edges, _edge_scores(g, scores)[_edge_scores(g, kept)], "acdc", m.name, model.name,
-                   {"threshold": threshold, "ablation": ablation, "final_metric": current})
+    return Circuit(
+        g,
+        edges,
+        _edge_scores(g, scores)[_edge_scores(g, kept)],
+        "acdc",
+        m.name,
+        model.name,
+        {"threshold": threshold, "ablation": ablation, "final_metric": current},
+    )
 
 
 def discover(model, task, method: str = "eap", **kwargs) -> Circuit:

@@ -46,8 +46,14 @@ class EdgePatcher:
         self.graph = graph or Graph.from_model(model)
         a, L = model.adapter, model.dims.n_layers
         self.attn_norm = [model.block_module(layer, a.attn_in_norm) for layer in range(L)]
-        self.qkv = [[(model.W_Q(layer), model.b_Q(layer)), (model.W_K(layer), model.b_K(layer)),
-                     (model.W_V(layer), model.b_V(layer))] for layer in range(L)]
+        self.qkv = [
+            [
+                (model.W_Q(layer), model.b_Q(layer)),
+                (model.W_K(layer), model.b_K(layer)),
+                (model.W_V(layer), model.b_V(layer)),
+            ]
+            for layer in range(L)
+        ]
         if self.graph.parallel and self.graph.has_mlp:
             if a.resid_mid is None or a.resid_mid.boundary != "in" or a.mlp_out.boundary != "out":
                 raise MechscopeError(f"{model.name}: parallel blocks need the MLP norm and module in the adapter table")
@@ -59,7 +65,7 @@ class EdgePatcher:
     def sender_values(self, tokens: Tensor, mask: Tensor | None = None) -> Float[Tensor, "batch pos sender d_model"]:
         """Every sender's output on `tokens`, stacked along a sender axis."""
         state = _Pass(self, None, None, None, None)
-        last = f"blocks.{self.graph.n_layers - 1}.hook_resid_post"   # every sender is out by then: stop there
+        last = f"blocks.{self.graph.n_layers - 1}.hook_resid_post"  # every sender is out by then: stop there
         with torch.no_grad():
             self.model.run(tokens, attention_mask=mask, edits=state.edits(), record=[last], logits=False)
         return state.stacked()
@@ -77,10 +83,18 @@ class EdgePatcher:
 
     # Patched runs
 
-    def run(self, tokens: Tensor, ablated: Tensor, removed: Bool[Tensor, "sender receiver"] | None = None, *,
-            mask: Tensor | None = None, deltas: dict[int, Tensor] | None = None,
-            embed: Callable[[Tensor], Tensor] | None = None, grad: bool = False,
-            logit_positions: Tensor | None = None) -> Tensor:
+    def run(
+        self,
+        tokens: Tensor,
+        ablated: Tensor,
+        removed: Bool[Tensor, "sender receiver"] | None = None,
+        *,
+        mask: Tensor | None = None,
+        deltas: dict[int, Tensor] | None = None,
+        embed: Callable[[Tensor], Tensor] | None = None,
+        grad: bool = False,
+        logit_positions: Tensor | None = None,
+    ) -> Tensor:
         """Logits [batch, pos, vocab] of `tokens` with the `removed` edges carrying `ablated`
         ([batch or 1, pos, sender, d_model]). `deltas` maps a group index of
         `graph.groups()` to a tensor added to those receivers' inputs; `embed` transforms
@@ -88,10 +102,14 @@ class EdgePatcher:
         there (logits [batch, vocab]; `hooks.GatherLogits`)."""
         if removed is not None:
             if removed.shape != self.graph.allowed.shape:
-                raise MechscopeError(f"removed must be a [sender, receiver] mask of shape "
-                                     f"{tuple(self.graph.allowed.shape)}, got {tuple(removed.shape)}")
+                raise MechscopeError(
+                    f"removed must be a [sender, receiver] mask of shape "
+                    f"{tuple(self.graph.allowed.shape)}, got {tuple(removed.shape)}"
+                )
             if bool((removed & ~self.graph.allowed).any()):
-                raise MechscopeError("removed marks pairs that are not edges of the graph (a receiver before its sender)")
+                raise MechscopeError(
+                    "removed marks pairs that are not edges of the graph (a receiver before its sender)"
+                )
         state = _Pass(self, removed, ablated, deltas, embed)
         plans = [] if logit_positions is None else [GatherLogits(logit_positions)]
         out = self.model.run(tokens, attention_mask=mask, edits=state.edits(), grad=grad, plans=plans).logits
@@ -127,14 +145,18 @@ class _Pass:
             elif kind == "mlp":
                 if active and not g.parallel:
                     edits.append(replace(f"blocks.{layer}.hook_mlp_in", self._add_delta(index)))
-                edits.append(replace(f"blocks.{layer}.hook_mlp_out", self._mlp_out(index, layer, active and g.parallel)))
+                edits.append(
+                    replace(f"blocks.{layer}.hook_mlp_out", self._mlp_out(index, layer, active and g.parallel))
+                )
             elif kind == "logits" and active:
                 edits.append(replace(f"blocks.{L - 1}.hook_resid_post", self._add_delta(index)))
         edits += [replace(f"blocks.{layer}.attn.hook_z", self._heads_out(layer)) for layer in range(L)]
         return edits
 
     def _active(self, index: int, start: int, n: int, before: int) -> bool:
-        return index in self.deltas or (self.removed is not None and bool(self.removed[:before, start:start + n].any()))
+        return index in self.deltas or (
+            self.removed is not None and bool(self.removed[:before, start : start + n].any())
+        )
 
     def _delta(self, index: int) -> Tensor | None:
         """[batch, pos, receiver, d_model] to add to the inputs of one receiver group."""
@@ -142,12 +164,12 @@ class _Pass:
         delta = self.deltas.get(index)
         if self.removed is None:
             return delta
-        chosen = self.removed[:before, start:start + n]
+        chosen = self.removed[:before, start : start + n]
         rows = chosen.any(1).nonzero()[:, 0]
         if len(rows) == 0:
             return delta
         current = self.stacked()[:, :, rows.to(self.current[0].device)]
-        ablated = self.ablated[:, :current.shape[1]].to(current)[:, :, rows.to(current.device)]
+        ablated = self.ablated[:, : current.shape[1]].to(current)[:, :, rows.to(current.device)]
         weight = chosen[rows].to(current)
         patch = torch.einsum("bpsd,sr->bprd", ablated - current, weight)
         return patch if delta is None else patch + delta
@@ -161,6 +183,7 @@ class _Pass:
                 self.current.append(x[:, :, None])
             self.resid_pre[layer] = x
             return x
+
         return fn
 
     def _heads_out(self, layer: int):
@@ -168,6 +191,7 @@ class _Pass:
             per_head, _ = self.p.model.head_results(z, layer)
             self.current.append(per_head)
             return z
+
         return fn
 
     def _head_input(self, index: int, kind: str, layer: int):
@@ -179,12 +203,14 @@ class _Pass:
                 return x
             normed = self.p.attn_norm[layer](self.resid_pre[layer][:, :, None] + delta)
             return torch.einsum("bprd,rde->bpre", normed, W.to(normed.dtype)) + b.to(normed.dtype)
+
         return fn
 
     def _add_delta(self, index: int):
         def fn(x: Tensor) -> Tensor:
             delta = self._delta(index)
             return x if delta is None else x + delta[:, :, 0]
+
         return fn
 
     def _mlp_out(self, index: int, layer: int, active: bool):
@@ -195,4 +221,5 @@ class _Pass:
                     x = self.p.mlp[layer].forward(self.p.mlp_norm[layer](self.resid_pre[layer] + delta[:, :, 0]))
             self.current.append(x[:, :, None])
             return x
+
         return fn

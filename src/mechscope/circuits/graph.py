@@ -57,8 +57,10 @@ class Graph:
         if not model.has_lm_head:
             raise MechscopeError(f"{model.name} has no LM head: circuit discovery needs logits")
         if model.adapter.attn_in_norm is None:
-            raise MechscopeError(f"{model.name} is a post-LN {model.adapter.family} model: edge patching needs "
-                                 "pre-norm blocks (each sublayer reads the residual stream through its own norm)")
+            raise MechscopeError(
+                f"{model.name} is a post-LN {model.adapter.family} model: edge patching needs "
+                "pre-norm blocks (each sublayer reads the residual stream through its own norm)"
+            )
         parallel = model.adapter.parallel  # resolved from the config when the model was wrapped
         d = model.dims
         return cls(d.n_layers, d.n_heads, d.n_kv_heads, bool(d.d_mlp), parallel)
@@ -120,7 +122,7 @@ class Graph:
         """allowed[s, r]: whether the edge s -> r exists."""
         mask = torch.zeros(len(self.senders), len(self.receivers), dtype=torch.bool)
         for _, _, start, n, before in self.groups():
-            mask[:before, start:start + n] = True
+            mask[:before, start : start + n] = True
         return mask
 
     # Edges
@@ -145,8 +147,10 @@ class Graph:
         try:
             return self._position[tuple(edge)]
         except KeyError:
-            raise MechscopeError(f"edge {edge[0]} -> {edge[1]} is not in this model's graph (senders look like "
-                                 f"'a0.h1', receivers like 'a1.h2.k' or 'logits')") from None
+            raise MechscopeError(
+                f"edge {edge[0]} -> {edge[1]} is not in this model's graph (senders look like "
+                f"'a0.h1', receivers like 'a1.h2.k' or 'logits')"
+            ) from None
 
     def mask_of(self, edges) -> Bool[Tensor, "sender receiver"]:
         """A [sender, receiver] mask that is True on the given edges."""
@@ -157,8 +161,13 @@ class Graph:
         return mask
 
     def spec(self) -> dict:
-        return {"n_layers": self.n_layers, "n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads,
-                "has_mlp": self.has_mlp, "parallel": self.parallel}
+        return {
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "n_kv_heads": self.n_kv_heads,
+            "has_mlp": self.has_mlp,
+            "parallel": self.parallel,
+        }
 
 
 def node_of(receiver: str) -> str:

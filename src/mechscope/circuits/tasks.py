@@ -9,8 +9,7 @@ from ..heads import repeated_random_tokens, require_heads
 from ..patching.task import Task
 
 
-def induction_task(model, span: int = 12, prefix: int = 8, batch: int = 24, seed: int = 0,
-                   bos: int | None = 0) -> Task:
+def induction_task(model, span: int = 12, prefix: int = 8, batch: int = 24, seed: int = 0, bos: int | None = 0) -> Task:
     """Induction: clean = ``[bos] r r[:prefix]`` with r a span of distinct random tokens,
     answer r[prefix] (copying from the first occurrence); corrupt = ``[bos] reversed(r)
     r[:prefix]``, whose first copy puts r[prefix - 2] after r[prefix - 1]: the foil the
@@ -21,7 +20,7 @@ def induction_task(model, span: int = 12, prefix: int = 8, batch: int = 24, seed
     if not 2 <= prefix < span:
         raise MechscopeError(f"prefix must be between 2 and span - 1 = {span - 1}, got {prefix}")
     rows = repeated_random_tokens(model.dims.d_vocab, span, batch, seed, prefix_token=bos)
-    r = rows[:, 1:span + 1] if bos is not None else rows[:, :span]
+    r = rows[:, 1 : span + 1] if bos is not None else rows[:, :span]
     head = [torch.full((batch, 1), bos, dtype=torch.long)] if bos is not None else []
     clean = torch.cat([*head, r, r[:, :prefix]], 1)
     corrupt = torch.cat([*head, r.flip(1), r[:, :prefix]], 1)

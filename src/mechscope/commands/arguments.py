@@ -98,6 +98,7 @@ class ConfigDocs:
         value = self.defaults.get(field, _MISSING)
         if value is _MISSING:
             import importlib
+
             value = getattr(getattr(importlib.import_module(f"mechscope.{self.module}"), self.name), field)
         return value
 
@@ -111,4 +112,5 @@ def constant(module: str, name: str):
             if value is not _MISSING:
                 return value
     import importlib
+
     return getattr(importlib.import_module(f"mechscope.{module}"), name)

@@ -22,8 +22,12 @@ def configure_info(parser: argparse.ArgumentParser) -> None:
 def execute_info(args) -> int:
     from ..models.auto_model import provenance
     from ..models.loading import load
+
     model = load(args.model)
-    info = {**model.info(), "provenance": provenance(model)}  # which sites are exact by table, verified guesses, module paths
+    info = {
+        **model.info(),
+        "provenance": provenance(model),
+    }  # which sites are exact by table, verified guesses, module paths
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -52,29 +56,38 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--positions", type=int_list, help="record only these positions, e.g. -1 or 0,3,-1")
     parser.add_argument("--top", type=int, default=5, help="how many next tokens to show")
     parser.add_argument("--out", help="write the recorded activations to this .safetensors file")
-    parser.add_argument("--truncate", action="store_true",
-                        help="cut a prompt longer than the model's context to its first positions (else refused)")
+    parser.add_argument(
+        "--truncate",
+        action="store_true",
+        help="cut a prompt longer than the model's context to its first positions (else refused)",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def execute_run(args) -> int:
     if args.out and not args.record:
-        raise MechscopeError(f"--out {args.out} would hold no activations: add --record GLOB (e.g. 'blocks.*.hook_resid_post')")
-    check_sites(args.model, args.record or [])     # a mistyped layer fails before torch loads
+        raise MechscopeError(
+            f"--out {args.out} would hold no activations: add --record GLOB (e.g. 'blocks.*.hook_resid_post')"
+        )
+    check_sites(args.model, args.record or [])  # a mistyped layer fails before torch loads
     from ..io import write_tensors
     from ..models.loading import load
+
     model = load(args.model)
     if args.record:
-        model.table.resolve(args.record)             # any other unknown site fails before the forward pass
-    ids = model.tokenize(args.prompt, truncate=args.truncate)["input_ids"] if model.tokenizer is not None else args.prompt
+        model.table.resolve(args.record)  # any other unknown site fails before the forward pass
+    ids = (
+        model.tokenize(args.prompt, truncate=args.truncate)["input_ids"] if model.tokenizer is not None else args.prompt
+    )
     run = model.run(ids, record=args.record or [], positions=args.positions)
     top = run.top_tokens(args.top) if run.logits is not None else [[]]
     shapes = {name: list(value.shape) for name, value in run.cache.items()}
     if args.out:
         write_tensors(Path(args.out), dict(run.cache), {"model": model.name, "prompt": args.prompt})
     if args.json:
-        print(json.dumps({"tokens": run.str_tokens(), "top_next": top[0], "recorded": shapes,
-                          "out": args.out}, indent=2))
+        print(
+            json.dumps({"tokens": run.str_tokens(), "top_next": top[0], "recorded": shapes, "out": args.out}, indent=2)
+        )
         return 0
     print(f"tokens ({len(run.str_tokens())}): {run.str_tokens()}")
     if top[0]:
@@ -90,14 +103,20 @@ def configure_report(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help=MODEL_HELP)
     parser.add_argument("--prompt", help="text to run the model on (models that read text)")
     parser.add_argument("--out", required=True, help="output folder (index.html goes there)")
-    parser.add_argument("--sae", metavar="DIR", help="a dictionary folder (from `mechscope sae train`) to show in the report")
-    parser.add_argument("--crosscoder", metavar="DIR",
-                        help="a crosscoder folder (from `mechscope crosscoder train`) to show in the report")
+    parser.add_argument(
+        "--sae", metavar="DIR", help="a dictionary folder (from `mechscope sae train`) to show in the report"
+    )
+    parser.add_argument(
+        "--crosscoder",
+        metavar="DIR",
+        help="a crosscoder folder (from `mechscope crosscoder train`) to show in the report",
+    )
 
 
 def execute_report(args) -> int:
     from ..models.loading import load
     from ..report import build_report
+
     path = build_report(load(args.model), args.prompt, Path(args.out), sae_dir=args.sae, crosscoder_dir=args.crosscoder)
     print(f"wrote {path}")
     return 0

@@ -20,6 +20,7 @@ def _local_config(model: str) -> dict | None:
     none to read (a hub id, a module folder): the full load then says what is wrong."""
     if model.startswith("zoo:"):
         from ..zoo import zoo_path
+
         try:
             folder = zoo_path(model[4:].split("@", 1)[0])
         except MechscopeError:
@@ -62,13 +63,18 @@ def context_length(model, ctx: int | None, default: int) -> int:
             log.warning("contexts of %d tokens: %s reads no more positions (--ctx)", chosen, model.name)
         return chosen
     if limit is not None and ctx > limit:
-        raise MechscopeError(f"--ctx {ctx} is longer than {model.name}'s context of {limit} positions: "
-                             f"give --ctx {limit} or less")
+        raise MechscopeError(
+            f"--ctx {ctx} is longer than {model.name}'s context of {limit} positions: give --ctx {limit} or less"
+        )
     return ctx
 
 
 def warn_short_schedule(steps: int, warmup: int) -> None:
     """Training that ends before its learning-rate warm-up does is almost certainly a mistake."""
     if steps <= warmup:
-        log.warning("only %d training steps (--total-tokens / --batch-tokens), no more than the %d warm-up steps: "
-                    "the learning rate never reaches its peak; raise --total-tokens or lower --warmup", steps, warmup)
+        log.warning(
+            "only %d training steps (--total-tokens / --batch-tokens), no more than the %d warm-up steps: "
+            "the learning rate never reaches its peak; raise --total-tokens or lower --warmup",
+            steps,
+            warmup,
+        )

@@ -12,20 +12,37 @@ from ..errors import MechscopeError
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("model", help="hub id, local folder, or zoo:NAME (e.g. zoo:induction)")
-    parser.add_argument("task", help='JSON or YAML file: {"clean": [...], "corrupt": [...], "answers": [...], '
-                        '"wrong": [...]} (prompts as text, or lists of token ids); "induction" builds a '
-                        "repeated-random-tokens task")
-    parser.add_argument("--method", choices=["acdc", "eap", "eap-ig"], default="eap",
-                        help="acdc: greedy exact pruning; eap: one backward; eap-ig: integrated gradients (default eap)")
-    parser.add_argument("--metric", choices=["logit_diff", "answer_prob", "answer_logit", "cross_entropy", "kl"],
-                        help="default: KL to the clean run for acdc; logit_diff (answer_logit without wrong tokens) "
-                        "for eap and eap-ig")
-    parser.add_argument("--threshold", type=float, help="acdc: keep an edge when removing it changes the metric "
-                        "by at least this (default 0.01); eap: keep edges with |score| >= this")
+    parser.add_argument(
+        "task",
+        help='JSON or YAML file: {"clean": [...], "corrupt": [...], "answers": [...], '
+        '"wrong": [...]} (prompts as text, or lists of token ids); "induction" builds a '
+        "repeated-random-tokens task",
+    )
+    parser.add_argument(
+        "--method",
+        choices=["acdc", "eap", "eap-ig"],
+        default="eap",
+        help="acdc: greedy exact pruning; eap: one backward; eap-ig: integrated gradients (default eap)",
+    )
+    parser.add_argument(
+        "--metric",
+        choices=["logit_diff", "answer_prob", "answer_logit", "cross_entropy", "kl"],
+        help="default: KL to the clean run for acdc; logit_diff (answer_logit without wrong tokens) for eap and eap-ig",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="acdc: keep an edge when removing it changes the metric "
+        "by at least this (default 0.01); eap: keep edges with |score| >= this",
+    )
     parser.add_argument("--top", type=int, help="eap / eap-ig: keep the N edges with the largest |score| (default 50)")
     parser.add_argument("--steps", type=int, default=5, help="eap-ig: interpolation steps (default 5)")
-    parser.add_argument("--ablation", choices=["corrupt", "mean", "zero"], default="corrupt",
-                        help="what a removed edge carries (default: the corrupted run's output)")
+    parser.add_argument(
+        "--ablation",
+        choices=["corrupt", "mean", "zero"],
+        default="corrupt",
+        help="what a removed edge carries (default: the corrupted run's output)",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output (the circuit as JSON)")
     parser.add_argument("--plots", metavar="DIR", help="write the circuit drawing (PNG) and Graphviz source here")
     parser.add_argument("--out", metavar="DIR", help="save the circuit (cfg.json + scores.safetensors) here")
@@ -56,8 +73,11 @@ def _circuit(args: argparse.Namespace) -> int:
         kwargs = {"steps": args.steps} if args.method == "eap-ig" else {}
     found = discover(model, task, args.method, metric=args.metric, ablation=args.ablation, **kwargs)
     if args.method != "acdc":
-        found = found.circuit(threshold=args.threshold) if args.threshold is not None else found.circuit(
-            top=50 if args.top is None else args.top)
+        found = (
+            found.circuit(threshold=args.threshold)
+            if args.threshold is not None
+            else found.circuit(top=50 if args.top is None else args.top)
+        )
     faith = found.faithfulness(model, task, ablation=args.ablation)
     written = []
     if args.plots:
@@ -68,8 +88,10 @@ def _circuit(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"circuit": json.loads(found.to_json()), "faithfulness": faith, "written": written}))
         return 0
-    print(f"{args.method}: {found.n_edges} of {len(found.graph.edges)} edges, {len(found.nodes)} nodes; "
-          f"faithfulness {faith:.3f} ({args.ablation} ablation of the rest)")
+    print(
+        f"{args.method}: {found.n_edges} of {len(found.graph.edges)} edges, {len(found.nodes)} nodes; "
+        f"faithfulness {faith:.3f} ({args.ablation} ablation of the rest)"
+    )
     for (sender, receiver), score in found.top(20):
         print(f"  {sender:>10} -> {receiver:<12} {score:+.4f}")
     for path in written:

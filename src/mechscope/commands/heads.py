@@ -9,8 +9,10 @@ from pathlib import Path
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("model", help="hub id, local folder, or zoo:NAME (e.g. zoo:induction)")
-    parser.add_argument("--text", help="also score previous-token attention on this text (default: only the "
-                        "generated repeated random sequences)")
+    parser.add_argument(
+        "--text",
+        help="also score previous-token attention on this text (default: only the generated repeated random sequences)",
+    )
     parser.add_argument("--span", type=int, default=20, help="length of the random span repeated twice (default 20)")
     parser.add_argument("--batch", type=int, default=16, help="how many repeated sequences (default 16)")
     parser.add_argument("--seed", type=int, default=0)

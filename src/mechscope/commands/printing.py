@@ -11,8 +11,13 @@ def print_result(result: dict, indent: int = 0) -> None:
             print(f"{' ' * indent}{key}:")
             print_result(value, indent + 2)
         elif not isinstance(value, (list, tuple)) or len(value) <= 8:
-            text = f"{value:.4g}" if isinstance(value, float) else ", ".join(map(str, value)) if isinstance(
-                value, (list, tuple)) else value
+            text = (
+                f"{value:.4g}"
+                if isinstance(value, float)
+                else ", ".join(map(str, value))
+                if isinstance(value, (list, tuple))
+                else value
+            )
             print(f"{' ' * indent}{key:>20}: {text}")
 
 
@@ -33,8 +38,10 @@ def print_features(result: dict) -> None:
 
 def print_meta(result: dict) -> None:
     dead = result["dead_meta_fraction"]
-    print(f"meta-SAE ({result['arch']}): {result['d_sae']} latents built from {result['meta_d_sae']} meta-latents; "
-          f"L0 {result['l0']:.2f}, FVU {result['fvu']:.4f}, cosine {result['cosine']:.4f}, dead meta-latents {dead:.1%}")
+    print(
+        f"meta-SAE ({result['arch']}): {result['d_sae']} latents built from {result['meta_d_sae']} meta-latents; "
+        f"L0 {result['l0']:.2f}, FVU {result['fvu']:.4f}, cosine {result['cosine']:.4f}, dead meta-latents {dead:.1%}"
+    )
     if result["composition"]:
         print(f"  {'latent':>8}  meta-latent (weight), strongest first")
         for latent, parts in result["composition"].items():
@@ -45,11 +52,17 @@ def print_meta(result: dict) -> None:
 
 def print_error(result: dict) -> None:
     value = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-    print(f"error of the dictionary at {result['hook_name']} ({result['model_name']}): {result['n_tokens']} tokens, "
-          f"ridge fit on {result['n_train']}, scored on {result['n_test']}")
-    for label, key in (("R² of ‖error‖ from the input", "norm_r2"), ("R² of the error vector from the input", "vector_r2"),
-                       ("R² of ‖error‖ from ‖input‖", "input_norm_r2"), ("mean ‖error‖", "mean_error_norm"),
-                       ("FVU", "fvu")):
+    print(
+        f"error of the dictionary at {result['hook_name']} ({result['model_name']}): {result['n_tokens']} tokens, "
+        f"ridge fit on {result['n_train']}, scored on {result['n_test']}"
+    )
+    for label, key in (
+        ("R² of ‖error‖ from the input", "norm_r2"),
+        ("R² of the error vector from the input", "vector_r2"),
+        ("R² of ‖error‖ from ‖input‖", "input_norm_r2"),
+        ("mean ‖error‖", "mean_error_norm"),
+        ("FVU", "fvu"),
+    ):
         print(f"  {label:<40} {value(result[key])}")
     if result["largest_errors"]:
         print(f"  largest errors:\n  {'context':>8} {'position':>8} {'‖error‖':>10}  token")

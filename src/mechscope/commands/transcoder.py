@@ -25,23 +25,36 @@ from .sae import _data_args, _heldout, _tokens
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="transcoder_cmd", required=True)
-    for name, text, fill in [("train", "train a transcoder on a model's MLP (or any two sites)", _train_args),
-                             ("eval", ("held-out metrics of a transcoder: FVU against the target, L0, CE/KL spliced "
-                                       "in vs the MLP zero-ablated"), _eval_args)]:
+    for name, text, fill in [
+        ("train", "train a transcoder on a model's MLP (or any two sites)", _train_args),
+        (
+            "eval",
+            ("held-out metrics of a transcoder: FVU against the target, L0, CE/KL spliced in vs the MLP zero-ablated"),
+            _eval_args,
+        ),
+    ]:
         p = sub.add_parser(name, help=text)
         fill(p)
         p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    coder, train = ConfigDocs("dictionary.config", "CoderConfig"), ConfigDocs("dictionary.trainer_config", "TrainConfig")
+    coder, train = (
+        ConfigDocs("dictionary.config", "CoderConfig"),
+        ConfigDocs("dictionary.trainer_config", "TrainConfig"),
+    )
     p.add_argument("model", help="hub id, local folder, or zoo:NAME (e.g. zoo:pycode)")
-    p.add_argument("--layer", type=int, help="the block whose MLP to replace: reads blocks.L.hook_resid_mid, "
-                                             "predicts blocks.L.hook_mlp_out")
+    p.add_argument(
+        "--layer",
+        type=int,
+        help="the block whose MLP to replace: reads blocks.L.hook_resid_mid, predicts blocks.L.hook_mlp_out",
+    )
     p.add_argument("--site", help="input site (default: from --layer)")
     p.add_argument("--target", help=coder["target_hook"] + " (default: from --layer)")
     p.add_argument("--skip", action="store_true", help=coder["skip"])
-    p.add_argument("--out", required=True, help="transcoder folder (cfg.json + sae.safetensors, metrics.json, eval.json)")
+    p.add_argument(
+        "--out", required=True, help="transcoder folder (cfg.json + sae.safetensors, metrics.json, eval.json)"
+    )
     p.add_argument("--cache", help="train on this activation cache (holding both sites) instead of running the model")
     p.add_argument("--arch", choices=constant("dictionary.config", "ARCHITECTURES"), default="topk", help=coder["arch"])
     p.add_argument("--width", type=int, default=4096, help=coder["d_sae"])
@@ -52,10 +65,16 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-tokens", type=int, default=train.default("batch_tokens"), help=train["batch_tokens"])
     p.add_argument("--lr", type=float, help=train["lr"])
     p.add_argument("--warmup", type=int, default=train.default("warmup_steps"), help=train["warmup_steps"])
-    p.add_argument("--decay", choices=constant("dictionary.trainer_config", "DECAYS"), default="linear", help=train["decay"])
-    p.add_argument("--checkpoint-every", type=int, default=train.default("checkpoint_every"), help=train["checkpoint_every"])
+    p.add_argument(
+        "--decay", choices=constant("dictionary.trainer_config", "DECAYS"), default="linear", help=train["decay"]
+    )
+    p.add_argument(
+        "--checkpoint-every", type=int, default=train.default("checkpoint_every"), help=train["checkpoint_every"]
+    )
     p.add_argument("--dead-window", type=int, help=train["dead_window"])
-    p.add_argument("--eval-contexts", type=count, default=64, help="held-out contexts for the final evaluation (0: none)")
+    p.add_argument(
+        "--eval-contexts", type=count, default=64, help="held-out contexts for the final evaluation (0: none)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _data_args(p, required=False)
 
@@ -82,12 +101,14 @@ def execute(args: argparse.Namespace) -> int:
 
 def _train(args) -> dict | None:
     from ..distributed import init_distributed
+
     rank, world = init_distributed()
     try:
         return _train_ranked(args, rank)
     finally:
         if world > 1:
             import torch.distributed as dist
+
             dist.destroy_process_group()
 
 
@@ -99,14 +120,32 @@ def _train_ranked(args, rank: int) -> dict | None:
     from ..errors import MechscopeError
     from ..io import write_json
     from ..models.loading import load
+
     model = load(args.model)
     if args.cache is None and not args.data:
         raise MechscopeError("give --data (a corpus to run the model on) or --cache (an activation cache)")
-    cfg = transcoder_config(model, args.layer, site=args.site, target=args.target, arch=args.arch, width=args.width,
-                            k=args.k, l1_coeff=args.l1, l0_coeff=args.l0, skip=args.skip)
-    train_cfg = TrainConfig(total_tokens=args.total_tokens, batch_tokens=args.batch_tokens, lr=args.lr,
-                            warmup_steps=args.warmup, decay=args.decay, checkpoint_every=args.checkpoint_every,
-                            dead_window=args.dead_window, seed=args.seed)
+    cfg = transcoder_config(
+        model,
+        args.layer,
+        site=args.site,
+        target=args.target,
+        arch=args.arch,
+        width=args.width,
+        k=args.k,
+        l1_coeff=args.l1,
+        l0_coeff=args.l0,
+        skip=args.skip,
+    )
+    train_cfg = TrainConfig(
+        total_tokens=args.total_tokens,
+        batch_tokens=args.batch_tokens,
+        lr=args.lr,
+        warmup_steps=args.warmup,
+        decay=args.decay,
+        checkpoint_every=args.checkpoint_every,
+        dead_window=args.dead_window,
+        seed=args.seed,
+    )
     if rank == 0:
         warn_short_schedule(train_cfg.steps, train_cfg.warmup_steps)
     progress = not args.no_progress and not args.json
@@ -119,8 +158,13 @@ def _train_ranked(args, rank: int) -> dict | None:
     if rank != 0:
         return None
     out = Path(args.out)
-    result: dict = {"out": str(out), "steps": train_cfg.steps, "site": cfg.hook_name, "target": cfg.target_hook,
-                    "skip": cfg.skip}
+    result: dict = {
+        "out": str(out),
+        "steps": train_cfg.steps,
+        "site": cfg.hook_name,
+        "target": cfg.target_hook,
+        "skip": cfg.skip,
+    }
     if data is not None and args.eval_contexts and len(data.heldout):
         result["eval"] = evaluate(model, coder, data.heldout[: args.eval_contexts]).to_dict()
         write_json(out / "eval.json", result["eval"])
@@ -132,6 +176,7 @@ def _eval(args) -> dict:
     from ..dictionary.evaluate import evaluate
     from ..errors import MechscopeError
     from ..models.loading import load
+
     model = load(args.model)
     coder = SparseCoder.load(args.transcoder)
     if not coder.cfg.transcoder:
@@ -139,6 +184,7 @@ def _eval(args) -> dict:
     result = evaluate(model, coder, _heldout(args, model), progress=not args.json)
     if args.plot:
         from ..io import write_figure
+
         write_figure(Path(args.plot), result.plot())
     if args.save:
         result.save(args.save)

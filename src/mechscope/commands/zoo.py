@@ -28,6 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def execute(args: argparse.Namespace) -> int:
     from .. import zoo
+
     if args.zoo_cmd == "list":
         for name in zoo.names():
             print(f"{name:<14} {zoo.DESCRIPTIONS.get(name, '')}")
@@ -104,4 +105,5 @@ def _text(value) -> str:
 
 def _wrap(text: str, width: int) -> list[str]:
     import textwrap
+
     return textwrap.wrap(text, width, break_on_hyphens=False) or [""]

@@ -22,6 +22,8 @@ from .cache import CacheReader, write_cache
 from .config import ARCHITECTURES, CROSSCODERS, INPUT_NORMS, CoderConfig
 from .crosscoder import Crosscoder, WeaklyCausalCrosscoder, block_metrics
 from .diffing import ModelDiff, diff, exclusive_contexts, relative_norms, stacked_activations
+from .error import ErrorAnalysis, error_analysis, linear_predictability
+from .evaluate import DictionaryEvaluation, evaluate
 from .features import (
     LogitEffect,
     TopContexts,
@@ -31,8 +33,6 @@ from .features import (
     top_contexts,
 )
 from .formats import convert, detect, read, read_saelens, read_sparsify, write_saelens
-from .error import ErrorAnalysis, error_analysis, linear_predictability
-from .evaluate import DictionaryEvaluation, evaluate
 from .gated import GatedSAE
 from .jumprelu import JumpReluSAE
 from .matryoshka import MatryoshkaSAE
@@ -43,9 +43,9 @@ from .source import ActivationSource, SourceConfig
 from .stacked import StackedSource, crosscoder_config, diff_source, layer_source, train_crosscoder
 from .switch import SwitchSAE
 from .topk import TopKSAE
-from .transcoder import mlp_sites, splice, transcoder_config
 from .train import Trainer, train, train_from_cache
 from .trainer_config import TrainConfig
+from .transcoder import mlp_sites, splice, transcoder_config
 
 load = SparseCoder.load
 

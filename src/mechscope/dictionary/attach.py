@@ -42,8 +42,9 @@ def warn_if_other_model(model, coder) -> None:
     Two spellings of one local folder (relative, absolute) are the same model."""
     trained_on = getattr(coder.cfg, "model_name", "")
     if trained_on and not _same_model(trained_on, model.name):
-        log.warning("this dictionary was trained on %s, not %s: its features may not carry over", trained_on,
-                    model.name)
+        log.warning(
+            "this dictionary was trained on %s, not %s: its features may not carry over", trained_on, model.name
+        )
 
 
 def _same_model(a: str, b: str) -> bool:
@@ -56,8 +57,10 @@ def _same_model(a: str, b: str) -> bool:
 def site_of(model, coder: SparseCoder, site: str | None) -> str:
     """The site to use (default: the coder's hook_name), checked against the coder's width."""
     if getattr(coder.cfg, "transcoder", False):
-        raise MechscopeError("a transcoder writes another site than it reads, so it cannot be attached in place: "
-                             "use model.run(ids, edits=mechscope.dictionary.splice(transcoder))")
+        raise MechscopeError(
+            "a transcoder writes another site than it reads, so it cannot be attached in place: "
+            "use model.run(ids, edits=mechscope.dictionary.splice(transcoder))"
+        )
     site = site or coder.cfg.hook_name
     if not site:
         raise MechscopeError("this dictionary does not say which site it reads (cfg.hook_name is empty): pass site=")
@@ -67,8 +70,10 @@ def site_of(model, coder: SparseCoder, site: str | None) -> str:
         raise MechscopeError(f"site '{site}' has dims {info.dims}: dictionaries read [batch, pos, ...] sites")
     sizes = info.sizes[2:]
     if None not in sizes and math.prod(sizes) != coder.cfg.d_in:
-        raise MechscopeError(f"dictionary reads width d_in={coder.cfg.d_in} but site '{site}' has width "
-                             f"{math.prod(sizes)} ({info.describe()}): use a dictionary trained on this site")
+        raise MechscopeError(
+            f"dictionary reads width d_in={coder.cfg.d_in} but site '{site}' has width "
+            f"{math.prod(sizes)} ({info.describe()}): use a dictionary trained on this site"
+        )
     return site
 
 
@@ -76,8 +81,15 @@ class Attached:
     """A dictionary attached at a site: a context manager (`with attach(...) as a:`) and an
     `Edit` (`a.edit`) for `model.run(edits=[...])`; `a.acts` holds the last forward's latents."""
 
-    def __init__(self, model, coder: SparseCoder, site: str, replace: bool, keep_error: bool,
-                 edit_acts: Callable[[Tensor], Tensor] | None):
+    def __init__(
+        self,
+        model,
+        coder: SparseCoder,
+        site: str,
+        replace: bool,
+        keep_error: bool,
+        edit_acts: Callable[[Tensor], Tensor] | None,
+    ):
         self.model, self.coder, self.site = model, coder, site
         self.replace, self.keep_error, self.edit_acts = replace, keep_error, edit_acts
         self.acts: Float[Tensor, "batch pos d_sae"] | None = None
@@ -110,7 +122,14 @@ class Attached:
         held.__exit__(*exc)
 
 
-def attach(model, coder: SparseCoder, site: str | None = None, *, replace: bool = False, keep_error: bool = True,
-           edit_acts: Callable[[Tensor], Tensor] | None = None) -> Attached:
+def attach(
+    model,
+    coder: SparseCoder,
+    site: str | None = None,
+    *,
+    replace: bool = False,
+    keep_error: bool = True,
+    edit_acts: Callable[[Tensor], Tensor] | None = None,
+) -> Attached:
     """Attach `coder` at `site` (default: its hook_name); see the module docstring."""
     return Attached(model, coder, site_of(model, coder, site), replace, keep_error, edit_acts)

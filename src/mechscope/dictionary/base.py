@@ -66,7 +66,8 @@ class CoderOutput(NamedTuple):
     loss: Float[Tensor, ""]
     """Total training loss."""
     parts: dict[str, Tensor]
-    """Named terms (detached): mse, plus l1 / l0 / aux / gate_aux / balance by architecture; l0 (mean active latents)."""
+    """Named terms (detached): mse, plus l1 / l0 / aux / gate_aux / balance by architecture;
+    l0 (mean active latents)."""
 
 
 _REGISTRY: dict[str, type[SparseCoder]] = {}
@@ -102,7 +103,7 @@ class SparseCoder(nn.Module):
         W_dec = torch.randn(d_sae, d_out)
         W_dec = W_dec / W_dec.norm(dim=-1, keepdim=True) * self.init_row_norm()
         self.W_dec = nn.Parameter(W_dec.to(dtype))
-        W_enc = W_dec.T.clone() if not cfg.transcoder else torch.randn(d_in, d_sae) / d_in ** 0.5
+        W_enc = W_dec.T.clone() if not cfg.transcoder else torch.randn(d_in, d_sae) / d_in**0.5
         self.W_enc = nn.Parameter(W_enc.contiguous().to(dtype))
         self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(d_out, dtype=dtype))
@@ -120,8 +121,10 @@ class SparseCoder(nn.Module):
 
     def _check(self, x: Tensor) -> None:
         if x.shape[-1] != self.cfg.d_in:
-            raise MechscopeError(f"this dictionary reads {self.cfg.d_in}-wide activations but got width {x.shape[-1]}"
-                                 f"{' (site ' + self.cfg.hook_name + ')' if self.cfg.hook_name else ''}")
+            raise MechscopeError(
+                f"this dictionary reads {self.cfg.d_in}-wide activations but got width {x.shape[-1]}"
+                f"{' (site ' + self.cfg.hook_name + ')' if self.cfg.hook_name else ''}"
+            )
 
     def input_stats(self, x: Float[Tensor, "... d_in"]) -> tuple[Tensor, Tensor] | None:
         """(mean, std) of each raw input over its features ([..., 1] each) for input_norm
@@ -171,21 +174,29 @@ class SparseCoder(nn.Module):
     def decode_scaled(self, acts: Tensor) -> Tensor:
         return acts.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
 
-    def decode(self, acts: Float[Tensor, "... d_sae"], *, x: Float[Tensor, "... d_in"] | None = None
-               ) -> Float[Tensor, "... d_out"]:
+    def decode(
+        self, acts: Float[Tensor, "... d_sae"], *, x: Float[Tensor, "... d_in"] | None = None
+    ) -> Float[Tensor, "... d_out"]:
         """Reconstruction in raw units (normalised reconstruction / norm_scale). `x`: the raw
         input the latents were encoded from (same leading shape); required under input_norm
         'layer_norm', whose outputs are mapped back with each input's mean and std."""
         if x is None and self.cfg.input_norm != "none":
-            raise MechscopeError(f"this dictionary standardises each input (input_norm='{self.cfg.input_norm}'), so "
-                                 "its reconstruction needs that input's mean and std: call decode(acts, x=x) with "
-                                 "the raw input the latents came from, or predict(x)")
+            raise MechscopeError(
+                f"this dictionary standardises each input (input_norm='{self.cfg.input_norm}'), so "
+                "its reconstruction needs that input's mean and std: call decode(acts, x=x) with "
+                "the raw input the latents came from, or predict(x)"
+            )
         if x is not None:
             self._check(x)
         return self.unscaled(self.decode_scaled(acts), None if x is None else self.input_stats(x))
 
-    def forward(self, x: Float[Tensor, "batch d_in"], *, dead_mask: Bool[Tensor, "d_sae"] | None = None,
-                target: Float[Tensor, "batch d_out"] | None = None) -> CoderOutput:
+    def forward(
+        self,
+        x: Float[Tensor, "batch d_in"],
+        *,
+        dead_mask: Bool[Tensor, " d_sae"] | None = None,
+        target: Float[Tensor, "batch d_out"] | None = None,
+    ) -> CoderOutput:
         self._check(x)
         stats = self.input_stats(x)  # layer_norm: the input's own; a target is standardised with them too
         xs = self.scaled(x, stats)
@@ -273,12 +284,16 @@ class SparseCoder(nn.Module):
         folder = Path(folder)
         cfg_path = folder / "cfg.json"
         if not cfg_path.exists():
-            raise MechscopeError(f"{folder} has no cfg.json: it is not a dictionary folder "
-                                 "(for SAELens or sparsify folders use mechscope.dictionary.read)")
+            raise MechscopeError(
+                f"{folder} has no cfg.json: it is not a dictionary folder "
+                "(for SAELens or sparsify folders use mechscope.dictionary.read)"
+            )
         data = io.read_json(cfg_path)
         if data.get("format") != FORMAT:
-            raise MechscopeError(f"{folder} is not a mechscope dictionary (cfg.json format={data.get('format')!r}): "
-                                 "use mechscope.dictionary.read for SAELens or sparsify folders")
+            raise MechscopeError(
+                f"{folder} is not a mechscope dictionary (cfg.json format={data.get('format')!r}): "
+                "use mechscope.dictionary.read for SAELens or sparsify folders"
+            )
         cfg = CoderConfig.from_dict(data, source=str(cfg_path))
         try:
             coder = build(cfg)
@@ -289,12 +304,15 @@ class SparseCoder(nn.Module):
         coder.eval()
         return coder.to(device) if device is not None else coder
 
-    def direction(self, feature: int) -> Float[Tensor, "d_out"]:
+    def direction(self, feature: int) -> Float[Tensor, " d_out"]:
         """Unit decoder row of one latent (for model.steer). Under input_norm 'layer_norm' it is a
         direction of the standardised space: the same direction in raw units, where a unit step
         there is a step of the input's std."""
         if not 0 <= feature < self.cfg.d_sae:
-            raise MechscopeError(f"feature {feature} is out of range: this dictionary has {self.cfg.d_sae} latents (0-{self.cfg.d_sae - 1})")
+            raise MechscopeError(
+                f"feature {feature} is out of range: this dictionary has {self.cfg.d_sae} latents "
+                f"(0-{self.cfg.d_sae - 1})"
+            )
         row = self.W_dec[feature].detach().float()
         return row / row.norm().clamp_min(1e-12)
 
@@ -316,8 +334,17 @@ def normalized_mse(x_hat: Tensor, target: Tensor) -> Tensor:
 
 def build(cfg: CoderConfig) -> SparseCoder:
     """A freshly initialised dictionary of cfg.arch (refused when it cannot fit in memory)."""
-    from . import batchtopk, gated, jumprelu, matryoshka, relu, switch, topk  # noqa: F401  (register)
-    from . import crosscoder  # noqa: F401  (register)
+    from . import (  # noqa: F401  (register)
+        batchtopk,
+        crosscoder,  # noqa: F401  (register)
+        gated,
+        jumprelu,
+        matryoshka,
+        relu,
+        switch,
+        topk,
+    )
+
     if cfg.arch not in _REGISTRY:
         raise MechscopeError(f"no dictionary class is registered for arch '{cfg.arch}': known: {', '.join(_REGISTRY)}")
     check_memory(cfg)
@@ -351,9 +378,11 @@ def check_memory(cfg: CoderConfig) -> None:
     need = parameter_count(cfg) * (dtype_of(cfg.dtype).itemsize + 8)
     free = available_memory()
     if free is not None and need > free:
-        raise MechscopeError(f"a {cfg.arch} dictionary with d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={cfg.out_dim} "
-                             f"would need about {need / 1e9:.1f} GB of memory but {free / 1e9:.1f} GB is available: "
-                             "check d_in and d_sae (a corrupt cfg.json?) or use a machine with more memory")
+        raise MechscopeError(
+            f"a {cfg.arch} dictionary with d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={cfg.out_dim} "
+            f"would need about {need / 1e9:.1f} GB of memory but {free / 1e9:.1f} GB is available: "
+            "check d_in and d_sae (a corrupt cfg.json?) or use a machine with more memory"
+        )
 
 
 def load_weights(coder: SparseCoder, state: dict[str, Tensor], source: str | Path) -> SparseCoder:
@@ -362,19 +391,32 @@ def load_weights(coder: SparseCoder, state: dict[str, Tensor], source: str | Pat
     expected = coder.state_dict()
     missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or extra:
-        what = "; ".join(filter(None, (f"lacks {', '.join(missing)}" if missing else "",
-                                       f"has unexpected {', '.join(extra)}" if extra else "")))
-        raise MechscopeError(f"{source} {what} for a {coder.cfg.arch} dictionary: the weights and the config "
-                             "belong to different dictionaries; restore the folder or save the dictionary again")
+        what = "; ".join(
+            filter(
+                None,
+                (
+                    f"lacks {', '.join(missing)}" if missing else "",
+                    f"has unexpected {', '.join(extra)}" if extra else "",
+                ),
+            )
+        )
+        raise MechscopeError(
+            f"{source} {what} for a {coder.cfg.arch} dictionary: the weights and the config "
+            "belong to different dictionaries; restore the folder or save the dictionary again"
+        )
     for name, want in expected.items():
         found = state[name]
         if tuple(found.shape) != tuple(want.shape):
-            raise MechscopeError(f"{source}: tensor {name} has shape {list(found.shape)} but the config "
-                                 f"(d_in={coder.cfg.d_in}, d_sae={coder.cfg.d_sae}) expects {list(want.shape)}: "
-                                 "the weights and cfg.json belong to different dictionaries; restore the folder")
+            raise MechscopeError(
+                f"{source}: tensor {name} has shape {list(found.shape)} but the config "
+                f"(d_in={coder.cfg.d_in}, d_sae={coder.cfg.d_sae}) expects {list(want.shape)}: "
+                "the weights and cfg.json belong to different dictionaries; restore the folder"
+            )
         if found.is_floating_point() and not bool(torch.isfinite(found).all()):
             bad = int((~torch.isfinite(found)).sum())
-            raise MechscopeError(f"{source}: tensor {name} holds {bad} NaN or infinite value(s): the dictionary is "
-                                 "corrupt or its training diverged; restore it or retrain")
+            raise MechscopeError(
+                f"{source}: tensor {name} holds {bad} NaN or infinite value(s): the dictionary is "
+                "corrupt or its training diverged; restore it or retrain"
+            )
     coder.load_state_dict(state)
     return coder

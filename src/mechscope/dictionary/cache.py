@@ -55,18 +55,33 @@ def _shard(i: int) -> str:
     return f"shard-{i:05d}.npy"
 
 
-def write_cache(model, sites: str | Sequence[str], contexts: Int[Tensor, "n ctx"], folder: str | Path, *,
-                cfg: SourceConfig = SourceConfig(), shard_contexts: int = 256, dtype: str = "float32",
-                progress: bool = False) -> Path:
+def write_cache(
+    model,
+    sites: str | Sequence[str],
+    contexts: Int[Tensor, "n ctx"],
+    folder: str | Path,
+    *,
+    cfg: SourceConfig = SourceConfig(),
+    shard_contexts: int = 256,
+    dtype: str = "float32",
+    progress: bool = False,
+) -> Path:
     """Record `sites` over `contexts` into `folder` (resuming a partial cache there)."""
     if dtype not in DTYPES:
         raise MechscopeError(f"cache dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if shard_contexts < 1:
         raise MechscopeError(f"shard_contexts must be at least 1, got {shard_contexts}")
     folder, names = Path(folder), resolve_sites(model, sites)
-    meta = {"model": model.name, "sites": names, "contexts": len(contexts), "ctx_len": contexts.shape[1],
-            "contexts_sha256": hashlib.sha256(contexts.to(torch.int64).numpy().tobytes()).hexdigest(),
-            "shard_contexts": shard_contexts, "dtype": dtype, "source": asdict(cfg)}
+    meta = {
+        "model": model.name,
+        "sites": names,
+        "contexts": len(contexts),
+        "ctx_len": contexts.shape[1],
+        "contexts_sha256": hashlib.sha256(contexts.to(torch.int64).numpy().tobytes()).hexdigest(),
+        "shard_contexts": shard_contexts,
+        "dtype": dtype,
+        "source": asdict(cfg),
+    }
     meta = json.loads(json.dumps(meta))  # as it reads back (tuples become lists)
     with folder_lock(folder):  # one writer per cache folder; a killed one's temporary files go
         _check_partial(folder, meta)
@@ -75,23 +90,42 @@ def write_cache(model, sites: str | Sequence[str], contexts: Int[Tensor, "n ctx"
         for place in [folder / s for s in names] + [folder]:
             fsync_folder(place)  # every shard's name is on disk before a manifest counts it
         for s in names:
-            write_json(folder / s / "cfg.json", {"model": model.name, "site": s, "d_in": site_width(model, s),
-                                                 "dtype": dtype, "n_tokens": sum(sizes), "shards": sizes}, durable=True)
+            write_json(
+                folder / s / "cfg.json",
+                {
+                    "model": model.name,
+                    "site": s,
+                    "d_in": site_width(model, s),
+                    "dtype": dtype,
+                    "n_tokens": sum(sizes),
+                    "shards": sizes,
+                },
+                durable=True,
+            )
         write_json(folder / "cfg.json", {**meta, "n_tokens": sum(sizes), "shards": sizes}, durable=True)
         (folder / "progress.json").unlink()
     return folder
 
 
-def _write_shards(model, names: list[str], contexts: Tensor, folder: Path, cfg: SourceConfig, shard_contexts: int,
-                  dtype: str, progress: bool) -> list[int]:
+def _write_shards(
+    model,
+    names: list[str],
+    contexts: Tensor,
+    folder: Path,
+    cfg: SourceConfig,
+    shard_contexts: int,
+    dtype: str,
+    progress: bool,
+) -> list[int]:
     """Record and write every shard not already there; the number of rows of each."""
     from tqdm.auto import tqdm
+
     n_shards, done = -(-len(contexts) // shard_contexts), 0
     for i in tqdm(range(n_shards), desc="caching activations", unit="shard", disable=not progress):
         paths = [folder / s / _shard(i) for s in names] + [folder / f"tokens-{i:05d}.npy"]
         if all(p.is_file() for p in paths):
             continue
-        ids = contexts[i * shard_contexts:(i + 1) * shard_contexts]
+        ids = contexts[i * shard_contexts : (i + 1) * shard_contexts]
         acts = record(model, names, ids, cfg)
         for s in names:
             _save_npy(folder / s / _shard(i), acts[s].numpy().astype(DTYPES[dtype]))
@@ -109,8 +143,10 @@ def _check_partial(folder: Path, meta: dict) -> None:
             old = read_json(path)
             same = {k: old.get(k) for k in meta} == meta
             if not same:
-                raise MechscopeError(f"'{folder}' already holds an activation cache with other settings "
-                                     "(model, sites, contexts or dtype): choose another folder or delete it")
+                raise MechscopeError(
+                    f"'{folder}' already holds an activation cache with other settings "
+                    "(model, sites, contexts or dtype): choose another folder or delete it"
+                )
 
 
 @functools.lru_cache(maxsize=4)
@@ -134,16 +170,21 @@ def read_manifest(folder: str | Path) -> dict:
     folder = Path(folder)
     manifest = folder / "cfg.json"
     if not manifest.is_file():
-        hint = " (writing it did not finish: run the cache command again to resume)" if (
-            folder / "progress.json").is_file() else " (write one with `mechscope sae cache`)"
+        hint = (
+            " (writing it did not finish: run the cache command again to resume)"
+            if (folder / "progress.json").is_file()
+            else " (write one with `mechscope sae cache`)"
+        )
         raise MechscopeError(f"'{folder}' is not an activation cache: no cfg.json{hint}")
     try:
         meta = json.loads(manifest.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise MechscopeError(f"cannot read {manifest} ({err}): the cache is damaged; write it again") from None
     if not isinstance(meta, dict) or not {"sites", "n_tokens", "shards"} <= set(meta):
-        raise MechscopeError(f"'{folder}' is not an activation cache: its cfg.json lacks sites, n_tokens and shards "
-                             "(write one with `mechscope sae cache`)")
+        raise MechscopeError(
+            f"'{folder}' is not an activation cache: its cfg.json lacks sites, n_tokens and shards "
+            "(write one with `mechscope sae cache`)"
+        )
     return meta
 
 
@@ -160,13 +201,16 @@ def _release(array: np.ndarray) -> None:
 class CacheReader:
     """Seeded shuffled batches from a cache folder (every site it holds, or `sites`)."""
 
-    def __init__(self, folder: str | Path, *, batch_tokens: int = 4096, seed: int = 0,
-                 sites: Sequence[str] | None = None):
+    def __init__(
+        self, folder: str | Path, *, batch_tokens: int = 4096, seed: int = 0, sites: Sequence[str] | None = None
+    ):
         self.folder = Path(folder)
         self.meta = read_manifest(folder)
         missing = [s for s in (sites or []) if s not in self.meta["sites"]]
         if missing:
-            raise MechscopeError(f"the cache in '{folder}' has no site {missing[0]!r} (it has: {', '.join(self.meta['sites'])})")
+            raise MechscopeError(
+                f"the cache in '{folder}' has no site {missing[0]!r} (it has: {', '.join(self.meta['sites'])})"
+            )
         self.sites = list(sites or self.meta["sites"])
         self.batch_tokens, self.seed = batch_tokens, seed
         self.n_tokens = int(self.meta["n_tokens"])
@@ -174,8 +218,10 @@ class CacheReader:
             raise MechscopeError(f"the cache in '{folder}' holds no tokens")
         self.widths = {s: int(json.loads((self.folder / s / "cfg.json").read_text())["d_in"]) for s in self.sites}
         self.offsets = np.cumsum([0, *self.meta["shards"]])
-        self._maps = {s: [np.load(self.folder / s / _shard(i), mmap_mode="r") for i in range(len(self.meta["shards"]))]
-                      for s in self.sites}
+        self._maps = {
+            s: [np.load(self.folder / s / _shard(i), mmap_mode="r") for i in range(len(self.meta["shards"]))]
+            for s in self.sites
+        }
 
     @property
     def start(self) -> int:
@@ -200,8 +246,12 @@ class CacheReader:
 
     def tokens(self) -> Tensor:
         """The token id of every cached row, in cache order."""
-        return torch.cat([torch.from_numpy(np.load(self.folder / f"tokens-{i:05d}.npy").astype(np.int64))
-                          for i in range(len(self.meta["shards"]))])
+        return torch.cat(
+            [
+                torch.from_numpy(np.load(self.folder / f"tokens-{i:05d}.npy").astype(np.int64))
+                for i in range(len(self.meta["shards"]))
+            ]
+        )
 
     def batches(self, position: int | None = None, *, rank: int = 0, world: int = 1) -> Iterator[tuple[Batch, int]]:
         """Endless (this rank's slice of batch `step`, step + 1) from step `position`."""

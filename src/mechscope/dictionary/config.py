@@ -89,11 +89,14 @@ class CoderConfig:
     def __post_init__(self) -> None:
         _check_types(self)
         if self.arch not in ARCHITECTURES + CROSSCODERS:
-            raise MechscopeError(f"unknown dictionary architecture '{self.arch}': choose one of "
-                                 f"{', '.join(ARCHITECTURES + CROSSCODERS)}")
+            raise MechscopeError(
+                f"unknown dictionary architecture '{self.arch}': choose one of {', '.join(ARCHITECTURES + CROSSCODERS)}"
+            )
         if bool(self.blocks) != (self.arch in CROSSCODERS):
-            raise MechscopeError(f"blocks={self.blocks} with arch '{self.arch}': crosscoders ({', '.join(CROSSCODERS)}) "
-                                 "need blocks (the sites they read, in order) and other dictionaries take none")
+            raise MechscopeError(
+                f"blocks={self.blocks} with arch '{self.arch}': crosscoders ({', '.join(CROSSCODERS)}) "
+                "need blocks (the sites they read, in order) and other dictionaries take none"
+            )
         _check_ranges(self)
         if self.arch in ("topk", "batchtopk", "matryoshka", "switch") and not 1 <= self.k <= self.d_sae:
             raise MechscopeError(f"k={self.k} must be between 1 and d_sae={self.d_sae}")
@@ -104,17 +107,23 @@ class CoderConfig:
         if self.prefixes:
             p = list(self.prefixes)
             if p != sorted(set(p)) or p[-1] != self.d_sae or p[0] < 1:
-                raise MechscopeError(f"prefixes {self.prefixes} must be ascending, distinct and end with d_sae={self.d_sae}")
+                raise MechscopeError(
+                    f"prefixes {self.prefixes} must be ascending, distinct and end with d_sae={self.d_sae}"
+                )
         if self.d_out is not None and (self.d_out < 1 or not self.target_hook):
-            raise MechscopeError(f"d_out={self.d_out} makes a transcoder: it must be positive and target_hook must name "
-                                 "the site it predicts (e.g. blocks.1.hook_mlp_out)")
+            raise MechscopeError(
+                f"d_out={self.d_out} makes a transcoder: it must be positive and target_hook must name "
+                "the site it predicts (e.g. blocks.1.hook_mlp_out)"
+            )
         if (self.target_hook or self.skip) and self.d_out is None:
             raise MechscopeError("target_hook and skip are for transcoders: set d_out (the target's width) too")
         if self.input_norm not in INPUT_NORMS:
             raise MechscopeError(f"unknown input_norm '{self.input_norm}': choose one of {', '.join(INPUT_NORMS)}")
         if self.input_norm != "none" and (self.d_out is not None or self.blocks):
-            raise MechscopeError(f"input_norm='{self.input_norm}' is for single-site autoencoders: transcoders and "
-                                 "crosscoders scale their inputs with norm_scale only; use input_norm='none'")
+            raise MechscopeError(
+                f"input_norm='{self.input_norm}' is for single-site autoencoders: transcoders and "
+                "crosscoders scale their inputs with norm_scale only; use input_norm='none'"
+            )
         if self.input_norm != "none" and self.d_in < 2:
             raise MechscopeError(f"input_norm='{self.input_norm}' standardises over the features: it needs d_in >= 2")
         if self.dtype not in ("float32", "bfloat16", "float16", "float64"):
@@ -147,8 +156,10 @@ class CoderConfig:
         fields = dataclasses.fields(cls)
         missing = [f.name for f in fields if f.default is dataclasses.MISSING and f.name not in data]
         if missing:
-            raise MechscopeError(f"{where}the dictionary config lacks {', '.join(missing)}: restore the file or "
-                                 "save the dictionary again")
+            raise MechscopeError(
+                f"{where}the dictionary config lacks {', '.join(missing)}: restore the file or "
+                "save the dictionary again"
+            )
         names = {f.name for f in fields}
         try:
             return cls(**{k: v for k, v in data.items() if k in names})
@@ -163,8 +174,15 @@ class CoderConfig:
 
 # Field checks: what a config read from a file may hold (a bool is not a number here)
 
-_KINDS = {"str": "a string", "int": "an integer", "int | None": "an integer or null", "float": "a number",
-          "bool": "true or false", "tuple[int, ...]": "a list of integers", "tuple[str, ...]": "a list of strings"}
+_KINDS = {
+    "str": "a string",
+    "int": "an integer",
+    "int | None": "an integer or null",
+    "float": "a number",
+    "bool": "true or false",
+    "tuple[int, ...]": "a list of integers",
+    "tuple[str, ...]": "a list of strings",
+}
 _POSITIVE = ("d_in", "d_sae", "d_out", "k", "n_experts", "dead_after", "norm_scale", "bandwidth", "init_threshold")
 _NON_NEGATIVE = ("aux_k", "l1_coeff", "l0_coeff", "aux_coeff", "balance_coeff")
 
@@ -212,8 +230,9 @@ def _check_types(cfg: CoderConfig) -> None:
         try:
             converted = _convert(str(f.type), value)
         except TypeError:
-            raise MechscopeError(f"{f.name} must be {_KINDS[str(f.type)]}, got {value!r} "
-                                 f"({type(value).__name__})") from None
+            raise MechscopeError(
+                f"{f.name} must be {_KINDS[str(f.type)]}, got {value!r} ({type(value).__name__})"
+            ) from None
         if converted is not value:
             object.__setattr__(cfg, f.name, converted)
 

@@ -62,15 +62,19 @@ class Crosscoder(ReluSAE):
     def __init__(self, cfg):
         n = len(cfg.blocks)
         if n == 0:
-            raise MechscopeError(f"a {cfg.arch} needs cfg.blocks: the sites it reads, in order (e.g. "
-                                 "('blocks.0.hook_resid_post', 'blocks.1.hook_resid_post'))")
+            raise MechscopeError(
+                f"a {cfg.arch} needs cfg.blocks: the sites it reads, in order (e.g. "
+                "('blocks.0.hook_resid_post', 'blocks.1.hook_resid_post'))"
+            )
         if len(set(cfg.blocks)) != n:
             raise MechscopeError(f"crosscoder blocks must be distinct, got {cfg.blocks}")
         if cfg.d_out is not None:
             raise MechscopeError("a crosscoder reconstructs its own input: leave d_out unset")
         if cfg.d_in % n:
-            raise MechscopeError(f"crosscoder d_in={cfg.d_in} is not {n} equal blocks: sites of different widths "
-                                 "need a declared projection to a common width (see StackedSource)")
+            raise MechscopeError(
+                f"crosscoder d_in={cfg.d_in} is not {n} equal blocks: sites of different widths "
+                "need a declared projection to a common width (see StackedSource)"
+            )
         super().__init__(cfg)
         self.register_buffer("block_scale", torch.ones(n))
         self.register_buffer("folded_scale", torch.ones(n))
@@ -95,7 +99,7 @@ class Crosscoder(ReluSAE):
 
     # Scales: one factor per block
 
-    def _scale_vector(self) -> Float[Tensor, "d_in"]:
+    def _scale_vector(self) -> Float[Tensor, " d_in"]:
         return (self.block_scale * self.cfg.norm_scale).repeat_interleave(self.d_block).to(self.W_enc.dtype)
 
     def scaled(self, x: Tensor, stats=None) -> Tensor:
@@ -104,8 +108,13 @@ class Crosscoder(ReluSAE):
     def unscaled(self, y: Tensor, stats=None) -> Tensor:
         return y / self._scale_vector().to(y.dtype)
 
-    def forward(self, x: Float[Tensor, "batch d_in"], *, dead_mask: Bool[Tensor, "d_sae"] | None = None,
-                target: Tensor | None = None) -> CoderOutput:
+    def forward(
+        self,
+        x: Float[Tensor, "batch d_in"],
+        *,
+        dead_mask: Bool[Tensor, " d_sae"] | None = None,
+        target: Tensor | None = None,
+    ) -> CoderOutput:
         if target is not None:
             raise MechscopeError("a crosscoder reconstructs its own input: call it without target")
         self._check(x)
@@ -140,8 +149,10 @@ class Crosscoder(ReluSAE):
         blocks = x_sample.reshape(-1, self.n_blocks, self.d_block).float()
         mean_norm = blocks.norm(dim=-1).mean(0)
         if not bool(torch.isfinite(mean_norm).all()) or bool((mean_norm <= 0).any()):
-            raise MechscopeError(f"a crosscoder block has mean norm {mean_norm.tolist()}: cannot normalise it "
-                                 "(is a site constant zero, or are there NaNs upstream?)")
+            raise MechscopeError(
+                f"a crosscoder block has mean norm {mean_norm.tolist()}: cannot normalise it "
+                "(is a site constant zero, or are there NaNs upstream?)"
+            )
         per_block = math.sqrt(self.d_block) / mean_norm
         self.block_scale.copy_((per_block / self.cfg.norm_scale).to(self.block_scale))
         super().init_from_data(x_sample, target)
@@ -150,15 +161,19 @@ class Crosscoder(ReluSAE):
         # (S x - b_dec) W_enc = (x - b_dec / S) (diag(S) W_enc); (acts W_dec + b_dec) / S, column-wise
         factor = self.block_scale.detach() * s
         vec = factor.repeat_interleave(self.d_block).to(self.W_enc.dtype)
-        return {"W_enc": self.W_enc.detach() * vec[:, None], "W_dec": self.W_dec.detach() / vec,
-                "b_dec": self.b_dec.detach() / vec, "block_scale": torch.ones_like(self.block_scale),
-                "folded_scale": self.folded_scale.detach() * factor}
+        return {
+            "W_enc": self.W_enc.detach() * vec[:, None],
+            "W_dec": self.W_dec.detach() / vec,
+            "b_dec": self.b_dec.detach() / vec,
+            "block_scale": torch.ones_like(self.block_scale),
+            "folded_scale": self.folded_scale.detach() * factor,
+        }
 
-    def site_direction(self, feature: int, block: str | int) -> Float[Tensor, "d_block"]:
+    def site_direction(self, feature: int, block: str | int) -> Float[Tensor, " d_block"]:
         """Unit decoder vector of one latent in one block (raw space), for steering that site."""
         self.direction(feature)  # range check
         b = self.block_index(block)
-        row = self.W_dec[feature, b * self.d_block:(b + 1) * self.d_block].detach().float()
+        row = self.W_dec[feature, b * self.d_block : (b + 1) * self.d_block].detach().float()
         return row / row.norm().clamp_min(1e-12)
 
     def extra_repr(self) -> str:
@@ -177,13 +192,17 @@ class WeaklyCausalCrosscoder(Crosscoder):
         super().__init__(cfg)
         models = {b.rsplit(":", 1)[0] for b in cfg.blocks if ":" in b}
         if len(models) > 1:
-            raise MechscopeError(f"a weakly causal crosscoder reads layers of one model in forward order; blocks "
-                                 f"{cfg.blocks} come from several models: use the acausal 'crosscoder' to diff models")
+            raise MechscopeError(
+                f"a weakly causal crosscoder reads layers of one model in forward order; blocks "
+                f"{cfg.blocks} come from several models: use the acausal 'crosscoder' to diff models"
+            )
         if cfg.d_sae < self.n_blocks:
-            raise MechscopeError(f"d_sae={cfg.d_sae} is smaller than the {self.n_blocks} blocks: every block needs latents")
+            raise MechscopeError(
+                f"d_sae={cfg.d_sae} is smaller than the {self.n_blocks} blocks: every block needs latents"
+            )
         src, blk = self.sources(), torch.arange(cfg.d_in) // self.d_block
-        self.register_buffer("enc_mask", blk[:, None] == src[None, :], persistent=False)   # [d_in, d_sae]
-        self.register_buffer("dec_mask", blk[None, :] >= src[:, None], persistent=False)   # [d_sae, d_in]
+        self.register_buffer("enc_mask", blk[:, None] == src[None, :], persistent=False)  # [d_in, d_sae]
+        self.register_buffer("dec_mask", blk[None, :] >= src[:, None], persistent=False)  # [d_sae, d_in]
         self._apply_masks()
 
     def sources(self) -> Tensor:
@@ -216,11 +235,16 @@ def block_metrics(coder: Crosscoder, x: Float[Tensor, "tokens d_in"], batch_size
     x = x.reshape(-1, coder.cfg.d_in).float()
     err, l0, fired = torch.zeros(n, dtype=torch.float64), 0.0, torch.zeros(coder.cfg.d_sae, dtype=torch.bool)
     for i in range(0, len(x), batch_size):
-        chunk = x[i:i + batch_size].to(coder.W_enc.device)
+        chunk = x[i : i + batch_size].to(coder.W_enc.device)
         acts = coder.encode(chunk)
         err += (coder.decode(acts, x=chunk).float() - chunk).pow(2).view(-1, n, d).sum((0, 2)).double().cpu()
         l0 += float((acts != 0).sum())
         fired |= (acts != 0).any(0).cpu()
     var = (x - x.mean(0)).pow(2).view(-1, n, d).sum((0, 2)).double().clamp_min(1e-30)
-    return {"fvu": float(err.sum() / var.sum()), "fvu_per_block": dict(zip(coder.cfg.blocks, (err / var).tolist())),
-            "l0": l0 / max(len(x), 1), "dead_fraction": float((~fired).float().mean()), "n_tokens": len(x)}
+    return {
+        "fvu": float(err.sum() / var.sum()),
+        "fvu_per_block": dict(zip(coder.cfg.blocks, (err / var).tolist())),
+        "l0": l0 / max(len(x), 1),
+        "dead_fraction": float((~fired).float().mean()),
+        "n_tokens": len(x),
+    }

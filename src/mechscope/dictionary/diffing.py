@@ -54,12 +54,12 @@ class ModelDiff(Saveable):
     threshold: float
     norms: Float[Tensor, "d_sae 2"]
     """|d_A|, |d_B| in the normalised space."""
-    relative: Float[Tensor, "d_sae"]
+    relative: Float[Tensor, " d_sae"]
     """r = |d_B| / (|d_A| + |d_B|); 0.5 where both are 0."""
-    cosine: Float[Tensor, "d_sae"]
-    kind: Int[Tensor, "d_sae"]
+    cosine: Float[Tensor, " d_sae"]
+    kind: Int[Tensor, " d_sae"]
     """Index into KINDS: 0 shared, 1 a_only, 2 b_only, 3 dead."""
-    density: Float[Tensor, "d_sae"] | None = None
+    density: Float[Tensor, " d_sae"] | None = None
     """Firing frequency per latent on the data the diff was measured on (None: not measured)."""
 
     def latents(self, kind: str) -> list[int]:
@@ -67,8 +67,11 @@ class ModelDiff(Saveable):
         if kind not in KINDS:
             raise MechscopeError(f"unknown latent class {kind!r}: choose one of {', '.join(KINDS)}")
         idx = torch.nonzero(self.kind == KINDS.index(kind)).flatten()
-        key = {"a_only": self.relative[idx], "b_only": -self.relative[idx],
-               "shared": (self.relative[idx] - 0.5).abs()}.get(kind, idx.float())
+        key = {
+            "a_only": self.relative[idx],
+            "b_only": -self.relative[idx],
+            "shared": (self.relative[idx] - 0.5).abs(),
+        }.get(kind, idx.float())
         return idx[key.argsort(stable=True)].tolist()
 
     def counts(self) -> dict[str, int]:
@@ -78,17 +81,29 @@ class ModelDiff(Saveable):
         """Counts, labels and threshold (JSON-ready)."""
         alive = self.kind != KINDS.index("dead")
         shared = self.kind == 0
-        return {"labels": list(self.labels), "threshold": self.threshold, "d_sae": len(self.kind),
-                "counts": self.counts(), "a_only": self.latents("a_only"), "b_only": self.latents("b_only"),
-                "mean_relative_alive": float(self.relative[alive].mean()) if alive.any() else None,
-                "median_cosine_shared": float(self.cosine[shared].median()) if shared.any() else None}
+        return {
+            "labels": list(self.labels),
+            "threshold": self.threshold,
+            "d_sae": len(self.kind),
+            "counts": self.counts(),
+            "a_only": self.latents("a_only"),
+            "b_only": self.latents("b_only"),
+            "mean_relative_alive": float(self.relative[alive].mean()) if alive.any() else None,
+            "median_cosine_shared": float(self.cosine[shared].median()) if shared.any() else None,
+        }
 
     def to_frame(self):
         pd = pandas()
-        return pd.DataFrame({"norm_a": self.norms[:, 0].numpy(), "norm_b": self.norms[:, 1].numpy(),
-                             "relative": self.relative.numpy(), "cosine": self.cosine.numpy(),
-                             "kind": [KINDS[int(k)] for k in self.kind],
-                             **({} if self.density is None else {"density": self.density.numpy()})})
+        return pd.DataFrame(
+            {
+                "norm_a": self.norms[:, 0].numpy(),
+                "norm_b": self.norms[:, 1].numpy(),
+                "relative": self.relative.numpy(),
+                "cosine": self.cosine.numpy(),
+                "kind": [KINDS[int(k)] for k in self.kind],
+                **({} if self.density is None else {"density": self.density.numpy()}),
+            }
+        )
 
     def plot(self, ax=None, bins: int = 50):
         """The paper's histogram: latents by relative decoder norm (dead latents left out),
@@ -102,8 +117,9 @@ class ModelDiff(Saveable):
         a, b = self.labels
         ax.set_xlabel(f"relative decoder norm |d_B| / (|d_A| + |d_B|)   (A = {a}, B = {b})")
         ax.set_ylabel("latents")
-        ax.set_title(f"{c['a_only']} only in A, {c['shared']} shared, {c['b_only']} only in B "
-                     f"({c['dead']} dead)", fontsize=9)
+        ax.set_title(
+            f"{c['a_only']} only in A, {c['shared']} shared, {c['b_only']} only in B ({c['dead']} dead)", fontsize=9
+        )
         return fig
 
 
@@ -114,10 +130,10 @@ def _pair(coder: Crosscoder, a: int | str, b: int | str) -> tuple[Tensor, Tensor
     d = coder.d_block
     W = coder.W_dec.detach().float().cpu()
     scale = coder.folded_scale.float().cpu()
-    return W[:, da * d:(da + 1) * d] * scale[da], W[:, db * d:(db + 1) * d] * scale[db]
+    return W[:, da * d : (da + 1) * d] * scale[da], W[:, db * d : (db + 1) * d] * scale[db]
 
 
-def relative_norms(coder: Crosscoder, a: int | str = 0, b: int | str = 1) -> Float[Tensor, "d_sae"]:
+def relative_norms(coder: Crosscoder, a: int | str = 0, b: int | str = 1) -> Float[Tensor, " d_sae"]:
     """r = |d_B| / (|d_A| + |d_B|) per latent, in the normalised space (0.5 where both are 0)."""
     dA, dB = _pair(coder, a, b)
     na, nb = dA.norm(dim=-1), dB.norm(dim=-1)
@@ -125,8 +141,15 @@ def relative_norms(coder: Crosscoder, a: int | str = 0, b: int | str = 1) -> Flo
     return torch.where(total > 0, nb / total.clamp_min(1e-30), torch.full_like(total, 0.5))
 
 
-def diff(coder: Crosscoder, a: int | str = 0, b: int | str = 1, *, threshold: float = 0.1,
-         density: Float[Tensor, "d_sae"] | None = None, labels: Sequence[str] | None = None) -> ModelDiff:
+def diff(
+    coder: Crosscoder,
+    a: int | str = 0,
+    b: int | str = 1,
+    *,
+    threshold: float = 0.1,
+    density: Float[Tensor, " d_sae"] | None = None,
+    labels: Sequence[str] | None = None,
+) -> ModelDiff:
     """Relative norms, cosines and classes of every latent (see the module docstring)."""
     if not 0 <= threshold < 0.5:
         raise MechscopeError(f"threshold must be in [0, 0.5), got {threshold}")
@@ -144,19 +167,22 @@ def diff(coder: Crosscoder, a: int | str = 0, b: int | str = 1, *, threshold: fl
     if labels is None:
         names = [coder.cfg.blocks[coder.block_index(x)] for x in (a, b)]
         labels = [n.rsplit(":", 1)[0] if ":" in n else n for n in names]
-    return ModelDiff(list(labels), threshold, norms, relative, cosine, kind,
-                     None if density is None else density.float().cpu())
+    return ModelDiff(
+        list(labels), threshold, norms, relative, cosine, kind, None if density is None else density.float().cpu()
+    )
 
 
 # Activations of the models on token contexts, stacked as the crosscoder reads them
 
+
 @torch.no_grad()
-def stacked_activations(members: Sequence[tuple[HookedModel, str]], tokens: Int[Tensor, "n ctx"], *,
-                        batch_size: int = 64) -> Float[Tensor, "n ctx d_in"]:
+def stacked_activations(
+    members: Sequence[tuple[HookedModel, str]], tokens: Int[Tensor, "n ctx"], *, batch_size: int = 64
+) -> Float[Tensor, "n ctx d_in"]:
     """[x_1 | ... | x_n] at every position: site `members[i][1]` of model `members[i][0]`."""
     out = []
     for i in range(0, len(tokens), batch_size):
-        chunk, parts = tokens[i:i + batch_size], []
+        chunk, parts = tokens[i : i + batch_size], []
         for model, site in members:
             run = model.run(chunk, record=[site], logits=False)
             parts.append(run.cache[site].flatten(2).float().cpu())
@@ -165,34 +191,48 @@ def stacked_activations(members: Sequence[tuple[HookedModel, str]], tokens: Int[
 
 
 @torch.no_grad()
-def density(coder: Crosscoder, acts_in: Float[Tensor, "n ctx d_in"], keep: Tensor | None = None,
-            batch_size: int = 4096) -> Float[Tensor, "d_sae"]:
+def density(
+    coder: Crosscoder, acts_in: Float[Tensor, "n ctx d_in"], keep: Tensor | None = None, batch_size: int = 4096
+) -> Float[Tensor, " d_sae"]:
     """Firing frequency of each latent over the (kept) positions of stacked activations."""
     x = acts_in[keep] if keep is not None else acts_in.reshape(-1, acts_in.shape[-1])
     fired = torch.zeros(coder.cfg.d_sae)
     for i in range(0, len(x), batch_size):
-        fired += (coder.encode(x[i:i + batch_size].to(coder.W_enc.device)) > 0).sum(0).float().cpu()
+        fired += (coder.encode(x[i : i + batch_size].to(coder.W_enc.device)) > 0).sum(0).float().cpu()
     return fired / max(len(x), 1)
 
 
 @torch.no_grad()
-def exclusive_contexts(coder: Crosscoder, members: Sequence[tuple[HookedModel, str]], tokens: Int[Tensor, "n ctx"],
-                       features: Sequence[int], *, k: int = 10, context: int = 8,
-                       source: SourceConfig = SourceConfig(exclude_first=False),
-                       acts_in: Tensor | None = None) -> TopContexts:
+def exclusive_contexts(
+    coder: Crosscoder,
+    members: Sequence[tuple[HookedModel, str]],
+    tokens: Int[Tensor, "n ctx"],
+    features: Sequence[int],
+    *,
+    k: int = 10,
+    context: int = 8,
+    source: SourceConfig = SourceConfig(exclude_first=False),
+    acts_in: Tensor | None = None,
+) -> TopContexts:
     """The k strongest activations of `features` over `tokens` (positions kept by `source`),
     with token windows; `acts_in` reuses activations from `stacked_activations`."""
     if k < 1 or context < 0:
         raise MechscopeError(f"k must be at least 1 and context 0 or more, got k={k}, context={context}")
     if not features:
-        return TopContexts([], torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k, dtype=torch.long))
+        return TopContexts(
+            [], torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k, dtype=torch.long)
+        )
     x = stacked_activations(members, tokens) if acts_in is None else acts_in
     n, ctx = tokens.shape
     keep = keep_mask(tokens, source)
     wanted = torch.tensor(list(features))
     flat_x, device = x.reshape(n * ctx, -1), coder.W_enc.device
-    acts = torch.cat([coder.encode(flat_x[i:i + 4096].to(device))[:, wanted.to(device)].float().cpu()
-                      for i in range(0, len(flat_x), 4096)])           # [n * ctx, features], a chunk at a time
+    acts = torch.cat(
+        [
+            coder.encode(flat_x[i : i + 4096].to(device))[:, wanted.to(device)].float().cpu()
+            for i in range(0, len(flat_x), 4096)
+        ]
+    )  # [n * ctx, features], a chunk at a time
     acts = acts * keep.reshape(-1, 1)
     values, flat = acts.T.topk(min(k, n * ctx), dim=-1)
     rows = torch.where(values > 0, flat // ctx, -1)

@@ -57,12 +57,15 @@ def r2(y: Tensor, pred: Tensor) -> float:
     return float(1 - (y - pred).pow(2).sum() / total) if float(total) > 0 else math.nan
 
 
-def linear_predictability(x: Float[Tensor, "n d"], e: Float[Tensor, "n m"], *, test_fraction: float = 0.5,
-                          ridge: float = 1e-3, seed: int = 0) -> dict:
+def linear_predictability(
+    x: Float[Tensor, "n d"], e: Float[Tensor, "n m"], *, test_fraction: float = 0.5, ridge: float = 1e-3, seed: int = 0
+) -> dict:
     """Test R² of ridge predictions of ‖e‖ and e from x, and of ‖e‖ from ‖x‖ (module docstring);
     also the test tokens' indices, actual and predicted ‖e‖."""
     if x.dim() != 2 or e.dim() != 2 or len(x) != len(e):
-        raise MechscopeError(f"need matching [n, d] inputs and [n, m] errors, got {tuple(x.shape)} and {tuple(e.shape)}")
+        raise MechscopeError(
+            f"need matching [n, d] inputs and [n, m] errors, got {tuple(x.shape)} and {tuple(e.shape)}"
+        )
     if not 0 < test_fraction < 1:
         raise MechscopeError(f"test_fraction must be between 0 and 1, got {test_fraction}")
     n = len(x)
@@ -80,9 +83,16 @@ def linear_predictability(x: Float[Tensor, "n d"], e: Float[Tensor, "n m"], *, t
         return inputs[test] @ W + b
 
     predicted_norm = fit(x, norm)
-    return {"norm_r2": r2(norm[test], predicted_norm), "vector_r2": r2(e[test], fit(x, e)),
-            "input_norm_r2": r2(norm[test], fit(x_norm, norm)), "n_train": len(train), "n_test": n_test,
-            "test_index": test, "test_norm": norm[test, 0].float(), "test_predicted": predicted_norm[:, 0].float()}
+    return {
+        "norm_r2": r2(norm[test], predicted_norm),
+        "vector_r2": r2(e[test], fit(x, e)),
+        "input_norm_r2": r2(norm[test], fit(x_norm, norm)),
+        "n_train": len(train),
+        "n_test": n_test,
+        "test_index": test,
+        "test_norm": norm[test, 0].float(),
+        "test_predicted": predicted_norm[:, 0].float(),
+    }
 
 
 @dataclass
@@ -104,8 +114,8 @@ class ErrorAnalysis:
     token_norms: Float[Tensor, "n pos"]
     """‖e‖ per token; NaN where the position is excluded."""
     tokens: Int[Tensor, "n pos"]
-    test_norm: Float[Tensor, "n_test"]
-    test_predicted: Float[Tensor, "n_test"]
+    test_norm: Float[Tensor, " n_test"]
+    test_predicted: Float[Tensor, " n_test"]
     """Actual and predicted ‖e‖ of the test tokens."""
 
     TENSORS = ("token_norms", "tokens", "test_norm", "test_predicted")
@@ -124,8 +134,10 @@ class ErrorAnalysis:
     def plot(self):
         """Predicted vs actual error norm on the test tokens, and the three R² as bars."""
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
         fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), gridspec_kw={"width_ratios": [3, 2]})
         actual, pred = self.test_norm.numpy(), self.test_predicted.numpy()
         left.scatter(actual, pred, s=4, alpha=0.4, color="#4a7ab5")
@@ -156,8 +168,10 @@ class ErrorAnalysis:
         path = folder / "cfg.json"
         data = read_json(path) if path.is_file() else {}
         if data.get("kind") != KIND:
-            raise MechscopeError(f"'{folder}' does not hold a dictionary error analysis (write one with "
-                                 "`mechscope sae error ... --save DIR`)")
+            raise MechscopeError(
+                f"'{folder}' does not hold a dictionary error analysis (write one with "
+                "`mechscope sae error ... --save DIR`)"
+            )
         names = {f.name for f in fields(cls)} - set(cls.TENSORS)
         values: dict[str, Any] = {k: (math.nan if v is None else v) for k, v in data.items() if k in names}
         tensors: dict[str, Any] = read_tensors(folder / "errors.safetensors", "error analysis tensors")
@@ -165,9 +179,18 @@ class ErrorAnalysis:
 
 
 @torch.no_grad()
-def error_analysis(model, coder, tokens: Int[Tensor, "m ctx"], *, site: str | None = None,
-                   source: SourceConfig = SourceConfig(), test_fraction: float = 0.5, ridge: float = 1e-3,
-                   seed: int = 0, batch_size: int = 16) -> ErrorAnalysis:
+def error_analysis(
+    model,
+    coder,
+    tokens: Int[Tensor, "m ctx"],
+    *,
+    site: str | None = None,
+    source: SourceConfig = SourceConfig(),
+    test_fraction: float = 0.5,
+    ridge: float = 1e-3,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> ErrorAnalysis:
     """Record `coder`'s site (and a transcoder's target) over `tokens`, and measure how much of
     its error a linear map of the input predicts (module docstring)."""
     site = site or coder.cfg.hook_name
@@ -182,7 +205,7 @@ def error_analysis(model, coder, tokens: Int[Tensor, "m ctx"], *, site: str | No
     target = coder.cfg.target_hook if transcoder else site
     xs, ys, es, norms = [], [], [], torch.full(tokens.shape, math.nan)
     for i in range(0, len(tokens), batch_size):
-        ids = tokens[i:i + batch_size].to(model.device)
+        ids = tokens[i : i + batch_size].to(model.device)
         keep = keep_mask(ids, source)
         run = model.run(ids, record=sorted({site, target}), logits=False)
         x = run.cache[site].flatten(2)[keep].float()
@@ -192,15 +215,26 @@ def error_analysis(model, coder, tokens: Int[Tensor, "m ctx"], *, site: str | No
         if transcoder:
             ys.append(y.cpu())
         es.append(e.cpu())
-        norms[i:i + batch_size][keep.cpu()] = e.norm(dim=-1).cpu()
+        norms[i : i + batch_size][keep.cpu()] = e.norm(dim=-1).cpu()
     x, e = torch.cat(xs), torch.cat(es)
     fit = linear_predictability(x, e, test_fraction=test_fraction, ridge=ridge, seed=seed)
     y = torch.cat(ys).double() if transcoder else x.double()
     total = float((y - y.mean(0)).pow(2).sum())
-    return ErrorAnalysis(model_name=model.name, hook_name=site, target_hook=target if transcoder else "",
-                         n_tokens=len(x), n_train=fit["n_train"], n_test=fit["n_test"], ridge=ridge,
-                         norm_r2=fit["norm_r2"], vector_r2=fit["vector_r2"], input_norm_r2=fit["input_norm_r2"],
-                         mean_error_norm=float(e.norm(dim=-1).mean()),
-                         fvu=float(e.double().pow(2).sum()) / max(total, 1e-30), token_norms=norms,
-                         tokens=tokens.cpu(), test_norm=fit["test_norm"], test_predicted=fit["test_predicted"])
-
+    return ErrorAnalysis(
+        model_name=model.name,
+        hook_name=site,
+        target_hook=target if transcoder else "",
+        n_tokens=len(x),
+        n_train=fit["n_train"],
+        n_test=fit["n_test"],
+        ridge=ridge,
+        norm_r2=fit["norm_r2"],
+        vector_r2=fit["vector_r2"],
+        input_norm_r2=fit["input_norm_r2"],
+        mean_error_norm=float(e.norm(dim=-1).mean()),
+        fvu=float(e.double().pow(2).sum()) / max(total, 1e-30),
+        token_norms=norms,
+        tokens=tokens.cpu(),
+        test_norm=fit["test_norm"],
+        test_predicted=fit["test_predicted"],
+    )

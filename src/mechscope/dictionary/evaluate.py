@@ -70,7 +70,7 @@ class DictionaryEvaluation:
     kl_div_score: float = math.nan
     target_hook: str = ""
     """Transcoders: the predicted site (metrics compare it with the output); empty for SAEs."""
-    density: Float[Tensor, "d_sae"] | None = None
+    density: Float[Tensor, " d_sae"] | None = None
     """Firing frequency of each latent over the held-out tokens."""
 
     @property
@@ -80,7 +80,8 @@ class DictionaryEvaluation:
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "density"}
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()} | {
-            "alive_fraction": self.alive_fraction}
+            "alive_fraction": self.alive_fraction
+        }
 
     def log_density(self, floor: float = -8.0) -> Tensor:
         """log10 firing frequency per latent; dead latents at `floor`."""
@@ -91,8 +92,10 @@ class DictionaryEvaluation:
     def plot(self, ax=None):
         """Histogram of log10 feature density (dead latents in the leftmost bar)."""
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
         if ax is None:
             _, ax = plt.subplots(figsize=(6, 3))
         floor = min(-8.0, math.floor(math.log10(1 / max(self.n_tokens, 1))) - 1)
@@ -116,8 +119,9 @@ class DictionaryEvaluation:
         if data.get("kind") != KIND:
             raise MechscopeError(f"'{folder}' does not hold a dictionary evaluation (kind={data.get('kind')!r})")
         names = {f.name for f in fields(cls)}
-        values: dict[str, Any] = {k: (math.nan if v is None else v) for k, v in data.items()
-                                  if k in names and k != "density"}
+        values: dict[str, Any] = {
+            k: (math.nan if v is None else v) for k, v in data.items() if k in names and k != "density"
+        }
         return cls(**values, density=load_file(folder / "density.safetensors")["density"])
 
 
@@ -125,7 +129,9 @@ class _Sums:
     """Running sums over held-out tokens (float64)."""
 
     def __init__(self, d_in: int, d_sae: int):
-        z = lambda *s: torch.zeros(*s, dtype=torch.float64)
+        def z(*shape):
+            return torch.zeros(*shape, dtype=torch.float64)
+
         self.n, self.sq_err, self.x_sum, self.x_sq = 0, z(()), z(d_in), z(())
         self.cos, self.dot, self.hat_sq, self.l0, self.fired = z(()), z(()), z(()), z(()), z(d_sae)
         self.ce = {k: z(()) for k in ("clean", "sae", "zero")}
@@ -152,12 +158,21 @@ def _log_probs(logits: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, coder, tokens: Int[Tensor, "m ctx"], *, site: str | None = None,
-             source: SourceConfig = SourceConfig(), batch_size: int = 16, splice: bool = True,
-             progress: bool = False) -> DictionaryEvaluation:
+def evaluate(
+    model,
+    coder,
+    tokens: Int[Tensor, "m ctx"],
+    *,
+    site: str | None = None,
+    source: SourceConfig = SourceConfig(),
+    batch_size: int = 16,
+    splice: bool = True,
+    progress: bool = False,
+) -> DictionaryEvaluation:
     """Metrics of `coder` (anything with `encode`, `decode(acts, x=...)` and `cfg`) at its site over
     held-out token contexts; `splice=False` skips the three spliced forward passes."""
     from tqdm.auto import tqdm
+
     site = site or coder.cfg.hook_name
     if not site:
         raise MechscopeError("the dictionary names no site (cfg.hook_name is empty): pass site=...")
@@ -169,6 +184,7 @@ def evaluate(model, coder, tokens: Int[Tensor, "m ctx"], *, site: str | None = N
     target = coder.cfg.target_hook if transcoder else site
     if transcoder:
         from .transcoder import check_order
+
         check_order(model, site, target)
         width = site_width(model, target)
         if width != coder.cfg.d_out:
@@ -178,7 +194,7 @@ def evaluate(model, coder, tokens: Int[Tensor, "m ctx"], *, site: str | None = N
     splice = splice and model.has_lm_head
     sums = _Sums(width, coder.cfg.d_sae)
     for i in tqdm(range(0, len(tokens), batch_size), desc="evaluating", disable=not progress):
-        ids = tokens[i:i + batch_size].to(model.device)
+        ids = tokens[i : i + batch_size].to(model.device)
         keep = keep_mask(ids, source)
         run = model.run(ids, record=sorted({site, target}), logits=splice)
         x = run.cache[site].flatten(2)[keep].float()
@@ -186,7 +202,7 @@ def evaluate(model, coder, tokens: Int[Tensor, "m ctx"], *, site: str | None = N
         _check_finite(model, scored, i // batch_size)
         acts = coder.encode(x)
         if transcoder:
-            x_hat = coder.decode(acts, x=x).float()            # predict(x) without encoding twice
+            x_hat = coder.decode(acts, x=x).float()  # predict(x) without encoding twice
             if coder.cfg.skip:
                 x_hat = x_hat + (x.to(coder.W_skip.dtype) @ coder.W_skip).float()
             sums.add(run.cache[target].flatten(2)[keep].float(), x_hat, acts)
@@ -203,14 +219,17 @@ def _check_finite(model, activations: dict[str, Tensor | None], batch: int) -> N
     """NaN or inf in what is scored would give null metrics and exit 0: stop, naming the site."""
     where = first_nonfinite(activations)
     if where is not None:
-        raise MechscopeError(f"the activations at {where} of {model.name} are NaN or inf (held-out batch {batch}): "
-                             "the model's weights hold NaN or inf (see the warning at load) or overflow in this "
-                             "dtype; restore the model or use float32")
+        raise MechscopeError(
+            f"the activations at {where} of {model.name} are NaN or inf (held-out batch {batch}): "
+            "the model's weights hold NaN or inf (see the warning at load) or overflow in this "
+            "dtype; restore the model or use float32"
+        )
 
 
 def _splice(model, coder, site: str, ids: Tensor, keep: Tensor, clean: Tensor, sums: _Sums) -> None:
     if getattr(coder.cfg, "transcoder", False):
         from .transcoder import splice
+
         _score(model, ids, clean, {"sae": splice(coder, keep), "zero": splice(coder, keep, zero=True)}, sums)
         return
 
@@ -220,6 +239,7 @@ def _splice(model, coder, site: str, ids: Tensor, keep: Tensor, clean: Tensor, s
             x = flat.float()
             new = torch.zeros_like(flat) if zero else coder.decode(coder.encode(x), x=x).to(flat.dtype)
             return torch.where(keep[..., None], new, flat).view(value.shape)
+
         return fn
 
     _score(model, ids, clean, {name: [edits.replace(site, swap(name == "zero"))] for name in ("sae", "zero")}, sums)
@@ -241,14 +261,23 @@ def _score(model, ids: Tensor, clean: Tensor, variants: dict[str, list], sums: _
 def _result(model, coder, site: str, s: _Sums, spliced: bool) -> DictionaryEvaluation:
     if s.n == 0:
         raise MechscopeError("no held-out token was kept (every position excluded): use longer contexts")
-    total_var = s.x_sq - s.x_sum.pow(2).sum() / s.n           # Σ‖x − mean(x)‖²
+    total_var = s.x_sq - s.x_sum.pow(2).sum() / s.n  # Σ‖x − mean(x)‖²
     fvu = float(s.sq_err / total_var.clamp_min(1e-30))
     density = (s.fired / s.n).float()
     out = DictionaryEvaluation(
-        model_name=model.name, hook_name=site, n_tokens=s.n, d_sae=coder.cfg.d_sae, l0=float(s.l0 / s.n),
-        mse=float(s.sq_err / s.n), fvu=fvu, explained_variance=1.0 - fvu, cosine=float(s.cos / s.n),
+        model_name=model.name,
+        hook_name=site,
+        n_tokens=s.n,
+        d_sae=coder.cfg.d_sae,
+        l0=float(s.l0 / s.n),
+        mse=float(s.sq_err / s.n),
+        fvu=fvu,
+        explained_variance=1.0 - fvu,
+        cosine=float(s.cos / s.n),
         relative_bias=float(s.hat_sq / s.dot) if float(s.dot) != 0 else math.nan,
-        dead_fraction=float((density == 0).float().mean()), density=density)
+        dead_fraction=float((density == 0).float().mean()),
+        density=density,
+    )
     if spliced:
         n = s.n_pred
         out.ce_clean, out.ce_sae, out.ce_zero = (float(s.ce[k] / n) for k in ("clean", "sae", "zero"))

@@ -21,14 +21,22 @@ from .base import SparseCoder
 
 
 def _features(coder: SparseCoder, features: int | Sequence[int] | None) -> list[int]:
-    wanted = list(range(coder.cfg.d_sae)) if features is None else [features] if isinstance(features, int) else list(features)
+    wanted = (
+        list(range(coder.cfg.d_sae))
+        if features is None
+        else [features]
+        if isinstance(features, int)
+        else list(features)
+    )
     for f in wanted:
         if not 0 <= int(f) < coder.cfg.d_sae:
-            raise MechscopeError(f"feature {f} is out of range: this dictionary has {coder.cfg.d_sae} latents (0-{coder.cfg.d_sae - 1})")
+            raise MechscopeError(
+                f"feature {f} is out of range: this dictionary has {coder.cfg.d_sae} latents (0-{coder.cfg.d_sae - 1})"
+            )
     return [int(f) for f in wanted]
 
 
-def direction(coder: SparseCoder, feature: int) -> Float[Tensor, "d_out"]:
+def direction(coder: SparseCoder, feature: int) -> Float[Tensor, " d_out"]:
     """The unit decoder row of `feature`: `model.steer(site, direction(coder, f), scale)`."""
     return coder.direction(feature)
 
@@ -71,9 +79,13 @@ class TopContexts(Saveable):
         out = []
         for f in chosen:
             i = self.features.index(f)
-            out += [{"feature": f, "value": float(v), "sequence": int(r), "pos": int(p), "tokens": w, "centre": c}
-                    for v, r, p, w, c in zip(self.values[i], self.sequence[i], self.positions[i], self.windows[i],
-                                             self.centre[i]) if int(r) >= 0]
+            out += [
+                {"feature": f, "value": float(v), "sequence": int(r), "pos": int(p), "tokens": w, "centre": c}
+                for v, r, p, w, c in zip(
+                    self.values[i], self.sequence[i], self.positions[i], self.windows[i], self.centre[i]
+                )
+                if int(r) >= 0
+            ]
         return out
 
     def to_html(self) -> str:
@@ -82,8 +94,10 @@ class TopContexts(Saveable):
         for f in self.features:
             out.append(f"<h4>feature {f}</h4><table>")
             for r in self.rows(f):
-                toks = [html.escape(t) if j != r["centre"] else f"<b style='background:#fdd'>{html.escape(t)}</b>"
-                        for j, t in enumerate(r["tokens"])]
+                toks = [
+                    html.escape(t) if j != r["centre"] else f"<b style='background:#fdd'>{html.escape(t)}</b>"
+                    for j, t in enumerate(r["tokens"])
+                ]
                 out.append(f"<tr><td>{r['value']:.3f}</td><td><code>{''.join(toks)}</code></td></tr>")
             out.append("</table>")
         return "\n".join(out)
@@ -92,11 +106,20 @@ class TopContexts(Saveable):
 def _chunks(inputs, batch_size: int):
     n = len(inputs)
     for i in range(0, n, batch_size):
-        yield i, inputs[i:i + batch_size]
+        yield i, inputs[i : i + batch_size]
 
 
-def top_contexts(model, coder: SparseCoder, tokens: Tensor | Sequence[str], features: int | Sequence[int] | None = None,
-                 *, k: int = 10, context: int = 8, batch_size: int = 32, site: str | None = None) -> TopContexts:
+def top_contexts(
+    model,
+    coder: SparseCoder,
+    tokens: Tensor | Sequence[str],
+    features: int | Sequence[int] | None = None,
+    *,
+    k: int = 10,
+    context: int = 8,
+    batch_size: int = 32,
+    site: str | None = None,
+) -> TopContexts:
     """The k strongest activations of each feature over a token tensor [batch, pos] or list of
     prompts, with windows of `context` tokens either side."""
     if k < 1 or context < 0:
@@ -108,11 +131,11 @@ def top_contexts(model, coder: SparseCoder, tokens: Tensor | Sequence[str], feat
     all_tokens, all_masks, offset, width = [], [], 0, 0
     for start, chunk in tqdm(list(_chunks(tokens, batch_size)), desc="top contexts", disable=None, leave=False):
         acts, toks, mask = _site_acts(model, coder, site, chunk)
-        acts = acts[..., wanted.to(acts.device)].float().cpu()            # [b, p, f]
+        acts = acts[..., wanted.to(acts.device)].float().cpu()  # [b, p, f]
         if mask is not None:
             acts = acts * mask[..., None].cpu()
         b, p = acts.shape[:2]
-        flat = acts.reshape(b * p, -1).T                                  # [f, b*p]
+        flat = acts.reshape(b * p, -1).T  # [f, b*p]
         v, i = flat.topk(min(k, flat.shape[1]), dim=-1)
         rows, pos = i // p + offset, i % p
         best_v = torch.cat([best_v, v], 1)
@@ -152,7 +175,7 @@ class LogitEffect(Saveable):
     feature: int
     top: list[tuple[str, float]]
     bottom: list[tuple[str, float]]
-    logits: Float[Tensor, "vocab"] = field(repr=False)
+    logits: Float[Tensor, " vocab"] = field(repr=False)
 
     def __post_init__(self) -> None:
         self.top = [(str(t), float(v)) for t, v in self.top]
@@ -162,8 +185,11 @@ class LogitEffect(Saveable):
         """Bars of the most promoted and most suppressed tokens."""
         items = self.bottom[::-1] + self.top[::-1]
         fig, ax = figure(5.0, 0.22 * len(items) + 1.0) if ax is None else (ax.figure, ax)
-        ax.barh([repr(t) for t, _ in items], [v for _, v in items],
-                color=["#4c78a8" if v >= 0 else "#e45756" for _, v in items])
+        ax.barh(
+            [repr(t) for t, _ in items],
+            [v for _, v in items],
+            color=["#4c78a8" if v >= 0 else "#e45756" for _, v in items],
+        )
         ax.axvline(0, color="black", linewidth=0.6)
         ax.tick_params(axis="y", labelsize=8)
         ax.set_xlabel(f"direct logit effect of feature {self.feature}'s decoder row")
@@ -177,8 +203,10 @@ def logit_effect(model, coder: SparseCoder, feature: int, k: int = 10) -> LogitE
     scale is left at 1 (it only rescales all logits alike), the bias is left out."""
     _features(coder, feature)
     if coder.cfg.out_dim != model.dims.d_model:
-        raise MechscopeError(f"feature {feature} writes {coder.cfg.out_dim}-wide vectors, not the residual stream "
-                             f"(d_model={model.dims.d_model}): logit_effect needs a residual-width dictionary")
+        raise MechscopeError(
+            f"feature {feature} writes {coder.cfg.out_dim}-wide vectors, not the residual stream "
+            f"(d_model={model.dims.d_model}): logit_effect needs a residual-width dictionary"
+        )
     row = coder.W_dec[feature].detach().float().to(model.device)
     module = model.module(model.adapter.final_norm) if model.adapter.final_norm else None
     if module is not None:
@@ -189,5 +217,9 @@ def logit_effect(model, coder: SparseCoder, feature: int, k: int = 10) -> LogitE
             row = row * (weight.float() + model.adapter.norm_gain_offset)
     logits = (row @ model.W_U.detach().float()).cpu()
     top, bottom = logits.topk(k), (-logits).topk(k)
-    return LogitEffect(feature, [(decode(model, int(i)), float(v)) for v, i in zip(top.values, top.indices)],
-                       [(decode(model, int(i)), -float(v)) for v, i in zip(bottom.values, bottom.indices)], logits)
+    return LogitEffect(
+        feature,
+        [(decode(model, int(i)), float(v)) for v, i in zip(top.values, top.indices)],
+        [(decode(model, int(i)), -float(v)) for v, i in zip(bottom.values, bottom.indices)],
+        logits,
+    )

@@ -45,8 +45,14 @@ from .config import CoderConfig
 log = logging.getLogger(__name__)
 
 SAELENS_WEIGHTS = "sae_weights.safetensors"
-_TO_SAELENS = {"relu": "standard", "topk": "topk", "gated": "gated", "jumprelu": "jumprelu",
-               "batchtopk": "jumprelu", "matryoshka": "jumprelu"}
+_TO_SAELENS = {
+    "relu": "standard",
+    "topk": "topk",
+    "gated": "gated",
+    "jumprelu": "jumprelu",
+    "batchtopk": "jumprelu",
+    "matryoshka": "jumprelu",
+}
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -63,8 +69,10 @@ def _int_field(cfg: dict, key: str, path: Path, value=None) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise MechscopeError(f"{path}: {key} must be a positive integer, got {value!r} ({type(value).__name__}): "
-                             "correct the file or export the dictionary again")
+        raise MechscopeError(
+            f"{path}: {key} must be a positive integer, got {value!r} ({type(value).__name__}): "
+            "correct the file or export the dictionary again"
+        )
     return value
 
 
@@ -73,8 +81,10 @@ def _check_shapes(path: Path, tensors: dict[str, Tensor], expected: dict[str, tu
     for name, shape in expected.items():
         found = tuple(tensors[name].shape)
         if found != shape:
-            raise MechscopeError(f"{path}: tensor {name} has shape {list(found)}, but cfg.json implies {list(shape)}: "
-                                 "the weights and cfg.json belong to different dictionaries; restore the folder")
+            raise MechscopeError(
+                f"{path}: tensor {name} has shape {list(found)}, but cfg.json implies {list(shape)}: "
+                "the weights and cfg.json belong to different dictionaries; restore the folder"
+            )
 
 
 def detect(folder: str | Path) -> str:
@@ -89,8 +99,10 @@ def detect(folder: str | Path) -> str:
         return "mechscope" if cfg.get("format") == FORMAT else "sparsify"
     if _hookpoints(folder):
         return "sparsify"
-    raise MechscopeError(f"{folder} holds no dictionary: expected {WEIGHTS_FILE} (mechscope, sparsify), "
-                         f"{SAELENS_WEIGHTS} (SAELens) or sparsify hookpoint subfolders")
+    raise MechscopeError(
+        f"{folder} holds no dictionary: expected {WEIGHTS_FILE} (mechscope, sparsify), "
+        f"{SAELENS_WEIGHTS} (SAELens) or sparsify hookpoint subfolders"
+    )
 
 
 def read(folder: str | Path, *, hookpoint: str | None = None) -> SparseCoder:
@@ -101,8 +113,9 @@ def read(folder: str | Path, *, hookpoint: str | None = None) -> SparseCoder:
     try:
         return read_saelens(folder) if kind == "saelens" else read_sparsify(folder, hookpoint=hookpoint)
     except KeyError as err:
-        raise MechscopeError(f"{folder} reads as a {kind} dictionary but its files lack {err}: they are incomplete "
-                             "or of another layout") from None
+        raise MechscopeError(
+            f"{folder} reads as a {kind} dictionary but its files lack {err}: they are incomplete or of another layout"
+        ) from None
 
 
 # SAELens
@@ -119,15 +132,25 @@ def read_saelens(folder: str | Path) -> SparseCoder:
     arch = cfg.get("architecture", "standard")
     norm = _saelens_field(cfg, "normalize_activations", "none") or "none"
     if norm not in ("none", "expected_average_only_in", "layer_norm"):
-        raise MechscopeError(f"{folder}: normalize_activations={norm!r} is not supported: mechscope dictionaries "
-                             "read 'none', 'layer_norm' and 'expected_average_only_in' (with the factor folded in)")
+        raise MechscopeError(
+            f"{folder}: normalize_activations={norm!r} is not supported: mechscope dictionaries "
+            "read 'none', 'layer_norm' and 'expected_average_only_in' (with the factor folded in)"
+        )
     if norm == "expected_average_only_in":
-        log.warning("%s: normalize_activations='expected_average_only_in' without a stored factor; "
-                    "assuming it was folded into the weights", folder)
+        log.warning(
+            "%s: normalize_activations='expected_average_only_in' without a stored factor; "
+            "assuming it was folded into the weights",
+            folder,
+        )
     d_in, d_sae = _saelens_dims(folder, cfg, w, arch)
-    kwargs: dict[str, Any] = dict(d_in=d_in, d_sae=d_sae, dtype=_dtype_name(w["W_enc"].dtype),
-                  input_norm="layer_norm" if norm == "layer_norm" else "none",
-                  hook_name=_saelens_str(cfg, "hook_name", folder), model_name=_saelens_str(cfg, "model_name", folder))
+    kwargs: dict[str, Any] = dict(
+        d_in=d_in,
+        d_sae=d_sae,
+        dtype=_dtype_name(w["W_enc"].dtype),
+        input_norm="layer_norm" if norm == "layer_norm" else "none",
+        hook_name=_saelens_str(cfg, "hook_name", folder),
+        model_name=_saelens_str(cfg, "model_name", folder),
+    )
     if arch == "standard":
         coder_cfg = CoderConfig("relu", **kwargs)
     elif arch == "topk":
@@ -141,7 +164,9 @@ def read_saelens(folder: str | Path) -> SparseCoder:
     elif arch in ("gated", "jumprelu"):
         coder_cfg = CoderConfig(arch, **kwargs)
     else:
-        raise MechscopeError(f"{folder}: SAELens architecture {arch!r} is not supported (standard, topk, gated, jumprelu)")
+        raise MechscopeError(
+            f"{folder}: SAELens architecture {arch!r} is not supported (standard, topk, gated, jumprelu)"
+        )
     state = {"W_enc": w["W_enc"], "W_dec": w["W_dec"], "b_dec": w["b_dec"]}
     if arch == "gated":
         state.update(b_enc=w["b_gate"], b_mag=w["b_mag"], r_mag=w["r_mag"])
@@ -175,7 +200,13 @@ def _saelens_dims(folder: Path, cfg: dict, w: dict[str, Tensor], arch: str) -> t
     shape = tuple(w["W_enc"].shape)
     d_in = _int_field(cfg, "d_in", folder / "cfg.json", _saelens_field(cfg, "d_in")) or shape[0]
     d_sae = _int_field(cfg, "d_sae", folder / "cfg.json", _saelens_field(cfg, "d_sae")) or shape[1]
-    latent = ("b_gate", "b_mag", "r_mag") if arch == "gated" else ("b_enc", "threshold") if arch == "jumprelu" else ("b_enc",)
+    latent = (
+        ("b_gate", "b_mag", "r_mag")
+        if arch == "gated"
+        else ("b_enc", "threshold")
+        if arch == "jumprelu"
+        else ("b_enc",)
+    )
     expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_dec": (d_in,), **{n: (d_sae,) for n in latent}}
     _check_shapes(folder / SAELENS_WEIGHTS, w, expected)
     return d_in, d_sae
@@ -183,7 +214,7 @@ def _saelens_dims(folder: Path, cfg: dict, w: dict[str, Tensor], arch: str) -> t
 
 def _fold_b_dec_into_encoder(state: dict, arch: str) -> None:
     """Our encoders read x - b_dec; an SAE that reads x directly gets b_enc += b_dec W_enc."""
-    shift = (state["b_dec"].double() @ state["W_enc"].double())
+    shift = state["b_dec"].double() @ state["W_enc"].double()
     state["b_enc"] = (state["b_enc"].double() + shift).to(state["b_enc"].dtype)
     if arch == "gated":
         state["b_mag"] = (state["b_mag"].double() + shift * state["r_mag"].double().exp()).to(state["b_mag"].dtype)
@@ -193,8 +224,10 @@ def write_saelens(coder: SparseCoder, folder: str | Path) -> Path:
     """Write the SAELens layout (norm_scale folded into the weights; input_norm as normalize_activations)."""
     arch = coder.cfg.arch
     if getattr(coder.cfg, "transcoder", False) or coder.cfg.blocks:
-        raise MechscopeError("SAELens' layout holds single-site autoencoders only: keep transcoders and crosscoders "
-                             "in the mechscope layout (SparseCoder.save)")
+        raise MechscopeError(
+            "SAELens' layout holds single-site autoencoders only: keep transcoders and crosscoders "
+            "in the mechscope layout (SparseCoder.save)"
+        )
     if arch not in _TO_SAELENS:
         raise MechscopeError(f"SAELens has no {arch} architecture: save it in the mechscope layout instead")
     if arch in ("batchtopk", "matryoshka") and float(_threshold(coder)) < 0:
@@ -210,12 +243,23 @@ def write_saelens(coder: SparseCoder, folder: str | Path) -> Path:
         tensors["threshold"] = _threshold(c).detach()
     elif arch in ("batchtopk", "matryoshka"):
         tensors["threshold"] = torch.full((c.cfg.d_sae,), float(_threshold(c)), dtype=p["W_enc"].dtype)
-    cfg = {"architecture": _TO_SAELENS[arch], "d_in": c.cfg.d_in, "d_sae": c.cfg.d_sae,
-           "dtype": _dtype_name(p["W_enc"].dtype), "model_name": c.cfg.model_name, "hook_name": c.cfg.hook_name,
-           "hook_layer": _layer(c.cfg.hook_name), "hook_head_index": None, "apply_b_dec_to_input": True,
-           "normalize_activations": c.cfg.input_norm, "activation_fn_str": "topk" if arch == "topk" else "relu",
-           "activation_fn_kwargs": {"k": c.cfg.k} if arch == "topk" else {}, "device": "cpu",
-           "finetuning_scaling_factor": False, "prepend_bos": True}
+    cfg = {
+        "architecture": _TO_SAELENS[arch],
+        "d_in": c.cfg.d_in,
+        "d_sae": c.cfg.d_sae,
+        "dtype": _dtype_name(p["W_enc"].dtype),
+        "model_name": c.cfg.model_name,
+        "hook_name": c.cfg.hook_name,
+        "hook_layer": _layer(c.cfg.hook_name),
+        "hook_head_index": None,
+        "apply_b_dec_to_input": True,
+        "normalize_activations": c.cfg.input_norm,
+        "activation_fn_str": "topk" if arch == "topk" else "relu",
+        "activation_fn_kwargs": {"k": c.cfg.k} if arch == "topk" else {},
+        "device": "cpu",
+        "finetuning_scaling_factor": False,
+        "prepend_bos": True,
+    }
     if arch == "topk":
         cfg["k"] = c.cfg.k
     folder = Path(folder)
@@ -248,8 +292,10 @@ def read_sparsify(folder: str | Path, *, hookpoint: str | None = None) -> Sparse
     if not (folder / WEIGHTS_FILE).exists():
         points = _hookpoints(folder)
         if hookpoint is None and len(points) != 1:
-            raise MechscopeError(f"{folder} holds dictionaries for {len(points)} hookpoints ({', '.join(points)}): "
-                                 "choose one with hookpoint=")
+            raise MechscopeError(
+                f"{folder} holds dictionaries for {len(points)} hookpoints ({', '.join(points)}): "
+                "choose one with hookpoint="
+            )
         hookpoint = hookpoint or points[0]
         if hookpoint not in points:
             raise MechscopeError(f"{folder} has no hookpoint {hookpoint!r}; it has {', '.join(points)}")
@@ -269,10 +315,23 @@ def read_sparsify(folder: str | Path, *, hookpoint: str | None = None) -> Sparse
     k = _int_field(cfg, "k", folder / "cfg.json")
     if k is None:
         raise MechscopeError(f"{folder}/cfg.json lacks k (active latents per input): it is not a sparsify TopK SAE")
-    coder = build(CoderConfig("topk", d_in=d_in, d_sae=d_sae, k=k, dtype=_dtype_name(w["W_dec"].dtype),
-                              hook_name=_site_of(name), model_name=model_name))
-    state = {"W_enc": w["encoder.weight"].T.contiguous(), "b_enc": w["encoder.bias"], "W_dec": w["W_dec"],
-             "b_dec": w["b_dec"]}
+    coder = build(
+        CoderConfig(
+            "topk",
+            d_in=d_in,
+            d_sae=d_sae,
+            k=k,
+            dtype=_dtype_name(w["W_dec"].dtype),
+            hook_name=_site_of(name),
+            model_name=model_name,
+        )
+    )
+    state = {
+        "W_enc": w["encoder.weight"].T.contiguous(),
+        "b_enc": w["encoder.bias"],
+        "W_dec": w["W_dec"],
+        "b_dec": w["b_dec"],
+    }
     return load_weights(coder, state, folder / WEIGHTS_FILE).eval()
 
 
@@ -280,16 +339,20 @@ def _sparsify_dims(folder: Path, cfg: dict, w: dict[str, Tensor]) -> tuple[int, 
     """(d_in, d_sae) from cfg.json (d_in; num_latents, else expansion_factor * d_in) where it gives
     them, else from encoder.weight; every tensor's shape checked."""
     if w["encoder.weight"].dim() != 2:
-        raise MechscopeError(f"{folder / WEIGHTS_FILE}: encoder.weight has shape {list(w['encoder.weight'].shape)}, "
-                             "not [d_sae, d_in]")
+        raise MechscopeError(
+            f"{folder / WEIGHTS_FILE}: encoder.weight has shape {list(w['encoder.weight'].shape)}, not [d_sae, d_in]"
+        )
     shape = tuple(w["encoder.weight"].shape)
     path = folder / "cfg.json"
     d_in = _int_field(cfg, "d_in", path) or shape[1]
     expansion = _int_field(cfg, "expansion_factor", path)
     d_sae = _int_field(cfg, "num_latents", path) if cfg.get("num_latents") else None
     d_sae = d_sae or (expansion * d_in if expansion else shape[0])
-    _check_shapes(folder / WEIGHTS_FILE, w, {"encoder.weight": (d_sae, d_in), "encoder.bias": (d_sae,),
-                                             "W_dec": (d_sae, d_in), "b_dec": (d_in,)})
+    _check_shapes(
+        folder / WEIGHTS_FILE,
+        w,
+        {"encoder.weight": (d_sae, d_in), "encoder.bias": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)},
+    )
     return d_in, d_sae
 
 

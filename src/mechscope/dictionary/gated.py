@@ -81,4 +81,3 @@ class GatedSAE(SparseCoder):
         gate_aux = mse(gate_relu @ self.W_dec.detach() + self.b_dec.detach(), ts)
         loss = mse(x_hat, ts) + self.cfg.l1_coeff * l1 + gate_aux
         return x_hat, acts, loss, {"l1": l1, "gate_aux": gate_aux}
-

@@ -72,7 +72,9 @@ class JumpReluSAE(SparseCoder):
         if self.autoencoder:
             with torch.no_grad():
                 self.W_enc.mul_(encoder_init_scale(cfg.d_sae // 2, cfg.d_sae, cfg.d_in))
-        self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.init_threshold), dtype=self.W_enc.dtype))
+        self.log_threshold = nn.Parameter(
+            torch.full((cfg.d_sae,), math.log(cfg.init_threshold), dtype=self.W_enc.dtype)
+        )
 
     @property
     def threshold(self) -> Tensor:

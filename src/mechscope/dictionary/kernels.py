@@ -70,8 +70,11 @@ def _private_folder() -> Path | None:
         return None
     unsafe = [str(p) for p in (folder.parent, folder) if not _private(p)]
     if unsafe:
-        log.warning("kernel cache %s is owned by another user or writable by others: not loading native "
-                    "kernels from it (set MECHSCOPE_CACHE to a folder of your own)", ", ".join(unsafe))
+        log.warning(
+            "kernel cache %s is owned by another user or writable by others: not loading native "
+            "kernels from it (set MECHSCOPE_CACHE to a folder of your own)",
+            ", ".join(unsafe),
+        )
         return None
     return folder
 
@@ -102,8 +105,9 @@ def _compile(compiler: str, target: Path) -> None:
     try:
         for i, flags in enumerate(FLAGS):
             try:
-                subprocess.run([compiler, *flags, str(SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True,
-                               timeout=120)
+                subprocess.run(
+                    [compiler, *flags, str(SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True, timeout=120
+                )
                 break
             except subprocess.CalledProcessError:
                 if i == len(FLAGS) - 1:
@@ -126,16 +130,22 @@ def _build_or_reuse(compiler: str) -> Path | None:
     target = folder / f"topk-{hashlib.sha256(key_text).hexdigest()[:16]}.so"
     failed = target.with_suffix(".failed")
     if failed.exists():
-        log.info("the native TopK kernels failed to build here before (%s): using the torch kernels; "
-                 "delete that file to try again", failed)
+        log.info(
+            "the native TopK kernels failed to build here before (%s): using the torch kernels; "
+            "delete that file to try again",
+            failed,
+        )
         return None
     try:
         if not target.exists():
             _compile(compiler, target)
     except (OSError, subprocess.SubprocessError) as err:
         detail = (getattr(err, "stderr", b"") or b"").decode(errors="replace")[:300]
-        log.warning("could not build the native TopK kernels (%s%s): using the slower torch kernels", err,
-                    f": {detail}" if detail else "")
+        log.warning(
+            "could not build the native TopK kernels (%s%s): using the slower torch kernels",
+            err,
+            f": {detail}" if detail else "",
+        )
         try:
             failed.write_text(f"{err}\n{detail}\n")
         except OSError:
@@ -174,8 +184,26 @@ def load() -> ctypes.CDLL | None:
     lib.decode_backward.restype = None
     lib.transpose_norms.argtypes = [ptr, ptr, ptr, i64, i64, ctypes.c_int]
     lib.transpose_norms.restype = None
-    lib.bf16_candidates.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr,
-                                    ctypes.c_int]
+    lib.bf16_candidates.argtypes = [
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+        ctypes.c_int,
+    ]
     lib.bf16_candidates.restype = i64
     lib.candidate_dots.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, i64, i64, i64, ptr, ctypes.c_int]
     lib.candidate_dots.restype = None
@@ -213,8 +241,17 @@ def topk_rows(pre: Tensor, k: int, blocks: int, bias: Tensor | None = None) -> t
     n, d = pre.shape
     values = pre.new_empty(n, k)
     indices = torch.empty(n, k, dtype=torch.long)
-    failed = lib.topk_rows(pre.data_ptr(), None if bias is None else bias.data_ptr(), n, d, blocks, k,
-                           values.data_ptr(), indices.data_ptr(), torch.get_num_threads())
+    failed = lib.topk_rows(
+        pre.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+        n,
+        d,
+        blocks,
+        k,
+        values.data_ptr(),
+        indices.data_ptr(),
+        torch.get_num_threads(),
+    )
     # NaN in a row (torch ranks it first, so a NaN weight shows in the loss) or no memory:
     # pre holds pre + bias all the same
     return pre.topk(k, dim=-1, sorted=False) if failed else (values, indices)
@@ -238,13 +275,15 @@ def scatter_columns(indices: Tensor, weights: Tensor, x: Tensor, rows: int) -> T
     indices, weights, x = args
     (n, k), d = indices.shape, x.shape[1]
     out = x.new_empty(d, rows)
-    failed = lib.scatter_columns(out.data_ptr(), rows, indices.data_ptr(), weights.data_ptr(), x.data_ptr(), n, k, d,
-                                 torch.get_num_threads())
+    failed = lib.scatter_columns(
+        out.data_ptr(), rows, indices.data_ptr(), weights.data_ptr(), x.data_ptr(), n, k, d, torch.get_num_threads()
+    )
     return None if failed else out
 
 
-def decode_backward(indices: Tensor, values: Tensor, e: Tensor, w: Tensor, need_values: bool, need_w: bool
-                    ) -> tuple[Tensor | None, Tensor | None] | None:
+def decode_backward(
+    indices: Tensor, values: Tensor, e: Tensor, w: Tensor, need_values: bool, need_w: bool
+) -> tuple[Tensor | None, Tensor | None] | None:
     """The gathered decoder's backward, e the output gradient [n, d], w the decoder [rows, d]:
     (grad values [n, k] = e[b] . w[indices[b, j]], grad w [rows, d] = V^T e), each only if
     asked for, in one pass; float32 CPU; None without the kernels."""
@@ -259,9 +298,19 @@ def decode_backward(indices: Tensor, values: Tensor, e: Tensor, w: Tensor, need_
     low, high = torch.aminmax(indices)
     if int(low) < 0 or int(high) >= rows:
         return None
-    lib.decode_backward(None if grad_v is None else grad_v.data_ptr(), None if grad_w is None else grad_w.data_ptr(),
-                        indices.data_ptr(), values.data_ptr(), e.data_ptr(), w.data_ptr(), n, k, d, rows,
-                        torch.get_num_threads())
+    lib.decode_backward(
+        None if grad_v is None else grad_v.data_ptr(),
+        None if grad_w is None else grad_w.data_ptr(),
+        indices.data_ptr(),
+        values.data_ptr(),
+        e.data_ptr(),
+        w.data_ptr(),
+        n,
+        k,
+        d,
+        rows,
+        torch.get_num_threads(),
+    )
     return grad_v, grad_w
 
 
@@ -271,8 +320,8 @@ def _bf16_error_scale(d_in: int) -> float:
     d 2^-24 / (1 - d 2^-24), once in the GEMM and once in the fp32 dot it is compared with),
     the output rounded to bfloat16 (u), the bias sum rounded in fp32 (2^-22); Cauchy-Schwarz
     bounds sum |x_i w_i| by |x| |w|. A quarter more for what the model leaves out."""
-    u, gamma = 2.0 ** -9, d_in * 2.0 ** -24 / (1 - d_in * 2.0 ** -24)
-    return 1.25 * ((2 * u + u * u) * (1 + 2 * gamma + u) + 2 * gamma + u + 2.0 ** -22)
+    u, gamma = 2.0**-9, d_in * 2.0**-24 / (1 - d_in * 2.0**-24)
+    return 1.25 * ((2 * u + u * u) * (1 + 2 * gamma + u) + 2 * gamma + u + 2.0**-22)
 
 
 @lru_cache(maxsize=1)
@@ -282,11 +331,14 @@ def bf16_selection() -> bool:
     bf16 GEMM is slower), MECHSCOPE_BF16_SELECT is not 0, and torch's bf16 product keeps
     the error bound the selection relies on (checked once, here, on a worst-case sum)."""
     flags = _cpu_id().split()
-    if os.environ.get("MECHSCOPE_BF16_SELECT", "1") == "0" or load() is None or not (
-            "amx_bf16" in flags or "avx512_bf16" in flags):
+    if (
+        os.environ.get("MECHSCOPE_BF16_SELECT", "1") == "0"
+        or load() is None
+        or not ("amx_bf16" in flags or "avx512_bf16" in flags)
+    ):
         return False
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 1024, generator=gen).abs()          # all terms of one sign: no cancellation to hide in
+    x = torch.randn(64, 1024, generator=gen).abs()  # all terms of one sign: no cancellation to hide in
     w = torch.randn(1024, 256, generator=gen).abs()
     err = (torch.mm(x.bfloat16(), w.bfloat16()).double() - x.double() @ w.double()).abs()
     bound = _bf16_error_scale(1024) * x.double().norm(dim=1)[:, None] * w.double().norm(dim=0)[None, :]
@@ -296,7 +348,9 @@ def bf16_selection() -> bool:
     return ok
 
 
-def encode_topk_bf16(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, chunk_rows: int) -> tuple[Tensor, Tensor] | None:
+def encode_topk_bf16(
+    x_c: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, chunk_rows: int
+) -> tuple[Tensor, Tensor] | None:
     """The exact top k of each row of x_c W_enc + b_enc (fp32 values, as the fp32 GEMM and
     `topk_select` give them, up to the order of summation) from a bfloat16 GEMM over chunks
     of `chunk_rows` rows and fp32 dots for about 2k candidates per row (see kernels.c,
@@ -316,7 +370,7 @@ def encode_topk_bf16(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, chunk_ro
     w_t, w_norm = W_enc.new_empty(width, d), W_enc.new_empty(width)
     lib.transpose_norms(W_enc.data_ptr(), w_t.data_ptr(), w_norm.data_ptr(), d, width, threads)
     cw = w_norm * _bf16_error_scale(d)
-    cb = b_enc.abs() * 2.0 ** -21
+    cb = b_enc.abs() * 2.0**-21
     x_norm = torch.linalg.vector_norm(x_c, dim=1)
     x16, w16 = x_c.bfloat16(), W_enc.bfloat16()
     pre = torch.empty(min(chunk_rows, n), width, dtype=torch.bfloat16)
@@ -324,16 +378,44 @@ def encode_topk_bf16(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, chunk_ro
     cand, count = torch.empty(n, cap, dtype=torch.long), torch.empty(n, dtype=torch.long)
     for s in range(0, n, chunk_rows):
         m = min(chunk_rows, n - s)
-        chunk = torch.mm(x16[s:s + m], w16, out=pre[:m])
-        failed = lib.bf16_candidates(chunk.data_ptr(), b_enc.data_ptr(), x_norm[s:].data_ptr(), cw.data_ptr(),
-                                     cb.data_ptr(), x_c[s:].data_ptr(), w_t.data_ptr(), m, width, d, blocks, k,
-                                     cap, cand[s:].data_ptr(), count[s:].data_ptr(), values[s:].data_ptr(),
-                                     indices[s:].data_ptr(), threads)
+        chunk = torch.mm(x16[s : s + m], w16, out=pre[:m])
+        failed = lib.bf16_candidates(
+            chunk.data_ptr(),
+            b_enc.data_ptr(),
+            x_norm[s:].data_ptr(),
+            cw.data_ptr(),
+            cb.data_ptr(),
+            x_c[s:].data_ptr(),
+            w_t.data_ptr(),
+            m,
+            width,
+            d,
+            blocks,
+            k,
+            cap,
+            cand[s:].data_ptr(),
+            count[s:].data_ptr(),
+            values[s:].data_ptr(),
+            indices[s:].data_ptr(),
+            threads,
+        )
         if failed:
             return None
     exact = x_c.new_empty(n, cap)
-    lib.candidate_dots(cand.data_ptr(), count.data_ptr(), cap, x_c.data_ptr(), w_t.data_ptr(), b_enc.data_ptr(), n, d,
-                       width, exact.data_ptr(), threads)
-    lib.select_candidates(exact.data_ptr(), cand.data_ptr(), count.data_ptr(), cap, n, k, values.data_ptr(),
-                          indices.data_ptr(), threads)
+    lib.candidate_dots(
+        cand.data_ptr(),
+        count.data_ptr(),
+        cap,
+        x_c.data_ptr(),
+        w_t.data_ptr(),
+        b_enc.data_ptr(),
+        n,
+        d,
+        width,
+        exact.data_ptr(),
+        threads,
+    )
+    lib.select_candidates(
+        exact.data_ptr(), cand.data_ptr(), count.data_ptr(), cap, n, k, values.data_ptr(), indices.data_ptr(), threads
+    )
     return values, indices

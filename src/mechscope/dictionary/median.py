@@ -9,8 +9,9 @@ from torch import Tensor
 
 
 @torch.no_grad()
-def geometric_median(x: Float[Tensor, "n d"], *, iters: int = 100, tol: float = 1e-6,
-                     eps: float = 1e-8) -> Float[Tensor, "d"]:
+def geometric_median(
+    x: Float[Tensor, "n d"], *, iters: int = 100, tol: float = 1e-6, eps: float = 1e-8
+) -> Float[Tensor, " d"]:
     """y <- sum_i w_i x_i / sum_i w_i with w_i = 1 / max(|x_i - y|, eps), from the mean."""
     x = x.double()
     y = x.mean(0)

@@ -109,15 +109,23 @@ class MetaSAE:
 
     def to_dict(self) -> dict:
         usage = torch.bincount(self.indices[self.weights > 0].flatten(), minlength=self.meta.cfg.d_sae)
-        return {"d_sae": len(self.indices), "meta_d_sae": self.meta.cfg.d_sae, "arch": self.meta.cfg.arch,
-                "l0": self.l0, "fvu": self.fvu, "cosine": self.cosine,
-                "dead_meta_fraction": float((usage == 0).float().mean())}
+        return {
+            "d_sae": len(self.indices),
+            "meta_d_sae": self.meta.cfg.d_sae,
+            "arch": self.meta.cfg.arch,
+            "l0": self.l0,
+            "fvu": self.fvu,
+            "cosine": self.cosine,
+            "dead_meta_fraction": float((usage == 0).float().mean()),
+        }
 
     def plot(self):
         """Meta-latents per latent (histogram) and latents per meta-latent (sorted)."""
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
         fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
         per_latent = (self.weights > 0).sum(-1).numpy()
         left.hist(per_latent, bins=range(int(per_latent.max()) + 2), color="#4a7ab5", align="left")
@@ -134,7 +142,9 @@ class MetaSAE:
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         self.meta.save(folder)
-        write_tensors(folder / COMPOSITION, {"indices": self.indices.contiguous(), "weights": self.weights.contiguous()})
+        write_tensors(
+            folder / COMPOSITION, {"indices": self.indices.contiguous(), "weights": self.weights.contiguous()}
+        )
         write_json(folder / "metrics.json", {"kind": "meta_sae", **self.to_dict()})
         return folder
 
@@ -142,8 +152,9 @@ class MetaSAE:
     def load(cls, folder: str | Path) -> MetaSAE:
         folder = Path(folder)
         if not (folder / COMPOSITION).is_file():
-            raise MechscopeError(f"'{folder}' holds no meta-SAE composition ({COMPOSITION}): write one with "
-                                 "`mechscope sae meta`")
+            raise MechscopeError(
+                f"'{folder}' holds no meta-SAE composition ({COMPOSITION}): write one with `mechscope sae meta`"
+            )
         meta = SparseCoder.load(folder)
         t = read_tensors(folder / COMPOSITION, "meta-SAE composition")
         metrics = read_json(folder / "metrics.json")
@@ -165,17 +176,31 @@ def decompose(meta: SparseCoder, rows: Float[Tensor, "n d"]) -> MetaSAE:
     return MetaSAE(meta, indices.cpu(), weights.cpu(), fvu, cosine)
 
 
-def train_meta(source: SparseCoder | Float[Tensor, "n d"], *, width: int | None = None, k: int = 4,
-               arch: str = "batchtopk", cfg: CoderConfig | None = None, train: TrainConfig | None = None,
-               epochs: int = 200, batch: int = 256, lr: float = 1e-3, seed: int = 0, progress: bool = False,
-               device: str | torch.device | None = "cpu") -> MetaSAE:
+def train_meta(
+    source: SparseCoder | Float[Tensor, "n d"],
+    *,
+    width: int | None = None,
+    k: int = 4,
+    arch: str = "batchtopk",
+    cfg: CoderConfig | None = None,
+    train: TrainConfig | None = None,
+    epochs: int = 200,
+    batch: int = 256,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = False,
+    device: str | torch.device | None = "cpu",
+) -> MetaSAE:
     """Train a meta-SAE on the unit decoder directions of `source` (a dictionary, or the rows
     themselves) and decompose every latent. Default: `arch` with `width` = d_sae / 4 meta-latents
     and k active, `epochs` passes over the rows with Adam at `lr`; `cfg` / `train` override."""
     from .train import Trainer
+
     if epochs < 1 or (width is not None and width < 1):
-        raise MechscopeError(f"epochs and width must be at least 1, got epochs={epochs}, width={width} "
-                             "(leave width out for a quarter of the latents)")
+        raise MechscopeError(
+            f"epochs and width must be at least 1, got epochs={epochs}, width={width} "
+            "(leave width out for a quarter of the latents)"
+        )
     rows = directions(source) if isinstance(source, SparseCoder) else source.float().cpu()
     if rows.dim() != 2 or len(rows) < 2:
         raise MechscopeError(f"a meta-SAE needs at least two directions [n, d], got shape {tuple(rows.shape)}")
@@ -185,15 +210,30 @@ def train_meta(source: SparseCoder | Float[Tensor, "n d"], *, width: int | None 
     if cfg is None:
         width = max(k, n // 4) if width is None else width
         base = source.cfg if isinstance(source, SparseCoder) else None
-        cfg = CoderConfig(arch, d, width, k=k, aux_k=min(256, width), hook_name=SITE, dead_after=20 * n,
-                          model_name=base.model_name if base else "")
+        cfg = CoderConfig(
+            arch,
+            d,
+            width,
+            k=k,
+            aux_k=min(256, width),
+            hook_name=SITE,
+            dead_after=20 * n,
+            model_name=base.model_name if base else "",
+        )
     if cfg.d_in != d:
         raise MechscopeError(f"the meta-SAE reads {cfg.d_in}-wide rows but the directions are {d} wide: set d_in={d}")
     # the seed is offset: a dictionary and its meta-SAE both built by `Trainer` with seed 0 would
     # otherwise start from the same random decoder rows, and an undertrained dictionary's latents
     # would each "decompose" into the meta-latent that began as its copy
-    train = train or TrainConfig(total_tokens=max(epochs * n, batch), batch_tokens=batch, lr=lr, warmup_steps=10,
-                                 seed=seed + SEED_OFFSET, norm_batches=1, checkpoint_every=10 ** 9)
+    train = train or TrainConfig(
+        total_tokens=max(epochs * n, batch),
+        batch_tokens=batch,
+        lr=lr,
+        warmup_steps=10,
+        seed=seed + SEED_OFFSET,
+        norm_batches=1,
+        checkpoint_every=10**9,
+    )
     stream = RowStream(rows, train.batch_tokens, seed=train.seed)
     trainer = Trainer(stream, [cfg.replace(hook_name=cfg.hook_name or SITE)], train, device=device)
     meta = trainer.fit(progress=progress)[0]

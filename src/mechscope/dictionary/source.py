@@ -68,8 +68,10 @@ def site_width(model, site: str) -> int:
     """Features per token at `site` (head dimensions flattened); unknown sites raise."""
     info = model.table[site]
     if info.dims[:2] != ("batch", "pos") or any(s is None for s in info.sizes[2:]):
-        raise MechscopeError(f"'{site}' has dims {info.dims}: dictionaries read sites shaped [batch, pos, ...] "
-                             "(residual stream, attention/MLP outputs, hook_z, ...), not attention patterns")
+        raise MechscopeError(
+            f"'{site}' has dims {info.dims}: dictionaries read sites shaped [batch, pos, ...] "
+            "(residual stream, attention/MLP outputs, hook_z, ...), not attention patterns"
+        )
     return math.prod(info.sizes[2:])
 
 
@@ -97,9 +99,9 @@ def record(model, sites: Sequence[str], ids: Int[Tensor, "batch pos"], cfg: Sour
     keep = keep_mask(ids, cfg)
     out: dict[str, list[Tensor]] = {s: [] for s in sites}
     for i in range(0, len(ids), cfg.model_batch):
-        chunk = ids[i:i + cfg.model_batch]
+        chunk = ids[i : i + cfg.model_batch]
         run = model.run(chunk, record=list(sites), logits=False)
-        rows = keep[i:i + cfg.model_batch].to(run.tokens.device)
+        rows = keep[i : i + cfg.model_batch].to(run.tokens.device)
         for s in sites:
             value = run.cache[s]
             out[s].append(value.flatten(2)[rows].float().cpu())
@@ -129,13 +131,16 @@ def rank_slice(rows: int, rank: int, world: int) -> slice:
 class ActivationSource:
     """Shuffled batches of activations of one or more sites, read from a model over contexts."""
 
-    def __init__(self, model, sites: str | Sequence[str], contexts: Int[Tensor, "n ctx"],
-                 cfg: SourceConfig = SourceConfig()):
+    def __init__(
+        self, model, sites: str | Sequence[str], contexts: Int[Tensor, "n ctx"], cfg: SourceConfig = SourceConfig()
+    ):
         self.model, self.cfg = model, cfg
         self.sites = resolve_sites(model, sites)
         self.widths = {s: site_width(model, s) for s in self.sites}
         if contexts.dim() != 2 or len(contexts) == 0:
-            raise MechscopeError(f"contexts must be a non-empty [n, ctx] tensor of token ids, got shape {tuple(contexts.shape)}")
+            raise MechscopeError(
+                f"contexts must be a non-empty [n, ctx] tensor of token ids, got shape {tuple(contexts.shape)}"
+            )
         self.contexts = contexts
         self._built: tuple[int, Batch] | None = None
 
@@ -160,8 +165,9 @@ class ActivationSource:
         self._built = (index, acts)
         return acts
 
-    def batches(self, position: Sequence[int] | None = None, *, rank: int = 0,
-                world: int = 1) -> Iterator[tuple[Batch, list[int]]]:
+    def batches(
+        self, position: Sequence[int] | None = None, *, rank: int = 0, world: int = 1
+    ) -> Iterator[tuple[Batch, list[int]]]:
         """Endless (batch, position after it) from `position` ([block, offset]); the batch
         holds this rank's slice of the global batch."""
         block, offset = position or self.start
@@ -172,13 +178,15 @@ class ActivationSource:
             while need:
                 n = len(next(iter(acts.values())))
                 take = min(need, n - offset)
-                pieces.append({s: a[offset:offset + take] for s, a in acts.items()})
+                pieces.append({s: a[offset : offset + take] for s, a in acts.items()})
                 offset, need = offset + take, need - take
                 if offset >= n:
                     empty = empty + 1 if n == 0 else 0
                     if empty > 3:
-                        raise MechscopeError("several blocks in a row kept no token: exclude_first/exclude_tokens "
-                                             "drop every position; use longer contexts or exclude fewer tokens")
+                        raise MechscopeError(
+                            "several blocks in a row kept no token: exclude_first/exclude_tokens "
+                            "drop every position; use longer contexts or exclude fewer tokens"
+                        )
                     block, offset = block + 1, 0
                     acts = self.block(block)
             batch = {s: torch.cat([p[s] for p in pieces])[share] for s in self.sites}
@@ -196,6 +204,8 @@ def estimate_norm_scale(x: Float[Tensor, "tokens d_in"]) -> float:
     """sqrt(d_in) / mean L2 norm: the factor that gives inputs an average norm of sqrt(d_in)."""
     mean_norm = float(x.float().norm(dim=-1).mean())
     if not math.isfinite(mean_norm) or mean_norm <= 0:
-        raise MechscopeError(f"the activations' mean norm is {mean_norm}: cannot normalise inputs "
-                             "(is the site constant zero, or are there NaNs upstream?)")
+        raise MechscopeError(
+            f"the activations' mean norm is {mean_norm}: cannot normalise inputs "
+            "(is the site constant zero, or are there NaNs upstream?)"
+        )
     return math.sqrt(x.shape[-1]) / mean_norm

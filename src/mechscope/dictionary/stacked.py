@@ -30,8 +30,14 @@ from .source import ActivationSource, Batch, SourceConfig
 class StackedSource:
     """Blocks `names[i]` = site `sites[i]` of `streams[i]`, concatenated under `self.key`."""
 
-    def __init__(self, streams: Sequence, sites: Sequence[str], names: Sequence[str] | None = None, *,
-                 projections: dict[str, Float[Tensor, "d_site d"]] | None = None):
+    def __init__(
+        self,
+        streams: Sequence,
+        sites: Sequence[str],
+        names: Sequence[str] | None = None,
+        *,
+        projections: dict[str, Float[Tensor, "d_site d"]] | None = None,
+    ):
         names = list(sites if names is None else names)
         if not (len(streams) == len(sites) == len(names)) or not names:
             raise MechscopeError("give one stream and one site per block (and as many names)")
@@ -78,8 +84,10 @@ class StackedSource:
             got = [next(it) for it in iters]
             positions = [p for _, p in got]
             if any(p != positions[0] for p in positions):
-                raise MechscopeError(f"the stacked streams went out of step (positions {positions}): give every model "
-                                     "the same contexts and the same SourceConfig")
+                raise MechscopeError(
+                    f"the stacked streams went out of step (positions {positions}): give every model "
+                    "the same contexts and the same SourceConfig"
+                )
             yield {self.key: self.stack({id(s): b for s, (b, _) in zip(self._streams, got)})}, positions[0]
 
 
@@ -88,24 +96,37 @@ def _common_width(stacked: StackedSource) -> int:
     for (stream, site), name in zip(stacked.members, stacked.blocks):
         proj = stacked.projections.get(name)
         if proj is not None and (proj.dim() != 2 or proj.shape[0] != stream.widths[site]):
-            raise MechscopeError(f"the projection of '{name}' is {tuple(proj.shape)}: it must be [{stream.widths[site]}, d]")
+            raise MechscopeError(
+                f"the projection of '{name}' is {tuple(proj.shape)}: it must be [{stream.widths[site]}, d]"
+            )
         widths[name] = stream.widths[site] if proj is None else proj.shape[1]
     if len(set(widths.values())) > 1:
         listing = ", ".join(f"'{k}' is {v} wide" for k, v in widths.items())
-        raise MechscopeError(f"a crosscoder's sites must have one width, but {listing}: declare a projection to a "
-                             "common width (projections={name: [d_site, d]}) or choose sites of equal width")
+        raise MechscopeError(
+            f"a crosscoder's sites must have one width, but {listing}: declare a projection to a "
+            "common width (projections={name: [d_site, d]}) or choose sites of equal width"
+        )
     return next(iter(widths.values()))
 
 
-def crosscoder_config(stream: StackedSource, d_sae: int, *, arch: str = "crosscoder", model_name: str = "",
-                      **kwargs) -> CoderConfig:
+def crosscoder_config(
+    stream: StackedSource, d_sae: int, *, arch: str = "crosscoder", model_name: str = "", **kwargs
+) -> CoderConfig:
     """The `CoderConfig` of a crosscoder reading `stream` (hook_name = its key, blocks = its names)."""
-    return CoderConfig(arch, stream.widths[stream.key], d_sae, hook_name=stream.key, blocks=stream.blocks,
-                       model_name=model_name, **kwargs)
+    return CoderConfig(
+        arch,
+        stream.widths[stream.key],
+        d_sae,
+        hook_name=stream.key,
+        blocks=stream.blocks,
+        model_name=model_name,
+        **kwargs,
+    )
 
 
-def layer_source(model, sites: Sequence[str], contexts: Int[Tensor, "n ctx"],
-                 cfg: SourceConfig = SourceConfig(), **kwargs) -> StackedSource:
+def layer_source(
+    model, sites: Sequence[str], contexts: Int[Tensor, "n ctx"], cfg: SourceConfig = SourceConfig(), **kwargs
+) -> StackedSource:
     """Several sites of one model (one forward pass feeds them all), in forward order."""
     source = ActivationSource(model, sites, contexts, cfg)
     if len(source.sites) < 2:
@@ -118,18 +139,33 @@ def check_same_inputs(model_a, model_b) -> None:
     tokenizer vocabulary when they have tokenizers, else the same vocabulary size."""
     ta, tb = model_a.tokenizer, model_b.tokenizer
     if (ta is None) != (tb is None):
-        raise MechscopeError(f"{model_a.name} and {model_b.name} do not read tokens alike (one has a tokenizer, "
-                             "the other none): a diff runs both models on the same token ids")
+        raise MechscopeError(
+            f"{model_a.name} and {model_b.name} do not read tokens alike (one has a tokenizer, "
+            "the other none): a diff runs both models on the same token ids"
+        )
     if ta is not None and ta.get_vocab() != tb.get_vocab():
-        raise MechscopeError(f"{model_a.name} and {model_b.name} have different tokenizers: a diff runs both on the "
-                             "same token ids, so compare models that share a tokenizer (e.g. a base and its fine-tune)")
+        raise MechscopeError(
+            f"{model_a.name} and {model_b.name} have different tokenizers: a diff runs both on the "
+            "same token ids, so compare models that share a tokenizer (e.g. a base and its fine-tune)"
+        )
     if model_a.dims.d_vocab != model_b.dims.d_vocab:
-        raise MechscopeError(f"{model_a.name} has {model_a.dims.d_vocab} tokens and {model_b.name} "
-                             f"{model_b.dims.d_vocab}: a diff needs two models over the same vocabulary")
+        raise MechscopeError(
+            f"{model_a.name} has {model_a.dims.d_vocab} tokens and {model_b.name} "
+            f"{model_b.dims.d_vocab}: a diff needs two models over the same vocabulary"
+        )
 
 
-def diff_source(model_a, model_b, site: str, contexts: Int[Tensor, "n ctx"], cfg: SourceConfig = SourceConfig(), *,
-                labels: tuple[str, str] | None = None, site_b: str | None = None, **kwargs) -> StackedSource:
+def diff_source(
+    model_a,
+    model_b,
+    site: str,
+    contexts: Int[Tensor, "n ctx"],
+    cfg: SourceConfig = SourceConfig(),
+    *,
+    labels: tuple[str, str] | None = None,
+    site_b: str | None = None,
+    **kwargs,
+) -> StackedSource:
     """The same site (or `site` of A and `site_b` of B) of two models on the same contexts;
     blocks are named "label:site" (labels default to the model names)."""
     check_same_inputs(model_a, model_b)
@@ -142,9 +178,21 @@ def diff_source(model_a, model_b, site: str, contexts: Int[Tensor, "n ctx"], cfg
     return StackedSource(streams, sites, [f"{label}:{s}" for label, s in zip(labels, sites)], **kwargs)
 
 
-def train_crosscoder(model, sites: str | Sequence[str], d_sae: int, cfg=None, *, data: Int[Tensor, "n ctx"],
-                     vs=None, labels: tuple[str, str] | None = None, arch: str = "crosscoder",
-                     source: SourceConfig = SourceConfig(), out=None, progress: bool = True, **coder_kwargs):
+def train_crosscoder(
+    model,
+    sites: str | Sequence[str],
+    d_sae: int,
+    cfg=None,
+    *,
+    data: Int[Tensor, "n ctx"],
+    vs=None,
+    labels: tuple[str, str] | None = None,
+    arch: str = "crosscoder",
+    source: SourceConfig = SourceConfig(),
+    out=None,
+    progress: bool = True,
+    **coder_kwargs,
+):
     """Train a crosscoder on several `sites` of `model`, or (with `vs`, another model) on one
     site of both, over token contexts `data`; saved to `out` (resumable) like `train`'s SAEs.
 
@@ -155,6 +203,7 @@ def train_crosscoder(model, sites: str | Sequence[str], d_sae: int, cfg=None, *,
 
     from .train import Trainer, fit_and_save
     from .trainer_config import TrainConfig
+
     cfg = cfg or TrainConfig()
     src = replace(source, batch_tokens=cfg.batch_tokens, seed=cfg.seed)
     if vs is not None:
@@ -164,6 +213,7 @@ def train_crosscoder(model, sites: str | Sequence[str], d_sae: int, cfg=None, *,
         stream, name = diff_source(model, vs, site, data, src, labels=labels), f"{model.name} vs {vs.name}"
     else:
         from .source import resolve_sites
+
         stream, name = layer_source(model, resolve_sites(model, sites), data, src), model.name
     coder_cfg = crosscoder_config(stream, d_sae, arch=arch, model_name=name, **coder_kwargs)
     return fit_and_save(Trainer(stream, [coder_cfg], cfg, device=model.device), out, progress=progress)[0]

@@ -25,7 +25,7 @@ class SwitchSAE(SparseCoder):
     def __init__(self, cfg):
         super().__init__(cfg)
         dtype = self.W_enc.dtype
-        self.W_router = nn.Parameter(torch.randn(cfg.d_in, cfg.n_experts, dtype=dtype) / cfg.d_in ** 0.5 * 0.1)
+        self.W_router = nn.Parameter(torch.randn(cfg.d_in, cfg.n_experts, dtype=dtype) / cfg.d_in**0.5 * 0.1)
         self.b_router = nn.Parameter(torch.zeros(cfg.n_experts, dtype=dtype))
 
     @property
@@ -44,7 +44,7 @@ class SwitchSAE(SparseCoder):
         indices = torch.zeros(x_c.shape[0], k, dtype=torch.long, device=x_c.device)
         for e in expert.unique().tolist():
             rows = (expert == e).nonzero()[:, 0]
-            pre = x_c[rows] @ self.W_enc[:, e * m:(e + 1) * m] + self.b_enc[e * m:(e + 1) * m]
+            pre = x_c[rows] @ self.W_enc[:, e * m : (e + 1) * m] + self.b_enc[e * m : (e + 1) * m]
             v, local = pre.topk(k, dim=-1, sorted=False)
             values = values.index_copy(0, rows, v.relu())
             indices = indices.index_copy(0, rows, local + e * m)
@@ -66,7 +66,7 @@ class SwitchSAE(SparseCoder):
         x_c = self.centered(xs)
         probs, expert = self.route(x_c)
         values, indices = self.select(x_c, expert)
-        values = values * probs.gather(1, expert[:, None]).to(x_c.dtype)   # p_e: the router's gradient path
+        values = values * probs.gather(1, expert[:, None]).to(x_c.dtype)  # p_e: the router's gradient path
         acts = dense(values, indices, self.cfg.d_sae)
         x_hat = sparse_decode(values, indices, self.W_dec, self.b_dec)
         n = self.cfg.n_experts

@@ -14,8 +14,9 @@ The selection itself is `topk_select`, an exact two-stage top-k; the decoder's b
 backwards run native kernels (`kernels.py`, C built at first use; the torch code stays as
 the fallback and the reference), and on CPUs that multiply bfloat16 natively the encoder
 GEMM runs in bf16 for the selection only (`kernels.encode_topk_bf16`: exact error bounds
-and fp32 dots for the candidates give the same top k and the same fp32 values). The loss is one fused `F.mse_loss` (same value as
-base.mse), and the decoder-gradient projection is done in place.
+and fp32 dots for the candidates give the same top k and the same fp32 values). The loss is
+one fused `F.mse_loss` (same value as base.mse), and the decoder-gradient projection is
+done in place.
 
 Initialisation: W_enc = c W_dec^T with c = `encoder_init_scale(k, d_sae, d_in)` (< 1; see
 there), so that at step 0 the top-k reconstruction has the least-squares right size.
@@ -38,7 +39,7 @@ from .base import SparseCoder, mse, normalized_mse, register
 if TYPE_CHECKING:
     from .config import CoderConfig
 
-CHUNK_ELEMENTS = 2 ** 21
+CHUNK_ELEMENTS = 2**21
 """Pre-activations per CPU chunk (8 MB in fp32): below the mmap threshold, inside L3 (512
 rows at width 4096 measured a little faster than 256 or 1024 on 1 and 2 threads)."""
 
@@ -64,8 +65,9 @@ def encoder_init_scale(k: int, d_sae: int, d_in: int) -> float:
     return 1.0 / (1.0 + k * m2 / d_in - m4 / (m2 * d_in))
 
 
-def topk_select(pre: Float[Tensor, "n d"], k: int, bias: Float[Tensor, "d"] | None = None
-                ) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
+def topk_select(
+    pre: Float[Tensor, "n d"], k: int, bias: Float[Tensor, " d"] | None = None
+) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
     """The k largest entries of each row (of pre + bias, the bias added to pre in place)
     and their columns, unordered: the same values as `pre.topk(k, sorted=False)` (the same
     columns too unless values tie), cheaper for k << d.
@@ -95,7 +97,7 @@ def topk_select(pre: Float[Tensor, "n d"], k: int, bias: Float[Tensor, "d"] | No
     if b < 4 or pre.device.type != "cpu":
         return pre.topk(k, dim=-1, sorted=False)
     blocks = pre.view(n, b, d // b)
-    top = blocks.amax(1).topk(k, dim=-1, sorted=False).indices                    # [n, k] block ids
+    top = blocks.amax(1).topk(k, dim=-1, sorted=False).indices  # [n, k] block ids
     values, j = blocks.gather(2, top[:, None, :].expand(-1, b, -1)).view(n, b * k).topk(k, dim=-1, sorted=False)
     return values, (j // k) * (d // b) + top.gather(1, j % k)
 
@@ -130,8 +132,8 @@ class TopKEncode(torch.autograd.Function):
             values = pre.new_empty(n, k)
             indices = torch.empty(n, k, dtype=torch.long, device=x_c.device)
             for s in range(0, n, rows):
-                chunk = torch.mm(x_c[s:s + rows], W_enc, out=pre[:min(rows, n - s)])
-                values[s:s + rows], indices[s:s + rows] = topk_select(chunk, k, b_enc)   # the bias added there
+                chunk = torch.mm(x_c[s : s + rows], W_enc, out=pre[: min(rows, n - s)])
+                values[s : s + rows], indices[s : s + rows] = topk_select(chunk, k, b_enc)  # the bias added there
         values = values.relu_()
         ctx.centred = b_dec is not None
         ctx.save_for_backward(x_c, W_enc, values, indices)
@@ -143,20 +145,20 @@ class TopKEncode(torch.autograd.Function):
         x_c, W_enc, values, indices = ctx.saved_tensors
         need_x, need_W, need_b = ctx.needs_input_grad[:3]
         need_bdec = ctx.centred and ctx.needs_input_grad[4]
-        g = (grad_values * (values > 0)).to(W_enc.dtype)                # relu'
+        g = (grad_values * (values > 0)).to(W_enc.dtype)  # relu'
         n, k = g.shape
         d_sae = W_enc.shape[1]
         flat_idx, flat_g = indices.reshape(-1), g.reshape(-1)
         grad_x = grad_W = grad_b = grad_bdec = None
         if need_b or need_bdec:
             grad_b = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, flat_idx, flat_g)
-        if need_W:                                                       # x_c^T G, as (G^T x_c)^T
+        if need_W:  # x_c^T G, as (G^T x_c)^T
             grad_W = kernels.scatter_columns(indices, g, x_c.to(W_enc.dtype), d_sae)
         if need_W and grad_W is None:
             sample = torch.arange(n, device=g.device).repeat_interleave(k)
             G_t = torch.sparse_coo_tensor(torch.stack([flat_idx, sample]), flat_g, (d_sae, n), check_invariants=False)
             grad_W = torch.sparse.mm(G_t, x_c.to(W_enc.dtype)).T.contiguous()
-        if need_x:                                                       # sum_j g_bj W_enc[:, idx_bj]
+        if need_x:  # sum_j g_bj W_enc[:, idx_bj]
             grad_x = F.embedding_bag(indices, W_enc.T.contiguous(), per_sample_weights=g, mode="sum").to(x_c.dtype)
         if need_bdec:
             grad_bdec = -(W_enc @ grad_b)
@@ -191,21 +193,34 @@ class SparseDecode(torch.autograd.Function):
         if need_v and grad_v is None:
             with warnings.catch_warnings():  # "sparse CSR support is in beta": a one-off note, not for users
                 warnings.simplefilter("ignore")
-                pattern = torch.sparse_csr_tensor(torch.arange(0, n * k + 1, k, device=values.device), indices.reshape(-1),
-                                                  grad_out.new_zeros(n * k), (n, d_sae), check_invariants=False)
+                pattern = torch.sparse_csr_tensor(
+                    torch.arange(0, n * k + 1, k, device=values.device),
+                    indices.reshape(-1),
+                    grad_out.new_zeros(n * k),
+                    (n, d_sae),
+                    check_invariants=False,
+                )
             grad_v = torch.sparse.sampled_addmm(pattern, grad_out, W_dec.T, beta=0.0).values().view(n, k)
         if need_W and grad_W is None:
             sample = torch.arange(n, device=values.device).repeat_interleave(k)
-            V_t = torch.sparse_coo_tensor(torch.stack([indices.reshape(-1), sample]), values.reshape(-1).to(grad_out.dtype),
-                                          (d_sae, n), check_invariants=False)
+            V_t = torch.sparse_coo_tensor(
+                torch.stack([indices.reshape(-1), sample]),
+                values.reshape(-1).to(grad_out.dtype),
+                (d_sae, n),
+                check_invariants=False,
+            )
             grad_W = torch.sparse.mm(V_t, grad_out)
         if ctx.needs_input_grad[3]:
             grad_b = grad_out.sum(0)
         return grad_v, None, grad_W, grad_b
 
 
-def sparse_decode(values: Float[Tensor, "batch k"], indices: Int[Tensor, "batch k"],
-                  W_dec: Float[Tensor, "d_sae d_out"], b_dec: Float[Tensor, "d_out"]) -> Float[Tensor, "batch d_out"]:
+def sparse_decode(
+    values: Float[Tensor, "batch k"],
+    indices: Int[Tensor, "batch k"],
+    W_dec: Float[Tensor, "d_sae d_out"],
+    b_dec: Float[Tensor, " d_out"],
+) -> Float[Tensor, "batch d_out"]:
     """sum_j values_bj W_dec[indices_bj] + b_dec, gathering only the selected rows."""
     return SparseDecode.apply(values.to(W_dec.dtype), indices, W_dec, b_dec)
 
@@ -214,8 +229,15 @@ def dense(values: Tensor, indices: Tensor, d_sae: int) -> Float[Tensor, "batch d
     return values.new_zeros(values.shape[0], d_sae).scatter_(1, indices, values)  # in place: no 2nd dense copy
 
 
-def aux_loss(coder: SparseCoder, x_c: Tensor, x_hat: Tensor, target: Tensor, dead_mask: Tensor | None, *,
-             b_dec: Tensor | None = None) -> Tensor:
+def aux_loss(
+    coder: SparseCoder,
+    x_c: Tensor,
+    x_hat: Tensor,
+    target: Tensor,
+    dead_mask: Tensor | None,
+    *,
+    b_dec: Tensor | None = None,
+) -> Tensor:
     """AuxK: the top aux_k dead latents (by pre-activation) reconstruct the error target - x_hat
     through the decoder (no bias); normalised MSE; 0 when nothing is dead. With `b_dec` given,
     x_c is the uncentred input and the encoder subtracts b_dec itself (cheaper bias gradient)."""
@@ -223,20 +245,23 @@ def aux_loss(coder: SparseCoder, x_c: Tensor, x_hat: Tensor, target: Tensor, dea
         return x_c.new_zeros((), dtype=torch.float32)
     dead = dead_mask.to(x_c.device).nonzero()[:, 0]
     # only the dead columns, with the sparse backward (aux_k of them per input carry gradient)
-    values, local = TopKEncode.apply(x_c, coder.W_enc[:, dead], coder.b_enc[dead], min(coder.cfg.aux_k, len(dead)),
-                                     b_dec)
+    values, local = TopKEncode.apply(
+        x_c, coder.W_enc[:, dead], coder.b_enc[dead], min(coder.cfg.aux_k, len(dead)), b_dec
+    )
     error = (target - x_hat).detach()
     error_hat = sparse_decode(values, dead[local], coder.W_dec, torch.zeros_like(coder.b_dec))
     return normalized_mse(error_hat, error).nan_to_num(0.0)
 
 
-def sparse_acts(values: Float[Tensor, "batch k"], indices: Int[Tensor, "batch k"],
-                d_sae: int) -> Float[Tensor, "batch d_sae"]:
+def sparse_acts(
+    values: Float[Tensor, "batch k"], indices: Int[Tensor, "batch k"], d_sae: int
+) -> Float[Tensor, "batch d_sae"]:
     """The [batch, d_sae] latents as a sparse COO tensor (k entries per row, not coalesced)."""
     n, k = values.shape
     rows = torch.arange(n, device=values.device).repeat_interleave(k)
-    return torch.sparse_coo_tensor(torch.stack([rows, indices.reshape(-1)]), values.reshape(-1), (n, d_sae),
-                                   check_invariants=False)
+    return torch.sparse_coo_tensor(
+        torch.stack([rows, indices.reshape(-1)]), values.reshape(-1), (n, d_sae), check_invariants=False
+    )
 
 
 class SparseActs:
@@ -313,7 +338,10 @@ class TopKSAE(SparseActs, SparseCoder):
         loss = fast_mse(x_hat, ts) if self.fast else mse(x_hat, ts)
         parts = {"l0": (values.detach() > 0).sum(-1, dtype=torch.float32).mean(), "mse": loss.detach()}
         if dead_mask is not None:
-            parts["aux"] = aux_loss(self, xs, x_hat, ts, dead_mask, b_dec=b_dec) if self.fast else \
-                aux_loss(self, self.centered(xs), x_hat, ts, dead_mask)
+            parts["aux"] = (
+                aux_loss(self, xs, x_hat, ts, dead_mask, b_dec=b_dec)
+                if self.fast
+                else aux_loss(self, self.centered(xs), x_hat, ts, dead_mask)
+            )
             loss = loss + self.cfg.aux_coeff * parts["aux"]
         return x_hat, self.acts_of(values, indices), loss, parts

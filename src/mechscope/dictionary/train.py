@@ -69,23 +69,31 @@ def _fvu(x: Tensor, x_hat: Tensor) -> float:
     """Squared error over the total variance (per dimension, summed): fused reductions, no
     [batch, d] temporaries (this runs every step)."""
     x, x_hat = x.float(), x_hat.float()
-    error, centred = (x - x_hat).flatten(), (x - x.mean(0)).flatten()   # (torch's var over dim 0 is slow on CPU)
+    error, centred = (x - x_hat).flatten(), (x - x.mean(0)).flatten()  # (torch's var over dim 0 is slow on CPU)
     return float(torch.linalg.vecdot(error, error) / torch.linalg.vecdot(centred, centred).clamp_min(1e-12))
 
 
 class Trainer:
     """Fits dictionaries on a stream (`ActivationSource` or `CacheReader`) of batches."""
 
-    def __init__(self, stream, cfgs: Sequence[CoderConfig], cfg: TrainConfig = TrainConfig(), *,
-                 device: str | torch.device | None = None):
+    def __init__(
+        self,
+        stream,
+        cfgs: Sequence[CoderConfig],
+        cfg: TrainConfig = TrainConfig(),
+        *,
+        device: str | torch.device | None = None,
+    ):
         self.stream, self.cfg = stream, cfg
         self.rank, self.world = distributed()
         chosen = resolve_device(device) or resolve_device("auto")  # given, else $MECHSCOPE_DEVICE, else auto
         assert chosen is not None  # "auto" always resolves to a device
         self.device = chosen
         if stream.batch_tokens != cfg.batch_tokens:
-            raise MechscopeError(f"the data gives batches of {stream.batch_tokens} tokens but batch_tokens is "
-                                 f"{cfg.batch_tokens}: make them equal")
+            raise MechscopeError(
+                f"the data gives batches of {stream.batch_tokens} tokens but batch_tokens is "
+                f"{cfg.batch_tokens}: make them equal"
+            )
         self.cfgs = [self._checked(c) for c in cfgs]
         self.coders: list[SparseCoder] = []
         self.step_count, self.position = 0, stream.start
@@ -97,20 +105,28 @@ class Trainer:
     def _checked(self, c: CoderConfig) -> CoderConfig:
         if not c.hook_name:
             if len(self.stream.sites) != 1:
-                raise MechscopeError(f"set hook_name on every CoderConfig: the data has several sites ({', '.join(self.stream.sites)})")
+                raise MechscopeError(
+                    f"set hook_name on every CoderConfig: the data has several sites ({', '.join(self.stream.sites)})"
+                )
             c = c.replace(hook_name=self.stream.sites[0])
         if c.hook_name not in self.stream.widths:
-            raise MechscopeError(f"a dictionary reads '{c.hook_name}' but the data holds {', '.join(self.stream.sites)}")
+            raise MechscopeError(
+                f"a dictionary reads '{c.hook_name}' but the data holds {', '.join(self.stream.sites)}"
+            )
         width = self.stream.widths[c.hook_name]
         if c.d_in != width:
             raise MechscopeError(f"dictionary d_in={c.d_in} but '{c.hook_name}' is {width} wide: set d_in={width}")
         if c.transcoder:
             if c.target_hook not in self.stream.widths:
-                raise MechscopeError(f"a transcoder predicts '{c.target_hook}' but the data holds "
-                                     f"{', '.join(self.stream.sites)}: record the target site too")
+                raise MechscopeError(
+                    f"a transcoder predicts '{c.target_hook}' but the data holds "
+                    f"{', '.join(self.stream.sites)}: record the target site too"
+                )
             if c.d_out != self.stream.widths[c.target_hook]:
-                raise MechscopeError(f"transcoder d_out={c.d_out} but '{c.target_hook}' is "
-                                     f"{self.stream.widths[c.target_hook]} wide: set d_out to that")
+                raise MechscopeError(
+                    f"transcoder d_out={c.d_out} but '{c.target_hook}' is "
+                    f"{self.stream.widths[c.target_hook]} wide: set d_out to that"
+                )
         return c
 
     # Set-up: scale, initial weights, optimisers
@@ -129,8 +145,9 @@ class Trainer:
         if sample is not None:
             for coder in self.coders:
                 target = _target(coder, sample)
-                coder.init_from_data(sample[coder.cfg.hook_name].to(self.device),
-                                     None if target is None else target.to(self.device))
+                coder.init_from_data(
+                    sample[coder.cfg.hook_name].to(self.device), None if target is None else target.to(self.device)
+                )
 
     def _build(self, cfgs: list[CoderConfig]) -> None:
         self.cfgs, self.coders = cfgs, []
@@ -140,8 +157,10 @@ class Trainer:
                 self.coders.append(build(c).to(self.device))
         self.modules = [nn.parallel.DistributedDataParallel(m) if self.world > 1 else m for m in self.coders]
         fused = self.device.type in ("cpu", "cuda")  # one kernel per parameter: ~4 ms less per CPU step at width 4096
-        self.opts = [torch.optim.Adam(m.parameters(), lr=self.cfg.peak_lr(m.cfg.d_sae), betas=self.cfg.betas, fused=fused)
-                     for m in self.coders]
+        self.opts = [
+            torch.optim.Adam(m.parameters(), lr=self.cfg.peak_lr(m.cfg.d_sae), betas=self.cfg.betas, fused=fused)
+            for m in self.coders
+        ]
 
     # One step
 
@@ -156,12 +175,18 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = self.cfg.lr_at(self.step_count, coder.cfg.d_sae)
             window = self.cfg.dead_window or coder.cfg.dead_after
-            autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (
-                self.cfg.autocast and self.device.type == "cuda") else nullcontext()
+            autocast = (
+                torch.autocast("cuda", dtype=torch.bfloat16)
+                if (self.cfg.autocast and self.device.type == "cuda")
+                else nullcontext()
+            )
             # topk-family coders hand back sparse latents here: only which ones fired is needed
             with autocast, getattr(coder, "sparse_acts", nullcontext)():
-                result = module(x, dead_mask=self.dead[i] >= window) if t is None else \
-                    module(x, dead_mask=self.dead[i] >= window, target=t)
+                result = (
+                    module(x, dead_mask=self.dead[i] >= window)
+                    if t is None
+                    else module(x, dead_mask=self.dead[i] >= window, target=t)
+                )
             _check_finite(result.loss.detach(), "the loss", self.step_count, self.world)
             result.loss.backward()
             coder.before_step()
@@ -172,15 +197,19 @@ class Trainer:
             coder.after_step()
             self._count_dead(i, result.acts.detach())
             tag = "" if len(self.coders) == 1 else f"{i}."
-            out |= {f"{tag}loss": float(result.loss.detach()), f"{tag}l0": float(result.parts["l0"]),
-                    f"{tag}fvu": _fvu(x if t is None else t, result.x_hat.detach())}
+            out |= {
+                f"{tag}loss": float(result.loss.detach()),
+                f"{tag}l0": float(result.parts["l0"]),
+                f"{tag}fvu": _fvu(x if t is None else t, result.x_hat.detach()),
+            }
         self.step_count += 1
         return out
 
     def _count_dead(self, i: int, acts: Tensor) -> None:
         if acts.is_sparse:  # COO (topk family): the columns of the nonzero entries fired
             fired = torch.zeros(acts.shape[1], dtype=torch.int32, device=acts.device).scatter_reduce_(
-                0, acts._indices()[1], (acts._values() != 0).to(torch.int32), "amax")
+                0, acts._indices()[1], (acts._values() != 0).to(torch.int32), "amax"
+            )
         else:
             fired = (acts != 0).any(0).to(torch.int32)
         if self.world > 1:
@@ -200,9 +229,15 @@ class Trainer:
             if coder.cfg.transcoder:  # compare the whole output (skip included) with the target
                 x, x_hat = heldout[coder.cfg.target_hook].to(self.device), coder.predict(x)
             window = self.cfg.dead_window or coder.cfg.dead_after
-            rows.append({"step": self.step_count, "fvu": _fvu(x, x_hat), "l0": float((acts != 0).sum(-1).float().mean()),
-                         "mse": float((x - x_hat).pow(2).sum(-1).mean()),
-                         "dead_fraction": float((self.dead[i] >= window).float().mean())})
+            rows.append(
+                {
+                    "step": self.step_count,
+                    "fvu": _fvu(x, x_hat),
+                    "l0": float((acts != 0).sum(-1).float().mean()),
+                    "mse": float((x - x_hat).pow(2).sum(-1).mean()),
+                    "dead_fraction": float((self.dead[i] >= window).float().mean()),
+                }
+            )
         self.history.append(rows)
         return rows
 
@@ -210,8 +245,17 @@ class Trainer:
 
     def _identity(self) -> dict:
         cfgs = [c.replace(norm_scale=1.0).to_dict() for c in self.cfgs]
-        return json.loads(json.dumps({"train": asdict(self.cfg), "coders": cfgs, "sites": list(self.stream.sites),
-                                      "data": self._data_identity(), "world": self.world}))
+        return json.loads(
+            json.dumps(
+                {
+                    "train": asdict(self.cfg),
+                    "coders": cfgs,
+                    "sites": list(self.stream.sites),
+                    "data": self._data_identity(),
+                    "world": self.world,
+                }
+            )
+        )
 
     def _data_identity(self) -> dict:
         if self._data is None:  # hashing the contexts once is enough: they do not change
@@ -234,9 +278,20 @@ class Trainer:
             tensors[f"dead{i}"] = self.dead[i]
             groups.append(sd["param_groups"])
         name = f"step-{self.step_count:07d}.safetensors"
-        write_checkpoint(folder, name, tensors, {**self._identity(), "file": name, "step": self.step_count,
-                                                 "position": self.position, "cfgs": [c.to_dict() for c in self.cfgs],
-                                                 "param_groups": groups, "history": self.history})
+        write_checkpoint(
+            folder,
+            name,
+            tensors,
+            {
+                **self._identity(),
+                "file": name,
+                "step": self.step_count,
+                "position": self.position,
+                "cfgs": [c.to_dict() for c in self.cfgs],
+                "param_groups": groups,
+                "history": self.history,
+            },
+        )
 
     def _check_same_run(self, state: dict, folder) -> None:
         """Refuse a checkpoint of other settings, sites, model or data, naming what differs."""
@@ -247,8 +302,10 @@ class Trainer:
             identity.pop("data")
         found = differences({k: state.get(k) for k in identity}, identity)
         if found:
-            raise MechscopeError(f"the checkpoint in '{folder}' belongs to another run ({'; '.join(found[:3])}): resume "
-                                 "with the same model, data and settings, or choose another --out (or delete it)")
+            raise MechscopeError(
+                f"the checkpoint in '{folder}' belongs to another run ({'; '.join(found[:3])}): resume "
+                "with the same model, data and settings, or choose another --out (or delete it)"
+            )
 
     def load_checkpoint(self, folder: str | Path) -> bool:
         """Resume from `folder` if it holds a checkpoint of this very run; False if none."""
@@ -264,7 +321,7 @@ class Trainer:
             torch.cuda.set_rng_state(tensors.pop("rng.cuda"))
         for i, (coder, opt) in enumerate(zip(self.coders, self.opts)):
             prefix = f"coder{i}."
-            coder.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            coder.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
             opt_state: dict = {}
             for key, value in tensors.items():
                 if key.startswith(f"opt{i}."):
@@ -278,16 +335,28 @@ class Trainer:
 
     # The loop
 
-    def fit(self, *, checkpoint_dir: str | Path | None = None, heldout: Batch | None = None,
-            progress: bool = True, stop_after: int | None = None) -> list[SparseCoder]:
+    def fit(
+        self,
+        *,
+        checkpoint_dir: str | Path | None = None,
+        heldout: Batch | None = None,
+        progress: bool = True,
+        stop_after: int | None = None,
+    ) -> list[SparseCoder]:
         """Train to `cfg.steps` (resuming from `checkpoint_dir` when it has a checkpoint);
         `stop_after` ends early after that many steps (for tests and interrupted jobs)."""
         from tqdm.auto import tqdm
+
         if checkpoint_dir is None or not self.load_checkpoint(checkpoint_dir):
             self.setup()
         batches = self.stream.batches(self.position, rank=self.rank, world=self.world)
-        bar = tqdm(total=self.cfg.steps, initial=self.step_count, desc="dictionary", unit="step",
-                   disable=not progress or self.rank != 0)
+        bar = tqdm(
+            total=self.cfg.steps,
+            initial=self.step_count,
+            desc="dictionary",
+            unit="step",
+            disable=not progress or self.rank != 0,
+        )
         target = self.cfg.steps if stop_after is None else min(self.cfg.steps, stop_after)
         while self.step_count < target:
             batch, position = next(batches)
@@ -318,8 +387,10 @@ def _check_finite(x: Tensor, what: str, step: int, world: int = 1) -> None:
     if world > 1:
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
     if bad.item():
-        raise NonFinite(f"NaN or inf in {what} at step {step}: training stopped; the last checkpoint is "
-                        "untouched (check the model and data, then resume)")
+        raise NonFinite(
+            f"NaN or inf in {what} at step {step}: training stopped; the last checkpoint is "
+            "untouched (check the model and data, then resume)"
+        )
 
 
 def _save(coders: list[SparseCoder], out: Path, trainer: Trainer) -> None:
@@ -330,16 +401,23 @@ def _save(coders: list[SparseCoder], out: Path, trainer: Trainer) -> None:
         write_json(folder / "metrics.json", {"steps": trainer.step_count, "history": history})
 
 
-def fit_and_save(trainer: Trainer, out: str | Path | None, *, heldout: Batch | None = None, progress: bool = True,
-                 stop_after: int | None = None) -> list[SparseCoder]:
+def fit_and_save(
+    trainer: Trainer,
+    out: str | Path | None,
+    *,
+    heldout: Batch | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> list[SparseCoder]:
     """Run `trainer` with checkpoints in out/checkpoint and, when it finishes, save the
     dictionaries to `out` (or out/{i}-{site} for several); rank 0 writes, holding `out`'s lock."""
     if out is None:
         coders = trainer.fit(heldout=heldout, progress=progress, stop_after=stop_after)
     else:  # an unwritable or busy out fails before training
         with folder_lock(out, rank=trainer.rank, world=trainer.world):
-            coders = trainer.fit(checkpoint_dir=Path(out) / "checkpoint", heldout=heldout, progress=progress,
-                                 stop_after=stop_after)
+            coders = trainer.fit(
+                checkpoint_dir=Path(out) / "checkpoint", heldout=heldout, progress=progress, stop_after=stop_after
+            )
             if trainer.rank == 0 and trainer.step_count == trainer.cfg.steps:
                 _save(coders, Path(out), trainer)
     if trainer.world > 1:
@@ -347,10 +425,19 @@ def fit_and_save(trainer: Trainer, out: str | Path | None, *, heldout: Batch | N
     return coders
 
 
-def train(model, site: str | Sequence[str], coder_cfg: CoderConfig | Sequence[CoderConfig],
-          cfg: TrainConfig = TrainConfig(), *, data: Int[Tensor, "n ctx"], source: SourceConfig = SourceConfig(),
-          heldout: Int[Tensor, "m ctx"] | None = None, out: str | Path | None = None, progress: bool = True,
-          stop_after: int | None = None) -> SparseCoder | list[SparseCoder]:
+def train(
+    model,
+    site: str | Sequence[str],
+    coder_cfg: CoderConfig | Sequence[CoderConfig],
+    cfg: TrainConfig = TrainConfig(),
+    *,
+    data: Int[Tensor, "n ctx"],
+    source: SourceConfig = SourceConfig(),
+    heldout: Int[Tensor, "m ctx"] | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> SparseCoder | list[SparseCoder]:
     """Train dictionaries on `site`(s) of `model` over token contexts `data` (one forward
     feeds them all). One config gives one coder back; a list gives a list."""
     single = isinstance(coder_cfg, CoderConfig)
@@ -366,19 +453,29 @@ def train(model, site: str | Sequence[str], coder_cfg: CoderConfig | Sequence[Co
     held = None
     if heldout is not None and len(heldout):
         from .source import record
+
         held = record(model, stream.sites, heldout, src_cfg)
-    coders = fit_and_save(Trainer(stream, cfgs, cfg, device=model.device), out, heldout=held, progress=progress,
-                          stop_after=stop_after)
+    coders = fit_and_save(
+        Trainer(stream, cfgs, cfg, device=model.device), out, heldout=held, progress=progress, stop_after=stop_after
+    )
     return coders[0] if single else coders
 
 
-def train_from_cache(cache_dir: str | Path, coder_cfg: CoderConfig | Sequence[CoderConfig],
-                     cfg: TrainConfig = TrainConfig(), *, out: str | Path | None = None, progress: bool = True,
-                     heldout_tokens: int = 0, stop_after: int | None = None) -> SparseCoder | list[SparseCoder]:
+def train_from_cache(
+    cache_dir: str | Path,
+    coder_cfg: CoderConfig | Sequence[CoderConfig],
+    cfg: TrainConfig = TrainConfig(),
+    *,
+    out: str | Path | None = None,
+    progress: bool = True,
+    heldout_tokens: int = 0,
+    stop_after: int | None = None,
+) -> SparseCoder | list[SparseCoder]:
     """Train dictionaries on an activation cache (`write_cache`); `heldout_tokens` > 0
     evaluates on that many rows read in cache order from its end (they are not excluded
     from training: hold out contexts when writing the cache for a clean split)."""
     from .cache import CacheReader
+
     single = isinstance(coder_cfg, CoderConfig)
     cfgs = [coder_cfg] if isinstance(coder_cfg, CoderConfig) else list(coder_cfg)
     sites = sorted({c.hook_name for c in cfgs if c.hook_name} | {c.target_hook for c in cfgs if c.transcoder}) or None

@@ -46,7 +46,9 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.batch_tokens < 1 or self.total_tokens < self.batch_tokens:
-            raise MechscopeError(f"need total_tokens >= batch_tokens >= 1, got {self.total_tokens} and {self.batch_tokens}")
+            raise MechscopeError(
+                f"need total_tokens >= batch_tokens >= 1, got {self.total_tokens} and {self.batch_tokens}"
+            )
         if self.decay not in DECAYS:
             raise MechscopeError(f"decay must be one of {', '.join(DECAYS)}, got {self.decay!r}")
         if not 0 <= self.decay_fraction <= 1:
@@ -64,7 +66,7 @@ class TrainConfig:
         return self.total_tokens // self.batch_tokens
 
     def peak_lr(self, d_sae: int) -> float:
-        return self.lr if self.lr is not None else 2e-4 / math.sqrt(d_sae / 2 ** 14)
+        return self.lr if self.lr is not None else 2e-4 / math.sqrt(d_sae / 2**14)
 
     def lr_at(self, step: int, d_sae: int) -> float:
         """Learning rate of `step` (0-based): warm-up, then the decay."""
@@ -79,4 +81,3 @@ class TrainConfig:
             if step >= start:
                 return peak * max(0.0, (total - step) / max(1, total - start))
         return peak
-

@@ -39,8 +39,16 @@ def mlp_sites(layer: int) -> tuple[str, str]:
     return INPUT.format(layer), TARGET.format(layer)
 
 
-def transcoder_config(model, layer: int | None = None, *, site: str | None = None, target: str | None = None,
-                      arch: str = "topk", width: int = 4096, **fields) -> CoderConfig:
+def transcoder_config(
+    model,
+    layer: int | None = None,
+    *,
+    site: str | None = None,
+    target: str | None = None,
+    arch: str = "topk",
+    width: int = 4096,
+    **fields,
+) -> CoderConfig:
     """A `CoderConfig` for a transcoder on `model`: from `layer`'s MLP sites, or explicit
     `site` and `target`; widths are read from the model; other CoderConfig fields pass through."""
     if layer is not None:
@@ -49,16 +57,26 @@ def transcoder_config(model, layer: int | None = None, *, site: str | None = Non
     if not site or not target:
         raise MechscopeError("a transcoder needs its sites: give layer=, or both site= and target=")
     check_order(model, site, target)
-    return CoderConfig(arch, site_width(model, site), width, d_out=site_width(model, target), hook_name=site,
-                       target_hook=target, model_name=model.name, **fields)
+    return CoderConfig(
+        arch,
+        site_width(model, site),
+        width,
+        d_out=site_width(model, target),
+        hook_name=site,
+        target_hook=target,
+        model_name=model.name,
+        **fields,
+    )
 
 
 def check_order(model, site: str, target: str) -> None:
     """The input site must be computed before the target in the forward pass."""
     first = model.table.resolve([site, target])
     if site == target or first[0] != site:
-        raise MechscopeError(f"a transcoder reads '{site}' and replaces '{target}': the input must come earlier in "
-                             "the forward than the target (e.g. blocks.1.hook_resid_mid -> blocks.1.hook_mlp_out)")
+        raise MechscopeError(
+            f"a transcoder reads '{site}' and replaces '{target}': the input must come earlier in "
+            "the forward than the target (e.g. blocks.1.hook_resid_mid -> blocks.1.hook_mlp_out)"
+        )
 
 
 class _Relay:
@@ -77,8 +95,9 @@ def splice(coder, keep: Tensor | None = None, *, zero: bool = False) -> list[edi
     `zero=True` zero-ablates the target there instead (the baseline)."""
     cfg = coder.cfg
     if not cfg.transcoder:
-        raise MechscopeError("splice needs a transcoder (cfg.d_out and cfg.target_hook set); "
-                             "for an SAE use mechscope.dictionary.attach")
+        raise MechscopeError(
+            "splice needs a transcoder (cfg.d_out and cfg.target_hook set); for an SAE use mechscope.dictionary.attach"
+        )
     relay = _Relay()
 
     def replace(value: Tensor) -> Tensor:

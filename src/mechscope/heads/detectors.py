@@ -57,12 +57,25 @@ class HeadScores:
         fig = Figure(figsize=(1.2 + 0.55 * n_heads, 1.0 + 0.5 * n_layers), layout="constrained")
         ax = fig.subplots()
         image = ax.imshow(self.scores.float().cpu().numpy(), cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
-        for (layer, head), value in zip(torch.cartesian_prod(torch.arange(n_layers), torch.arange(n_heads)).tolist(),
-                                        self.scores.flatten().tolist()):
-            ax.text(head, layer, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if value > 0.6 else "black")
-        ax.set(xlabel="head", ylabel="layer", xticks=range(n_heads), yticks=range(n_layers),
-               title=title or f"{self.kind.replace('_', '-')} score")
+        for (layer, head), value in zip(
+            torch.cartesian_prod(torch.arange(n_layers), torch.arange(n_heads)).tolist(), self.scores.flatten().tolist()
+        ):
+            ax.text(
+                head,
+                layer,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if value > 0.6 else "black",
+            )
+        ax.set(
+            xlabel="head",
+            ylabel="layer",
+            xticks=range(n_heads),
+            yticks=range(n_layers),
+            title=title or f"{self.kind.replace('_', '-')} score",
+        )
         fig.colorbar(image, ax=ax, shrink=0.8)
         return fig
 
@@ -70,8 +83,10 @@ class HeadScores:
 def require_heads(model, method: str) -> None:
     """A model without attention heads (a plain torch module) fails here, in one line."""
     if getattr(model, "dims", None) is None:
-        raise MechscopeError(f"{getattr(model, 'name', model)} has no attention heads: {method} need a transformer "
-                             "(e.g. zoo:induction or zoo:pycode)")
+        raise MechscopeError(
+            f"{getattr(model, 'name', model)} has no attention heads: {method} need a transformer "
+            "(e.g. zoo:induction or zoo:pycode)"
+        )
 
 
 def repeated_tokens_for(model, span: int = 20, batch: int = 16, seed: int = 0) -> Int[Tensor, "batch pos"]:
@@ -82,8 +97,9 @@ def repeated_tokens_for(model, span: int = 20, batch: int = 16, seed: int = 0) -
     return repeated_random_tokens(model.dims.d_vocab, span, batch, seed, prefix_token=bos)
 
 
-def record_patterns(model, prompts, attention_mask: Tensor | None = None
-                    ) -> tuple[Float[Tensor, "layer batch head q_pos k_pos"], Bool[Tensor, "batch pos"]]:
+def record_patterns(
+    model, prompts, attention_mask: Tensor | None = None
+) -> tuple[Float[Tensor, "layer batch head q_pos k_pos"], Bool[Tensor, "batch pos"]]:
     """Every layer's attention pattern for ``prompts`` (text or token ids, right-padded
     with ``attention_mask``), and which positions are real tokens (False for padding)."""
     require_heads(model, "attention patterns")
@@ -93,14 +109,15 @@ def record_patterns(model, prompts, attention_mask: Tensor | None = None
     return patterns, run.mask.bool().cpu()
 
 
-def stripe_scores(patterns: Float[Tensor, "layer batch head q_pos k_pos"], offset: int,
-                  queries: Bool[Tensor, "batch q_pos"]) -> Float[Tensor, "layer head"]:
+def stripe_scores(
+    patterns: Float[Tensor, "layer batch head q_pos k_pos"], offset: int, queries: Bool[Tensor, "batch q_pos"]
+) -> Float[Tensor, "layer head"]:
     """Mean attention from query q to key q + offset (offset <= 0), over the query
     positions marked True in ``queries`` (and over sequences)."""
     if offset > 0:
         raise MechscopeError(f"causal attention has no keys after the query: offset must be <= 0, got {offset}")
     # diagonal(offset=-m)[..., j] is pattern[q=j+m, k=j]: queries m .. n_pos-1
-    stripe = patterns.diagonal(offset=offset, dim1=-2, dim2=-1)        # [layer, batch, head, n_pos - m]
+    stripe = patterns.diagonal(offset=offset, dim1=-2, dim2=-1)  # [layer, batch, head, n_pos - m]
     weight = queries[:, -offset:].float()
     if weight.sum() == 0:
         raise MechscopeError(f"no query position has a key at offset {offset}: the sequences are too short")
@@ -122,23 +139,26 @@ def repeat_span(tokens: Int[Tensor, "batch pos"]) -> int:
     """The largest n such that every row ends in two identical copies of n tokens."""
     length = tokens.shape[-1]
     for n in range(length // 2, 0, -1):
-        if torch.equal(tokens[:, length - 2 * n: length - n], tokens[:, length - n:]):
+        if torch.equal(tokens[:, length - 2 * n : length - n], tokens[:, length - n :]):
             return n
-    raise MechscopeError("the tokens do not end in a span repeated twice: build them with "
-                         "repeated_random_tokens(...) or pass span=")
+    raise MechscopeError(
+        "the tokens do not end in a span repeated twice: build them with repeated_random_tokens(...) or pass span="
+    )
 
 
 def _second_copy_scores(model, tokens: Tensor, span: int | None, offset_from_span: int, kind: str) -> HeadScores:
     if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.int32, torch.int64):
-        raise MechscopeError(f"{kind} scores need token ids (a LongTensor [batch, pos]) of a repeated sequence, "
-                             "e.g. from repeated_random_tokens(...)")
+        raise MechscopeError(
+            f"{kind} scores need token ids (a LongTensor [batch, pos]) of a repeated sequence, "
+            "e.g. from repeated_random_tokens(...)"
+        )
     tokens = tokens.unsqueeze(0) if tokens.dim() == 1 else tokens
     n = span or repeat_span(tokens)
     if not 1 <= n <= tokens.shape[1] // 2:
         raise MechscopeError(f"span must be between 1 and {tokens.shape[1] // 2} for {tokens.shape[1]} tokens, got {n}")
     patterns, _ = record_patterns(model, tokens)
     queries = torch.zeros(tokens.shape, dtype=torch.bool)
-    queries[:, tokens.shape[1] - n:] = True                             # the second copy
+    queries[:, tokens.shape[1] - n :] = True  # the second copy
     return HeadScores(stripe_scores(patterns, offset_from_span - n, queries), kind)
 
 

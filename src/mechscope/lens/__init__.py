@@ -21,9 +21,20 @@ from .tuned import evaluate as evaluate_tuned_lens
 from .tuned import train as train_tuned_lens
 
 __all__ = [
-    "logit_lens", "LogitLens",
-    "token_energy", "token_space", "TokenEnergy", "TokenSpace", "effective_unembedding",
-    "latent_language", "LatentLanguage",
+    "logit_lens",
+    "LogitLens",
+    "token_energy",
+    "token_space",
+    "TokenEnergy",
+    "TokenSpace",
+    "effective_unembedding",
+    "latent_language",
+    "LatentLanguage",
     "Translator",
-    "TunedLens", "TunedLensConfig", "TunedLensTrainer", "LensEvaluation", "train_tuned_lens", "evaluate_tuned_lens",
+    "TunedLens",
+    "TunedLensConfig",
+    "TunedLensTrainer",
+    "LensEvaluation",
+    "train_tuned_lens",
+    "evaluate_tuned_lens",
 ]

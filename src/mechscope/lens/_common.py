@@ -54,8 +54,9 @@ def check_layers(model, layers: Sequence[int] | int | None) -> list[int] | None:
     return sorted(set(out))
 
 
-def streams(model, *, include_mid: bool, layers: Sequence[int] | int | None = None,
-            with_translator: bool = False) -> list[Stream]:
+def streams(
+    model, *, include_mid: bool, layers: Sequence[int] | int | None = None, with_translator: bool = False
+) -> list[Stream]:
     """The residual streams in forward order: the embedding stream (when all layers are
     wanted), then per block its resid_mid (sequential blocks, `include_mid`) and resid_post.
     A translator has no map for resid_mid, so mids are left out when one is used."""
@@ -74,8 +75,13 @@ def streams(model, *, include_mid: bool, layers: Sequence[int] | int | None = No
 
 def record(model, prompts, sites: list[str], positions: list[int] | None, batch_size: int | None):
     """One run recording `sites` (only at `positions`), without computing the logits."""
-    return model.run(prompts, record=sorted(set(sites), key=model.table.order.__getitem__), positions=positions,
-                     logits=False, batch_size=batch_size)
+    return model.run(
+        prompts,
+        record=sorted(set(sites), key=model.table.order.__getitem__),
+        positions=positions,
+        logits=False,
+        batch_size=batch_size,
+    )
 
 
 def translated(model, run, stream: Stream, translator: Translator | None) -> Float[Tensor, "batch pos d_model"]:
@@ -85,19 +91,22 @@ def translated(model, run, stream: Stream, translator: Translator | None) -> Flo
     assert stream.index is not None  # mids (index None) are left out when a translator is used
     out = translator(resid, stream.index)
     if not isinstance(out, Tensor) or out.shape != resid.shape:
-        raise MechscopeError(f"the translator returned {getattr(out, 'shape', type(out).__name__)} for a residual "
-                             f"of shape {tuple(resid.shape)}: it must return a tensor of the same shape")
+        raise MechscopeError(
+            f"the translator returned {getattr(out, 'shape', type(out).__name__)} for a residual "
+            f"of shape {tuple(resid.shape)}: it must return a tensor of the same shape"
+        )
     return out
 
 
-def chunked_logprobs(model, resid: Float[Tensor, "row d_model"], vocab_ids: Int[Tensor, "vocab"] | None
-                     ) -> Iterator[tuple[int, Float[Tensor, "chunk vocab"]]]:
+def chunked_logprobs(
+    model, resid: Float[Tensor, "row d_model"], vocab_ids: Int[Tensor, " vocab"] | None
+) -> Iterator[tuple[int, Float[Tensor, "chunk vocab"]]]:
     """(first row, log-probabilities) of final norm + unembedding, a bounded chunk at a time;
     renormalised over `vocab_ids` when given."""
     size = max(1, CHUNK_ELEMENTS // model.dims.d_vocab)
     with torch.no_grad():
         for start in range(0, len(resid), size):
-            logits = model.to_logits(resid[start:start + size].to(model.device)).float()
+            logits = model.to_logits(resid[start : start + size].to(model.device)).float()
             if vocab_ids is not None:
                 logits = logits[:, vocab_ids.to(logits.device)]
             yield start, logits.log_softmax(-1)

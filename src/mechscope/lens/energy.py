@@ -49,13 +49,18 @@ def _final_norm(model) -> tuple[Tensor, bool]:
     """(gain [d_model], centres?) of the model's final norm; (ones, False) without one."""
     module = model.module(model.adapter.final_norm) if model.adapter.final_norm else None
     weight = getattr(module, "weight", None) if module is not None else None
-    gain = torch.ones(model.dims.d_model) if weight is None else weight.detach().float().cpu() + model.adapter.norm_gain_offset
+    gain = (
+        torch.ones(model.dims.d_model)
+        if weight is None
+        else weight.detach().float().cpu() + model.adapter.norm_gain_offset
+    )
     centre = isinstance(module, nn.LayerNorm) or getattr(module, "bias", None) is not None
     return gain, bool(centre)
 
 
-def effective_unembedding(model, token_ids: Sequence[int] | None = None, fold_norm: bool = True
-                          ) -> tuple[Float[Tensor, "d_model token"], bool]:
+def effective_unembedding(
+    model, token_ids: Sequence[int] | None = None, fold_norm: bool = True
+) -> tuple[Float[Tensor, "d_model token"], bool]:
     """Output embeddings u_t as the head reads them (see the module docstring), float64 on CPU,
     and whether latents must be centred to be compared with them."""
     require_lm_head(model, "token energy")
@@ -78,7 +83,7 @@ class TokenSpace:
     """The effective output embeddings u_t of the token set."""
     centre: bool
     fold_norm: bool = True
-    token_ids: Int[Tensor, "token"] | None = None
+    token_ids: Int[Tensor, " token"] | None = None
 
     def prepare(self, h: Float[Tensor, "... d_model"]) -> Tensor:
         h = h.detach().double().cpu()
@@ -101,8 +106,14 @@ class TokenSpace:
     __call__ = energy
 
 
-def token_space(model, *, tokens: Sequence[str | int] | None = None, rank: int | None = None,
-                fold_norm: bool = True, tol: float = 1e-6) -> TokenSpace:
+def token_space(
+    model,
+    *,
+    tokens: Sequence[str | int] | None = None,
+    rank: int | None = None,
+    fold_norm: bool = True,
+    tol: float = 1e-6,
+) -> TokenSpace:
     """The output-token subspace: the span of the effective output embeddings of `tokens`
     (one token each; None = the whole vocabulary), optionally cut to its top `rank`
     singular directions."""
@@ -112,14 +123,24 @@ def token_space(model, *, tokens: Sequence[str | int] | None = None, rank: int |
     available = int((singular > tol * singular[0]).sum()) if singular.numel() and singular[0] > 0 else 0
     if rank is not None:
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= available:
-            raise MechscopeError(f"rank must be an integer from 1 to {available} (the dimension of the token span), got {rank!r}")
+            raise MechscopeError(
+                f"rank must be an integer from 1 to {available} (the dimension of the token span), got {rank!r}"
+            )
         available = rank
     full = model.dims.d_model - int(centre)
     if available >= full:
-        log.warning("the chosen output embeddings span the whole residual space (rank %d): token energy is 1 for "
-                    "every latent; pass tokens= (a token subset) or rank= (top singular directions)", available)
-    return TokenSpace(basis=left[:, :available].contiguous(), unembed=u, centre=centre, fold_norm=fold_norm,
-                      token_ids=None if ids is None else torch.tensor(ids))
+        log.warning(
+            "the chosen output embeddings span the whole residual space (rank %d): token energy is 1 for "
+            "every latent; pass tokens= (a token subset) or rank= (top singular directions)",
+            available,
+        )
+    return TokenSpace(
+        basis=left[:, :available].contiguous(),
+        unembed=u,
+        centre=centre,
+        fold_norm=fold_norm,
+        token_ids=None if ids is None else torch.tensor(ids),
+    )
 
 
 @dataclass
@@ -146,7 +167,7 @@ class TokenEnergy(Saveable):
     angles: Float[Tensor, "layer batch pos target"] | None = None
     """Degrees between the (centred) latent and each target's effective output embedding."""
     targets: list[str] = field(default_factory=list)
-    target_ids: Int[Tensor, "target"] | None = None
+    target_ids: Int[Tensor, " target"] | None = None
 
     def summary(self) -> dict[str, Tensor]:
         """Mean and standard deviation over real (prompt, position) columns, per stream."""
@@ -163,13 +184,13 @@ class TokenEnergy(Saveable):
         panels = 4 if self.angles is not None else 3
         if ax is None:
             from matplotlib.figure import Figure
+
             fig = Figure(figsize=(6, 1.8 * panels))
             axes = fig.subplots(panels, 1, sharex=True)
         else:
             axes, fig = ax, ax[0].figure
         stats, x = self.summary(), range(len(self.layers))
-        for axis, name, label in zip(axes, ("energy", "relative", "norm"),
-                                     ("token energy", "relative energy", "‖h‖")):
+        for axis, name, label in zip(axes, ("energy", "relative", "norm"), ("token energy", "relative energy", "‖h‖")):
             mean, std = stats[name].numpy(), stats[name + "_std"].numpy()
             axis.plot(x, mean, marker="o", color="#009E73")
             axis.fill_between(x, mean - std, mean + std, color="#009E73", alpha=0.2)
@@ -177,7 +198,9 @@ class TokenEnergy(Saveable):
         if self.angles is not None:
             keep = self.mask.flatten()
             for ti, target in enumerate(self.targets):
-                axes[3].plot(x, self.angles[..., ti].flatten(1)[:, keep].mean(1).numpy(), marker="o", label=repr(target))
+                axes[3].plot(
+                    x, self.angles[..., ti].flatten(1)[:, keep].mean(1).numpy(), marker="o", label=repr(target)
+                )
             axes[3].set_ylabel("angle (°)", fontsize=8)
             axes[3].legend(fontsize=7)
         axes[-1].set_xticks(list(x), self.layers, rotation=60, fontsize=8)
@@ -189,8 +212,14 @@ class TokenEnergy(Saveable):
         rows = []
         for li, label in enumerate(self.layers):
             for b, p in self.mask.nonzero().tolist():
-                row = {"layer": label, "batch": b, "pos": int(self.positions[b, p]), "energy": float(self.energy[li, b, p]),
-                       "relative": float(self.relative[li, b, p]), "norm": float(self.norm[li, b, p])}
+                row = {
+                    "layer": label,
+                    "batch": b,
+                    "pos": int(self.positions[b, p]),
+                    "energy": float(self.energy[li, b, p]),
+                    "relative": float(self.relative[li, b, p]),
+                    "norm": float(self.norm[li, b, p]),
+                }
                 for ti, target in enumerate(self.targets):
                     assert self.angles is not None  # there are targets
                     row[f"angle[{target}]"] = float(self.angles[li, b, p, ti])
@@ -232,9 +261,18 @@ def token_energy(
         cos = (h @ u) / (h.norm(dim=-1, keepdim=True) * u.norm(dim=0)).clamp(min=1e-300)
         angles = torch.rad2deg(torch.arccos(cos.clamp(-1, 1))).float()
     return TokenEnergy(
-        model_name=model.name, layers=[s.label for s in chosen], sites=[s.site for s in chosen],
-        tokens=run.tokens.cpu().gather(1, absolute.clamp(max=run.tokens.shape[1] - 1)), positions=absolute, mask=mask,
-        energy=space.energy(stack), relative=space.relative(stack), norm=stack.detach().float().norm(dim=-1).cpu(),
-        rank=space.basis.shape[1], fold_norm=space.fold_norm, angles=angles,
+        model_name=model.name,
+        layers=[s.label for s in chosen],
+        sites=[s.site for s in chosen],
+        tokens=run.tokens.cpu().gather(1, absolute.clamp(max=run.tokens.shape[1] - 1)),
+        positions=absolute,
+        mask=mask,
+        energy=space.energy(stack),
+        relative=space.relative(stack),
+        norm=stack.detach().float().norm(dim=-1).cpu(),
+        rank=space.basis.shape[1],
+        fold_norm=space.fold_norm,
+        angles=angles,
         targets=[decode(model, t) for t in target_ids],
-        target_ids=torch.tensor(target_ids, dtype=torch.long) if target_ids else None)
+        target_ids=torch.tensor(target_ids, dtype=torch.long) if target_ids else None,
+    )

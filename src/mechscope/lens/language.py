@@ -62,15 +62,17 @@ class LatentLanguage(Saveable):
         x = list(range(len(self.layers)))
         for li, language in enumerate(self.languages):
             color = (colors or {}).get(language)
-            line, = ax.plot(x, self.mean[:, li].numpy(), label=language, color=color, linewidth=2)
+            (line,) = ax.plot(x, self.mean[:, li].numpy(), label=language, color=color, linewidth=2)
             ax.fill_between(x, self.lower[:, li].numpy(), self.upper[:, li].numpy(), color=line.get_color(), alpha=0.25)
         ax.set_xticks(x, self.layers, rotation=60, fontsize=8)
         ax.set_ylim(0, 1)
         ax.set_ylabel("probability")
         ax.set_xlabel("layer")
         lens = "logit lens" if self.translator == "identity" else self.translator
-        ax.set_title(f"latent language ({lens}, {int(self.confidence * 100)}% CI, n={self.mass.shape[1]}): "
-                     f"{self.model_name}", fontsize=9)
+        ax.set_title(
+            f"latent language ({lens}, {int(self.confidence * 100)}% CI, n={self.mass.shape[1]}): {self.model_name}",
+            fontsize=9,
+        )
         ax.legend(fontsize=8)
         ax.grid(axis="x", alpha=0.3)
         return fig
@@ -78,10 +80,20 @@ class LatentLanguage(Saveable):
     def to_frame(self):
         """One row per (layer, language): mean mass over prompts and its CI."""
         pd = pandas()
-        return pd.DataFrame([{"layer": layer, "language": language, "mean": float(self.mean[i, j]),
-                              "lower": float(self.lower[i, j]), "upper": float(self.upper[i, j]),
-                              "n": self.mass.shape[1]}
-                             for i, layer in enumerate(self.layers) for j, language in enumerate(self.languages)])
+        return pd.DataFrame(
+            [
+                {
+                    "layer": layer,
+                    "language": language,
+                    "mean": float(self.mean[i, j]),
+                    "lower": float(self.lower[i, j]),
+                    "upper": float(self.upper[i, j]),
+                    "n": self.mass.shape[1],
+                }
+                for i, layer in enumerate(self.layers)
+                for j, language in enumerate(self.languages)
+            ]
+        )
 
 
 def _prompt_count(prompts) -> int:
@@ -100,8 +112,10 @@ def _answer_ids(model, answers: Mapping[str, Sequence[Answer]], n: int) -> Tenso
     for language, per_prompt in answers.items():
         per_prompt = [per_prompt] if isinstance(per_prompt, (str, int)) and n == 1 else list(per_prompt)
         if len(per_prompt) != n:
-            raise MechscopeError(f"answers[{language!r}] has {len(per_prompt)} entries for {n} prompts: give one "
-                                 "token (or set of tokens) per prompt")
+            raise MechscopeError(
+                f"answers[{language!r}] has {len(per_prompt)} entries for {n} prompts: give one "
+                "token (or set of tokens) per prompt"
+            )
         for b, answer in enumerate(per_prompt):
             ids = sorted(set(token_ids(model, answer, f"answer for {language!r}")))
             if not ids:
@@ -113,14 +127,16 @@ def _answer_ids(model, answers: Mapping[str, Sequence[Answer]], n: int) -> Tenso
             for t in ids:
                 if t in seen:
                     langs = list(answers)
-                    raise MechscopeError(f"prompt {b}: token {decode(model, t)!r} answers both {langs[seen[t]]!r} and "
-                                         f"{langs[li]!r}; the languages' masses must not overlap: drop this prompt")
+                    raise MechscopeError(
+                        f"prompt {b}: token {decode(model, t)!r} answers both {langs[seen[t]]!r} and "
+                        f"{langs[li]!r}; the languages' masses must not overlap: drop this prompt"
+                    )
                 seen[t] = li
     width = max(len(ids) for row in sets for ids in row)
     out = torch.full((n, len(answers), width), -1, dtype=torch.long)
     for b, row in enumerate(sets):
         for li, ids in enumerate(row):
-            out[b, li, :len(ids)] = torch.tensor(ids)
+            out[b, li, : len(ids)] = torch.tensor(ids)
     return out
 
 
@@ -131,7 +147,8 @@ def _interval(mass: Tensor, confidence: float) -> tuple[Tensor, Tensor, Tensor]:
     if n < 2:
         return mean, mean.clone(), mean.clone()
     from scipy import stats
-    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * mass.std(1) / n ** 0.5
+
+    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * mass.std(1) / n**0.5
     return mean, (mean - half).clamp(min=0), (mean + half).clamp(max=1)
 
 
@@ -171,12 +188,22 @@ def latent_language(
         rows = torch.arange(start, start + len(logp)) % batch
         probs = logp.exp().cpu()
         picked = probs.gather(1, ids[rows].clamp(min=0).flatten(1)).view(len(rows), *ids.shape[1:])
-        mass[start:start + len(logp)] = (picked * valid[rows]).sum(-1)
-        entropy[start:start + len(logp)] = -(probs * logp.cpu()).nansum(-1)
+        mass[start : start + len(logp)] = (picked * valid[rows]).sum(-1)
+        entropy[start : start + len(logp)] = -(probs * logp.cpu()).nansum(-1)
     mass, entropy = mass.view(n_streams, batch, -1), entropy.view(n_streams, batch)
     mean, lower, upper = _interval(mass, confidence)
     return LatentLanguage(
-        model_name=model.name, layers=[s.label for s in chosen], sites=[s.site for s in chosen],
-        languages=list(answers), mass=mass, entropy=entropy, mean=mean, lower=lower, upper=upper, answer_ids=ids,
-        confidence=confidence, position=position,
-        translator="identity" if translator is None else type(translator).__name__)
+        model_name=model.name,
+        layers=[s.label for s in chosen],
+        sites=[s.site for s in chosen],
+        languages=list(answers),
+        mass=mass,
+        entropy=entropy,
+        mean=mean,
+        lower=lower,
+        upper=upper,
+        answer_ids=ids,
+        confidence=confidence,
+        position=position,
+        translator="identity" if translator is None else type(translator).__name__,
+    )

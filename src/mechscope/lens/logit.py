@@ -27,7 +27,8 @@ from . import _common as C
 log = logging.getLogger(__name__)
 
 CHUNK_LOGITS = 1 << 21
-"""Logits held at once while unembedding (8 MiB of float32: big enough for an efficient GEMM, small enough for the elementwise passes to stay in cache)."""
+"""Logits held at once while unembedding (8 MiB of float32: big enough for an efficient GEMM,
+small enough for the elementwise passes to stay in cache)."""
 
 
 @dataclass
@@ -58,11 +59,11 @@ class LogitLens(Saveable):
     kl: Float[Tensor, "layer batch pos"]
     """KL(final || layer) in nats: the model's output distribution against this layer's."""
     targets: list[str] = field(default_factory=list)
-    target_ids: Int[Tensor, "target"] | None = None
+    target_ids: Int[Tensor, " target"] | None = None
     target_probs: Float[Tensor, "layer batch pos target"] | None = None
     target_ranks: Int[Tensor, "layer batch pos target"] | None = None
     """0 for the most likely token."""
-    vocab_ids: Int[Tensor, "vocab"] | None = None
+    vocab_ids: Int[Tensor, " vocab"] | None = None
     translator: str = "identity"
     token_strings: dict[int, str] = field(default_factory=dict)
     """Text of every token id that appears in `tokens` and `top_ids`."""
@@ -85,8 +86,10 @@ class LogitLens(Saveable):
                 raise MechscopeError(f"no stream {layer!r} in this lens (streams: {', '.join(self.layers)})")
             return self.layers.index(layer)
         if not -len(self.layers) <= layer < len(self.layers):
-            raise MechscopeError(f"layer index {layer} is out of range: this lens has {len(self.layers)} streams "
-                                 f"({', '.join(self.layers)})")
+            raise MechscopeError(
+                f"layer index {layer} is out of range: this lens has {len(self.layers)} streams "
+                f"({', '.join(self.layers)})"
+            )
         return layer % len(self.layers)
 
     def plot(self, row: int = 0, ax=None, max_chars: int = 8):
@@ -94,20 +97,36 @@ class LogitLens(Saveable):
         by position, coloured by the top-1 probability and labelled with the top-1 token."""
         keep = self.mask[row].nonzero().flatten().tolist()
         probs = self.top_probs[:, row, keep, 0].float().numpy()
-        fig, ax = figure(max(5.0, 0.75 * len(keep) + 2), max(2.5, 0.32 * len(self.layers) + 1.2)) if ax is None \
+        fig, ax = (
+            figure(max(5.0, 0.75 * len(keep) + 2), max(2.5, 0.32 * len(self.layers) + 1.2))
+            if ax is None
             else (ax.figure, ax)
+        )
         image = ax.imshow(probs, aspect="auto", origin="lower", cmap="Blues", vmin=0, vmax=1)
         for li in range(len(self.layers)):
             for col, pos in enumerate(keep):
                 word = self.text(self.top_ids[li, row, pos, 0])[:max_chars]
-                ax.text(col, li, repr(word)[1:-1], ha="center", va="center", fontsize=7,
-                        color="white" if probs[li, col] > 0.6 else "black")
+                ax.text(
+                    col,
+                    li,
+                    repr(word)[1:-1],
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if probs[li, col] > 0.6 else "black",
+                )
         ax.set_yticks(range(len(self.layers)), self.layers, fontsize=8)
-        ax.set_xticks(range(len(keep)), [repr(self.text(self.tokens[row, p]))[1:-1][:max_chars] for p in keep],
-                      rotation=60, ha="right", fontsize=8)
+        ax.set_xticks(
+            range(len(keep)),
+            [repr(self.text(self.tokens[row, p]))[1:-1][:max_chars] for p in keep],
+            rotation=60,
+            ha="right",
+            fontsize=8,
+        )
         ax.set_xlabel("input token")
-        ax.set_title(f"{'logit' if self.translator == 'identity' else self.translator} lens: {self.model_name}",
-                     fontsize=9)
+        ax.set_title(
+            f"{'logit' if self.translator == 'identity' else self.translator} lens: {self.model_name}", fontsize=9
+        )
         ax.figure.colorbar(image, ax=ax, label="top-1 probability")
         return fig
 
@@ -118,9 +137,16 @@ class LogitLens(Saveable):
         rows = []
         for li, label in enumerate(self.layers):
             for b, p in self.mask.nonzero().tolist():
-                row = {"layer": label, "batch": b, "pos": int(self.positions[b, p]), "token": self.text(self.tokens[b, p]),
-                       "top1": self.text(self.top_ids[li, b, p, 0]), "p_top1": float(self.top_probs[li, b, p, 0]),
-                       "entropy": float(self.entropy[li, b, p]), "kl": float(self.kl[li, b, p])}
+                row = {
+                    "layer": label,
+                    "batch": b,
+                    "pos": int(self.positions[b, p]),
+                    "token": self.text(self.tokens[b, p]),
+                    "top1": self.text(self.top_ids[li, b, p, 0]),
+                    "p_top1": float(self.top_probs[li, b, p, 0]),
+                    "entropy": float(self.entropy[li, b, p]),
+                    "kl": float(self.kl[li, b, p]),
+                }
                 for ti, target in enumerate(self.targets):
                     assert self.target_probs is not None and self.target_ranks is not None  # there are targets
                     row[f"p[{target}]"] = float(self.target_probs[li, b, p, ti])
@@ -168,8 +194,9 @@ def logit_lens(
     if vocab_ids is not None:
         outside = [t for t in target_ids if t not in set(vocab_ids.tolist())]
         if outside:
-            raise MechscopeError(f"targets {[decode(model, t) for t in outside]} are not in the vocab subset: "
-                                 "add them to vocab")
+            raise MechscopeError(
+                f"targets {[decode(model, t) for t in outside]} are not in the vocab subset: add them to vocab"
+            )
     last = f"blocks.{model.dims.n_layers - 1}.hook_resid_post"
     run = C.record(model, prompts, [s.site for s in chosen] + [last], wanted, batch_size)
     absolute, mask = absolute_positions(run, wanted)
@@ -180,15 +207,24 @@ def logit_lens(
     tokens = run.tokens.cpu().gather(1, absolute.clamp(max=run.tokens.shape[1] - 1))
     seen = torch.cat([tokens[mask], stats["top_ids"].flatten(), torch.tensor(target_ids, dtype=torch.long)])
     return LogitLens(
-        model_name=model.name, layers=[s.label for s in chosen], sites=[s.site for s in chosen], tokens=tokens,
-        positions=absolute, mask=mask, targets=[decode(model, t) for t in target_ids],
-        target_ids=torch.tensor(target_ids, dtype=torch.long) if target_ids else None, vocab_ids=vocab_ids,
+        model_name=model.name,
+        layers=[s.label for s in chosen],
+        sites=[s.site for s in chosen],
+        tokens=tokens,
+        positions=absolute,
+        mask=mask,
+        targets=[decode(model, t) for t in target_ids],
+        target_ids=torch.tensor(target_ids, dtype=torch.long) if target_ids else None,
+        vocab_ids=vocab_ids,
         translator="identity" if translator is None else type(translator).__name__,
-        token_strings=decode_many(model, seen.unique().tolist()), **stats)
+        token_strings=decode_many(model, seen.unique().tolist()),
+        **stats,
+    )
 
 
-def _statistics(model, resids: list[Tensor], final: Tensor | None, vocab_ids: Tensor | None,
-                target_ids: list[int], k: int) -> dict[str, Any]:
+def _statistics(
+    model, resids: list[Tensor], final: Tensor | None, vocab_ids: Tensor | None, target_ids: list[int], k: int
+) -> dict[str, Any]:
     """Top-k, entropy, KL to the final distribution and target probabilities / ranks of
     every stream [batch, pos, d_model] in `resids`. `final` is the last block's output when
     it is not `resids[-1]` itself (a translator, or a subset of layers).
@@ -203,34 +239,47 @@ def _statistics(model, resids: list[Tensor], final: Tensor | None, vocab_ids: Te
     step = max(1, CHUNK_LOGITS // (width * size))
     columns = None
     if target_ids:
-        columns = torch.tensor(target_ids) if vocab_ids is None else torch.tensor(
-            [vocab_ids.tolist().index(t) for t in target_ids])
+        columns = (
+            torch.tensor(target_ids)
+            if vocab_ids is None
+            else torch.tensor([vocab_ids.tolist().index(t) for t in target_ids])
+        )
     t = len(target_ids)
-    out: dict[str, Any] = {"top_ids": torch.empty(tokens, n, k, dtype=torch.long), "top_probs": torch.empty(tokens, n, k),
-           "entropy": torch.empty(tokens, n), "kl": torch.empty(tokens, n),
-           "target_probs": torch.empty(tokens, n, t) if t else None,
-           "target_ranks": torch.empty(tokens, n, t, dtype=torch.long) if t else None}
+    out: dict[str, Any] = {
+        "top_ids": torch.empty(tokens, n, k, dtype=torch.long),
+        "top_probs": torch.empty(tokens, n, k),
+        "entropy": torch.empty(tokens, n),
+        "kl": torch.empty(tokens, n),
+        "target_probs": torch.empty(tokens, n, t) if t else None,
+        "target_ranks": torch.empty(tokens, n, t, dtype=torch.long) if t else None,
+    }
     buffer = None
     with torch.no_grad():
         for start in range(0, tokens, step):
-            rows = torch.stack([f[start:start + step] for f in flat], dim=1).to(model.device)
+            rows = torch.stack([f[start : start + step] for f in flat], dim=1).to(model.device)
             logits = model.to_logits(rows).float()  # [token, stream, vocab]
             if vocab_ids is not None:
                 logits = logits[..., vocab_ids.to(logits.device)]
             if buffer is None or buffer.device != logits.device:
                 buffer = torch.empty((step, *logits.shape[1:]), device=logits.device)
-            chunk = _chunk_statistics(logits, buffer[:len(logits)], k, columns)
+            chunk = _chunk_statistics(logits, buffer[: len(logits)], k, columns)
             for name, value in chunk.items():
                 if value is not None:
-                    out[name][start:start + len(logits)] = value[:, :n].cpu()
+                    out[name][start : start + len(logits)] = value[:, :n].cpu()
     if vocab_ids is not None:
         out["top_ids"] = vocab_ids[out["top_ids"]]
-    return {name: None if v is None else v.reshape(batch, pos, n, *v.shape[2:]).movedim(2, 0).contiguous()
-            for name, v in out.items()}
+    return {
+        name: None if v is None else v.reshape(batch, pos, n, *v.shape[2:]).movedim(2, 0).contiguous()
+        for name, v in out.items()
+    }
 
 
-def _chunk_statistics(logits: Float[Tensor, "token stream vocab"], buffer: Float[Tensor, "token stream vocab"],
-                      k: int, columns: Tensor | None) -> dict[str, Tensor | None]:
+def _chunk_statistics(
+    logits: Float[Tensor, "token stream vocab"],
+    buffer: Float[Tensor, "token stream vocab"],
+    k: int,
+    columns: Tensor | None,
+) -> dict[str, Tensor | None]:
     """Statistics of every row of `logits` (overwritten); the last stream is the model's output.
 
     With x = logits - max (in place), e = exp(x) (into `buffer`), s = sum(e), lse = log(s):
@@ -256,9 +305,14 @@ def _chunk_statistics(logits: Float[Tensor, "token stream vocab"], buffer: Float
         pf_x = buffer.nansum(-1)
     log_pf = pf_x - lse
     lse = lse[..., None]
-    return {"top_ids": top.indices, "top_probs": (top.values - shift - lse).exp_(),
-            "entropy": lse[..., 0] - e_x / s, "kl": (log_pf[:, -1:] - log_pf).clamp_(min=0),
-            "target_probs": None if chosen is None else (chosen - shift - lse).exp_(), "target_ranks": ranks}
+    return {
+        "top_ids": top.indices,
+        "top_probs": (top.values - shift - lse).exp_(),
+        "entropy": lse[..., 0] - e_x / s,
+        "kl": (log_pf[:, -1:] - log_pf).clamp_(min=0),
+        "target_probs": None if chosen is None else (chosen - shift - lse).exp_(),
+        "target_ranks": ranks,
+    }
 
 
 TOPK_BLOCK = 64
@@ -275,7 +329,7 @@ def topk(x: Float[Tensor, "... vocab"], k: int) -> torch.return_types.topk:
     if blocks < 4 * k:
         return x.topk(k, dim=-1)
     rows = x.reshape(-1, width)
-    body = rows[:, :blocks * TOPK_BLOCK].unflatten(-1, (blocks, TOPK_BLOCK))  # [row, block, TOPK_BLOCK]
+    body = rows[:, : blocks * TOPK_BLOCK].unflatten(-1, (blocks, TOPK_BLOCK))  # [row, block, TOPK_BLOCK]
     best = body.amax(-1).topk(k, dim=-1).indices  # [row, k]
     flat = (best + blocks * torch.arange(len(rows), device=x.device)[:, None]).flatten()
     picked = body.reshape(-1, TOPK_BLOCK).index_select(0, flat).view(len(rows), k * TOPK_BLOCK)

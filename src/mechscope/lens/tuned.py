@@ -70,12 +70,16 @@ def _sha256(t: Tensor) -> str:
 class TunedLens:
     """A trained (frozen) tuned lens: `lens(resid, index) -> translated resid`."""
 
-    def __init__(self, weight: Float[Tensor, "layer d_model d_model"], bias: Float[Tensor, "layer d_model"], meta: dict):
+    def __init__(
+        self, weight: Float[Tensor, "layer d_model d_model"], bias: Float[Tensor, "layer d_model"], meta: dict
+    ):
         self.weight, self.bias, self.meta = weight.detach(), bias.detach(), dict(meta)
         self.n_layers = int(meta["n_layers"])
         if self.weight.shape != (self.n_layers, meta["d_model"], meta["d_model"]):
-            raise MechscopeError(f"tuned lens weights have shape {tuple(self.weight.shape)}, expected "
-                                 f"({self.n_layers}, {meta['d_model']}, {meta['d_model']})")
+            raise MechscopeError(
+                f"tuned lens weights have shape {tuple(self.weight.shape)}, expected "
+                f"({self.n_layers}, {meta['d_model']}, {meta['d_model']})"
+            )
 
     def __repr__(self) -> str:
         return f"TunedLens(model={self.meta.get('model')!r}, n_layers={self.n_layers}, d_model={self.meta['d_model']})"
@@ -83,7 +87,9 @@ class TunedLens:
     def __call__(self, resid: Float[Tensor, "... d_model"], index: int) -> Float[Tensor, "... d_model"]:
         """Translate a stream that has passed through `index` blocks (0 = embeddings)."""
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= (n := self.n_layers):
-            raise MechscopeError(f"tuned lens index {index!r} is out of range: 0 (embeddings) to {n} (blocks.{n - 1}.hook_resid_post)")
+            raise MechscopeError(
+                f"tuned lens index {index!r} is out of range: 0 (embeddings) to {n} (blocks.{n - 1}.hook_resid_post)"
+            )
         if index == self.n_layers:
             return resid
         w, b = (t[index].to(resid.device, resid.dtype) for t in (self.weight, self.bias))
@@ -100,17 +106,22 @@ class TunedLens:
         """Read a saved lens, refusing one that was trained for another model."""
         path = Path(path)
         if not (path / "cfg.json").is_file() or not (path / "translators.safetensors").is_file():
-            raise MechscopeError(f"no tuned lens at '{path}': expected cfg.json and translators.safetensors "
-                                 "(train one with `mechscope lens train`)")
+            raise MechscopeError(
+                f"no tuned lens at '{path}': expected cfg.json and translators.safetensors "
+                "(train one with `mechscope lens train`)"
+            )
         meta = read_json(path / "cfg.json")
         if meta.pop("kind", None) != KIND:
             raise MechscopeError(f"'{path}' does not hold a tuned lens")
         d, dims = meta.get("d_model"), model.dims
-        if (d, meta.get("n_layers")) != (dims.d_model, dims.n_layers) or meta.get("unembed_sha256") != model_fingerprint(model):
+        if (d, meta.get("n_layers")) != (dims.d_model, dims.n_layers) or meta.get(
+            "unembed_sha256"
+        ) != model_fingerprint(model):
             raise MechscopeError(
                 f"the tuned lens at '{path}' was trained for model '{meta.get('model')}' (d_model {d}, "
                 f"{meta.get('n_layers')} layers), whose unembedding and final norm differ from {model.name!r} "
-                f"(d_model {dims.d_model}, {dims.n_layers} layers): train a lens for this model")
+                f"(d_model {dims.d_model}, {dims.n_layers} layers): train a lens for this model"
+            )
         return cls(**read_tensors(path / "translators.safetensors", "tuned lens"), meta=meta)
 
 
@@ -128,7 +139,8 @@ class TunedLensConfig:
     optimizer: str = "sgd"
     """'sgd' (Nesterov momentum, as the paper) or 'adam' (AMSGrad)."""
     lr: float | None = None
-    """Peak learning rate as the optimiser takes it; None: 1 - momentum for SGD (tuned-lens' unit rate), 1e-3 for Adam."""
+    """Peak learning rate as the optimiser takes it; None: 1 - momentum for SGD (tuned-lens'
+    unit rate), 1e-3 for Adam."""
     momentum: float = 0.9
     """SGD momentum, or Adam's beta1."""
     weight_decay: float = 1e-3
@@ -155,7 +167,9 @@ class TunedLensConfig:
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise MechscopeError("steps, batch_size and checkpoint_every must be at least 1")
         if (self.lr is not None and not self.lr > 0) or (self.warmup_steps or 0) < 0:
-            raise MechscopeError(f"lr must be positive and warmup_steps 0 or more, got lr={self.lr}, warmup_steps={self.warmup_steps}")
+            raise MechscopeError(
+                f"lr must be positive and warmup_steps 0 or more, got lr={self.lr}, warmup_steps={self.warmup_steps}"
+            )
 
     @property
     def peak_lr(self) -> float:
@@ -227,13 +241,17 @@ class TunedLensTrainer:
             raise MechscopeError(f"batch_size {cfg.batch_size} does not divide among {self.world} ranks")
         model.hf.requires_grad_(False)
         d, n = model.dims.d_model, model.dims.n_layers
-        self.sites = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(n - 1)]
+        self.sites = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(n - 1)]
         self.translators = _Translators(n, d).to(model.device)
         self.module = nn.parallel.DistributedDataParallel(self.translators) if self.world > 1 else self.translators
         params, beta = list(self.translators.parameters()), cfg.momentum
-        self.opt = (torch.optim.SGD(params, lr=cfg.peak_lr, momentum=beta, nesterov=True, weight_decay=cfg.weight_decay)
-                    if cfg.optimizer == "sgd" else
-                    torch.optim.Adam(params, lr=cfg.peak_lr, betas=(beta, 0.999), amsgrad=True, weight_decay=cfg.weight_decay))
+        self.opt = (
+            torch.optim.SGD(params, lr=cfg.peak_lr, momentum=beta, nesterov=True, weight_decay=cfg.weight_decay)
+            if cfg.optimizer == "sgd"
+            else torch.optim.Adam(
+                params, lr=cfg.peak_lr, betas=(beta, 0.999), amsgrad=True, weight_decay=cfg.weight_decay
+            )
+        )
         self.step_count = 0
         self.fingerprint = model_fingerprint(model)
         self.bf16 = _lens_autocast(cfg, model.device)
@@ -294,21 +312,33 @@ class TunedLensTrainer:
         layer = self.sites[int((~torch.isfinite(kl)).nonzero()[0])]
         run = self.model.run(ids.to(self.model.device), record=self.sites, logits=True)
         where = first_nonfinite({**run.cache, "the output logits": run.logits})
-        why = (f"the model's activations are NaN or inf from {where} on: restore its weights" if where else
-               f"the translator at {layer} diverged: lower --lr or lengthen --warmup")
-        return MechscopeError(f"tuned-lens training stopped at step {self.step_count + 1} of {self.cfg.steps} on a "
-                              f"NaN or inf loss ({why}); that step was not applied and the checkpoints already "
-                              "written are intact")
+        why = (
+            f"the model's activations are NaN or inf from {where} on: restore its weights"
+            if where
+            else f"the translator at {layer} diverged: lower --lr or lengthen --warmup"
+        )
+        return MechscopeError(
+            f"tuned-lens training stopped at step {self.step_count + 1} of {self.cfg.steps} on a "
+            f"NaN or inf loss ({why}); that step was not applied and the checkpoints already "
+            "written are intact"
+        )
 
     def meta(self) -> dict:
         """What cfg.json records: the model (name, sizes, head fingerprint) and the training."""
-        return {"model": self.model.name, "d_model": self.model.dims.d_model, "n_layers": self.model.dims.n_layers,
-                "unembed_sha256": self.fingerprint, "steps": self.step_count, "train": asdict(self.cfg)}
+        return {
+            "model": self.model.name,
+            "d_model": self.model.dims.d_model,
+            "n_layers": self.model.dims.n_layers,
+            "unembed_sha256": self.fingerprint,
+            "steps": self.step_count,
+            "train": asdict(self.cfg),
+        }
 
     def lens(self) -> TunedLens:
         """The current translators as a frozen artifact (copies)."""
-        return TunedLens(self.translators.weight.detach().clone().cpu(),
-                         self.translators.bias.detach().clone().cpu(), self.meta())
+        return TunedLens(
+            self.translators.weight.detach().clone().cpu(), self.translators.bias.detach().clone().cpu(), self.meta()
+        )
 
     # Checkpoints: translators + optimiser state in one safetensors file, state.json last
 
@@ -320,8 +350,12 @@ class TunedLensTrainer:
         tensors = {"weight": self.translators.weight, "bias": self.translators.bias}
         tensors |= {f"opt.{p}.{k}": v for p, s in sd["state"].items() for k, v in s.items()}
         name = f"step-{self.step_count:07d}.safetensors"
-        write_checkpoint(folder, name, tensors, {**self.meta(), "file": name, "data_sha256": _sha256(data),
-                                                 "param_groups": sd["param_groups"]})
+        write_checkpoint(
+            folder,
+            name,
+            tensors,
+            {**self.meta(), "file": name, "data_sha256": _sha256(data), "param_groups": sd["param_groups"]},
+        )
 
     def load_checkpoint(self, folder: str | Path, data: Tensor) -> bool:
         """Resume from `folder` if it holds a checkpoint of this very run; False if none."""
@@ -331,8 +365,10 @@ class TunedLensTrainer:
         expected = {"unembed_sha256": self.fingerprint, "train": asdict(self.cfg), "data_sha256": _sha256(data)}
         for key, value in expected.items():
             if state.get(key) != value:
-                raise MechscopeError(f"the checkpoint in '{folder}' belongs to another run (its {key} differs): "
-                                     "delete it, or resume with the same model, data and settings")
+                raise MechscopeError(
+                    f"the checkpoint in '{folder}' belongs to another run (its {key} differs): "
+                    "delete it, or resume with the same model, data and settings"
+                )
         tensors = read_tensors(Path(folder) / state["file"], "tuned-lens checkpoint")
         self.translators.load_state_dict({"weight": tensors.pop("weight"), "bias": tensors.pop("bias")})
         opt_state: dict = {}
@@ -344,27 +380,41 @@ class TunedLensTrainer:
         log.info("resumed tuned-lens training from step %d (%s)", self.step_count, folder)
         return True
 
-    def fit(self, data: Int[Tensor, "n ctx"], *, checkpoint_dir: str | Path | None = None,
-            progress: bool = True) -> TunedLens:
+    def fit(
+        self, data: Int[Tensor, "n ctx"], *, checkpoint_dir: str | Path | None = None, progress: bool = True
+    ) -> TunedLens:
         """Train to `cfg.steps` (resuming from `checkpoint_dir` if it has a checkpoint)."""
         from tqdm.auto import tqdm
+
         if checkpoint_dir is not None:
             self.load_checkpoint(checkpoint_dir, data)
-        bar = tqdm(total=self.cfg.steps, initial=self.step_count, desc="tuned lens", unit="step",
-                   disable=not progress or self.rank != 0)
+        bar = tqdm(
+            total=self.cfg.steps,
+            initial=self.step_count,
+            desc="tuned lens",
+            unit="step",
+            disable=not progress or self.rank != 0,
+        )
         while self.step_count < self.cfg.steps:
             kl = self.step(data)
             bar.update()
             bar.set_postfix(kl=f"{kl.mean().item():.4f}")
-            if checkpoint_dir is not None and (self.step_count % self.cfg.checkpoint_every == 0
-                                               or self.step_count == self.cfg.steps):
+            if checkpoint_dir is not None and (
+                self.step_count % self.cfg.checkpoint_every == 0 or self.step_count == self.cfg.steps
+            ):
                 self.save_checkpoint(checkpoint_dir, data)
         bar.close()
         return self.lens()
 
 
-def train(model, data: Int[Tensor, "n ctx"], cfg: TunedLensConfig = TunedLensConfig(), *,
-          out: str | Path | None = None, progress: bool = True) -> TunedLens:
+def train(
+    model,
+    data: Int[Tensor, "n ctx"],
+    cfg: TunedLensConfig = TunedLensConfig(),
+    *,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> TunedLens:
     """Train a tuned lens on token contexts; with `out`, checkpoint into out/checkpoint
     (resuming from it) and save the lens to `out` (rank 0 only), holding `out`'s lock."""
     trainer = TunedLensTrainer(model, cfg)
@@ -391,12 +441,15 @@ class LensEvaluation(Saveable):
     model_name: str
     layers: list[str]
     """'embed', 'L0', ... 'L{n-1}' (blocks.{l}.hook_resid_post), as in `LogitLens.layers`."""
-    tuned_kl: Float[Tensor, "layer"]
-    logit_kl: Float[Tensor, "layer"]
+    tuned_kl: Float[Tensor, " layer"]
+    logit_kl: Float[Tensor, " layer"]
     n_tokens: int
 
     def rows(self) -> list[dict]:
-        return [{"layer": n, "tuned_kl": float(t), "logit_kl": float(l)} for n, t, l in zip(self.layers, self.tuned_kl, self.logit_kl)]
+        return [
+            {"layer": n, "tuned_kl": float(t), "logit_kl": float(g)}
+            for n, t, g in zip(self.layers, self.tuned_kl, self.logit_kl)
+        ]
 
     def to_frame(self):
         return pandas().DataFrame(self.rows())
@@ -419,11 +472,11 @@ def evaluate(model, lens: TunedLens, heldout: Int[Tensor, "n ctx"], *, batch_siz
     if len(heldout) == 0:
         raise MechscopeError("no held-out contexts to evaluate on: hold some out (DataConfig.heldout_fraction > 0)")
     n = model.dims.n_layers
-    sites = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(n)]
+    sites = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(n)]
     tuned, logit = torch.zeros(n + 1, dtype=torch.float64), torch.zeros(n + 1, dtype=torch.float64)
     with torch.no_grad():
         for start in range(0, len(heldout), batch_size):
-            run = model.run(heldout[start:start + batch_size].to(model.device), record=sites, logits=True)
+            run = model.run(heldout[start : start + batch_size].to(model.device), record=sites, logits=True)
             target = run.logits.float().log_softmax(-1)
             p = target.exp()
             for i, site in enumerate(sites):
@@ -432,5 +485,6 @@ def evaluate(model, lens: TunedLens, heldout: Int[Tensor, "n ctx"], *, batch_siz
                     logq = model.to_logits(h).float().log_softmax(-1)
                     total[i] += (p * (target - logq)).sum().double().cpu()
     count = heldout.numel()
-    return LensEvaluation(model.name, ["embed"] + [f"L{l}" for l in range(n)], (tuned / count).float(),
-                          (logit / count).float(), count)
+    return LensEvaluation(
+        model.name, ["embed"] + [f"L{i}" for i in range(n)], (tuned / count).float(), (logit / count).float(), count
+    )

@@ -175,16 +175,20 @@ class Adapter:
         the scales read; a config this table cannot serve is refused with the reason."""
         for req in self.requires:
             if not req.holds(config):
-                raise MechscopeError(f"{self.family} with {req.attr}={getattr(config, req.attr, None)!r} is not "
-                                     f"supported: {req.reason}")
+                raise MechscopeError(
+                    f"{self.family} with {req.attr}={getattr(config, req.attr, None)!r} is not supported: {req.reason}"
+                )
         changes: dict = {}
         if self.parallel_attr and getattr(config, self.parallel_attr, False):
             changes["parallel"] = True
         for variant in self.variants:
             if variant.applies(config):
                 kv = variant.n_kv_heads
-                changes.update(qkv_layout=variant.qkv_layout,
-                               n_kv_heads=kv if isinstance(kv, int) else getattr(config, kv), **dict(variant.fields))
+                changes.update(
+                    qkv_layout=variant.qkv_layout,
+                    n_kv_heads=kv if isinstance(kv, int) else getattr(config, kv),
+                    **dict(variant.fields),
+                )
                 break
         if self.residual_scale_attr:
             changes["residual_scale"] = float(getattr(config, self.residual_scale_attr))

@@ -78,6 +78,7 @@ class Guess:
 def linear_shape(module: nn.Module) -> tuple[int, int, bool] | None:
     """(in, out, conv1d) of a Linear or GPT-2-style Conv1D; None for anything else."""
     from transformers.pytorch_utils import Conv1D
+
     if isinstance(module, Conv1D):
         return module.weight.shape[0], module.weight.shape[1], True
     if isinstance(module, nn.Linear):
@@ -95,6 +96,7 @@ def is_causal_lm(config) -> bool:
     """Whether transformers has a causal-LM class for this config's model_type (what the
     automatic adapter may try when no table serves it)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     return getattr(config, "model_type", None) in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 
@@ -122,14 +124,22 @@ def find_blocks(base: nn.Module, n_layers: int | None) -> list[tuple[str, nn.Mod
     """ModuleLists of identical-class blocks, most likely first: those with the config's layer
     count, then the longest (more parameters breaks ties); lists nested inside such a list's
     items do not count. A multimodal model has several (its vision tower's, its text stack's)."""
-    lists = [(name, m) for name, m in base.named_modules()
-             if isinstance(m, nn.ModuleList) and len(m) and len({type(c) for c in m}) == 1]
+    lists = [
+        (name, m)
+        for name, m in base.named_modules()
+        if isinstance(m, nn.ModuleList) and len(m) and len({type(c) for c in m}) == 1
+    ]
     top = [(n, m) for n, m in lists if not any(n.startswith(o + ".") for o, _ in lists if o != n)]
     if not top:
-        raise MechscopeError(f"{type(base).__name__} has no list of identical blocks (nn.ModuleList): "
-                             "the automatic adapter cannot find its layers; record module paths instead")
-    return sorted(top, key=lambda nm: (len(nm[1]) == n_layers, len(nm[1]), sum(p.numel() for p in nm[1].parameters())),
-                  reverse=True)
+        raise MechscopeError(
+            f"{type(base).__name__} has no list of identical blocks (nn.ModuleList): "
+            "the automatic adapter cannot find its layers; record module paths instead"
+        )
+    return sorted(
+        top,
+        key=lambda nm: (len(nm[1]) == n_layers, len(nm[1]), sum(p.numel() for p in nm[1].parameters())),
+        reverse=True,
+    )
 
 
 def _shallowest(block: nn.Module, pattern: re.Pattern) -> str | None:
@@ -148,7 +158,10 @@ def _attention(guess: Guess, block: nn.Module, config) -> None:
         guess.missing.append("no attention module with a head count in the config: no attention sites")
         return
     linears = _linears(block.get_submodule(guess.attention), guess.attention)
-    by_name = lambda names: [p for p in linears if p.rsplit(".", 1)[-1].lower() in names]
+
+    def by_name(names):
+        return [p for p in linears if p.rsplit(".", 1)[-1].lower() in names]
+
     d = guess.d_model
     outs = [p for p in by_name(O_NAMES) if linears[p][1] == d and linears[p][0] % n_heads == 0]
     if not outs:
@@ -184,9 +197,14 @@ def _mlp(guess: Guess, block: nn.Module) -> None:
     if guess.mlp is None:
         linears = {n: s for n, m in block.named_children() if (s := linear_shape(m))}
     else:
-        linears = {p: s for p, s in _linears(block.get_submodule(guess.mlp), guess.mlp).items()
-                   if p.count(".") == guess.mlp.count(".") + 1}
-    downs = [p for p, (i, o, _) in linears.items() if o == d and i != d] or [p for p, (i, o, _) in linears.items() if o == d]
+        linears = {
+            p: s
+            for p, s in _linears(block.get_submodule(guess.mlp), guess.mlp).items()
+            if p.count(".") == guess.mlp.count(".") + 1
+        }
+    downs = [p for p, (i, o, _) in linears.items() if o == d and i != d] or [
+        p for p, (i, o, _) in linears.items() if o == d
+    ]
     if guess.mlp is None and len(downs) != 1:
         guess.missing.append("no MLP module: no MLP sites")
         return
@@ -229,8 +247,10 @@ def guesses(hf: PreTrainedModel) -> list[Guess]:
     if embed is None:
         embed = next((n for n, m in base.named_modules() if isinstance(m, nn.Embedding)), None)
     if embed is None:
-        raise MechscopeError(f"{type(hf).__name__} has no token embedding (nn.Embedding) under its base model: "
-                             "the automatic adapter cannot read it; record module paths instead")
+        raise MechscopeError(
+            f"{type(hf).__name__} has no token embedding (nn.Embedding) under its base model: "
+            "the automatic adapter cannot read it; record module paths instead"
+        )
     candidates = find_blocks(base, _config_int(config, ("num_hidden_layers", "n_layer", "num_layers", "n_layers")))
     return [_guess(hf, base, config, embed, blocks, layers) for blocks, layers in candidates[:3]]
 
@@ -239,12 +259,23 @@ def _guess(hf: PreTrainedModel, base: nn.Module, config, embed: str, blocks: str
     emb = cast(nn.Embedding, base.get_submodule(embed))  # `embed` is an nn.Embedding's path (guesses())
     out = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
     out_weight = getattr(out, "weight", None)
-    g = Guess(blocks=blocks, n_layers=len(layers), embed=embed, d_model=emb.embedding_dim,
-              d_vocab=out_weight.shape[0] if out_weight is not None else emb.num_embeddings)
-    inside = lambda n: n == blocks or n.startswith(blocks + ".")
+    g = Guess(
+        blocks=blocks,
+        n_layers=len(layers),
+        embed=embed,
+        d_model=emb.embedding_dim,
+        d_vocab=out_weight.shape[0] if out_weight is not None else emb.num_embeddings,
+    )
+
+    def inside(n):
+        return n == blocks or n.startswith(blocks + ".")
+
     g.final_norms = [n for n, m in base.named_modules() if not inside(n) and is_norm(m)][::-1]
-    g.pos_embeds = [n for n, m in base.named_modules() if isinstance(m, nn.Embedding) and n != embed
-                    and not inside(n) and m.embedding_dim == g.d_model]
+    g.pos_embeds = [
+        n
+        for n, m in base.named_modules()
+        if isinstance(m, nn.Embedding) and n != embed and not inside(n) and m.embedding_dim == g.d_model
+    ]
     _attention(g, layers[0], config)
     _mlp(g, layers[0])
     _taps(g, layers[0])

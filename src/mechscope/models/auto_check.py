@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 from itertools import product
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -111,6 +111,7 @@ def record(hf: nn.Module, table: SiteTable, call) -> dict[str, Tensor]:
     def keep(name, value):
         # a copy: some blocks add into a sublayer's output in place after it returns
         got[name] = value.detach().clone() if isinstance(value, Tensor) else value
+
     names = [s.name for s in table]
     try:
         with hooked(hf, table, record=names, on_record=keep):
@@ -122,7 +123,9 @@ def record(hf: nn.Module, table: SiteTable, call) -> dict[str, Tensor]:
     return got
 
 
-def choose(guess: Guess, rec: dict[str, Tensor], hidden: tuple[Tensor, ...], final: Callable[[str], nn.Module]) -> Choice:
+def choose(
+    guess: Guess, rec: dict[str, Tensor], hidden: tuple[Tensor, ...], final: Callable[[str], nn.Module]
+) -> Choice:
     """Pick the candidates for which the identities in the module docstring hold in every layer.
     `final(path)` returns a module by base-relative path (for the final norm)."""
     c, L = Choice(recorded=rec, mlp=guess.mlp or guess.mlp_down), guess.n_layers
@@ -144,8 +147,14 @@ def choose(guess: Guess, rec: dict[str, Tensor], hidden: tuple[Tensor, ...], fin
         c.final_identity = True
     else:
         with torch.no_grad():
-            c.final_norm = next((p for p in guess.final_norms if close(final(p)(post[-1]), hidden[-1])
-                                 and not close(post[-1], hidden[-1])), None)
+            c.final_norm = next(
+                (
+                    p
+                    for p in guess.final_norms
+                    if close(final(p)(post[-1]), hidden[-1]) and not close(post[-1], hidden[-1])
+                ),
+                None,
+            )
         if c.final_norm is None:
             c.why_not.append("no final norm maps the last block's output to the last hidden_states entry")
             return c
@@ -190,8 +199,10 @@ def _parallel(c: Choice, guess: Guess, at, pre) -> bool | None:
     attn = _series(at, c.attn_out, n)
     assert attn is not None  # c.attn_out was chosen where every layer recorded it (_sublayers)
     for norm in guess.norms:  # it reads resid_pre, and detectably not resid_pre + attn_out
-        reads_pre = norm == c.attn_in_norm or all(close(at(i, Tap(norm, "in")), pre[i])
-                                                  and not _adds_up(at(i, Tap(norm, "in")), pre[i], attn[i]) for i in range(n))
+        reads_pre = norm == c.attn_in_norm or all(
+            close(at(i, Tap(norm, "in")), pre[i]) and not _adds_up(at(i, Tap(norm, "in")), pre[i], attn[i])
+            for i in range(n)
+        )
         if reads_pre and all(close(at(i, Tap(norm)), mlp_in[i]) for i in range(n)):
             return True
     return None
@@ -216,7 +227,9 @@ def _sublayers(c: Choice, guess: Guess, at, pre, post) -> None:
         return
     attn = _series(at, c.attn_out, n)
     assert attn is not None  # c.attn_out was chosen where every layer recorded it
-    c.resid_mid = next((t for t in guess.resid_mid if all(exact_sum(at(i, t), pre[i], attn[i]) for i in range(n))), None)
+    c.resid_mid = next(
+        (t for t in guess.resid_mid if all(exact_sum(at(i, t), pre[i], attn[i]) for i in range(n))), None
+    )
 
 
 def exact_sum(total, *parts) -> bool:

@@ -41,10 +41,24 @@ UNVERIFIED = "not offered"
 READ_ONLY = "read-only"
 
 
-
-STANDARD = ("hook_embed", "hook_pos_embed", "hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v",
-            "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "hook_mlp_in", "mlp.hook_post", "hook_mlp_out",
-            "hook_resid_post", "ln_final.hook_normalized", "logits")
+STANDARD = (
+    "hook_embed",
+    "hook_pos_embed",
+    "hook_resid_pre",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "attn.hook_pattern",
+    "attn.hook_z",
+    "hook_attn_out",
+    "hook_resid_mid",
+    "hook_mlp_in",
+    "mlp.hook_post",
+    "hook_mlp_out",
+    "hook_resid_post",
+    "ln_final.hook_normalized",
+    "logits",
+)
 """The TransformerLens site kinds a decoder can have (blocks.{l}. omitted), in forward order."""
 WEIGHT_GROUPS = ("qkv", "o", "mlp_in", "mlp_out", "unembed")
 
@@ -72,8 +86,14 @@ class AutoModel(Model):
         self.name = name
         self._prefix = "" if hf.base_model is hf else hf.base_model_prefix + "."
         has_pos = adapter.pos_embed is not None
-        sites = build_sites(adapter, replace(dims, d_mlp=dims.d_mlp or 1), self._prefix, adapter.parallel,
-                            hf.get_output_embeddings() is not None, has_pos)
+        sites = build_sites(
+            adapter,
+            replace(dims, d_mlp=dims.d_mlp or 1),
+            self._prefix,
+            adapter.parallel,
+            hf.get_output_embeddings() is not None,
+            has_pos,
+        )
         sites = [s for s in sites if not s.module.endswith(".")]  # parts the guess did not find (path "")
         self.table = SiteTable(sites, dims.n_layers, adapter.family)
         self._held_edits = []
@@ -86,22 +106,32 @@ class AutoModel(Model):
         """Keep the verified site kinds, read-only where an edit would not do what its name says
         (and every module path when `paths`)."""
         kinds, weights = verdict.kinds, verdict.weights
-        kept = [replace(s, view=ReadOnlyView(verdict.read_only[site_kind(s.name)]))
-                if site_kind(s.name) in verdict.read_only else s
-                for s in self.table if site_kind(s.name) in kinds]
+        kept = [
+            replace(s, view=ReadOnlyView(verdict.read_only[site_kind(s.name)]))
+            if site_kind(s.name) in verdict.read_only
+            else s
+            for s in self.table
+            if site_kind(s.name) in kinds
+        ]
         built = {site_kind(s.name) for s in self.table}
         standard = {k for k in STANDARD if k != "hook_pos_embed" and (k != "logits" or "logits" in built)}
         dropped = sorted((built | standard) - kinds, key=_order)
         extra = module_sites(self.hf) if paths else []
-        self.table = SiteTable([*kept, *extra], self.dims.n_layers, self.adapter.family,
-                               {k: "the automatic adapter could not verify it; record module paths instead" for k in dropped})
+        self.table = SiteTable(
+            [*kept, *extra],
+            self.dims.n_layers,
+            self.adapter.family,
+            {k: "the automatic adapter could not verify it; record module paths instead" for k in dropped},
+        )
         self.weights = weights
         if not {"unembed", "o"} <= weights and self.adapter.attn_in_norm:
             # methods that read the stream as a sum through the unembedding (DLA, circuits) are refused
             self.adapter = replace(self.adapter, attn_in_norm=None)
             why_not = [*why_not, "W_O or the unembedding unverified: attribution through them is refused"]
-        self.provenance = {AUTO: sorted({site_kind(s.name) for s in kept}, key=_order)
-                           + [f"weights: {group}" for group in WEIGHT_GROUPS if group in weights]}
+        self.provenance = {
+            AUTO: sorted({site_kind(s.name) for s in kept}, key=_order)
+            + [f"weights: {group}" for group in WEIGHT_GROUPS if group in weights]
+        }
         if paths:
             self.provenance[PATHS] = [f"{len(extra) // 2} modules"]
         if verdict.read_only:
@@ -114,8 +144,10 @@ class AutoModel(Model):
 
     def _require(self, group: str, what: str) -> None:
         if group not in self.weights:
-            raise MechscopeError(f"{what} of {self.name} is not available: the automatic adapter could not verify it "
-                                 "against the model's own outputs (`mechscope info` lists what was verified)")
+            raise MechscopeError(
+                f"{what} of {self.name} is not available: the automatic adapter could not verify it "
+                "against the model's own outputs (`mechscope info` lists what was verified)"
+            )
 
     def _qkv(self, layer, part, bias):
         self._require("qkv", "W_Q / W_K / W_V")
@@ -191,7 +223,9 @@ def provenance(model) -> dict[str, list[str]]:
     if isinstance(model, (AutoModel, ModulePathLM)):
         return model.provenance
     if getattr(model, "adapter", None) is not None:
-        return {TABLE: [f"{model.adapter.family}: every site listed (checked against Hugging Face by the oracle tests)"]}
+        return {
+            TABLE: [f"{model.adapter.family}: every site listed (checked against Hugging Face by the oracle tests)"]
+        }
     return {PATHS: [f"{len(model.table) // 2} modules"]}
 
 
@@ -204,21 +238,44 @@ def _probe_ids(hf: nn.Module, vocab: int) -> Tensor:
 
 
 def _adapter(hf: nn.Module, g: Guess, c: Choice, layout: QKVLayout) -> Adapter:
-    norm_out = lambda tap: tap.module if tap is not None and tap.module in g.norms else None
+    def norm_out(tap):
+        return tap.module if tap is not None and tap.module in g.norms else None
+
     structure_known = c.parallel is not None and c.gain_offset is not None
     return Adapter(
         family=f"automatic adapter ({type(hf).__name__})",
         model_types=(getattr(text_config(hf), "model_type", type(hf).__name__),),
-        blocks=g.blocks, embed=g.embed, pos_embed=c.pos_embed, pos_embed_per_prompt=c.pos_per_prompt,
-        q=g.q or "", k=g.k or "", v=g.v or "", o=g.o or "", attention=g.attention or "",
+        blocks=g.blocks,
+        embed=g.embed,
+        pos_embed=c.pos_embed,
+        pos_embed_per_prompt=c.pos_per_prompt,
+        q=g.q or "",
+        k=g.k or "",
+        v=g.v or "",
+        o=g.o or "",
+        attention=g.attention or "",
         attn_in_norm=c.attn_in_norm if structure_known else None,
-        attn_out=c.attn_out or Tap(""), mlp_out=c.mlp_out or Tap(""),
-        mlp_in=g.mlp_in or "", mlp_gate=g.mlp_gate, mlp_down=g.mlp_down, resid_mid=c.resid_mid,
-        final_norm=c.final_norm, qkv_layout=layout, conv1d=g.conv1d, n_kv_heads=g.n_kv_heads or None,
-        parallel=bool(c.parallel) or c.resid_mid is None, attn_post_norm=norm_out(c.attn_out),
-        mlp_post_norm=norm_out(c.mlp_out), norm_gain_offset=c.gain_offset or 0.0,
-        notes=(("sites found by the automatic adapter and checked against Hugging Face's outputs on a probe "
-                "(`provenance` says which); hook_q / hook_k are the projections' outputs (before any rotary or q/k norm)"),),
+        attn_out=c.attn_out or Tap(""),
+        mlp_out=c.mlp_out or Tap(""),
+        mlp_in=g.mlp_in or "",
+        mlp_gate=g.mlp_gate,
+        mlp_down=g.mlp_down,
+        resid_mid=c.resid_mid,
+        final_norm=c.final_norm,
+        qkv_layout=layout,
+        conv1d=g.conv1d,
+        n_kv_heads=g.n_kv_heads or None,
+        parallel=bool(c.parallel) or c.resid_mid is None,
+        attn_post_norm=norm_out(c.attn_out),
+        mlp_post_norm=norm_out(c.mlp_out),
+        norm_gain_offset=c.gain_offset or 0.0,
+        notes=(
+            (
+                "sites found by the automatic adapter and checked against Hugging Face's outputs on a probe "
+                "(`provenance` says which); hook_q / hook_k are the projections' outputs "
+                "(before any rotary or q/k norm)"
+            ),
+        ),
     )
 
 
@@ -242,7 +299,9 @@ def auto_model(hf: nn.Module, tokenizer=None, *, name: str | None = None) -> Aut
     g, choice, out = _first_verified(hf, candidates, ids, name)
     if not choice.resid_ok:
         reasons = choice.why_not or ["Hugging Face returns no hidden_states to check the blocks against"]
-        log.warning("%s: the automatic adapter could not verify the residual stream (%s): module paths only", name, reasons[0])
+        log.warning(
+            "%s: the automatic adapter could not verify the residual stream (%s): module paths only", name, reasons[0]
+        )
         return ModulePathLM(hf, tokenizer, name=name, why_not=reasons + g.missing)  # the decisive reason first
     hidden = tuple(getattr(out, "hidden_states", None) or ())
     probe = Probe(ids, _logits(out).detach(), hidden, choice)
@@ -263,7 +322,9 @@ def auto_model(hf: nn.Module, tokenizer=None, *, name: str | None = None) -> Aut
     return model
 
 
-def _first_verified(hf: PreTrainedModel, candidates: list[Guess], ids: Tensor, name: str) -> tuple[Guess, Choice, object]:
+def _first_verified(
+    hf: PreTrainedModel, candidates: list[Guess], ids: Tensor, name: str
+) -> tuple[Guess, Choice, object]:
     """One recorded forward pass per candidate block list, until one reproduces hidden_states:
     (that guess, its choice, the model's output); else the first guess and why it failed."""
     prefix = "" if hf.base_model is hf else hf.base_model_prefix + "."
@@ -272,11 +333,16 @@ def _first_verified(hf: PreTrainedModel, candidates: list[Guess], ids: Tensor, n
         box: dict[str, Any] = {}
         try:
             with torch.no_grad():
-                rec = record(hf, candidate_table(g, hf.base_model, prefix),
-                             lambda: box.update(out=_call(hf, ids, output_hidden_states=True)))  # noqa: B023
+                rec = record(
+                    hf,
+                    candidate_table(g, hf.base_model, prefix),
+                    lambda: box.update(out=_call(hf, ids, output_hidden_states=True)),
+                )  # noqa: B023
         except Exception as err:  # noqa: BLE001 - the model's own forward failed on plain token ids
-            raise MechscopeError(f"{name} ({type(hf).__name__}) did not run on token ids alone ({type(err).__name__}: "
-                                 f"{str(err).splitlines()[0][:160] if str(err) else ''}): mechscope needs a model that does") from None
+            raise MechscopeError(
+                f"{name} ({type(hf).__name__}) did not run on token ids alone ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:160] if str(err) else ''}): mechscope needs a model that does"
+            ) from None
         hidden = tuple(getattr(box["out"], "hidden_states", None) or ())
         try:
             choice = choose(g, rec, hidden, hf.base_model.get_submodule)

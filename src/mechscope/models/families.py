@@ -177,4 +177,5 @@ def check_supported(config) -> None:
         arch = (config.architectures or ["?"])[0]
         raise MechscopeError(
             f"architecture {arch} (model_type '{config.model_type}') is not supported yet. Supported: {families}. "
-            "To add it, write one Adapter table in mechscope/models/families.py")
+            "To add it, write one Adapter table in mechscope/models/families.py"
+        )

@@ -28,8 +28,10 @@ LLAMA_PATHS: dict[str, Any] = dict(
     resid_mid=Tap("post_attention_layernorm", "in"),
     final_norm="norm",
 )
-QK_NORM_NOTE = ("hook_q / hook_k are the projections' outputs, read before the q/k norm (and before rotary): "
-                "linear in the normed residual (= x @ W_Q + b_Q); attention uses rotary(q_norm(hook_q))")
+QK_NORM_NOTE = (
+    "hook_q / hook_k are the projections' outputs, read before the q/k norm (and before rotary): "
+    "linear in the normed residual (= x @ W_Q + b_Q); attention uses rotary(q_norm(hook_q))"
+)
 ROTARY_NOTE = "hook_q / hook_k are read before rotary embedding"
 
 QWEN3 = Adapter(
@@ -69,7 +71,8 @@ GEMMA = Adapter(
     norm_gain_offset=1.0,
     notes=(
         ROTARY_NOTE,
-        "hook_embed is read after the embedding module, which multiplies by sqrt(d_model): hook_embed = W_E[ids] * sqrt(d_model)",
+        "hook_embed is read after the embedding module, which multiplies by sqrt(d_model): "
+        "hook_embed = W_E[ids] * sqrt(d_model)",
         "RMSNorms multiply by (1 + weight)",
     ),
 )
@@ -77,14 +80,19 @@ GEMMA = Adapter(
 GEMMA3 = Adapter(
     family="Gemma 3",
     model_types=("gemma3_text",),
-    **{**LLAMA_PATHS, "resid_mid": Tap("pre_feedforward_layernorm", "in"), "attn_out": Tap("post_attention_layernorm"),
-       "mlp_out": Tap("post_feedforward_layernorm")},
+    **{
+        **LLAMA_PATHS,
+        "resid_mid": Tap("pre_feedforward_layernorm", "in"),
+        "attn_out": Tap("post_attention_layernorm"),
+        "mlp_out": Tap("post_feedforward_layernorm"),
+    },
     attn_post_norm="post_attention_layernorm",
     mlp_post_norm="post_feedforward_layernorm",
     norm_gain_offset=1.0,
     softcap_attr="final_logit_softcapping",
     notes=(
-        "hook_embed is read after the embedding module, which multiplies by sqrt(d_model): hook_embed = W_E[ids] * sqrt(d_model)",
+        "hook_embed is read after the embedding module, which multiplies by sqrt(d_model): "
+        "hook_embed = W_E[ids] * sqrt(d_model)",
         "hook_attn_out and hook_mlp_out are read after the post-norms, as the residual receives them "
         "(head results freeze the post-norm's scale at the actual output)",
         QK_NORM_NOTE + " (q_norm / k_norm act per head)",
@@ -96,8 +104,13 @@ GEMMA3 = Adapter(
 OLMO2 = Adapter(
     family="OLMo 2",
     model_types=("olmo2",),
-    **{**LLAMA_PATHS, "attn_in_norm": None, "attn_out": Tap("post_attention_layernorm"),
-       "mlp_out": Tap("post_feedforward_layernorm"), "resid_mid": Tap("mlp", "in")},
+    **{
+        **LLAMA_PATHS,
+        "attn_in_norm": None,
+        "attn_out": Tap("post_attention_layernorm"),
+        "mlp_out": Tap("post_feedforward_layernorm"),
+        "resid_mid": Tap("mlp", "in"),
+    },
     attn_post_norm="post_attention_layernorm",
     mlp_post_norm="post_feedforward_layernorm",
     notes=(
@@ -112,8 +125,14 @@ OLMO2 = Adapter(
 PHI3 = Adapter(
     family="Phi-3",
     model_types=("phi3",),
-    **{**LLAMA_PATHS, "q": "self_attn.qkv_proj", "k": "self_attn.qkv_proj", "v": "self_attn.qkv_proj",
-       "mlp_in": "mlp.gate_up_proj", "mlp_gate": "mlp.gate_up_proj"},
+    **{
+        **LLAMA_PATHS,
+        "q": "self_attn.qkv_proj",
+        "k": "self_attn.qkv_proj",
+        "v": "self_attn.qkv_proj",
+        "mlp_in": "mlp.gate_up_proj",
+        "mlp_gate": "mlp.gate_up_proj",
+    },
     qkv_layout="concat",
     gate_up_fused=True,
     notes=(
@@ -131,7 +150,8 @@ STABLELM = Adapter(
     notes=(
         ROTARY_NOTE + " (partial rotary: config.partial_rotary_factor), and before the per-head "
         "q/k LayerNorms when config.qk_layernorm is set",
-        "LayerNorms with bias; with config.use_parallel_residual attention and MLP read the same input: no hook_resid_mid",
+        "LayerNorms with bias; with config.use_parallel_residual attention and MLP read the same input: "
+        "no hook_resid_mid",
     ),
 )
 
@@ -150,7 +170,8 @@ COHERE = Adapter(
     logit_scale_attr="logit_scale",
     notes=(
         "parallel attention + MLP on one input_layernorm: no hook_resid_mid",
-        "hook_q / hook_k are read before rotary (interleaved pairs) and before the q/k LayerNorms when config.use_qk_norm",
+        "hook_q / hook_k are read before rotary (interleaved pairs) and before the q/k LayerNorms "
+        "when config.use_qk_norm",
         "LayerNorms without bias; logits are the LM head's output times config.logit_scale",
     ),
 )
@@ -158,8 +179,16 @@ COHERE = Adapter(
 PHI = Adapter(
     family="Phi (1, 1.5, 2)",
     model_types=("phi",),
-    **{**LLAMA_PATHS, "o": "self_attn.dense", "attn_out": Tap("self_attn.dense"), "mlp_in": "mlp.fc1",
-       "mlp_gate": None, "mlp_down": "mlp.fc2", "resid_mid": None, "final_norm": "final_layernorm"},
+    **{
+        **LLAMA_PATHS,
+        "o": "self_attn.dense",
+        "attn_out": Tap("self_attn.dense"),
+        "mlp_in": "mlp.fc1",
+        "mlp_gate": None,
+        "mlp_down": "mlp.fc2",
+        "resid_mid": None,
+        "final_norm": "final_layernorm",
+    },
     parallel=True,
     notes=(
         "parallel attention + MLP on one input_layernorm: no hook_resid_mid",
@@ -217,8 +246,11 @@ OPT = Adapter(
     final_norm="decoder.final_layer_norm",
     requires=(
         Requirement("do_layer_norm_before", "post-LN OPT (opt-350m) has no table yet", value=True),
-        Requirement("word_embed_proj_dim", "embeddings projected in and out of the residual stream "
-                    "(opt-350m) have no table yet", same_as="hidden_size"),
+        Requirement(
+            "word_embed_proj_dim",
+            "embeddings projected in and out of the residual stream (opt-350m) have no table yet",
+            same_as="hidden_size",
+        ),
         Requirement("_remove_final_layer_norm", "OPT without its final LayerNorm has no table yet", value=False),
     ),
     notes=(
@@ -275,8 +307,13 @@ FALCON = Adapter(
     final_norm="ln_f",
     qkv_layout="neox_fused",
     variants=(
-        Variant("new_decoder_architecture", "grouped", "num_kv_heads", equal=(("num_ln_in_parallel_attn", 2),),
-                fields=(("attn_in_norm", "ln_attn"), ("parallel", True))),
+        Variant(
+            "new_decoder_architecture",
+            "grouped",
+            "num_kv_heads",
+            equal=(("num_ln_in_parallel_attn", 2),),
+            fields=(("attn_in_norm", "ln_attn"), ("parallel", True)),
+        ),
         Variant("new_decoder_architecture", "grouped", "num_kv_heads", fields=(("parallel", True),)),
         Variant("multi_query", "concat", 1),
     ),
@@ -293,5 +330,20 @@ FALCON = Adapter(
     ),
 )
 
-DECODERS: tuple[Adapter, ...] = (QWEN3, GEMMA, GEMMA3, PHI3, OLMO2, OPT, SMOLLM3, STARCODER2, GRANITE,
-                                 STABLELM, COHERE, PHI, GPTJ, FALCON, GPT_BIGCODE)
+DECODERS: tuple[Adapter, ...] = (
+    QWEN3,
+    GEMMA,
+    GEMMA3,
+    PHI3,
+    OLMO2,
+    OPT,
+    SMOLLM3,
+    STARCODER2,
+    GRANITE,
+    STABLELM,
+    COHERE,
+    PHI,
+    GPTJ,
+    FALCON,
+    GPT_BIGCODE,
+)

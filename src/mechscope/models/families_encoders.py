@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from .adapter import Adapter, Tap
 
-POST_LN_NOTE = ("post-LN blocks: hook_attn_out / hook_mlp_out are read before the LayerNorm that follows each "
-                "sublayer; hook_resid_mid and hook_resid_post after it")
+POST_LN_NOTE = (
+    "post-LN blocks: hook_attn_out / hook_mlp_out are read before the LayerNorm that follows each "
+    "sublayer; hook_resid_mid and hook_resid_post after it"
+)
 
 ROBERTA = Adapter(
     family="RoBERTa encoder",

@@ -14,9 +14,14 @@ from .adapter import Adapter, Requirement
 from .families_decoders import LLAMA_PATHS, QK_NORM_NOTE, ROTARY_NOTE
 
 MOE_PATHS: dict[str, Any] = {**LLAMA_PATHS, "mlp_in": "mlp.experts", "mlp_gate": None, "mlp_down": None}
-NO_NEURONS = (("mlp.hook_post", "its experts' neurons live inside one fused experts module (3-d weights, "
-               "a loop over experts in one forward), so there is no single neuron tensor to read; record "
-               "hook_mlp_out (the MoE block's output) or mlp.hook_router_logits"),)
+NO_NEURONS = (
+    (
+        "mlp.hook_post",
+        "its experts' neurons live inside one fused experts module (3-d weights, "
+        "a loop over experts in one forward), so there is no single neuron tensor to read; record "
+        "hook_mlp_out (the MoE block's output) or mlp.hook_router_logits",
+    ),
+)
 MOE_NOTES = (
     "mixture of experts: hook_mlp_out is the MoE block's output (the routing-weighted sum of the chosen "
     "experts); mlp.hook_router_logits [batch, pos, expert] is the router's output before softmax and top-k "

@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -45,6 +44,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
             result.append(True)
         except OSError:
             pass
+
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
     thread.join(timeout)
@@ -55,26 +55,33 @@ def resolve_source(name: str) -> tuple[str, bool]:
     """Where to load `name` from, and whether that is a local folder."""
     if name.startswith("zoo:"):
         from ..zoo import zoo_path
-        return str(zoo_path(name[4:].partition("@")[0])), True   # NAME@STEP: a snapshot, its config beside it
+
+        return str(zoo_path(name[4:].partition("@")[0])), True  # NAME@STEP: a snapshot, its config beside it
     path = recover_folder(Path(name).expanduser())
     if path.is_dir():
         return str(path), True
     if name.startswith((".", "/", "~")) or path.suffix:
-        raise MechscopeError(f"no model folder at '{name}': give a folder holding config.json and weights, a hub id, or zoo:NAME")
+        raise MechscopeError(
+            f"no model folder at '{name}': give a folder holding config.json and weights, a hub id, or zoo:NAME"
+        )
     return name, False
 
 
 def _config(source: str, local: bool):
     from transformers import AutoConfig
+
     try:
         return AutoConfig.from_pretrained(source, local_files_only=True), True
     except (OSError, ValueError) as err:
         if local:
-            raise MechscopeError(f"'{source}' is not a Hugging Face model folder ({err.__class__.__name__}: no usable config.json)") from None
+            raise MechscopeError(
+                f"'{source}' is not a Hugging Face model folder ({err.__class__.__name__}: no usable config.json)"
+            ) from None
     if hub_offline() or not hub_reachable():
         raise MechscopeError(
             f"model '{source}' is not on this machine and the hub is offline: download it once where the hub is "
-            f"reachable (`hf download {source}`) or pass a local folder / zoo:NAME")
+            f"reachable (`hf download {source}`) or pass a local folder / zoo:NAME"
+        )
     try:
         return AutoConfig.from_pretrained(source), False
     except OSError as err:
@@ -89,16 +96,21 @@ def refuse_pickle_only(folder: Path) -> None:
         raise MechscopeError(
             f"{folder} holds only pickle weights ({', '.join(pickles[:3])}{', ...' if len(pickles) > 3 else ''}); "
             "mechscope loads safetensors only: convert them once where you trust the file, e.g. "
-            "transformers' AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(OUT), and load OUT")
+            "transformers' AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(OUT), and load OUT"
+        )
 
 
 def _model_class(config):
     import transformers
+
     # `architectures` is read from a file: it may only pick a transformers model class of this model_type
     for arch in config.architectures or []:
         cls = getattr(transformers, arch, None) if isinstance(arch, str) else None
-        if (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)
-                and getattr(cls.config_class, "model_type", None) == config.model_type):
+        if (
+            isinstance(cls, type)
+            and issubclass(cls, transformers.PreTrainedModel)
+            and getattr(cls.config_class, "model_type", None) == config.model_type
+        ):
             return cls
     if config.model_type == "bert":
         return transformers.AutoModel
@@ -109,6 +121,7 @@ def _model_class(config):
 def _quiet_transformers():
     """No weight-loading progress bar unless the caller asked for INFO logs."""
     from transformers.utils import logging as hf_logging
+
     was_on = hf_logging.is_progress_bar_enabled()
     if was_on and not log.isEnabledFor(logging.INFO):
         hf_logging.disable_progress_bar()
@@ -138,11 +151,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device | None:
         device = torch.device(device)
     except (RuntimeError, TypeError):
         raise MechscopeError(f"unknown device {str(device)!r}: use cpu, cuda, cuda:N, mps or auto") from None
-    if device.type == "cuda" and (not torch.cuda.is_available()
-                                  or (device.index or 0) >= torch.cuda.device_count()):
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        raise MechscopeError(f"device {str(device)!r} was asked for but torch sees {seen} GPU(s): "
-                             "use --device cpu (or auto), or install a CUDA build of torch")
+        raise MechscopeError(
+            f"device {str(device)!r} was asked for but torch sees {seen} GPU(s): "
+            "use --device cpu (or auto), or install a CUDA build of torch"
+        )
     return device
 
 
@@ -156,8 +170,13 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return getattr(torch, dtype)
 
 
-def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None,
-         device_map: str | dict | None = None):
+def load(
+    name: str,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    device_map: str | dict | None = None,
+):
     """Load a model by hub id, local folder or `zoo:NAME`, ready for recording and editing.
     dtype / device default to $MECHSCOPE_DTYPE / $MECHSCOPE_DEVICE, else float32 on the CPU.
     device_map ("auto", or Hugging Face's module -> device dict) spreads a large model over
@@ -167,15 +186,15 @@ def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | tor
     from transformers import AutoTokenizer
 
     from ..model import Model
-    from .auto_model import auto_model
-
     from ..zoo import snapshot_file, transformer  # noqa: F401  transformer registers the zoo's architecture
+    from .auto_model import auto_model
 
     dtype, device = resolve_dtype(dtype), resolve_device(device)
 
     source, local = resolve_source(name)
     if local and is_module_folder(Path(source)):
         from ..module_model import ModuleModel
+
         module = load_module_folder(Path(source))
         module = module if dtype is None else module.to(dtype)
         warn_nonfinite_parameters(module, name)
@@ -205,8 +224,10 @@ def load(name: str, *, dtype: torch.dtype | str | None = None, device: str | tor
     except (SafetensorError, OSError, RuntimeError) as err:
         if not local:
             raise
-        raise MechscopeError(f"the weights in {source} could not be read ({str(err).splitlines()[0]}): the file is "
-                             "corrupt, truncated or for another architecture; restore it or retrain (`mechscope zoo train NAME`)") from None
+        raise MechscopeError(
+            f"the weights in {source} could not be read ({str(err).splitlines()[0]}): the file is "
+            "corrupt, truncated or for another architecture; restore it or retrain (`mechscope zoo train NAME`)"
+        ) from None
     if device is not None and device_map is None:
         hf = hf.to(device)
     warn_nonfinite_parameters(hf, name)  # a warning, not a refusal: inspecting a broken model finds the damage

@@ -39,7 +39,9 @@ def stored_count(folder: Path) -> int | None:
             return None
         if not isinstance(header, dict):
             return None
-        total += sum(math.prod(v.get("shape", [])) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict))
+        total += sum(
+            math.prod(v.get("shape", [])) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+        )
     return total or None
 
 
@@ -59,8 +61,9 @@ def available_bytes(device: torch.device | None) -> int | None:
     return None
 
 
-def check_fits(name: str, model_class, config, dtype: torch.dtype, device: torch.device | None,
-               folder: str | None = None) -> None:
+def check_fits(
+    name: str, model_class, config, dtype: torch.dtype, device: torch.device | None, folder: str | None = None
+) -> None:
     """Refuse, in one line, a model whose weights alone would not fit in the free memory of
     `device`. Sizes come from a local `folder`'s safetensors headers when it has them (free),
     else from the model built on the meta device."""
@@ -78,4 +81,5 @@ def check_fits(name: str, model_class, config, dtype: torch.dtype, device: torch
         raise MechscopeError(
             f"{name} needs about {need / GiB:.1f} GiB for its weights in {str(dtype).removeprefix('torch.')}, but "
             f"{where} has {free / GiB:.1f} GiB free: load it in a smaller dtype (--dtype bfloat16), on a GPU "
-            "(--device cuda), or spread over several devices (load(..., device_map='auto'), with accelerate installed)")
+            "(--device cuda), or spread over several devices (load(..., device_map='auto'), with accelerate installed)"
+        )

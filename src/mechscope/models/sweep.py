@@ -41,13 +41,48 @@ SIZES = {
     **dict.fromkeys(("hidden_size", "n_embd", "d_model", "n_embed", "embed_dim", "model_dim", "dim"), 32),
     **dict.fromkeys(("num_attention_heads", "n_head", "num_heads", "n_heads", "decoder_attention_heads"), 4),
     **dict.fromkeys(("num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num"), 2),
-    **dict.fromkeys(("head_dim", "kv_channels", "attention_head_dim", "v_head_dim", "qk_nope_head_dim",
-                     "qk_rope_head_dim", "qk_head_dim", "global_head_dim", "d_head"), 8),
-    **dict.fromkeys(("intermediate_size", "n_inner", "ffn_dim", "decoder_ffn_dim", "ffn_hidden_size", "d_ff",
-                     "inner_hidden_size", "mlp_dim", "dense_intermediate_size"), 64),
-    **dict.fromkeys(("moe_intermediate_size", "shared_expert_intermediate_size", "expert_intermediate_size",
-                     "moe_ffn_hidden_size", "shared_intermediate_size", "ffn_dim_expert"), 16),
-    **dict.fromkeys(("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "num_routed_experts"), 4),
+    **dict.fromkeys(
+        (
+            "head_dim",
+            "kv_channels",
+            "attention_head_dim",
+            "v_head_dim",
+            "qk_nope_head_dim",
+            "qk_rope_head_dim",
+            "qk_head_dim",
+            "global_head_dim",
+            "d_head",
+        ),
+        8,
+    ),
+    **dict.fromkeys(
+        (
+            "intermediate_size",
+            "n_inner",
+            "ffn_dim",
+            "decoder_ffn_dim",
+            "ffn_hidden_size",
+            "d_ff",
+            "inner_hidden_size",
+            "mlp_dim",
+            "dense_intermediate_size",
+        ),
+        64,
+    ),
+    **dict.fromkeys(
+        (
+            "moe_intermediate_size",
+            "shared_expert_intermediate_size",
+            "expert_intermediate_size",
+            "moe_ffn_hidden_size",
+            "shared_intermediate_size",
+            "ffn_dim_expert",
+        ),
+        16,
+    ),
+    **dict.fromkeys(
+        ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "num_routed_experts"), 4
+    ),
     **dict.fromkeys(("num_experts_per_tok", "moe_topk", "top_k", "num_experts_per_token", "moe_k"), 2),
     **dict.fromkeys(("n_shared_experts", "num_shared_experts", "moe_num_shared_experts"), 1),
     **dict.fromkeys(("kv_lora_rank", "q_lora_rank"), 16),
@@ -55,18 +90,28 @@ SIZES = {
     **dict.fromkeys(("word_embed_proj_dim",), 32),
     **dict.fromkeys(("mamba_n_heads", "ssm_num_heads", "linear_num_value_heads", "linear_num_key_heads"), 4),
     **dict.fromkeys(("mamba_d_head", "linear_key_head_dim", "linear_value_head_dim", "mamba_head_dim"), 16),
-    **dict.fromkeys(("num_hidden_layers", "n_layer", "num_layers", "n_layers", "decoder_layers", "num_decoder_layers"), LAYERS),
+    **dict.fromkeys(
+        ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "decoder_layers", "num_decoder_layers"), LAYERS
+    ),
     **dict.fromkeys(("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length"), 64),
     **dict.fromkeys(("first_k_dense_replace", "num_dense_layers", "first_k_dense"), 1),
     "vocab_size": 128,
 }
 UNSET_SIZES = {"head_dim", "num_key_value_heads"}
 """Size keys whose default None the modeling code does not always fill in."""
-TOKEN_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 1,
-             "sep_token_id": 2, "cls_token_id": 1, "mask_token_id": 3, "unk_token_id": 3}
+TOKEN_IDS = {
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "decoder_start_token_id": 1,
+    "sep_token_id": 2,
+    "cls_token_id": 1,
+    "mask_token_id": 3,
+    "unk_token_id": 3,
+}
 SPECIAL: dict[str, dict] = {
-    "mamba2": {"head_dim": 16},             # heads * head_dim must equal expand * hidden_size
-    "zaya": {"num_experts_per_tok": 1},     # the only routing it supports
+    "mamba2": {"head_dim": 16},  # heads * head_dim must equal expand * hidden_size
+    "zaya": {"num_experts_per_tok": 1},  # the only routing it supports
 }
 """model_type -> extra config values some configs need beyond the generic shrinking (data)."""
 OUTCOMES = ("exact (table)", "exact (automatic)", "module paths", "refused", "not built", "wrong", "crash")
@@ -82,8 +127,14 @@ class Result:
 
 def _shrink(values: dict, depth: int = 0) -> dict:
     """Tiny sizes for every size key the config has; per-layer lists cut to LAYERS; sub-configs too."""
-    layers = next((values[k] for k in ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "decoder_layers")
-                   if isinstance(values.get(k), int)), None)
+    layers = next(
+        (
+            values[k]
+            for k in ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "decoder_layers")
+            if isinstance(values.get(k), int)
+        ),
+        None,
+    )
     out = dict(values)
     for key, value in values.items():
         if key in UNSET_SIZES and value is None:
@@ -95,7 +146,7 @@ def _shrink(values: dict, depth: int = 0) -> dict:
         elif isinstance(value, list) and layers and len(value) == layers and layers != LAYERS:
             out[key] = value[:LAYERS]
         elif isinstance(value, dict) and value and all(str(k).isdigit() for k in value):
-            out[key] = {k: v for k, v in value.items() if int(k) < LAYERS}   # per-layer overrides
+            out[key] = {k: v for k, v in value.items() if int(k) < LAYERS}  # per-layer overrides
         elif isinstance(value, dict) and depth < 3 and any(k in value for k in SIZES):
             out[key] = _shrink(value, depth + 1)
     if "kv_lora_rank" in values and "num_key_value_heads" in values:  # latent attention: kv heads = heads
@@ -106,10 +157,13 @@ def _shrink(values: dict, depth: int = 0) -> dict:
 def tiny_config(model_type: str):
     """A tiny config of this model_type (MechscopeError-free; any exception means 'not built')."""
     from transformers import CONFIG_MAPPING
+
     cls = CONFIG_MAPPING[model_type]
     values = {**_shrink(cls().to_dict()), **SPECIAL.get(model_type, {})}
     config = cls.from_dict(values)
-    config._attn_implementation = "eager" if getattr(config, "_attn_implementation", None) is None else config._attn_implementation
+    config._attn_implementation = (
+        "eager" if getattr(config, "_attn_implementation", None) is None else config._attn_implementation
+    )
     return config
 
 
@@ -119,13 +173,16 @@ MAX_PARAMETERS = 2_000_000
 def build(model_type: str):
     """The tiny model; a ValueError when the generic shrinking leaves it large (sizes it does not know)."""
     from transformers import AutoModelForCausalLM
+
     config = tiny_config(model_type)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.device("meta"):
             size = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
         if size > MAX_PARAMETERS:
-            raise ValueError(f"the tiny config still has {size / 1e6:.0f}M parameters (sizes the shrinking does not know)")
+            raise ValueError(
+                f"the tiny config still has {size / 1e6:.0f}M parameters (sizes the shrinking does not know)"
+            )
         torch.manual_seed(0)
         return AutoModelForCausalLM.from_config(config).eval()
 
@@ -133,13 +190,17 @@ def build(model_type: str):
 def oracle(model, hf, ids) -> bool:
     """blocks.{l}.hook_resid_post == hidden_states[l + 1]; final norm of the last == the last entry."""
     from .auto_check import close
+
     with torch.no_grad():
         hidden = hf(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
         L = model.dims.n_layers
         run = model.run(ids, record="blocks.*.hook_resid_post")
         post = [run.cache[f"blocks.{i}.hook_resid_post"] for i in range(L)]
-        return (len(hidden) == L + 1 and all(torch.equal(p, h) for p, h in zip(post[:-1], hidden[1:-1]))
-                and close(model.final_norm(post[-1]), hidden[L]))
+        return (
+            len(hidden) == L + 1
+            and all(torch.equal(p, h) for p, h in zip(post[:-1], hidden[1:-1]))
+            and close(model.final_norm(post[-1]), hidden[L])
+        )
 
 
 def check(model_type: str) -> Result:
@@ -147,6 +208,7 @@ def check(model_type: str) -> Result:
     from ..model import Model
     from .auto_model import AutoModel, auto_model
     from .families import adapter_for
+
     try:
         hf = build(model_type)
     except Exception as err:  # noqa: BLE001 - whatever stops a tiny model from being built offline
@@ -172,8 +234,11 @@ def check(model_type: str) -> Result:
             return Result(model_type, "wrong", "the automatic adapter's resid_post disagrees with hidden_states")
         missing = [k for k in auto.provenance.get("not offered", []) if not k.startswith("(")]
         paths = " (+ module paths)" if "module paths" in " ".join(auto.provenance) else ""
-        return Result(model_type, "exact (automatic)",
-                      ("every site kind" if not missing else "not offered: " + ", ".join(missing)) + paths)
+        return Result(
+            model_type,
+            "exact (automatic)",
+            ("every site kind" if not missing else "not offered: " + ", ".join(missing)) + paths,
+        )
     except MechscopeError as err:
         return Result(model_type, "refused", _first_line(err))
     except Exception as err:  # noqa: BLE001 - reported, and the tests require there are none
@@ -190,6 +255,7 @@ def _import(model_type: str) -> None:
     """Import the modeling module of this type (the first access is slow: transformers imports lazily)."""
     from transformers import CONFIG_MAPPING
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
     try:
         MODEL_FOR_CAUSAL_LM_MAPPING[CONFIG_MAPPING[model_type]]
     except Exception:  # noqa: BLE001, S110 - build() meets the same error and reports it
@@ -207,6 +273,7 @@ def _alarm(signum, frame):
 def sweep(types: list[str] | None = None, timeout: int = 10) -> list[Result]:
     """Every causal-LM model_type (or `types`), each within `timeout` CPU seconds."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     quiet = logging.getLogger("mechscope")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # each module-path fallback warns; the table says it instead
@@ -238,20 +305,25 @@ def counts(results: list[Result]) -> dict[str, int]:
 
 def markdown(results: list[Result]) -> str:
     import transformers
+
     n = counts(results)
     lines = [
         "# Architectures",
         "",
-        ("Generated by `python -m mechscope.models.sweep --write docs/architectures.md` "
-        f"(transformers {transformers.__version__}); do not edit by hand."),
+        (
+            "Generated by `python -m mechscope.models.sweep --write docs/architectures.md` "
+            f"(transformers {transformers.__version__}); do not edit by hand."
+        ),
         "",
-        ("Every causal-LM `model_type` in transformers' auto mapping, built offline from a tiny random-weight "
-        "config and checked against Hugging Face's own `hidden_states`: `blocks.{l}.hook_resid_post` equals "
-        "`hidden_states[l + 1]`, and the final norm maps the last block's output to the last entry. "
-        "*exact (table)*: a family table in `mechscope/models/families*.py`; *exact (automatic)*: the automatic "
-        "adapter (`mechscope/models/auto*.py`) found and verified the sites itself (`mechscope info` lists which); "
-        "*module paths*: nothing could be verified, so sites are module paths only; *refused*: a one-line "
-        "MechscopeError; *not built*: the tiny model could not be made offline."),
+        (
+            "Every causal-LM `model_type` in transformers' auto mapping, built offline from a tiny random-weight "
+            "config and checked against Hugging Face's own `hidden_states`: `blocks.{l}.hook_resid_post` equals "
+            "`hidden_states[l + 1]`, and the final norm maps the last block's output to the last entry. "
+            "*exact (table)*: a family table in `mechscope/models/families*.py`; *exact (automatic)*: the automatic "
+            "adapter (`mechscope/models/auto*.py`) found and verified the sites itself (`mechscope info` lists which); "
+            "*module paths*: nothing could be verified, so sites are module paths only; *refused*: a one-line "
+            "MechscopeError; *not built*: the tiny model could not be made offline."
+        ),
         "",
         "| outcome | model types |",
         "| --- | --- |",
@@ -296,12 +368,15 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(results)
     if args.write:
         from ..io import write_text
+
         write_text(Path(args.write), text)
     else:
         print(text)
     slow = sorted(results, key=lambda r: -r.seconds)[:5]
-    print(f"{len(results)} types in {time.perf_counter() - start:.0f} s; {counts(results)}; slowest: "
-          + ", ".join(f"{r.model_type} {r.seconds:.1f}s" for r in slow))
+    print(
+        f"{len(results)} types in {time.perf_counter() - start:.0f} s; {counts(results)}; slowest: "
+        + ", ".join(f"{r.model_type} {r.seconds:.1f}s" for r in slow)
+    )
     return 0
 
 

@@ -14,13 +14,13 @@ between a clean and a corrupted prompt.
 - `ablate(model, task, metric, site, how="zero"|"mean"|"resample")` -> `Ablation`.
 """
 
-from .metrics import Metric, answer_logit, answer_prob, as_metric, by_name, cross_entropy, kl_to_clean, logit_diff
 from .ablate import Ablation, ablate, ablation_edit
 from .attribution import Agreement, agreement, attribution_sweep, site_gradients
+from .metrics import Metric, answer_logit, answer_prob, as_metric, by_name, cross_entropy, kl_to_clean, logit_diff
+from .paths import PathEffect, path_patch
 from .result import PatchResult
 from .sweep import SWEEPS, Patch, patch, sweep
 from .task import Task
-from .paths import PathEffect, path_patch
 from .tracing import TraceResult, causal_trace, subject_positions
 
 __all__ = [

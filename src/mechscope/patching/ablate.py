@@ -30,8 +30,18 @@ class Ablation:
         return self.after - self.before
 
 
-def ablation_edit(model, site: str, how: str, reference=None, *, heads: int | Sequence[int] | None = None,
-                  positions=None, seed: int = 0, over_positions: bool | None = None, n_pos: int | None = None) -> E.Edit:
+def ablation_edit(
+    model,
+    site: str,
+    how: str,
+    reference=None,
+    *,
+    heads: int | Sequence[int] | None = None,
+    positions=None,
+    seed: int = 0,
+    over_positions: bool | None = None,
+    n_pos: int | None = None,
+) -> E.Edit:
     """The edit for one ablation. reference: token ids [n, pos] or prompts, for mean/resample.
     Mean ablation keeps positions when the reference has the target's length `n_pos`
     (else it averages over positions too, or as `over_positions` says)."""
@@ -48,22 +58,42 @@ def ablation_edit(model, site: str, how: str, reference=None, *, heads: int | Se
         pooled = over_positions if over_positions is not None else (n_pos is not None and values.shape[1] != n_pos)
         return E.mean(site, values, over_positions=pooled, heads=heads, positions=positions)
     if n_pos is not None and values.shape[1] != n_pos:
-        raise MechscopeError(f"resample ablation needs reference sequences as long as the ablated ones "
-                             f"({values.shape[1]} vs {n_pos} tokens): give a reference of the same length")
+        raise MechscopeError(
+            f"resample ablation needs reference sequences as long as the ablated ones "
+            f"({values.shape[1]} vs {n_pos} tokens): give a reference of the same length"
+        )
     return E.resample(site, values, seed=seed, heads=heads, positions=positions)
 
 
-def ablate(model, data: Task | Tensor, metric: Metric | MetricFn, site: str, *, how: str = "zero", reference=None,
-           heads: int | Sequence[int] | None = None, positions=None, seed: int = 0,
-           over_positions: bool | None = None) -> Ablation:
+def ablate(
+    model,
+    data: Task | Tensor,
+    metric: Metric | MetricFn,
+    site: str,
+    *,
+    how: str = "zero",
+    reference=None,
+    heads: int | Sequence[int] | None = None,
+    positions=None,
+    seed: int = 0,
+    over_positions: bool | None = None,
+) -> Ablation:
     """The metric on `data` (a Task's clean prompts, or token ids) before and after ablating `site`."""
     metric = as_metric(metric)
     tokens = data.clean if isinstance(data, Task) else torch.as_tensor(data)
     mask = data.attention_mask() if isinstance(data, Task) else None
-    edit = ablation_edit(model, site, how, reference, heads=heads, positions=positions, seed=seed,
-                         over_positions=over_positions, n_pos=tokens.shape[-1])
+    edit = ablation_edit(
+        model,
+        site,
+        how,
+        reference,
+        heads=heads,
+        positions=positions,
+        seed=seed,
+        over_positions=over_positions,
+        n_pos=tokens.shape[-1],
+    )
     with torch.no_grad():
         before = float(metric(model.run(tokens, attention_mask=mask).logits))
         after = float(metric(model.run(tokens, attention_mask=mask, edits=[edit]).logits))
     return Ablation(site, how, before, after)
-

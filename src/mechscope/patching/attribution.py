@@ -25,22 +25,32 @@ from .sweep import check_direction, plan, pos_labels, record
 from .task import Task
 
 
-def site_gradients(model, task: Task, metric: Metric, sites: Sequence[str], base: Tensor
-                   ) -> tuple[float, dict[str, Tensor]]:
+def site_gradients(
+    model, task: Task, metric: Metric, sites: Sequence[str], base: Tensor
+) -> tuple[float, dict[str, Tensor]]:
     """(metric of the base run, d metric / d activation at each site) from one forward+backward."""
     with torch.no_grad():
         shapes = model.run(base, record=list(sites), attention_mask=task.attention_mask(), logits=False).cache
     deltas = {s: torch.zeros_like(shapes[s], requires_grad=True) for s in sites}
-    run = model.run(base, attention_mask=task.attention_mask(), grad=True,
-                    edits=[E.add(s, d) for s, d in deltas.items()])
+    run = model.run(
+        base, attention_mask=task.attention_mask(), grad=True, edits=[E.add(s, d) for s, d in deltas.items()]
+    )
     value = metric(run.logits)
     grads = torch.autograd.grad(value, list(deltas.values()), allow_unused=True)
-    return float(value.detach()), {s: (torch.zeros_like(deltas[s]) if g is None else g.detach())
-                                   for s, g in zip(deltas, grads)}
+    return float(value.detach()), {
+        s: (torch.zeros_like(deltas[s]) if g is None else g.detach()) for s, g in zip(deltas, grads)
+    }
 
 
-def attribution_sweep(model, task: Task, metric: Metric | MetricFn, *, sweep: str = "resid",
-                      direction: str = "denoise", positions: Sequence[int] | None = None) -> PatchResult:
+def attribution_sweep(
+    model,
+    task: Task,
+    metric: Metric | MetricFn,
+    *,
+    sweep: str = "resid",
+    direction: str = "denoise",
+    positions: Sequence[int] | None = None,
+) -> PatchResult:
     """The same sweep as `patching.sweep`, estimated to first order (see the module doc).
     `patched` holds metric(base) + the estimated change."""
     check_direction(direction)
@@ -66,8 +76,21 @@ def attribution_sweep(model, task: Task, metric: Metric | MetricFn, *, sweep: st
     base_metric = m_corrupt if direction == "denoise" else m_clean
     effects = torch.stack(values).reshape(shape).cpu() + base_metric
     scores, normalized = normalise(effects, m_clean, m_corrupt, direction)
-    return PatchResult(model.name, sweep, direction, "attribution", metric.name, axes, scores, effects, m_clean,
-                       m_corrupt, normalized, chosen, pos_labels(model, task.clean[0], chosen))
+    return PatchResult(
+        model.name,
+        sweep,
+        direction,
+        "attribution",
+        metric.name,
+        axes,
+        scores,
+        effects,
+        m_clean,
+        m_corrupt,
+        normalized,
+        chosen,
+        pos_labels(model, task.clean[0], chosen),
+    )
 
 
 @dataclass(frozen=True)
@@ -85,6 +108,7 @@ def agreement(exact: PatchResult | Tensor, approx: PatchResult | Tensor, toleran
     b = (approx.scores if isinstance(approx, PatchResult) else approx).flatten().double()
     if a.shape != b.shape:
         from ..errors import MechscopeError
+
         raise MechscopeError(f"cannot compare sweeps of {a.numel()} and {b.numel()} patches: run the same sweep")
     da, db = a - a.mean(), b - b.mean()
     denominator = float(da.norm() * db.norm())

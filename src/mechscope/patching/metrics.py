@@ -48,15 +48,21 @@ class Metric:
             if isinstance(value, (int, float)):
                 value = torch.tensor(float(value))
             else:
-                raise MechscopeError(f"metric '{self.name}' returned {type(value).__name__}: it must return a "
-                                     "scalar tensor (a float is accepted but carries no gradient)")
+                raise MechscopeError(
+                    f"metric '{self.name}' returned {type(value).__name__}: it must return a "
+                    "scalar tensor (a float is accepted but carries no gradient)"
+                )
         if value.numel() != 1:
-            raise MechscopeError(f"metric '{self.name}' returned a tensor of shape {tuple(value.shape)}: it must "
-                                 "return one number (average over the batch, e.g. `.mean()`)")
+            raise MechscopeError(
+                f"metric '{self.name}' returned a tensor of shape {tuple(value.shape)}: it must "
+                "return one number (average over the batch, e.g. `.mean()`)"
+            )
         value = value.reshape(())
         if not bool(torch.isfinite(value.detach())):
-            raise MechscopeError(f"metric '{self.name}' returned {float(value.detach())}: check it for log(0), division by "
-                                 "zero or overflow (a logit difference in float16?)")
+            raise MechscopeError(
+                f"metric '{self.name}' returned {float(value.detach())}: check it for log(0), division by "
+                "zero or overflow (a logit difference in float16?)"
+            )
         return value
 
     def __repr__(self) -> str:
@@ -83,35 +89,48 @@ def _pick(values: Tensor, ids: Tensor) -> Tensor:
 def logit_diff(task: Task) -> Metric:
     """Mean over prompts of logit[answer] - logit[wrong] at the task's read position."""
     if task.wrong is None:
-        raise MechscopeError("logit_diff needs the task's wrong tokens (a foil per prompt): give `wrong`, or use "
-                             "answer_prob / answer_logit")
+        raise MechscopeError(
+            "logit_diff needs the task's wrong tokens (a foil per prompt): give `wrong`, or use "
+            "answer_prob / answer_logit"
+        )
     wrong = task.wrong
 
     def fn(logits):
         rows = _rows(task, logits)
         return (_pick(rows, task.answers) - _pick(rows, wrong)).mean()
+
     return Metric(fn, "logit_diff", positions=task.index())
 
 
 def answer_logit(task: Task) -> Metric:
     """Mean logit of the answer."""
-    return Metric(lambda logits: _pick(_rows(task, logits), task.answers).mean(), "answer_logit", positions=task.index())
+    return Metric(
+        lambda logits: _pick(_rows(task, logits), task.answers).mean(), "answer_logit", positions=task.index()
+    )
 
 
 def answer_prob(task: Task) -> Metric:
     """Mean softmax probability of the answer."""
-    return Metric(lambda logits: _pick(_rows(task, logits).softmax(-1), task.answers).mean(), "answer_prob",
-                  positions=task.index())
+    return Metric(
+        lambda logits: _pick(_rows(task, logits).softmax(-1), task.answers).mean(),
+        "answer_prob",
+        positions=task.index(),
+    )
 
 
 def cross_entropy(task: Task) -> Metric:
     """Mean -log p(answer): lower is better."""
-    return Metric(lambda logits: -_pick(_rows(task, logits).log_softmax(-1), task.answers).mean(), "cross_entropy",
-                  higher_is_better=False, positions=task.index())
+    return Metric(
+        lambda logits: -_pick(_rows(task, logits).log_softmax(-1), task.answers).mean(),
+        "cross_entropy",
+        higher_is_better=False,
+        positions=task.index(),
+    )
 
 
-def kl_to_clean(clean_logits: Float[Tensor, "batch pos vocab"] | Float[Tensor, "batch vocab"],
-                task: Task | None = None) -> Metric:
+def kl_to_clean(
+    clean_logits: Float[Tensor, "batch pos vocab"] | Float[Tensor, "batch vocab"], task: Task | None = None
+) -> Metric:
     """Mean KL(clean || patched) of the next-token distribution at the task's read
     position (at the last position of the padded axis without a task). 0 on the clean run."""
     reader = (lambda x: x[:, -1] if x.dim() == 3 else x) if task is None else task.read  # noqa: E731
@@ -121,11 +140,16 @@ def kl_to_clean(clean_logits: Float[Tensor, "batch pos vocab"] | Float[Tensor, "
         logp = reader(logits).float().log_softmax(-1)
         ref = clean_logp.to(logp.device)
         return (ref.exp() * (ref - logp)).sum(-1).mean()
+
     return Metric(fn, "kl_to_clean", higher_is_better=False, positions=None if task is None else task.index())
 
 
-METRICS = {"logit_diff": logit_diff, "answer_prob": answer_prob, "answer_logit": answer_logit,
-           "cross_entropy": cross_entropy}
+METRICS = {
+    "logit_diff": logit_diff,
+    "answer_prob": answer_prob,
+    "answer_logit": answer_logit,
+    "cross_entropy": cross_entropy,
+}
 """Task metrics by name (for the CLI); kl_to_clean needs the clean logits and is built by the caller."""
 
 

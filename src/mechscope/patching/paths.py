@@ -52,7 +52,9 @@ def _check(model, senders: Sequence[Component], receivers: Sequence[Receiver]) -
         raise MechscopeError("path patching needs at least one sender: (layer, head) or (layer, 'mlp')")
     for s in senders:
         if len(s) != 2 or not 0 <= s[0] < model.dims.n_layers:
-            raise MechscopeError(f"sender {s!r} must be (layer, head) or (layer, 'mlp') with a layer in 0-{model.dims.n_layers - 1}")
+            raise MechscopeError(
+                f"sender {s!r} must be (layer, head) or (layer, 'mlp') with a layer in 0-{model.dims.n_layers - 1}"
+            )
         if s[1] == "mlp" and not model.dims.d_mlp:
             raise MechscopeError(f"sender {s!r}: {model.name} has no MLPs")
         if s[1] != "mlp" and (isinstance(s[1], str) or not 0 <= s[1] < model.dims.n_heads):
@@ -83,8 +85,13 @@ def _freeze_edits(model, clean, corrupt, senders: Sequence[Component]) -> list:
     return edits
 
 
-def path_patch(model, task: Task, metric: Metric | MetricFn, senders: Sequence[Component],
-               receivers: Sequence[Receiver] = ("logits",)) -> PathEffect:
+def path_patch(
+    model,
+    task: Task,
+    metric: Metric | MetricFn,
+    senders: Sequence[Component],
+    receivers: Sequence[Receiver] = ("logits",),
+) -> PathEffect:
     """The metric when the senders' corrupted outputs reach only the receivers (see the module doc)."""
     metric = as_metric(metric)
     # lists (as JSON gives them) become tuples
@@ -99,12 +106,17 @@ def path_patch(model, task: Task, metric: Metric | MetricFn, senders: Sequence[C
     mask = task.attention_mask()
     with torch.no_grad():
         m_clean, m_corrupt = float(metric(clean.logits)), float(metric(corrupt.logits))
-        inputs = sorted({f"blocks.{r[0]}.attn.hook_{r[2]}" for r in receivers if r != "logits"},
-                        key=model.table.order.__getitem__)
-        first = model.run(task.clean, attention_mask=mask, record=inputs, edits=_freeze_edits(model, clean, corrupt, senders))
+        inputs = sorted(
+            {f"blocks.{r[0]}.attn.hook_{r[2]}" for r in receivers if r != "logits"}, key=model.table.order.__getitem__
+        )
+        first = model.run(
+            task.clean, attention_mask=mask, record=inputs, edits=_freeze_edits(model, clean, corrupt, senders)
+        )
         if receivers == ["logits"]:
             return PathEffect(m_clean, m_corrupt, float(metric(first.logits)))
-        edits = [E.replace(f"blocks.{layer}.attn.hook_{part}", first.cache[f"blocks.{layer}.attn.hook_{part}"], heads=head)
-                 for layer, head, part in (r for r in receivers if not isinstance(r, str))]
+        edits = [
+            E.replace(f"blocks.{layer}.attn.hook_{part}", first.cache[f"blocks.{layer}.attn.hook_{part}"], heads=head)
+            for layer, head, part in (r for r in receivers if not isinstance(r, str))
+        ]
         second = model.run(task.clean, attention_mask=mask, edits=edits)
     return PathEffect(m_clean, m_corrupt, float(metric(second.logits)))

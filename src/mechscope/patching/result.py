@@ -47,8 +47,11 @@ class PatchResult(Saveable):
 
     @property
     def site(self) -> str:
-        return {"resid": "blocks.{l}.hook_resid_pre", "attn": "blocks.{l}.hook_attn_out", "mlp": "blocks.{l}.hook_mlp_out"
-                }.get(self.sweep, "blocks.{l}.attn.hook_z")
+        return {
+            "resid": "blocks.{l}.hook_resid_pre",
+            "attn": "blocks.{l}.hook_attn_out",
+            "mlp": "blocks.{l}.hook_mlp_out",
+        }.get(self.sweep, "blocks.{l}.attn.hook_z")
 
     def top(self, k: int = 10) -> list[tuple[dict[str, int], float]]:
         """The k patches with the largest |score|: ({axis: index (pos: absolute)}, score)."""
@@ -80,8 +83,11 @@ class PatchResult(Saveable):
             grid = grid.flatten(0, 1)
         columns = self.pos_labels if self.axes[-1] == "pos" else [f"H{h}" for h in range(grid.shape[1])]
         columns = [c if len(c) <= 10 else c[:9] + "…" for c in columns]
-        fig, ax = figure(max(4.0, 0.4 * grid.shape[1] + 2.0), max(2.2, 0.28 * grid.shape[0] + 1.4)) \
-            if ax is None else (ax.figure, ax)
+        fig, ax = (
+            figure(max(4.0, 0.4 * grid.shape[1] + 2.0), max(2.2, 0.28 * grid.shape[0] + 1.4))
+            if ax is None
+            else (ax.figure, ax)
+        )
         limit = float(grid.abs().max()) or 1.0
         image = ax.imshow(grid.numpy(), cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
         ax.set_yticks(range(len(rows)), rows, fontsize=7)
@@ -89,8 +95,10 @@ class PatchResult(Saveable):
         ax.set_xlabel("position" if self.axes[-1] == "pos" else "head")
         what = "normalised effect" if self.normalized else f"change in {self.metric_name}"
         fig.colorbar(image, ax=ax, label=what, shrink=0.8)
-        ax.set_title(title or f"{self.model_name}: {self.method} {self.direction} patching of {self.site} "
-                     f"({self.metric_name})", fontsize=9)
+        ax.set_title(
+            title or f"{self.model_name}: {self.method} {self.direction} patching of {self.site} ({self.metric_name})",
+            fontsize=9,
+        )
         return fig
 
     def to_frame(self):

@@ -71,8 +71,9 @@ def check_direction(direction: str) -> None:
         raise MechscopeError(f"direction must be 'denoise' or 'noise', got {direction!r}")
 
 
-def plan(model, sweep: str, n_pos: int, positions: Sequence[int] | None = None
-         ) -> tuple[list[Patch], list[str], tuple[int, ...], list[int]]:
+def plan(
+    model, sweep: str, n_pos: int, positions: Sequence[int] | None = None
+) -> tuple[list[Patch], list[str], tuple[int, ...], list[int]]:
     """The patches of a sweep in the order of the flattened scores, with axis names,
     shape and the absolute positions swept."""
     if sweep not in SWEEPS:
@@ -92,8 +93,8 @@ def plan(model, sweep: str, n_pos: int, positions: Sequence[int] | None = None
     patches = []
     for layer in layers:
         site = pattern.format(l=layer)
-        for head in (heads if per_head else [None]):
-            for pos in (chosen if per_pos else [None]):
+        for head in heads if per_head else [None]:
+            for pos in chosen if per_pos else [None]:
                 patches.append(Patch(site, pos, head))
     return patches, axes, tuple(shape), (chosen if per_pos else [])
 
@@ -104,19 +105,27 @@ def record(model, task: Task, sites: Sequence[str], logit_positions: Tensor | No
     mask, rows = task.attention_mask(), len(task)
     plans = [] if logit_positions is None else [GatherLogits(logit_positions.repeat(2))]
     with torch.no_grad():
-        both = model.run(torch.cat([task.clean, task.corrupt]), record=list(sites), attention_mask=mask.repeat(2, 1),
-                         plans=plans)
+        both = model.run(
+            torch.cat([task.clean, task.corrupt]), record=list(sites), attention_mask=mask.repeat(2, 1), plans=plans
+        )
     if both.logits is None:
-        raise MechscopeError(f"{model.name} gives no logits (an encoder without an LM head): patching metrics read "
-                             "next-token logits")
+        raise MechscopeError(
+            f"{model.name} gives no logits (an encoder without an LM head): patching metrics read next-token logits"
+        )
     return _half(both, slice(0, rows)), _half(both, slice(rows, 2 * rows))
 
 
 def _half(run: Run, rows: slice) -> Run:
     """The clean or the corrupted rows of `record`'s joint run (batch-1 values are shared)."""
     cut = lambda t: t if t is None or t.shape[0] == 1 else t[rows]  # noqa: E731
-    return Run(cut(run.tokens), cut(run.mask), cut(run.logits), Cache({n: cut(v) for n, v in run.cache.items()}),
-               cut(run.output), run.tokenizer)
+    return Run(
+        cut(run.tokens),
+        cut(run.mask),
+        cut(run.logits),
+        Cache({n: cut(v) for n, v in run.cache.items()}),
+        cut(run.output),
+        run.tokenizer,
+    )
 
 
 def _site_edit(model, site: str, picks: list[tuple[int, int | None, int | None]], source: Tensor, offset: int):
@@ -127,13 +136,16 @@ def _site_edit(model, site: str, picks: list[tuple[int, int | None, int | None]]
     def fn(x: Tensor) -> Tensor:
         rows = source.shape[0]
         blocks = x.shape[0] // rows
-        mask = torch.zeros((blocks, rows) + tuple(x.shape[1:3 if per_head else 2]), dtype=torch.bool, device=x.device)
+        mask = torch.zeros((blocks, rows) + tuple(x.shape[1 : 3 if per_head else 2]), dtype=torch.bool, device=x.device)
         for copy, pos, head in picks:
-            index = (offset + copy, slice(None), slice(None) if pos is None else pos) + ((() if head is None else (head,)))
+            index = (offset + copy, slice(None), slice(None) if pos is None else pos) + (
+                () if head is None else (head,)
+            )
             mask[index] = True
         mask = mask.flatten(0, 1)[..., None]
         tiled = source.to(device=x.device, dtype=x.dtype).repeat(blocks, *[1] * (source.dim() - 1))
         return torch.where(mask, tiled, x)
+
     return E.replace(site, fn)
 
 
@@ -155,8 +167,10 @@ def unread(model, patches: Sequence[Patch], read: Tensor | None) -> Tensor:
         return torch.zeros(len(patches), dtype=torch.bool)
     mixed = model.table.order[f"blocks.{model.dims.n_layers - 1}.attn.hook_z"]
     wanted = set(read.tolist())
-    return torch.tensor([p.position is not None and p.position not in wanted and model.table.order[p.site] >= mixed
-                         for p in patches], dtype=torch.bool)
+    return torch.tensor(
+        [p.position is not None and p.position not in wanted and model.table.order[p.site] >= mixed for p in patches],
+        dtype=torch.bool,
+    )
 
 
 def first_layer(model, group: Group) -> int:
@@ -175,29 +189,42 @@ def _chunks(model, groups: Sequence[Group], per_forward: int, share: bool) -> li
     firsts = [first_layer(model, g) if share else -1 for g in groups]
     tiled = [i for i, f in enumerate(firsts) if f < 0]
     joined = sorted((i for i, f in enumerate(firsts) if f >= 0), key=firsts.__getitem__)
-    out: list[tuple[dict | None, list[int]]] = [(None, tiled[s:s + per_forward]) for s in range(0, len(tiled), per_forward)]
+    out: list[tuple[dict | None, list[int]]] = [
+        (None, tiled[s : s + per_forward]) for s in range(0, len(tiled), per_forward)
+    ]
     for start in range(0, len(joined), per_forward):
-        idx = joined[start:start + per_forward]
+        idx = joined[start : start + per_forward]
         out.append((dict(Counter(firsts[i] for i in idx)), idx))
     return out
 
 
-def _forward(model, chunk: Sequence[Group], copies: dict | None, source: dict[str, Tensor], base: Tensor,
-             mask: Tensor, extra: Sequence[E.Edit], logit_positions: Tensor | None) -> Tensor:
+def _forward(
+    model,
+    chunk: Sequence[Group],
+    copies: dict | None,
+    source: dict[str, Tensor],
+    base: Tensor,
+    mask: Tensor,
+    extra: Sequence[E.Edit],
+    logit_positions: Tensor | None,
+) -> Tensor:
     """Logits [copies x prompts, (pos,) vocab] of one forward carrying `chunk`'s patches."""
     by_site: dict[str, list] = defaultdict(list)
     for copy, group in enumerate(chunk):
         for p in group:
             by_site[p.site].append((copy, p.position, p.head))
     last = max(copies) if copies else -1
-    edits = [_site_edit(model, site, picks, source[site], int(copies is not None and model.table[site].layer < last))
-             for site, picks in by_site.items()]
+    edits = [
+        _site_edit(model, site, picks, source[site], int(copies is not None and model.table[site].layer < last))
+        for site, picks in by_site.items()
+    ]
     tile = 1 if copies else len(chunk)
     plans = [CopyRows(copies)] if copies else []
     plans += [] if logit_positions is None else [GatherLogits(logit_positions.repeat(tile))]
     with torch.no_grad():
-        return model.run(base.repeat(tile, 1), attention_mask=mask.repeat(tile, 1), edits=[*extra, *edits],
-                         plans=plans).logits
+        return model.run(
+            base.repeat(tile, 1), attention_mask=mask.repeat(tile, 1), edits=[*extra, *edits], plans=plans
+        ).logits
 
 
 def read_positions(metric: Metric, task: Task) -> Tensor | None:
@@ -206,9 +233,18 @@ def read_positions(metric: Metric, task: Task) -> Tensor | None:
     return metric.positions if ok else None
 
 
-def run_groups(model, task: Task, groups: Sequence[Group], source: dict[str, Tensor], base: Tensor,
-               metric: Metric, batch_size: int | None = None, progress: bool = False,
-               extra: Sequence[E.Edit] = (), share: bool = True) -> Tensor:
+def run_groups(
+    model,
+    task: Task,
+    groups: Sequence[Group],
+    source: dict[str, Tensor],
+    base: Tensor,
+    metric: Metric,
+    batch_size: int | None = None,
+    progress: bool = False,
+    extra: Sequence[E.Edit] = (),
+    share: bool = True,
+) -> Tensor:
     """The metric of each group's patched run: `base` tokens, `source` activations written
     at the group's patches. Groups ride the batch dimension, `batch_size` rows a forward.
 
@@ -223,11 +259,12 @@ def run_groups(model, task: Task, groups: Sequence[Group], source: dict[str, Ten
     mask = task.attention_mask()
     positions = read_positions(metric, task) if share else None
     values = torch.zeros(len(groups))
-    for copies, idx in tqdm(_chunks(model, groups, per_forward, share), desc="patching", disable=not progress,
-                            leave=False):
+    for copies, idx in tqdm(
+        _chunks(model, groups, per_forward, share), desc="patching", disable=not progress, leave=False
+    ):
         logits = _forward(model, [groups[i] for i in idx], copies, source, base, mask, extra, positions)
         for c, i in enumerate(idx):
-            values[i] = metric(logits[c * rows:(c + 1) * rows]).detach().float().cpu()
+            values[i] = metric(logits[c * rows : (c + 1) * rows]).detach().float().cpu()
     return values
 
 
@@ -237,9 +274,18 @@ def pos_labels(model, tokens: Tensor, positions: list[int]) -> list[str]:
     return [f"{p}:{model.tokenizer.decode([int(tokens[p])])}" for p in positions]
 
 
-def sweep(model, task: Task, metric: Metric | MetricFn, *, sweep: str = "resid", direction: str = "denoise",
-          positions: Sequence[int] | None = None, batch_size: int | None = None, progress: bool = False,
-          share: bool = True) -> PatchResult:
+def sweep(
+    model,
+    task: Task,
+    metric: Metric | MetricFn,
+    *,
+    sweep: str = "resid",
+    direction: str = "denoise",
+    positions: Sequence[int] | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+    share: bool = True,
+) -> PatchResult:
     """Exact activation patching of every (layer, position), (layer, head) or (layer,
     head, position) of one kind of site; see `PatchResult.scores` for the normalisation.
 
@@ -263,14 +309,30 @@ def sweep(model, task: Task, metric: Metric | MetricFn, *, sweep: str = "resid",
     values = torch.full((len(patches),), m_base)
     todo = [p for p, s in zip(patches, same.tolist()) if not s]
     if todo:
-        values[~same] = run_groups(model, task, [(p,) for p in todo], source.cache, base, metric, batch_size, progress,
-                                   share=share)
+        values[~same] = run_groups(
+            model, task, [(p,) for p in todo], source.cache, base, metric, batch_size, progress, share=share
+        )
     values = values.reshape(shape)
     scores, normalized = normalise(values, m_clean, m_corrupt, direction)
     if not normalized:
-        log.warning("clean and corrupted runs give the same %s (%.4g): scores are raw differences", metric.name, m_clean)
-    return PatchResult(model.name, sweep, direction, "exact", metric.name, axes, scores, values, m_clean, m_corrupt,
-                       normalized, chosen, pos_labels(model, task.clean[0], chosen))
+        log.warning(
+            "clean and corrupted runs give the same %s (%.4g): scores are raw differences", metric.name, m_clean
+        )
+    return PatchResult(
+        model.name,
+        sweep,
+        direction,
+        "exact",
+        metric.name,
+        axes,
+        scores,
+        values,
+        m_clean,
+        m_corrupt,
+        normalized,
+        chosen,
+        pos_labels(model, task.clean[0], chosen),
+    )
 
 
 def patch(model, task: Task, metric: Metric | MetricFn, patches: Group, *, direction: str = "denoise") -> float:

@@ -39,9 +39,9 @@ class Task:
     """Token ids of the clean prompts (right-padded where rows differ in length)."""
     corrupt: Int[Tensor, "batch pos"]
     """Token ids of the corrupted prompts; row i has the same length as clean row i."""
-    answers: Int[Tensor, "batch"]
+    answers: Int[Tensor, " batch"]
     """The correct next token of each clean prompt, read at `position`."""
-    wrong: Int[Tensor, "batch"] | None = None
+    wrong: Int[Tensor, " batch"] | None = None
     """A foil per prompt (the corrupted prompt's answer) for logit differences; may be None."""
     position: int = -1
     """Where the metric reads the logits, within each row (negative: from the row's end)."""
@@ -55,8 +55,10 @@ class Task:
         if clean.shape[0] == 0 or clean.shape[1] == 0:
             raise MechscopeError("the task is empty: give at least one clean/corrupt pair of non-empty prompts")
         if clean.shape != corrupt.shape:
-            raise MechscopeError(f"clean tokens have shape {tuple(clean.shape)} but corrupt tokens "
-                                 f"{tuple(corrupt.shape)}: give one corrupted prompt of the same length per clean one")
+            raise MechscopeError(
+                f"clean tokens have shape {tuple(clean.shape)} but corrupt tokens "
+                f"{tuple(corrupt.shape)}: give one corrupted prompt of the same length per clean one"
+            )
         n = clean.shape[0]
         answers = torch.as_tensor(self.answers, dtype=torch.long).reshape(-1)
         if len(answers) != n:
@@ -74,8 +76,9 @@ class Task:
             object.__setattr__(self, "mask", mask)
         index = self.index()
         if bool((index < 0).any() or (index >= self.lengths).any()):
-            raise MechscopeError(f"position {self.position} falls outside some prompts (lengths "
-                                 f"{sorted(set(self.lengths.tolist()))})")
+            raise MechscopeError(
+                f"position {self.position} falls outside some prompts (lengths {sorted(set(self.lengths.tolist()))})"
+            )
 
     # What metrics and methods read
 
@@ -83,13 +86,13 @@ class Task:
         return self.clean.shape[0]
 
     @property
-    def lengths(self) -> Int[Tensor, "batch"]:
+    def lengths(self) -> Int[Tensor, " batch"]:
         """Real tokens per row."""
         if self.mask is None:
             return torch.full((len(self),), self.clean.shape[1], dtype=torch.long)
         return self.mask.sum(-1)
 
-    def index(self) -> Int[Tensor, "batch"]:
+    def index(self) -> Int[Tensor, " batch"]:
         """The absolute position at which the metric reads each row's logits."""
         if self.position < 0:
             return self.lengths + self.position
@@ -110,8 +113,9 @@ class Task:
 
     def to(self, device) -> "Task":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Task(move(self.clean), move(self.corrupt), move(self.answers), move(self.wrong), self.position,
-                    move(self.mask))
+        return Task(
+            move(self.clean), move(self.corrupt), move(self.answers), move(self.wrong), self.position, move(self.mask)
+        )
 
     # Building tasks
 
@@ -127,17 +131,29 @@ class Task:
         return cls(ids_clean, ids_corrupt, answers, wrong, position, None if bool(mask.all()) else mask)
 
     @classmethod
-    def from_prompts(cls, model, clean: list[str], corrupt: list[str], answers: list[str],
-                     wrong: list[str] | None = None, align: str | None = None, position: int = -1) -> "Task":
+    def from_prompts(
+        cls,
+        model,
+        clean: list[str],
+        corrupt: list[str],
+        answers: list[str],
+        wrong: list[str] | None = None,
+        align: str | None = None,
+        position: int = -1,
+    ) -> "Task":
         """From text: each clean/corrupt pair must tokenise to the same length, and each
         answer (and wrong token) must be exactly one token, e.g. " Mary" with its space."""
         if align is not None:
-            raise MechscopeError(f"align={align!r} is not supported: padding one prompt of a pair would move the "
-                                 "answer position in one of them; rephrase the corrupted prompt so that both "
-                                 "tokenise to the same length")
+            raise MechscopeError(
+                f"align={align!r} is not supported: padding one prompt of a pair would move the "
+                "answer position in one of them; rephrase the corrupted prompt so that both "
+                "tokenise to the same length"
+            )
         if model.tokenizer is None:
-            raise MechscopeError(f"{model.name} has no tokenizer: build the task from token ids with "
-                                 "Task.from_tokens(...) (or a task file with lists of ids)")
+            raise MechscopeError(
+                f"{model.name} has no tokenizer: build the task from token ids with "
+                "Task.from_tokens(...) (or a task file with lists of ids)"
+            )
         for what, items in (("clean", clean), ("corrupt", corrupt), ("answers", answers)):
             if isinstance(items, str) or not all(isinstance(s, str) for s in items):
                 raise MechscopeError(f"{what} must be a list of strings")
@@ -147,8 +163,10 @@ class Task:
         if wrong is not None:
             counts["wrong"] = len(wrong)
         if len(set(counts.values())) != 1:
-            raise MechscopeError(f"the task's lists differ in length ({counts}): give one corrupted prompt, one answer "
-                                 "(and one wrong token) per clean prompt")
+            raise MechscopeError(
+                f"the task's lists differ in length ({counts}): give one corrupted prompt, one answer "
+                "(and one wrong token) per clean prompt"
+            )
         tok = model.tokenizer
         clean_rows = [tok(text)["input_ids"] for text in clean]
         corrupt_rows = [tok(text)["input_ids"] for text in corrupt]
@@ -158,8 +176,14 @@ class Task:
         ids_corrupt, _ = _pad(corrupt_rows, pad)
         answer_ids = [_one_token(model, a, "answer") for a in answers]
         wrong_ids = None if wrong is None else [_one_token(model, w, "wrong token") for w in wrong]
-        return cls(ids_clean, ids_corrupt, torch.tensor(answer_ids), None if wrong_ids is None else torch.tensor(wrong_ids),
-                   position, None if bool(mask.all()) else mask)
+        return cls(
+            ids_clean,
+            ids_corrupt,
+            torch.tensor(answer_ids),
+            None if wrong_ids is None else torch.tensor(wrong_ids),
+            position,
+            None if bool(mask.all()) else mask,
+        )
 
     @classmethod
     def from_file(cls, model, path) -> "Task":
@@ -172,8 +196,10 @@ class Task:
             raise MechscopeError(f"task file '{path}' lacks {missing}: it needs clean, corrupt and answers lists")
         unknown = set(data) - {"clean", "corrupt", "answers", "wrong", "position"}
         if unknown:
-            raise MechscopeError(f"task file '{path}' has unknown keys {sorted(unknown)} (known: clean, corrupt, "
-                                 "answers, wrong, position)")
+            raise MechscopeError(
+                f"task file '{path}' has unknown keys {sorted(unknown)} (known: clean, corrupt, "
+                "answers, wrong, position)"
+            )
         position = int(data.get("position", -1))
         clean, corrupt = data["clean"], data["corrupt"]
         if not isinstance(clean, list) or not isinstance(corrupt, list) or not clean:
@@ -196,14 +222,18 @@ def _ids(x, what: str) -> Tensor:
 
 def _check_pairs(clean_rows, corrupt_rows, clean_text, corrupt_text) -> None:
     if len(clean_rows) != len(corrupt_rows):
-        raise MechscopeError(f"{len(clean_rows)} clean but {len(corrupt_rows)} corrupted prompts: give one per clean prompt")
+        raise MechscopeError(
+            f"{len(clean_rows)} clean but {len(corrupt_rows)} corrupted prompts: give one per clean prompt"
+        )
     if not clean_rows:
         raise MechscopeError("the task is empty: give at least one clean/corrupt pair")
     for i, (a, b) in enumerate(zip(clean_rows, corrupt_rows)):
         if len(a) != len(b):
-            raise MechscopeError(f"pair {i}: the clean prompt {clean_text[i]!r} is {len(a)} tokens but the corrupted "
-                                 f"{corrupt_text[i]!r} is {len(b)}: patching compares the same positions, so each pair "
-                                 "must tokenise to the same length")
+            raise MechscopeError(
+                f"pair {i}: the clean prompt {clean_text[i]!r} is {len(a)} tokens but the corrupted "
+                f"{corrupt_text[i]!r} is {len(b)}: patching compares the same positions, so each pair "
+                "must tokenise to the same length"
+            )
         if not a:
             raise MechscopeError(f"pair {i}: the prompts are empty")
 
@@ -213,8 +243,8 @@ def _pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = 1
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
     return ids, mask
 
 
@@ -228,26 +258,31 @@ def _one_token(model, token, what: str) -> int:
     ids = model.tokenizer.encode(token, add_special_tokens=False)
     if len(ids) != 1:
         pieces = [model.tokenizer.decode([i]) for i in ids]
-        raise MechscopeError(f"{what} {token!r} is {len(ids)} tokens {pieces}, not one: give a single token "
-                             "(mind the leading space, e.g. ' Mary')")
+        raise MechscopeError(
+            f"{what} {token!r} is {len(ids)} tokens {pieces}, not one: give a single token "
+            "(mind the leading space, e.g. ' Mary')"
+        )
     return ids[0]
 
 
 def _read_task_file(path: Path) -> dict:
     if not path.is_file():
-        raise MechscopeError(f"task file '{path}' {'is a folder' if path.is_dir() else 'does not exist'}: give a "
-                             ".json or .yaml file")
+        raise MechscopeError(
+            f"task file '{path}' {'is a folder' if path.is_dir() else 'does not exist'}: give a .json or .yaml file"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise MechscopeError(f"cannot read task file '{path}' ({err.__class__.__name__}): give a UTF-8 .json or "
-                             ".yaml file") from None
+        raise MechscopeError(
+            f"cannot read task file '{path}' ({err.__class__.__name__}): give a UTF-8 .json or .yaml file"
+        ) from None
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             import yaml
         except ImportError:
-            raise MechscopeError(f"'{path}' is YAML but PyYAML is not installed: `pip install pyyaml`, "
-                                 "or write the task as JSON") from None
+            raise MechscopeError(
+                f"'{path}' is YAML but PyYAML is not installed: `pip install pyyaml`, or write the task as JSON"
+            ) from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as err:
@@ -258,7 +293,9 @@ def _read_task_file(path: Path) -> dict:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise MechscopeError(f"task file '{path}' is not valid JSON ({err}); YAML files need a .yaml suffix") from None
+            raise MechscopeError(
+                f"task file '{path}' is not valid JSON ({err}); YAML files need a .yaml suffix"
+            ) from None
     if not isinstance(data, dict):
         raise MechscopeError(f"task file '{path}' must hold a mapping with clean, corrupt and answers lists")
     return data

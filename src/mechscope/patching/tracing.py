@@ -59,19 +59,26 @@ class TraceResult(Saveable):
     def plot(self):
         """One heatmap per traced kind: layer (x) by position (y), as in the ROME figures."""
         from matplotlib.figure import Figure
+
         n = len(self.kinds)
         fig = Figure(figsize=(3.6 * n + 0.6, 0.28 * self.probs.shape[2] + 1.6), layout="constrained")
         axes = fig.subplots(1, n, squeeze=False)[0]
         labels = [f"{t}*" if i in self.subject else t for i, t in enumerate(self.pos_labels)]
         for ax, kind, grid in zip(axes, self.kinds, self.probs):
-            image = ax.imshow(grid.T.numpy(), cmap={"resid": "Purples", "attn": "Reds", "mlp": "Greens"}[kind],
-                              vmin=min(self.corrupt_prob, float(grid.min())), aspect="auto")
+            image = ax.imshow(
+                grid.T.numpy(),
+                cmap={"resid": "Purples", "attn": "Reds", "mlp": "Greens"}[kind],
+                vmin=min(self.corrupt_prob, float(grid.min())),
+                aspect="auto",
+            )
             ax.set_yticks(range(len(labels)), labels, fontsize=7)
             ax.set_xlabel("layer" if kind == "resid" else f"centre of {self.window}-layer window")
             ax.set_title(f"restore {KINDS[kind].split('.')[-1]}", fontsize=9)
             fig.colorbar(image, ax=ax, shrink=0.8, label=f"p({self.answer_text!r})")
-        fig.suptitle(f"{self.model_name}: causal trace (clean p={self.clean_prob:.3f}, noised p={self.corrupt_prob:.3f})",
-                     fontsize=9)
+        fig.suptitle(
+            f"{self.model_name}: causal trace (clean p={self.clean_prob:.3f}, noised p={self.corrupt_prob:.3f})",
+            fontsize=9,
+        )
         return fig
 
 
@@ -87,12 +94,14 @@ def subject_positions(model, tokens: Tensor, subject: str | Sequence[int]) -> li
     if model.tokenizer is None:
         raise MechscopeError(f"{model.name} has no tokenizer: give the subject as token positions")
     ids = tokens.tolist()
-    ends = [len(model.tokenizer.decode(ids[:i + 1])) for i in range(n)]
+    ends = [len(model.tokenizer.decode(ids[: i + 1])) for i in range(n)]
     text = model.tokenizer.decode(ids)
     start = text.find(subject) if subject else -1
     if start < 0:
-        raise MechscopeError(f"subject {subject!r} is not in the prompt {text!r}: give a substring of it "
-                             "(with its exact spaces and case) or token positions")
+        raise MechscopeError(
+            f"subject {subject!r} is not in the prompt {text!r}: give a substring of it "
+            "(with its exact spaces and case) or token positions"
+        )
     stop = start + len(subject)
     starts = [0] + ends[:-1]
     return [i for i in range(n) if starts[i] < stop and ends[i] > start]
@@ -109,20 +118,38 @@ def _noise(model, n: int, subject: list[int], multiplier: float, samples: int, s
 def _groups(n_layers: int, n_pos: int, kind: str, window: int) -> list[list[Patch]]:
     out = []
     for layer in range(n_layers):
-        low, high = (layer, layer + 1) if kind == "resid" else (max(0, layer - window // 2),
-                                                                  min(n_layers, layer - window // 2 + window))
+        low, high = (
+            (layer, layer + 1)
+            if kind == "resid"
+            else (max(0, layer - window // 2), min(n_layers, layer - window // 2 + window))
+        )
         for pos in range(n_pos):
             out.append([Patch(KINDS[kind].format(l=lay), pos) for lay in range(max(0, low), high)])
     return out
 
 
-def causal_trace(model, prompt: str | Tensor, subject: str | Sequence[int], *, answer: str | int | None = None,
-                 noise: float = 3.0, samples: int = 10, window: int = 10, kinds: Sequence[str] = ("resid", "attn", "mlp"),
-                 seed: int = 0, batch_size: int | None = None, progress: bool = False) -> TraceResult:
+def causal_trace(
+    model,
+    prompt: str | Tensor,
+    subject: str | Sequence[int],
+    *,
+    answer: str | int | None = None,
+    noise: float = 3.0,
+    samples: int = 10,
+    window: int = 10,
+    kinds: Sequence[str] = ("resid", "attn", "mlp"),
+    seed: int = 0,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> TraceResult:
     """Trace one prompt. answer: the token whose probability is read (default: the clean
     run's top prediction). kinds: any of resid, attn, mlp (mlp is skipped without MLPs)."""
     require_lm_head(model, "causal tracing")
-    tokens = model.tokenize(prompt)["input_ids"][:1].cpu() if isinstance(prompt, str) else torch.as_tensor(prompt).reshape(1, -1)
+    tokens = (
+        model.tokenize(prompt)["input_ids"][:1].cpu()
+        if isinstance(prompt, str)
+        else torch.as_tensor(prompt).reshape(1, -1)
+    )
     n = tokens.shape[1]
     positions = subject_positions(model, tokens[0], subject)
     kinds = [k for k in kinds if k != "mlp" or model.dims.d_mlp]
@@ -149,13 +176,33 @@ def causal_trace(model, prompt: str | Tensor, subject: str | Sequence[int], *, a
         groups = _groups(model.dims.n_layers, n, kind, window)
         values = run_groups(model, task, groups, source, task.clean, metric, batch_size, progress, extra)
         probs.append(values.reshape(model.dims.n_layers, n))
-    return TraceResult(model.name, answer_id, decode(model, answer_id), float(clean.logits[0, -1].float().softmax(-1)[answer_id]),
-                       corrupt_prob, positions, list(kinds), torch.stack(probs), window, noise, samples,
-                       [label.split(":", 1)[1] for label in pos_labels(model, tokens[0], list(range(n)))])
+    return TraceResult(
+        model.name,
+        answer_id,
+        decode(model, answer_id),
+        float(clean.logits[0, -1].float().softmax(-1)[answer_id]),
+        corrupt_prob,
+        positions,
+        list(kinds),
+        torch.stack(probs),
+        window,
+        noise,
+        samples,
+        [label.split(":", 1)[1] for label in pos_labels(model, tokens[0], list(range(n)))],
+    )
 
 
-def restore_all(model, prompt: Tensor, subject: Sequence[int], answer: int, *, noise: float = 3.0, samples: int = 4,
-                seed: int = 0, sites: Sequence[str] = ()) -> tuple[float, float]:
+def restore_all(
+    model,
+    prompt: Tensor,
+    subject: Sequence[int],
+    answer: int,
+    *,
+    noise: float = 3.0,
+    samples: int = 4,
+    seed: int = 0,
+    sites: Sequence[str] = (),
+) -> tuple[float, float]:
     """(noised probability, probability with `sites` restored at every position): a check
     that restoring enough state undoes the noise exactly."""
     tokens = torch.as_tensor(prompt).reshape(1, -1)
@@ -164,7 +211,11 @@ def restore_all(model, prompt: Tensor, subject: Sequence[int], answer: int, *, n
         clean = model.run(tokens, record=list(sites))
     task = Task(tokens.repeat(samples, 1), tokens.repeat(samples, 1), torch.full((samples,), answer))
     noise_values = _noise(model, n, list(subject), noise, samples, seed)
-    extra = [E.replace("hook_embed", lambda x: x + noise_values.to(x.device, x.dtype).repeat(x.shape[0] // samples, 1, 1))]
+    extra = [
+        E.replace("hook_embed", lambda x: x + noise_values.to(x.device, x.dtype).repeat(x.shape[0] // samples, 1, 1))
+    ]
     source = {s: clean.cache[s].repeat(samples, *[1] * (clean.cache[s].dim() - 1)) for s in sites}
-    values = run_groups(model, task, [[], [Patch(s) for s in sites]], source, task.clean, answer_prob(task), extra=extra)
+    values = run_groups(
+        model, task, [[], [Patch(s) for s in sites]], source, task.clean, answer_prob(task), extra=extra
+    )
     return float(values[0]), float(values[1])

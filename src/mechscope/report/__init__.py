@@ -36,8 +36,14 @@ th {{ background: #f3f5f9; }} code, .tok {{ font-family: ui-monospace, monospace
 """
 
 
-def build_report(model, prompt: str | None, out_dir: Path, *, sae_dir: str | Path | None = None,
-                 crosscoder_dir: str | Path | None = None) -> Path:
+def build_report(
+    model,
+    prompt: str | None,
+    out_dir: Path,
+    *,
+    sae_dir: str | Path | None = None,
+    crosscoder_dir: str | Path | None = None,
+) -> Path:
     """Run `model` on `prompt` and write `out_dir/index.html` (images inlined).
 
     Sections that need a text run are left out when there is no prompt or the model
@@ -47,12 +53,16 @@ def build_report(model, prompt: str | None, out_dir: Path, *, sae_dir: str | Pat
     run = None
     if prompt is not None:
         if model.tokenizer is None:
-            raise MechscopeError(f"{model.name} has no tokenizer, so it cannot be run on a text prompt; leave out --prompt")
+            raise MechscopeError(
+                f"{model.name} has no tokenizer, so it cannot be run on a text prompt; leave out --prompt"
+            )
         run = model.run(prompt, record="blocks.*.hook_resid_post")
         where = first_nonfinite({**run.cache, "the logits": run.logits})
         if where is not None:
-            raise MechscopeError(f"{model.name} computes NaN or inf on this prompt (first at {where}): a report of it "
-                                 "would show nothing; try another --prompt or a higher-precision --dtype")
+            raise MechscopeError(
+                f"{model.name} computes NaN or inf on this prompt (first at {where}): a report of it "
+                "would show nothing; try another --prompt or a higher-precision --dtype"
+            )
     sections = list(SECTIONS)
     if sae_dir is not None:
         sections.append(functools.partial(sae.section, sae_dir=sae_dir))
@@ -61,8 +71,9 @@ def build_report(model, prompt: str | None, out_dir: Path, *, sae_dir: str | Pat
     parts = [section(model, run) for section in sections]
     body = "\n".join(part for part in parts if part)
     title = model.name if prompt is None else f"{model.name} on {prompt[:60]!r}"
-    page = PAGE.format(title=html.escape(title),
-                       when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), body=body)
+    page = PAGE.format(
+        title=html.escape(title), when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), body=body
+    )
     return write_text(Path(out_dir) / "index.html", page)
 
 
@@ -70,8 +81,10 @@ def _refuse_nonfinite_weights(model) -> None:
     """Every section reads the weights or their activations: NaN or inf in them is reported, not drawn."""
     bad = nonfinite_parameters(model.hf, SHOWN)
     if bad:
-        raise MechscopeError(f"{model.name} has NaN or inf in its weights ({', '.join(bad)}"
-                             f"{', ...' if len(bad) == SHOWN else ''}): restore or retrain the model; no report written")
+        raise MechscopeError(
+            f"{model.name} has NaN or inf in its weights ({', '.join(bad)}"
+            f"{', ...' if len(bad) == SHOWN else ''}): restore or retrain the model; no report written"
+        )
 
 
 __all__ = ["build_report", "SECTIONS"]

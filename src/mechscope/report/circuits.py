@@ -18,9 +18,12 @@ def section(model, run) -> str:
         return ""
     from ..circuits import eap, induction_task
     from ..errors import MechscopeError
+
     if model.dims.n_layers > MAX_LAYERS:
-        return (f"<h2>Circuit (EAP)</h2><p>Skipped: {model.dims.n_layers} layers; the report draws circuits of "
-                f"models up to {MAX_LAYERS} layers (use <code>mechscope circuit</code>).</p>")
+        return (
+            f"<h2>Circuit (EAP)</h2><p>Skipped: {model.dims.n_layers} layers; the report draws circuits of "
+            f"models up to {MAX_LAYERS} layers (use <code>mechscope circuit</code>).</p>"
+        )
     bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else 0
     try:
         task = induction_task(model, span=10, prefix=6, batch=8, seed=0, bos=bos)
@@ -28,11 +31,16 @@ def section(model, run) -> str:
         faith = found.faithfulness(model, task)
     except MechscopeError as err:
         return f"<h2>Circuit (EAP)</h2><p>Skipped: {html.escape(str(err))}.</p>"
-    rows = "".join(f"<tr><td>{html.escape(s)}</td><td>{html.escape(r)}</td><td>{v:+.3f}</td></tr>"
-                   for (s, r), v in found.top(TOP_EDGES))
-    return ("<h2>Circuit (EAP)</h2><p>Edge attribution patching on 8 repeated random sequences "
-            "(<code>[bos] r r[:6]</code>, answer r[6]); corrupted: the first copy reversed. Top "
-            f"{TOP_EDGES} edges by |score| (estimated change of the {html.escape(found.metric)} when the edge carries "
-            f"the corrupted value); with everything else ablated they keep {faith:.0%} of the clean-corrupted gap. "
-            "Edge colours: query blue, key green, value red.</p>"
-            + _png(found.plot()) + f"<table><tr><th>sender</th><th>receiver</th><th>score</th></tr>{rows}</table>")
+    rows = "".join(
+        f"<tr><td>{html.escape(s)}</td><td>{html.escape(r)}</td><td>{v:+.3f}</td></tr>"
+        for (s, r), v in found.top(TOP_EDGES)
+    )
+    return (
+        "<h2>Circuit (EAP)</h2><p>Edge attribution patching on 8 repeated random sequences "
+        "(<code>[bos] r r[:6]</code>, answer r[6]); corrupted: the first copy reversed. Top "
+        f"{TOP_EDGES} edges by |score| (estimated change of the {html.escape(found.metric)} when the edge carries "
+        f"the corrupted value); with everything else ablated they keep {faith:.0%} of the clean-corrupted gap. "
+        "Edge colours: query blue, key green, value red.</p>"
+        + _png(found.plot())
+        + f"<table><tr><th>sender</th><th>receiver</th><th>score</th></tr>{rows}</table>"
+    )

@@ -26,18 +26,23 @@ def _fmt(value) -> str:
 def _block_table(columns: dict[str, dict], blocks: list[str]) -> str:
     def row(label: str, values) -> str:
         return f"<tr><td>{label}</td>{''.join(f'<td>{_fmt(v)}</td>' for v in values)}</tr>"
+
     metrics = list(columns.values())
     rows = [row("FVU, all blocks", [m.get("fvu") for m in metrics])]
-    rows += [row(f"FVU <code>{html.escape(b)}</code>", [m.get("fvu_per_block", {}).get(b) for m in metrics])
-             for b in blocks]
-    rows += [row(label, [m.get(key) for m in metrics])
-             for key, label in (("l0", "L0 (active latents per token)"), ("dead_fraction", "dead fraction"))]
+    rows += [
+        row(f"FVU <code>{html.escape(b)}</code>", [m.get("fvu_per_block", {}).get(b) for m in metrics]) for b in blocks
+    ]
+    rows += [
+        row(label, [m.get(key) for m in metrics])
+        for key, label in (("l0", "L0 (active latents per token)"), ("dead_fraction", "dead fraction"))
+    ]
     head = "".join(f"<th>{html.escape(name)}</th>" for name in columns)
     return f"<table class='kv'><tr><th></th>{head}</tr>{''.join(rows)}</table>"
 
 
 def _main_blocks_plot(coder):
     from ..plots import figure
+
     main = coder.block_norms().argmax(-1)
     counts = [int((main == b).sum()) for b in range(coder.n_blocks)]
     fig, ax = figure(6.0, 0.35 * coder.n_blocks + 1.0)
@@ -50,12 +55,15 @@ def _main_blocks_plot(coder):
 def section(model, run, crosscoder_dir: str | Path | None = None) -> str:
     """HTML for the crosscoder in `crosscoder_dir`; a note when there is none."""
     if crosscoder_dir is None:
-        return ("<h2>Crosscoder</h2><p>No crosscoder given: train one with <code>mechscope crosscoder train</code> "
-                "(several layers, or <code>--vs</code> another model) and pass its folder to see it here.</p>")
+        return (
+            "<h2>Crosscoder</h2><p>No crosscoder given: train one with <code>mechscope crosscoder train</code> "
+            "(several layers, or <code>--vs</code> another model) and pass its folder to see it here.</p>"
+        )
     from ..dictionary.base import SparseCoder
     from ..dictionary.crosscoder import Crosscoder, block_metrics
     from ..dictionary.diffing import diff, stacked_activations
     from ..errors import MechscopeError
+
     coder = SparseCoder.load(crosscoder_dir)
     if not isinstance(coder, Crosscoder):
         raise MechscopeError(f"{crosscoder_dir} holds a {coder.cfg.arch} dictionary, not a crosscoder")
@@ -68,18 +76,22 @@ def section(model, run, crosscoder_dir: str | Path | None = None) -> str:
     if two_models:
         result = diff(coder)
         c = result.counts()
-        parts.append(f"<p>Relative decoder norm r = |d_B| / (|d_A| + |d_B|) per latent (A = "
-                     f"{html.escape(result.labels[0])}, B = {html.escape(result.labels[1])}), from the weights: "
-                     f"{c['a_only']} latents only in A (r &le; {result.threshold}), {c['shared']} shared, "
-                     f"{c['b_only']} only in B. Firing on data is not checked here (<code>mechscope crosscoder "
-                     "diff</code> does).</p>" + _png(result.plot()))
+        parts.append(
+            f"<p>Relative decoder norm r = |d_B| / (|d_A| + |d_B|) per latent (A = "
+            f"{html.escape(result.labels[0])}, B = {html.escape(result.labels[1])}), from the weights: "
+            f"{c['a_only']} latents only in A (r &le; {result.threshold}), {c['shared']} shared, "
+            f"{c['b_only']} only in B. Firing on data is not checked here (<code>mechscope crosscoder "
+            "diff</code> does).</p>" + _png(result.plot())
+        )
     else:
         parts.append(_png(_main_blocks_plot(coder)))
         if run is not None and all(b in model.table.by_name for b in blocks) and int(run.lengths[0]) >= 2:
             ids = run.tokens[:1, : int(run.lengths[0])]
-            x = stacked_activations([(model, b) for b in blocks], ids)[0, 1:]   # the first position is left out
+            x = stacked_activations([(model, b) for b in blocks], ids)[0, 1:]  # the first position is left out
             columns["report prompt"] = block_metrics(coder, x)
     kind = "two models" if two_models else "layers" if coder.cfg.arch == "crosscoder" else "layers, weakly causal"
     table = _block_table(columns, blocks) if columns else "<p>No eval.json and no prompt to measure it on.</p>"
-    return (f"<h2>Crosscoder</h2><p>{html.escape(coder.cfg.arch)} with {coder.cfg.d_sae} latents across "
-            f"{kind}: {', '.join(f'<code>{html.escape(b)}</code>' for b in blocks)}.</p>" + table + "".join(parts))
+    return (
+        f"<h2>Crosscoder</h2><p>{html.escape(coder.cfg.arch)} with {coder.cfg.d_sae} latents across "
+        f"{kind}: {', '.join(f'<code>{html.escape(b)}</code>' for b in blocks)}.</p>" + table + "".join(parts)
+    )

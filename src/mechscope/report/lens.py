@@ -15,12 +15,15 @@ def section(model, run) -> str:
     if run is None or not model.has_lm_head or run.mask is None:
         return ""
     from ..lens import logit_lens
+
     length = int(run.lengths[0])
     ids = run.tokens[:1, :length]
     positions = list(range(max(0, length - MAX_POSITIONS), length))
     lens = logit_lens(model, ids, positions=positions, include_mid=False, k=1)
     cut = f" (last {MAX_POSITIONS} positions)" if length > MAX_POSITIONS else ""
-    return ("<h2>Logit lens</h2><p>What each layer would predict if the model stopped there: every block's "
-            "residual stream (<code>blocks.{l}.hook_resid_post</code>, and the embeddings at the bottom) read "
-            f"through the model's own final norm and unembedding{html.escape(cut)}. Colour: probability of the "
-            "top-1 token written in the cell.</p>" + _png(lens.plot()))
+    return (
+        "<h2>Logit lens</h2><p>What each layer would predict if the model stopped there: every block's "
+        "residual stream (<code>blocks.{l}.hook_resid_post</code>, and the embeddings at the bottom) read "
+        f"through the model's own final norm and unembedding{html.escape(cut)}. Colour: probability of the "
+        "top-1 token written in the cell.</p>" + _png(lens.plot())
+    )

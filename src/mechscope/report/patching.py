@@ -17,6 +17,7 @@ def _auto_task(model, run):
     the start replaced by another frequent-looking id; answer = the clean top prediction,
     foil = the corrupted top prediction (or None when they agree)."""
     from ..patching import Task
+
     length = int(run.lengths[0])
     if length < 3 or length > MAX_POSITIONS:
         return None, f"the prompt has {length} tokens (patching shows 3-{MAX_POSITIONS})"
@@ -37,6 +38,7 @@ def section(model, run) -> str:
     if run is None or run.mask is None or not model.has_lm_head:
         return ""
     from ..patching import answer_logit, logit_diff, sweep
+
     task, why = _auto_task(model, run)
     if task is None:
         return f"<h2>Activation patching</h2><p>Skipped: {html.escape(why)}.</p>"
@@ -44,7 +46,9 @@ def section(model, run) -> str:
     result = sweep(model, task, metric, sweep="resid")
     decode = (lambda t: model.tokenizer.decode([t])) if model.tokenizer is not None else str  # noqa: E731
     swapped = f"{decode(int(task.clean[0, 1]))!r} → {decode(int(task.corrupt[0, 1]))!r}"
-    return ("<h2>Activation patching</h2><p>Corrupted prompt: the token at position 1 swapped "
-            f"({html.escape(swapped)}). Each cell writes the clean <code>blocks.{{l}}.hook_resid_pre</code> at one "
-            f"position into the corrupted run; colour: share of the {html.escape(metric.name)} gap restored "
-            f"(clean {result.clean_metric:.3f}, corrupted {result.corrupt_metric:.3f}).</p>" + _png(result.plot()))
+    return (
+        "<h2>Activation patching</h2><p>Corrupted prompt: the token at position 1 swapped "
+        f"({html.escape(swapped)}). Each cell writes the clean <code>blocks.{{l}}.hook_resid_pre</code> at one "
+        f"position into the corrupted run; colour: share of the {html.escape(metric.name)} gap restored "
+        f"(clean {result.clean_metric:.3f}, corrupted {result.corrupt_metric:.3f}).</p>" + _png(result.plot())
+    )

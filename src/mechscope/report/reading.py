@@ -11,17 +11,28 @@ from .sections import _png
 def attribution(model, run) -> str:
     """Which heads and MLPs write the top next-token prediction at the last position,
     measured against the runner-up (logit difference)."""
-    if run is None or not model.has_lm_head or getattr(model, "adapter", None) is None or model.adapter.final_norm is None:
+    if (
+        run is None
+        or not model.has_lm_head
+        or getattr(model, "adapter", None) is None
+        or model.adapter.final_norm is None
+    ):
         return ""
     from ..attribution import direct_logit_attribution
+
     length = int(run.lengths[0])
     top2 = run.logits[0, length - 1].topk(2).indices.tolist()
     ids = run.tokens[:1, :length]
     dla = direct_logit_attribution(model, ids, top2[0], vs=top2[1], positions=-1)
     first, second = (html.escape(repr(model.tokenizer.decode([t]))) for t in top2)
-    return ("<h2>Direct logit attribution</h2><p>Why the model prefers " + first + " over " + second +
-            " after the last token: each component's direct contribution to the logit difference, through the "
-            "final norm with its scale frozen (the contributions sum to the difference).</p>" + _png(dla.plot(k=15)))
+    return (
+        "<h2>Direct logit attribution</h2><p>Why the model prefers "
+        + first
+        + " over "
+        + second
+        + " after the last token: each component's direct contribution to the logit difference, through the "
+        "final norm with its scale frozen (the contributions sum to the difference).</p>" + _png(dla.plot(k=15))
+    )
 
 
 def heads(model, run) -> str:
@@ -30,6 +41,7 @@ def heads(model, run) -> str:
     if getattr(model, "adapter", None) is None or model.dims.n_layers * model.dims.n_heads == 0:
         return ""
     from ..heads import duplicate_token_scores, induction_scores, previous_token_scores, repeated_random_tokens
+
     span = 20
     vocab = model.module(model.adapter.embed).num_embeddings
     if model.adapter.pos_embed and model._has_module(model.adapter.pos_embed):
@@ -38,9 +50,17 @@ def heads(model, run) -> str:
         return ""
     bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
     tokens = repeated_random_tokens(vocab, span, batch=8, seed=0, prefix_token=bos)
-    figures = [_png(scores.plot()) for scores in (previous_token_scores(model, tokens),
-                                                  duplicate_token_scores(model, tokens, span=span),
-                                                  induction_scores(model, tokens, span=span))]
-    return ("<h2>Attention heads</h2><p>Scores of every head on random spans of " f"{span} tokens repeated twice: "
-            "previous-token (attention to i−1), duplicate-token (to the earlier copy of the same token) and "
-            "induction (to the token after the earlier copy).</p>" + "".join(figures))
+    figures = [
+        _png(scores.plot())
+        for scores in (
+            previous_token_scores(model, tokens),
+            duplicate_token_scores(model, tokens, span=span),
+            induction_scores(model, tokens, span=span),
+        )
+    ]
+    return (
+        "<h2>Attention heads</h2><p>Scores of every head on random spans of "
+        f"{span} tokens repeated twice: "
+        "previous-token (attention to i−1), duplicate-token (to the earlier copy of the same token) and "
+        "induction (to the token after the earlier copy).</p>" + "".join(figures)
+    )

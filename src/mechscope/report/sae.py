@@ -16,8 +16,14 @@ from pathlib import Path
 
 from .sections import _png
 
-ROWS = (("l0", "L0 (active latents per token)"), ("fvu", "FVU"), ("ce_loss_score", "CE loss score"),
-        ("kl_div_score", "KL score"), ("dead_fraction", "dead fraction"), ("relative_bias", "relative bias"))
+ROWS = (
+    ("l0", "L0 (active latents per token)"),
+    ("fvu", "FVU"),
+    ("ce_loss_score", "CE loss score"),
+    ("kl_div_score", "KL score"),
+    ("dead_fraction", "dead fraction"),
+    ("relative_bias", "relative bias"),
+)
 
 
 def _table(columns: dict[str, dict]) -> str:
@@ -36,16 +42,21 @@ def _fmt(value) -> str:
 def section(model, run, sae_dir: str | Path | None = None, *, n_features: int = 4) -> str:
     """HTML for the dictionary in `sae_dir` on the report prompt; a note when there is none."""
     if sae_dir is None:
-        return ("<h2>Sparse dictionary</h2><p>No dictionary given: train one with <code>mechscope sae train</code> "
-                "and pass its folder to see its metrics and features here.</p>")
+        return (
+            "<h2>Sparse dictionary</h2><p>No dictionary given: train one with <code>mechscope sae train</code> "
+            "and pass its folder to see its metrics and features here.</p>"
+        )
     from ..dictionary.evaluate import evaluate
     from ..dictionary.features import top_contexts
     from ..dictionary.formats import read
+
     coder = read(sae_dir)
     if getattr(coder.cfg, "transcoder", False):
         from .transcoder import transcoder_section
+
         return transcoder_section(model, run, sae_dir, coder)
     from .transcoder import error_part, meta_part
+
     extra = error_part(sae_dir) + meta_part(sae_dir)
     site = html.escape(coder.cfg.hook_name)
     columns, parts = {}, []
@@ -57,14 +68,21 @@ def section(model, run, sae_dir: str | Path | None = None, *, n_features: int = 
         result = evaluate(model, coder, ids)
         columns["report prompt"] = result.to_dict()
         parts.append(_png(result.plot()))
-        acts = coder.encode(model.run(ids, record=[coder.cfg.hook_name], logits=False).cache[coder.cfg.hook_name]
-                            .flatten(2)[0].float())
+        acts = coder.encode(
+            model.run(ids, record=[coder.cfg.hook_name], logits=False).cache[coder.cfg.hook_name].flatten(2)[0].float()
+        )
         strongest = acts.max(0).values.topk(min(n_features, coder.cfg.d_sae)).indices.tolist()
         found = top_contexts(model, coder, ids, strongest, k=3, context=6)
         parts.append("<p>Features most active on the prompt, with their strongest positions:</p>" + found.to_html())
     if not columns:
-        return (f"<h2>Sparse dictionary</h2><p>Dictionary at <code>{site}</code> ({coder.cfg.d_sae} latents): no "
-                "eval.json and no prompt to measure it on.</p>" + extra)
-    return (f"<h2>Sparse dictionary</h2><p>{html.escape(coder.cfg.arch)} dictionary with {coder.cfg.d_sae} latents at "
-            f"<code>{site}</code>. Scores: 1 is a perfect splice, 0 as bad as zeroing the site.</p>"
-            + _table(columns) + "".join(parts) + extra)
+        return (
+            f"<h2>Sparse dictionary</h2><p>Dictionary at <code>{site}</code> ({coder.cfg.d_sae} latents): no "
+            "eval.json and no prompt to measure it on.</p>" + extra
+        )
+    return (
+        f"<h2>Sparse dictionary</h2><p>{html.escape(coder.cfg.arch)} dictionary with {coder.cfg.d_sae} latents at "
+        f"<code>{site}</code>. Scores: 1 is a perfect splice, 0 as bad as zeroing the site.</p>"
+        + _table(columns)
+        + "".join(parts)
+        + extra
+    )

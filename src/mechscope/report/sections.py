@@ -22,6 +22,7 @@ than 2^16 pixels cannot be drawn at all)."""
 
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     with warnings.catch_warnings():  # tokens in scripts the default font lacks draw as boxes: say nothing
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
@@ -32,8 +33,10 @@ def _png(fig) -> str:
 
 def _figure(width: float, height: float):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt.subplots(figsize=(width, height))
 
 
@@ -57,14 +60,24 @@ def _position_ticks(ax, run, n: int) -> str:
         ax.set_xticks(range(n), _short_tokens(run), rotation=90, fontsize=8)
         return ""
     ax.set_xlabel("position")
-    return (f" All {n:,} positions, numbered: token labels are drawn up to {MAX_LABELLED_POSITIONS:,} "
-            "positions.")
+    return f" All {n:,} positions, numbered: token labels are drawn up to {MAX_LABELLED_POSITIONS:,} positions."
 
 
 def model_card(model, run) -> str:
     info = model.info()
-    keys = ("family", "model_type", "parameters", "dtype", "n_layers", "d_model", "n_heads", "n_kv_heads",
-            "d_head", "d_mlp", "d_vocab")
+    keys = (
+        "family",
+        "model_type",
+        "parameters",
+        "dtype",
+        "n_layers",
+        "d_model",
+        "n_heads",
+        "n_kv_heads",
+        "d_head",
+        "d_mlp",
+        "d_vocab",
+    )
     rows = [(k, f"{info[k]:,}" if k == "parameters" else info[k]) for k in keys if k in info]
     if model.name.startswith("zoo:"):
         metrics = zoo.card(model.name[4:]).get("metrics", {})
@@ -72,7 +85,8 @@ def model_card(model, run) -> str:
     table = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in info["notes"])
     return f"<h2>Model</h2><p><b>{html.escape(model.name)}</b></p><table class='kv'>{table}</table>" + (
-        f"<p>Conventions:</p><ul>{notes}</ul>" if notes else "")
+        f"<p>Conventions:</p><ul>{notes}</ul>" if notes else ""
+    )
 
 
 def predictions(model, run) -> str:
@@ -86,12 +100,15 @@ def predictions(model, run) -> str:
     rows = []
     for pos, token in enumerate(tokens[first:], start=first):
         top = run.top_tokens(5, position=pos)[0]
-        cells = " ".join(f"<span class='bar' style='width:{max(1, round(60 * p))}px'></span>{_tok(t)} {p:.2f}"
-                         for t, p in top)
+        cells = " ".join(
+            f"<span class='bar' style='width:{max(1, round(60 * p))}px'></span>{_tok(t)} {p:.2f}" for t, p in top
+        )
         actual = stats["p_actual"][pos].item()
         follows = "" if math.isnan(actual) else f"{actual:.3f} (rank {int(stats['rank_actual'][pos])})"
-        rows.append(f"<tr><td>{pos}</td><td>{_tok(token)}</td><td>{cells}</td><td>{follows}</td>"
-                    f"<td>{stats['entropy'][pos].item():.2f}</td></tr>")
+        rows.append(
+            f"<tr><td>{pos}</td><td>{_tok(token)}</td><td>{cells}</td><td>{follows}</td>"
+            f"<td>{stats['entropy'][pos].item():.2f}</td></tr>"
+        )
     fig, ax = _figure(_position_width(len(tokens)), 2.6)
     ax.plot(stats["top1"].numpy(), marker="o", label="top-1 probability")
     ax.plot(stats["p_actual"].numpy(), marker="x", label="probability of the actual next token")
@@ -102,9 +119,11 @@ def predictions(model, run) -> str:
     ax.legend(loc="upper left", fontsize=8)
     ax2.legend(loc="upper right", fontsize=8)
     head = "<tr><th>pos</th><th>token</th><th>top-5 next tokens</th><th>p(actual next)</th><th>entropy</th></tr>"
-    cut = (f"<p><b>Table of the last {MAX_TABLE_POSITIONS:,} of {len(tokens):,} positions.</b></p>" if first else "")
-    return (f"<h2>Next-token predictions</h2><p>What the model predicts after each position of the prompt.{note}</p>"
-            f"{_png(fig)}{cut}<table>{head}{''.join(rows)}</table>")
+    cut = f"<p><b>Table of the last {MAX_TABLE_POSITIONS:,} of {len(tokens):,} positions.</b></p>" if first else ""
+    return (
+        f"<h2>Next-token predictions</h2><p>What the model predicts after each position of the prompt.{note}</p>"
+        f"{_png(fig)}{cut}<table>{head}{''.join(rows)}</table>"
+    )
 
 
 def residual_norms(model, run) -> str:
@@ -117,15 +136,21 @@ def residual_norms(model, run) -> str:
     ax.set_yticks(range(len(names)), [f"L{i}" for i in range(len(names))])
     note = _position_ticks(ax, run, norms.shape[1])
     fig.colorbar(image, ax=ax, label="‖resid_post‖")
-    return ("<h2>Residual stream</h2><p>Norm of the residual stream after each block, per position "
-            f"(<code>blocks.{{l}}.hook_resid_post</code>).{note}</p>" + _png(fig))
+    return (
+        "<h2>Residual stream</h2><p>Norm of the residual stream after each block, per position "
+        f"(<code>blocks.{{l}}.hook_resid_post</code>).{note}</p>" + _png(fig)
+    )
 
 
 def sites(model, run) -> str:
-    rows = "".join(f"<tr><td><code>{html.escape(s.name)}</code></td><td>{html.escape(s.describe().split(' ', 1)[1])}</td></tr>"
-                   for s in model.sites)
-    return (f"<h2>Sites</h2><details><summary>{len(model.sites)} named activations (TransformerLens names) "
-            f"that can be recorded and edited</summary><table>{rows}</table></details>")
+    rows = "".join(
+        f"<tr><td><code>{html.escape(s.name)}</code></td><td>{html.escape(s.describe().split(' ', 1)[1])}</td></tr>"
+        for s in model.sites
+    )
+    return (
+        f"<h2>Sites</h2><details><summary>{len(model.sites)} named activations (TransformerLens names) "
+        f"that can be recorded and edited</summary><table>{rows}</table></details>"
+    )
 
 
 def zoo_figures(model, run) -> str:
@@ -135,44 +160,66 @@ def zoo_figures(model, run) -> str:
         return ""
     import tempfile
     from pathlib import Path
+
     with tempfile.TemporaryDirectory() as tmp:
-        images = [f"<figure>{_embed(path)}<figcaption>{html.escape(path.stem)}</figcaption></figure>"
-                  for path in zoo.plots(name, Path(tmp))]
+        images = [
+            f"<figure>{_embed(path)}<figcaption>{html.escape(path.stem)}</figcaption></figure>"
+            for path in zoo.plots(name, Path(tmp))
+        ]
     return f"<h2>Figures</h2>{''.join(images)}"
 
 
 def _embed(path) -> str:
-    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
 
 def _lens(model, run) -> str:
     from .lens import section
+
     return section(model, run)
 
 
 def _structure(model, run) -> str:
     from .structure import section
+
     return section(model, run)
 
 
 def _attribution(model, run) -> str:
     from .reading import attribution
+
     return attribution(model, run)
 
 
 def _patching(model, run) -> str:
     from .patching import section
+
     return section(model, run)
 
 
 def _circuits(model, run) -> str:
     from .circuits import section
+
     return section(model, run)
 
 
 def _heads(model, run) -> str:
     from .reading import heads
+
     return heads(model, run)
 
 
-SECTIONS = [model_card, predictions, _lens, _attribution, _patching, _circuits, residual_norms, _heads, _structure, zoo_figures, sites]
+SECTIONS = [
+    model_card,
+    predictions,
+    _lens,
+    _attribution,
+    _patching,
+    _circuits,
+    residual_norms,
+    _heads,
+    _structure,
+    zoo_figures,
+    sites,
+]

@@ -16,6 +16,7 @@ from ..io import write_json
 def figure(width: float, height: float, nrows: int = 1, ncols: int = 1, **kwargs):
     """A matplotlib Figure that belongs to no pyplot state (safe in libraries and threads)."""
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), layout="constrained")
     return fig, fig.subplots(nrows, ncols, squeeze=False, **kwargs)
 
@@ -47,7 +48,9 @@ def load_json(path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise MechscopeError(f"{path} is not a saved result ({err.msg} at line {err.lineno}); it may be truncated") from None
+        raise MechscopeError(
+            f"{path} is not a saved result ({err.msg} at line {err.lineno}); it may be truncated"
+        ) from None
 
 
 def frame(records: list[dict]):
@@ -55,8 +58,10 @@ def frame(records: list[dict]):
     try:
         import pandas as pd
     except ImportError:
-        raise MechscopeError("to_frame() needs pandas, which is not installed: `pip install pandas`, "
-                             "or use to_records() for a list of dicts") from None
+        raise MechscopeError(
+            "to_frame() needs pandas, which is not installed: `pip install pandas`, "
+            "or use to_records() for a list of dicts"
+        ) from None
     return pd.DataFrame.from_records(records)
 
 

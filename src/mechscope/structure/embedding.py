@@ -74,17 +74,22 @@ class Embedding:
         return cls(**data)
 
 
-def spectral_embedding(weights: np.ndarray, tokens: list[str], *, dim: int = 2, seed: int = 0,
-                       label: str = "") -> Embedding:
+def spectral_embedding(
+    weights: np.ndarray, tokens: list[str], *, dim: int = 2, seed: int = 0, label: str = ""
+) -> Embedding:
     """Laplacian eigenmap (scikit-learn `spectral_embedding`, normalised Laplacian, first
     trivial eigenvector dropped) of the symmetrised attention graph."""
     from sklearn.manifold import spectral_embedding as sk_embedding
+
     n = len(tokens)
     if n < dim + 2:
-        raise MechscopeError(f"a {dim}-dimensional spectral embedding needs at least {dim + 2} tokens, got {n}; "
-                             "use a longer prompt or a smaller dim")
-    coords = sk_embedding(symmetrised(weights), n_components=dim, norm_laplacian=True, drop_first=True,
-                          random_state=seed)
+        raise MechscopeError(
+            f"a {dim}-dimensional spectral embedding needs at least {dim + 2} tokens, got {n}; "
+            "use a longer prompt or a smaller dim"
+        )
+    coords = sk_embedding(
+        symmetrised(weights), n_components=dim, norm_laplacian=True, drop_first=True, random_state=seed
+    )
     return Embedding(coords.tolist(), list(tokens), label)
 
 

@@ -42,8 +42,16 @@ from scipy import stats as sps
 from ..errors import MechscopeError
 from ._common import figure, frame, load_json, save_json
 
-STAT_NAMES = ("density", "clustering", "mean_path", "mean_degree", "in_degree_std", "out_degree_std",
-              "in_degree_max", "out_degree_max")
+STAT_NAMES = (
+    "density",
+    "clustering",
+    "mean_path",
+    "mean_degree",
+    "in_degree_std",
+    "out_degree_std",
+    "in_degree_max",
+    "out_degree_max",
+)
 
 
 def as_digraph(adjacency: np.ndarray) -> nx.DiGraph:
@@ -141,9 +149,16 @@ def er_expected(n: int, p: float) -> dict[str, float]:
     cdf = sps.binom.cdf(np.arange(n), n - 1, p)
     expected_max = float(np.sum(1.0 - cdf[:-1] ** n))  # sum over k >= 1 of P(max >= k)
     std = math.sqrt((n - 1) * p * (1 - p))
-    return {"density": p, "clustering": float(p * at_least_two), "mean_path": er_mean_path(n, p_u),
-            "mean_degree": (n - 1) * p, "in_degree_std": std, "out_degree_std": std,
-            "in_degree_max": expected_max, "out_degree_max": expected_max}
+    return {
+        "density": p,
+        "clustering": float(p * at_least_two),
+        "mean_path": er_mean_path(n, p_u),
+        "mean_degree": (n - 1) * p,
+        "in_degree_std": std,
+        "out_degree_std": std,
+        "in_degree_max": expected_max,
+        "out_degree_max": expected_max,
+    }
 
 
 def er_samples(n: int, p: float, n_null: int, seed: int) -> np.ndarray:
@@ -186,10 +201,19 @@ class GraphStats:
 
     def to_records(self) -> list[dict]:
         """One row per statistic."""
-        return [{"graph": self.label, "statistic": s, "observed": self.observed[s], "er_expected": self.expected[s],
-                 "null_mean": self.null_mean.get(s, math.nan), "null_std": self.null_std.get(s, math.nan),
-                 "z": self.z(s), "p_value": self.p_value.get(s, math.nan)}
-                for s in STAT_NAMES]
+        return [
+            {
+                "graph": self.label,
+                "statistic": s,
+                "observed": self.observed[s],
+                "er_expected": self.expected[s],
+                "null_mean": self.null_mean.get(s, math.nan),
+                "null_std": self.null_std.get(s, math.nan),
+                "z": self.z(s),
+                "p_value": self.p_value.get(s, math.nan),
+            }
+            for s in STAT_NAMES
+        ]
 
     def to_frame(self):
         return frame(self.to_records())
@@ -205,8 +229,14 @@ class GraphStats:
             mean = np.array([self.null_mean[s] for s in STAT_NAMES]) / scale
             std = np.array([self.null_std[s] for s in STAT_NAMES]) / scale
             ax.errorbar(x, mean, yerr=2 * std, fmt="none", ecolor="grey", capsize=4, label="ER null ±2 std")
-        ax.scatter(x, np.array([self.expected[s] for s in STAT_NAMES]) / scale, marker="_", s=200, color="grey",
-                   label="ER expected")
+        ax.scatter(
+            x,
+            np.array([self.expected[s] for s in STAT_NAMES]) / scale,
+            marker="_",
+            s=200,
+            color="grey",
+            label="ER expected",
+        )
         ax.scatter(x, np.array([self.observed[s] for s in STAT_NAMES]) / scale, color="C3", zorder=3, label="observed")
         ax.set_xticks(x, STAT_NAMES, rotation=30, fontsize=8)
         ax.set_ylabel("value / max(|observed|, |expected|)")

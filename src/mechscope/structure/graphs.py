@@ -99,8 +99,9 @@ class HeadGraph:
         `plot` both ask)."""
         key = (resolution, seed)
         if key not in self._communities:
-            self._communities[key] = communities(self.weights.double().numpy(), self.tokens, resolution=resolution,
-                                                 seed=seed)
+            self._communities[key] = communities(
+                self.weights.double().numpy(), self.tokens, resolution=resolution, seed=seed
+            )
         return self._communities[key]
 
     def window(self, n: int) -> "HeadGraph":
@@ -110,8 +111,15 @@ class HeadGraph:
         if n >= len(self.tokens):
             return self
         start = len(self.tokens) - n
-        return HeadGraph(self.layer, self.head, self.prompt, self.tokens[start:], self.weights[start:, start:].clone(),
-                         self.threshold, self.offset + start)
+        return HeadGraph(
+            self.layer,
+            self.head,
+            self.prompt,
+            self.tokens[start:],
+            self.weights[start:, start:].clone(),
+            self.threshold,
+            self.offset + start,
+        )
 
     def plot(self, *, ax=None, color_communities: bool = True):
         """Arc diagram on the tokens: edges above the threshold, backward edges (k < q)
@@ -128,6 +136,7 @@ class HeadGraph:
 
 def draw_arcs(ax, weights: np.ndarray, tokens: list[str], threshold: float, colors=None) -> None:
     from matplotlib.patches import Arc
+
     n = len(tokens)
     q, k = np.nonzero(weights > threshold)
     tallest = 0.0
@@ -136,12 +145,28 @@ def draw_arcs(ax, weights: np.ndarray, tokens: list[str], threshold: float, colo
             continue
         w, span = float(weights[a, b]), abs(int(a) - int(b))
         angles = (0, 180) if b < a else (180, 360)
-        ax.add_patch(Arc(((a + b) / 2, 0), span, span, theta1=angles[0], theta2=angles[1],
-                         linewidth=0.4 + 2.5 * w, alpha=min(1.0, 0.25 + w), color="C0" if b < a else "C1"))
+        ax.add_patch(
+            Arc(
+                ((a + b) / 2, 0),
+                span,
+                span,
+                theta1=angles[0],
+                theta2=angles[1],
+                linewidth=0.4 + 2.5 * w,
+                alpha=min(1.0, 0.25 + w),
+                color="C0" if b < a else "C1",
+            )
+        )
         tallest = max(tallest, span / 2)
     received = weights.sum(0)
-    ax.scatter(range(n), np.zeros(n), s=15 + 60 * received / max(received.max(), 1e-9), zorder=3,
-               c=colors if colors is not None else "k", cmap="tab10")
+    ax.scatter(
+        range(n),
+        np.zeros(n),
+        s=15 + 60 * received / max(received.max(), 1e-9),
+        zorder=3,
+        c=colors if colors is not None else "k",
+        cmap="tab10",
+    )
     ax.set_xticks(range(n), [t if len(t) <= 10 else t[:9] + "…" for t in tokens], rotation=90, fontsize=7)
     ax.set_yticks([])
     ax.set_xlim(-1, n)
@@ -164,8 +189,10 @@ def parse_heads(heads, dims) -> list[Head]:
         except (TypeError, ValueError):
             raise MechscopeError(f"bad head {item!r}: write heads as 'layer.head', e.g. 0.1") from None
         if not (0 <= layer < dims.n_layers and 0 <= head < dims.n_heads):
-            raise MechscopeError(f"unknown head {layer}.{head}: this model has {dims.n_layers} layers "
-                                 f"(0-{dims.n_layers - 1}) of {dims.n_heads} heads (0-{dims.n_heads - 1})")
+            raise MechscopeError(
+                f"unknown head {layer}.{head}: this model has {dims.n_layers} layers "
+                f"(0-{dims.n_layers - 1}) of {dims.n_heads} heads (0-{dims.n_heads - 1})"
+            )
         out.append((layer, head))
     return list(dict.fromkeys(out))
 
@@ -190,8 +217,10 @@ class AttentionGraphs:
         for g in self.graphs:
             if (g.layer, g.head, g.prompt) == (layer, head, prompt):
                 return g
-        raise MechscopeError(f"no graph for head {layer}.{head} on prompt {prompt}: these graphs hold heads "
-                             f"{', '.join(f'{a}.{b}' for a, b in self.heads)} on {self.n_prompts} prompt(s)")
+        raise MechscopeError(
+            f"no graph for head {layer}.{head} on prompt {prompt}: these graphs hold heads "
+            f"{', '.join(f'{a}.{b}' for a, b in self.heads)} on {self.n_prompts} prompt(s)"
+        )
 
     def stats(self, *, n_null: int = 100, seed: int = 0) -> list[GraphStats]:
         return [g.stats(n_null=n_null, seed=seed) for g in self.graphs]
@@ -203,11 +232,21 @@ class AttentionGraphs:
         for g in self.graphs:
             s = g.stats(n_null=n_null, seed=seed)
             parts = g.communities(seed=seed)
-            row: dict[str, object] = {"layer": g.layer, "head": g.head, "prompt": g.prompt, "n_nodes": s.n_nodes, "n_edges": s.n_edges}
+            row: dict[str, object] = {
+                "layer": g.layer,
+                "head": g.head,
+                "prompt": g.prompt,
+                "n_nodes": s.n_nodes,
+                "n_edges": s.n_edges,
+            }
             for name in STAT_NAMES:
                 row[name], row[f"{name}_z"] = s.observed[name], s.z(name)
-            row.update(elbow=g.spectrum().elbow, laplacian_elbow=g.spectrum("laplacian").elbow,
-                       communities=len(parts.groups), modularity=parts.modularity)
+            row.update(
+                elbow=g.spectrum().elbow,
+                laplacian_elbow=g.spectrum("laplacian").elbow,
+                communities=len(parts.groups),
+                modularity=parts.modularity,
+            )
             rows.append(row)
         return rows
 
@@ -224,8 +263,9 @@ class AttentionGraphs:
             layer, head = (int(x) for x in which.split(".")) if isinstance(which, str) else which
             chosen = self.select(layer, head)
         if not chosen:
-            raise MechscopeError(f"no graphs for {which!r}: these graphs hold heads "
-                                 f"{', '.join(f'{a}.{b}' for a, b in self.heads)}")
+            raise MechscopeError(
+                f"no graphs for {which!r}: these graphs hold heads {', '.join(f'{a}.{b}' for a, b in self.heads)}"
+            )
         return chosen
 
     def compare(self, a, b, *, n_permutations: int = 999, alpha: float = 0.05, seed: int = 0) -> TwoSampleTest:
@@ -234,9 +274,18 @@ class AttentionGraphs:
         ga, gb = self._sample(a), self._sample(b)
         xa = [[g.statistics()[s] for s in STAT_NAMES] for g in ga]
         xb = [[g.statistics()[s] for s in STAT_NAMES] for g in gb]
-        return two_sample_test(xa, xb, strata_a=[g.prompt for g in ga], strata_b=[g.prompt for g in gb],
-                               names=STAT_NAMES, n_permutations=n_permutations, alpha=alpha, seed=seed,
-                               label_a=str(a), label_b=str(b))
+        return two_sample_test(
+            xa,
+            xb,
+            strata_a=[g.prompt for g in ga],
+            strata_b=[g.prompt for g in gb],
+            names=STAT_NAMES,
+            n_permutations=n_permutations,
+            alpha=alpha,
+            seed=seed,
+            label_a=str(a),
+            label_b=str(b),
+        )
 
     def plot(self, heads: Sequence[Head] | None = None, prompt: int = 0):
         """Arc diagrams of some heads (all, up to 12) on one prompt."""
@@ -251,11 +300,19 @@ class AttentionGraphs:
     def save(self, folder) -> Path:
         """`folder/cfg.json` (heads, tokens, threshold) + `folder/weights.safetensors`."""
         folder = Path(folder)
-        cfg = {"kind": "attention_graphs", "model": self.model, "threshold": self.threshold,
-               "n_prompts": self.n_prompts,
-               "graphs": [{"layer": g.layer, "head": g.head, "prompt": g.prompt, "tokens": g.tokens, "offset": g.offset}
-                          for g in self.graphs]}
-        write_tensors(folder / "weights.safetensors", {f"{g.layer}.{g.head}.{g.prompt}": g.weights for g in self.graphs})
+        cfg = {
+            "kind": "attention_graphs",
+            "model": self.model,
+            "threshold": self.threshold,
+            "n_prompts": self.n_prompts,
+            "graphs": [
+                {"layer": g.layer, "head": g.head, "prompt": g.prompt, "tokens": g.tokens, "offset": g.offset}
+                for g in self.graphs
+            ],
+        }
+        write_tensors(
+            folder / "weights.safetensors", {f"{g.layer}.{g.head}.{g.prompt}": g.weights for g in self.graphs}
+        )
         save_json(folder / "cfg.json", cfg)
         return folder
 
@@ -264,14 +321,31 @@ class AttentionGraphs:
         folder = Path(folder)
         cfg = load_json(folder / "cfg.json")
         weights = load_file(folder / "weights.safetensors")
-        graphs = [HeadGraph(g["layer"], g["head"], g["prompt"], g["tokens"],
-                            weights[f"{g['layer']}.{g['head']}.{g['prompt']}"], cfg["threshold"], g.get("offset", 0))
-                  for g in cfg["graphs"]]
+        graphs = [
+            HeadGraph(
+                g["layer"],
+                g["head"],
+                g["prompt"],
+                g["tokens"],
+                weights[f"{g['layer']}.{g['head']}.{g['prompt']}"],
+                cfg["threshold"],
+                g.get("offset", 0),
+            )
+            for g in cfg["graphs"]
+        ]
         return cls(graphs, cfg["threshold"], cfg["model"], cfg["n_prompts"])
 
 
-def attention_graphs(model, prompts, *, heads=None, threshold: float = 0.1, attention_mask: Tensor | None = None,
-                     batch_size: int | None = None, window: int | None = None) -> AttentionGraphs:
+def attention_graphs(
+    model,
+    prompts,
+    *,
+    heads=None,
+    threshold: float = 0.1,
+    attention_mask: Tensor | None = None,
+    batch_size: int | None = None,
+    window: int | None = None,
+) -> AttentionGraphs:
     """The attention graphs of `heads` (None: every head; (layer, head) pairs or "L.H,L.H")
     on every prompt, from `blocks.{l}.attn.hook_pattern` with padding removed.
 
@@ -291,8 +365,15 @@ def attention_graphs(model, prompts, *, heads=None, threshold: float = 0.1, atte
         mask = model.tokenize(prompts, attention_mask).get("attention_mask")
         shortest = int(mask.sum(-1).min()) if mask is not None else None
         positions = list(range(-window, 0)) if shortest is not None and shortest >= window else None
-    run = model.run(prompts, record=[f"blocks.{layer}.attn.hook_pattern" for layer in layers], logits=False,
-                    attention_mask=attention_mask, batch_size=batch_size, cache_device="cpu", positions=positions)
+    run = model.run(
+        prompts,
+        record=[f"blocks.{layer}.attn.hook_pattern" for layer in layers],
+        logits=False,
+        attention_mask=attention_mask,
+        batch_size=batch_size,
+        cache_device="cpu",
+        positions=positions,
+    )
     lengths = run.mask.sum(-1).tolist() if run.mask is not None else [run.tokens.shape[1]] * len(run.tokens)
     graphs = []
     for p, n in enumerate(lengths):
@@ -302,6 +383,10 @@ def attention_graphs(model, prompts, *, heads=None, threshold: float = 0.1, atte
         for layer, head in chosen:
             pattern = run.cache[f"blocks.{layer}.attn.hook_pattern"][p, head, rows, start:n]
             graphs.append(HeadGraph(layer, head, p, tokens[start:], pattern.float().clone(), threshold, start))
-    log.info("attention graphs: %d heads x %d prompts%s", len(chosen), len(lengths),
-             f" (last {window} tokens)" if window is not None else "")
+    log.info(
+        "attention graphs: %d heads x %d prompts%s",
+        len(chosen),
+        len(lengths),
+        f" (last {window} tokens)" if window is not None else "",
+    )
     return AttentionGraphs(graphs, threshold, model.name, len(lengths))

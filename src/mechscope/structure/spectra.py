@@ -44,6 +44,7 @@ STATS = ("sigma_max", "frobenius", "entropy", "effective_rank", "stable_rank", "
 
 # Statistics of a spectrum
 
+
 def _energy(s) -> Tensor:
     s = torch.as_tensor(s, dtype=torch.float64)
     return s * s
@@ -79,12 +80,18 @@ def top_k_share(s, k: int) -> float:
 
 def spectrum_stats(s, top_k: int = 8) -> dict[str, float]:
     s = torch.as_tensor(s, dtype=torch.float64)
-    return {"sigma_max": float(s.max()) if len(s) else 0.0, "frobenius": float(_energy(s).sum().sqrt()),
-            "entropy": spectral_entropy(s), "effective_rank": effective_rank(s), "stable_rank": stable_rank(s),
-            "top_k_share": top_k_share(s, top_k)}
+    return {
+        "sigma_max": float(s.max()) if len(s) else 0.0,
+        "frobenius": float(_energy(s).sum().sqrt()),
+        "entropy": spectral_entropy(s),
+        "effective_rank": effective_rank(s),
+        "stable_rank": stable_rank(s),
+        "top_k_share": top_k_share(s, top_k),
+    }
 
 
 # Singular values of a product through its factors
+
 
 def factored_svd(a: Float[Tensor, "m r"], b: Float[Tensor, "r n"]) -> tuple[Tensor, Tensor, Tensor]:
     """Thin SVD (U, S, Vh) of a @ b, a [m, r], b [r, n], without forming the m x n product."""
@@ -104,6 +111,7 @@ def singular_values(factors: Sequence[Tensor], dtype: torch.dtype = torch.float3
 
 # The model's matrices
 
+
 @dataclass(frozen=True)
 class Matrix:
     """One weight matrix (`factors` = (W,)) or circuit (`factors` = (A, B), meaning A @ B)."""
@@ -121,8 +129,10 @@ class Matrix:
 
 def check_model(model) -> None:
     if getattr(model, "dims", None) is None or not hasattr(model, "W_Q"):
-        raise MechscopeError(f"{getattr(model, 'name', model)} is not a transformer with attention weights; "
-                             "weight spectra need a Model (load a transformer)")
+        raise MechscopeError(
+            f"{getattr(model, 'name', model)} is not a transformer with attention weights; "
+            "weight spectra need a Model (load a transformer)"
+        )
 
 
 def _attention(model, layer: int, kinds: set[str], per_head: bool) -> Iterator[Matrix]:
@@ -168,6 +178,7 @@ def weight_matrices(model, kinds: Sequence[str] | None = None, *, per_head: bool
 
 
 # The result
+
 
 def layer_figure(rows: list[dict], n_layers: int, stat: str, title: str):
     """Two panels of `stat` across layers: whole matrices, and every head's OV/QK circuit."""
@@ -244,8 +255,16 @@ class WeightSpectra:
     def save(self, folder) -> Path:
         folder = Path(folder)
         write_tensors(folder / "values.safetensors", self.values)
-        save_json(folder / "cfg.json", {"kind": "weight_spectra", "model": self.model, "n_layers": self.n_layers,
-                                        "top_k": self.top_k, "rows": self.rows})
+        save_json(
+            folder / "cfg.json",
+            {
+                "kind": "weight_spectra",
+                "model": self.model,
+                "n_layers": self.n_layers,
+                "top_k": self.top_k,
+                "rows": self.rows,
+            },
+        )
         return folder
 
     @classmethod
@@ -255,13 +274,21 @@ class WeightSpectra:
         return cls(cfg["model"], cfg["rows"], load_file(folder / "values.safetensors"), cfg["n_layers"], cfg["top_k"])
 
 
-def weight_spectra(model, *, kinds: Sequence[str] | None = None, per_head: bool = True, top_k: int = 8,
-                   dtype: torch.dtype = torch.float32, progress: bool = False) -> WeightSpectra:
+def weight_spectra(
+    model,
+    *,
+    kinds: Sequence[str] | None = None,
+    per_head: bool = True,
+    top_k: int = 8,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> WeightSpectra:
     """Singular values and statistics of every matrix of `kinds` (default all of `KINDS`).
 
     Whole matrices are decomposed in `dtype` (float64 for precision, float32 for speed);
     circuits always in float64 through their factors."""
     from tqdm.auto import tqdm
+
     if top_k < 1:
         raise MechscopeError(f"top_k must be at least 1 (directions in the top-k energy share), got {top_k}")
     rows, values = [], {}
@@ -269,7 +296,15 @@ def weight_spectra(model, *, kinds: Sequence[str] | None = None, per_head: bool 
         for m in tqdm(list(weight_matrices(model, kinds, per_head=per_head)), desc="spectra", disable=not progress):
             s = singular_values(m.factors, dtype).cpu()
             values[m.name] = s
-            rows.append({"name": m.name, "kind": m.kind, "layer": m.layer, "head": m.head, "shape": list(m.shape),
-                         **spectrum_stats(s, top_k)})
+            rows.append(
+                {
+                    "name": m.name,
+                    "kind": m.kind,
+                    "layer": m.layer,
+                    "head": m.head,
+                    "shape": list(m.shape),
+                    **spectrum_stats(s, top_k),
+                }
+            )
     log.info("weight spectra of %s: %d matrices", model.name, len(rows))
     return WeightSpectra(model.name, rows, values, model.dims.n_layers, top_k)

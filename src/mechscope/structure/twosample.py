@@ -101,21 +101,35 @@ def _standardise(x: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str]
     mean, std = x.mean(0), x.std(0)
     keep = std > 1e-12 * np.maximum(1.0, np.abs(mean))
     if not keep.any():
-        raise MechscopeError("no usable statistic: every feature is NaN for some graph or constant across all graphs; "
-                             "lower the threshold or use longer prompts")
+        raise MechscopeError(
+            "no usable statistic: every feature is NaN for some graph or constant across all graphs; "
+            "lower the threshold or use longer prompts"
+        )
     return (x[:, keep] - mean[keep]) / std[keep], [n for n, k in zip(names, keep) if k]
 
 
-def two_sample_test(x_a, x_b, *, strata_a=None, strata_b=None, names=None, n_permutations: int = 999,
-                    alpha: float = 0.05, seed: int = 0, label_a: str = "a", label_b: str = "b") -> TwoSampleTest:
+def two_sample_test(
+    x_a,
+    x_b,
+    *,
+    strata_a=None,
+    strata_b=None,
+    names=None,
+    n_permutations: int = 999,
+    alpha: float = 0.05,
+    seed: int = 0,
+    label_a: str = "a",
+    label_b: str = "b",
+) -> TwoSampleTest:
     """Permutation test (energy distance) that the rows of `x_a` [n_a, k] and `x_b` [n_b, k]
     come from one distribution; `strata_*` (one id per row) restrict shuffles to a stratum."""
     x_a, x_b = np.atleast_2d(np.asarray(x_a, float)), np.atleast_2d(np.asarray(x_b, float))
     if x_a.shape[1] != x_b.shape[1]:
         raise MechscopeError(f"the two samples have {x_a.shape[1]} and {x_b.shape[1]} features; they must match")
     if min(len(x_a), len(x_b)) < 1 or len(x_a) + len(x_b) < 3:
-        raise MechscopeError(f"a two-sample test needs at least 3 graphs in all (got {len(x_a)} and {len(x_b)}); "
-                             "use more prompts")
+        raise MechscopeError(
+            f"a two-sample test needs at least 3 graphs in all (got {len(x_a)} and {len(x_b)}); use more prompts"
+        )
     if (strata_a is None) != (strata_b is None):
         raise MechscopeError("give strata for both samples or for neither")
     names = list(names) if names is not None else [f"x{i}" for i in range(x_a.shape[1])]
@@ -127,5 +141,17 @@ def two_sample_test(x_a, x_b, *, strata_a=None, strata_b=None, names=None, n_per
     rng = np.random.default_rng(seed)
     null = _energy(distance, _permutations(labels, strata, n_permutations, rng))
     p_value = float((1 + np.sum(null >= observed - 1e-12 * max(abs(observed), 1.0))) / (1 + n_permutations))
-    return TwoSampleTest(observed, p_value, alpha, len(x_a), len(x_b), n_permutations, strata_a is not None, used,
-                         seed, null.tolist(), label_a, label_b)
+    return TwoSampleTest(
+        observed,
+        p_value,
+        alpha,
+        len(x_a),
+        len(x_b),
+        n_permutations,
+        strata_a is not None,
+        used,
+        seed,
+        null.tolist(),
+        label_a,
+        label_b,
+    )

@@ -44,11 +44,16 @@ DIMS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_mlp", "d_vo
 def check_same_shapes(base, tuned) -> None:
     check_model(base)
     check_model(tuned)
-    differ = [f"{f}={getattr(base.dims, f)} vs {getattr(tuned.dims, f)}" for f in DIMS
-              if getattr(base.dims, f) != getattr(tuned.dims, f)]
+    differ = [
+        f"{f}={getattr(base.dims, f)} vs {getattr(tuned.dims, f)}"
+        for f in DIMS
+        if getattr(base.dims, f) != getattr(tuned.dims, f)
+    ]
     if differ:
-        raise MechscopeError(f"the two models' shapes differ ({base.name} vs {tuned.name}: {', '.join(differ)}); "
-                             "a weight diff needs the same architecture, e.g. a base model and its fine-tune")
+        raise MechscopeError(
+            f"the two models' shapes differ ({base.name} vs {tuned.name}: {', '.join(differ)}); "
+            "a weight diff needs the same architecture, e.g. a base model and its fine-tune"
+        )
 
 
 def _svd(m: Matrix, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
@@ -59,14 +64,23 @@ def _svd(m: Matrix, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
 
 def _update(base: Matrix, tuned: Matrix, dtype: torch.dtype) -> Matrix:
     if [tuple(f.shape) for f in base.factors] != [tuple(f.shape) for f in tuned.factors]:
-        raise MechscopeError(f"the two models' shapes differ at {base.name}: {list(base.shape)} vs {list(tuned.shape)}; "
-                             "a weight diff needs the same architecture")
+        raise MechscopeError(
+            f"the two models' shapes differ at {base.name}: {list(base.shape)} vs {list(tuned.shape)}; "
+            "a weight diff needs the same architecture"
+        )
     if len(base.factors) == 1:
-        return Matrix(base.name, base.kind, base.layer, base.head, (tuned.factors[0].to(dtype) - base.factors[0].to(dtype),))
+        return Matrix(
+            base.name, base.kind, base.layer, base.head, (tuned.factors[0].to(dtype) - base.factors[0].to(dtype),)
+        )
     (ab, bb), (at, bt) = base.factors, tuned.factors
     if torch.equal(ab, at) and torch.equal(bb, bt):  # exactly no update (rounding would leave ~1e-17)
-        return Matrix(base.name, base.kind, base.layer, base.head,
-                      (ab.new_zeros(len(ab), 1).double(), bb.new_zeros(1, bb.shape[1]).double()))
+        return Matrix(
+            base.name,
+            base.kind,
+            base.layer,
+            base.head,
+            (ab.new_zeros(len(ab), 1).double(), bb.new_zeros(1, bb.shape[1]).double()),
+        )
     a = torch.cat([at.double(), ab.double()], dim=1)
     b = torch.cat([bt.double(), -bb.double()], dim=0)
     return Matrix(base.name, base.kind, base.layer, base.head, (a, b))
@@ -76,6 +90,7 @@ def principal_angles(u: Tensor, v: Tensor) -> list[float]:
     """Principal angles (degrees, increasing) between the column spans of u and v
     (scipy's `subspace_angles`, accurate for small angles, unlike arccos of cosines)."""
     from scipy.linalg import subspace_angles
+
     if u.shape[1] == 0 or v.shape[1] == 0:
         return []
     angles = subspace_angles(u.double().numpy(), v.double().numpy())
@@ -93,11 +108,20 @@ def diff_matrix(base: Matrix, tuned: Matrix, *, k: int, rtol: float, dtype: torc
     kk = min(k, rank)
     base_norm = float(sb.double().norm())
     stats = spectrum_stats(sd, k)
-    row = {"name": base.name, "kind": base.kind, "layer": base.layer, "head": base.head, "shape": list(base.shape),
-           "norm": stats["frobenius"], "relative_norm": stats["frobenius"] / base_norm if base_norm > 0 else math.nan,
-           "rank": rank, "elbow": Scree.of(sd.numpy(), "").elbow if rank and len(sd) >= 3 else rank, **stats,
-           "angles_left": principal_angles(ud[:, :kk].cpu(), ub[:, :k].cpu()),
-           "angles_right": principal_angles(vhd[:kk].T.cpu(), vhb[:k].T.cpu())}
+    row = {
+        "name": base.name,
+        "kind": base.kind,
+        "layer": base.layer,
+        "head": base.head,
+        "shape": list(base.shape),
+        "norm": stats["frobenius"],
+        "relative_norm": stats["frobenius"] / base_norm if base_norm > 0 else math.nan,
+        "rank": rank,
+        "elbow": Scree.of(sd.numpy(), "").elbow if rank and len(sd) >= 3 else rank,
+        **stats,
+        "angles_left": principal_angles(ud[:, :kk].cpu(), ub[:, :k].cpu()),
+        "angles_right": principal_angles(vhd[:kk].T.cpu(), vhb[:k].T.cpu()),
+    }
     tensors = {f"{base.name}.S": sd}
     if kk:
         tensors[f"{base.name}.U"] = ud[:, :kk].cpu()
@@ -155,22 +179,49 @@ class WeightDiff:
     def save(self, folder) -> Path:
         folder = Path(folder)
         write_tensors(folder / "update.safetensors", self.tensors)
-        save_json(folder / "cfg.json", {"kind": "weight_diff", "base": self.base, "tuned": self.tuned,
-                                        "n_layers": self.n_layers, "k": self.k, "rtol": self.rtol, "rows": self.rows})
+        save_json(
+            folder / "cfg.json",
+            {
+                "kind": "weight_diff",
+                "base": self.base,
+                "tuned": self.tuned,
+                "n_layers": self.n_layers,
+                "k": self.k,
+                "rtol": self.rtol,
+                "rows": self.rows,
+            },
+        )
         return folder
 
     @classmethod
     def load(cls, folder) -> "WeightDiff":
         folder = Path(folder)
         cfg = load_json(folder / "cfg.json")
-        return cls(cfg["base"], cfg["tuned"], cfg["rows"], load_file(folder / "update.safetensors"), cfg["n_layers"],
-                   cfg["k"], cfg["rtol"])
+        return cls(
+            cfg["base"],
+            cfg["tuned"],
+            cfg["rows"],
+            load_file(folder / "update.safetensors"),
+            cfg["n_layers"],
+            cfg["k"],
+            cfg["rtol"],
+        )
 
 
-def weight_diff(base, tuned, *, kinds: Sequence[str] | None = None, per_head: bool = True, k: int = 8,
-                rtol: float = 1e-5, dtype: torch.dtype = torch.float32, progress: bool = False) -> WeightDiff:
+def weight_diff(
+    base,
+    tuned,
+    *,
+    kinds: Sequence[str] | None = None,
+    per_head: bool = True,
+    k: int = 8,
+    rtol: float = 1e-5,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> WeightDiff:
     """The update tuned - base of every matrix of `kinds` (see the module docstring)."""
     from tqdm.auto import tqdm
+
     if k < 1:
         raise MechscopeError(f"k must be at least 1 (top directions of each update), got {k}")
     check_same_shapes(base, tuned)
@@ -179,8 +230,10 @@ def weight_diff(base, tuned, *, kinds: Sequence[str] | None = None, per_head: bo
     names_t = [m.name for m in weight_matrices(tuned, kinds, per_head=per_head)]
     if names_b != names_t:
         only = sorted(set(names_b) ^ set(names_t))
-        raise MechscopeError(f"the two models' shapes differ: only one of them has {', '.join(only[:4])}; "
-                             "a weight diff needs the same architecture")
+        raise MechscopeError(
+            f"the two models' shapes differ: only one of them has {', '.join(only[:4])}; "
+            "a weight diff needs the same architecture"
+        )
     rows, tensors = [], {}
     with torch.no_grad():
         for b, t in tqdm(pairs, desc="weight diff", disable=not progress):

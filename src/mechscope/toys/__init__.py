@@ -23,16 +23,29 @@ __all__ = ["grokking", "superposition", "cards"]
 
 def _cards():
     from . import cards
+
     return cards
 
 
 # Thin wrappers: registering costs no import of the analyses themselves.
-zoo.register_analysis("modadd", zoo.Analysis(
-    after_train=lambda folder: _cards().analyse_modadd(Path(folder)),
-    plots=lambda folder, out_dir: _cards().modadd_plots(folder, out_dir)))
-zoo.register_analysis("induction", zoo.Analysis(
-    monitor=lambda model, tokens: _cards().induction_head_scores(model, tokens),
-    plots=lambda folder, out_dir: _cards().induction_plots(folder, out_dir)))
-zoo.register_analysis("superposition", zoo.Analysis(
-    after_train=lambda folder: _cards().analyse_superposition(Path(folder)),
-    plots=lambda folder, out_dir: _cards().superposition_plots(folder, out_dir)))
+zoo.register_analysis(
+    "modadd",
+    zoo.Analysis(
+        after_train=lambda folder: _cards().analyse_modadd(Path(folder)),
+        plots=lambda folder, out_dir: _cards().modadd_plots(folder, out_dir),
+    ),
+)
+zoo.register_analysis(
+    "induction",
+    zoo.Analysis(
+        monitor=lambda model, tokens: _cards().induction_head_scores(model, tokens),
+        plots=lambda folder, out_dir: _cards().induction_plots(folder, out_dir),
+    ),
+)
+zoo.register_analysis(
+    "superposition",
+    zoo.Analysis(
+        after_train=lambda folder: _cards().analyse_superposition(Path(folder)),
+        plots=lambda folder, out_dir: _cards().superposition_plots(folder, out_dir),
+    ),
+)

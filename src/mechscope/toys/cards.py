@@ -33,8 +33,9 @@ from ..zoo import superposition as zoo_superposition
 def _card(folder: Path) -> dict:
     path = Path(folder) / "card.json"
     if not path.is_file():
-        raise MechscopeError(f"{folder} has no card.json: it is not a trained zoo folder; retrain it with "
-                             "`mechscope zoo train NAME`")
+        raise MechscopeError(
+            f"{folder} has no card.json: it is not a trained zoo folder; retrain it with `mechscope zoo train NAME`"
+        )
     return json.loads(path.read_text())
 
 
@@ -79,8 +80,9 @@ def analyse_modadd(folder: Path, *, progress: bool = True) -> dict:
     curves.save(folder / "curves.safetensors")
     card["analysis"] = modadd_summary(curves)
     metrics = card["metrics"]
-    metrics["total_time_s"] = round(metrics.get("total_time_s", metrics["train_time_s"])
-                                    + time.perf_counter() - start, 1)
+    metrics["total_time_s"] = round(
+        metrics.get("total_time_s", metrics["train_time_s"]) + time.perf_counter() - start, 1
+    )
     write_text(folder / "CARD.md", zoo_modadd.render_card(card))
     write_text(folder / "card.json", json.dumps(card, indent=1) + "\n")  # last: the card says it is complete
     return card
@@ -99,7 +101,8 @@ def modadd_plots(folder: Path, out_dir: Path) -> list[Path]:
         "modadd_progress_measures.png": curves.plot(),
         "modadd_loss_history.png": grokking.plot_history(card["history"], card["history_columns"]),
         "modadd_embedding_fourier.png": grokking.plot_embedding_fourier(
-            load(str(folder)), card["recipe"]["p"], [int(k) for k in curves.key_freqs]),
+            load(str(folder)), card["recipe"]["p"], [int(k) for k in curves.key_freqs]
+        ),
     }
     return [write_figure(out_dir / name, fig, bbox_inches=None) for name, fig in figures.items()]
 
@@ -128,19 +131,26 @@ def superposition_metrics(suite) -> dict:
     lo, hi = longest_plateau(g_dim.dim_star, 0.5, zoo_superposition.TOLERANCE["plateau_tolerance_of_one_half"])
     inv = 1.0 / dim.feature_probability
     return {
-        "pentagon": {"sparsity": _rounded(1 - pent.feature_probability),
-                     "feature_norms": _rounded(g_pent.norms, 3),
-                     "n_represented": g_pent.n_represented().tolist(),
-                     "dim_star": _rounded(g_pent.dim_star, 3)},
-        "phase": {"importance_of_feature_2": _rounded(phase.importance[:grid, 1]),
-                  "density": _rounded(phase.feature_probability[::grid]),
-                  "phases_rows_by_density": phases.tolist(), "phase_labels": list(PHASES),
-                  "counts": {PHASES[c]: int((phases == c).sum()) for c in range(len(PHASES))}},
-        "dimensionality": {"inverse_density": _rounded(inv, 3), "dim_star": _rounded(g_dim.dim_star),
-                           "plateau_inverse_density": _rounded(inv[[lo, max(lo, hi - 1)]], 3),
-                           "plateau_n_points": hi - lo,
-                           "plateau_mean_dim_star": round(float(g_dim.dim_star[lo:hi].mean()), 4)
-                           if hi > lo else None},
+        "pentagon": {
+            "sparsity": _rounded(1 - pent.feature_probability),
+            "feature_norms": _rounded(g_pent.norms, 3),
+            "n_represented": g_pent.n_represented().tolist(),
+            "dim_star": _rounded(g_pent.dim_star, 3),
+        },
+        "phase": {
+            "importance_of_feature_2": _rounded(phase.importance[:grid, 1]),
+            "density": _rounded(phase.feature_probability[::grid]),
+            "phases_rows_by_density": phases.tolist(),
+            "phase_labels": list(PHASES),
+            "counts": {PHASES[c]: int((phases == c).sum()) for c in range(len(PHASES))},
+        },
+        "dimensionality": {
+            "inverse_density": _rounded(inv, 3),
+            "dim_star": _rounded(g_dim.dim_star),
+            "plateau_inverse_density": _rounded(inv[[lo, max(lo, hi - 1)]], 3),
+            "plateau_n_points": hi - lo,
+            "plateau_mean_dim_star": round(float(g_dim.dim_star[lo:hi].mean()), 4) if hi > lo else None,
+        },
     }
 
 
@@ -160,9 +170,8 @@ def analyse_superposition(folder: Path) -> dict:
 def superposition_plots(folder: Path, out_dir: Path) -> list[Path]:
     """Write the paper's three figures from the weights in ``folder`` as PNGs into ``out_dir``."""
     from ..zoo.storage import load_module_folder
-    from . import superposition as ts
-
     from ..zoo.superposition import SuperpositionSuite
+    from . import superposition as ts
 
     suite = cast(SuperpositionSuite, load_module_folder(Path(folder)))
     pent, phase, dim = (suite.experiment(k) for k in ("pentagon", "phase", "dimensionality"))
@@ -171,10 +180,13 @@ def superposition_plots(folder: Path, out_dir: Path) -> list[Path]:
     figures = {
         "superposition_pentagon.png": ts.plot_feature_columns(pent.W, titles, pent.importance),
         "superposition_phase.png": ts.plot_phase_diagram(
-            ts.two_in_one_phase(phase.W.detach()).view(grid, grid), phase.importance[:grid, 1],
-            phase.feature_probability[::grid]),
+            ts.two_in_one_phase(phase.W.detach()).view(grid, grid),
+            phase.importance[:grid, 1],
+            phase.feature_probability[::grid],
+        ),
         "superposition_dimensionality.png": ts.plot_dimensionality(
-            ts.FeatureGeometry.of(dim.W), dim.feature_probability),
+            ts.FeatureGeometry.of(dim.W), dim.feature_probability
+        ),
     }
     return [write_figure(Path(out_dir) / name, fig, bbox_inches=None) for name, fig in figures.items()]
 
@@ -190,8 +202,12 @@ def induction_head_scores(model, tokens: Tensor) -> dict:
 
     view = Model(model, name="induction")
     prev, ind = previous_token_scores(view, tokens).scores, induction_scores(view, tokens).scores
-    return {"prev_token_scores": prev.tolist(), "induction_scores": ind.tolist(),
-            "best_prev_token_l0": prev[0].max().item(), "best_induction_l1": ind[-1].max().item()}
+    return {
+        "prev_token_scores": prev.tolist(),
+        "induction_scores": ind.tolist(),
+        "best_prev_token_l0": prev[0].max().item(),
+        "best_induction_l1": ind[-1].max().item(),
+    }
 
 
 def induction_plots(folder: Path, out_dir: Path) -> list[Path]:
@@ -205,8 +221,11 @@ def induction_plots(folder: Path, out_dir: Path) -> list[Path]:
     recipe = zoo_induction.InductionRecipe(**_card(folder)["recipe"])
     view = Model(ToyTransformer.from_pretrained(folder).eval(), name="zoo:induction")
     tokens = zoo_induction.eval_tokens(recipe)
-    figures = {"induction_previous_token_scores.png": previous_token_scores(view, tokens).plot(
-                   "previous-token score (zoo:induction)"),
-               "induction_induction_scores.png": induction_scores(view, tokens).plot("induction score (zoo:induction)")}
+    figures = {
+        "induction_previous_token_scores.png": previous_token_scores(view, tokens).plot(
+            "previous-token score (zoo:induction)"
+        ),
+        "induction_induction_scores.png": induction_scores(view, tokens).plot("induction score (zoo:induction)"),
+    }
     paths = [write_figure(out_dir / name, fig) for name, fig in figures.items()]
     return paths + zoo_induction.plots(folder, out_dir)

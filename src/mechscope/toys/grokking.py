@@ -57,6 +57,7 @@ def _modulus(model: Model, p: int | None) -> int:
 
 # Fourier basis over Z_p
 
+
 def fourier_basis(p: int, dtype: torch.dtype = torch.float32) -> Float[Tensor, "p p"]:
     """Orthonormal rows: constant, then cos(2πkx/p), sin(2πkx/p) for k = 1 .. (p−1)/2."""
     if p % 2 == 0 or p < 3:
@@ -85,15 +86,16 @@ def _frequency_rows(freqs: list[int] | Tensor, p: int) -> list[int]:
 
 # Embedding
 
+
 @torch.no_grad()
-def embedding_fourier_norms(model: ModelLike, p: int | None = None) -> Float[Tensor, "p"]:
+def embedding_fourier_norms(model: ModelLike, p: int | None = None) -> Float[Tensor, " p"]:
     """‖(F W_E)_j‖ for each basis row j, with W_E restricted to the p number tokens."""
     m = _model(model)
     p = _modulus(m, p)
     return (fourier_basis(p) @ m.W_E[:p].detach().float()).norm(dim=-1)
 
 
-def frequency_energy(norms: Float[Tensor, "p"]) -> Float[Tensor, "freq"]:
+def frequency_energy(norms: Float[Tensor, " p"]) -> Float[Tensor, " freq"]:
     """Squared norm per frequency k = 1 .. (p−1)/2 (cos² + sin²) from Fourier norms."""
     return norms[1::2] ** 2 + norms[2::2] ** 2
 
@@ -116,6 +118,7 @@ def key_frequency_share(model: ModelLike, freqs: list[int], p: int | None = None
 
 
 # Restricted and excluded loss
+
 
 @torch.no_grad()
 def number_logits(model: ModelLike, tokens: Tensor, p: int | None = None) -> Float[Tensor, "batch p"]:
@@ -154,6 +157,7 @@ def excluded_loss(model: ModelLike, tokens: Tensor, labels: Tensor, freqs: list[
 
 # Sparsity and weight norm
 
+
 def gini(x: Tensor) -> float:
     """Gini coefficient of non-negative values: 0 all equal, → 1 all mass on one entry."""
     x = x.detach().double().flatten().sort().values
@@ -165,11 +169,11 @@ def gini(x: Tensor) -> float:
 
 
 @torch.no_grad()
-def neuron_logit_fourier_norms(model: ModelLike, p: int | None = None) -> Float[Tensor, "p"]:
+def neuron_logit_fourier_norms(model: ModelLike, p: int | None = None) -> Float[Tensor, " p"]:
     """Norm over neurons of W_L = W_out W_U (number outputs) along each basis row of the answer."""
     m = _model(model)
     p = _modulus(m, p)
-    w_l = m.W_out(0).detach().float() @ m.W_U[:, :p].detach().float()          # [d_mlp, p]
+    w_l = m.W_out(0).detach().float() @ m.W_U[:, :p].detach().float()  # [d_mlp, p]
     return (w_l @ fourier_basis(p).T).norm(dim=0)
 
 
@@ -180,6 +184,7 @@ def sum_squared_weights(model: ModelLike) -> float:
 
 
 # Phases
+
 
 def find_phases(steps: Tensor, test_loss: Tensor, excluded_loss: Tensor) -> Tensor:
     """The steps at which memorisation, circuit formation and cleanup end, from the curves.
@@ -206,6 +211,7 @@ def find_phases(steps: Tensor, test_loss: Tensor, excluded_loss: Tensor) -> Tens
 
 
 # Curves across training
+
 
 @dataclass
 class GrokkingCurves:
@@ -258,8 +264,11 @@ class GrokkingCurves:
 
     def save(self, path: Path) -> Path:
         """Write the curves to a safetensors file, atomically."""
-        return write_tensors(Path(path), {f.name: getattr(self, f.name) for f in fields(self)},
-                             metadata={"kind": "mechscope.toys.grokking.GrokkingCurves"})
+        return write_tensors(
+            Path(path),
+            {f.name: getattr(self, f.name) for f in fields(self)},
+            metadata={"kind": "mechscope.toys.grokking.GrokkingCurves"},
+        )
 
     @classmethod
     def load(cls, path: Path) -> "GrokkingCurves":
@@ -274,8 +283,9 @@ class GrokkingCurves:
 
 
 @torch.no_grad()
-def _measure(model: Model, freqs: list[int], p: int, train: tuple[Tensor, Tensor],
-             test: tuple[Tensor, Tensor]) -> dict[str, float]:
+def _measure(
+    model: Model, freqs: list[int], p: int, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor]
+) -> dict[str, float]:
     """Every per-snapshot measure of one model."""
     out = {}
     for name, (tokens, labels) in (("train", train), ("test", test)):
@@ -294,9 +304,18 @@ def _measure(model: Model, freqs: list[int], p: int, train: tuple[Tensor, Tensor
     return out
 
 
-def grokking_curves(snapshots: Sequence[tuple[int, ModelLike]], train_tokens: Tensor, train_labels: Tensor,
-                    test_tokens: Tensor, test_labels: Tensor, *, key_freqs: list[int] | None = None,
-                    p: int | None = None, threshold: float = 0.05, progress: bool = False) -> GrokkingCurves:
+def grokking_curves(
+    snapshots: Sequence[tuple[int, ModelLike]],
+    train_tokens: Tensor,
+    train_labels: Tensor,
+    test_tokens: Tensor,
+    test_labels: Tensor,
+    *,
+    key_freqs: list[int] | None = None,
+    p: int | None = None,
+    threshold: float = 0.05,
+    progress: bool = False,
+) -> GrokkingCurves:
     """Measure every snapshot ``(step, model)``; key frequencies come from the last one unless given."""
     from tqdm.auto import tqdm
 
@@ -307,10 +326,14 @@ def grokking_curves(snapshots: Sequence[tuple[int, ModelLike]], train_tokens: Te
     p = _modulus(last, p)
     freqs = list(key_freqs) if key_freqs is not None else key_frequencies(last, p, threshold=threshold)
     if not freqs:
-        raise MechscopeError("no key frequencies: the last snapshot's embedding has no frequency above "
-                             f"{threshold:.0%} of its Fourier norm; pass key_freqs or a lower threshold")
-    rows = [_measure(_model(m), freqs, p, (train_tokens, train_labels), (test_tokens, test_labels))
-            for _, m in tqdm(snapshots, disable=not progress, desc="snapshots")]
+        raise MechscopeError(
+            "no key frequencies: the last snapshot's embedding has no frequency above "
+            f"{threshold:.0%} of its Fourier norm; pass key_freqs or a lower threshold"
+        )
+    rows = [
+        _measure(_model(m), freqs, p, (train_tokens, train_labels), (test_tokens, test_labels))
+        for _, m in tqdm(snapshots, disable=not progress, desc="snapshots")
+    ]
     cols = {name: torch.tensor([r[name] for r in rows], dtype=torch.float64) for name in rows[0]}
     steps = torch.tensor([s for s, _ in snapshots], dtype=torch.long)
     phases = find_phases(steps, cols["test_loss"], cols["excluded_loss"])
@@ -336,18 +359,34 @@ def _plot_curves(curves: GrokkingCurves):
     s = curves.steps.numpy()
     panels = [
         ("train and test loss", [("train", curves.train_loss, "C0"), ("test", curves.test_loss, "C1")], True),
-        ("restricted and excluded loss (train pairs)",
-         [("train", curves.train_loss, "C0"), ("restricted", curves.restricted_loss, "C2"),
-          ("excluded", curves.excluded_loss, "C3"), ("test", curves.test_loss, "C1")], True),
-        ("Gini coefficient of Fourier norms",
-         [("W_E", curves.gini_embed, "C4"), ("W_L = W_out W_U", curves.gini_neuron, "C5")], False),
+        (
+            "restricted and excluded loss (train pairs)",
+            [
+                ("train", curves.train_loss, "C0"),
+                ("restricted", curves.restricted_loss, "C2"),
+                ("excluded", curves.excluded_loss, "C3"),
+                ("test", curves.test_loss, "C1"),
+            ],
+            True,
+        ),
+        (
+            "Gini coefficient of Fourier norms",
+            [("W_E", curves.gini_embed, "C4"), ("W_L = W_out W_U", curves.gini_neuron, "C5")],
+            False,
+        ),
         ("total sum of squared weights", [("weights", curves.sum_squared_weights, "C7")], False),
     ]
     for ax, (title, lines, log) in zip(axes, panels):
         _shade(ax, curves, label=ax is axes[0])
         for label, values, colour in lines:
-            ax.plot(s, values.numpy(), marker=".", color=colour, label=label,
-                    alpha=0.35 if log and label in ("train", "test") and len(lines) > 2 else 1.0)
+            ax.plot(
+                s,
+                values.numpy(),
+                marker=".",
+                color=colour,
+                label=label,
+                alpha=0.35 if log and label in ("train", "test") and len(lines) > 2 else 1.0,
+            )
         ax.set_yscale("log" if log else "linear")
         ax.set_title(title)
         ax.legend(fontsize=8)

@@ -30,8 +30,7 @@ from torch import Tensor
 EPS = 1e-8
 """Norms below this count as zero (a feature the model ignores)."""
 
-PHASES = ("neither represented", "feature 1 only", "feature 2 only", "superposition (antipodal)",
-          "both, same side")
+PHASES = ("neither represented", "feature 1 only", "feature 2 only", "superposition (antipodal)", "both, same side")
 """Labels of ``two_in_one_phase``'s codes 0..4."""
 
 PHASE_COLOURS = ("#d9d9d9", "#4c72b0", "#dd8452", "#55a868", "#8172b2")
@@ -88,8 +87,7 @@ class FeatureGeometry:
     @classmethod
     def of(cls, W: Tensor) -> FeatureGeometry:
         W = W.detach().float()
-        return cls(feature_norms(W), interference(W), feature_dimensionality(W),
-                   dimensions_per_feature(W))
+        return cls(feature_norms(W), interference(W), feature_dimensionality(W), dimensions_per_feature(W))
 
     def n_represented(self, threshold: float = 0.5) -> Tensor:
         """How many features each instance represents, ``[instance]``."""
@@ -144,16 +142,24 @@ def plot_phase_diagram(phases: Tensor, importance: Tensor, density: Tensor) -> F
     fig = Figure(figsize=(6.4, 4.6), layout="constrained")
     ax = fig.subplots()
     cmap = ListedColormap(PHASE_COLOURS)
-    ax.pcolormesh(_edges(importance), _edges(density), phases.numpy(), cmap=cmap, vmin=-0.5,
-                  vmax=len(PHASES) - 0.5, shading="flat")
+    ax.pcolormesh(
+        _edges(importance),
+        _edges(density),
+        phases.numpy(),
+        cmap=cmap,
+        vmin=-0.5,
+        vmax=len(PHASES) - 0.5,
+        shading="flat",
+    )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("relative importance of feature 2"), ax.set_ylabel("feature density 1 - S")
     ax.set_title("2 features in 1 dimension (n=2, m=1): trained models", fontsize=10)
     present = sorted(set(phases.flatten().tolist()))
     handles = [ax.scatter([], [], marker="s", s=60, color=PHASE_COLOURS[c]) for c in present]
-    ax.legend(handles, [PHASES[c] for c in present], loc="upper left", bbox_to_anchor=(1.01, 1),
-              fontsize=8, frameon=False)
+    ax.legend(
+        handles, [PHASES[c] for c in present], loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False
+    )
     return fig
 
 
@@ -175,10 +181,23 @@ def plot_dimensionality(geometry: FeatureGeometry, density: Tensor) -> Figure:
         ax.text(inv.max() * 1.08, frac, f"{frac:.3g}", va="center", fontsize=7, color="0.5")
     dims = geometry.feature_dim
     xs = torch.from_numpy(inv).unsqueeze(-1).expand_as(dims)
-    ax.scatter(xs.flatten().numpy(), dims.flatten().numpy(), s=3, alpha=0.25, color="#4c72b0",
-               label="per-feature dimensionality D_i")
-    ax.plot(inv, geometry.dim_star.numpy(), color="k", lw=1.6, marker="o", ms=3,
-            label="dimensions per feature D* = m / ||W||_F^2")
+    ax.scatter(
+        xs.flatten().numpy(),
+        dims.flatten().numpy(),
+        s=3,
+        alpha=0.25,
+        color="#4c72b0",
+        label="per-feature dimensionality D_i",
+    )
+    ax.plot(
+        inv,
+        geometry.dim_star.numpy(),
+        color="k",
+        lw=1.6,
+        marker="o",
+        ms=3,
+        label="dimensions per feature D* = m / ||W||_F^2",
+    )
     ax.set_xscale("log")
     ax.set_ylim(0, 1.1)
     ax.set_xlabel("1 / (1 - S)  (inverse feature density)"), ax.set_ylabel("dimensions per feature")

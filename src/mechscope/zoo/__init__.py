@@ -39,8 +39,6 @@ DESCRIPTIONS = {
 }
 
 
-
-
 @dataclass(frozen=True)
 class Analysis:
     """What a method package adds to a zoo model (registered with `register_analysis`)."""
@@ -92,8 +90,11 @@ def snapshot_file(name: str) -> Path | None:
     if not at:
         return None
     folder = zoo_path(base) / "snapshots"
-    steps = {int(p.parent.name.removeprefix("step_")): p for p in sorted(folder.glob("step_*/model.safetensors"))
-             if p.parent.name.removeprefix("step_").isdigit()}
+    steps = {
+        int(p.parent.name.removeprefix("step_")): p
+        for p in sorted(folder.glob("step_*/model.safetensors"))
+        if p.parent.name.removeprefix("step_").isdigit()
+    }
     if not steps:
         raise MechscopeError(f"zoo model '{base}' keeps no training snapshots: load zoo:{base}")
     if not step.isdigit() or int(step) not in steps:
@@ -118,9 +119,11 @@ def plots(name: str, out_dir: Path) -> list[Path]:
     analysis = ANALYSES.get(name)
     draw = analysis.plots if analysis is not None and analysis.plots else getattr(module, "plots", None)
     if draw is None:
-        raise MechscopeError(f"zoo model '{name}' has no figures of its own (or they are drawn by a method package "
-                             "that is not loaded: `import mechscope.toys` first); its card: `mechscope zoo info "
-                             f"{name}`")
+        raise MechscopeError(
+            f"zoo model '{name}' has no figures of its own (or they are drawn by a method package "
+            "that is not loaded: `import mechscope.toys` first); its card: `mechscope zoo info "
+            f"{name}`"
+        )
     return list(draw(zoo_path(name), Path(out_dir)))
 
 
@@ -130,6 +133,7 @@ def train(name: str, out_dir: Path | None = None, *, seed: int = 0) -> dict:
     module = _module(name)
     recipe = dataclasses.replace(getattr(module, RECIPES[name][1])(), seed=seed)
     from ..io import folder_lock
+
     # an unwritable out, or one that another job is writing, fails before training
     with folder_lock(Path(out_dir) if out_dir else WEIGHTS / name) as folder:
         card = module.train(folder, recipe)
@@ -141,15 +145,20 @@ def check(name: str, folder: Path) -> list:
     """Compare the card of a retrained folder with the shipped card, within the tolerances
     the shipped card states: one `checks.Check` per published measure."""
     from .checks import COMPARISONS
+
     _check(name)
     path = Path(folder) / "card.json"
     if not path.is_file():
-        raise MechscopeError(f"{folder} holds no card.json: train into it first (`mechscope zoo train {name} "
-                             f"--out {folder}`)")
+        raise MechscopeError(
+            f"{folder} holds no card.json: train into it first (`mechscope zoo train {name} --out {folder}`)"
+        )
     if Path(folder).resolve() == (WEIGHTS / name).resolve():
         raise MechscopeError(f"{folder} is the shipped folder itself: retrain into another one with --out")
     from ..io import read_json
+
     try:
         return COMPARISONS[name](card(name), read_json(path))
     except (KeyError, TypeError) as exc:
-        raise MechscopeError(f"{path} is not a card of the current '{name}' recipe (missing {exc}): retrain it") from None
+        raise MechscopeError(
+            f"{path} is not a card of the current '{name}' recipe (missing {exc}): retrain it"
+        ) from None

@@ -96,10 +96,19 @@ class ChainRecipe:
 
 def build_model(recipe: ChainRecipe) -> ToyTransformer:
     """A freshly initialised model; the init is seeded without touching the global RNG."""
-    n_ctx = 4 * (recipe.n_statements + recipe.train_queries) - 1         # the longest training prompt
-    config = ToyConfig(vocab_size=len(VOCAB), n_ctx=n_ctx, d_model=recipe.d_model, n_layers=recipe.n_layers,
-                       n_heads=recipe.n_heads, d_head=recipe.d_head, d_mlp=recipe.d_mlp, norm="layernorm",
-                       positions="learned", pad_token_id=TOKEN["_"])
+    n_ctx = 4 * (recipe.n_statements + recipe.train_queries) - 1  # the longest training prompt
+    config = ToyConfig(
+        vocab_size=len(VOCAB),
+        n_ctx=n_ctx,
+        d_model=recipe.d_model,
+        n_layers=recipe.n_layers,
+        n_heads=recipe.n_heads,
+        d_head=recipe.d_head,
+        d_mlp=recipe.d_mlp,
+        norm="layernorm",
+        positions="learned",
+        pad_token_id=TOKEN["_"],
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         model = ToyTransformer(config)
@@ -116,18 +125,19 @@ def sinusoids(n_pos: int, d_model: int) -> Tensor:
     return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)[:, :d_model] * math.sqrt(2.0 / d_model)
 
 
-def make_prompt(rng: random.Random, depth: int, n_statements: int, max_depth: int
-                ) -> tuple[str, str, list[int], dict[str, tuple[str, int]]]:
+def make_prompt(
+    rng: random.Random, depth: int, n_statements: int, max_depth: int
+) -> tuple[str, str, list[int], dict[str, tuple[str, int]]]:
     """One prompt of ``n_statements`` shuffled assignments whose query has ``depth``: the
     text (``...,?D``), the answer, the index of the assignment of hop k = 1..depth (hop 1
     assigns the queried variable, hop depth the digit), every variable's (digit, depth)."""
     names = rng.sample(VARIABLES, n_statements)
     chains, start = [names[:depth]], depth
-    while start < n_statements:                        # distractor chains fill the rest
+    while start < n_statements:  # distractor chains fill the rest
         length = min(rng.randint(1, max_depth), n_statements - start)
-        chains.append(names[start:start + length])
+        chains.append(names[start : start + length])
         start += length
-    statements, resolved = [], {}                      # statements: (text, chain index, hop from the chain's end)
+    statements, resolved = [], {}  # statements: (text, chain index, hop from the chain's end)
     for c, chain in enumerate(chains):
         digit = rng.choice(DIGITS)
         resolved.update({var: (digit, i + 1) for i, var in enumerate(chain)})
@@ -149,8 +159,11 @@ def eval_set(recipe: ChainRecipe) -> dict[int, tuple[Tensor, Tensor, list[list[i
     rng, out = random.Random(EVAL_SEED), {}
     for depth in range(1, recipe.max_depth + 1):
         prompts = [make_prompt(rng, depth, recipe.n_statements, recipe.max_depth) for _ in range(recipe.eval_prompts)]
-        out[depth] = (encode([p[0] for p in prompts]), torch.tensor([TOKEN[p[1]] for p in prompts]),
-                      [p[2] for p in prompts])
+        out[depth] = (
+            encode([p[0] for p in prompts]),
+            torch.tensor([TOKEN[p[1]] for p in prompts]),
+            [p[2] for p in prompts],
+        )
     return out
 
 
@@ -159,8 +172,11 @@ def batch_for_step(step: int, recipe: ChainRecipe, held_out: set[str]) -> tuple[
     q queries: ``...,?D7,?B3,?E``) and targets, the answer at each query, -100 elsewhere."""
     rng = random.Random(recipe.seed * 1_000_003 + step)
     n = rng.randint(1, recipe.n_statements) if rng.random() < recipe.short_fraction else recipe.n_statements
-    deepest = min(recipe.max_depth, 1 + step * recipe.max_depth // recipe.curriculum_steps) \
-        if recipe.curriculum_steps else recipe.max_depth
+    deepest = (
+        min(recipe.max_depth, 1 + step * recipe.max_depth // recipe.curriculum_steps)
+        if recipe.curriculum_steps
+        else recipe.max_depth
+    )
     texts: list[str] = []
     while len(texts) < recipe.batch_size:
         text, answer, _, resolved = make_prompt(rng, rng.randint(1, min(n, deepest)), n, recipe.max_depth)
@@ -174,7 +190,7 @@ def batch_for_step(step: int, recipe: ChainRecipe, held_out: set[str]) -> tuple[
         texts.append(text + answer)
     tokens = encode(texts)
     targets = torch.full_like(tokens, -100)
-    queries = tokens[:, :-1] == TOKEN["?"]            # the query variable follows each '?'
+    queries = tokens[:, :-1] == TOKEN["?"]  # the query variable follows each '?'
     targets[:, 1:-1][queries[:, :-1]] = tokens[:, 2:][queries[:, :-1]]
     return tokens[:, :-1], targets[:, :-1]
 
@@ -197,10 +213,10 @@ def scaffold_targets(tokens: Tensor, targets: Tensor, n_layers: int) -> Tensor:
     from each assignment's right-hand token to its left side; in layer l >= 1 from each query to the
     right-hand token of the assignment of hop l (while the chain lasts)."""
     out, n = torch.full((*tokens.shape, n_layers), -1), int((tokens[0] == TOKEN["="]).sum())
-    rhs = 3 + 4 * torch.arange(n)                                    # assignment s is X=Y, at 1 + 4s
+    rhs = 3 + 4 * torch.arange(n)  # assignment s is X=Y, at 1 + 4s
     out[:, rhs, 0] = rhs - 2
     for row, pos in (targets != -100).nonzero().tolist():
-        where = dict(zip(tokens[row, rhs - 2].tolist(), rhs.tolist()))   # left side -> its right-hand position
+        where = dict(zip(tokens[row, rhs - 2].tolist(), rhs.tolist()))  # left side -> its right-hand position
         current = int(tokens[row, pos])
         for layer in range(1, n_layers):
             if current not in where:
@@ -218,7 +234,7 @@ def _step_loss(model: ToyTransformer, tokens: Tensor, targets: Tensor, aux_weigh
     if aux_weight == 0:
         return task, task
     keys, terms = scaffold_targets(tokens, targets, len(out.attentions)), []
-    for layer, pattern in enumerate(out.attentions):                 # each layer weighs the same
+    for layer, pattern in enumerate(out.attentions):  # each layer weighs the same
         rows, pos = (keys[..., layer] >= 0).nonzero(as_tuple=True)
         if len(rows):
             terms.append(-pattern[rows, 0, pos, keys[rows, pos, layer]].clamp_min(1e-6).log().mean())
@@ -228,9 +244,14 @@ def _step_loss(model: ToyTransformer, tokens: Tensor, targets: Tensor, aux_weigh
 def _train_loop(model: ToyTransformer, recipe: ChainRecipe, evals: dict, progress: bool) -> list[list[float]]:
     """All optimizer steps; returns rows [step, train loss, accuracy at depth 1..max_depth]."""
     params = list(model.parameters())
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": recipe.weight_decay},
-                             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-                            lr=recipe.lr, foreach=False)
+    opt = torch.optim.AdamW(
+        [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": recipe.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=recipe.lr,
+        foreach=False,
+    )
     held_out = {"".join(VOCAB[t] for t in row[1:]) for tokens, _, _ in evals.values() for row in tokens.tolist()}
     curve, bar = [], tqdm(range(recipe.steps), disable=not progress, desc="chain", unit="step")
     for step in bar:
@@ -258,12 +279,12 @@ def attention_to_hops(model: ToyTransformer, evals: dict) -> dict[int, list[list
     out = {}
     for depth, (tokens, _, hops) in evals.items():
         with torch.no_grad():
-            patterns = model(input_ids=tokens, output_attentions=True).attentions   # layers x [b, head, q, k]
-        final = torch.stack([p[:, :, -1] for p in patterns], 1)                      # [b, layer, head, k_pos]
+            patterns = model(input_ids=tokens, output_attentions=True).attentions  # layers x [b, head, q, k]
+        final = torch.stack([p[:, :, -1] for p in patterns], 1)  # [b, layer, head, k_pos]
         onehot = torch.zeros(len(tokens), final.shape[-1], depth + 1)
         for row, statement_ids in enumerate(hops):
             for k, s in enumerate(statement_ids):
-                onehot[row, 1 + 4 * s:5 + 4 * s, k] = 1.0
+                onehot[row, 1 + 4 * s : 5 + 4 * s, k] = 1.0
         onehot[..., depth] = 1.0 - onehot[..., :depth].sum(-1)
         out[depth] = torch.einsum("blhp,bpk->lhk", final, onehot).div(len(tokens)).tolist()
     return out
@@ -274,10 +295,11 @@ def hop_summary(masses: dict[int, list]) -> dict[int, list[dict]]:
     summary: dict[int, list[dict]] = {depth: [] for depth in masses}
     for depth, per_layer in masses.items():
         for layer, heads in enumerate(per_layer):
-            hop_mass = torch.tensor(heads)[:, :depth]                                 # [head, hop]
+            hop_mass = torch.tensor(heads)[:, :depth]  # [head, hop]
             head, hop = divmod(int(hop_mass.argmax()), depth)
-            summary[depth].append({"layer": layer, "head": head, "hop": hop + 1,
-                                   "mass": round(float(hop_mass[head, hop]), 3)})
+            summary[depth].append(
+                {"layer": layer, "head": head, "hop": hop + 1, "mass": round(float(hop_mass[head, hop]), 3)}
+            )
     return summary
 
 
@@ -292,15 +314,29 @@ def train(out_dir: Path, recipe: ChainRecipe = ChainRecipe(), *, progress: bool 
     curve = _train_loop(model, recipe, evals, progress)
     train_time = time.perf_counter() - start
     masses = attention_to_hops(model.eval(), evals)
-    metrics = {"accuracy_by_depth": {d: accuracy(model, t, a) for d, (t, a, _) in evals.items()},
-               "hop_attention": hop_summary(masses), "hop_attention_full": masses, "curve": curve,
-               "curve_columns": ["step", "train_loss", *[f"accuracy_depth_{d}" for d in evals]],
-               "n_params": sum(p.numel() for p in model.parameters())}
-    card = json.loads(json.dumps({
-        "name": "chain", "architecture": "mechscope ToyTransformer, pre-LayerNorm, MLPs, learned positions",
-        "vocab": VOCAB, "recipe": dataclasses.asdict(recipe), "metrics": metrics,
-        "train_time_s": round(train_time, 1), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "tolerance": TOLERANCE}))
+    metrics = {
+        "accuracy_by_depth": {d: accuracy(model, t, a) for d, (t, a, _) in evals.items()},
+        "hop_attention": hop_summary(masses),
+        "hop_attention_full": masses,
+        "curve": curve,
+        "curve_columns": ["step", "train_loss", *[f"accuracy_depth_{d}" for d in evals]],
+        "n_params": sum(p.numel() for p in model.parameters()),
+    }
+    card = json.loads(
+        json.dumps(
+            {
+                "name": "chain",
+                "architecture": "mechscope ToyTransformer, pre-LayerNorm, MLPs, learned positions",
+                "vocab": VOCAB,
+                "recipe": dataclasses.asdict(recipe),
+                "metrics": metrics,
+                "train_time_s": round(train_time, 1),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "tolerance": TOLERANCE,
+            }
+        )
+    )
     files = {"card.json": json.dumps(card, indent=1) + "\n", "CARD.md": render_card(card)}
     write_folder(Path(out_dir), model, files, tokenizer=make_tokenizer())
     return card
@@ -310,6 +346,7 @@ def make_tokenizer():
     """A character-level Hugging Face tokenizer over ``VOCAB`` that puts ``^`` first (``_`` pads)."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
+
     core = Tokenizer(models.WordLevel(TOKEN, unk_token="_"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     core.post_processor = processors.TemplateProcessing(single="^ $A", special_tokens=[("^", TOKEN["^"])])
@@ -322,31 +359,32 @@ def render_card(card: dict) -> str:
     accs = " / ".join(f"{a:.3f}" for a in m["accuracy_by_depth"].values())
     hops = "\n".join(
         f"| {d} | " + " | ".join(f"h{row['head']}: hop {row['hop']} ({row['mass']:.2f})" for row in rows) + " |"
-        for d, rows in m["hop_attention"].items())
+        for d, rows in m["hop_attention"].items()
+    )
     return f"""# zoo:chain
 
 Multi-hop variable binding with stacked attention heads. Prompts are shuffled assignments,
-one character per token (vocabulary `{card['vocab']}`, `^` = BOS), and a query, e.g.
+one character per token (vocabulary `{card["vocab"]}`, `^` = BOS), and a query, e.g.
 `^C=B,A=7,E=4,D=C,B=A,?D` -> `7`; the answer is predicted at the final token (the queried
 variable). Depth = assignments from the queried variable to its digit.
 
 | | |
 |---|---|
-| layers / d_model / heads x d_head / d_mlp / positions | {r['n_layers']} / {r['d_model']} / {r['n_heads']} x {r['d_head']} / {r['d_mlp']} / {4 * (r['n_statements'] + r['train_queries']) - 1} |
-| parameters | {m['n_params']:,} |
-| steps x batch | {r['steps']} x {r['batch_size']} |
-| held-out accuracy, depth 1..{r['max_depth']} ({r['n_statements']} assignments, {r['eval_prompts']} prompts each) | {accs} |
-| training time | {card['train_time_s']:.0f} s (torch {card['torch']}, {card['threads']} thread) |
+| layers / d_model / heads x d_head / d_mlp / positions | {r["n_layers"]} / {r["d_model"]} / {r["n_heads"]} x {r["d_head"]} / {r["d_mlp"]} / {4 * (r["n_statements"] + r["train_queries"]) - 1} |
+| parameters | {m["n_params"]:,} |
+| steps x batch | {r["steps"]} x {r["batch_size"]} |
+| held-out accuracy, depth 1..{r["max_depth"]} ({r["n_statements"]} assignments, {r["eval_prompts"]} prompts each) | {accs} |
+| training time | {card["train_time_s"]:.0f} s (torch {card["torch"]}, {card["threads"]} thread) |
 
 Attention from the final token per layer: the head most attending to one assignment of the chain,
 which hop it is (hop 1 assigns the queried variable) and the mass on its tokens `X=Y,`:
 
-| depth | {' | '.join(f'layer {i}' for i in range(r['n_layers']))} |
-|---|{'---|' * r['n_layers']}
+| depth | {" | ".join(f"layer {i}" for i in range(r["n_layers"]))} |
+|---|{"---|" * r["n_layers"]}
 {hops}
 
-Training: a depth curriculum over {r['curriculum_steps']} steps, {r['train_queries']} queries per prompt, and for {r['scaffold_steps']} steps
-a decaying loss (weight {r['scaffold']}) showing head 0 of each layer where to attend; then the task alone.
+Training: a depth curriculum over {r["curriculum_steps"]} steps, {r["train_queries"]} queries per prompt, and for {r["scaffold_steps"]} steps
+a decaying loss (weight {r["scaffold"]}) showing head 0 of each layer where to attend; then the task alone.
 Rebuild with `mechscope.zoo.chain.train(out_dir, ChainRecipe())`.
 """
 
@@ -354,14 +392,17 @@ Rebuild with `mechscope.zoo.chain.train(out_dir, ChainRecipe())`.
 def plots(folder: Path, out_dir: Path) -> list[Path]:
     """Accuracy per depth (final and over training) and attention to each hop per layer."""
     from ..io import make_folder, write_figure
+
     folder, out_dir = Path(folder), make_folder(out_dir)
     card = json.loads((folder / "card.json").read_text())
     recipe = ChainRecipe(**card["recipe"])
     model = ToyTransformer.from_pretrained(folder).eval()
     evals = eval_set(recipe)
     accs = {d: accuracy(model, t, a) for d, (t, a, _) in evals.items()}
-    figures = {"chain_accuracy.png": _accuracy_figure(accs, card["metrics"]["curve"]),
-               "chain_hop_attention.png": _hop_figure(attention_to_hops(model, evals))}
+    figures = {
+        "chain_accuracy.png": _accuracy_figure(accs, card["metrics"]["curve"]),
+        "chain_hop_attention.png": _hop_figure(attention_to_hops(model, evals)),
+    }
     for name, fig in figures.items():
         write_figure(out_dir / name, fig, bbox_inches=None)  # atomic; a full disk fails in one line
     return [out_dir / name for name in figures]
@@ -384,12 +425,25 @@ def _hop_figure(masses: dict[int, list]) -> Figure:
     """One panel per depth: for each layer, the largest head's mass on each hop's assignment."""
     fig = Figure(figsize=(3.0 * len(masses), 3.2), layout="constrained")
     for ax, (depth, per_layer) in zip(fig.subplots(1, len(masses)), masses.items()):
-        best = torch.tensor(per_layer)[:, :, :depth].amax(1)                           # [layer, hop]
+        best = torch.tensor(per_layer)[:, :, :depth].amax(1)  # [layer, hop]
         image = ax.imshow(best.numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto")
         for layer, hop in torch.cartesian_prod(torch.arange(best.shape[0]), torch.arange(depth)).tolist():
-            ax.text(hop, layer, f"{best[layer, hop]:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if best[layer, hop] > 0.6 else "black")
-        ax.set(xlabel="hop (1 = queried variable)", ylabel="layer", title=f"depth {depth}",
-               xticks=range(depth), xticklabels=[str(k + 1) for k in range(depth)], yticks=range(best.shape[0]))
+            ax.text(
+                hop,
+                layer,
+                f"{best[layer, hop]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if best[layer, hop] > 0.6 else "black",
+            )
+        ax.set(
+            xlabel="hop (1 = queried variable)",
+            ylabel="layer",
+            title=f"depth {depth}",
+            xticks=range(depth),
+            xticklabels=[str(k + 1) for k in range(depth)],
+            yticks=range(best.shape[0]),
+        )
     fig.colorbar(image, ax=fig.axes, shrink=0.8, label="attention from the query (best head)")
     return fig

@@ -35,8 +35,10 @@ def load(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, expec
     meta = read_json(folder / "state.json")
     differ = [k for k, v in expect.items() if meta.get(k) != v]
     if differ:
-        raise MechscopeError(f"the checkpoint in {folder} was made with a different recipe or data (its "
-                             f"{' and '.join(differ)} differ): rerun with the same recipe and Python, or delete it")
+        raise MechscopeError(
+            f"the checkpoint in {folder} was made with a different recipe or data (its "
+            f"{' and '.join(differ)} differ): rerun with the same recipe and Python, or delete it"
+        )
     tensors = read_tensors(folder / meta.pop("weights"), "checkpoint")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     optim: dict[int, dict] = {}

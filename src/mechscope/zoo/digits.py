@@ -97,8 +97,9 @@ def data(seed: int = 0, test_fraction: float = 0.2) -> DigitsData:
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
-    idx_train, idx_test = train_test_split(range(len(digits.target)), test_size=test_fraction,
-                                           stratify=digits.target, random_state=seed)
+    idx_train, idx_test = train_test_split(
+        range(len(digits.target)), test_size=test_fraction, stratify=digits.target, random_state=seed
+    )
     x = normalise(torch.from_numpy(digits.images))
     y = torch.from_numpy(digits.target).long()
     tr, te = torch.tensor(idx_train), torch.tensor(idx_test)
@@ -113,7 +114,7 @@ def predict(model: nn.Module, x: Tensor, batch: int = 512) -> Tensor:
 
 def confusion_matrix(y_true: Tensor, y_pred: Tensor, n_classes: int = 10) -> Tensor:
     """Counts ``[true class, predicted class]``."""
-    return torch.bincount(y_true * n_classes + y_pred, minlength=n_classes ** 2).view(n_classes, n_classes)
+    return torch.bincount(y_true * n_classes + y_pred, minlength=n_classes**2).view(n_classes, n_classes)
 
 
 def fit(recipe: DigitsRecipe, split: DigitsData, progress: bool = False) -> DigitsCNN:
@@ -152,7 +153,8 @@ def train(out_dir: Path, recipe: DigitsRecipe = DigitsRecipe(), *, progress: boo
         "metrics": {
             "test_accuracy": round(float((pred_test == split.y_test).float().mean()), 4),
             "train_accuracy": round(float((pred_train == split.y_train).float().mean()), 4),
-            "n_train": len(split.y_train), "n_test": len(split.y_test),
+            "n_train": len(split.y_train),
+            "n_test": len(split.y_test),
             "confusion_matrix_test": confusion_matrix(split.y_test, pred_test).tolist(),
             "n_params": sum(p.numel() for p in model.parameters()),
         },
@@ -162,8 +164,9 @@ def train(out_dir: Path, recipe: DigitsRecipe = DigitsRecipe(), *, progress: boo
     }
     logger.info("digits: test accuracy %.4f", card["metrics"]["test_accuracy"])
     kwargs = {"channels1": recipe.channels1, "channels2": recipe.channels2, "n_classes": 10}
-    save_module_folder(model, kwargs, Path(out_dir), {"card.json": json.dumps(card, indent=2) + "\n",
-                                                      "CARD.md": render_card(card)})
+    save_module_folder(
+        model, kwargs, Path(out_dir), {"card.json": json.dumps(card, indent=2) + "\n", "CARD.md": render_card(card)}
+    )
     return card
 
 
@@ -172,15 +175,15 @@ def render_card(card: dict) -> str:
     r, m = card["recipe"], card["metrics"]
     return f"""# zoo:digits
 
-{card['architecture']} ({m['n_params']:,} parameters), trained on scikit-learn's bundled
-8x8 digits: {m['n_train']} training and {m['n_test']} test images, a stratified split seeded
-{r['seed']}. AdamW (lr {r['lr']}, weight decay {r['weight_decay']}), {r['epochs']} epochs of
-batch {r['batch_size']}, {card['train_time_s']:.0f} s with torch {card['software']['torch']}.
+{card["architecture"]} ({m["n_params"]:,} parameters), trained on scikit-learn's bundled
+8x8 digits: {m["n_train"]} training and {m["n_test"]} test images, a stratified split seeded
+{r["seed"]}. AdamW (lr {r["lr"]}, weight decay {r["weight_decay"]}), {r["epochs"]} epochs of
+batch {r["batch_size"]}, {card["train_time_s"]:.0f} s with torch {card["software"]["torch"]}.
 
 | | |
 |---|---|
-| test accuracy | {m['test_accuracy']:.2%} |
-| train accuracy | {m['train_accuracy']:.2%} |
+| test accuracy | {m["test_accuracy"]:.2%} |
+| train accuracy | {m["train_accuracy"]:.2%} |
 
 Inputs are `mechscope.zoo.digits.normalise(images)` (`[batch, 1, 8, 8]`); outputs are logits
 over the 10 digits. Sites: `conv1`, `relu1`, `conv2`, `relu2`, `pool`, `flatten`, `fc`, each
@@ -197,11 +200,12 @@ def plots(folder: Path, out_dir: Path) -> list[Path]:
     seed = json.loads((folder / "card.json").read_text())["recipe"]["seed"] if (folder / "card.json").is_file() else 0
     split = data(seed)
     pred = predict(model, split.x_test)
-    figures = {"digits_samples.png": _samples_figure(split.x_test[:32], split.y_test[:32], pred[:32]),
-               "digits_confusion.png": _confusion_figure(confusion_matrix(split.y_test, pred)),
-               "digits_filters.png": _filters_figure(cast(nn.Conv2d, model.conv1).weight.detach())}
-    return [write_figure(Path(out_dir) / name, fig, bbox_inches=None)
-            for name, fig in figures.items()]
+    figures = {
+        "digits_samples.png": _samples_figure(split.x_test[:32], split.y_test[:32], pred[:32]),
+        "digits_confusion.png": _confusion_figure(confusion_matrix(split.y_test, pred)),
+        "digits_filters.png": _filters_figure(cast(nn.Conv2d, model.conv1).weight.detach()),
+    }
+    return [write_figure(Path(out_dir) / name, fig, bbox_inches=None) for name, fig in figures.items()]
 
 
 def _samples_figure(x: Tensor, y: Tensor, pred: Tensor):
@@ -210,8 +214,7 @@ def _samples_figure(x: Tensor, y: Tensor, pred: Tensor):
     fig = Figure(figsize=(8, 4.6), layout="constrained")
     for k, ax in enumerate(fig.subplots(4, 8).flat):
         ax.imshow(x[k, 0].numpy(), cmap="gray_r")
-        ax.set_title(f"pred {int(pred[k])} / {int(y[k])}", fontsize=8,
-                     color="black" if pred[k] == y[k] else "red")
+        ax.set_title(f"pred {int(pred[k])} / {int(y[k])}", fontsize=8, color="black" if pred[k] == y[k] else "red")
         ax.set_xticks([]), ax.set_yticks([])
     fig.suptitle("test images: predicted / true label (red: wrong)", fontsize=10)
     return fig
@@ -226,8 +229,15 @@ def _confusion_figure(cm: Tensor):
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
             if cm[i, j]:
-                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
-                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(int(cm[i, j])),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black",
+                )
     ax.set_xticks(range(10)), ax.set_yticks(range(10))
     ax.set_xlabel("predicted"), ax.set_ylabel("true")
     acc = cm.diagonal().sum() / cm.sum()

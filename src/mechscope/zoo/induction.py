@@ -93,9 +93,17 @@ class InductionRecipe:
 
 def build_model(recipe: InductionRecipe) -> ToyTransformer:
     """A freshly initialised model; the init is seeded without touching the global RNG."""
-    config = ToyConfig(vocab_size=recipe.vocab_size, n_ctx=recipe.context, d_model=recipe.d_model,
-                       n_layers=recipe.n_layers, n_heads=recipe.n_heads, d_head=recipe.d_head, d_mlp=0,
-                       norm=recipe.norm, positions="learned")
+    config = ToyConfig(
+        vocab_size=recipe.vocab_size,
+        n_ctx=recipe.context,
+        d_model=recipe.d_model,
+        n_layers=recipe.n_layers,
+        n_heads=recipe.n_heads,
+        d_head=recipe.d_head,
+        d_mlp=0,
+        norm=recipe.norm,
+        positions="learned",
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         return ToyTransformer(config)
@@ -113,14 +121,14 @@ def batch_for_step(step: int, recipe: InductionRecipe) -> Tensor:
     follow = torch.rand(b, ctx, generator=gen) < recipe.alternation_prob
     follow[:, :3] = False
     for t in range(3, ctx):
-        follow[:, t] &= ~follow[:, t - 2]          # never chained: only the token two back predicts
+        follow[:, t] &= ~follow[:, t - 2]  # never chained: only the token two back predicts
         tokens[:, t] = torch.where(follow[:, t], tokens[:, t - 2], tokens[:, t])
     spans = torch.randint(recipe.min_span, recipe.max_span + 1, (b,), generator=gen)
     for row, n in enumerate(spans.tolist()):
-        gap = int(torch.randint(0, ctx - 1 - 2 * n + 1, (1,), generator=gen))   # free positions
+        gap = int(torch.randint(0, ctx - 1 - 2 * n + 1, (1,), generator=gen))  # free positions
         first = 1 + int(torch.randint(0, gap + 1, (1,), generator=gen))
         second = first + n + int(torch.randint(0, gap - (first - 1) + 1, (1,), generator=gen))
-        tokens[row, second:second + n] = tokens[row, first:first + n]
+        tokens[row, second : second + n] = tokens[row, first : first + n]
     return tokens
 
 
@@ -138,7 +146,7 @@ def copy_losses(model: ToyTransformer, tokens: Tensor, span: int) -> tuple[float
     number averages span - 1 positions per row; the second is the in-context loss.
     """
     losses = position_losses(model, tokens)
-    return losses[1:span].mean().item(), losses[span + 1:2 * span].mean().item()
+    return losses[1:span].mean().item(), losses[span + 1 : 2 * span].mean().item()
 
 
 def evaluate(model: ToyTransformer, recipe: InductionRecipe) -> dict:
@@ -149,8 +157,13 @@ def evaluate(model: ToyTransformer, recipe: InductionRecipe) -> dict:
     first, second = copy_losses(model, tokens, recipe.eval_span)
     analysis = ANALYSES.get("induction")
     scores = analysis.monitor(model, tokens) if analysis is not None and analysis.monitor else {}
-    return {"first_copy_loss": first, "second_copy_loss": second, "best_prev_token_l0": math.nan,
-            "best_induction_l1": math.nan, **scores}
+    return {
+        "first_copy_loss": first,
+        "second_copy_loss": second,
+        "best_prev_token_l0": math.nan,
+        "best_induction_l1": math.nan,
+        **scores,
+    }
 
 
 def bump_step(curve: list[list[float]]) -> int | None:
@@ -165,8 +178,10 @@ def _lr(step: int, recipe: InductionRecipe) -> float:
 
 def _optimizer(model: ToyTransformer, recipe: InductionRecipe) -> torch.optim.AdamW:
     params = list(model.parameters())
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": recipe.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": recipe.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=recipe.lr, foreach=False)
 
 
@@ -185,17 +200,34 @@ def _train_loop(model: ToyTransformer, recipe: InductionRecipe, progress: bool) 
         done = step + 1
         if done % recipe.eval_every == 0 or done == recipe.steps or step == 0:
             m = evaluate(model.eval(), recipe)
-            curve.append([done, round(m["first_copy_loss"], 4), round(m["second_copy_loss"], 4),
-                          round(m["best_prev_token_l0"], 4), round(m["best_induction_l1"], 4), round(loss.item(), 4)])
+            curve.append(
+                [
+                    done,
+                    round(m["first_copy_loss"], 4),
+                    round(m["second_copy_loss"], 4),
+                    round(m["best_prev_token_l0"], 4),
+                    round(m["best_induction_l1"], 4),
+                    round(loss.item(), 4),
+                ]
+            )
             bar.set_postfix(first=f"{m['first_copy_loss']:.2f}", second=f"{m['second_copy_loss']:.2f}")
-            logger.info("step %d: copy losses %.3f / %.3f, best heads %.2f / %.2f", done, m["first_copy_loss"],
-                        m["second_copy_loss"], m["best_prev_token_l0"], m["best_induction_l1"])
+            logger.info(
+                "step %d: copy losses %.3f / %.3f, best heads %.2f / %.2f",
+                done,
+                m["first_copy_loss"],
+                m["second_copy_loss"],
+                m["best_prev_token_l0"],
+                m["best_induction_l1"],
+            )
     return curve
 
 
 TOLERANCE = {
-    "first_copy_loss": 0.15, "second_copy_loss": 0.15, "best_prev_token_l0": 0.1,
-    "best_induction_l1": 0.1, "bump_step_relative": 0.5,
+    "first_copy_loss": 0.15,
+    "second_copy_loss": 0.15,
+    "best_prev_token_l0": 0.1,
+    "best_induction_l1": 0.1,
+    "bump_step_relative": 0.5,
 }
 """How far a retrain with the same recipe on another machine or torch build may land
 from the card's metrics (absolute, except the bump step: relative). Same machine and
@@ -208,14 +240,30 @@ def train(out_dir: Path, recipe: InductionRecipe = InductionRecipe(), *, progres
     model = build_model(recipe)
     curve = _train_loop(model, recipe, progress)
     train_time = time.perf_counter() - start
-    metrics = {**evaluate(model.eval(), recipe), "induction_bump_step": bump_step(curve), "curve": curve,
-               "curve_columns": ["step", "first_copy_loss", "second_copy_loss", "best_prev_token_l0",
-                                 "best_induction_l1", "train_loss"],
-               "n_params": sum(p.numel() for p in model.parameters())}
-    card = {"name": "induction", "architecture": "mechscope ToyTransformer, attention-only, no LayerNorm, "
-            "learned positions", "recipe": dataclasses.asdict(recipe), "metrics": metrics,
-            "train_time_s": round(train_time, 1), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "tolerance": TOLERANCE}
+    metrics = {
+        **evaluate(model.eval(), recipe),
+        "induction_bump_step": bump_step(curve),
+        "curve": curve,
+        "curve_columns": [
+            "step",
+            "first_copy_loss",
+            "second_copy_loss",
+            "best_prev_token_l0",
+            "best_induction_l1",
+            "train_loss",
+        ],
+        "n_params": sum(p.numel() for p in model.parameters()),
+    }
+    card = {
+        "name": "induction",
+        "architecture": "mechscope ToyTransformer, attention-only, no LayerNorm, learned positions",
+        "recipe": dataclasses.asdict(recipe),
+        "metrics": metrics,
+        "train_time_s": round(train_time, 1),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "tolerance": TOLERANCE,
+    }
     write_folder(Path(out_dir), model, {"card.json": json.dumps(card, indent=1) + "\n", "CARD.md": render_card(card)})
     return card
 
@@ -240,21 +288,21 @@ def render_card(card: dict) -> str:
     return f"""# zoo:induction
 
 A 2-layer attention-only transformer (no MLPs, no LayerNorm, learned positions) trained by
-mechscope on random tokens (vocabulary {r['vocab_size']}, token 0 = BOS) in which one span of
-{r['min_span']}-{r['max_span']} tokens occurs twice; in the background a token repeats the one two back
-(`a b a`) with probability {r['alternation_prob']}, which makes a previous-token head useful early.
+mechscope on random tokens (vocabulary {r["vocab_size"]}, token 0 = BOS) in which one span of
+{r["min_span"]}-{r["max_span"]} tokens occurs twice; in the background a token repeats the one two back
+(`a b a`) with probability {r["alternation_prob"]}, which makes a previous-token head useful early.
 It forms a previous-token head in layer 0 and an induction head in layer 1 (Olsson et al. 2022).
 
 | | |
 |---|---|
-| layers / d_model / heads x d_head / context | {r['n_layers']} / {r['d_model']} / {r['n_heads']} x {r['d_head']} / {r['context']} |
-| parameters | {m['n_params']:,} |
-| steps x batch | {r['steps']} x {r['batch_size']} |
-| best layer-0 previous-token score | {m['best_prev_token_l0']:.3f} |
-| best layer-1 induction score | {m['best_induction_l1']:.3f} |
-| loss on 1st / 2nd copy of [BOS, r, r], span {r['eval_span']} | {m['first_copy_loss']:.3f} / {m['second_copy_loss']:.3f} nats |
-| induction bump (first step with 2nd-copy loss <= half the 1st) | {m['induction_bump_step']} |
-| training time | {card['train_time_s']:.0f} s (torch {card['torch']}, {card['threads']} thread) |
+| layers / d_model / heads x d_head / context | {r["n_layers"]} / {r["d_model"]} / {r["n_heads"]} x {r["d_head"]} / {r["context"]} |
+| parameters | {m["n_params"]:,} |
+| steps x batch | {r["steps"]} x {r["batch_size"]} |
+| best layer-0 previous-token score | {m["best_prev_token_l0"]:.3f} |
+| best layer-1 induction score | {m["best_induction_l1"]:.3f} |
+| loss on 1st / 2nd copy of [BOS, r, r], span {r["eval_span"]} | {m["first_copy_loss"]:.3f} / {m["second_copy_loss"]:.3f} nats |
+| induction bump (first step with 2nd-copy loss <= half the 1st) | {m["induction_bump_step"]} |
+| training time | {card["train_time_s"]:.0f} s (torch {card["torch"]}, {card["threads"]} thread) |
 
 Scores: mean attention from a token to the one before it (previous-token), and from a token
 of the second copy to the token after its earlier occurrence (induction), as in
@@ -271,8 +319,10 @@ def plots(folder: Path, out_dir: Path) -> list[Path]:
     recipe = InductionRecipe(**card["recipe"])
     hf = ToyTransformer.from_pretrained(folder).eval()
     tokens = eval_tokens(recipe)
-    figures = {"induction_loss_per_position.png": _position_figure(hf, tokens, recipe.eval_span),
-               "induction_training_curve.png": _curve_figure(card["metrics"])}
+    figures = {
+        "induction_loss_per_position.png": _position_figure(hf, tokens, recipe.eval_span),
+        "induction_training_curve.png": _curve_figure(card["metrics"]),
+    }
     return [write_figure(out_dir / name, fig) for name, fig in figures.items()]
 
 
@@ -288,8 +338,11 @@ def _position_figure(hf: ToyTransformer, tokens: Tensor, span: int) -> Figure:
     ax.plot(range(1, len(losses) + 1), losses.numpy(), marker=".")
     ax.axvline(span + 0.5, color="grey", ls="--", lw=1)
     ax.text(span + 1, float(losses.max()) * 0.95, "second copy starts", fontsize=8, color="grey")
-    ax.set(xlabel="position of the predicted token", ylabel="loss (nats)",
-           title=f"loss per position on [BOS, r, r], span {span}")
+    ax.set(
+        xlabel="position of the predicted token",
+        ylabel="loss (nats)",
+        title=f"loss per position on [BOS, r, r], span {span}",
+    )
     return fig
 
 

@@ -98,8 +98,10 @@ def all_pairs(p: int) -> tuple[Tensor, Tensor]:
 def model_pairs(model) -> Tensor:
     """Every ``a b =`` input of a modular-addition model, p = its vocabulary - 1: tokens [p * p, 3]."""
     if getattr(model, "dims", None) is None or model.tokenizer is not None:
-        raise MechscopeError(f"{model.name} is not a modular-addition model: the `a b =` pairs are the inputs of "
-                             "zoo:modadd (and zoo:modadd@STEP); give it a text corpus instead")
+        raise MechscopeError(
+            f"{model.name} is not a modular-addition model: the `a b =` pairs are the inputs of "
+            "zoo:modadd (and zoo:modadd@STEP); give it a text corpus instead"
+        )
     return all_pairs(model.dims.d_vocab - 1)[0]
 
 
@@ -114,9 +116,19 @@ def data(p: int = 113, frac: float = 0.3, seed: int = 0) -> ModaddData:
 
 def model_config(recipe: ModaddRecipe) -> ToyConfig:
     std = recipe.init_std if recipe.init_std is not None else 1 / math.sqrt(recipe.d_model)
-    return ToyConfig(vocab_size=recipe.p + 1, n_ctx=3, d_model=recipe.d_model, n_layers=1,
-                     n_heads=recipe.n_heads, d_head=recipe.d_head, d_mlp=recipe.d_mlp, act="relu",
-                     norm="none", positions="learned", init_std=std)
+    return ToyConfig(
+        vocab_size=recipe.p + 1,
+        n_ctx=3,
+        d_model=recipe.d_model,
+        n_layers=1,
+        n_heads=recipe.n_heads,
+        d_head=recipe.d_head,
+        d_mlp=recipe.d_mlp,
+        act="relu",
+        norm="none",
+        positions="learned",
+        init_std=std,
+    )
 
 
 def build_model(recipe: ModaddRecipe) -> ToyTransformer:
@@ -139,13 +151,13 @@ def last_logits(model: ToyTransformer, tokens: Tensor) -> Tensor:
     block = cast(Block, model.blocks[0])
     attn = block.attn
     (n, n_pos), h, d = tokens.shape, attn.n_heads, attn.d_head
-    table = model.embed.weight[None] + model.pos_embed.weight[:n_pos, None]   # [pos, vocab, d_model]
+    table = model.embed.weight[None] + model.pos_embed.weight[:n_pos, None]  # [pos, vocab, d_model]
     pos = torch.arange(n_pos, device=tokens.device).expand(n, n_pos)
     last = tokens[:, -1]
     q = attn.q(table[-1])[last].view(n, 1, h, d)
     k = attn.k(table)[pos, tokens].view(n, n_pos, h, d)
     v = attn.v(table)[pos, tokens].view(n, n_pos, h, d)
-    pattern = ((q * k).sum(-1) / math.sqrt(d)).softmax(1)                      # [n, k_pos, head]
+    pattern = ((q * k).sum(-1) / math.sqrt(d)).softmax(1)  # [n, k_pos, head]
     z = (pattern[..., None] * v).sum(1).reshape(n, h * d)
     resid = table[-1][last] + attn.o(z)
     if block.mlp is not None:  # as the forward: a model without MLPs (d_mlp=0) skips them
@@ -173,26 +185,33 @@ def snapshot_steps(recipe: ModaddRecipe) -> list[int]:
 def _save_snapshot(folder: Path, step: int, model: ToyTransformer) -> None:
     path = folder / "snapshots" / f"step_{step:06d}"
     path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()},
-              path / "model.safetensors", metadata={"step": str(step)})
+    save_file(
+        {k: v.detach().half().contiguous() for k, v in model.state_dict().items()},
+        path / "model.safetensors",
+        metadata={"step": str(step)},
+    )
 
 
 @torch.no_grad()
 def evaluate(model: ToyTransformer, split: ModaddData, p: int) -> dict[str, float]:
     """Train and test loss and accuracy of a model."""
     out = {}
-    for name, tokens, labels in (("train", split.train_tokens, split.train_labels),
-                                 ("test", split.test_tokens, split.test_labels)):
+    for name, tokens, labels in (
+        ("train", split.train_tokens, split.train_labels),
+        ("test", split.test_tokens, split.test_labels),
+    ):
         loss, acc = loss_and_accuracy(last_logits(model, tokens), labels, p)
         out[f"{name}_loss"], out[f"{name}_accuracy"] = loss.item(), acc.item()
     return out
 
 
-def _train_loop(model: ToyTransformer, split: ModaddData, recipe: ModaddRecipe, tmp: Path,
-                progress: bool) -> list[list[float]]:
+def _train_loop(
+    model: ToyTransformer, split: ModaddData, recipe: ModaddRecipe, tmp: Path, progress: bool
+) -> list[list[float]]:
     """Full-batch AdamW for ``recipe.steps`` steps; saves snapshots; returns the loss history."""
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
-                            betas=recipe.betas, foreach=False)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=recipe.betas, foreach=False
+    )
     saves, history = set(snapshot_steps(recipe)), []
     bar = tqdm(total=recipe.steps, disable=not progress, desc="modadd", unit="step")
     for step in range(recipe.steps + 1):
@@ -201,8 +220,9 @@ def _train_loop(model: ToyTransformer, split: ModaddData, recipe: ModaddRecipe, 
         if step % recipe.eval_every == 0 or step == recipe.steps:
             m = evaluate(model, split, recipe.p)
             history.append([step, m["train_loss"], m["test_loss"], m["train_accuracy"], m["test_accuracy"]])
-            bar.set_postfix(train=f"{m['train_loss']:.2e}", test=f"{m['test_loss']:.2e}",
-                            test_acc=f"{m['test_accuracy']:.3f}")
+            bar.set_postfix(
+                train=f"{m['train_loss']:.2e}", test=f"{m['test_loss']:.2e}", test_acc=f"{m['test_accuracy']:.3f}"
+            )
         if step == recipe.steps:
             break
         for group in opt.param_groups:
@@ -222,9 +242,11 @@ TOLERANCE = {
     "test_loss_max": 0.05,
     "key_frequencies_max": 6,
     "key_frequency_share_min": 0.9,
-    "note": ("same seed, machine, torch build and thread count: bit-identical weights; otherwise "
-             "(another seed or platform) the thresholds above, while the key frequencies themselves "
-             "and the exact step of grokking may differ"),
+    "note": (
+        "same seed, machine, torch build and thread count: bit-identical weights; otherwise "
+        "(another seed or platform) the thresholds above, while the key frequencies themselves "
+        "and the exact step of grokking may differ"
+    ),
 }
 """What a retrained model must meet to count as a reproduction of the shipped one."""
 
@@ -252,34 +274,47 @@ def train(out_dir: Path, recipe: ModaddRecipe = ModaddRecipe(), *, progress: boo
         for path in tmp.rglob("*"):
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
         replace_folder(tmp, out_dir)
-        logger.info("modadd: test accuracy %.4f after %d steps in %.0f s", card["metrics"]["test_accuracy"],
-                    recipe.steps, train_time)
+        logger.info(
+            "modadd: test accuracy %.4f after %d steps in %.0f s",
+            card["metrics"]["test_accuracy"],
+            recipe.steps,
+            train_time,
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return card
 
 
-def _card(recipe: ModaddRecipe, metrics: dict, history: list, train_time: float,
-          model: ToyTransformer, split: ModaddData) -> dict:
+def _card(
+    recipe: ModaddRecipe, metrics: dict, history: list, train_time: float, model: ToyTransformer, split: ModaddData
+) -> dict:
     """The machine-readable model card."""
     return {
         "name": "modadd",
         "architecture": "ToyTransformer (mechscope_toy): 1 layer, no LayerNorm, ReLU MLP, learned positions",
         "task": f"(a + b) mod {recipe.p}; input tokens 'a b =' ('=' is token {recipe.p}), answer at the last position",
         "paper": "Nanda, Chan, Lieberum, Smith, Steinhardt (2023), Progress measures for grokking via "
-                 "mechanistic interpretability, arXiv:2301.05217",
+        "mechanistic interpretability, arXiv:2301.05217",
         "dtype": "float32 (snapshots: float16)",
         "recipe": json.loads(json.dumps(dataclasses.asdict(recipe))),
-        "metrics": {**metrics, "steps": recipe.steps, "train_time_s": round(train_time, 1),
-                    "n_train": len(split.train_labels), "n_test": len(split.test_labels),
-                    "n_params": sum(p.numel() for p in model.parameters()),
-                    "sum_squared_weights": sum(p.detach().double().pow(2).sum().item() for p in model.parameters())},
+        "metrics": {
+            **metrics,
+            "steps": recipe.steps,
+            "train_time_s": round(train_time, 1),
+            "n_train": len(split.train_labels),
+            "n_test": len(split.test_labels),
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "sum_squared_weights": sum(p.detach().double().pow(2).sum().item() for p in model.parameters()),
+        },
         "history_columns": ["step", "train_loss", "test_loss", "train_accuracy", "test_accuracy"],
         "history": [[int(r[0])] + [float(f"{v:.6g}") for v in r[1:]] for r in history],
         "snapshot_steps": snapshot_steps(recipe),
         "tolerance": TOLERANCE,
-        "software": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "threads": torch.get_num_threads()},
+        "software": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "threads": torch.get_num_threads(),
+        },
     }
 
 
@@ -288,28 +323,28 @@ def render_card(card: dict) -> str:
     r, m, a = card["recipe"], card["metrics"], card.get("analysis", {})
     return f"""# zoo:modadd
 
-A 1-layer transformer trained by mechscope on {card['task']}. It groks: it memorises the
+A 1-layer transformer trained by mechscope on {card["task"]}. It groks: it memorises the
 training pairs first and generalises much later, through the Fourier-multiplication circuit
-of {card['paper']}.
+of {card["paper"]}.
 
 | | |
 |---|---|
-| layers / d_model / heads x d_head / d_mlp | 1 / {r['d_model']} / {r['n_heads']} x {r['d_head']} / {r['d_mlp']} (ReLU, no LayerNorm) |
-| parameters | {m['n_params']:,} |
-| data | {m['n_train']} train pairs ({r['train_frac']:.0%}, seed {r['seed']}), {m['n_test']} test pairs |
-| optimiser | full-batch AdamW, lr {r['lr']:g} ({r['warmup_steps']}-step warm-up), weight decay {r['weight_decay']:g}, betas {tuple(r['betas'])} |
-| steps | {m['steps']} |
-| final train loss / accuracy | {m['train_loss']:.3g} / {m['train_accuracy']:.2%} |
-| final test loss / accuracy | {m['test_loss']:.3g} / {m['test_accuracy']:.2%} |
-| sum of squared weights | {m['sum_squared_weights']:.1f} |
-| training wall time | {m['train_time_s'] / 60:.1f} min ({card['software']['threads']} thread(s), torch {card['software']['torch']}) |
-| key frequencies (share of W_E's non-constant Fourier norm²) | {', '.join(map(str, a.get('key_frequencies', [])))} ({a.get('key_frequency_share', float('nan')):.1%}) |
-| restricted / excluded loss (train pairs) | {a.get('restricted_loss', float('nan')):.3g} / {a.get('excluded_loss', float('nan')):.3g} |
-| phases end at steps (memorisation, circuit formation, cleanup) | {', '.join(map(str, a.get('phase_ends', {}).values()))} |
+| layers / d_model / heads x d_head / d_mlp | 1 / {r["d_model"]} / {r["n_heads"]} x {r["d_head"]} / {r["d_mlp"]} (ReLU, no LayerNorm) |
+| parameters | {m["n_params"]:,} |
+| data | {m["n_train"]} train pairs ({r["train_frac"]:.0%}, seed {r["seed"]}), {m["n_test"]} test pairs |
+| optimiser | full-batch AdamW, lr {r["lr"]:g} ({r["warmup_steps"]}-step warm-up), weight decay {r["weight_decay"]:g}, betas {tuple(r["betas"])} |
+| steps | {m["steps"]} |
+| final train loss / accuracy | {m["train_loss"]:.3g} / {m["train_accuracy"]:.2%} |
+| final test loss / accuracy | {m["test_loss"]:.3g} / {m["test_accuracy"]:.2%} |
+| sum of squared weights | {m["sum_squared_weights"]:.1f} |
+| training wall time | {m["train_time_s"] / 60:.1f} min ({card["software"]["threads"]} thread(s), torch {card["software"]["torch"]}) |
+| key frequencies (share of W_E's non-constant Fourier norm²) | {", ".join(map(str, a.get("key_frequencies", [])))} ({a.get("key_frequency_share", float("nan")):.1%}) |
+| restricted / excluded loss (train pairs) | {a.get("restricted_loss", float("nan")):.3g} / {a.get("excluded_loss", float("nan")):.3g} |
+| phases end at steps (memorisation, circuit formation, cleanup) | {", ".join(map(str, a.get("phase_ends", {}).values()))} |
 
-The paper trained for 40k steps at lr 1e-3; {m['steps']} steps at lr {r['lr']:g} cover the same
-three phases here (the weight norm has settled well before the end). {len(card['snapshot_steps'])} float16 snapshots (steps
-{', '.join(map(str, card['snapshot_steps']))}) are in `snapshots/` (`load_snapshots(folder)`),
+The paper trained for 40k steps at lr 1e-3; {m["steps"]} steps at lr {r["lr"]:g} cover the same
+three phases here (the weight norm has settled well before the end). {len(card["snapshot_steps"])} float16 snapshots (steps
+{", ".join(map(str, card["snapshot_steps"]))}) are in `snapshots/` (`load_snapshots(folder)`),
 their progress measures in `curves.safetensors` (`mechscope.toys.grokking`). Rebuild with
 `mechscope zoo train modadd`; `card.json` holds every setting and the tolerances a retrained
 model must meet.
@@ -322,11 +357,14 @@ def load_snapshots(folder: Path) -> list[tuple[int, ToyTransformer]]:
     try:
         config = ToyConfig.from_pretrained(folder)
     except (OSError, ValueError) as err:
-        raise MechscopeError(f"{folder} holds no readable config.json ({err}); retrain with "
-                             "`mechscope zoo train modadd`") from None
+        raise MechscopeError(
+            f"{folder} holds no readable config.json ({err}); retrain with `mechscope zoo train modadd`"
+        ) from None
     paths = sorted((folder / "snapshots").glob("step_*/model.safetensors"))
     if not paths:
-        raise MechscopeError(f"{folder} has no snapshots/step_*/model.safetensors; retrain with `mechscope zoo train modadd`")
+        raise MechscopeError(
+            f"{folder} has no snapshots/step_*/model.safetensors; retrain with `mechscope zoo train modadd`"
+        )
     return [(int(path.parent.name.removeprefix("step_")), _load_snapshot(path, config)) for path in paths]
 
 
@@ -334,12 +372,14 @@ def _load_snapshot(path: Path, config: ToyConfig) -> ToyTransformer:
     try:
         state = load_file(path)
     except (SafetensorError, OSError) as err:
-        raise MechscopeError(f"snapshot {path} is corrupt or truncated ({err}); restore it or retrain "
-                             "with `mechscope zoo train modadd`") from None
+        raise MechscopeError(
+            f"snapshot {path} is corrupt or truncated ({err}); restore it or retrain with `mechscope zoo train modadd`"
+        ) from None
     model = ToyTransformer(config)
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     except RuntimeError as err:
-        raise MechscopeError(f"snapshot {path} does not match the folder's config.json: "
-                             f"{str(err).splitlines()[0]}") from None
+        raise MechscopeError(
+            f"snapshot {path} does not match the folder's config.json: {str(err).splitlines()[0]}"
+        ) from None
     return model.eval()

@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import tokenizers
 import torch
 import torch.nn.functional as F
-import tokenizers
 import transformers
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
@@ -111,13 +111,21 @@ def build_model(recipe: PycodeRecipe, tokenizer: PreTrainedTokenizerBase) -> Lla
     bos, eos and pad."""
     eos = tokenizer.eos_token_id
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=recipe.d_model, intermediate_size=recipe.d_mlp,
-        num_hidden_layers=recipe.n_layers, num_attention_heads=recipe.n_heads,
-        num_key_value_heads=recipe.n_kv_heads, max_position_embeddings=recipe.context,
+        vocab_size=len(tokenizer),
+        hidden_size=recipe.d_model,
+        intermediate_size=recipe.d_mlp,
+        num_hidden_layers=recipe.n_layers,
+        num_attention_heads=recipe.n_heads,
+        num_key_value_heads=recipe.n_kv_heads,
+        max_position_embeddings=recipe.context,
         rope_parameters={"rope_type": "default", "rope_theta": recipe.rope_theta},
-        initializer_range=recipe.init_std, rms_norm_eps=1e-5,
+        initializer_range=recipe.init_std,
+        rms_norm_eps=1e-5,
         tie_word_embeddings=False,  # W_E and W_U are studied separately
-        bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         return LlamaForCausalLM(config).float()
@@ -165,8 +173,13 @@ def mean_loss(model: torch.nn.Module, chunks: torch.Tensor, batch: int = 16) -> 
     return total / count
 
 
-def copying_loss(model: transformers.PreTrainedModel, tokenizer_or_vocab_size: PreTrainedTokenizerBase | int,
-                 seq_len: int = 50, batch: int = 32, seed: int = 0) -> tuple[float, float]:
+def copying_loss(
+    model: transformers.PreTrainedModel,
+    tokenizer_or_vocab_size: PreTrainedTokenizerBase | int,
+    seq_len: int = 50,
+    batch: int = 32,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Mean loss on the first and on the second copy of random tokens repeated twice.
 
     Rows are ``bos, r, r``, ``r`` being ``seq_len`` uniform non-special ids; the first token
@@ -206,12 +219,20 @@ def _step(model, opt, batch: torch.Tensor, lr: float, recipe: PycodeRecipe) -> f
     return loss.item()
 
 
-def _train_loop(model, opt, chunks, tokenizer, recipe: PycodeRecipe, state: dict,
-                ckpt_dir: Path, progress: bool, stop_after: int | None) -> dict:
+def _train_loop(
+    model,
+    opt,
+    chunks,
+    tokenizer,
+    recipe: PycodeRecipe,
+    state: dict,
+    ckpt_dir: Path,
+    progress: bool,
+    stop_after: int | None,
+) -> dict:
     """Run steps ``state["step"]`` .. end, checkpointing every ``checkpoint_every_s``."""
     end = recipe.steps if stop_after is None else min(recipe.steps, stop_after)
-    bar = tqdm(total=recipe.steps, initial=state["step"], disable=not progress, desc="pycode",
-               unit="step")
+    bar = tqdm(total=recipe.steps, initial=state["step"], disable=not progress, desc="pycode", unit="step")
     start, elapsed0, last_ckpt = time.perf_counter(), state["elapsed_s"], time.perf_counter()
     cpu_start, cpu0 = time.process_time(), state["cpu_s"]
     model.train()
@@ -250,8 +271,9 @@ def _write_folder(out_dir: Path, model, tokenizer, card: dict) -> None:
     replace_folder(tmp, out_dir)
 
 
-def train(out_dir: Path, recipe: PycodeRecipe = PycodeRecipe(), *, progress: bool = True,
-          stop_after: int | None = None) -> dict:
+def train(
+    out_dir: Path, recipe: PycodeRecipe = PycodeRecipe(), *, progress: bool = True, stop_after: int | None = None
+) -> dict:
     """Train the tokenizer and the model; write the HF folder, ``card.json`` and ``CARD.md``.
 
     Rerunning with the same ``out_dir`` resumes from ``out_dir/checkpoint/``.
@@ -259,8 +281,7 @@ def train(out_dir: Path, recipe: PycodeRecipe = PycodeRecipe(), *, progress: boo
     time-box a run, and for tests); otherwise returns the card.
     """
     out_dir, t0 = Path(out_dir), time.perf_counter()
-    corpus = pycode_data.load_corpus(
-        recipe.heldout_fraction, recipe.include_tests, recipe.max_files)
+    corpus = pycode_data.load_corpus(recipe.heldout_fraction, recipe.include_tests, recipe.max_files)
     tokenizer = pycode_data.train_tokenizer(corpus.train_texts, recipe.vocab_size)
     train_stream = pycode_data.encode(tokenizer, corpus.train_texts)
     heldout_stream = pycode_data.encode(tokenizer, corpus.heldout_texts)
@@ -269,7 +290,13 @@ def train(out_dir: Path, recipe: PycodeRecipe = PycodeRecipe(), *, progress: boo
     opt = make_optimizer(model, recipe)
     made_by = {"recipe": _recipe_key(recipe), "fingerprint": corpus.fingerprint}
     state = checkpoint.load(ckpt_dir, model, opt, made_by) or {
-        "step": 0, "elapsed_s": 0.0, "cpu_s": 0.0, "recent_losses": [], "copying_curve": [], **made_by}
+        "step": 0,
+        "elapsed_s": 0.0,
+        "cpu_s": 0.0,
+        "recent_losses": [],
+        "copying_curve": [],
+        **made_by,
+    }
     state = _train_loop(model, opt, chunks, tokenizer, recipe, state, ckpt_dir, progress, stop_after)
     if state["step"] < recipe.steps:
         return {"stopped_at_step": state["step"]}
@@ -279,8 +306,10 @@ def train(out_dir: Path, recipe: PycodeRecipe = PycodeRecipe(), *, progress: boo
         "heldout_loss": mean_loss(model, pycode_data.eval_subset(heldout_chunks, recipe)),
         "train_split_loss": mean_loss(model, pycode_data.eval_subset(chunks, recipe)),
         "train_loss_last50": sum(state["recent_losses"]) / len(state["recent_losses"]),
-        "copying_first_loss": first, "copying_second_loss": second,
-        "copying_curve": state["copying_curve"], "train_time_s": round(state["elapsed_s"], 1),
+        "copying_first_loss": first,
+        "copying_second_loss": second,
+        "copying_curve": state["copying_curve"],
+        "train_time_s": round(state["elapsed_s"], 1),
         "train_cpu_s": round(state["cpu_s"], 1),  # summed over threads; wall time counts waits
         "tokens_seen": recipe.steps * recipe.batch_size * recipe.context,
         "n_params": sum(p.numel() for p in model.parameters()),
@@ -303,14 +332,20 @@ def _card(recipe, corpus, tokenizer, train_stream, heldout_stream, metrics: dict
             "source": "Python standard library .py files (sysconfig stdlib path, no site-packages)",
             "python_version": platform.python_version(),
             "stdlib_fingerprint": corpus.fingerprint,
-            "n_train_files": len(corpus.train_files), "n_heldout_files": len(corpus.heldout_files),
+            "n_train_files": len(corpus.train_files),
+            "n_heldout_files": len(corpus.heldout_files),
             "n_skipped_not_utf8": corpus.n_skipped,
-            "train_tokens": len(train_stream), "heldout_tokens": len(heldout_stream),
+            "train_tokens": len(train_stream),
+            "heldout_tokens": len(heldout_stream),
             "heldout_files": list(corpus.heldout_files),
             "vocab_size": len(tokenizer),
         },
-        "software": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "tokenizers": tokenizers.__version__, "threads": torch.get_num_threads()},
+        "software": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__,
+            "threads": torch.get_num_threads(),
+        },
     }
 
 
@@ -328,27 +363,27 @@ def render_card(card: dict) -> str:
     r, m, d = card["recipe"], card["metrics"], card["data"]
     return f"""# zoo:pycode
 
-A small {card['architecture']} trained by mechscope on the Python {d['python_version']}
-standard library's own source ({d['n_train_files']} train files, {d['train_tokens']:,} tokens; test
-suites {'included' if r['include_tests'] else 'excluded'}). {card['dtype']} weights, untied embeddings, byte-level
-BPE tokenizer of {d['vocab_size']} tokens; `<|endoftext|>` is bos, eos and pad.
+A small {card["architecture"]} trained by mechscope on the Python {d["python_version"]}
+standard library's own source ({d["n_train_files"]} train files, {d["train_tokens"]:,} tokens; test
+suites {"included" if r["include_tests"] else "excluded"}). {card["dtype"]} weights, untied embeddings, byte-level
+BPE tokenizer of {d["vocab_size"]} tokens; `<|endoftext|>` is bos, eos and pad.
 
 | | |
 |---|---|
-| layers / d_model / heads (kv heads) / d_mlp / context | {r['n_layers']} / {r['d_model']} \
-/ {r['n_heads']} ({r['n_kv_heads']}) / {r['d_mlp']} / {r['context']} |
-| parameters | {m['n_params']:,} |
-| steps x batch x context = tokens seen | {r['steps']} x {r['batch_size']} x {r['context']} = {m['tokens_seen']:,} |
-| held-out loss ({d['n_heldout_files']} files chosen by path hash) | {m['heldout_loss']:.3f} nats/token |
-| train-split loss / last-50-step training loss | {m['train_split_loss']:.3f} / {m['train_loss_last50']:.3f} |
-| copying, random tokens repeated twice: 1st / 2nd copy loss | {m['copying_first_loss']:.2f} / \
-{m['copying_second_loss']:.2f} nats: induction {'yes' if m['copying_second_loss'] < m['copying_first_loss'] / 2 else 'NOT formed'} |
-| training wall time / CPU time ({card['software']['threads']} threads) | \
-{m['train_time_s'] / 60:.1f} / {m['train_cpu_s'] / 60:.1f} min |
-| training sequences tiling a {r['repeat_span'][0]}-{r['repeat_span'][1]}-token span: stdlib text / random ids | \
-{r['repeat_fraction']:.0%} / {r.get('random_fraction', 0):.0%} (`a b a` alternation {r.get('alternation_prob', 0):.0%}) |
+| layers / d_model / heads (kv heads) / d_mlp / context | {r["n_layers"]} / {r["d_model"]} \
+/ {r["n_heads"]} ({r["n_kv_heads"]}) / {r["d_mlp"]} / {r["context"]} |
+| parameters | {m["n_params"]:,} |
+| steps x batch x context = tokens seen | {r["steps"]} x {r["batch_size"]} x {r["context"]} = {m["tokens_seen"]:,} |
+| held-out loss ({d["n_heldout_files"]} files chosen by path hash) | {m["heldout_loss"]:.3f} nats/token |
+| train-split loss / last-50-step training loss | {m["train_split_loss"]:.3f} / {m["train_loss_last50"]:.3f} |
+| copying, random tokens repeated twice: 1st / 2nd copy loss | {m["copying_first_loss"]:.2f} / \
+{m["copying_second_loss"]:.2f} nats: induction {"yes" if m["copying_second_loss"] < m["copying_first_loss"] / 2 else "NOT formed"} |
+| training wall time / CPU time ({card["software"]["threads"]} threads) | \
+{m["train_time_s"] / 60:.1f} / {m["train_cpu_s"] / 60:.1f} min |
+| training sequences tiling a {r["repeat_span"][0]}-{r["repeat_span"][1]}-token span: stdlib text / random ids | \
+{r["repeat_fraction"]:.0%} / {r.get("random_fraction", 0):.0%} (`a b a` alternation {r.get("alternation_prob", 0):.0%}) |
 
-{_REPEAT_NOTE if r['repeat_fraction'] or r.get('random_fraction') else ''}Stdlib fingerprint (sorted paths and sizes): `{d['stdlib_fingerprint'][:16]}`. A different
+{_REPEAT_NOTE if r["repeat_fraction"] or r.get("random_fraction") else ""}Stdlib fingerprint (sorted paths and sizes): `{d["stdlib_fingerprint"][:16]}`. A different
 Python version gives a different corpus and different weights. Rebuild with
 `mechscope.zoo.pycode.train(out_dir, PycodeRecipe())`; every setting is in `card.json`.
 """
@@ -369,8 +404,11 @@ def plots(folder: Path, out_dir: Path) -> list[Path]:
     ax.plot(curve[:, 0], curve[:, 1], label="1st copy")
     ax.plot(curve[:, 0], curve[:, 2], label="2nd copy (in-context)")
     ax.axhline(math.log(card["recipe"]["vocab_size"]), color="grey", ls="--", lw=1, label="ln(vocab): uniform guess")
-    ax.set(xlabel="training step", ylabel="loss (nats)",
-           title=f"zoo:pycode copying (held-out loss {m['heldout_loss']:.2f} nats)")
+    ax.set(
+        xlabel="training step",
+        ylabel="loss (nats)",
+        title=f"zoo:pycode copying (held-out loss {m['heldout_loss']:.2f} nats)",
+    )
     ax.legend(fontsize=8)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -192,8 +192,9 @@ def eval_subset(chunks: torch.Tensor, recipe: PycodeRecipe) -> torch.Tensor:
     return chunks[perm(len(chunks), recipe.seed, -1)[: recipe.eval_sequences]]
 
 
-def batch_for_step(chunks: torch.Tensor, step: int, recipe: PycodeRecipe,
-                   vocab_size: int | None = None) -> torch.Tensor:
+def batch_for_step(
+    chunks: torch.Tensor, step: int, recipe: PycodeRecipe, vocab_size: int | None = None
+) -> torch.Tensor:
     """The training batch of ``step`` [batch, context + 1]: a pure function of the step.
 
     Each epoch visits every chunk once in a seeded order; resuming needs only the step. A
@@ -221,8 +222,7 @@ def batch_for_step(chunks: torch.Tensor, step: int, recipe: PycodeRecipe,
     return batch
 
 
-def random_tiled(b: int, length: int, vocab_size: int, recipe: PycodeRecipe,
-                 g: torch.Generator) -> torch.Tensor:
+def random_tiled(b: int, length: int, vocab_size: int, recipe: PycodeRecipe, g: torch.Generator) -> torch.Tensor:
     """Rows [b, length]: ``<|endoftext|>`` (id 0), then a span of random ids 1..V-1 (each
     repeating the id two back with ``alternation_prob``, never chained) tiled to fill."""
     lo, hi = recipe.repeat_span

@@ -38,16 +38,19 @@ def register_module_class(name: str):
     """Class decorator: let folders whose cfg.json says `"class": name` build this class.
     Its `__init__` arguments must be annotated (int, float, bool, str, lists and dicts of
     those): they are the only values a folder can pass."""
+
     def register(cls: type[nn.Module]) -> type[nn.Module]:
         if MODULE_CLASSES.get(name, cls) is not cls:
             raise MechscopeError(f"module class name {name!r} is already registered for {MODULE_CLASSES[name]!r}")
         MODULE_CLASSES[name] = cls
         return cls
+
     return register
 
 
 def _registered() -> dict[str, type[nn.Module]]:
     from . import digits, superposition  # noqa: F401  their classes register themselves
+
     return MODULE_CLASSES
 
 
@@ -55,11 +58,15 @@ def _class_name(cls: type) -> str:
     for name, known in _registered().items():
         if known is cls:
             return name
-    raise MechscopeError(f"{cls.__qualname__} is not a registered module class: decorate it with "
-                         "@mechscope.zoo.storage.register_module_class('NAME') before saving it")
+    raise MechscopeError(
+        f"{cls.__qualname__} is not a registered module class: decorate it with "
+        "@mechscope.zoo.storage.register_module_class('NAME') before saving it"
+    )
 
 
-def save_module_folder(module: nn.Module, kwargs: dict, out_dir: Path, extra_files: dict[str, str] | None = None) -> Path:
+def save_module_folder(
+    module: nn.Module, kwargs: dict, out_dir: Path, extra_files: dict[str, str] | None = None
+) -> Path:
     """Write cfg.json + model.safetensors (+ extra text files) into out_dir, atomically:
     the folder at `out_dir` is at every instant either the old one or the new one."""
     out_dir = Path(out_dir)
@@ -84,8 +91,10 @@ def is_module_folder(path: Path) -> bool:
 
 def _lookup(path: Path, named: object) -> tuple[str, type[nn.Module]]:
     if not isinstance(named, str):
-        raise MechscopeError(f"'{path}' is not a model folder: its cfg.json names no model class (a dictionary, "
-                             "cache or saved result?); give a Hugging Face folder (config.json), a hub id or zoo:NAME")
+        raise MechscopeError(
+            f"'{path}' is not a model folder: its cfg.json names no model class (a dictionary, "
+            "cache or saved result?); give a Hugging Face folder (config.json), a hub id or zoo:NAME"
+        )
     classes = _registered()
     if named in classes:
         return named, classes[named]
@@ -93,9 +102,11 @@ def _lookup(path: Path, named: object) -> tuple[str, type[nn.Module]]:
     for name, cls in classes.items():
         if named == f"{cls.__module__}:{cls.__qualname__}":
             return name, cls
-    raise MechscopeError(f"{path}/cfg.json names class {named!r}, which is not a registered model class "
-                         f"(registered: {', '.join(sorted(classes))}); a folder cannot choose code to run. "
-                         "Register your own class with @mechscope.zoo.storage.register_module_class")
+    raise MechscopeError(
+        f"{path}/cfg.json names class {named!r}, which is not a registered model class "
+        f"(registered: {', '.join(sorted(classes))}); a folder cannot choose code to run. "
+        "Register your own class with @mechscope.zoo.storage.register_module_class"
+    )
 
 
 def _matches(value: object, hint: object) -> bool:
@@ -143,17 +154,22 @@ def _build(cls: type[nn.Module], name: str, kwargs: dict, path: Path) -> nn.Modu
         with torch.device("meta"):
             n_params = sum(p.numel() for p in cls(**kwargs).parameters())
     except (TypeError, ValueError, KeyError, RuntimeError) as err:
-        raise MechscopeError(f"{path}/cfg.json: {name} cannot be built from its arguments "
-                             f"({str(err).splitlines()[0]}): restore the file or train the model again") from None
+        raise MechscopeError(
+            f"{path}/cfg.json: {name} cannot be built from its arguments "
+            f"({str(err).splitlines()[0]}): restore the file or train the model again"
+        ) from None
     if n_params > MAX_PARAMETERS:
-        raise MechscopeError(f"{path}/cfg.json asks for a {name} with {n_params:,} parameters "
-                             f"({n_params * 4 / 2**30:.1f} GiB), over the {MAX_PARAMETERS:,} limit: the file is wrong")
+        raise MechscopeError(
+            f"{path}/cfg.json asks for a {name} with {n_params:,} parameters "
+            f"({n_params * 4 / 2**30:.1f} GiB), over the {MAX_PARAMETERS:,} limit: the file is wrong"
+        )
     return cls(**kwargs)
 
 
 def load_module_folder(path: Path) -> nn.Module:
     """Rebuild the registered class that cfg.json names and load its weights strictly."""
     from ..io import read_json
+
     path = recover_folder(path)
     cfg = read_json(path / "cfg.json")
     name, cls = _lookup(path, cfg.get("class"))
@@ -163,8 +179,10 @@ def load_module_folder(path: Path) -> nn.Module:
     try:
         state = load_file(path / "model.safetensors")
     except (SafetensorError, OSError) as err:
-        raise MechscopeError(f"weights file {path / 'model.safetensors'} is corrupt or truncated ({err}); "
-                             "retrain it with `mechscope zoo train NAME` or restore the file") from None
+        raise MechscopeError(
+            f"weights file {path / 'model.safetensors'} is corrupt or truncated ({err}); "
+            "retrain it with `mechscope zoo train NAME` or restore the file"
+        ) from None
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as err:

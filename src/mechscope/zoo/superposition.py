@@ -187,11 +187,21 @@ def setups(recipe: SuperpositionRecipe) -> dict[str, _Setup]:
     phase_imp = torch.stack([torch.ones(g * g), ratio.repeat(g)], dim=-1)
     inv = _geomspace(1.0, recipe.dim_max_inverse_density, recipe.dim_instances)
     return {
-        "pentagon": _Setup(pent_imp.expand(len(pent_density), n).clone(), pent_density,
-                           recipe.pentagon_hidden, recipe.restarts, recipe.batch_size),
+        "pentagon": _Setup(
+            pent_imp.expand(len(pent_density), n).clone(),
+            pent_density,
+            recipe.pentagon_hidden,
+            recipe.restarts,
+            recipe.batch_size,
+        ),
         "phase": _Setup(phase_imp, density.repeat_interleave(g), 1, recipe.restarts, recipe.batch_size),
-        "dimensionality": _Setup(torch.ones(len(inv), recipe.dim_features), 1.0 / inv,
-                                 recipe.dim_hidden, recipe.dim_restarts, recipe.dim_batch_size),
+        "dimensionality": _Setup(
+            torch.ones(len(inv), recipe.dim_features),
+            1.0 / inv,
+            recipe.dim_hidden,
+            recipe.dim_restarts,
+            recipe.dim_batch_size,
+        ),
     }
 
 
@@ -200,8 +210,9 @@ def _lr(step: int, recipe: SuperpositionRecipe) -> float:
     return recipe.lr * (recipe.final_lr_ratio + (1 - recipe.final_lr_ratio) * cos)
 
 
-def _train_setup(name: str, setup: _Setup, recipe: SuperpositionRecipe, index: int,
-                 progress: bool) -> tuple[ToyModelOfSuperposition, Tensor]:
+def _train_setup(
+    name: str, setup: _Setup, recipe: SuperpositionRecipe, index: int, progress: bool
+) -> tuple[ToyModelOfSuperposition, Tensor]:
     """Train ``restarts`` inits of every instance together; keep the best of each.
 
     Restarts see the same data (the batch for the instances is tiled), so the eval losses
@@ -229,8 +240,9 @@ def _train_setup(name: str, setup: _Setup, recipe: SuperpositionRecipe, index: i
     return _best_restart(model, losses.view(r, n_inst))
 
 
-def eval_loss(model: ToyModelOfSuperposition, data_model: ToyModelOfSuperposition, samples: int,
-              seed: int, chunk: int = 4096) -> Tensor:
+def eval_loss(
+    model: ToyModelOfSuperposition, data_model: ToyModelOfSuperposition, samples: int, seed: int, chunk: int = 4096
+) -> Tensor:
     """Mean loss ``[instance]`` of ``model`` on ``samples`` fixed samples drawn (in chunks) from
     ``data_model``'s distribution, tiled over ``model``'s restarts."""
     gen, r = torch.Generator().manual_seed(seed), model.n_instances // data_model.n_instances
@@ -242,8 +254,7 @@ def eval_loss(model: ToyModelOfSuperposition, data_model: ToyModelOfSuperpositio
     return cast(Tensor, total / samples)  # a tensor whenever samples > 0
 
 
-def _best_restart(model: ToyModelOfSuperposition,
-                  losses: Tensor) -> tuple[ToyModelOfSuperposition, Tensor]:
+def _best_restart(model: ToyModelOfSuperposition, losses: Tensor) -> tuple[ToyModelOfSuperposition, Tensor]:
     """The instance-by-instance best restart, by eval loss ``[restart, instance]``."""
     n_inst = losses.shape[1]
     best = losses.argmin(0) * n_inst + torch.arange(n_inst)
@@ -280,8 +291,7 @@ def build(recipe: SuperpositionRecipe, progress: bool = False) -> tuple[Superpos
     return suite.eval(), losses
 
 
-def train(out_dir: Path, recipe: SuperpositionRecipe = SuperpositionRecipe(), *,
-          progress: bool = True) -> dict:
+def train(out_dir: Path, recipe: SuperpositionRecipe = SuperpositionRecipe(), *, progress: bool = True) -> dict:
     """Train the three experiments; write the module folder with ``card.json`` and ``CARD.md``
     (atomically) into ``out_dir``; return the card. Its metrics are the eval losses; the
     feature-geometry metrics are the analysis `mechscope.toys` registers (`zoo.train` runs it)."""
@@ -302,8 +312,9 @@ def train(out_dir: Path, recipe: SuperpositionRecipe = SuperpositionRecipe(), *,
         "tolerance": TOLERANCE,
     }
     kwargs = {"experiments": card["experiments"]}
-    save_module_folder(suite, kwargs, Path(out_dir), {"card.json": json.dumps(card, indent=2) + "\n",
-                                                      "CARD.md": render_card(card)})
+    save_module_folder(
+        suite, kwargs, Path(out_dir), {"card.json": json.dumps(card, indent=2) + "\n", "CARD.md": render_card(card)}
+    )
     return card
 
 
@@ -315,10 +326,10 @@ def render_card(card: dict) -> str:
 
 Toy Models of Superposition (Elhage et al. 2022): x' = ReLU(WᵀWx + b), features uniform in
 [0, 1] present with probability 1 - S, importance-weighted MSE. Three batched experiments,
-each instance trained {r['steps']} Adam steps (lr {r['lr']}, cosine to {r['final_lr_ratio']}x,
-batch {r['batch_size']}, dimensionality {r['dim_batch_size']}); pentagon and phase instances
-keep the best of {r['restarts']} inits by loss on {r['eval_batch']} fixed samples.
-Trained in {card['train_time_s'] / 60:.1f} min with torch {card['software']['torch']}.
+each instance trained {r["steps"]} Adam steps (lr {r["lr"]}, cosine to {r["final_lr_ratio"]}x,
+batch {r["batch_size"]}, dimensionality {r["dim_batch_size"]}); pentagon and phase instances
+keep the best of {r["restarts"]} inits by loss on {r["eval_batch"]} fixed samples.
+Trained in {card["train_time_s"] / 60:.1f} min with torch {card["software"]["torch"]}.
 """
     tail = """
 Sites: `{experiment}.hidden.hook_out`, `{experiment}.relu.hook_in|hook_out`; an input
@@ -333,23 +344,25 @@ elsewhere should match `card.json` within its `tolerance`.
 
 def _render_experiments(r: dict, m: dict) -> str:
     pent, dim = m["pentagon"], m["dimensionality"]
-    rows = "\n".join(f"| {s:g} | {k} | {' '.join(f'{v:.2f}' for v in norms)} |" for s, k, norms
-                     in zip(pent["sparsity"], pent["n_represented"], pent["feature_norms"]))
+    rows = "\n".join(
+        f"| {s:g} | {k} | {' '.join(f'{v:.2f}' for v in norms)} |"
+        for s, k, norms in zip(pent["sparsity"], pent["n_represented"], pent["feature_norms"])
+    )
     counts = ", ".join(f"{k}: {v}" for k, v in m["phase"]["counts"].items() if v)
     return f"""
-## pentagon: n={r['pentagon_features']}, m={r['pentagon_hidden']}, importance {r['importance_decay']}^i
+## pentagon: n={r["pentagon_features"]}, m={r["pentagon_hidden"]}, importance {r["importance_decay"]}^i
 
 | sparsity S | features with ‖W_i‖ > 0.5 | ‖W_i‖ (most important first) |
 |---|---|---|
 {rows}
 
-## phase: n=2, m=1, {r['phase_grid']}x{r['phase_grid']} grid
+## phase: n=2, m=1, {r["phase_grid"]}x{r["phase_grid"]} grid
 
 {counts}
 
-## dimensionality: n={r['dim_features']}, m={r['dim_hidden']}, uniform importance
+## dimensionality: n={r["dim_features"]}, m={r["dim_hidden"]}, uniform importance
 
-D* = m/‖W‖²_F stays within 0.1 of 1/2 for {dim['plateau_n_points']} consecutive sparsities,
-1/(1-S) from {dim['plateau_inverse_density'][0]} to {dim['plateau_inverse_density'][1]}
-(mean {dim['plateau_mean_dim_star']}).
+D* = m/‖W‖²_F stays within 0.1 of 1/2 for {dim["plateau_n_points"]} consecutive sparsities,
+1/(1-S) from {dim["plateau_inverse_density"][0]} to {dim["plateau_inverse_density"][1]}
+(mean {dim["plateau_mean_dim_star"]}).
 """

@@ -20,12 +20,29 @@ from transformers.modeling_outputs import CausalLMOutput
 
 class ToyConfig(PretrainedConfig):
     model_type = "mechscope_toy"
-    attribute_map = {"hidden_size": "d_model", "num_hidden_layers": "n_layers",
-                     "num_attention_heads": "n_heads", "head_dim": "d_head", "max_position_embeddings": "n_ctx"}
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_hidden_layers": "n_layers",
+        "num_attention_heads": "n_heads",
+        "head_dim": "d_head",
+        "max_position_embeddings": "n_ctx",
+    }
 
-    def __init__(self, vocab_size: int = 114, n_ctx: int = 3, d_model: int = 128, n_layers: int = 1,
-                 n_heads: int = 4, d_head: int = 32, d_mlp: int = 512, act: str = "relu",
-                 norm: str = "none", positions: str = "learned", init_std: float = 0.02, **kwargs):
+    def __init__(
+        self,
+        vocab_size: int = 114,
+        n_ctx: int = 3,
+        d_model: int = 128,
+        n_layers: int = 1,
+        n_heads: int = 4,
+        d_head: int = 32,
+        d_mlp: int = 512,
+        act: str = "relu",
+        norm: str = "none",
+        positions: str = "learned",
+        init_std: float = 0.02,
+        **kwargs,
+    ):
         self.vocab_size, self.n_ctx, self.d_model, self.n_layers = vocab_size, n_ctx, d_model, n_layers
         self.n_heads, self.d_head, self.d_mlp, self.act = n_heads, d_head, d_mlp, act
         self.norm, self.positions, self.init_std = norm, positions, init_std
@@ -51,12 +68,12 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
         b, p, _ = x.shape
         q, k, v = (proj(x).view(b, p, self.n_heads, self.d_head).transpose(1, 2) for proj in (self.q, self.k, self.v))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)                  # [b, head, q, k]
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)  # [b, head, q, k]
         allowed = torch.ones(p, p, dtype=torch.bool, device=x.device).tril()
         if key_mask is not None:
             allowed = allowed & key_mask[:, None, None, :].bool()
         pattern = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
-        z = (pattern @ v).transpose(1, 2).reshape(b, p, -1)                        # [b, pos, head*d_head]
+        z = (pattern @ v).transpose(1, 2).reshape(b, p, -1)  # [b, pos, head*d_head]
         return self.o(z), pattern
 
 
@@ -109,8 +126,15 @@ class ToyTransformer(PreTrainedModel):
     def get_output_embeddings(self) -> nn.Module:
         return self.unembed
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None,
-                output_hidden_states: bool = False, output_attentions: bool = False, **_) -> CausalLMOutput:
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        **_,
+    ) -> CausalLMOutput:
         x = self.embed(input_ids)
         if self.pos_embed is not None:
             x = x + self.pos_embed(torch.arange(input_ids.shape[1], device=input_ids.device)[None])
@@ -127,8 +151,12 @@ class ToyTransformer(PreTrainedModel):
         hidden[-1] = normed  # Hugging Face's convention: the last hidden state is final-normed
         logits = self.unembed(normed)
         loss = None if labels is None else F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
-        return CausalLMOutput(loss=loss, logits=logits, hidden_states=tuple(hidden) if output_hidden_states else None,
-                              attentions=tuple(patterns) if output_attentions else None)
+        return CausalLMOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=tuple(hidden) if output_hidden_states else None,
+            attentions=tuple(patterns) if output_attentions else None,
+        )
 
 
 AutoConfig.register(ToyConfig.model_type, ToyConfig, exist_ok=True)

@@ -14,7 +14,7 @@ token; a position that a forward does not contain is left alone there.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -43,7 +43,9 @@ class Edit:
     """Site name or glob (`blocks.*.hook_resid_post`)."""
     op: str
     """replace, add, scale, zero, mean, resample, or observe (reads only)."""
-    value: Tensor | Callable[[Tensor], Tensor] | float | None = None
+    value: Tensor | Callable[[Tensor], Any] | float | None = None
+    """What the op uses: a tensor, a number, a function of the activation (replace; observe's
+    callback, whose result is ignored), or None (zero)."""
     positions: Positions = None
     heads: Heads = None
     seed: int = 0
@@ -56,6 +58,7 @@ class Edit:
 
     def apply(self, x: Tensor, *, site: str, dims: tuple[str, ...], lengths: Tensor | None, strict: bool) -> Tensor:
         if not self.changes:
+            assert callable(self.value)  # observe() holds its callback
             self.value(x)
             return x
         new = self._new_value(x, site)
@@ -70,6 +73,7 @@ class Edit:
             _check_shape(out, x, site, exact=True)
             return out
         if self.op == "resample":
+            assert isinstance(self.value, Tensor)  # resample() holds its reference batch
             gen = torch.Generator().manual_seed(self.seed)
             rows = torch.randint(len(self.value), (x.shape[0],), generator=gen)
             value = self.value[rows]
@@ -132,7 +136,7 @@ def _selection(x: Tensor, dims, positions, heads, lengths, site: str, strict: bo
 
 
 def position_mask(
-    positions: Positions, lengths: Tensor | None, batch: int, seq: int, site: str, strict: bool
+    positions: int | Sequence[int] | slice, lengths: Tensor | None, batch: int, seq: int, site: str, strict: bool
 ) -> Tensor:
     """[batch, seq] bool: which positions of each sequence are selected."""
     lengths = torch.full((batch,), seq) if lengths is None else lengths.cpu()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,8 @@ class HookedModel:
         self.hf = module.eval()
         self.tokenizer = tokenizer
         self.name = name
-        self.table = table
+        # Model builds its table from the module after this; every other subclass passes one
+        self.table: SiteTable = cast(SiteTable, table)
         self._held_edits: list[Edit] = []
 
     @property
@@ -152,7 +154,8 @@ class HookedModel:
         # except those already cut to the requested positions. Non-token inputs are not padded.
         pad = {"k_pos"} if isinstance(positions, (int, list, tuple)) else {"pos", "q_pos", "k_pos"}
         pad = pad if mask is not None else set()
-        out_dims, rows = ("batch", "pos", "vocab"), len(ids)
+        out_dims: tuple[str, ...] = ("batch", "pos", "vocab")
+        rows = len(ids)
         for plan in plans:
             out_dims, rows = plan.output_dims(out_dims), plan.rows(rows)
         out = _concat([c[0] for c in chunks], seq, out_dims, {"pos"} & pad) if chunks[0][0] is not None else None
@@ -162,7 +165,8 @@ class HookedModel:
         if "logits" in names:
             cache["logits"] = out
         if rows != len(ids):
-            ids, mask = (t if t is None else t.repeat(rows // len(ids), 1) for t in (ids, mask))
+            copies = rows // len(ids)
+            ids, mask = ids.repeat(copies, 1), None if mask is None else mask.repeat(copies, 1)
         return Run(ids, mask, out if self.output_is_logits else None, cache, out, self.tokenizer)
 
     def _forward(self, inputs, names, positions, edits, grad, want_output, cache_device, plans, unpadded=False):
@@ -218,6 +222,7 @@ class HookedModel:
         if not needed or before == "eager":
             yield
             return
+        assert config is not None  # attention patterns are Hugging Face sites: the model has a config
         config._attn_implementation = "eager"
         try:
             yield
@@ -242,7 +247,7 @@ class HookedModel:
         return self.edit(edit_ops.add(site, direction * scale, positions=positions))
 
 
-def _select_positions(value: Tensor, site: Site, positions, lengths: Tensor) -> Tensor:
+def _select_positions(value: Tensor, site: Site, positions, lengths: Tensor | None) -> Tensor:
     """Keep only the requested positions of a recorded value (q_pos for patterns)."""
     if positions is None or site.pos_dim is None:
         return value
@@ -250,6 +255,7 @@ def _select_positions(value: Tensor, site: Site, positions, lengths: Tensor) -> 
     if isinstance(positions, slice):
         return value[(slice(None),) * dim + (positions,)]
     wanted = [positions] if isinstance(positions, int) else list(positions)
+    assert lengths is not None  # token inputs (with an attention mask) are the ones with positions
     index = torch.stack([lengths + p if p < 0 else torch.full_like(lengths, p) for p in wanted], dim=1)
     if bool((index < 0).any() or (index >= lengths[:, None]).any()):
         raise MechscopeError(

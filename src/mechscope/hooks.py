@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +28,9 @@ from torch import Tensor, nn
 from .edits import Edit
 from .errors import MechscopeError
 from .sites import Site, SiteTable
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 class StopForward(Exception):
@@ -114,7 +118,7 @@ def resolve_edits(table: SiteTable, edits: Sequence[Edit]) -> dict[str, list[Edi
     return dict(by_site)
 
 
-def _hidden_slot(args: list, kwargs: dict) -> tuple[list | dict, int | str]:
+def _hidden_slot(args: list, kwargs: dict) -> tuple[Any, int | str]:  # (args, 0) or (kwargs, "hidden_states")
     """Where a block's hidden-state input is: its first positional argument, else `hidden_states`."""
     return (args, 0) if args else (kwargs, "hidden_states")
 
@@ -127,7 +131,8 @@ class RowShapes(Plan):
     name = "row shapes"
 
     def __init__(self, paths: set[str]):
-        self.paths, self.shapes = paths, {}
+        self.paths = paths
+        self.shapes: dict[str, torch.Size] = {}
 
     def install(self, model: nn.Module, table: SiteTable, handles: list) -> None:
         for path in self.paths:
@@ -203,6 +208,7 @@ class RecordEdit(Plan):
                 raw = self.shapes.write(site, raw, value)
                 set_raw(site.view.index, raw)
             if site.name in self.wanted:
+                assert self.on_record is not None  # recording comes with on_record (hooked())
                 self.on_record(site.name, self.shapes.read(site, raw))
                 self.remaining.discard(site.name)
         if self.stop and not self.remaining:
@@ -226,6 +232,12 @@ class RecordEdit(Plan):
         return hook
 
 
+@overload
+def per_row(values: Tensor, rows: int) -> Tensor: ...
+@overload
+def per_row(values: None, rows: int) -> None: ...
+@overload
+def per_row(values: Tensor | None, rows: int) -> Tensor | None: ...
 def per_row(values: Tensor | None, rows: int) -> Tensor | None:
     """Per-prompt values (lengths, positions) tiled to `rows` = copies x prompts."""
     if values is None or rows <= len(values) or rows % len(values):
@@ -312,7 +324,8 @@ class GatherLogits(Plan):
             raise MechscopeError(f"{model.name} has no LM head: logit_positions has no logits to cut")
 
     def install(self, model: nn.Module, table: SiteTable, handles: list) -> None:
-        handles.append(model.get_output_embeddings().register_forward_pre_hook(self._gather))
+        head = cast("PreTrainedModel", model).get_output_embeddings()  # check(): the model has an LM head
+        handles.append(head.register_forward_pre_hook(self._gather))
 
     def _gather(self, module, args):
         hidden = args[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +18,9 @@ from .hooks import hooked, resolve_edits
 from .models.families import adapter_for, check_supported
 from .sites import Dims, SiteTable, build_sites
 from .weights import WeightAccess
+
+if TYPE_CHECKING:
+    from transformers import GenerationMixin, PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +39,16 @@ class Model(HookedModel, WeightAccess):
         run.cache["blocks.0.hook_resid_post"].shape    # [batch, 1, d_model]
     """
 
-    def __init__(self, hf: nn.Module, tokenizer=None, *, name: str | None = None):
+    hf: PreTrainedModel
+
+    def __init__(self, hf: PreTrainedModel, tokenizer=None, *, name: str | None = None):
         check_supported(hf.config)
         super().__init__(
             hf, tokenizer=tokenizer, name=name or getattr(hf.config, "_name_or_path", "") or type(hf).__name__
         )
-        self.adapter = adapter_for(hf.config.model_type).resolve(hf.config)
+        adapter = adapter_for(hf.config.model_type)
+        assert adapter is not None  # check_supported refuses the others
+        self.adapter = adapter.resolve(hf.config)
         base = hf.base_model
         self._prefix = "" if base is hf else hf.base_model_prefix + "."
         self.dims = self._read_dims()
@@ -60,7 +68,11 @@ class Model(HookedModel, WeightAccess):
         c, a = self.hf.config, self.adapter
         n_heads = c.num_attention_heads
         down_path = a.block(0, a.mlp_down or "")
-        down = self.module(down_path).weight if a.mlp_down and self._has_module(down_path) else torch.zeros(0, 0)
+        down = (
+            cast(Tensor, self.module(down_path).weight)
+            if a.mlp_down and self._has_module(down_path)
+            else torch.zeros(0, 0)
+        )
         return Dims(
             n_layers=c.num_hidden_layers,
             d_model=c.hidden_size,
@@ -169,15 +181,15 @@ class Model(HookedModel, WeightAccess):
             return
         if ids.numel() == 0:
             raise MechscopeError(f"no tokens to run (token ids of shape {tuple(ids.shape)}): give at least one token")
-        vocab = self.module(self.adapter.embed).num_embeddings
-        low, high = torch.aminmax(ids)  # one host sync, not two
-        low, high = int(low), int(high)
+        vocab = cast(nn.Embedding, self.module(self.adapter.embed)).num_embeddings
+        lowest, highest = torch.aminmax(ids)  # one host sync, not two
+        low, high = int(lowest), int(highest)
         if low < 0 or high >= vocab:
             raise MechscopeError(
                 f"token id {high if high >= vocab else low} is outside this model's vocabulary (0-{vocab - 1})"
             )
         if self.adapter.pos_embed and self._has_module(self.adapter.pos_embed):
-            n_ctx = self.module(self.adapter.pos_embed).num_embeddings
+            n_ctx = cast(nn.Embedding, self.module(self.adapter.pos_embed)).num_embeddings
             if ids.shape[1] > n_ctx:
                 raise MechscopeError(
                     f"sequences of {ids.shape[1]} tokens exceed this model's {n_ctx} positions: shorten them"
@@ -213,7 +225,7 @@ class Model(HookedModel, WeightAccess):
             torch.no_grad(),
             hooked(self.hf, self.table, edits=resolve_edits(self.table, [*self._held_edits, *edits]), strict=False),
         ):
-            out = self.hf.generate(
+            out = cast("GenerationMixin", self.hf).generate(  # every causal LM class mixes it in
                 **enc, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **kwargs
             )
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)

@@ -47,6 +47,8 @@ class Run:
 
     @property
     def lengths(self) -> Int[Tensor, " batch"]:
+        if self.mask is None:
+            raise MechscopeError("this run has no attention mask (its inputs are not token ids): no lengths")
         return self.mask.sum(-1)
 
     def str_tokens(self, row: int = 0) -> list[str]:

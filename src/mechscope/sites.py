@@ -210,7 +210,9 @@ def _sublayer_view(adapter: Adapter, tap) -> View:
     return CopyView() if tap.copy else View()
 
 
-def _mid_sites(blk: str, module: str, boundary, resid, layer: int, flat: str | None) -> list[Site]:
+def _mid_sites(
+    blk: str, module: str, boundary, resid: tuple[tuple[str, ...], tuple[int | None, ...]], layer: int, flat: str | None
+) -> list[Site]:
     """hook_resid_mid, and hook_mlp_in where the stream is read at the MLP norm's input.
     There the block has already kept its own copy of the stream for the skip connection, so
     an edit reaches the MLP only: that is hook_mlp_in (as in TransformerLens), and
@@ -336,6 +338,7 @@ def build_sites(
     if has_pos_embed:
         # Position embeddings are computed once and broadcast over the batch: batch=1.
         rows = None if adapter.pos_embed_per_prompt else 1
+        assert adapter.pos_embed is not None  # has_pos_embed: the adapter names one
         sites.append(
             Site("hook_pos_embed", prefix + adapter.pos_embed, "out", View(), resid[0], (rows, None, dims.d_model))
         )

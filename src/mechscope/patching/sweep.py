@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from .. import edits as E
 from ..errors import MechscopeError
-from ..hooks import CopyRows, GatherLogits
+from ..hooks import CopyRows, GatherLogits, Plan
 from ..run import Cache, Run
 from .metrics import Metric, MetricFn, as_metric
 from .result import PatchResult, normalise
@@ -87,9 +87,11 @@ def plan(
     layers, heads = range(model.dims.n_layers), range(model.dims.n_heads)
     axes, shape = ["layer"], [len(layers)]
     if per_head:
-        axes.append("head"), shape.append(len(heads))
+        axes.append("head")
+        shape.append(len(heads))
     if per_pos:
-        axes.append("pos"), shape.append(len(chosen))
+        axes.append("pos")
+        shape.append(len(chosen))
     patches = []
     for layer in layers:
         site = pattern.format(l=layer)
@@ -219,7 +221,7 @@ def _forward(
         for site, picks in by_site.items()
     ]
     tile = 1 if copies else len(chunk)
-    plans = [CopyRows(copies)] if copies else []
+    plans: list[Plan] = [CopyRows(copies)] if copies else []
     plans += [] if logit_positions is None else [GatherLogits(logit_positions.repeat(tile))]
     with torch.no_grad():
         return model.run(

@@ -114,7 +114,12 @@ class Task:
     def to(self, device) -> "Task":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Task(
-            move(self.clean), move(self.corrupt), move(self.answers), move(self.wrong), self.position, move(self.mask)
+            self.clean.to(device),
+            self.corrupt.to(device),
+            self.answers.to(device),
+            move(self.wrong),
+            self.position,
+            move(self.mask),
         )
 
     # Building tasks

@@ -28,6 +28,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -40,11 +41,14 @@ from ..errors import MechscopeError
 from ..io import write_tensors
 from ..model import Model
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 ModelLike = Model | nn.Module
 
 
 def _model(model: ModelLike) -> Model:
-    return model if isinstance(model, Model) else Model(model)
+    return model if isinstance(model, Model) else Model(cast("PreTrainedModel", model))  # a Hugging Face module
 
 
 def _modulus(model: Model, p: int | None) -> int:

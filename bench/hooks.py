@@ -62,6 +62,41 @@ def word_tokenizer(vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="t0", unk_token="t0", pad_token="t0")
 
 
+def _qwen3():
+    from transformers import Qwen3Config
+
+    shape = dict(
+        num_hidden_layers=8,
+        hidden_size=512,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=64,
+        intermediate_size=1536,
+        vocab_size=32000,
+    )
+    return Qwen3Config(**shape), "Qwen3 shape (8 layers, d 512, 8/4 heads, q/k norms; random init, seed 0)"
+
+
+def _mixtral():
+    from transformers import MixtralConfig
+
+    shape = dict(
+        num_hidden_layers=4,
+        hidden_size=512,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        intermediate_size=1024,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        vocab_size=32000,
+    )
+    return MixtralConfig(**shape), "Mixtral shape (4 layers, d 512, 8 experts top-2; random init, seed 0)"
+
+
+SHAPES = {"qwen3": _qwen3, "mixtral": _mixtral}
+"""Architectures without a TransformerLens / nnsight peer here: timed against plain HF only."""
+
+
 def prepare(name: str, tmp: Path) -> tuple[Path, str] | None:
     """The Hugging Face folder of model `name` (built with a fixed seed) and a description."""
     if name == "gpt2":
@@ -73,6 +108,16 @@ def prepare(name: str, tmp: Path) -> tuple[Path, str] | None:
         hf.save_pretrained(folder)
         word_tokenizer(hf.config.vocab_size).save_pretrained(folder)
         return folder, "GPT-2 small shape (GPT2Config() defaults, random init, seed 0)"
+    if name in SHAPES:
+        from transformers import AutoModelForCausalLM
+
+        config, description = SHAPES[name]()
+        torch.manual_seed(0)
+        hf = AutoModelForCausalLM.from_config(config)
+        folder = tmp / name
+        hf.save_pretrained(folder)
+        word_tokenizer(config.vocab_size).save_pretrained(folder)
+        return folder, description
     if name == "pycode":
         from mechscope.zoo import WEIGHTS
 
@@ -83,7 +128,7 @@ def prepare(name: str, tmp: Path) -> tuple[Path, str] | None:
         return folder, "zoo:pycode (Llama architecture, trained)"
     if (Path(name) / "config.json").is_file():
         return Path(name), f"Hugging Face folder {name}"
-    raise SystemExit(f"unknown model {name!r}: choose from gpt2, pycode or a Hugging Face folder (with a tokenizer)")
+    raise SystemExit(f"unknown model {name!r}: choose from gpt2, pycode, qwen3, mixtral or a Hugging Face folder")
 
 
 class Peers:
@@ -270,7 +315,9 @@ def report(res: dict, args) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Recording overhead of mechscope vs plain HF, TransformerLens, nnsight")
-    p.add_argument("--models", default="gpt2,pycode", help="comma-separated: gpt2, pycode, or Hugging Face folders")
+    p.add_argument(
+        "--models", default="gpt2,pycode", help="comma-separated: gpt2, pycode, qwen3, mixtral, or Hugging Face folders"
+    )
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--repeats", type=int, default=15, help="interleaved samples per variant (median reported)")

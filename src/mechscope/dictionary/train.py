@@ -19,7 +19,7 @@ Transcoders (cfg.d_out and cfg.target_hook set): the stream holds both sites, ea
 feeds `target=batch[target_hook]`, b_dec starts at the target's geometric median, the one
 scale comes from the input (see base.py) and FVU is measured against the target.
 
-Checkpoints (`out/checkpoint/`): weights, Adam state, dead counts, RNG state and the data
+Checkpoints (`out/checkpoint/`, checkpoint.py): weights, Adam state, dead counts, RNG state and the data
 position in one safetensors file, then `state.json` (atomic, synced, written after it; older
 step files deleted last: `io.write_checkpoint`): a crash at any moment leaves a whole
 checkpoint. Resuming restores all of it, and because batches are a pure function of the data
@@ -36,8 +36,6 @@ writes.
 
 from __future__ import annotations
 
-import json
-import logging
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -50,27 +48,14 @@ from torch import Tensor, nn
 
 from ..distributed import distributed
 from ..errors import MechscopeError
-from ..io import folder_lock, read_json, read_tensors, write_checkpoint, write_json
+from ..io import folder_lock, write_json
 from ..models.loading import resolve_device
 from .base import SparseCoder, build
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import CoderConfig
-from .fingerprint import data_identity, differences
+from .numerics import check_finite, fvu
 from .source import ActivationSource, Batch, SourceConfig, estimate_norm_scale, first_batches, resolve_sites
 from .trainer_config import TrainConfig
-
-log = logging.getLogger(__name__)
-
-
-class NonFinite(MechscopeError):
-    """NaN or inf in the activations or the loss."""
-
-
-def _fvu(x: Tensor, x_hat: Tensor) -> float:
-    """Squared error over the total variance (per dimension, summed): fused reductions, no
-    [batch, d] temporaries (this runs every step)."""
-    x, x_hat = x.float(), x_hat.float()
-    error, centred = (x - x_hat).flatten(), (x - x.mean(0)).flatten()  # (torch's var over dim 0 is slow on CPU)
-    return float(torch.linalg.vecdot(error, error) / torch.linalg.vecdot(centred, centred).clamp_min(1e-12))
 
 
 class Trainer:
@@ -137,7 +122,7 @@ class Trainer:
         cfgs = []
         for c in self.cfgs:
             if sample is not None:
-                _check_finite(sample[c.hook_name], "the activations", 0)
+                check_finite(sample[c.hook_name], "the activations", 0)
                 if c.input_norm == "none":  # layer_norm standardises each input: no global scale
                     c = c.replace(norm_scale=estimate_norm_scale(sample[c.hook_name]))
             cfgs.append(c)
@@ -169,7 +154,7 @@ class Trainer:
         out: dict[str, float] = {}
         for i, (coder, module, opt) in enumerate(zip(self.coders, self.modules, self.opts)):
             x = batch[coder.cfg.hook_name].to(self.device)
-            _check_finite(x, "the activations", self.step_count, self.world)
+            check_finite(x, "the activations", self.step_count, self.world)
             t = _target(coder, batch)
             t = None if t is None else t.to(self.device)
             for group in opt.param_groups:
@@ -187,7 +172,7 @@ class Trainer:
                     if t is None
                     else module(x, dead_mask=self.dead[i] >= window, target=t)
                 )
-            _check_finite(result.loss.detach(), "the loss", self.step_count, self.world)
+            check_finite(result.loss.detach(), "the loss", self.step_count, self.world)
             result.loss.backward()
             coder.before_step()
             if self.cfg.grad_clip > 0:
@@ -200,7 +185,7 @@ class Trainer:
             out |= {
                 f"{tag}loss": float(result.loss.detach()),
                 f"{tag}l0": float(result.parts["l0"]),
-                f"{tag}fvu": _fvu(x if t is None else t, result.x_hat.detach()),
+                f"{tag}fvu": fvu(x if t is None else t, result.x_hat.detach()),
             }
         self.step_count += 1
         return out
@@ -232,7 +217,7 @@ class Trainer:
             rows.append(
                 {
                     "step": self.step_count,
-                    "fvu": _fvu(x, x_hat),
+                    "fvu": fvu(x, x_hat),
                     "l0": float((acts != 0).sum(-1).float().mean()),
                     "mse": float((x - x_hat).pow(2).sum(-1).mean()),
                     "dead_fraction": float((self.dead[i] >= window).float().mean()),
@@ -241,97 +226,15 @@ class Trainer:
         self.history.append(rows)
         return rows
 
-    # Checkpoints
-
-    def _identity(self) -> dict:
-        cfgs = [c.replace(norm_scale=1.0).to_dict() for c in self.cfgs]
-        return json.loads(
-            json.dumps(
-                {
-                    "train": asdict(self.cfg),
-                    "coders": cfgs,
-                    "sites": list(self.stream.sites),
-                    "data": self._data_identity(),
-                    "world": self.world,
-                }
-            )
-        )
-
-    def _data_identity(self) -> dict:
-        if self._data is None:  # hashing the contexts once is enough: they do not change
-            self._data = data_identity(self.stream)
-        return self._data
+    # Checkpoints (checkpoint.py)
 
     def checkpoint(self, folder: str | Path) -> None:
         """Write the whole training state to `folder` (rank 0; atomic, previous one removed after)."""
-        if self.rank != 0:
-            return
-        folder = Path(folder)
-        tensors: dict[str, Tensor] = {"rng.cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            tensors["rng.cuda"] = torch.cuda.get_rng_state()
-        groups = []
-        for i, (coder, opt) in enumerate(zip(self.coders, self.opts)):
-            tensors |= {f"coder{i}.{k}": v for k, v in coder.state_dict().items()}
-            sd = opt.state_dict()
-            tensors |= {f"opt{i}.{p}.{k}": v for p, s in sd["state"].items() for k, v in s.items()}
-            tensors[f"dead{i}"] = self.dead[i]
-            groups.append(sd["param_groups"])
-        name = f"step-{self.step_count:07d}.safetensors"
-        write_checkpoint(
-            folder,
-            name,
-            tensors,
-            {
-                **self._identity(),
-                "file": name,
-                "step": self.step_count,
-                "position": self.position,
-                "cfgs": [c.to_dict() for c in self.cfgs],
-                "param_groups": groups,
-                "history": self.history,
-            },
-        )
-
-    def _check_same_run(self, state: dict, folder) -> None:
-        """Refuse a checkpoint of other settings, sites, model or data, naming what differs."""
-        identity = self._identity()
-        identity.pop("world")  # another number of ranks takes the same steps
-        if "data" not in state:  # written before checkpoints named their data: cannot be checked
-            log.warning("the checkpoint in %s does not record its data: resuming without checking them", folder)
-            identity.pop("data")
-        found = differences({k: state.get(k) for k in identity}, identity)
-        if found:
-            raise MechscopeError(
-                f"the checkpoint in '{folder}' belongs to another run ({'; '.join(found[:3])}): resume "
-                "with the same model, data and settings, or choose another --out (or delete it)"
-            )
+        save_checkpoint(self, folder)
 
     def load_checkpoint(self, folder: str | Path) -> bool:
         """Resume from `folder` if it holds a checkpoint of this very run; False if none."""
-        path = Path(folder) / "state.json"
-        if not path.is_file():
-            return False
-        state = read_json(path)
-        self._check_same_run(state, folder)
-        self._build([CoderConfig.from_dict(c) for c in state["cfgs"]])
-        tensors = read_tensors(Path(folder) / state["file"], "dictionary checkpoint")
-        torch.set_rng_state(tensors.pop("rng.cpu"))
-        if "rng.cuda" in tensors and torch.cuda.is_available():
-            torch.cuda.set_rng_state(tensors.pop("rng.cuda"))
-        for i, (coder, opt) in enumerate(zip(self.coders, self.opts)):
-            prefix = f"coder{i}."
-            coder.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-            opt_state: dict = {}
-            for key, value in tensors.items():
-                if key.startswith(f"opt{i}."):
-                    _, p, k = key.split(".", 2)
-                    opt_state.setdefault(int(p), {})[k] = value.to(self.device)
-            opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"][i]})
-            self.dead[i] = tensors[f"dead{i}"].to(self.device)
-        self.step_count, self.position, self.history = state["step"], state["position"], state["history"]
-        log.info("resumed dictionary training from step %d (%s)", self.step_count, folder)
-        return True
+        return load_checkpoint(self, folder)
 
     # The loop
 
@@ -376,21 +279,6 @@ class Trainer:
 def _target(coder: SparseCoder, batch: Batch) -> Tensor | None:
     """The transcoder's target activations in `batch`; None for an autoencoder."""
     return batch[coder.cfg.target_hook] if coder.cfg.transcoder else None
-
-
-def _check_finite(x: Tensor, what: str, step: int, world: int = 1) -> None:
-    if x.numel() == 0:
-        return
-    low, high = torch.aminmax(x)  # one pass; NaN propagates into both
-    finite = bool(torch.isfinite(low) & torch.isfinite(high))
-    bad = torch.tensor([0.0 if finite else 1.0], device=x.device)  # NCCL: on the GPU
-    if world > 1:
-        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-    if bad.item():
-        raise NonFinite(
-            f"NaN or inf in {what} at step {step}: training stopped; the last checkpoint is "
-            "untouched (check the model and data, then resume)"
-        )
 
 
 def _save(coders: list[SparseCoder], out: Path, trainer: Trainer) -> None:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from .arguments import ConfigDocs, constant, count, positive
 from .checks import check_sites, warn_short_schedule
+from .corpus import data_args
 from .printing import marked, print_result
-from .sae import _data_args
 
 VARIANTS = {"acausal": "crosscoder", "weakly-causal": "weakly_causal_crosscoder"}
 
@@ -84,7 +84,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         "--eval-contexts", type=count, default=64, help="held-out contexts for the final evaluation (0: none)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _data_args(p)
+    data_args(p)
 
 
 def _diff_args(p: argparse.ArgumentParser) -> None:
@@ -104,7 +104,7 @@ def _diff_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=5, help="top contexts per latent shown")
     p.add_argument("--plot", metavar="FILE.png", help="write the relative-norm histogram here")
     p.add_argument("--save", metavar="DIR", help="save the diff (cfg.json + tensors.safetensors) here")
-    _data_args(p)
+    data_args(p)
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -136,9 +136,9 @@ def tokens_and_source(args, model, *, heldout: bool) -> tuple:
 
         tokens = model_pairs(model)
         return tokens, {"exclude_first": False, "exclude_tokens": tuple(range(model.dims.d_vocab - 1))}
-    from .sae import _tokens
+    from .corpus import corpus_tokens
 
-    data = _tokens(args, model)
+    data = corpus_tokens(args, model)
     tokens = data.heldout if heldout else data.train
     return tokens, {"exclude_first": SourceConfig.exclude_first}
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from .arguments import ConfigDocs, constant, count, positive
 from .checks import warn_short_schedule
+from .corpus import corpus_tokens, data_args, heldout_contexts
 from .printing import print_result
-from .sae import _data_args, _heldout, _tokens
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +76,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         "--eval-contexts", type=count, default=64, help="held-out contexts for the final evaluation (0: none)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _data_args(p, required=False)
+    data_args(p, required=False)
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
@@ -85,7 +85,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--contexts", type=positive, default=64, help="held-out contexts to evaluate on")
     p.add_argument("--plot", metavar="FILE.png", help="write the feature-density histogram here")
     p.add_argument("--save", metavar="DIR", help="save the evaluation (cfg.json + density.safetensors) here")
-    _data_args(p)
+    data_args(p)
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -149,7 +149,7 @@ def _train_ranked(args, rank: int) -> dict | None:
     if rank == 0:
         warn_short_schedule(train_cfg.steps, train_cfg.warmup_steps)
     progress = not args.no_progress and not args.json
-    data = _tokens(args, model) if args.data else None
+    data = corpus_tokens(args, model) if args.data else None
     if args.cache:
         coder = train_from_cache(args.cache, cfg, train_cfg, out=args.out, progress=progress)
     else:
@@ -181,7 +181,7 @@ def _eval(args) -> dict:
     coder = SparseCoder.load(args.transcoder)
     if not coder.cfg.transcoder:
         raise MechscopeError(f"'{args.transcoder}' holds an SAE, not a transcoder: use `mechscope sae eval`")
-    result = evaluate(model, coder, _heldout(args, model), progress=not args.json)
+    result = evaluate(model, coder, heldout_contexts(args, model), progress=not args.json)
     if args.plot:
         from ..io import write_figure
 

@@ -37,7 +37,6 @@ Training loop contract (S2's trainer):
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -49,6 +48,7 @@ from .. import io
 from ..errors import MechscopeError
 from .config import CoderConfig
 from .median import geometric_median
+from .memory import check_memory, dtype_of
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +76,6 @@ _REGISTRY: dict[str, type[SparseCoder]] = {}
 def register(cls):
     _REGISTRY[cls.ARCH] = cls
     return cls
-
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-"""The dtypes a dictionary's cfg.json may name (a table, not an attribute looked up by a name from a file)."""
-
-
-def dtype_of(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise MechscopeError(f"unknown dtype {name!r} in a dictionary config: use one of {', '.join(DTYPES)}")
-    return DTYPES[name]
 
 
 class SparseCoder(nn.Module):
@@ -349,40 +339,6 @@ def build(cfg: CoderConfig) -> SparseCoder:
         raise MechscopeError(f"no dictionary class is registered for arch '{cfg.arch}': known: {', '.join(_REGISTRY)}")
     check_memory(cfg)
     return _REGISTRY[cfg.arch](cfg)
-
-
-def parameter_count(cfg: CoderConfig) -> int:
-    """Parameters of a dictionary of `cfg`, from its widths (encoder, decoder, biases, skip, router)."""
-    per_latent = cfg.d_in + cfg.out_dim + 3  # W_enc column, W_dec row, b_enc and gated/jumprelu extras
-    router = cfg.d_in * cfg.n_experts if cfg.arch == "switch" else 0
-    return cfg.d_sae * per_latent + cfg.out_dim + (cfg.d_in * cfg.out_dim if cfg.skip else 0) + router
-
-
-def available_memory() -> int | None:
-    """Bytes of memory this machine can still hand out (Linux MemAvailable), or None where unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_memory(cfg: CoderConfig) -> None:
-    """Refuse a dictionary whose initialisation would need more memory than is available:
-    the parameters plus the float32 random draws and copies they start from (about two)."""
-    need = parameter_count(cfg) * (dtype_of(cfg.dtype).itemsize + 8)
-    free = available_memory()
-    if free is not None and need > free:
-        raise MechscopeError(
-            f"a {cfg.arch} dictionary with d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={cfg.out_dim} "
-            f"would need about {need / 1e9:.1f} GB of memory but {free / 1e9:.1f} GB is available: "
-            "check d_in and d_sae (a corrupt cfg.json?) or use a machine with more memory"
-        )
 
 
 def load_weights(coder: SparseCoder, state: dict[str, Tensor], source: str | Path) -> SparseCoder:

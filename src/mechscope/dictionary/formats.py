@@ -24,7 +24,7 @@ reads that layout, so a sparsify folder never yields one.
 Reading validates once, here: cfg.json must be a JSON object whose sizes (d_in, d_sae, k,
 num_latents, ...) are positive integers; every tensor must have the shape those sizes imply
 (the error names the tensor, the expected and the found shape); weights holding NaN or inf
-are refused (`base.load_weights`), as is a size that cannot be allocated (`base.check_memory`).
+are refused (`base.load_weights`), as is a size that cannot be allocated (`memory.check_memory`).
 """
 
 from __future__ import annotations

@@ -92,15 +92,15 @@ def modadd_plots(folder: Path, out_dir: Path) -> list[Path]:
     """The paper's figures from a modadd folder: progress measures over training, the loss
     history, and the embedding's Fourier norms. Returns the PNG paths."""
     from ..models.loading import load
-    from . import grokking
+    from .grokking_figures import plot_embedding_fourier, plot_history
 
     folder, out_dir = Path(folder), Path(out_dir)
     card = _card(folder)
     curves = load_modadd_curves(folder)
     figures = {
         "modadd_progress_measures.png": curves.plot(),
-        "modadd_loss_history.png": grokking.plot_history(card["history"], card["history_columns"]),
-        "modadd_embedding_fourier.png": grokking.plot_embedding_fourier(
+        "modadd_loss_history.png": plot_history(card["history"], card["history_columns"]),
+        "modadd_embedding_fourier.png": plot_embedding_fourier(
             load(str(folder)), card["recipe"]["p"], [int(k) for k in curves.key_freqs]
         ),
     }

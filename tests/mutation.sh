@@ -3,7 +3,7 @@
 # working tree under /tmp (the checkout itself is never mutated) and run its test subset
 # against every mutant.
 #
-#   tests/mutation.sh edits|hooks|sites|metrics|dla|topk [more...]
+#   tests/mutation.sh edits|hooks|sites|views|metrics|dla|topk [more...]
 #
 # Needs mutmut (`pip install -e ".[dev]"`, or MUTMUT_PATH=folder-with-mutmut on PYTHONPATH).
 # Results: /tmp/mechscope-mutation/NAME/ (`python -m mutmut results` / `show MUTANT` there).
@@ -17,6 +17,8 @@ file[hooks]=hooks.py
 tests[hooks]="tests/test_edits.py tests/test_errors.py tests/oracles/test_padded_edits.py tests/oracles/test_hooks_by_hand.py tests/patching/test_shared.py"
 file[sites]=sites.py
 tests[sites]="tests/test_errors.py tests/oracles/test_sites_by_hand.py"
+file[views]=views.py
+tests[views]="tests/test_errors.py tests/oracles/test_sites_by_hand.py"
 file[metrics]=patching/metrics.py
 tests[metrics]="tests/oracles/test_metrics_by_hand.py"
 file[dla]=attribution/dla.py

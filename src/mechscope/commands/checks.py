@@ -78,3 +78,23 @@ def warn_short_schedule(steps: int, warmup: int) -> None:
             steps,
             warmup,
         )
+
+
+def training_schedule(args, *, warn: bool = True, **extra):
+    """The `TrainConfig` of the schedule options every dictionary command shares (plus
+    `extra` fields), with the short-schedule warning (`warn`: on one rank only)."""
+    from ..dictionary.trainer_config import TrainConfig
+
+    cfg = TrainConfig(
+        total_tokens=args.total_tokens,
+        batch_tokens=args.batch_tokens,
+        lr=args.lr,
+        warmup_steps=args.warmup,
+        decay=args.decay,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+        **extra,
+    )
+    if warn:
+        warn_short_schedule(cfg.steps, cfg.warmup_steps)
+    return cfg

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from .arguments import ConfigDocs, constant, count, positive
-from .checks import check_sites, warn_short_schedule
+from .checks import check_sites, training_schedule
 from .corpus import data_args
 from .printing import marked, print_result
 
@@ -146,7 +146,6 @@ def tokens_and_source(args, model, *, heldout: bool) -> tuple:
 def _train(args) -> dict:
     from ..dictionary.source import SourceConfig
     from ..dictionary.stacked import train_crosscoder
-    from ..dictionary.trainer_config import TrainConfig
     from ..errors import MechscopeError
     from ..models.loading import load
 
@@ -159,16 +158,7 @@ def _train(args) -> dict:
     if args.vs and len(args.site) != 1:
         raise MechscopeError("with --vs give one --site: the crosscoder reads that site in both models")
     other = load(args.vs) if args.vs else None
-    train = TrainConfig(
-        total_tokens=args.total_tokens,
-        batch_tokens=args.batch_tokens,
-        lr=args.lr,
-        warmup_steps=args.warmup,
-        decay=args.decay,
-        checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
-    )
-    warn_short_schedule(train.steps, train.warmup_steps)
+    train = training_schedule(args)
     coder = train_crosscoder(
         model,
         args.site,

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from .arguments import ConfigDocs, constant, count
-from .checks import check_sites, warn_short_schedule
+from .checks import check_sites, training_schedule
 from .corpus import corpus_tokens, data_args
 
 
@@ -120,7 +120,6 @@ def _train_ranked(args, rank: int, world: int) -> dict | None:
     from ..dictionary.evaluate import evaluate
     from ..dictionary.source import resolve_sites, site_width
     from ..dictionary.train import train, train_from_cache
-    from ..dictionary.trainer_config import TrainConfig
     from ..errors import MechscopeError
     from ..io import write_json
     from ..models.loading import load
@@ -149,19 +148,7 @@ def _train_ranked(args, rank: int, world: int) -> dict | None:
         )
         for s in sites
     ]
-    cfg = TrainConfig(
-        total_tokens=args.total_tokens,
-        batch_tokens=args.batch_tokens,
-        lr=args.lr,
-        warmup_steps=args.warmup,
-        decay=args.decay,
-        checkpoint_every=args.checkpoint_every,
-        eval_every=args.eval_every,
-        dead_window=args.dead_window,
-        seed=args.seed,
-    )
-    if rank == 0:
-        warn_short_schedule(cfg.steps, cfg.warmup_steps)
+    cfg = training_schedule(args, warn=rank == 0, eval_every=args.eval_every, dead_window=args.dead_window)
     progress = not args.no_progress and not args.json
     data = corpus_tokens(args, model) if args.data else None
     if args.cache:

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from .arguments import ConfigDocs, constant, count, positive
-from .checks import warn_short_schedule
+from .checks import training_schedule
 from .corpus import corpus_tokens, data_args, heldout_contexts
 from .printing import print_result
 
@@ -115,7 +115,6 @@ def _train(args) -> dict | None:
 def _train_ranked(args, rank: int) -> dict | None:
     from ..dictionary.evaluate import evaluate
     from ..dictionary.train import train, train_from_cache
-    from ..dictionary.trainer_config import TrainConfig
     from ..dictionary.transcoder import transcoder_config
     from ..errors import MechscopeError
     from ..io import write_json
@@ -136,18 +135,7 @@ def _train_ranked(args, rank: int) -> dict | None:
         l0_coeff=args.l0,
         skip=args.skip,
     )
-    train_cfg = TrainConfig(
-        total_tokens=args.total_tokens,
-        batch_tokens=args.batch_tokens,
-        lr=args.lr,
-        warmup_steps=args.warmup,
-        decay=args.decay,
-        checkpoint_every=args.checkpoint_every,
-        dead_window=args.dead_window,
-        seed=args.seed,
-    )
-    if rank == 0:
-        warn_short_schedule(train_cfg.steps, train_cfg.warmup_steps)
+    train_cfg = training_schedule(args, warn=rank == 0, dead_window=args.dead_window)
     progress = not args.no_progress and not args.json
     data = corpus_tokens(args, model) if args.data else None
     if args.cache:

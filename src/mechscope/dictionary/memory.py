@@ -3,12 +3,10 @@ check `build` makes before allocating one (a corrupt cfg.json must not exhaust t
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 
 from ..errors import MechscopeError
+from ..models.memory import available_memory
 from .config import CoderConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -26,20 +24,6 @@ def parameter_count(cfg: CoderConfig) -> int:
     per_latent = cfg.d_in + cfg.out_dim + 3  # W_enc column, W_dec row, b_enc and gated/jumprelu extras
     router = cfg.d_in * cfg.n_experts if cfg.arch == "switch" else 0
     return cfg.d_sae * per_latent + cfg.out_dim + (cfg.d_in * cfg.out_dim if cfg.skip else 0) + router
-
-
-def available_memory() -> int | None:
-    """Bytes of memory this machine can still hand out (Linux MemAvailable), or None where unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_memory(cfg: CoderConfig) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -52,13 +53,23 @@ def available_bytes(device: torch.device | None) -> int | None:
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
     if device is None or device.type == "cpu":
-        try:
-            for line in Path("/proc/meminfo").read_text().splitlines():
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            return None
+        return available_memory()
     return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still hand out (Linux MemAvailable, else the free
+    physical pages), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def check_fits(

@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e ".[test]"
+	# test oracle only: steering-vectors pins transformers 4, so it goes in without its dependencies
+	$(PY) -m pip install --no-deps steering-vectors==0.12.2
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -84,6 +84,63 @@ COMMANDS = {
         "configure_spectra",
         "execute_spectra",
     ),
+    "steer": (
+        "steering: contrast vectors, SAE-feature clamps, layer x strength search, GGUF control vectors",
+        "steer",
+        "configure",
+        "execute",
+    ),
+    "serve-steer": (
+        "an OpenAI-compatible local server that steers each request with named vectors",
+        "steer",
+        "configure_serve",
+        "execute_serve",
+    ),
+    "probe": ("per-layer probes of a concept, with control tasks and selectivity", "probe", "configure", "execute"),
+    "confidence": (
+        "a calibrated 'is the model right?' probe: train it, score a prompt per token",
+        "probe",
+        "configure_confidence",
+        "execute_confidence",
+    ),
+    "erase": ("LEACE concept erasure inside the model: fit, evaluate", "probe", "configure_erase", "execute_erase"),
+    "features": (
+        "the feature store: build it from a corpus, show a latent, export to Neuronpedia",
+        "features",
+        "configure",
+        "execute",
+    ),
+    "serve": ("the local dashboard: features, prompts, circuits in a browser", "serve", "configure", "execute"),
+    "fv": (
+        "function vectors: the heads that carry an in-context task, as one vector",
+        "incontext",
+        "configure_fv",
+        "execute_fv",
+    ),
+    "relation": (
+        "linear relational embeddings: the affine map from subject to object",
+        "incontext",
+        "configure_relation",
+        "execute_relation",
+    ),
+    "attribute": (
+        "attribution maps (Grad-CAM, IG, SHAP, LIME, occlusion) for images or tokens",
+        "vision",
+        "configure_attribute",
+        "execute_attribute",
+    ),
+    "sanity": (
+        "sanity checks of an attribution method: randomisation cascade, deletion/insertion",
+        "vision",
+        "configure_sanity",
+        "execute_sanity",
+    ),
+    "forensics": (
+        "what an edit or fine-tune changed, read from the weights (ROME, LoRA)",
+        "forensics",
+        "configure",
+        "execute",
+    ),
     "zoo": ("the bundled, project-trained models", "zoo", "configure", "execute"),
 }
 VALUED_GLOBALS = ("--device", "--dtype")

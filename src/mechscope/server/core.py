@@ -149,7 +149,7 @@ def make_app(routes: Sequence, *, token: str | None = None, max_body: int = MAX_
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return JSONResponse({"error": {"status": 500, "message": first}}, status_code=500)
 
-    handlers = {HTTPException: http_error, MechscopeError: bad_input, Exception: unhandled}
+    handlers: dict[Any, Any] = {HTTPException: http_error, MechscopeError: bad_input, Exception: unhandled}
     app = Starlette(routes=list(routes), exception_handlers=handlers)
     return Guard(app, token=token, max_body=max_body)
 

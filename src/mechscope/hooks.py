@@ -192,7 +192,7 @@ class RecordEdit(Plan):
                 handles.append(module.register_forward_pre_hook(self._in_hook(sites), with_kwargs=True))
 
     def _process(
-        self, raw_of: Callable[[int], Tensor], set_raw: Callable[[int, Tensor], None], sites: list[Site]
+        self, raw_of: Callable[[int | None], Any], set_raw: Callable[[int | None, Any], None], sites: list[Site]
     ) -> None:
         for site in sites:
             raw = raw_of(site.view.index)
@@ -217,7 +217,17 @@ class RecordEdit(Plan):
     def _out_hook(self, sites: list[Site]):
         def hook(module, args, output):
             box = list(output) if isinstance(output, tuple) else [output]
-            self._process(box.__getitem__, box.__setitem__, sites)
+
+            def get(index: int | None):  # None: a view of the whole output tuple (MoE routing weights)
+                return tuple(box) if index is None else box[index]
+
+            def put(index: int | None, value) -> None:
+                if index is None:
+                    box[:] = list(value)
+                else:
+                    box[index] = value
+
+            self._process(get, put, sites)
             return tuple(box) if isinstance(output, tuple) else box[0]
 
         return hook
@@ -345,3 +355,28 @@ def shortcut_plans(copies: dict[int, int] | None, logit_positions: Tensor | None
     return ([CopyRows(copies)] if copies else []) + (
         [GatherLogits(logit_positions)] if logit_positions is not None else []
     )
+
+
+class Offsets(Plan):
+    """Notes, before each forward of the whole model, where its positions start: `offset`
+    is the number of positions already in the KV cache (0 for a fresh pass), and `prompt`
+    the length of the last pass that started at 0 (during `generate`: the padded prompt).
+    Edits that hold this plan can tell prompt positions from generated ones."""
+
+    name = "offsets"
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self.prompt: int | None = None
+
+    def install(self, model: nn.Module, table: SiteTable, handles: list) -> None:
+        handles.append(model.register_forward_pre_hook(self._note, with_kwargs=True))
+
+    def _note(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        ids = kwargs.get("inputs_embeds") if ids is None else ids
+        cache = kwargs.get("past_key_values")
+        length = getattr(cache, "get_seq_length", None)
+        self.offset = int(length()) if callable(length) else 0
+        if self.offset == 0 and ids is not None:
+            self.prompt = ids.shape[1]

@@ -20,6 +20,7 @@ BLOCK_KINDS = (
     "hook_mlp_in",
     "mlp.hook_post",
     "mlp.hook_router_logits",
+    "mlp.hook_expert_weights",
     "hook_mlp_out",
     "hook_resid_post",
 )

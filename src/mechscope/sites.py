@@ -16,7 +16,17 @@ from typing import Iterable
 
 from .errors import MechscopeError
 from .models.adapter import Adapter
-from .views import CopyView, FusedQKVView, HeadsView, PatternView, ReadOnlyView, RouterView, ScaledView, View
+from .views import (
+    CopyView,
+    ExpertWeightsView,
+    FusedQKVView,
+    HeadsView,
+    PatternView,
+    ReadOnlyView,
+    RouterView,
+    ScaledView,
+    View,
+)
 
 
 @dataclass(frozen=True)
@@ -180,6 +190,18 @@ def _block_sites(adapter: Adapter, dims: Dims, layer: int, prefix: str, parallel
                     path(adapter.moe_router),
                     "out",
                     RouterView(),
+                    ("batch", "pos", "expert"),
+                    (None, None, adapter.n_experts),
+                    layer,
+                    rows_from=block,
+                )
+            )
+            sites.append(
+                Site(
+                    blk + "mlp.hook_expert_weights",
+                    path(adapter.moe_router),
+                    "out",
+                    ExpertWeightsView(adapter.n_experts),
                     ("batch", "pos", "expert"),
                     (None, None, adapter.n_experts),
                     layer,

@@ -1,6 +1,6 @@
 """How a site sees the raw tensor at its module boundary: `View` (the whole tensor) and its
 kinds (heads, one part of a fused qkv projection, scaled, copied, read-only, router
-logits, attention pattern). Each reads the site's value from the raw tensor and writes an
+logits, expert routing weights, attention pattern). Each reads the site's value from the raw tensor and writes an
 edited value back into it."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ class View:
 
     head_dim: int | None = None
     editable = True
-    index = 0  # which element of a tuple output holds the raw tensor
+    index: int | None = 0  # which element of a tuple output holds the raw tensor (None: the whole tuple)
 
     def read(self, raw: Tensor) -> Tensor:
         return raw
@@ -126,6 +126,27 @@ class RouterView(View):
     its experts from them when it returns."""
 
     editable = False
+
+
+@dataclass(frozen=True)
+class ExpertWeightsView(View):
+    """A MoE router's routing weights, seen dense as [batch * pos, expert]: the weight each
+    expert's output gets in the block's sum, 0 for experts the router did not choose. The raw
+    value is the router's whole output (logits, top-k weights, top-k indices). Writing gathers
+    the chosen experts' entries back, so an edit reweights the chosen experts (0 removes an
+    expert's output exactly) but cannot route a token to an expert the router did not choose."""
+
+    n_experts: int
+    index = None
+
+    def read(self, raw) -> Tensor:
+        _, weights, chosen = raw
+        dense = torch.zeros(weights.shape[0], self.n_experts, dtype=weights.dtype, device=weights.device)
+        return dense.scatter(1, chosen, weights)
+
+    def write(self, raw, value: Tensor):
+        logits, weights, chosen = raw
+        return (logits, value.gather(1, chosen).to(weights.dtype), chosen)
 
 
 class PatternView(View):

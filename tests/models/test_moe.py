@@ -62,3 +62,54 @@ def test_router_logits_are_read_only_and_neurons_unavailable(model, ids):
         model.run(ids, record="blocks.0.mlp.hook_post")
     with pytest.raises(MechscopeError, match="mixture-of-experts"):
         model.W_out(0)
+
+
+def test_expert_weights_are_the_routers_top_k_softmax(model, ids):
+    """Dense routing weights: top-k of the softmax of the router logits, renormalised where the
+    family renormalises, zero for the experts not chosen."""
+    run = model.run(ids, record=["blocks.1.mlp.hook_router_logits", "blocks.1.mlp.hook_expert_weights"])
+    logits = run.cache["blocks.1.mlp.hook_router_logits"]
+    weights = run.cache["blocks.1.mlp.hook_expert_weights"]
+    k = model.hf.config.num_experts_per_tok
+    assert weights.shape == logits.shape
+    assert ((weights != 0).sum(-1) == k).all()
+    top, chosen = logits.float().softmax(-1).topk(k, dim=-1)
+    if getattr(model.hf.config, "norm_topk_prob", True):
+        top = top / top.sum(-1, keepdim=True)
+    by_hand = torch.zeros_like(weights).scatter(-1, chosen, top.to(weights.dtype))
+    torch.testing.assert_close(weights, by_hand, rtol=1e-6, atol=1e-7)
+
+
+def test_zero_ablating_an_expert_equals_masking_it_in_the_router_by_hand(model, ids):
+    """Scaling expert e's routing weight to 0 removes exactly its output: the same logits as a
+    raw torch hook on the router that zeroes e's top-k weight, and not the unedited logits."""
+    layer, expert = 1, 2
+    n = model.adapter.n_experts
+    mask = torch.ones(n, dtype=torch.float32)
+    mask[expert] = 0
+    ablated = model.run(ids, edits=[edits.scale(f"blocks.{layer}.mlp.hook_expert_weights", mask)]).logits
+
+    def by_hand(module, args, output):
+        logits, weights, chosen = output
+        return logits, weights.masked_fill(chosen == expert, 0.0), chosen
+
+    handle = model.block_module(layer, "mlp").gate.register_forward_hook(by_hand)
+    try:
+        with torch.no_grad():
+            expected = model.hf(ids).logits
+    finally:
+        handle.remove()
+    chosen = model.run(ids, record=f"blocks.{layer}.mlp.hook_expert_weights").cache[
+        f"blocks.{layer}.mlp.hook_expert_weights"
+    ]
+    assert (chosen[..., expert] != 0).any(), "the test needs a token routed to the ablated expert"
+    assert torch.equal(ablated, expected)
+    assert not torch.allclose(ablated, model.run(ids).logits)
+
+
+def test_an_edit_cannot_route_to_an_unchosen_expert(model, ids):
+    """Writing weights for experts the router did not choose has no effect (documented)."""
+    site = "blocks.0.mlp.hook_expert_weights"
+    weights = model.run(ids, record=site).cache[site]
+    unchosen_only = model.run(ids, edits=[edits.add(site, (weights == 0).to(weights.dtype) * 5.0)]).logits
+    assert torch.equal(unchosen_only, model.run(ids).logits)

@@ -2,8 +2,10 @@
 
 Hugging Face keeps every expert of a layer in one module (3-d weights, a loop over the
 experts inside one forward), so there is no module boundary per expert: the MLP sites
-are the whole MoE block's output (`hook_mlp_out`) and the router logits
-(`mlp.hook_router_logits`, [batch, pos, expert]), and there is no `mlp.hook_post`.
+are the whole MoE block's output (`hook_mlp_out`), the router logits
+(`mlp.hook_router_logits`, [batch, pos, expert]) and the routing weights each expert's output
+gets (`mlp.hook_expert_weights`, editable: scaling an expert's weight to 0 removes its output
+exactly); there is no `mlp.hook_post`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ MOE_NOTES = (
     "mixture of experts: hook_mlp_out is the MoE block's output (the routing-weighted sum of the chosen "
     "experts); mlp.hook_router_logits [batch, pos, expert] is the router's output before softmax and top-k "
     "(read-only: the router has already chosen its experts from it)",
+    "mlp.hook_expert_weights [batch, pos, expert] is the weight of each expert's output in the block's sum "
+    "(0 where not chosen); editable: edits.scale(site, mask) with mask[e] = 0 removes expert e's output "
+    "exactly; weights written for unchosen experts are ignored (an edit cannot reroute a token)",
     "no mlp.hook_post and no W_in / W_out: per-expert activations are not exposed by Hugging Face's fused "
     "experts module; d_mlp is one expert's width",
     "float64 on the CPU: Hugging Face's default grouped_mm experts take no float64; switch them with "

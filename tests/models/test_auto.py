@@ -231,3 +231,11 @@ def test_untabled_edits_act_where_they_should(untabled):
         before = untabled.run(ids, record="blocks.1.hook_resid_post").cache["blocks.1.hook_resid_post"]
         after = zeroed.cache["blocks.1.hook_resid_post"]
         assert torch.equal(after[:, :4], before[:, :4]) and not torch.equal(after[:, 4], before[:, 4])
+
+
+def test_model_of_an_untabled_causal_lm_points_to_auto_model(tmp_path):
+    """`Model(hf)` needs a table; for a causal LM without one the error names the way out."""
+    _untabled_folder(tmp_path)
+    hf = T.AutoModelForCausalLM.from_pretrained(tmp_path)
+    with pytest.raises(MechscopeError, match=r"ms\.auto_model\(hf, tokenizer\)"):
+        ms.Model(hf)

@@ -176,6 +176,8 @@ def check_supported(config) -> None:
         families = "; ".join(f"{a.family} ({', '.join(a.model_types)})" for a in FAMILIES)
         arch = (config.architectures or ["?"])[0]
         raise MechscopeError(
-            f"architecture {arch} (model_type '{config.model_type}') is not supported yet. Supported: {families}. "
-            "To add it, write one Adapter table in mechscope/models/families.py"
+            f"architecture {arch} (model_type '{config.model_type}') is not supported: no adapter table serves it. "
+            f"Tables: {families}. "
+            "For a causal LM, `ms.auto_model(hf, tokenizer)` (what `ms.load` does for one) finds and verifies "
+            "its sites automatically; to add a table, write one Adapter in mechscope/models/families_*.py"
         )

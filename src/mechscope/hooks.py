@@ -216,7 +216,8 @@ class RecordEdit(Plan):
 
     def _out_hook(self, sites: list[Site]):
         def hook(module, args, output):
-            box = list(output) if isinstance(output, tuple) else [output]
+            several = isinstance(output, (tuple, list))  # GPT-1's blocks return a list
+            box = list(output) if several else [output]
 
             def get(index: int | None):  # None: a view of the whole output tuple (MoE routing weights)
                 return tuple(box) if index is None else box[index]
@@ -228,7 +229,7 @@ class RecordEdit(Plan):
                     box[index] = value
 
             self._process(get, put, sites)
-            return tuple(box) if isinstance(output, tuple) else box[0]
+            return type(output)(box) if several else box[0]
 
         return hook
 
@@ -375,7 +376,7 @@ class Offsets(Plan):
     def _note(self, module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         ids = kwargs.get("inputs_embeds") if ids is None else ids
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))  # transformers 5 names it `cache`
         length = getattr(cache, "get_seq_length", None)
         self.offset = int(length()) if callable(length) else 0
         if self.offset == 0 and ids is not None:

@@ -13,9 +13,9 @@ from mechscope.models import sweep
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "architectures.md"
 EXACT = ("exact (table)", "exact (automatic)")
-# Measured on transformers 5.25 (2026-12-07): 26 by a table, 125 by the automatic adapter, 11 module
+# Measured on transformers 5.25 (2026-12-07): 26 by a table, 126 by the automatic adapter, 10 module
 # paths only, 38 not built offline, of 200; 39 s of CPU (134 s wall on a busy 2-core machine).
-AT_LEAST_EXACT = 151
+AT_LEAST_EXACT = 152
 AT_LEAST_TABLE = 26
 REGENERATE = "regenerate it: python -m mechscope.models.sweep --write docs/architectures.md"
 

@@ -12,6 +12,7 @@ statistics keep no per-pair values to vote with, as repeng does).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 
@@ -163,4 +164,7 @@ def contrast(
             read_activations(model, [n for _, n in batch], names, read),
         )
     log.info("steering vector from %d pairs at %s (%s)", len(pairs), ", ".join(names), method)
-    return fit.vector(model_name=model.name)
+    config = getattr(model.hf, "config", None)
+    return dataclasses.replace(
+        fit.vector(model_name=model.name), meta={"model_type": getattr(config, "model_type", "")}
+    )

@@ -13,11 +13,16 @@ spectra = structure.weight_spectra(model)          # every matrix and OV/QK circ
 spectra.by_layer("OV", "effective_rank")           # [layer, head]
 diff = structure.weight_diff(base, finetuned)      # is the update low-rank, and where?
 diff.row("blocks.0.mlp.W_in")["rank"], diff.directions("blocks.0.mlp.W_in")
+found = structure.edit_forensics(base, edited, candidates=names)   # which matrix, rank, subject, object
+found.changed(), found.readings["blocks.1.mlp.W_out"]["keys"][0]
 """
 
+from .edit_reading import KEY_SITES, TEMPLATES
 from .embedding import Communities, Embedding, adjacency_spectrum, communities, laplacian_spectrum, spectral_embedding
+from .forensics import MATRIX_KINDS, EditForensics, edit_forensics
 from .graph_stats import STAT_NAMES, GraphStats, compare_with_er, er_expected, graph_statistics
 from .graphs import AttentionGraphs, HeadGraph, attention_graphs, parse_heads
+from .lowrank import LowRankSVD, lowrank_svd
 from .scree import Scree, elbow, profile_likelihood
 from .spectra import (
     KINDS,
@@ -72,4 +77,11 @@ __all__ = [
     "weight_diff",
     "WeightDiff",
     "principal_angles",
+    "edit_forensics",
+    "EditForensics",
+    "MATRIX_KINDS",
+    "KEY_SITES",
+    "TEMPLATES",
+    "lowrank_svd",
+    "LowRankSVD",
 ]

@@ -1,0 +1,217 @@
+"""`Accumulator`: per-latent statistics gathered in one streaming pass, exactly mergeable.
+
+Every statistic is a pure function of the set of (token index, latent, activation) triples,
+never of the order or batching in which they arrive, so a build in two halves equals a build
+at once and a build resumed from a checkpoint equals one never stopped:
+
+- count, sum: non-zero activations (a latent is active where its activation is > 0);
+- hist: counts in fixed log-spaced bins (HIST_LO..HIST_HI decades, BINS_PER_DECADE per decade;
+  values beyond the ends fall into the end bins), so heights sum to `count`;
+- top-k: the k largest activations, ties broken by the earlier token (exact, not sampled),
+  each with its window of tokens and that latent's activation at every window position, and
+  the other latents active at that token (the co-occurring latents);
+- samples: per latent and sample bin (SAMPLE_GROUP histogram bins), the `samples` triples of
+  lowest hash priority — a uniform random sample that does not depend on arrival order.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .config import BuildConfig
+
+HIST_LO, HIST_HI, BINS_PER_DECADE = -4, 4, 10
+N_BINS = (HIST_HI - HIST_LO) * BINS_PER_DECADE
+SAMPLE_GROUP = 5
+"""Histogram bins per sample bin (half a decade)."""
+N_SAMPLE_BINS = N_BINS // SAMPLE_GROUP
+EMPTY = torch.iinfo(torch.int64).max
+_M1, _M2, _M3 = 0x1E3779B97F4A7C15, 0x42B2AE3D27D4EB4F, 0x7F51AFD7ED558CCD
+
+
+def bin_edges() -> Float[Tensor, " edge"]:
+    """The N_BINS + 1 histogram edges (the first and last bins also hold values beyond them)."""
+    return torch.logspace(HIST_LO, HIST_HI, N_BINS + 1, dtype=torch.float64)
+
+
+def bin_of(values: Tensor) -> Tensor:
+    b = torch.floor((torch.log10(values.double()) - HIST_LO) * BINS_PER_DECADE)
+    return b.clamp(0, N_BINS - 1).to(torch.int64)
+
+
+def priority(index: Tensor, latent: Tensor) -> Tensor:
+    """A pseudo-random, non-negative int64 per (token index, latent) (splitmix-style mixing)."""
+    x = index * _M1 + latent * _M2
+    x = x ^ (x >> 29)
+    x = x * _M3
+    x = x ^ (x >> 32)
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+def first_k(segment: Tensor, order_key: Tensor, k: int, descending: bool) -> tuple[Tensor, Tensor]:
+    """Indices (into the inputs) of the first k items of each segment after a stable sort by
+    `order_key` (ties keep input order), and each kept item's rank within its segment."""
+    by_key = torch.sort(order_key, descending=descending, stable=True).indices
+    by_seg = by_key[torch.sort(segment[by_key], stable=True).indices]
+    seg = segment[by_seg]
+    starts = torch.searchsorted(seg, seg, right=False)
+    rank = torch.arange(len(seg)) - starts
+    keep = rank < k
+    return by_seg[keep], rank[keep]
+
+
+class Accumulator:
+    """Running statistics of `d_sae` latents (see the module docstring)."""
+
+    def __init__(self, d_sae: int, cfg: BuildConfig):
+        self.cfg, self.d = cfg, d_sae
+        k, w, s, m = cfg.k, cfg.window, cfg.samples, cfg.co_active
+        self.n_tokens = 0
+        self.count = torch.zeros(d_sae, dtype=torch.int64)
+        self.total = torch.zeros(d_sae, dtype=torch.float64)
+        self.hist = torch.zeros(d_sae, N_BINS, dtype=torch.int64)
+        self.top_val = torch.zeros(d_sae, k)
+        self.top_idx = torch.full((d_sae, k), -1, dtype=torch.int64)
+        self.top_acts = torch.zeros(d_sae, k, w)
+        self.top_toks = torch.full((d_sae, k, w), -1, dtype=torch.int32)
+        self.co_ids = torch.full((d_sae, k, m), -1, dtype=torch.int32)
+        self.co_val = torch.zeros(d_sae, k, m)
+        self.s_pri = torch.full((d_sae, N_SAMPLE_BINS, s), EMPTY, dtype=torch.int64)
+        self.s_idx = torch.full((d_sae, N_SAMPLE_BINS, s), -1, dtype=torch.int64)
+        self.s_val = torch.zeros(d_sae, N_SAMPLE_BINS, s)
+
+    STATE = (
+        "count",
+        "total",
+        "hist",
+        "top_val",
+        "top_idx",
+        "top_acts",
+        "top_toks",
+        "co_ids",
+        "co_val",
+        "s_pri",
+        "s_idx",
+        "s_val",
+    )
+
+    def state(self) -> dict[str, Tensor]:
+        return {name: getattr(self, name) for name in self.STATE}
+
+    def load(self, state: dict[str, Tensor], n_tokens: int) -> Accumulator:
+        for name in self.STATE:
+            if tuple(state[name].shape) != tuple(getattr(self, name).shape):
+                raise ValueError(f"state tensor {name} has shape {list(state[name].shape)}")
+            setattr(self, name, state[name].clone())
+        self.n_tokens = n_tokens
+        return self
+
+    @torch.no_grad()
+    def update(self, acts: Float[Tensor, "batch pos d_sae"], tokens: Int[Tensor, "batch pos"]) -> None:
+        """Add one batch of contexts (its tokens follow every token added so far)."""
+        b, p, d = acts.shape
+        flat = acts.reshape(b * p, d).float()
+        t, lat = (flat > 0).nonzero().unbind(1)  # row-major: token order within each latent
+        val = flat[t, lat]
+        gidx = t + self.n_tokens
+        self.count += torch.bincount(lat, minlength=d)
+        self.total.index_add_(0, lat, val.double())
+        bins = bin_of(val)
+        self.hist += torch.bincount(lat * N_BINS + bins, minlength=d * N_BINS).view(d, N_BINS)
+        self._top(flat, tokens, t, lat, val, p)
+        self._samples(gidx, lat, val, bins)
+        self.n_tokens += b * p
+
+    def _top(self, flat: Tensor, tokens: Tensor, t: Tensor, lat: Tensor, val: Tensor, p: int) -> None:
+        k = self.cfg.k
+        pick, _ = first_k(lat, val, k, descending=True)  # the batch's own top-k: fewer to merge
+        t, lat, val = t[pick], lat[pick], val[pick]
+        old_l, old_r = (self.top_idx >= 0).nonzero().unbind(1)
+        n_old = len(old_l)
+        all_l = torch.cat([old_l, lat])
+        all_v = torch.cat([self.top_val[old_l, old_r], val])
+        keep, rank = first_k(all_l, all_v, k, descending=True)  # old entries first: earlier tokens win ties
+        kl = all_l[keep]
+        from_old = keep < n_old
+        new_val = torch.zeros_like(self.top_val)
+        new_idx = torch.full_like(self.top_idx, -1)
+        new_acts, new_toks = torch.zeros_like(self.top_acts), torch.full_like(self.top_toks, -1)
+        new_co, new_cv = torch.full_like(self.co_ids, -1), torch.zeros_like(self.co_val)
+        o = keep[from_old]
+        src = (old_l[o], old_r[o])
+        dst = (kl[from_old], rank[from_old])
+        for new, old in (
+            (new_val, self.top_val),
+            (new_idx, self.top_idx),
+            (new_acts, self.top_acts),
+            (new_toks, self.top_toks),
+            (new_co, self.co_ids),
+            (new_cv, self.co_val),
+        ):
+            new[dst] = old[src]
+        fresh = keep[~from_old] - n_old
+        dst = (kl[~from_old], rank[~from_old])
+        tf, lf = t[fresh], lat[fresh]
+        new_val[dst] = val[fresh]
+        new_idx[dst] = tf + self.n_tokens
+        new_acts[dst], new_toks[dst] = self._windows(flat, tokens, tf, lf, p)
+        new_co[dst], new_cv[dst] = self._co_active(flat, tf, lf)
+        self.top_val, self.top_idx, self.top_acts, self.top_toks = new_val, new_idx, new_acts, new_toks
+        self.co_ids, self.co_val = new_co, new_cv
+
+    def _windows(self, flat: Tensor, tokens: Tensor, t: Tensor, lat: Tensor, p: int) -> tuple[Tensor, Tensor]:
+        """Each entry's window: the latent's activation and the token at every position (-1 outside the context)."""
+        offsets = torch.arange(-self.cfg.before, self.cfg.after + 1)
+        pos = (t % p)[:, None] + offsets
+        inside = (pos >= 0) & (pos < p)
+        rows = (t - t % p)[:, None] + pos.clamp(0, p - 1)
+        acts = torch.where(inside, flat[rows, lat[:, None]], 0.0)
+        toks = torch.where(inside, tokens.reshape(-1)[rows], -1).to(torch.int32)
+        return acts, toks
+
+    def _co_active(self, flat: Tensor, t: Tensor, lat: Tensor) -> tuple[Tensor, Tensor]:
+        m = self.cfg.co_active
+        if m == 0 or len(t) == 0:
+            return torch.full((len(t), m), -1, dtype=torch.int32), torch.zeros(len(t), m)
+        tokens, where = torch.unique(t, return_inverse=True)
+        top = flat[tokens].topk(min(m + 1, self.d), dim=-1)
+        ids, vals = top.indices[where], top.values[where]
+        vals = torch.where(ids == lat[:, None], -1.0, vals)  # the latent itself goes last
+        order = vals.topk(min(m, ids.shape[1]), dim=-1).indices
+        ids, vals = ids.gather(1, order), vals.gather(1, order)
+        ids = torch.where(vals > 0, ids, -1).to(torch.int32)
+        vals = vals.clamp_min(0)
+        if ids.shape[1] < m:
+            ids = torch.cat([ids, torch.full((len(t), m - ids.shape[1]), -1, dtype=torch.int32)], 1)
+            vals = torch.cat([vals, torch.zeros(len(t), m - vals.shape[1])], 1)
+        return ids, vals
+
+    def _samples(self, gidx: Tensor, lat: Tensor, val: Tensor, bins: Tensor) -> None:
+        s = self.cfg.samples
+        if s == 0:
+            return
+        seg = lat * N_SAMPLE_BINS + bins // SAMPLE_GROUP
+        pri = priority(gidx, lat)
+        pick, _ = first_k(seg, pri, s, descending=False)
+        seg, pri, gidx, val = seg[pick], pri[pick], gidx[pick], val[pick]
+        flat_pri, flat_idx, flat_val = self.s_pri.view(-1, s), self.s_idx.view(-1, s), self.s_val.view(-1, s)
+        old_seg, old_slot = (flat_idx >= 0).nonzero().unbind(1)
+        all_seg = torch.cat([old_seg, seg])
+        all_pri = torch.cat([flat_pri[old_seg, old_slot], pri])
+        all_idx = torch.cat([flat_idx[old_seg, old_slot], gidx])
+        all_val = torch.cat([flat_val[old_seg, old_slot], val])
+        keep, rank = first_k(all_seg, all_pri, s, descending=False)
+        new_pri, new_idx, new_val = (
+            torch.full_like(flat_pri, EMPTY),
+            torch.full_like(flat_idx, -1),
+            torch.zeros_like(flat_val),
+        )
+        dst = (all_seg[keep], rank)
+        new_pri[dst], new_idx[dst], new_val[dst] = all_pri[keep], all_idx[keep], all_val[keep]
+        self.s_pri, self.s_idx, self.s_val = (
+            new_pri.view_as(self.s_pri),
+            new_idx.view_as(self.s_idx),
+            new_val.view_as(self.s_val),
+        )

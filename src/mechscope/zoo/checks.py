@@ -153,6 +153,7 @@ COMPARISONS: dict[str, Callable[[dict, dict], list[Check]]] = {
     "chain": _chain,
     "superposition": _superposition,
     "digits": _digits,
+    "vit-digits": _digits,  # the same measures: test and train accuracy within the card's tolerance
     "modadd": _modadd,
     "pycode": _pycode,
 }

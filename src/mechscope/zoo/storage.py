@@ -49,7 +49,7 @@ def register_module_class(name: str):
 
 
 def _registered() -> dict[str, type[nn.Module]]:
-    from . import digits, superposition  # noqa: F401  their classes register themselves
+    from . import digits, superposition, vit_digits  # noqa: F401  their classes register themselves
 
     return MODULE_CLASSES
 

@@ -1,0 +1,248 @@
+"""`sanity(model, method, inputs) -> SanityReport`: are a method's maps about the model?
+
+Adebayo et al. (2018) showed that some saliency maps barely change when the model's weights
+are randomised, so they cannot explain the model. This runs their two tests and two
+faithfulness measures, and reports every one as passed or failed (never hidden):
+
+- cascading parameter randomisation: layers re-initialised from the top down, cumulatively;
+  Spearman rank correlation of each stage's maps with the original maps (|map| for signed
+  methods). Pass: mean correlation after the last stage below `threshold`.
+- label randomisation (when `labels=(images, classes)` are given): the same architecture
+  trained from scratch on shuffled labels; its maps should not match the real model's.
+- deletion / insertion AUC (`faithfulness.py`) against the mean of random pixel orders.
+- completeness (IG and other methods with a convergence gap): |sum attr - output diff| /
+  |output diff| at most `completeness_tol`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..errors import MechscopeError
+from ..module_model import ModuleModel
+from ..results import Saveable, pandas
+from . import faithfulness, randomise
+from .attribution import Attribution, attribute
+from .inputs import as_image_model, check_images, check_target, class_count, forward_fn
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SanityReport(Saveable):
+    """The verdicts and the evidence behind them (maps per stage, correlations, curves)."""
+
+    KIND: ClassVar[str] = "sanity"
+    method: str
+    model_name: str
+    signed: bool
+    threshold: float
+    stages: list[str]
+    """Cascade stages, top layer first; stage k has layers 0..k of this list randomised."""
+    checks: list[dict]
+    """One {name, value, bound, ok} per test that ran."""
+    inputs: Tensor
+    target: Tensor
+    cascade_maps: Tensor
+    """[1 + stages, batch, H, W]: the original maps, then each stage's."""
+    spearman: Tensor
+    """[stages, batch]: rank correlation of each stage's map with the original."""
+    deletion_curve: Tensor | None = None
+    deletion_random: Tensor | None = None
+    insertion_curve: Tensor | None = None
+    insertion_random: Tensor | None = None
+    label_maps: Tensor | None = None
+    label_spearman: Tensor | None = None
+    completeness: Tensor | None = None
+
+    def ok(self, name: str) -> bool:
+        found = [c["ok"] for c in self.checks if c["name"] == name]
+        if not found:
+            raise MechscopeError(f"no '{name}' check ran: ran {', '.join(c['name'] for c in self.checks)}")
+        return found[0]
+
+    @property
+    def passed(self) -> bool:
+        return all(c["ok"] for c in self.checks)
+
+    @property
+    def failed(self) -> list[str]:
+        return [c["name"] for c in self.checks if not c["ok"]]
+
+    def lines(self) -> list[str]:
+        return [
+            f"{'PASS' if c['ok'] else 'FAIL'} {c['name']}: {c['value']:.4g} (pass if {c['bound']})" for c in self.checks
+        ]
+
+    def to_frame(self):
+        return pandas().DataFrame(
+            {
+                "stage": self.stages,
+                "spearman_mean": self.spearman.mean(1).tolist(),
+                "spearman_max": self.spearman.amax(1).tolist(),
+            }
+        )
+
+    def plot(self):
+        """The randomisation cascade: maps per stage and the correlation curve."""
+        from .figures import cascade_figure
+
+        return cascade_figure(self)
+
+    def plot_curves(self):
+        """Deletion and insertion curves against random order."""
+        from .figures import curves_figure
+
+        if self.deletion_curve is None:
+            raise MechscopeError("this report has no deletion/insertion curves: run sanity with deletion=True")
+        return curves_figure(self)
+
+
+def rank_correlation(a: Tensor, b: Tensor) -> Tensor:
+    """Spearman correlation of each pair of maps [batch, ...] (average ranks for ties); a
+    constant map ranks nothing, so it scores 0."""
+    from scipy.stats import spearmanr
+
+    out = []
+    for x, y in zip(a.flatten(1).double().numpy(), b.flatten(1).double().numpy()):
+        rho = spearmanr(x, y).statistic if x.std() > 0 and y.std() > 0 else 0.0
+        out.append(0.0 if math.isnan(rho) else float(rho))
+    return torch.tensor(out)
+
+
+def _maps(model: ModuleModel, images: Tensor, target: Tensor, method, batch_size: int | None, kwargs) -> Attribution:
+    size = batch_size or len(images)
+    parts = [
+        attribute(model, images[i : i + size], target[i : i + size], method=method, **kwargs)
+        for i in range(0, len(images), size)
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    first.maps = torch.cat([p.maps for p in parts])
+    first.target, first.inputs = target, images.cpu()
+    if first.delta is not None and first.output_diff is not None:
+        first.delta = torch.cat([p.delta for p in parts if p.delta is not None])
+        first.output_diff = torch.cat([p.output_diff for p in parts if p.output_diff is not None])
+    return first
+
+
+def _label_model(model: ModuleModel, labels, epochs: int, seed: int) -> tuple[ModuleModel, float]:
+    """The same architecture, re-initialised and trained on shuffled labels; its accuracy on them."""
+    x, y = labels
+    x, y = check_images(model, x), torch.as_tensor(y).long().to(model.device)
+    module = copy.deepcopy(model.hf)
+    for k, layer in enumerate(randomise.layers(module)):
+        randomise.randomise(module, layer, seed + 1000 + k)
+    gen = torch.Generator().manual_seed(seed)
+    shuffled = y[torch.randperm(len(y), generator=gen).to(y.device)]
+    opt = torch.optim.Adam(module.parameters(), lr=1e-3)
+    forward = forward_fn(ModuleModel(module))
+    module.train()
+    for _ in tqdm(range(epochs), desc="random labels", unit="epoch", disable=epochs < 5, leave=False):
+        for batch in torch.randperm(len(y), generator=gen).split(64):
+            loss = F.cross_entropy(forward(x[batch]), shuffled[batch])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    module.eval()
+    with torch.no_grad():
+        accuracy = float((forward(x).argmax(-1) == shuffled).float().mean())
+    return ModuleModel(module, name=f"{model.name} (random labels)"), accuracy
+
+
+def _check(name: str, value: float, bound: str, ok: bool) -> dict:
+    return {"name": name, "value": float(value), "bound": bound, "ok": bool(ok)}
+
+
+def _faithfulness(model, images, target, attr, steps, n_random, seed, baseline) -> tuple[list[dict], dict]:
+    forward, pixels = forward_fn(model), images.shape[-2] * images.shape[-1]
+    base = torch.zeros_like(images) if baseline is None else torch.as_tensor(baseline).to(images).expand_as(images)
+    steps = min(steps or pixels, pixels)
+    orders, randoms = faithfulness.ranked(attr.maps), faithfulness.random_orders(len(images), pixels, n_random, seed)
+    out, checks = {}, []
+    for kind, insertion in (("deletion", False), ("insertion", True)):
+        curve = faithfulness.curves(forward, images, target, orders, base, steps, insertion)
+        random = torch.stack([faithfulness.curves(forward, images, target, o, base, steps, insertion) for o in randoms])
+        out[f"{kind}_curve"], out[f"{kind}_random"] = curve, random.mean(0)
+        a, r = float(faithfulness.auc(curve).mean()), float(faithfulness.auc(random.mean(0)).mean())
+        better = a < r if kind == "deletion" else a > r
+        checks.append(_check(kind, a, f"{'<' if kind == 'deletion' else '>'} random order's {r:.4g}", better))
+    return checks, out
+
+
+def sanity(
+    model,
+    method="gradcam",
+    inputs: Tensor | None = None,
+    target=None,
+    *,
+    randomisation: bool = True,
+    labels: tuple[Tensor, Tensor] | None = None,
+    label_epochs: int = 20,
+    deletion: bool = True,
+    deletion_steps: int | None = None,
+    n_random: int = 5,
+    threshold: float = 0.5,
+    completeness_tol: float = 1e-2,
+    batch_size: int | None = None,
+    seed: int = 0,
+    **attribute_kwargs,
+) -> SanityReport:
+    """Run the sanity checks on `method` (a name `attribute` knows, or a callable
+    `(model, images, target) -> maps`) for `inputs` and their `target` classes (None: the
+    model's predictions, kept fixed through every stage). batch_size: images per attribute
+    call (None: all at once). Other keyword arguments go to `attribute`."""
+    if inputs is None:
+        raise MechscopeError("sanity needs inputs: a batch of images [batch, channels, height, width]")
+    model = as_image_model(model)
+    images = check_images(model, inputs)
+    n_classes, logits = class_count(model, images)
+    target = check_target(target, n_classes, len(images), logits)
+    original = _maps(model, images, target, method, batch_size, attribute_kwargs)
+    prep = (lambda m: m.abs()) if original.signed else (lambda m: m)
+    stage_names, stage_maps, checks = [], [original.maps], []
+    if randomisation:
+        total = len(randomise.top_down(model.hf))  # stages share one module: use each before the next
+        for name, module in tqdm(randomise.cascade(model.hf, seed), total=total, desc="cascade", leave=False):
+            stage = ModuleModel(module, name=f"{model.name} (randomised to {name})")
+            stage_names.append(name)
+            stage_maps.append(_maps(stage, images, target, method, batch_size, attribute_kwargs).maps)
+    rho = (
+        torch.stack([rank_correlation(prep(original.maps), prep(m)) for m in stage_maps[1:]])
+        if stage_names
+        else torch.zeros(0, len(images))
+    )
+    if stage_names:
+        checks.append(_check("randomisation", rho[-1].mean(), f"< {threshold}", rho[-1].mean() < threshold))
+    extra: dict = {}
+    if labels is not None:
+        shuffled, accuracy = _label_model(model, labels, label_epochs, seed)
+        extra["label_maps"] = _maps(shuffled, images, target, method, batch_size, attribute_kwargs).maps
+        extra["label_spearman"] = rank_correlation(prep(original.maps), prep(extra["label_maps"]))
+        logger.info("random-label model fits its shuffled labels to %.2f accuracy", accuracy)
+        value = extra["label_spearman"].mean()
+        checks.append(_check("labels", value, f"< {threshold} (random-label fit {accuracy:.2f})", value < threshold))
+    if deletion:
+        more, curves = _faithfulness(
+            model, images, target, original, deletion_steps, n_random, seed, attribute_kwargs.get("baseline")
+        )
+        checks += more
+        extra.update(curves)
+    if original.completeness is not None:
+        worst = original.completeness.max()
+        checks.append(_check("completeness", worst, f"<= {completeness_tol}", worst <= completeness_tol))
+        extra["completeness"] = original.completeness
+    return SanityReport(
+        original.method, model.name, original.signed, threshold, stage_names, checks, images.cpu(), target,
+        torch.stack(stage_maps), rho, **extra,
+    )  # fmt: skip

@@ -15,6 +15,7 @@ diff = structure.weight_diff(base, finetuned)      # is the update low-rank, and
 diff.row("blocks.0.mlp.W_in")["rank"], diff.directions("blocks.0.mlp.W_in")
 found = structure.edit_forensics(base, edited, candidates=names)   # which matrix, rank, subject, object
 found.changed(), found.readings["blocks.1.mlp.W_out"]["keys"][0]
+lora = structure.lora_forensics(base, "adapter_dir")                 # rank usage, intruder dimensions
 """
 
 from .edit_reading import KEY_SITES, TEMPLATES
@@ -22,6 +23,7 @@ from .embedding import Communities, Embedding, adjacency_spectrum, communities, 
 from .forensics import MATRIX_KINDS, EditForensics, edit_forensics
 from .graph_stats import STAT_NAMES, GraphStats, compare_with_er, er_expected, graph_statistics
 from .graphs import AttentionGraphs, HeadGraph, attention_graphs, parse_heads
+from .lora import LoraAdapter, LoraForensics, LoraModule, lora_forensics, read_adapter
 from .lowrank import LowRankSVD, lowrank_svd
 from .scree import Scree, elbow, profile_likelihood
 from .spectra import (
@@ -84,4 +86,9 @@ __all__ = [
     "TEMPLATES",
     "lowrank_svd",
     "LowRankSVD",
+    "lora_forensics",
+    "LoraForensics",
+    "read_adapter",
+    "LoraAdapter",
+    "LoraModule",
 ]

@@ -60,3 +60,32 @@ def promoted_figure(reading: dict, name: str, top: int):
         ax.set_xlabel(label)
     axes[0][0].set_title(f"{name}: what the update promotes", fontsize=9)
     return fig
+
+
+def lora_figure(rows: list[dict], values: dict, title: str):
+    """Rank usage per adapted module (left) and the singular values of each update (right)."""
+    fig, axes = figure(11, 0.22 * len(rows) + 2.2, 1, 2)
+    left, right = axes[0]
+    y = np.arange(len(rows))[::-1]
+    for i, (key, label) in enumerate(
+        (
+            ("r", "nominal r"),
+            ("rank", "numerical rank"),
+            ("rank_threshold", "rank by threshold"),
+            ("intruders", "intruders"),
+        )
+    ):
+        left.barh(y + (i - 1.5) * 0.2, [r[key] for r in rows], height=0.2, label=label, color=f"C{i}")
+    left.set_yticks(y)
+    left.set_yticklabels([r["name"] for r in rows], fontsize=6)
+    left.legend(fontsize=7)
+    left.set_title("rank usage per module", fontsize=9)
+    for i, r in enumerate(rows[:10]):
+        s = np.maximum(values[r["name"]].numpy(), np.finfo(np.float64).tiny)
+        right.semilogy(np.arange(1, len(s) + 1), s, marker="o", ms=3, color=f"C{i % 10}", label=r["name"][-30:])
+    right.set_xlabel("index i")
+    right.set_ylabel("σ_i(scaling · B A)")
+    right.set_title(title if len(title) <= 50 else "…" + title[-49:], fontsize=9)
+    if rows:
+        right.legend(fontsize=6)
+    return fig

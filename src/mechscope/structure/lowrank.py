@@ -106,7 +106,9 @@ def lowrank_svd(
             resid = residual_norm(a, basis)
             if resid <= tol:
                 return LowRankSVD(basis @ ub, s, vh.T, resid, "randomized", tol)
-        log.debug("rank guess q=%d too small (σ_q=%.3g, tol=%.3g): doubling", q, float(s[-1]), tol)
-        q *= 2
+        log.debug("rank guess q=%d too small (σ_q=%.3g, tol=%.3g)", q, float(s[-1]), tol)
+        if q == limit:
+            break
+        q = min(2 * q, limit)
     u, s, vh = torch.linalg.svd(a, full_matrices=False)
     return LowRankSVD(u, s, vh.T, 0.0, "full", rtol * (scale + float(s[0]) if len(s) else 0.0))

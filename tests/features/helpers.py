@@ -101,3 +101,38 @@ def assert_same_store(a: Path, b: Path) -> None:
         assert ta[kind].keys() == tb[kind].keys()
         for key in ta[kind]:
             assert torch.equal(ta[kind][key], tb[kind][key]), (kind, key)
+
+
+SCRIPT_TOKEN = "<script>alert(1)</script>"
+
+
+def dashboard_store(folder: Path, latent: int = 5):
+    """A store for the dashboard tests: the planted detector of the corpus's most frequent
+    separable token, its dictionary saved on disk (for the prompt page), and that token's
+    text in the store's vocabulary replaced by `SCRIPT_TOKEN` (a hostile tokenizer), so that
+    every page must escape it. Returns (model, coder, store folder, planted token id)."""
+    from mechscope import features
+
+    model, docs = pycode(), texts()
+    tokens = corpus_tokens(model, docs)
+    W_E = model.W_E.detach().float()
+    ids, counts = tokens.flatten().unique(return_counts=True)
+    token = None
+    for t in ids[counts.argsort(descending=True)].tolist():
+        proj = W_E @ W_E[t] / W_E[t].dot(W_E[t])
+        proj[t] = -1e9
+        if float(proj.max()) < 0.9 and t != model.tokenizer.eos_token_id:
+            token = int(t)
+            break
+    assert token is not None
+    coder = planted_coder(model, token, latent=latent)
+    coder.save(folder / "sae")
+    features.build(model, folder / "sae", tokens, folder / "store", cfg=CFG)
+    db = sqlite3.connect(folder / "store" / "store.sqlite")
+    db.execute("UPDATE vocab SET text = ? WHERE id = ?", (SCRIPT_TOKEN, token))
+    db.execute(
+        "UPDATE latents SET top_token = ?, tokens = ? WHERE id = ?", (SCRIPT_TOKEN, f"\n{SCRIPT_TOKEN}\n", latent)
+    )
+    db.commit()
+    db.close()
+    return model, coder, folder / "store", token

@@ -1,0 +1,165 @@
+"""The dashboard over real HTTP: pages and their JSON agree with the store, the prompt page
+reads the dictionary on the model, every token string is escaped, and the security rules
+hold (bind, token, traversal, sizes, JSON errors)."""
+
+from __future__ import annotations
+
+import http.client
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import torch
+
+from mechscope import features
+from mechscope.circuits.circuit import Circuit
+from mechscope.circuits.graph import Graph
+from mechscope.errors import MechscopeError
+from mechscope.server.core import Running
+from mechscope.server.dashboard import dashboard_app
+from tests.conftest import requires_pycode
+from tests.features.helpers import SCRIPT_TOKEN, dashboard_store
+
+pytestmark = requires_pycode
+TOKEN = "dashboard-secret"
+LATENT = 5
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dash")
+    model, coder, store, token = dashboard_store(folder, LATENT)
+    graph = Graph.from_model(model)
+    edges = graph.edges[:12]
+    Circuit(graph, edges, torch.linspace(1, -1, len(edges)), method="eap", metric="logit_diff", model=model.name).save(
+        folder / "circuit"
+    )
+    app = dashboard_app([store], model=model, circuits=[folder / "circuit"])
+    with Running(app) as server:
+        yield model, coder, store, token, server.url
+
+
+def _raw_get(url: str, path: str) -> tuple[int, bytes]:
+    """A GET of `path` exactly as written (httpx would normalise dot segments)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def test_feature_page_and_json_agree_with_the_store(setup):
+    _, _, store, _, url = setup
+    expected = features.open(store).feature(LATENT)
+    data = httpx.get(f"{url}/api/feature/store/{LATENT}").json()
+    assert data["count"] == expected.count and data["density"] == expected.density
+    assert [e["token_index"] for e in data["top"]] == [e.token_index for e in expected.top]
+    page = httpx.get(f"{url}/feature/store/{LATENT}")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for e in expected.top:
+        for act in e.acts or []:
+            assert f'data-act="{act!r}"' in page.text
+    assert "activation (log-spaced bins)" in page.text and ">count</text>" in page.text
+
+
+def test_every_token_string_is_escaped(setup):
+    _, _, _, _, url = setup
+    for path in ("/", f"/feature/store/{LATENT}", f"/?token={SCRIPT_TOKEN}", "/?token=%3Cscript%3E"):
+        text = httpx.get(url + path).text
+        assert "<script>alert" not in text, path
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in httpx.get(f"{url}/feature/store/{LATENT}").text
+    browser = httpx.get(url + "/", params={"token": "<script>", "sort": "density"}).text
+    assert f"<a href='/feature/store/{LATENT}'>{LATENT}</a>" in browser  # found by its (hostile) token
+
+
+def test_search_sort_and_paging(setup):
+    _, _, store, _, url = setup
+    s = features.open(store)
+    page = httpx.get(url + "/api/features", params={"sort": "density", "per_page": 5, "page": 1}).json()
+    everything = s.search(sort="density", per_page=1000)
+    assert page["total"] == everything.total
+    assert [r["id"] for r in page["rows"]] == [r["id"] for r in everything.rows[5:10]]
+    low = httpx.get(url + "/api/features", params={"max_density": 0.01, "sort": "density", "asc": 1}).json()
+    assert all(r["density"] <= 0.01 for r in low["rows"])
+    assert [r["density"] for r in low["rows"]] == sorted(r["density"] for r in low["rows"])
+    bad = httpx.get(url + "/api/features", params={"sort": "nonsense"})
+    assert bad.status_code == 400 and "unknown sort" in bad.json()["error"]["message"]
+
+
+def test_prompt_api_reads_the_dictionary(setup):
+    model, coder, _, token, url = setup
+    text = model.tokenizer.decode([token])
+    prompt = f"x ={text} 1\nfor{text} y"
+    data = httpx.post(url + "/api/prompt", json={"prompt": prompt}, timeout=60).json()
+    ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert len(data["tokens"]) == len(ids)
+    for i, t in enumerate(ids):  # the planted latent is listed exactly at the planted token
+        listed = [lat for lat, _ in data["latents"]["store"][i]]
+        assert (LATENT in listed) == (t == token)
+    with torch.no_grad():
+        acts = coder.encode(model.run(torch.tensor([ids]), record=["hook_embed"]).cache["hook_embed"])[0]
+    for i, listed in enumerate(data["latents"]["store"]):  # each token's strongest latents, as encode gives them
+        top = acts[i].topk(8)
+        expected = [(int(j), float(v)) for j, v in zip(top.indices, top.values) if v > 0]
+        assert [lat for lat, _ in listed] == [j for j, _ in expected]
+        assert [v for _, v in listed] == pytest.approx([v for _, v in expected], abs=1e-4)
+    assert any(data["latents"]["store"])
+    assert len(data["attention"]) == model.dims.n_layers and len(data["attention"][0]) == model.dims.n_heads
+    for row in data["attention"][1][0]:
+        assert sum(row) == pytest.approx(1.0, abs=5e-3)
+    assert data["lens"]["layers"][0] == "embed" and len(data["lens"]["top"][0]) == len(ids)
+    assert data["probe"] is None
+
+
+def test_circuit_page(setup):
+    _, _, _, _, url = setup
+    data = httpx.get(url + "/api/circuit/circuit").json()
+    assert len(data["edges"]) == 12 and {e["from"] for e in data["edges"]} <= {n["id"] for n in data["nodes"]}
+    assert httpx.get(url + "/circuit/circuit").status_code == 200
+    assert httpx.get(url + "/api/circuit/nope").status_code == 404
+
+
+def test_security(setup, tmp_path):
+    _, _, store, _, url = setup
+    for path in (
+        "/api/feature/../../etc/passwd",
+        "/api/feature/..%2F..%2Fetc%2Fpasswd",
+        "/api/feature/%2e%2e/%2e%2e/etc/passwd",
+        "/static/..%2F..%2Fdashboard.py",
+        "/static/../core.py",
+        "/feature/..%2Fstore/1",
+        "/api/feature/store/..%2F1",
+    ):
+        status, body = _raw_get(url, path)
+        assert status == 404, path
+        assert b"root:" not in body and b"import" not in body
+    assert httpx.get(url + "/static/app.js").status_code == 200
+    long = httpx.post(url + "/api/prompt", json={"prompt": "x " * 400})
+    assert long.status_code == 413 and "at most" in long.json()["error"]["message"]
+    huge = httpx.post(url + "/api/prompt", content=b"x" * (70 * 1024))
+    assert huge.status_code == 413
+    assert httpx.post(url + "/api/feature/store/1").status_code == 405  # read-only
+    broken = httpx.post(url + "/api/prompt", content=b"{not json")
+    assert broken.status_code == 400 and "error" in broken.json()
+    missing = httpx.get(url + "/api/feature/store/99999")
+    assert missing.status_code == 400 and missing.json()["error"]["message"].startswith("no latent")
+    with pytest.raises(MechscopeError, match="without a token"):
+        Running(dashboard_app([store]), host="0.0.0.0")
+    with Running(dashboard_app([store], token=TOKEN), token=TOKEN) as guarded:
+        assert httpx.get(guarded.url + "/api/features").status_code == 401
+        ok = httpx.get(guarded.url + "/api/features", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert ok.status_code == 200
+
+
+def test_bad_stores(setup, tmp_path):
+    model, _, store, _, _ = setup
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "store.sqlite").write_bytes(b"garbage" * 100)
+    with pytest.raises(MechscopeError, match="not a readable feature store"):
+        dashboard_app([tmp_path / "junk"])
+    with pytest.raises(MechscopeError, match="nothing to serve"):
+        dashboard_app([])
+    import mechscope as ms
+
+    with pytest.raises(MechscopeError, match="built on zoo:pycode, not zoo:induction"):
+        dashboard_app([store], model=ms.load("zoo:induction"))

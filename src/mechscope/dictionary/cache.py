@@ -14,8 +14,14 @@ corpus order, for every site, so rows line up across sites.
 Writing is resumable: every file is written atomically and a shard whose files all exist is
 skipped; the manifests are written last, once the shards are synced to disk. The writer
 holds the folder's lock (`io.folder_lock`): a second writer into the same folder is refused.
+Under `torchrun` rank r records shards r, r + world, ... into the one folder (a file system
+every rank sees) and rank 0 writes the manifests once all are there: the cache is the same,
+byte for byte, as one process writes.
 
-Reading: batch `step` takes the rows `step * batch_tokens ... (step + 1) * batch_tokens` of
+Reading: `CacheReader` below shuffles the whole cache (memory-mapped); a cache larger than
+memory is streamed shard by shard by `streaming.ShardStream` (another, windowed order).
+
+`CacheReader`'s batch `step` takes the rows `step * batch_tokens ... (step + 1) * batch_tokens` of
 an endless sequence of seeded epoch permutations, a pure function of (seed, epoch, step), so
 resuming at a step is exact.
 """
@@ -37,12 +43,30 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from ..distributed import distributed
 from ..errors import MechscopeError
 from ..io import folder_lock, fsync_folder, read_json, write_bytes, write_json
 from .source import Batch, SourceConfig, keep_mask, rank_slice, record, resolve_sites, site_width
 
 log = logging.getLogger(__name__)
-DTYPES = {"float32": np.float32, "float16": np.float16}
+DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
+"""Stored dtypes. bfloat16 has no numpy type: its bits are stored as uint16. Half precision
+halves disk and memory; its cost is the FVU of the stored activations against float32:
+on zoo:pycode's blocks.2.hook_resid_post 6e-8 (float16) and 3.8e-6 (bfloat16), far below
+a dictionary's own FVU (tests/dictionary/test_streaming.py bounds it on a tiny model)."""
+
+
+def to_stored(values: Tensor, dtype: str) -> np.ndarray:
+    """float activations as the array a shard of `dtype` holds."""
+    if dtype == "bfloat16":
+        return values.to(torch.bfloat16).view(torch.uint16).numpy()
+    return values.numpy().astype(DTYPES[dtype])
+
+
+def as_float(stored: np.ndarray | Tensor) -> Tensor:
+    """Shard rows (any stored dtype; uint16 means bfloat16 bits) as a float32 tensor."""
+    t = torch.from_numpy(np.ascontiguousarray(stored)) if isinstance(stored, np.ndarray) else stored
+    return t.view(torch.bfloat16).float() if t.dtype == torch.uint16 else t.float()
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -51,8 +75,11 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     write_bytes(path, buf.getvalue())
 
 
-def _shard(i: int) -> str:
+def shard_name(i: int) -> str:
     return f"shard-{i:05d}.npy"
+
+
+_shard = shard_name
 
 
 def write_cache(
@@ -83,27 +110,47 @@ def write_cache(
         "source": asdict(cfg),
     }
     meta = json.loads(json.dumps(meta))  # as it reads back (tuples become lists)
-    with folder_lock(folder):  # one writer per cache folder; a killed one's temporary files go
-        _check_partial(folder, meta)
-        write_json(folder / "progress.json", meta)
-        sizes = _write_shards(model, names, contexts, folder, cfg, shard_contexts, dtype, progress)
-        for place in [folder / s for s in names] + [folder]:
-            fsync_folder(place)  # every shard's name is on disk before a manifest counts it
-        for s in names:
-            write_json(
-                folder / s / "cfg.json",
-                {
-                    "model": model.name,
-                    "site": s,
-                    "d_in": site_width(model, s),
-                    "dtype": dtype,
-                    "n_tokens": sum(sizes),
-                    "shards": sizes,
-                },
-                durable=True,
-            )
-        write_json(folder / "cfg.json", {**meta, "n_tokens": sum(sizes), "shards": sizes}, durable=True)
-        (folder / "progress.json").unlink()
+    rank, world = distributed()
+    with folder_lock(folder, rank=rank, world=world):  # one writer per cache folder; a killed one's temporary files go
+        _check_partial(folder, meta)  # every rank reads the same files, so all refuse alike
+        if rank == 0:
+            write_json(folder / "progress.json", meta)
+        _barrier(world)
+        _write_shards(model, names, contexts, folder, cfg, shard_contexts, dtype, progress, rank, world)
+        _barrier(world)  # every rank's shards are written before rank 0 counts them
+        if rank == 0:
+            _write_manifests(model, names, folder, meta, -(-len(contexts) // shard_contexts))
+        _barrier(world)
+    return folder
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _write_manifests(model, names: list[str], folder: Path, meta: dict, n_shards: int) -> None:
+    """Each site's cfg.json and the cache's, once the shards' names are synced to disk."""
+    sizes = [int(np.load(folder / f"tokens-{i:05d}.npy", mmap_mode="r").shape[0]) for i in range(n_shards)]
+    for place in [folder / s for s in names] + [folder]:
+        fsync_folder(place)  # every shard's name is on disk before a manifest counts it
+    for s in names:
+        write_json(
+            folder / s / "cfg.json",
+            {
+                "model": model.name,
+                "site": s,
+                "d_in": site_width(model, s),
+                "dtype": meta["dtype"],
+                "n_tokens": sum(sizes),
+                "shards": sizes,
+            },
+            durable=True,
+        )
+    write_json(folder / "cfg.json", {**meta, "n_tokens": sum(sizes), "shards": sizes}, durable=True)
+    (folder / "progress.json").unlink()
     return folder
 
 
@@ -116,23 +163,26 @@ def _write_shards(
     shard_contexts: int,
     dtype: str,
     progress: bool,
-) -> list[int]:
-    """Record and write every shard not already there; the number of rows of each."""
+    rank: int = 0,
+    world: int = 1,
+) -> None:
+    """Record and write every shard not already there (under torchrun, rank r the shards
+    r, r + world, ...: each shard is the same bytes whoever records it)."""
     from tqdm.auto import tqdm
 
     n_shards, done = -(-len(contexts) // shard_contexts), 0
-    for i in tqdm(range(n_shards), desc="caching activations", unit="shard", disable=not progress):
+    mine = range(rank, n_shards, world)
+    for i in tqdm(mine, desc="caching activations", unit="shard", disable=not progress or rank != 0):
         paths = [folder / s / _shard(i) for s in names] + [folder / f"tokens-{i:05d}.npy"]
         if all(p.is_file() for p in paths):
             continue
         ids = contexts[i * shard_contexts : (i + 1) * shard_contexts]
         acts = record(model, names, ids, cfg)
         for s in names:
-            _save_npy(folder / s / _shard(i), acts[s].numpy().astype(DTYPES[dtype]))
+            _save_npy(folder / s / _shard(i), to_stored(acts[s], dtype))
         _save_npy(paths[-1], ids[keep_mask(ids, cfg)].to(torch.int32).numpy())
         done += 1
-    log.info("cache %s: %d shard(s) written, %d already there", folder, done, n_shards - done)
-    return [int(np.load(folder / f"tokens-{i:05d}.npy", mmap_mode="r").shape[0]) for i in range(n_shards)]
+    log.info("cache %s (rank %d): %d shard(s) written, %d already there", folder, rank, done, len(mine) - done)
 
 
 def _check_partial(folder: Path, meta: dict) -> None:
@@ -236,7 +286,7 @@ class CacheReader:
         for s in self.sites:
             touched = [int(k) for k in np.unique(shard)]
             parts = [np.asarray(self._maps[s][k][wanted[shard == k] - self.offsets[k]]) for k in touched]
-            sorted_rows = torch.from_numpy(np.concatenate(parts).astype(np.float32))
+            sorted_rows = as_float(np.concatenate(parts))
             for k in touched:
                 _release(self._maps[s][k])
             result = torch.empty_like(sorted_rows)

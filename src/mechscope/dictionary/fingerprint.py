@@ -49,7 +49,9 @@ def data_identity(stream) -> dict:
             },
         }
     if isinstance(stream, CacheReader):
-        return {"cache": {k: stream.meta.get(k) for k in _CACHE_FIELDS}}
+        cache = {"cache": {k: stream.meta.get(k) for k in _CACHE_FIELDS}}
+        order = getattr(stream, "identity", None)  # a reader with its own order (streaming.ShardStream)
+        return {**cache, **order()} if callable(order) else cache
     if isinstance(stream, ActivationSource):
         cfg = stream.cfg
         return {

@@ -358,16 +358,34 @@ def train_from_cache(
     progress: bool = True,
     heldout_tokens: int = 0,
     stop_after: int | None = None,
+    max_shards: int | None = None,
+    window_shards: int = 1,
 ) -> SparseCoder | list[SparseCoder]:
     """Train dictionaries on an activation cache (`write_cache`); `heldout_tokens` > 0
     evaluates on that many rows read in cache order from its end (they are not excluded
-    from training: hold out contexts when writing the cache for a clean split)."""
+    from training: hold out contexts when writing the cache for a clean split).
+
+    max_shards=None shuffles the whole cache at once (`CacheReader`, memory-mapped); a
+    number streams it (`streaming.ShardStream`): windows of `window_shards` shards shuffled
+    together, read ahead by a thread, at most `max_shards` shards in memory (another order)."""
     from .cache import CacheReader
+    from .streaming import ShardStream
 
     single = isinstance(coder_cfg, CoderConfig)
     cfgs = [coder_cfg] if isinstance(coder_cfg, CoderConfig) else list(coder_cfg)
     sites = sorted({c.hook_name for c in cfgs if c.hook_name} | {c.target_hook for c in cfgs if c.transcoder}) or None
-    reader = CacheReader(cache_dir, batch_tokens=cfg.batch_tokens, seed=cfg.seed, sites=sites)
+    reader = (
+        CacheReader(cache_dir, batch_tokens=cfg.batch_tokens, seed=cfg.seed, sites=sites)
+        if max_shards is None
+        else ShardStream(
+            cache_dir,
+            batch_tokens=cfg.batch_tokens,
+            seed=cfg.seed,
+            sites=sites,
+            window_shards=window_shards,
+            max_shards=max_shards,
+        )
+    )
     cfgs = [c if c.model_name else c.replace(model_name=reader.meta["model"]) for c in cfgs]
     held = None
     if heldout_tokens > 0:

@@ -37,6 +37,7 @@ from ..errors import MechscopeError
 from ..hooks import CopyRows, GatherLogits, Plan
 from ..run import Cache, Run
 from .metrics import Metric, MetricFn, as_metric
+from .prefix import PastPrefix, PrefixState, multiples, run_prefix, shared_prefix
 from .result import PatchResult, normalise
 from .task import Task
 
@@ -209,8 +210,15 @@ def _forward(
     mask: Tensor,
     extra: Sequence[E.Edit],
     logit_positions: Tensor | None,
+    prefix: PrefixState | None = None,
 ) -> Tensor:
-    """Logits [copies x prompts, (pos,) vocab] of one forward carrying `chunk`'s patches."""
+    """Logits [copies x prompts, (pos,) vocab] of one forward carrying `chunk`'s patches;
+    with `prefix`, only the positions after it run, attending to its KV cache (prefix.py)."""
+    tile = 1 if copies else len(chunk)
+    plans: list[Plan] = [CopyRows(copies)] if copies else []
+    if prefix is not None:
+        chunk, source, base, mask, logit_positions = _after(prefix.length, chunk, source, base, mask, logit_positions)
+        plans.append(PastPrefix(prefix, multiples(copies, tile, model.dims.n_layers)))
     by_site: dict[str, list] = defaultdict(list)
     for copy, group in enumerate(chunk):
         for p in group:
@@ -220,13 +228,30 @@ def _forward(
         _site_edit(model, site, picks, source[site], int(copies is not None and model.table[site].layer < last))
         for site, picks in by_site.items()
     ]
-    tile = 1 if copies else len(chunk)
-    plans: list[Plan] = [CopyRows(copies)] if copies else []
     plans += [] if logit_positions is None else [GatherLogits(logit_positions.repeat(tile))]
     with torch.no_grad():
-        return model.run(
+        logits = model.run(
             base.repeat(tile, 1), attention_mask=mask.repeat(tile, 1), edits=[*extra, *edits], plans=plans
         ).logits
+    if prefix is not None and prefix.logits is not None and logit_positions is None:  # every position read
+        before = prefix.logits.repeat(logits.shape[0] // len(prefix.logits), 1, 1)
+        logits = torch.cat([before, logits], 1)
+    return logits
+
+
+def _after(n: int, chunk: Sequence[Group], source: dict[str, Tensor], base: Tensor, mask: Tensor, read):
+    """The patches, sources, tokens, mask and read positions of the positions from `n` on;
+    a patch inside the prefix writes the base's own values there and is left out."""
+    shifted = [
+        tuple(
+            Patch(p.site, None if p.position is None else p.position - n, p.head)
+            for p in group
+            if p.position is None or p.position >= n
+        )
+        for group in chunk
+    ]
+    cut = {k: v[:, n:] for k, v in source.items()}
+    return shifted, cut, base[:, n:], mask[:, n:], None if read is None else read - n
 
 
 def read_positions(metric: Metric, task: Task) -> Tensor | None:
@@ -246,6 +271,7 @@ def run_groups(
     progress: bool = False,
     extra: Sequence[E.Edit] = (),
     share: bool = True,
+    prefix: int = 0,
 ) -> Tensor:
     """The metric of each group's patched run: `base` tokens, `source` activations written
     at the group's patches. Groups ride the batch dimension, `batch_size` rows a forward.
@@ -253,7 +279,12 @@ def run_groups(
     share=True skips work every copy shares: a copy joins the forward at its first patched
     block (`hooks.CopyRows`), the blocks before it run once per prompt, and the
     unembedding runs only where the metric reads (`Metric.positions`, `hooks.GatherLogits`). `extra` edits must
-    treat every copy alike: they see the prompt rows and the copies joined so far."""
+    treat every copy alike: they see the prompt rows and the copies joined so far.
+
+    prefix=P > 0 (with share, without `extra`): the caller has checked that the first P
+    positions are the same in every copy (`prefix.shared_prefix`); they run once into a KV
+    cache and each forward computes only the rest (prefix.py; whole runs where the model's
+    cache cannot be shared)."""
     if batch_size is not None and batch_size < 1:
         raise MechscopeError(f"batch_size must be at least 1 (rows per forward), got {batch_size}")
     rows = len(task)
@@ -261,10 +292,11 @@ def run_groups(
     mask = task.attention_mask()
     positions = read_positions(metric, task) if share else None
     values = torch.zeros(len(groups))
+    state = run_prefix(model, base, mask, prefix, positions is None) if prefix > 0 and share and not extra else None
     for copies, idx in tqdm(
         _chunks(model, groups, per_forward, share), desc="patching", disable=not progress, leave=False
     ):
-        logits = _forward(model, [groups[i] for i in idx], copies, source, base, mask, extra, positions)
+        logits = _forward(model, [groups[i] for i in idx], copies, source, base, mask, extra, positions, state)
         for c, i in enumerate(idx):
             values[i] = metric(logits[c * rows : (c + 1) * rows]).detach().float().cpu()
     return values
@@ -287,6 +319,7 @@ def sweep(
     batch_size: int | None = None,
     progress: bool = False,
     share: bool = True,
+    prefix: bool = True,
 ) -> PatchResult:
     """Exact activation patching of every (layer, position), (layer, head) or (layer,
     head, position) of one kind of site; see `PatchResult.scores` for the normalisation.
@@ -295,7 +328,9 @@ def sweep(
     (`attn.hook_z`, all positions at once), heads-pos (`attn.hook_z` per position).
     positions: absolute positions to sweep (default all). batch_size: rows per forward
     (patches x prompts; default 128). share=False runs every patched copy through the
-    whole model (the same numbers, slower; see `run_groups`).
+    whole model (the same numbers, slower; see `run_groups`). prefix=True (with share) runs
+    the positions before the first token where clean and corrupted prompts differ once, into
+    a KV cache, and every patched copy only from there (prefix.py; equal within 1e-5).
     """
     check_direction(direction)
     metric = as_metric(metric)
@@ -310,9 +345,14 @@ def sweep(
     same = unchanged(patches, source.cache, base_run.cache) | unread(model, patches, read)
     values = torch.full((len(patches),), m_base)
     todo = [p for p, s in zip(patches, same.tolist()) if not s]
+    n = (
+        shared_prefix(task.clean, task.corrupt, task.attention_mask(), source.cache, base_run.cache, sites, read)
+        if share and prefix
+        else 0
+    )
     if todo:
         values[~same] = run_groups(
-            model, task, [(p,) for p in todo], source.cache, base, metric, batch_size, progress, share=share
+            model, task, [(p,) for p in todo], source.cache, base, metric, batch_size, progress, share=share, prefix=n
         )
     values = values.reshape(shape)
     scores, normalized = normalise(values, m_clean, m_corrupt, direction)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..errors import MechscopeError
 from ..norms import frozen_norm
-from ..plots import figure
+from ..plots import figure, visible
 from ..results import Saveable, pandas
 from ..tokens import absolute_positions, decode, position_list, require_lm_head, token_ids
 
@@ -93,10 +93,11 @@ class DirectLogitAttribution(Saveable):
         )
         ax.axvline(0, color="black", linewidth=0.6)
         ax.tick_params(axis="y", labelsize=8)
-        ax.set_xlabel(f"direct contribution to {self.metric(row)}")
+        ax.set_xlabel(f"direct contribution to {self.metric(row)} (logit units)")
+        ax.set_ylabel("component (LxHy: layer x, head y)")
         column = int(self.positions[row, pos])
         ax.set_title(
-            f"{self.model_name}, position {column} ({self.text(self.tokens[row, pos])!r}): "
+            f"{self.model_name}, position {column} ({visible(self.text(self.tokens[row, pos]))}): "
             f"total {float(self.logit[row, pos]):.3f}",
             fontsize=9,
         )

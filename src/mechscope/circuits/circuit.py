@@ -26,6 +26,8 @@ from ..io import write_json, write_tensors
 from .graph import Graph, layer_of, node_of
 
 CHANNEL_COLOURS = {"q": "tab:blue", "k": "tab:green", "v": "tab:red", "": "tab:gray"}
+CHANNEL_NAMES = {"q": "into a query", "k": "into a key", "v": "into a value", "": "into an MLP or the logits"}
+"""What an edge's colour says: which input of its receiver it writes (the drawing's legend)."""
 
 
 @dataclass
@@ -247,7 +249,29 @@ class Circuit:
             )
         ax.set_title(title or f"{self.method} circuit: {self.n_edges} edges ({self.model})", fontsize=9)
         ax.axis("off")
+        _legend(ax, self.channels())
         return fig
+
+    def channels(self) -> list[str]:
+        """The receiver inputs (q, k, v, "" for MLP / logits) that the edges write, in CHANNEL_COLOURS order."""
+        present = {_channel(r) for _, r in self.edges}
+        return [c for c in CHANNEL_COLOURS if c in present]
+
+
+def _legend(ax, channels: list[str]) -> None:
+    """One legend entry per edge colour drawn, and none for a colour that is not."""
+    from matplotlib.lines import Line2D
+
+    if channels:
+        handles = [Line2D([], [], color=CHANNEL_COLOURS[c], lw=2, label=f"edge {CHANNEL_NAMES[c]}") for c in channels]
+        ax.legend(
+            handles=handles,
+            loc="upper left",
+            bbox_to_anchor=(1.0, 1.0),
+            fontsize=7,
+            title="width ~ |score|",
+            title_fontsize=7,
+        )
 
 
 def _channel(receiver: str) -> str:

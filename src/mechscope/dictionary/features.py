@@ -13,7 +13,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..errors import MechscopeError
-from ..plots import figure
+from ..plots import figure, visible
 from ..results import Saveable
 from ..tokens import decode
 from .attach import site_of
@@ -95,7 +95,9 @@ class TopContexts(Saveable):
             out.append(f"<h4>feature {f}</h4><table>")
             for r in self.rows(f):
                 toks = [
-                    html.escape(t) if j != r["centre"] else f"<b style='background:#fdd'>{html.escape(t)}</b>"
+                    html.escape(visible(t))
+                    if j != r["centre"]
+                    else f"<b style='background:#fdd'>{html.escape(visible(t))}</b>"
                     for j, t in enumerate(r["tokens"])
                 ]
                 out.append(f"<tr><td>{r['value']:.3f}</td><td><code>{''.join(toks)}</code></td></tr>")

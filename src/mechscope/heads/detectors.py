@@ -76,7 +76,7 @@ class HeadScores:
             yticks=range(n_layers),
             title=title or f"{self.kind.replace('_', '-')} score",
         )
-        fig.colorbar(image, ax=ax, shrink=0.8)
+        fig.colorbar(image, ax=ax, shrink=0.8, label="score (0-1)")
         return fig
 
 

@@ -19,7 +19,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from ..errors import MechscopeError
-from ..plots import figure
+from ..plots import figure, visible
 from ..results import Saveable, pandas
 from ..tokens import absolute_positions, decode, decode_many, position_list, require_lm_head, token_ids
 from . import _common as C
@@ -109,7 +109,7 @@ class LogitLens(Saveable):
                 ax.text(
                     col,
                     li,
-                    repr(word)[1:-1],
+                    visible(word),
                     ha="center",
                     va="center",
                     fontsize=7,
@@ -118,12 +118,13 @@ class LogitLens(Saveable):
         ax.set_yticks(range(len(self.layers)), self.layers, fontsize=8)
         ax.set_xticks(
             range(len(keep)),
-            [repr(self.text(self.tokens[row, p]))[1:-1][:max_chars] for p in keep],
+            [visible(self.text(self.tokens[row, p]), max_chars) for p in keep],
             rotation=60,
             ha="right",
             fontsize=8,
         )
         ax.set_xlabel("input token")
+        ax.set_ylabel("residual stream read")
         ax.set_title(
             f"{'logit' if self.translator == 'identity' else self.translator} lens: {self.model_name}", fontsize=9
         )

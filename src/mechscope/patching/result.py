@@ -92,7 +92,8 @@ class PatchResult(Saveable):
         image = ax.imshow(grid.numpy(), cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
         ax.set_yticks(range(len(rows)), rows, fontsize=7)
         ax.set_xticks(range(len(columns)), columns, rotation=90 if self.axes[-1] == "pos" else 0, fontsize=7)
-        ax.set_xlabel("position" if self.axes[-1] == "pos" else "head")
+        ax.set_xlabel("position: token" if self.axes[-1] == "pos" else "head")
+        ax.set_ylabel("layer, head" if self.scores.dim() == 3 else "layer")
         what = "normalised effect" if self.normalized else f"change in {self.metric_name}"
         fig.colorbar(image, ax=ax, label=what, shrink=0.8)
         ax.set_title(

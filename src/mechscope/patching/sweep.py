@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from .. import edits as E
 from ..errors import MechscopeError
 from ..hooks import CopyRows, GatherLogits, Plan
+from ..plots import visible
 from ..run import Cache, Run
 from .metrics import Metric, MetricFn, as_metric
 from .prefix import PastPrefix, PrefixState, multiples, run_prefix, shared_prefix
@@ -305,7 +306,7 @@ def run_groups(
 def pos_labels(model, tokens: Tensor, positions: list[int]) -> list[str]:
     if model.tokenizer is None:
         return [f"{p}:{int(tokens[p])}" for p in positions]
-    return [f"{p}:{model.tokenizer.decode([int(tokens[p])])}" for p in positions]
+    return [f"{p}:{visible(model.tokenizer.decode([int(tokens[p])]))}" for p in positions]
 
 
 def sweep(

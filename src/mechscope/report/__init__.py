@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import html
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,8 +30,12 @@ table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ border: 1px so
 th {{ background: #f3f5f9; }} code, .tok {{ font-family: ui-monospace, monospace; white-space: pre; background: #f3f5f9; border-radius: 3px; padding: 0 3px; }}
 .kv td:first-child {{ color: #556; }} img {{ max-width: 100%; }} details {{ margin: .5em 0; }}
 .bar {{ display: inline-block; height: 9px; background: #4c78a8; margin-right: 4px; vertical-align: middle; }}
+.what {{ color: #445; background: #f6f8fb; border-left: 3px solid #4c78a8; padding: .3em .6em; }}
+nav.toc {{ background: #f6f8fb; border: 1px solid #e2e5ec; padding: .4em 1em; margin-top: 1em; }}
+nav.toc ol {{ columns: 2; margin: .3em 0; }} .warn {{ color: #8a3b00; background: #fff4e5; padding: .3em .6em; }}
 </style></head><body>
 <h1>mechscope report</h1><p class="sub">{title} · generated {when}</p>
+{index}
 {body}
 </body></html>
 """
@@ -69,12 +74,30 @@ def build_report(
     if crosscoder_dir is not None:
         sections.append(functools.partial(crosscoder.section, crosscoder_dir=crosscoder_dir))
     parts = [section(model, run) for section in sections]
-    body = "\n".join(part for part in parts if part)
+    body, index = _index("\n".join(part for part in parts if part))
     title = model.name if prompt is None else f"{model.name} on {prompt[:60]!r}"
     page = PAGE.format(
-        title=html.escape(title), when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), body=body
+        title=html.escape(title),
+        when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        index=index,
+        body=body,
     )
     return write_text(Path(out_dir) / "index.html", page)
+
+
+def _index(body: str) -> tuple[str, str]:
+    """The body with an id on every section heading (<h2>), and the table of contents
+    that links to them."""
+    entries: list[tuple[str, str]] = []
+
+    def anchor(match: re.Match) -> str:
+        slug = f"s{len(entries) + 1}-" + re.sub(r"[^a-z0-9]+", "-", html.unescape(match[1]).lower()).strip("-")
+        entries.append((slug, match[1]))
+        return f'<h2 id="{slug}">{match[1]}</h2>'
+
+    body = re.sub(r"<h2>(.*?)</h2>", anchor, body)
+    items = "".join(f'<li><a href="#{slug}">{text}</a></li>' for slug, text in entries)
+    return body, f'<nav class="toc"><b>Contents</b><ol>{items}</ol></nav>'
 
 
 def _refuse_nonfinite_weights(model) -> None:

@@ -16,7 +16,33 @@ import html
 import json
 from pathlib import Path
 
-from .sections import _png
+from .sections import _png, heading
+
+TITLE = "Crosscoder"
+WHAT = (
+    "one dictionary read across several layers (or the same site of two models): which latents live in "
+    "which layer or model, and how well it reconstructs each."
+)
+
+
+def other_model_warning(model, coder) -> str:
+    """A page warning (and a log line) when `coder` was trained on other models than the
+    report's; "" when it was trained on this one or does not say."""
+    import logging
+
+    from ..dictionary.attach import _same_model
+
+    trained_on = getattr(coder.cfg, "model_name", "") or ""
+    names = [n.strip() for n in trained_on.split(" vs ")] if trained_on else []
+    if model is None or not names or any(_same_model(n, model.name) for n in names):
+        return ""
+    text = (
+        f"This {'crosscoder' if coder.cfg.blocks else 'dictionary'} was trained on {' and '.join(names)}, not on "
+        f"{model.name}: its latents describe {'those models' if len(names) > 1 else 'that model'}, and what it "
+        "shows about this one may mean nothing."
+    )
+    logging.getLogger(__name__).warning(text)
+    return f"<p class='warn'><b>Another model.</b> {html.escape(text)}</p>"
 
 
 def _fmt(value) -> str:
@@ -48,6 +74,8 @@ def _main_blocks_plot(coder):
     fig, ax = figure(6.0, 0.35 * coder.n_blocks + 1.0)
     ax.barh(list(coder.cfg.blocks)[::-1], counts[::-1], color="#4c78a8")
     ax.set_xlabel("latents whose largest decoder norm is in this block")
+    ax.set_ylabel("block (site)")
+    ax.set_title(f"Where the {coder.cfg.d_sae} latents live", fontsize=9)
     ax.tick_params(axis="y", labelsize=8)
     return fig
 
@@ -55,8 +83,8 @@ def _main_blocks_plot(coder):
 def section(model, run, crosscoder_dir: str | Path | None = None) -> str:
     """HTML for the crosscoder in `crosscoder_dir`; a note when there is none."""
     if crosscoder_dir is None:
-        return (
-            "<h2>Crosscoder</h2><p>No crosscoder given: train one with <code>mechscope crosscoder train</code> "
+        return heading(TITLE, WHAT) + (
+            "<p>No crosscoder given: train one with <code>mechscope crosscoder train</code> "
             "(several layers, or <code>--vs</code> another model) and pass its folder to see it here.</p>"
         )
     from ..dictionary.base import SparseCoder
@@ -92,6 +120,8 @@ def section(model, run, crosscoder_dir: str | Path | None = None) -> str:
     kind = "two models" if two_models else "layers" if coder.cfg.arch == "crosscoder" else "layers, weakly causal"
     table = _block_table(columns, blocks) if columns else "<p>No eval.json and no prompt to measure it on.</p>"
     return (
-        f"<h2>Crosscoder</h2><p>{html.escape(coder.cfg.arch)} with {coder.cfg.d_sae} latents across "
+        heading(TITLE, WHAT)
+        + other_model_warning(model, coder)
+        + f"<p>{html.escape(coder.cfg.arch)} with {coder.cfg.d_sae} latents across "
         f"{kind}: {', '.join(f'<code>{html.escape(b)}</code>' for b in blocks)}.</p>" + table + "".join(parts)
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 
-from .sections import _png
+from .sections import _png, heading
 
 MAX_POSITIONS = 40  # the figure stays readable; longer prompts show their last positions
 
@@ -22,8 +22,13 @@ def section(model, run) -> str:
     lens = logit_lens(model, ids, positions=positions, include_mid=False, k=1)
     cut = f" (last {MAX_POSITIONS} positions)" if length > MAX_POSITIONS else ""
     return (
-        "<h2>Logit lens</h2><p>What each layer would predict if the model stopped there: every block's "
-        "residual stream (<code>blocks.{l}.hook_resid_post</code>, and the embeddings at the bottom) read "
+        heading(
+            "Logit lens",
+            "what each layer would predict if the model stopped there, at every position of the prompt; "
+            "the layer where the final answer first appears is where it is formed.",
+        )
+        + "<p>Every block's residual stream (<code>blocks.{l}.hook_resid_post</code>, and the embeddings at "
+        "the bottom) read "
         f"through the model's own final norm and unembedding{html.escape(cut)}. Colour: probability of the "
         "top-1 token written in the cell.</p>" + _png(lens.plot())
     )

@@ -3,9 +3,7 @@ the attention-head detectors. Formatting only; the methods compute."""
 
 from __future__ import annotations
 
-import html
-
-from .sections import _png
+from .sections import _png, _tok, heading
 
 
 def attribution(model, run) -> str:
@@ -24,9 +22,14 @@ def attribution(model, run) -> str:
     top2 = run.logits[0, length - 1].topk(2).indices.tolist()
     ids = run.tokens[:1, :length]
     dla = direct_logit_attribution(model, ids, top2[0], vs=top2[1], positions=-1)
-    first, second = (html.escape(repr(model.tokenizer.decode([t]))) for t in top2)
+    first, second = (_tok(model.tokenizer.decode([t])) for t in top2)
     return (
-        "<h2>Direct logit attribution</h2><p>Why the model prefers "
+        heading(
+            "Direct logit attribution",
+            "which heads and MLPs write the model's final prediction directly into its output, and which argue "
+            "against it.",
+        )
+        + "<p>Why the model prefers "
         + first
         + " over "
         + second
@@ -59,7 +62,12 @@ def heads(model, run) -> str:
         )
     ]
     return (
-        "<h2>Attention heads</h2><p>Scores of every head on random spans of "
+        heading(
+            "Attention heads",
+            "which heads do three well-known jobs: look at the previous token, at an earlier copy of the same "
+            "token, or at the token after that copy (induction, the basis of in-context copying).",
+        )
+        + "<p>Scores of every head on random spans of "
         f"{span} tokens repeated twice: "
         "previous-token (attention to i−1), duplicate-token (to the earlier copy of the same token) and "
         "induction (to the token after the earlier copy).</p>" + "".join(figures)

@@ -14,15 +14,24 @@ import html
 import json
 from pathlib import Path
 
-from .sections import _png
+from .sections import _png, heading
 
 ROWS = (
     ("l0", "L0 (active latents per token)"),
     ("fvu", "FVU"),
     ("ce_loss_score", "CE loss score"),
     ("kl_div_score", "KL score"),
-    ("dead_fraction", "dead fraction"),
+    ("dead_fraction", "dead fraction (never active on the evaluation corpus)"),
     ("relative_bias", "relative bias"),
+)
+TITLE = "Sparse dictionary"
+WHAT = (
+    "how well the dictionary stands in for the model's activations at its site, and which of its latents "
+    "are most active on the prompt, with the prompt positions where they fire."
+)
+NO_DENSITY = (
+    "Which latents are dead (never active) needs a corpus: {n} prompt tokens cannot judge it, so the report "
+    "prompt's column leaves it out{held}."
 )
 
 
@@ -39,15 +48,49 @@ def _fmt(value) -> str:
     return "–" if value is None else f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
 
 
+def _prompt_part(model, coder, run, n_features: int) -> tuple[dict, str]:
+    """The dictionary's metrics on the report prompt (dead fraction left out: a density
+    needs a corpus) and its features most active there."""
+    from ..dictionary.evaluate import evaluate
+    from ..dictionary.features import top_contexts
+
+    ids = run.tokens[:1, : int(run.lengths[0])]
+    metrics = evaluate(model, coder, ids).to_dict()
+    metrics["dead_fraction"] = None
+    site = coder.cfg.hook_name
+    acts = coder.encode(model.run(ids, record=[site], logits=False).cache[site].flatten(2)[0].float())
+    strongest = acts.max(0).values.topk(min(n_features, coder.cfg.d_sae)).indices.tolist()
+    found = top_contexts(model, coder, ids, strongest, k=3, context=6)
+    return metrics, (
+        _png(_l0_figure(model, ids[0], (acts > 0).sum(-1), site))
+        + "<p>Features most active on the prompt, with their strongest positions:</p>"
+        + found.to_html()
+    )
+
+
+def _l0_figure(model, ids, l0, site: str):
+    """Active latents at each prompt position: where the dictionary spends its budget."""
+    from ..plots import figure, visible
+
+    fig, ax = figure(max(6.0, 0.3 * min(len(ids), 128)), 2.6)
+    ax.bar(range(len(ids)), l0.cpu().numpy(), color="#4c78a8")
+    if len(ids) <= 128 and model.tokenizer is not None:
+        ax.set_xticks(range(len(ids)), [visible(model.tokenizer.decode([int(t)]), 10) for t in ids], rotation=90)
+        ax.set_xlabel("prompt token")
+    else:
+        ax.set_xlabel("prompt position")
+    ax.set_ylabel("active latents (L0)")
+    ax.set_title(f"{site}: active latents per token on the report prompt", fontsize=9)
+    return fig
+
+
 def section(model, run, sae_dir: str | Path | None = None, *, n_features: int = 4) -> str:
     """HTML for the dictionary in `sae_dir` on the report prompt; a note when there is none."""
     if sae_dir is None:
-        return (
-            "<h2>Sparse dictionary</h2><p>No dictionary given: train one with <code>mechscope sae train</code> "
-            "and pass its folder to see its metrics and features here.</p>"
+        return heading(TITLE, WHAT) + (
+            "<p>No dictionary given: train one with <code>mechscope sae train</code> and pass its folder "
+            "(<code>--sae DIR</code>) to see its metrics and features here.</p>"
         )
-    from ..dictionary.evaluate import evaluate
-    from ..dictionary.features import top_contexts
     from ..dictionary.formats import read
 
     coder = read(sae_dir)
@@ -55,34 +98,33 @@ def section(model, run, sae_dir: str | Path | None = None, *, n_features: int = 
         from .transcoder import transcoder_section
 
         return transcoder_section(model, run, sae_dir, coder)
+    from .crosscoder import other_model_warning
     from .transcoder import error_part, meta_part
 
     extra = error_part(sae_dir) + meta_part(sae_dir)
+    warning = other_model_warning(model, coder)
     site = html.escape(coder.cfg.hook_name)
-    columns, parts = {}, []
+    columns: dict[str, dict] = {}
+    parts = []
     saved = Path(sae_dir) / "eval.json"
     if saved.is_file():
         columns["held-out (eval.json)"] = json.loads(saved.read_text())
     if run is not None and run.mask is not None and int(run.lengths[0]) >= 2:
-        ids = run.tokens[:1, : int(run.lengths[0])]
-        result = evaluate(model, coder, ids)
-        columns["report prompt"] = result.to_dict()
-        parts.append(_png(result.plot()))
-        acts = coder.encode(
-            model.run(ids, record=[coder.cfg.hook_name], logits=False).cache[coder.cfg.hook_name].flatten(2)[0].float()
-        )
-        strongest = acts.max(0).values.topk(min(n_features, coder.cfg.d_sae)).indices.tolist()
-        found = top_contexts(model, coder, ids, strongest, k=3, context=6)
-        parts.append("<p>Features most active on the prompt, with their strongest positions:</p>" + found.to_html())
+        columns["report prompt"], shown = _prompt_part(model, coder, run, n_features)
+        held = "; the held-out column is from the corpus `mechscope sae train` evaluated on" if saved.is_file() else ""
+        parts += [f"<p>{NO_DENSITY.format(n=int(run.lengths[0]), held=held)}</p>", shown]
     if not columns:
         return (
-            f"<h2>Sparse dictionary</h2><p>Dictionary at <code>{site}</code> ({coder.cfg.d_sae} latents): no "
-            "eval.json and no prompt to measure it on.</p>" + extra
+            heading(TITLE, WHAT)
+            + warning
+            + (
+                f"<p>Dictionary at <code>{site}</code> ({coder.cfg.d_sae} latents): no eval.json and no prompt to "
+                "measure it on.</p>" + extra
+            )
         )
     return (
-        f"<h2>Sparse dictionary</h2><p>{html.escape(coder.cfg.arch)} dictionary with {coder.cfg.d_sae} latents at "
-        f"<code>{site}</code>. Scores: 1 is a perfect splice, 0 as bad as zeroing the site.</p>"
-        + _table(columns)
-        + "".join(parts)
-        + extra
+        heading(TITLE, WHAT)
+        + warning
+        + f"<p>{html.escape(coder.cfg.arch)} dictionary with {coder.cfg.d_sae} latents at <code>{site}</code>. "
+        "Scores: 1 is a perfect splice, 0 as bad as zeroing the site.</p>" + _table(columns) + "".join(parts) + extra
     )

@@ -11,6 +11,7 @@ import warnings
 import torch
 
 from .. import zoo
+from ..plots import figure, visible
 
 MAX_TABLE_POSITIONS = 128
 """The predictions table lists at most the prompt's last this many positions."""
@@ -21,31 +22,34 @@ than 2^16 pixels cannot be drawn at all)."""
 
 
 def _png(fig) -> str:
-    import matplotlib.pyplot as plt
+    """The figure as an inline PNG whose alt text names its title and axes."""
+    from .figures import describe
 
     buf = io.BytesIO()
     with warnings.catch_warnings():  # tokens in scripts the default font lacks draw as boxes: say nothing
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    alt = html.escape(describe(fig), quote=True)
+    return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
 def _figure(width: float, height: float):
-    import matplotlib
+    return figure(width, height)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(width, height))
+def heading(title: str, what: str) -> str:
+    """A section's heading and its one-line "what this shows" (`what` is HTML); the page's
+    index is built from these headings."""
+    return f"<h2>{html.escape(title)}</h2><p class='what'><b>What this shows:</b> {what}</p>"
 
 
 def _tok(text: str) -> str:
-    return f'<span class="tok">{html.escape(text)}</span>'
+    """A token in a table cell, whitespace drawn visibly (a raw newline breaks the cell)."""
+    return f'<span class="tok" title="{html.escape(repr(text))}">{html.escape(visible(text))}</span>'
 
 
 def _short_tokens(run) -> list[str]:
-    return [t if len(t) <= 12 else t[:11] + "…" for t in run.str_tokens()]
+    return [visible(t, 12) for t in run.str_tokens()]
 
 
 def _position_width(n: int) -> float:
@@ -61,6 +65,18 @@ def _position_ticks(ax, run, n: int) -> str:
         return ""
     ax.set_xlabel("position")
     return f" All {n:,} positions, numbered: token labels are drawn up to {MAX_LABELLED_POSITIONS:,} positions."
+
+
+def _metric_cell(key: str, value) -> str:
+    """One model-card value as a short cell: a number, or a one-line summary of a series
+    (a series is drawn in the Figures section, not printed)."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return f"{len(value)} points (drawn under Figures)" if value else "none"
+    if isinstance(value, dict):
+        return f"{len(value)} entries"
+    return str(value)
 
 
 def model_card(model, run) -> str:
@@ -81,19 +97,40 @@ def model_card(model, run) -> str:
     rows = [(k, f"{info[k]:,}" if k == "parameters" else info[k]) for k in keys if k in info]
     if model.name.startswith("zoo:"):
         metrics = zoo.card(model.name[4:]).get("metrics", {})
-        rows += [(k, f"{v:.4g}" if isinstance(v, float) else v) for k, v in metrics.items()]
+        rows += [(k, _metric_cell(k, v)) for k, v in metrics.items()]
     table = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in info["notes"])
-    return f"<h2>Model</h2><p><b>{html.escape(model.name)}</b></p><table class='kv'>{table}</table>" + (
-        f"<p>Conventions:</p><ul>{notes}</ul>" if notes else ""
+    what = "the model's shape" + (" and its training card's metrics" if model.name.startswith("zoo:") else "")
+    return (
+        heading("Model", what + ".")
+        + f"<p><b>{html.escape(model.name)}</b></p><table class='kv'>{table}</table>"
+        + (f"<p>Conventions:</p><ul>{notes}</ul>" if notes else "")
     )
+
+
+def _predictions_figure(run, stats, tokens):
+    fig, ax = _figure(_position_width(len(tokens)), 2.8)
+    ax.plot(stats["top1"].numpy(), marker="o", label="top-1 probability")
+    ax.plot(stats["p_actual"].numpy(), marker="x", label="probability of the actual next token")
+    ax2 = ax.twinx()
+    ax2.plot(stats["entropy"].numpy(), color="grey", linestyle="--", label="entropy (nats)")
+    note = _position_ticks(ax, run, len(tokens))
+    if not note:
+        ax.set_xlabel("input token (the prediction is for the token after it)")
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("probability")
+    ax2.set_ylabel("entropy (nats)")
+    ax.set_title("Next-token predictions at each position", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    ax2.legend(loc="upper right", fontsize=8)
+    return fig, note
 
 
 def predictions(model, run) -> str:
     if run is None:
         return ""
     if run.logits is None:
-        return "<h2>Predictions</h2><p>This model has no LM head, so it makes no next-token predictions.</p>"
+        return heading("Next-token predictions", "nothing: this model has no LM head, so it makes no predictions.")
     stats = run.next_token_stats()
     tokens = run.str_tokens()
     first = max(0, len(tokens) - MAX_TABLE_POSITIONS)
@@ -109,20 +146,17 @@ def predictions(model, run) -> str:
             f"<tr><td>{pos}</td><td>{_tok(token)}</td><td>{cells}</td><td>{follows}</td>"
             f"<td>{stats['entropy'][pos].item():.2f}</td></tr>"
         )
-    fig, ax = _figure(_position_width(len(tokens)), 2.6)
-    ax.plot(stats["top1"].numpy(), marker="o", label="top-1 probability")
-    ax.plot(stats["p_actual"].numpy(), marker="x", label="probability of the actual next token")
-    ax2 = ax.twinx()
-    ax2.plot(stats["entropy"].numpy(), color="grey", linestyle="--", label="entropy (nats)")
-    note = _position_ticks(ax, run, len(tokens))
-    ax.set_ylim(0, 1.02)
-    ax.legend(loc="upper left", fontsize=8)
-    ax2.legend(loc="upper right", fontsize=8)
-    head = "<tr><th>pos</th><th>token</th><th>top-5 next tokens</th><th>p(actual next)</th><th>entropy</th></tr>"
+    fig, note = _predictions_figure(run, stats, tokens)
+    head = "<tr><th>pos</th><th>token</th><th>top-5 next tokens</th><th>p(actual next)</th><th>entropy (nats)</th></tr>"
     cut = f"<p><b>Table of the last {MAX_TABLE_POSITIONS:,} of {len(tokens):,} positions.</b></p>" if first else ""
     return (
-        f"<h2>Next-token predictions</h2><p>What the model predicts after each position of the prompt.{note}</p>"
-        f"{_png(fig)}{cut}<table>{head}{''.join(rows)}</table>"
+        heading(
+            "Next-token predictions",
+            "what the model predicts after each token of the prompt, how sure it is, and how much "
+            "probability it gave the token that actually comes next (rank 0 = its first choice). "
+            "Whitespace is drawn visibly: ⏎ a newline, · a space.",
+        )
+        + f"<p>{note}</p>{_png(fig)}{cut}<table>{head}{''.join(rows)}</table>"
     )
 
 
@@ -131,14 +165,23 @@ def residual_norms(model, run) -> str:
         return ""
     names = [f"blocks.{layer}.hook_resid_post" for layer in range(model.dims.n_layers)]
     norms = torch.stack([run.cache[n][0].float().norm(dim=-1) for n in names]).cpu()
-    fig, ax = _figure(_position_width(norms.shape[1]), 0.4 * len(names) + 1.5)
+    fig, ax = _figure(_position_width(norms.shape[1]), 0.4 * len(names) + 1.8)
     image = ax.imshow(norms.numpy(), aspect="auto", cmap="viridis")
     ax.set_yticks(range(len(names)), [f"L{i}" for i in range(len(names))])
+    ax.set_ylabel("block (output of)")
     note = _position_ticks(ax, run, norms.shape[1])
-    fig.colorbar(image, ax=ax, label="‖resid_post‖")
+    if not note:
+        ax.set_xlabel("input token")
+    ax.set_title("Residual-stream norm after each block", fontsize=10)
+    fig.colorbar(image, ax=ax, label="‖resid_post‖ (L2 norm)")
     return (
-        "<h2>Residual stream</h2><p>Norm of the residual stream after each block, per position "
-        f"(<code>blocks.{{l}}.hook_resid_post</code>).{note}</p>" + _png(fig)
+        heading(
+            "Residual stream",
+            "how large the residual stream is after each block at each position "
+            "(<code>blocks.{l}.hook_resid_post</code>); outlier tokens stand out as bright cells.",
+        )
+        + f"<p>{note}</p>"
+        + _png(fig)
     )
 
 
@@ -148,7 +191,8 @@ def sites(model, run) -> str:
         for s in model.sites
     )
     return (
-        f"<h2>Sites</h2><details><summary>{len(model.sites)} named activations (TransformerLens names) "
+        heading("Sites", "the names under which every activation can be recorded or edited.")
+        + f"<details><summary>{len(model.sites)} named activations (TransformerLens names) "
         f"that can be recorded and edited</summary><table>{rows}</table></details>"
     )
 
@@ -156,17 +200,19 @@ def sites(model, run) -> str:
 def zoo_figures(model, run) -> str:
     """The zoo model's own figures (the paper's plots), when it has any."""
     name = model.name.removeprefix("zoo:")
-    if not model.name.startswith("zoo:") or name == "pycode":
+    if not model.name.startswith("zoo:"):
         return ""
     import tempfile
     from pathlib import Path
 
     with tempfile.TemporaryDirectory() as tmp:
         images = [
-            f"<figure>{_embed(path)}<figcaption>{html.escape(path.stem)}</figcaption></figure>"
+            f"<figure>{_embed(path)}<figcaption>{html.escape(path.stem.replace('_', ' '))}</figcaption></figure>"
             for path in zoo.plots(name, Path(tmp))
         ]
-    return f"<h2>Figures</h2>{''.join(images)}"
+    return heading("Figures", "the zoo model's own figures, drawn from its training record and weights.") + "".join(
+        images
+    )
 
 
 def _embed(path) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 import math
 
-from .sections import _png
+from .sections import _png, heading
 
 MAX_GRAPH_POSITIONS = 128
 """Attention graphs, their statistics against random graphs, communities and arc diagrams
@@ -105,7 +105,11 @@ def section(model, run) -> str:
     """Weight spectra of the OV/QK circuits; with a text run, attention graphs of some heads."""
     if getattr(model, "dims", None) is None or not hasattr(model, "W_Q"):
         return ""
-    parts = ["<h2>Structure</h2>", _spectra(model)]
+    what = (
+        "how many dimensions each head's circuits really use (from the weights alone) and, on the prompt, "
+        "which heads attend in a structured rather than random-looking way."
+    )
+    parts = [heading("Structure", what), _spectra(model)]
     if run is not None and run.mask is not None and run.tokens.dim() == 2 and int(run.mask[0].sum()) > 1:
         parts.append(_graphs(model, run))
     return "".join(parts)

@@ -15,7 +15,7 @@ import html
 import json
 from pathlib import Path
 
-from .sections import _png
+from .sections import _png, heading
 
 ROWS = (
     ("ce_clean", "CE clean (nats)"),
@@ -26,7 +26,7 @@ ROWS = (
     ("kl_div_score", "KL score"),
     ("fvu", "FVU (against the MLP output)"),
     ("l0", "L0 (active latents per token)"),
-    ("dead_fraction", "dead fraction"),
+    ("dead_fraction", "dead fraction (never active on the evaluation corpus)"),
 )
 
 
@@ -56,10 +56,17 @@ def transcoder_section(model, run, folder: str | Path, coder) -> str:
         columns["held-out (eval.json)"] = json.loads(saved.read_text())
     if run is not None and run.mask is not None and int(run.lengths[0]) >= 2:
         result = evaluate(model, coder, run.tokens[:1, : int(run.lengths[0])])
-        columns["report prompt"] = result.to_dict()
-        parts.append(_png(result.plot()))
-    intro = (
-        f"<h2>Transcoder</h2><p>{html.escape(cfg.arch)} transcoder with {cfg.d_sae} latents"
+        columns["report prompt"] = {**result.to_dict(), "dead_fraction": None}
+        parts.append(
+            f"<p>Which latents are dead (never active) needs a corpus: {int(run.lengths[0])} prompt tokens cannot "
+            "judge it, so the report prompt's column leaves it out.</p>"
+        )
+    intro = heading(
+        "Transcoder",
+        "how well a sparse stand-in for one MLP predicts what the MLP writes, and what splicing it in costs the "
+        "model's next-token loss.",
+    ) + (
+        f"<p>{html.escape(cfg.arch)} transcoder with {cfg.d_sae} latents"
         f"{' and a linear skip' if cfg.skip else ''}: reads <code>{html.escape(cfg.hook_name)}</code>, predicts "
         f"<code>{html.escape(cfg.target_hook)}</code> and is spliced in its place. Scores: 1 is as good as the "
         "MLP, 0 as bad as zeroing it.</p>"

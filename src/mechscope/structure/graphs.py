@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ..errors import MechscopeError
 from ..io import write_tensors
+from ..plots import visible
 from ._common import figure, frame, load_json, save_json
 from .embedding import Communities, Embedding, adjacency_spectrum, communities, laplacian_spectrum, spectral_embedding
 from .graph_stats import STAT_NAMES, GraphStats, compare_with_er, graph_statistics
@@ -167,7 +168,10 @@ def draw_arcs(ax, weights: np.ndarray, tokens: list[str], threshold: float, colo
         c=colors if colors is not None else "k",
         cmap="tab10",
     )
-    ax.set_xticks(range(n), [t if len(t) <= 10 else t[:9] + "…" for t in tokens], rotation=90, fontsize=7)
+    ax.set_xticks(range(n), [visible(t, 10) for t in tokens], rotation=90, fontsize=7)
+    ax.set_xlabel(
+        "token (arc above: attention to an earlier token; dot size: attention received; colour: community)", fontsize=8
+    )
     ax.set_yticks([])
     ax.set_xlim(-1, n)
     ax.set_ylim(-tallest - 0.5 if (k > q).any() else -0.5, tallest + 0.5)

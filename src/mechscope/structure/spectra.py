@@ -181,27 +181,40 @@ def weight_matrices(model, kinds: Sequence[str] | None = None, *, per_head: bool
 
 
 def layer_figure(rows: list[dict], n_layers: int, stat: str, title: str):
-    """Two panels of `stat` across layers: whole matrices, and every head's OV/QK circuit."""
-    fig, axes = figure(10, 3.6, 1, 2)
-    left, right = axes[0]
+    """`stat` across layers: a panel of whole matrices and one of every head's OV/QK circuit,
+    each drawn only when the rows hold its kinds (no empty panel)."""
+    from matplotlib.ticker import MaxNLocator
+
+    kinds = {r["kind"] for r in rows}
+    whole = [k for k in ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out") if k in kinds]
+    whole = [k for k in whole if not np.isnan(by_layer(rows, n_layers, k, stat)).all()]
+    circuits = [k for k in ("OV", "QK") if k in kinds]
+    panels = [name for name, keep in (("whole matrices", whole), ("per-head circuits", circuits)) if keep]
+    fig, axes = figure(5 * max(1, len(panels)), 3.6, 1, max(1, len(panels)))
     title = title if len(title) <= 40 else "…" + title[-39:]
     layers = np.arange(n_layers)
-    kinds = {r["kind"] for r in rows}
-    for kind in ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out"):
-        values = by_layer(rows, n_layers, kind, stat)
-        if kind in kinds and not np.isnan(values).all():
-            left.plot(layers, values[:, 0], marker="o", ms=3, label=kind)
-    for i, kind in enumerate(k for k in ("OV", "QK") if k in kinds):
+    named = dict(zip(panels, axes[0]))
+    for kind in whole:
+        named["whole matrices"].plot(layers, by_layer(rows, n_layers, kind, stat)[:, 0], marker="o", ms=3, label=kind)
+    for i, kind in enumerate(circuits):
         values = by_layer(rows, n_layers, kind, stat)
         offset = (i - 0.5) * 0.2
-        right.scatter(np.repeat(layers, values.shape[1]) + offset, values.ravel(), s=10, alpha=0.6, color=f"C{i}")
-        right.plot(layers + offset, np.nanmean(values, axis=1), color=f"C{i}", label=f"{kind} (mean over heads)")
-    for ax, name in ((left, "whole matrices"), (right, "per-head circuits")):
+        ax = named["per-head circuits"]
+        ax.scatter(np.repeat(layers, values.shape[1]) + offset, values.ravel(), s=10, alpha=0.6, color=f"C{i}")
+        ax.plot(layers + offset, np.nanmean(values, axis=1), color=f"C{i}", label=f"{kind} (mean over heads)")
+    for name, ax in named.items():
         ax.set_xlabel("layer")
-        ax.set_ylabel(stat)
+        ax.set_ylabel(stat.replace("_", " "))
         ax.set_title(f"{title}: {name}", fontsize=10)
+        if n_layers <= 16:
+            ax.set_xticks(layers)
+        else:  # integer ticks only: fractional layers overlap and mean nothing
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(-0.5, n_layers - 0.5)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
+    if not panels:
+        axes[0, 0].set_title(f"{title}: no matrices of the kinds asked for", fontsize=10)
     return fig
 
 

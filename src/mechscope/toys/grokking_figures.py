@@ -36,7 +36,7 @@ def plot_curves(curves: GrokkingCurves):
     axes = fig.subplots(2, 2, sharex=True).flatten()
     s = curves.steps.numpy()
     panels = [
-        ("train and test loss", [("train", curves.train_loss, "C0"), ("test", curves.test_loss, "C1")], True),
+        ("train and test loss", [("train", curves.train_loss, "C0"), ("test", curves.test_loss, "C1")], "nats"),
         (
             "restricted and excluded loss (train pairs)",
             [
@@ -45,16 +45,17 @@ def plot_curves(curves: GrokkingCurves):
                 ("excluded", curves.excluded_loss, "C3"),
                 ("test", curves.test_loss, "C1"),
             ],
-            True,
+            "nats",
         ),
         (
             "Gini coefficient of Fourier norms",
             [("W_E", curves.gini_embed, "C4"), ("W_L = W_out W_U", curves.gini_neuron, "C5")],
-            False,
+            "",
         ),
-        ("total sum of squared weights", [("weights", curves.sum_squared_weights, "C7")], False),
+        ("total sum of squared weights", [("weights", curves.sum_squared_weights, "C7")], ""),
     ]
-    for ax, (title, lines, log) in zip(axes, panels):
+    for ax, (title, lines, unit) in zip(axes, panels):
+        log = unit == "nats"  # the losses span orders of magnitude
         _shade(ax, curves, label=ax is axes[0])
         for label, values, colour in lines:
             ax.plot(
@@ -67,6 +68,7 @@ def plot_curves(curves: GrokkingCurves):
             )
         ax.set_yscale("log" if log else "linear")
         ax.set_title(title)
+        ax.set_ylabel(f"{title.split(' (')[0]}" + (f" ({unit}, log scale)" if unit else ""), fontsize=8)
         ax.legend(fontsize=8)
     for ax in axes[2:]:
         ax.set_xlabel("step")
@@ -91,6 +93,7 @@ def plot_embedding_fourier(model: ModelLike, p: int | None = None, freqs: list[i
     ticks = [0] + sorted(key)
     ax.set_xticks(ticks, [labels[j] for j in ticks], rotation=90, fontsize=8)
     ax.set_ylabel("norm of W_E along the basis vector")
+    ax.set_xlabel("Fourier basis vector over Z_p (the key frequencies and the constant are named)")
     ax.set_title("Embedding in the Fourier basis over Z_p (key frequencies in red)")
     return fig
 

@@ -8,6 +8,8 @@
   strengths as a [batch] tensor), where = "all" | "prompt" | "generated".
 - Dictionaries: `from_feature(sae, latent)` (the decoder row), `clamp(sae, {latent: value})`
   (an edit that keeps the SAE's error, so clamping to the own value changes nothing).
+- `search(model, vector_or_pairs, ...)` -> `SearchResult`: layer x strength, batched, with
+  behaviour, fluency cost, anti-steerable fraction, Pareto front, recommended cell, plots.
 - Interchange: `export_gguf` / `import_gguf` (llama.cpp control vectors), `from_steering_vectors`,
   `from_repeng`.
 """
@@ -17,6 +19,8 @@ from .clamp import Clamp, clamp, from_feature
 from .contrast import METHODS, Contrast, contrast
 from .interchange import export_gguf, from_repeng, from_steering_vectors, import_gguf
 from .pairs import caa_pair, caa_pairs, read_pairs
+from .search import search
+from .search_result import SearchResult
 from .vector import SteeringVector, compose
 
 __all__ = [
@@ -24,6 +28,7 @@ __all__ = [
     "WHERE",
     "Clamp",
     "Contrast",
+    "SearchResult",
     "SteeringVector",
     "caa_pair",
     "caa_pairs",
@@ -37,6 +42,7 @@ __all__ = [
     "generate",
     "import_gguf",
     "read_pairs",
+    "search",
     "steered",
     "term_edits",
     "vector_edits",

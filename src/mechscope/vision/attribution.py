@@ -111,7 +111,8 @@ def attribute(
     sites (a glob). steps: IG's integration points. baseline: the reference input (zeros by
     default). n_samples: SHAP/LIME samples. mask: 'patch' or 'superpixel' features for
     KernelSHAP/LIME, `patch` their cell size. window/stride: occlusion's square window.
-    For a language model, `inputs` is text and `target` a token; only method='ig' applies.
+    For a language model, `inputs` is text and `target` a token; only method='ig' applies,
+    from the mean token embedding (baseline='mean'), 'zero', a token, or a [d_model] tensor.
     """
     from ..model import Model
 
@@ -120,7 +121,9 @@ def attribute(
 
         if method not in ("ig", "integrated_gradients"):
             raise MechscopeError(f"a language model is explained with method='ig' (over hook_embed), not {method!r}")
-        return attribute_text(model, inputs, target, steps=steps, internal_batch_size=internal_batch_size)
+        return attribute_text(
+            model, inputs, target, steps=steps, baseline=baseline, internal_batch_size=internal_batch_size
+        )
     model = as_image_model(model)
     images = check_images(model, inputs)
     n_classes, logits = class_count(model, images)

@@ -36,10 +36,11 @@ from .inputs import Forward, LogitsModule
 from .masks import default_patch, feature_mask
 
 DEFAULT_SITES = {
-    "vit": "vit.encoder.layer.{last}.layernorm_before.hook_out",
-    "deit": "deit.encoder.layer.{last}.layernorm_before.hook_out",
+    "vit": ("vit.layers.{last}.layernorm_before.hook_out", "vit.encoder.layer.{last}.layernorm_before.hook_out"),
+    "deit": ("deit.layers.{last}.layernorm_before.hook_out", "deit.encoder.layer.{last}.layernorm_before.hook_out"),
 }
-"""Hugging Face `config.model_type` -> Grad-CAM's default site (the last block's first norm)."""
+"""Hugging Face `config.model_type` -> Grad-CAM's default site, the last block's first norm
+(module paths of transformers 5, then of 4)."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,10 @@ def default_site(model: ModuleModel) -> str:
         return named
     config = getattr(model.hf, "config", None)
     if getattr(config, "model_type", None) in DEFAULT_SITES:
-        return DEFAULT_SITES[config.model_type].format(last=config.num_hidden_layers - 1)
+        names = {site.name for site in model.table}
+        for pattern in DEFAULT_SITES[config.model_type]:
+            if pattern.format(last=config.num_hidden_layers - 1) in names:
+                return pattern.format(last=config.num_hidden_layers - 1)
     convs = [path for path, m in model.hf.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise MechscopeError(f"{model.name} has no convolution: name Grad-CAM's site with site=")

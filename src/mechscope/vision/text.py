@@ -2,9 +2,13 @@
 embeddings (`hook_embed`): the same `attribute` call that explains an image classifier
 explains which tokens of a prompt made the model predict a token.
 
-The path runs from zero embeddings to the prompt's embeddings, replaced at `hook_embed`
-through mechscope's edits (so positional embeddings, held edits and every adapter work as
-in a plain run); attributions are summed over d_model into one score per token.
+The path runs from a baseline to the prompt's embeddings, replaced at `hook_embed` through
+mechscope's edits (so positional embeddings, held edits and every adapter work as in a plain
+run); attributions are summed over d_model into one score per token. The default baseline is
+the mean token embedding at every position, not zero: the first RMSNorm/LayerNorm is scale
+invariant, so along a path from zero the model is constant except for a jump next to zero,
+which IG's quadrature cannot integrate (on zoo:pycode the completeness gap is 14% from zero
+at 50 steps, 3e-6 from the mean embedding).
 """
 
 from __future__ import annotations
@@ -18,9 +22,25 @@ from ..errors import MechscopeError
 from ..tokens import token_ids
 
 
-def attribute_text(model, text, target=None, *, steps: int = 50, internal_batch_size: int | None = None):
+def _baseline(model, embed: Tensor, baseline) -> Tensor:
+    """'mean' (None): the mean token embedding; 'zero'; a one-token string; or a tensor."""
+    if baseline is None or baseline == "mean":
+        return model.W_E.detach().mean(0).to(embed).expand_as(embed).clone()
+    if isinstance(baseline, str) and baseline == "zero":
+        return torch.zeros_like(embed)
+    if isinstance(baseline, str):
+        return model.W_E.detach()[token_ids(model, baseline, "baseline token")[0]].to(embed).expand_as(embed).clone()
+    if isinstance(baseline, Tensor) and baseline.shape[-1] == embed.shape[-1]:
+        return baseline.to(embed).expand_as(embed).clone()
+    raise MechscopeError(
+        f"a text baseline is 'mean', 'zero', a one-token string or a [d_model={embed.shape[-1]}] tensor, "
+        f"got {baseline!r}"
+    )
+
+
+def attribute_text(model, text, target=None, *, steps: int = 50, baseline=None, internal_batch_size: int | None = None):
     """IG of the logit of `target` (a one-token string or id; None = the predicted token) at
-    the prompt's last position, per token of the prompt."""
+    the prompt's last position, per token of the prompt, from `baseline` (see `_baseline`)."""
     from .attribution import Attribution
 
     if not isinstance(text, str) or not text:
@@ -38,7 +58,7 @@ def attribute_text(model, text, target=None, *, steps: int = 50, internal_batch_
         out = model.run(copies, edits=[edits.replace("hook_embed", e)], grad=torch.is_grad_enabled())
         return out.logits[:, -1, :]
 
-    base = torch.zeros_like(embed)
+    base = _baseline(model, embed, baseline)
     attr, delta = IntegratedGradients(forward).attribute(
         embed,
         baselines=base,

@@ -156,9 +156,10 @@ def contrast(
     names = check_sites(model, sites)
     pairs = read_pairs(pairs)
     fit = Contrast(names, method=method, read=read)
+    for start in range(0, len(pairs), 256):  # every pair checked before any work
+        _check_alignment(model, pairs[start : start + 256], start, read)
     for start in tqdm(range(0, len(pairs), batch_size), desc="steering pairs", unit="batch", disable=not progress):
         batch = pairs[start : start + batch_size]
-        _check_alignment(model, batch, start, read)
         fit.update(
             read_activations(model, [p for p, _ in batch], names, read),
             read_activations(model, [n for _, n in batch], names, read),

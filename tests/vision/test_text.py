@@ -35,6 +35,7 @@ def test_ig_over_embeddings_is_complete(pycode):
     # from zero the path jumps next to the origin (the first RMSNorm is scale invariant): the
     # completeness gap says so instead of hiding it
     assert vision.attribute(pycode, PROMPT, " b", method="ig", baseline="zero").completeness.item() > 1e-2
+    assert len(result.plot().axes[0].patches) == n  # one bar per token
 
 
 @requires_pycode

@@ -81,3 +81,17 @@ def test_bad_input_is_one_line_and_writes_nothing(pycode, pairs_file, tmp_path, 
         steering.vector_edits(SteeringVector.load(other), float("nan"))
     _fails(["steer", "export-gguf", str(tmp_path / "nothing"), str(tmp_path / "x.gguf")], capsys, "no steering vector")
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_report_section(pycode, tmp_path):
+    from mechscope.report import steering as report_steering
+
+    v = steering.contrast(pycode, PAIRS, "blocks.2.hook_resid_post", progress=False).save(tmp_path / "v")
+    run = pycode.run("def f(x):")
+    page = report_steering.section(pycode, run, vector_dir=v)
+    assert (
+        "Steering vector" in page and "blocks.2.hook_resid_post" in page and page.count("<tr>") == 7
+    )  # card: 2 rows; generations: header + 4
+    assert "data:image/png;base64" in page
+    assert report_steering.section(pycode, None, vector_dir=v).count("<img") == 0
+    assert report_steering.section(pycode, run, vector_dir=None) == ""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from ..errors import MechscopeError
 
@@ -96,7 +97,11 @@ def _rows(result) -> list[dict]:
     completeness = result.completeness
     rows = []
     for i in range(len(result.target)):
-        row = {"input": i, "target": int(result.target[i]), "abs_mass": float(result.maps[i].abs().sum())}
+        row: dict[str, Any] = {
+            "input": i,
+            "target": int(result.target[i]),
+            "abs_mass": float(result.maps[i].abs().sum()),
+        }
         if result.tokens is None:
             flat = int(result.maps[i].flatten().argmax())
             row["peak"] = [flat // result.maps.shape[-1], flat % result.maps.shape[-1]]

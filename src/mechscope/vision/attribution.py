@@ -18,7 +18,7 @@ from torch import Tensor
 from ..errors import MechscopeError
 from ..module_model import ModuleModel
 from ..results import Saveable, pandas
-from .inputs import as_image_model, check_images, check_target, class_count, forward_fn
+from .inputs import as_image_model, check_images, forward_fn, read_error, targets_for
 from .methods import Request, method_named
 
 
@@ -126,8 +126,7 @@ def attribute(
         )
     model = as_image_model(model)
     images = check_images(model, inputs)
-    n_classes, logits = class_count(model, images)
-    targets = check_target(target, n_classes, len(images), logits)
+    targets = targets_for(model, images, target)
     if callable(method):
         return _custom(model, images, targets, method)
     name, run, signed = method_named(method)
@@ -135,7 +134,10 @@ def attribute(
         model, images, targets, forward_fn(model), site, steps, baseline, n_samples, mask, patch, window, stride,
         upsample, internal_batch_size, seed, options,
     )  # fmt: skip
-    out = run(request)
+    try:
+        out = run(request)
+    except (RuntimeError, ValueError, IndexError) as err:
+        raise read_error(model, images, err) from None
     return Attribution(
         name,
         model.name,

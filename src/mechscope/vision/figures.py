@@ -81,7 +81,7 @@ def cascade_figure(report, inputs: int = 3) -> Figure:
     stages = ["original", *report.stages]
     n = min(inputs, report.cascade_maps.shape[1])
     fig = Figure(figsize=(1.3 * len(stages) + 0.6, 1.3 * n + 2.8), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[1.3 * n, 2.6])
+    top, bottom = np.asarray(fig.subfigures(2, 1, height_ratios=[1.3 * n, 2.6])).ravel()
     axes = top.subplots(n, len(stages), squeeze=False)
     for i in range(n):
         for s, name in enumerate(stages):

@@ -87,6 +87,23 @@ def check_images(model: ModuleModel, images) -> Tensor:
     return images.to(model.device)
 
 
+def declared_classes(module: nn.Module) -> int | None:
+    """Classes the model declares without running it: the output size of its last layer when
+    that is a linear classifier head (None otherwise)."""
+    from .randomise import layers
+
+    found = layers(module)
+    last = module.get_submodule(found[-1]) if found and ":" not in found[-1] else None
+    return last.out_features if isinstance(last, nn.Linear) else None
+
+
+def read_error(model: ModuleModel, images: Tensor, err: Exception) -> MechscopeError:
+    """A shape mismatch deep inside the model, as one line."""
+    return MechscopeError(
+        f"{model.name} cannot read images of shape {tuple(images.shape[1:])}: {str(err).splitlines()[0]}"
+    )
+
+
 def class_count(model: ModuleModel, images: Tensor) -> tuple[int, Tensor]:
     """Number of classes and the logits of `images` [batch, classes] (a trial forward that
     turns a shape mismatch deep inside the model into one line)."""
@@ -96,17 +113,26 @@ def class_count(model: ModuleModel, images: Tensor) -> tuple[int, Tensor]:
     except MechscopeError:
         raise
     except (RuntimeError, ValueError, IndexError) as err:
-        raise MechscopeError(
-            f"{model.name} cannot read images of shape {tuple(images.shape[1:])}: {str(err).splitlines()[0]}"
-        ) from None
+        raise read_error(model, images, err) from None
     if logits.dim() != 2:
         raise MechscopeError(f"{model.name} returns shape {tuple(logits.shape)}, not logits [batch, classes]")
     return logits.shape[1], logits
 
 
-def check_target(target, n_classes: int, batch: int, logits: Tensor) -> Tensor:
+def targets_for(model: ModuleModel, images: Tensor, target) -> Tensor:
+    """Checked target classes [batch]; a trial forward only where it is needed (no target
+    given: the predictions; or a model that declares no class count)."""
+    declared = None if target is None else declared_classes(model.hf)
+    if declared is not None:
+        return check_target(target, declared, len(images), None)
+    n_classes, logits = class_count(model, images)
+    return check_target(target, n_classes, len(images), logits)
+
+
+def check_target(target, n_classes: int, batch: int, logits: Tensor | None) -> Tensor:
     """Target classes [batch]: None = each image's predicted class; an int for all images; a list per image."""
     if target is None:
+        assert logits is not None  # the caller ran the model to find the predictions
         return logits.argmax(-1).cpu()
     if isinstance(target, Tensor):
         target = target.flatten().tolist()

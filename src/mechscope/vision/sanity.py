@@ -32,7 +32,7 @@ from ..module_model import ModuleModel
 from ..results import Saveable, pandas
 from . import faithfulness, randomise
 from .attribution import Attribution, attribute
-from .inputs import as_image_model, check_images, check_target, class_count, forward_fn
+from .inputs import as_image_model, check_images, forward_fn, targets_for
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def _label_model(model: ModuleModel, labels, epochs: int, seed: int) -> tuple[Mo
     return ModuleModel(module, name=f"{model.name} (random labels)"), accuracy
 
 
-def _check(name: str, value: float, bound: str, ok: bool) -> dict:
+def _check(name: str, value: float | Tensor, bound: str, ok: bool | Tensor) -> dict:
     return {"name": name, "value": float(value), "bound": bound, "ok": bool(ok)}
 
 
@@ -206,8 +206,7 @@ def sanity(
         raise MechscopeError("sanity needs inputs: a batch of images [batch, channels, height, width]")
     model = as_image_model(model)
     images = check_images(model, inputs)
-    n_classes, logits = class_count(model, images)
-    target = check_target(target, n_classes, len(images), logits)
+    target = targets_for(model, images, target)
     original = _maps(model, images, target, method, batch_size, attribute_kwargs)
     prep = (lambda m: m.abs()) if original.signed else (lambda m: m)
     stage_names, stage_maps, checks = [], [original.maps], []

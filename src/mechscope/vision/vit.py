@@ -9,6 +9,8 @@ embedding's `flatten(2)` gives it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -28,7 +30,7 @@ def patch_size(model: ModuleModel) -> int | None:
     return None
 
 
-def token_grid(model: ModuleModel, image_hw: tuple[int, int], n_tokens: int) -> tuple[int, int, int]:
+def token_grid(model: ModuleModel, image_hw: Sequence[int], n_tokens: int) -> tuple[int, int, int]:
     """(prefix tokens, grid rows, grid cols) for images of `image_hw` seen as `n_tokens` tokens."""
     patch = patch_size(model)
     if patch is None:
@@ -48,12 +50,12 @@ def to_grid(tokens: Tensor, prefix: int, rows: int, cols: int) -> Tensor:
     return tokens[:, prefix:].reshape(tokens.shape[0], rows, cols, *tokens.shape[2:])
 
 
-def upsample(maps: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
+def upsample(maps: Tensor, size: Sequence[int], mode: str = "bilinear") -> Tensor:
     """Maps [batch, rows, cols] -> [batch, height, width]."""
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
     kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-    return F.interpolate(maps[:, None], size=size, mode=mode, **kwargs)[:, 0]
+    return F.interpolate(maps[:, None], size=(size[0], size[1]), mode=mode, **kwargs)[:, 0]
 
 
 def token_gradcam(model: ModuleModel, images: Tensor, target: Tensor, site: str) -> Tensor:

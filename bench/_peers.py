@@ -5,7 +5,8 @@ never with the project's: mechscope does not depend on these libraries.
 
     bench/.peers/bin/python bench/_peers.py MODEL_DIR IDS.safetensors --layer 5 --threads 2
 
-Loads the Hugging Face folder MODEL_DIR (the same weights the parent times), builds a
+Loads the Hugging Face folder MODEL_DIR (the same weights the parent times), wraps a copy in
+nnsight (any architecture), and, for GPT-2 and Llama (TL_TYPES), builds a
 TransformerLens `HookedTransformer` from a hand-written config and the converted HF
 state dict (nothing from the hub), wraps a second copy of the HF model in nnsight and a
 third in TransformerLens' `TransformerBridge` (its HF-wrapping successor to
@@ -14,7 +15,8 @@ per request, so that the parent can interleave these timings with its own:
 
     ready line  {"versions": {...}, "checks": {...}, "attn": "sdpa"}
     request     "<variant> <inner>"  ->  {"seconds": <mean seconds per forward over inner calls>}
-    variants    hf, tl_all, tl_early, tlb_all, tlb_early, nn_all, nn_early
+    variants    hf, nn_all, nn_early (+ tl_all, tl_early, tlb_all, tlb_early for TL_TYPES);
+                the ready line lists them
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ _PROTOCOL = sys.stdout
 sys.stdout = sys.stderr
 warnings.filterwarnings("ignore")
 
-LAYERS_PATH = {"gpt2": "transformer.h", "llama": "model.layers"}
+LAYERS_PATH = {"gpt2": "transformer.h", "llama": "model.layers", "qwen3": "model.layers", "mixtral": "model.layers"}
+TL_TYPES = ("gpt2", "llama")
+"""Model types with a hand-written TransformerLens config here; the others get nnsight only."""
 
 
 def tl_config(hf_config):
@@ -128,10 +132,9 @@ def main(argv=None) -> None:
     load = lambda: AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32).eval()  # noqa: E731
     hf = load()
     n_layers, mid = hf.config.num_hidden_layers, args.layer
-    tl = build_tl(hf)
+    with_tl = hf.config.model_type in TL_TYPES
     # nnsight and the bridge wrap their own copies, so that plain HF stays untouched
     nnm = TransformersModel(load(), tokenizer=tokenizer(), task="text-generation")
-    bridge = TransformerBridge.boot_transformers(args.model_dir, hf_model=load(), tokenizer=tokenizer())
     envoy = nnm
     for part in LAYERS_PATH[hf.config.model_type].split("."):
         envoy = getattr(envoy, part)
@@ -140,18 +143,6 @@ def main(argv=None) -> None:
 
     def hf_run():
         return hf(input_ids=ids, attention_mask=mask, use_cache=False).logits
-
-    def tl_all():
-        return tl.run_with_cache(ids, names_filter=names)
-
-    def tl_early():
-        return tl.run_with_cache(ids, names_filter=[names[mid]], stop_at_layer=mid + 1)
-
-    def tlb_all():
-        return bridge.run_with_cache(ids, names_filter=names)
-
-    def tlb_early():
-        return bridge.run_with_cache(ids, names_filter=[names[mid]], stop_at_layer=mid + 1)
 
     def nn_all():
         saved = []
@@ -168,48 +159,50 @@ def main(argv=None) -> None:
             tracer.stop()
         return saved
 
-    variants = {
-        "hf": hf_run,
-        "tl_all": tl_all,
-        "tl_early": tl_early,
-        "tlb_all": tlb_all,
-        "tlb_early": tlb_early,
-        "nn_all": nn_all,
-        "nn_early": nn_early,
-    }
+    variants = {"hf": hf_run, "nn_all": nn_all, "nn_early": nn_early}
+    bridge = None
+    if with_tl:
+        tl = build_tl(hf)
+        bridge = TransformerBridge.boot_transformers(args.model_dir, hf_model=load(), tokenizer=tokenizer())
+        variants.update(
+            tl_all=lambda: tl.run_with_cache(ids, names_filter=names),
+            tl_early=lambda: tl.run_with_cache(ids, names_filter=[names[mid]], stop_at_layer=mid + 1),
+            tlb_all=lambda: bridge.run_with_cache(ids, names_filter=names),
+            tlb_early=lambda: bridge.run_with_cache(ids, names_filter=[names[mid]], stop_at_layer=mid + 1),
+        )
     with torch.inference_mode():
         ref = hf(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
-        tl_logits, tl_cache = tl_all()
-        tlb_logits, tlb_cache = tlb_all()
-        tlb_mid = tlb_early()[1][names[mid]]
-        nn_saved, nn_mid = nn_all(), nn_early()
         # hidden_states[i + 1] is block i's output, except the last one (final norm applied)
         inner_resid = range(n_layers - 1)
+
+        def resid_maxdiff(cache) -> float:
+            return max((cache[i] - ref.hidden_states[i + 1]).abs().max().item() for i in inner_resid)
+
+        nn_saved, nn_mid = nn_all(), nn_early()
         checks = {
-            "tl_logits_maxdiff": (tl_logits - ref.logits).abs().max().item(),
-            "tl_resid_maxdiff": max(
-                (tl_cache[names[i]] - ref.hidden_states[i + 1]).abs().max().item() for i in inner_resid
-            ),
-            "tlb_logits_maxdiff": (tlb_logits - ref.logits).abs().max().item(),
-            "tlb_resid_maxdiff": max(
-                (tlb_cache[names[i]] - ref.hidden_states[i + 1]).abs().max().item() for i in inner_resid
-            ),
-            "tlb_early_maxdiff": (tlb_mid - ref.hidden_states[mid + 1]).abs().max().item(),
             "nn_logits_maxdiff": (nn_saved[-1] - ref.logits).abs().max().item(),
-            "nn_resid_maxdiff": max((nn_saved[i] - ref.hidden_states[i + 1]).abs().max().item() for i in inner_resid),
+            "nn_resid_maxdiff": resid_maxdiff(nn_saved),
             "nn_early_maxdiff": (nn_mid[0] - ref.hidden_states[mid + 1]).abs().max().item(),
         }
+        if with_tl:
+            for peer in ("tl", "tlb"):
+                logits, cache = variants[f"{peer}_all"]()
+                checks[f"{peer}_logits_maxdiff"] = (logits - ref.logits).abs().max().item()
+                checks[f"{peer}_resid_maxdiff"] = resid_maxdiff([cache[n] for n in names])
+            tlb_mid = variants["tlb_early"]()[1][names[mid]]
+            checks["tlb_early_maxdiff"] = (tlb_mid - ref.hidden_states[mid + 1]).abs().max().item()
     reply(
         {
             "versions": {
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
-                "transformer_lens": _version("transformer-lens", transformer_lens),
+                **({"transformer_lens": _version("transformer-lens", transformer_lens)} if with_tl else {}),
                 "nnsight": _version("nnsight", nnsight),
             },
             "checks": checks,
             "attn": hf.config._attn_implementation,
-            "bridge_attn": getattr(bridge.original_model.config, "_attn_implementation", "?"),
+            "bridge_attn": getattr(bridge.original_model.config, "_attn_implementation", "?") if bridge else None,
+            "variants": sorted(variants),
             "threads": torch.get_num_threads(),
             "pid": os.getpid(),
         }

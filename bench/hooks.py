@@ -36,12 +36,13 @@ import mechscope as ms
 
 BENCH = Path(__file__).resolve().parent
 PEERS_PYTHON = BENCH / ".peers" / "bin" / "python"
-LOCAL = ("hf", "ms_all", "ms_early")
+LOCAL = ("hf", "ms_all", "ms_early", "ms_uncached")
 PEER = ("peer_hf", "tl_all", "tl_early", "tlb_all", "tlb_early", "nn_all", "nn_early")
 LABELS = {
     "hf": "HF plain forward",
     "ms_all": "mechscope, all resid_post",
     "ms_early": "mechscope, mid resid_post, logits=False",
+    "ms_uncached": "mechscope, all resid_post, plan cache off",
     "peer_hf": "HF plain forward (peer process)",
     "tl_all": "TransformerLens run_with_cache, all resid_post",
     "tl_early": "TransformerLens, mid resid_post, stop_at_layer",
@@ -94,7 +95,7 @@ def _mixtral():
 
 
 SHAPES = {"qwen3": _qwen3, "mixtral": _mixtral}
-"""Architectures without a TransformerLens / nnsight peer here: timed against plain HF only."""
+"""Architectures without a hand-written TransformerLens config here: timed against plain HF and nnsight."""
 
 
 def prepare(name: str, tmp: Path) -> tuple[Path, str] | None:
@@ -108,6 +109,15 @@ def prepare(name: str, tmp: Path) -> tuple[Path, str] | None:
         hf.save_pretrained(folder)
         word_tokenizer(hf.config.vocab_size).save_pretrained(folder)
         return folder, "GPT-2 small shape (GPT2Config() defaults, random init, seed 0)"
+    if name == "toy":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        torch.manual_seed(0)
+        hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=128, n_head=4, vocab_size=1000, n_positions=128))
+        folder = tmp / "toy"
+        hf.save_pretrained(folder)
+        word_tokenizer(hf.config.vocab_size).save_pretrained(folder)
+        return folder, "2-layer GPT-2 toy (d_model 128, 4 heads, vocab 1000, random init): per-call overhead"
     if name in SHAPES:
         from transformers import AutoModelForCausalLM
 
@@ -128,7 +138,7 @@ def prepare(name: str, tmp: Path) -> tuple[Path, str] | None:
         return folder, "zoo:pycode (Llama architecture, trained)"
     if (Path(name) / "config.json").is_file():
         return Path(name), f"Hugging Face folder {name}"
-    raise SystemExit(f"unknown model {name!r}: choose from gpt2, pycode, qwen3, mixtral or a Hugging Face folder")
+    raise SystemExit(f"unknown model {name!r}: choose from gpt2, toy, pycode, qwen3, mixtral or a Hugging Face folder")
 
 
 class Peers:
@@ -187,6 +197,17 @@ def check_mechscope(model: ms.Model, hf, ids: torch.Tensor, mid: int) -> dict:
     }
 
 
+def _uncached(fn):
+    """`fn()` with the per-signature plan cache (mechscope.plan_cache) switched off."""
+    from mechscope import plan_cache
+
+    plan_cache.ENABLED = False
+    try:
+        return fn()
+    finally:
+        plan_cache.ENABLED = True
+
+
 def bench_model(name: str, args, tmp: Path) -> dict | None:
     from transformers import AutoModelForCausalLM
 
@@ -208,6 +229,7 @@ def bench_model(name: str, args, tmp: Path) -> dict | None:
         "hf": lambda: hf(input_ids=ids, attention_mask=mask, use_cache=False).logits,
         "ms_all": lambda: model.run(ids, record="blocks.*.hook_resid_post"),
         "ms_early": lambda: model.run(ids, record=f"blocks.{mid}.hook_resid_post", logits=False),
+        "ms_uncached": lambda: _uncached(lambda: model.run(ids, record="blocks.*.hook_resid_post")),
     }
 
     def time_local(variant: str, inner: int) -> float:
@@ -231,7 +253,8 @@ def bench_model(name: str, args, tmp: Path) -> dict | None:
             print(f"[{name}] peers skipped: {err}")
     elif args.peers:
         print(f"[{name}] peers skipped: {PEERS_PYTHON} is missing; create it as bench/README.md says")
-    variants = list(LOCAL) + (list(PEER) if peers else [])
+    offered = {f"peer_{v}" if v == "hf" else v for v in info.get("variants", ())}  # nnsight only: no TL config
+    variants = list(LOCAL) + ([v for v in PEER if v in offered] if peers else [])
 
     def measure(variant: str, inner: int) -> float:
         return peers.time(variant, inner) if variant in PEER else time_local(variant, inner)
@@ -275,9 +298,12 @@ def ratio_lines(res: dict) -> list[str]:
         f"     mechscope all ÷ {'HF plain':<16} {m['ms_all'] / m['hf']:.3f}   goal <= 1.05  "
         f"{'ok' if m['ms_all'] / m['hf'] <= 1.05 else 'MISSED'}",
         f"     mechscope early (L{res['mid']}, logits=False) ÷ HF plain full forward: {m['ms_early'] / m['hf']:.3f}",
+        f"     mechscope all, plan cache on ÷ off: {m['ms_all'] / m['ms_uncached']:.3f}",
     ]
-    if "tl_all" in m:
+    if "peer_hf" in m:
         for peer, label in (("tl", "TransformerLens"), ("tlb", "TL bridge"), ("nn", "nnsight")):
+            if f"{peer}_all" not in m:
+                continue
             direct = m["ms_all"] / m[f"{peer}_all"]
             # normalised: each side divided by its own process's HF baseline
             norm = (m["ms_all"] / m["hf"]) / (m[f"{peer}_all"] / m["peer_hf"])
@@ -316,7 +342,9 @@ def report(res: dict, args) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Recording overhead of mechscope vs plain HF, TransformerLens, nnsight")
     p.add_argument(
-        "--models", default="gpt2,pycode", help="comma-separated: gpt2, pycode, qwen3, mixtral, or Hugging Face folders"
+        "--models",
+        default="gpt2,pycode",
+        help="comma-separated: gpt2, toy (2 layers; use --batch 1 --seq 16), pycode, qwen3, mixtral, or HF folders",
     )
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128)

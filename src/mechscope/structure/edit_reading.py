@@ -51,9 +51,9 @@ def _flat(x: Tensor) -> Tensor:
 
 
 def candidate_keys(model, site: str, candidates: Sequence[str], templates: Sequence[str]):
-    """(keys [n_cand, d] averaged over templates at each name's last token, every position's
-    key [N, d], the texts, their subject positions counted from the end, and the key at
-    each text's subject position [n_cand · n_templates, d])."""
+    """(keys [n_cand, d] averaged over templates at each name's last token, the texts, their
+    subject positions counted from the end, and the key at each text's subject position
+    [n_cand · n_templates, d])."""
     texts, negs = [], []
     for name in candidates:
         for t in templates:
@@ -67,14 +67,12 @@ def candidate_keys(model, site: str, candidates: Sequence[str], templates: Seque
     keys, lengths = _flat(run.cache[site]), run.lengths
     rows = torch.arange(len(texts))
     at = keys[rows, lengths + torch.tensor(negs)]
-    # position 0 is left out of the moment: its key is the outlier of an attention sink
-    mask = (torch.arange(keys.shape[1])[None, :] < lengths[:, None]) & (torch.arange(keys.shape[1]) > 0)[None, :]
     per_name = at.view(len(candidates), len(templates), -1).mean(1)
-    return per_name, keys[mask], texts, negs, at
+    return per_name, texts, negs, at
 
 
 def corpus_keys(model, site: str, corpus, max_tokens: int):
-    """(every key [N, d], the token ids [n, ctx], the contexts' keys [n, ctx, d])."""
+    """(the token ids [n, ctx], their keys [n, ctx, d]) of the corpus cut into contexts."""
     from ..data import contexts, read_documents, token_stream
 
     if model.tokenizer is None:
@@ -85,8 +83,7 @@ def corpus_keys(model, site: str, corpus, max_tokens: int):
     ids = contexts(stream, ctx)
     if len(ids) == 0:
         raise MechscopeError(f"the corpus has {len(stream)} tokens: fewer than one context of {ctx}")
-    keys = _flat(model.run(ids, record=site, logits=False, batch_size=32).cache[site])
-    return keys.reshape(-1, keys.shape[-1]), ids, keys
+    return ids, _flat(model.run(ids, record=site, logits=False, batch_size=32).cache[site])
 
 
 def _cos(keys: Tensor, direction: Tensor) -> Tensor:
@@ -124,12 +121,18 @@ def read_update(base, row: dict, svd: LowRankSVD, corpus, candidates, templates,
     sites = KEY_SITES.get(row["kind"])
     if sites is None or row["layer"] is None:
         return None
-    key_site, value_site = (s.format(layer=row["layer"]) if s else None for s in sites)
+    key_site = sites[0].format(layer=row["layer"])
+    value_site = sites[1].format(layer=row["layer"]) if sites[1] else None
     with torch.no_grad():
-        if candidates:
-            found = candidate_keys(base, key_site, candidates, templates or TEMPLATES)
-            return _read_candidates(base, svd, found, candidates, value_site, top)
-        return _read_corpus(base, svd, corpus_keys(base, key_site, corpus, max_tokens), value_site, top)
+        from_corpus = corpus_keys(base, key_site, corpus, max_tokens) if corpus is not None else None
+        if not candidates:
+            assert from_corpus is not None  # edit_forensics reads only with candidates or a corpus
+            return _read_corpus(base, svd, from_corpus, value_site, top)
+        found = candidate_keys(base, key_site, candidates, templates or TEMPLATES)
+        reading = _read_candidates(base, svd, found, candidates, value_site, top)
+        if from_corpus is not None:  # both: the corpus tokens' matches beside the candidates'
+            reading["corpus_keys"] = _corpus_matches(base, svd, *from_corpus, top)[0]
+        return reading
 
 
 def _signed(svd: LowRankSVD, key: Tensor) -> tuple[LowRankSVD, int]:
@@ -148,7 +151,7 @@ def _promotion(base, svd: LowRankSVD, value_site: str | None, items, negs, keys_
 
 
 def _read_candidates(base, svd, found, candidates, value_site, top) -> dict:
-    per_name, _, texts, negs, at = found
+    per_name, texts, negs, at = found
     scores = (per_name @ svd.U[:, 0].double()).abs()
     order = scores.argsort(descending=True)
     best = int(order[0])
@@ -166,30 +169,37 @@ def _read_candidates(base, svd, found, candidates, value_site, top) -> dict:
     return {"keys": keys, "sign": sign, "contexts": contexts, **promotion}
 
 
-def _read_corpus(base, svd, corpus_k, value_site, top, n_contexts: int = 8) -> dict:
-    """Corpus tokens by match (the best position of each distinct token; the first position
-    of each context, an attention sink, left out), and promotion over the contexts of the
-    best `n_contexts` positions, each cut after its matched token."""
-    _, ids, keys = corpus_k
-    scores = (keys @ svd.U[:, 0].double()).abs()  # [n, ctx]
+def _corpus_matches(base, svd: LowRankSVD, ids: Tensor, keys: Tensor, top: int) -> tuple[list[dict], Tensor]:
+    """Corpus tokens by response (the best position of each distinct token; the first position
+    of each context, an attention sink, left out), and the positions in order [n·ctx]."""
+    u = svd.U[:, 0].double()
+    scores = (keys @ u).abs()  # [n, ctx]
     scores[:, 0] = 0.0
-    flat = scores.flatten().argsort(descending=True)
+    order = scores.flatten().argsort(descending=True)
     seen: dict[int, tuple[int, int]] = {}
-    for f in flat.tolist():
+    for f in order.tolist():
         r, p = divmod(f, ids.shape[1])
         seen.setdefault(int(ids[r, p]), (r, p))
         if len(seen) >= top:
             break
     names = decode_many(base, list(seen))
-    keys_out = []
+    matches = []
     for tok, (r, p) in seen.items():
         context = base.tokenizer.decode(ids[r, max(0, p - 8) : p + 1].tolist())
-        cos = float(_cos(keys[r, p], svd.U[:, 0].double()))
-        keys_out.append({"name": names[tok], "id": tok, "score": float(scores[r, p]), "cos": cos, "context": context})
-    best = [divmod(f, ids.shape[1]) for f in flat[:n_contexts].tolist()]
+        cos = float(_cos(keys[r, p], u))
+        matches.append({"name": names[tok], "id": tok, "score": float(scores[r, p]), "cos": cos, "context": context})
+    return matches, order
+
+
+def _read_corpus(base, svd, from_corpus, value_site, top, n_contexts: int = 8) -> dict:
+    """Corpus tokens by response, and promotion over the contexts of the best `n_contexts`
+    positions, each cut after its matched token."""
+    ids, keys = from_corpus
+    matches, order = _corpus_matches(base, svd, ids, keys, top)
+    best = [divmod(f, ids.shape[1]) for f in order[:n_contexts].tolist()]
     svd, sign = _signed(svd, keys[best[0][0], best[0][1]])
     items = [ids[r, : p + 1] for r, p in best]
     at = torch.stack([keys[r, p] for r, p in best])
     contexts = [base.tokenizer.decode(i.tolist()[-12:]) for i in items]
     promotion = _promotion(base, svd, value_site, items, [-1] * len(items), at, top)
-    return {"keys": keys_out, "sign": sign, "contexts": contexts, **promotion}
+    return {"keys": matches, "sign": sign, "contexts": contexts, **promotion}

@@ -11,8 +11,8 @@ per matrix.
 For a rank-one update ΔW = σ u vᵀ (ROME: W_out += (C⁻¹k*) Λᵀ in this orientation) u is the
 key direction, the input the edit responds to, and v the value direction, what it writes.
 `edit_reading.read_update` maps them to meaning: the candidate subjects (or corpus tokens)
-whose keys at that matrix's input align best with C u (= k* up to scale when C is the keys'
-second moment, as ROME's), and the tokens the update promotes through the later layers.
+whose keys at that matrix's input get the largest response |uᵀk| (the update adds
+σ (uᵀk) v for key k), and the tokens the update promotes through the later layers.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from safetensors.torch import load_file
@@ -31,7 +31,7 @@ from ..errors import MechscopeError
 from ..io import write_tensors
 from ._common import frame, load_json, save_json
 from .forensics_plots import key_figure, promoted_figure, spectra_figure
-from .lowrank import LowRankSVD, lowrank_svd
+from .lowrank import LowRankSVD, lowrank_svd, sigma_max
 from .spectra import Matrix, spectrum_stats, weight_matrices
 from .weight_diff import check_same_shapes
 
@@ -39,14 +39,6 @@ log = logging.getLogger(__name__)
 MATRIX_KINDS = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out", "W_E", "W_U")
 """Whole matrices compared by `edit_forensics` (the per-head circuits add nothing an edit
 of a whole matrix does not show)."""
-
-
-def _sigma_max(w: Tensor) -> float:
-    """σ_1 of a (large) matrix from a few randomised power iterations: only the noise floor
-    depends on it, so a few digits are enough."""
-    if min(w.shape) <= 512:
-        return float(torch.linalg.matrix_norm(w, 2))
-    return float(torch.svd_lowrank(w, q=6, niter=4)[1][0])
 
 
 def compare_matrix(base: Matrix, edited: Matrix, *, k: int, rtol: float, guess: int) -> tuple[dict, dict]:
@@ -57,12 +49,12 @@ def compare_matrix(base: Matrix, edited: Matrix, *, k: int, rtol: float, guess: 
             f"the two models' shapes differ at {base.name}: {list(wb.shape)} vs {list(we.shape)}; "
             "forensics needs the same architecture (a model and its edit or fine-tune)"
         )
-    row = {"name": base.name, "kind": base.kind, "layer": base.layer, "shape": list(wb.shape)}
+    row: dict[str, Any] = {"name": base.name, "kind": base.kind, "layer": base.layer, "shape": list(wb.shape)}
     if torch.equal(wb, we):
         return {**row, "norm": 0.0, "relative_norm": 0.0, "rank": 0, "sigma_ratio": math.nan, "solver": "equal"}, {}
     wb32, delta = wb.detach().float(), (we.detach().float() - wb.detach().float())
-    svd = lowrank_svd(delta, rtol=rtol, scale=_sigma_max(wb32), guess=guess)
-    norm, base_norm = float(delta.double().norm()), float(wb32.double().norm())
+    svd = lowrank_svd(delta, rtol=rtol, scale=sigma_max(wb32), guess=guess)
+    norm, base_norm = float(torch.linalg.vector_norm(delta)), float(torch.linalg.vector_norm(wb32))
     s = svd.S.double().cpu()
     kk = max(min(k, svd.rank), 1)
     row |= {
@@ -203,9 +195,10 @@ def edit_forensics(
     and, for rank-one updates of a matrix with a key site (W_out, W_in, W_gate, W_O), what
     it responds to and what it writes (see the module docstring and `edit_reading`).
 
-    corpus: documents (a path or texts) whose keys give the key second moment C and, without
-    `candidates`, the tokens to match. candidates: subject names, each recorded at its last
-    token in every template ("{}" marks the name; default `edit_reading.TEMPLATES`).
+    corpus: documents (a path or texts) whose tokens' keys are matched too (alone, they
+    are the only candidates: the best contexts then carry the promotion).
+    candidates: subject names, each recorded at its last token in every template ("{}"
+    marks the name; default `edit_reading.TEMPLATES`).
     guess: the expected rank of an update (the randomised solver starts there).
     """
     from tqdm.auto import tqdm

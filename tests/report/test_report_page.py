@@ -11,33 +11,20 @@ import re
 
 import pytest
 
-import mechscope as ms
-from mechscope.report import build_report
-from mechscope.report.figures import checking, problems
+from mechscope.report.figures import problems
 
 from ..conftest import requires_pycode
-from .page import Page
-
-DEMO_PROMPT = (
-    "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b"  # the Makefile's, as printf gives it
-)
-
-
-def _build(name: str, prompt: str | None, out):
-    with checking() as seen:
-        path = build_report(ms.load(name), prompt, out)
-    text = path.read_text()
-    return text, Page(text), seen
+from .conftest import build_checked
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return _build("zoo:pycode", DEMO_PROMPT, tmp_path_factory.mktemp("demo"))
+def demo(demo_report):
+    return demo_report[:3]
 
 
 @pytest.fixture(scope="module")
 def modadd(tmp_path_factory):
-    return _build("zoo:modadd", None, tmp_path_factory.mktemp("modadd"))
+    return build_checked("zoo:modadd", None, tmp_path_factory.mktemp("modadd"))[:3]
 
 
 @requires_pycode
@@ -137,7 +124,7 @@ def test_the_checker_catches_each_defect():
     for a in (left, right):
         a.set(title="t", xlabel="x", ylabel="y")
     found = problems(fig)
-    assert any("panel 0: empty panel" in p for p in found) and any("no legend" in p for p in found)
+    assert any("panel 0: empty panel" in p for p in found) and any("in no legend" in p for p in found)
     fig, ax = figure(2.0, 2)  # fractional layer ticks on a narrow panel: the per-head spectra defect
     ax.scatter([-0.1, 0.1], [1, 2])
     ax.set_xticks([-0.1, -0.075, -0.05, -0.025, 0, 0.025, 0.05, 0.075, 0.1])

@@ -107,6 +107,12 @@ def configure_report(parser: argparse.ArgumentParser) -> None:
         "--sae", metavar="DIR", help="a dictionary folder (from `mechscope sae train`) to show in the report"
     )
     parser.add_argument(
+        "--store",
+        metavar="STORE",
+        help="a feature store built from the --sae dictionary (`mechscope features build`): adds corpus "
+        "densities and the top contexts of the prompt's features",
+    )
+    parser.add_argument(
         "--crosscoder",
         metavar="DIR",
         help="a crosscoder folder (from `mechscope crosscoder train`) to show in the report",
@@ -117,6 +123,15 @@ def execute_report(args) -> int:
     from ..models.loading import load
     from ..report import build_report
 
-    path = build_report(load(args.model), args.prompt, Path(args.out), sae_dir=args.sae, crosscoder_dir=args.crosscoder)
+    if args.store and not args.sae:  # before the model loads
+        raise MechscopeError(f"--store {args.store} needs --sae DIR: the dictionary the store was built from")
+    path = build_report(
+        load(args.model),
+        args.prompt,
+        Path(args.out),
+        sae_dir=args.sae,
+        crosscoder_dir=args.crosscoder,
+        store_dir=args.store,
+    )
     print(f"wrote {path}")
     return 0

@@ -48,12 +48,17 @@ def build_report(
     *,
     sae_dir: str | Path | None = None,
     crosscoder_dir: str | Path | None = None,
+    store_dir: str | Path | None = None,
 ) -> Path:
     """Run `model` on `prompt` and write `out_dir/index.html` (images inlined).
 
     Sections that need a text run are left out when there is no prompt or the model
     does not read text (toy models, CNNs); zoo models add their figures. `sae_dir`, a
-    dictionary folder, adds its metrics and features; `crosscoder_dir` a crosscoder's."""
+    dictionary folder, adds its metrics and features; `store_dir`, a feature store built from
+    that dictionary (`mechscope features build`), adds the corpus's view of them;
+    `crosscoder_dir` a crosscoder's."""
+    if store_dir is not None and sae_dir is None:
+        raise MechscopeError(f"--store {store_dir} needs --sae DIR: the dictionary the store was built from")
     _refuse_nonfinite_weights(model)
     run = None
     if prompt is not None:
@@ -70,7 +75,7 @@ def build_report(
             )
     sections = list(SECTIONS)
     if sae_dir is not None:
-        sections.append(functools.partial(sae.section, sae_dir=sae_dir))
+        sections.append(functools.partial(sae.section, sae_dir=sae_dir, store_dir=store_dir))
     if crosscoder_dir is not None:
         sections.append(functools.partial(crosscoder.section, crosscoder_dir=crosscoder_dir))
     parts = [section(model, run) for section in sections]

@@ -54,6 +54,11 @@ def _colorbar_problems(ax, name: str) -> list[str]:
     return [] if axis.get_label_text().strip() else [f"{name}: colour bar without a label"]
 
 
+def _legend_texts(fig) -> set[str]:
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes)]
+    return {t.get_text() for legend in legends if legend is not None for t in legend.get_texts()}
+
+
 def _axes_problems(ax, name: str, renderer) -> list[str]:
     if getattr(ax, "_colorbar", None) is not None:
         return _colorbar_problems(ax, name)
@@ -67,9 +72,10 @@ def _axes_problems(ax, name: str, renderer) -> list[str]:
             if _shows_tick_labels(axis) and not axis.get_label_text().strip():
                 found.append(f"{name}: {letter} axis has tick labels but no label")
             found += _tick_problems(axis, letter, name, renderer)
-    handles, labels = ax.get_legend_handles_labels()
-    if len(labels) > 1 and ax.get_legend() is None and not ax.figure.legends:
-        found.append(f"{name}: {len(labels)} named series and no legend")
+    labels = [label for label in ax.get_legend_handles_labels()[1] if label.strip()]
+    missing = set(labels) - _legend_texts(ax.figure)
+    if len(labels) > 1 and missing:  # a twin's series may sit in its partner's legend
+        found.append(f"{name}: {len(labels)} named series, {len(missing)} in no legend")
     return found
 
 

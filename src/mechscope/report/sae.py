@@ -48,7 +48,7 @@ def _fmt(value) -> str:
     return "–" if value is None else f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
 
 
-def _prompt_part(model, coder, run, n_features: int) -> tuple[dict, str]:
+def _prompt_part(model, coder, run, n_features: int) -> tuple[dict, str, list[int]]:
     """The dictionary's metrics on the report prompt (dead fraction left out: a density
     needs a corpus) and its features most active there."""
     from ..dictionary.evaluate import evaluate
@@ -61,11 +61,12 @@ def _prompt_part(model, coder, run, n_features: int) -> tuple[dict, str]:
     acts = coder.encode(model.run(ids, record=[site], logits=False).cache[site].flatten(2)[0].float())
     strongest = acts.max(0).values.topk(min(n_features, coder.cfg.d_sae)).indices.tolist()
     found = top_contexts(model, coder, ids, strongest, k=3, context=6)
-    return metrics, (
+    shown = (
         _png(_l0_figure(model, ids[0], (acts > 0).sum(-1), site))
         + "<p>Features most active on the prompt, with their strongest positions:</p>"
         + found.to_html()
     )
+    return metrics, shown, strongest
 
 
 def _l0_figure(model, ids, l0, site: str):
@@ -84,8 +85,12 @@ def _l0_figure(model, ids, l0, site: str):
     return fig
 
 
-def section(model, run, sae_dir: str | Path | None = None, *, n_features: int = 4) -> str:
-    """HTML for the dictionary in `sae_dir` on the report prompt; a note when there is none."""
+def section(
+    model, run, sae_dir: str | Path | None = None, *, store_dir: str | Path | None = None, n_features: int = 4
+) -> str:
+    """HTML for the dictionary in `sae_dir` on the report prompt; a note when there is none.
+    `store_dir`, a feature store built from this dictionary on this model, adds the corpus's
+    view: dead fraction, density histogram, and top contexts of the prompt's features."""
     if sae_dir is None:
         return heading(TITLE, WHAT) + (
             "<p>No dictionary given: train one with <code>mechscope sae train</code> and pass its folder "
@@ -106,13 +111,25 @@ def section(model, run, sae_dir: str | Path | None = None, *, n_features: int = 
     site = html.escape(coder.cfg.hook_name)
     columns: dict[str, dict] = {}
     parts = []
+    store = None
+    if store_dir is not None:
+        from .store import corpus_metrics, open_checked
+
+        store = open_checked(model, coder, store_dir)  # refused before any work when it does not match
     saved = Path(sae_dir) / "eval.json"
     if saved.is_file():
         columns["held-out (eval.json)"] = json.loads(saved.read_text())
+    if store is not None:
+        columns[f"feature store ({int(store.meta['finalized_tokens']):,} tokens)"] = corpus_metrics(store)
+    strongest: list[int] = []
     if run is not None and run.mask is not None and int(run.lengths[0]) >= 2:
-        columns["report prompt"], shown = _prompt_part(model, coder, run, n_features)
-        held = "; the held-out column is from the corpus `mechscope sae train` evaluated on" if saved.is_file() else ""
+        columns["report prompt"], shown, strongest = _prompt_part(model, coder, run, n_features)
+        held = "; the other columns are measured on a corpus" if len(columns) > 1 else ""
         parts += [f"<p>{NO_DENSITY.format(n=int(run.lengths[0]), held=held)}</p>", shown]
+    if store is not None:
+        from .store import store_part
+
+        parts.append(store_part(store, strongest))
     if not columns:
         return (
             heading(TITLE, WHAT)

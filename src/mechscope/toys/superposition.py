@@ -202,6 +202,7 @@ def plot_dimensionality(geometry: FeatureGeometry, density: Tensor) -> Figure:
     ax.set_ylim(0, 1.1)
     ax.set_xlabel("1 / (1 - S)  (inverse feature density)"), ax.set_ylabel("dimensions per feature")
     ax.legend(fontsize=8, loc="upper right")
+    ax.set_title("Dimensions per feature across sparsity (plateaus at the fractions)", fontsize=10)
     return fig
 
 

@@ -242,7 +242,7 @@ def _confusion_figure(cm: Tensor):
     ax.set_xlabel("predicted"), ax.set_ylabel("true")
     acc = cm.diagonal().sum() / cm.sum()
     ax.set_title(f"test confusion matrix (accuracy {acc:.2%})", fontsize=10)
-    fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="test images")
     return fig
 
 

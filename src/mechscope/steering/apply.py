@@ -115,8 +115,9 @@ def term_edits(terms: Sequence[Term], offsets: Offsets | None) -> list[Edit]:
 
 def bind(term: Any, offsets: Offsets) -> Any:
     """An edit whose function has `bind` (a clamp made before its `Offsets` existed), bound to them."""
-    if isinstance(term, Edit) and hasattr(term.value, "bind"):
-        return dataclasses.replace(term, value=term.value.bind(offsets))
+    binder = getattr(term.value, "bind", None) if isinstance(term, Edit) else None
+    if binder is not None:
+        return dataclasses.replace(term, value=binder(offsets))
     return term
 
 

@@ -51,12 +51,16 @@ class Heldout:
             prefix = mask[:, 1:].bool()
         return cls(ids, mask, completion, prefix, h)
 
-    def scores(self, logits: Float[Tensor, "row pos vocab"]) -> Float[Tensor, " row"]:
+    def log_probs(self, logits: Float[Tensor, "row pos vocab"]) -> Float[Tensor, "row pos vocab"]:
+        """Next-token log-probabilities at every position but the last (computed once per forward)."""
+        return logits[:, :-1].float().log_softmax(-1)
+
+    def scores(self, logp: Float[Tensor, "row pos vocab"]) -> Float[Tensor, " row"]:
         """Sum of log-probabilities of each row's completion tokens; rows = copies x 2H."""
-        copies = logits.shape[0] // len(self.ids)
-        ids = self.ids.repeat(copies, 1).to(logits.device)
-        logp = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
-        return (logp * self.completion.repeat(copies, 1).to(logp.device)).sum(1)
+        copies = logp.shape[0] // len(self.ids)
+        ids = self.ids.repeat(copies, 1).to(logp.device)
+        picked = logp.gather(-1, ids[:, 1:, None])[..., 0]
+        return (picked * self.completion.repeat(copies, 1).to(logp.device)).sum(1)
 
     def preference(self, scores: Float[Tensor, " row"]) -> Float[Tensor, "copy pair"]:
         """log p(positive completion) - log p(negative completion) per copy and pair."""
@@ -66,10 +70,8 @@ class Heldout:
     def kl(
         self, base: Float[Tensor, "row pos vocab"], steered: Float[Tensor, "row pos vocab"]
     ) -> Float[Tensor, " copy"]:
-        """Mean KL(unsteered || steered) over the prefix positions, per copy."""
-        copies = steered.shape[0] // len(self.ids)
-        p = base.float()[:, :-1].log_softmax(-1)
-        q = steered.float()[:, :-1].log_softmax(-1).view(copies, *p.shape)
-        kl = (p.exp() * (p - q)).sum(-1)  # [copy, row, pos]
-        where = self.prefix.to(kl.device)
-        return (kl * where).sum((1, 2)) / where.sum()
+        """Mean KL(unsteered || steered) over the prefix positions, per copy (both log-probabilities)."""
+        where = self.prefix.to(steered.device)
+        p = base[where]  # [n, vocab]
+        q = steered.view(-1, *base.shape)[:, where]  # [copy, n, vocab]
+        return (p.exp() * (p - q)).sum(-1).mean(-1)

@@ -55,12 +55,16 @@ def _vector_and_heldout(model, source, heldout, layers, site, holdout, read, met
 
 
 def _site_per_layer(vector: SteeringVector, layers: Sequence[int] | None) -> dict[int, str]:
-    by_layer = {layer_of(s): s for s in vector.sites if layer_of(s) is not None}
+    by_layer: dict[int, str] = {}
+    for s in vector.sites:
+        layer = layer_of(s)
+        if layer is not None:
+            by_layer[layer] = s
     wanted = sorted(by_layer) if layers is None else list(layers)
     missing = [layer for layer in wanted if layer not in by_layer]
     if missing or not wanted:
         raise MechscopeError(f"the vector has no direction at layer(s) {missing or wanted}; it has {vector.sites}")
-    return {layer: by_layer[layer] for layer in wanted}  # type: ignore[misc]
+    return {layer: by_layer[layer] for layer in wanted}
 
 
 def _chunks(n: int, per: int) -> Iterable[slice]:
@@ -70,16 +74,16 @@ def _chunks(n: int, per: int) -> Iterable[slice]:
 @torch.no_grad()
 def _pairs_layer(model, batch: Heldout, vector, site, layer, strengths: Tensor, base, per_forward):
     """(behaviour shift [S], KL [S], anti-steerable [S]) of one layer."""
-    base_logits, base_pref = base
+    base_logp, base_pref = base
     shifts, kls = [], []
     rows = len(batch.ids)
     for part in _chunks(len(strengths), per_forward):
         chunk = strengths[part]
         edits = vector_edits(vector.only(site), chunk.repeat_interleave(rows))
         copies = {layer: len(chunk)}
-        logits = model.run(batch.ids, attention_mask=batch.mask, edits=edits, copies=copies).logits
-        shifts.append(batch.preference(batch.scores(logits)) - base_pref)
-        kls.append(batch.kl(base_logits, logits))
+        logp = batch.log_probs(model.run(batch.ids, attention_mask=batch.mask, edits=edits, copies=copies).logits)
+        shifts.append(batch.preference(batch.scores(logp)) - base_pref)
+        kls.append(batch.kl(base_logp, logp))
     shift, kl = torch.cat(shifts), torch.cat(kls)  # [S, pairs], [S]
     anti = ((shift * strengths.sign()[:, None].to(shift)) < 0).float().mean(1)
     anti[strengths == 0] = float("nan")
@@ -151,8 +155,8 @@ def search(
     grid = torch.tensor([float(s) for s in strengths])
     if behaviour is None:
         batch = Heldout.build(model, test)
-        base_logits = model.run(batch.ids, attention_mask=batch.mask).logits
-        base = (base_logits, batch.preference(batch.scores(base_logits)))
+        base_logp = batch.log_probs(model.run(batch.ids, attention_mask=batch.mask).logits)
+        base = (base_logp, batch.preference(batch.scores(base_logp)))
         width = len(batch.ids) * batch.ids.shape[1] * (model.dims.d_vocab or 1)
         per_forward = cells_per_forward or max(1, LOGIT_BUDGET // width)
     else:

@@ -10,6 +10,7 @@ comparable across layers.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -23,6 +24,8 @@ from torch import Tensor
 from .. import io
 from ..errors import MechscopeError
 from ..folders import recover_folder, replace_folder, staging_folder
+
+log = logging.getLogger(__name__)
 
 KIND = "steering_vector"
 TENSORS = "directions.safetensors"
@@ -177,6 +180,10 @@ class SteeringVector:
             )
         for site in self.directions:
             model.table[site]  # an unknown site fails here, with suggestions
+        if self.model_name and self.model_name != model.name:
+            log.warning(
+                "this steering vector was read on %s, not %s: it may mean nothing here", self.model_name, model.name
+            )
 
     # Saving
 

@@ -11,6 +11,7 @@ from concept_erasure import LeaceFitter
 import mechscope as ms
 from mechscope.concepts import (
     Eraser,
+    Probe,
     collect,
     erasure_cost,
     fit_eraser,
@@ -107,6 +108,9 @@ def test_in_model_erasure_drops_the_probe_and_costs_loss(model):
     assert cost["loss_cost"] == pytest.approx(mean_loss(erased) - mean_loss(plain), abs=1e-4)
     assert cost["loss_cost"] > 0
     assert lm_loss(model, held) == pytest.approx(cost["loss_before"], abs=1e-6)
+    # the same edits act during generation
+    prompt = "def f(x):\n    return"
+    assert isinstance(model.generate(prompt, max_new_tokens=5, edits=eraser.edits()), str)
 
 
 def test_sequential_fitting_equals_the_package_in_float64(tmp_path):
@@ -146,3 +150,9 @@ def test_refusals(model):
         eraser.check(other)
     with pytest.raises(MechscopeError, match="nothing to erase"):
         fit_eraser(model, ["a b c d"], python_token_kinds, SITE)
+    narrow = Probe("logistic", SITE, "", ("a", "b"), torch.zeros(8), torch.ones(8), {"weight": torch.zeros(8, 1)})
+    with pytest.raises(MechscopeError, match="reads 8 features but blocks.1.hook_resid_post has 256"):
+        narrow.check(model)
+    part = {"proj_left": torch.zeros(8, 2), "proj_right": torch.zeros(2, 8), "bias": torch.zeros(8)}
+    with pytest.raises(MechscopeError, match="reads width 8 but the site has 256"):
+        Eraser("", ("a", "b"), "leace", {SITE: part}).check(model)

@@ -91,9 +91,15 @@ def init_params(kind: str, m: int, d: int, c: int, hidden: int, gen: torch.Gener
 def forward(params: dict[str, Tensor], z: Float[Tensor, "row d"]) -> Float[Tensor, "m row c"]:
     """Outputs of every head on standardised rows."""
     if "w1" in params:
-        h = torch.relu(torch.einsum("bd,mdh->mbh", z, params["w1"]) + params["b1"][:, None])
+        h = torch.relu(_shared(z, params["w1"]) + params["b1"][:, None])
         return torch.bmm(h, params["weight"]) + params["bias"][:, None]
-    return torch.einsum("bd,mdc->mbc", z, params["weight"]) + params["bias"][:, None]
+    return _shared(z, params["weight"]) + params["bias"][:, None]
+
+
+def _shared(z: Float[Tensor, "row d"], w: Float[Tensor, "m d c"]) -> Float[Tensor, "m row c"]:
+    """Every head on the same rows as one matrix product ([row, d] @ [d, m * c])."""
+    m, d, c = w.shape
+    return (z @ w.permute(1, 0, 2).reshape(d, m * c)).view(len(z), m, c).transpose(0, 1)
 
 
 def row_loss(kind: str, out: Tensor, y: Int[Tensor, " row"]) -> Float[Tensor, "m row"]:

@@ -71,16 +71,29 @@ def _chunks(n: int, per: int) -> Iterable[slice]:
     return (slice(i, min(n, i + per)) for i in range(0, n, per))
 
 
+def _join(model, site: str, layer: int) -> tuple[int, str]:
+    """Where the strength copies join and the site they are steered at: a block's output is
+    the next block's input, so copies of blocks.L.hook_resid_post join at block L + 1 and
+    block L runs once (the last block's output: copies join at block L itself)."""
+    if site == f"blocks.{layer}.hook_resid_post" and layer + 1 < model.dims.n_layers:
+        return layer + 1, f"blocks.{layer + 1}.hook_resid_pre"
+    return layer, site
+
+
 @torch.no_grad()
 def _pairs_layer(model, batch: Heldout, vector, site, layer, strengths: Tensor, base, per_forward):
     """(behaviour shift [S], KL [S], anti-steerable [S]) of one layer."""
     base_logp, base_pref = base
     shifts, kls = [], []
     rows = len(batch.ids)
+    join, at = _join(model, site, layer)
     for part in _chunks(len(strengths), per_forward):
         chunk = strengths[part]
-        edits = vector_edits(vector.only(site), chunk.repeat_interleave(rows))
-        copies = {layer: len(chunk)}
+        if per_forward == 1:  # the unbatched baseline: a plain steered forward, no copies
+            edits, copies = vector_edits(vector.only(site), float(chunk[0])), None
+        else:
+            edits = vector_edits(SteeringVector({at: vector.directions[site]}), chunk.repeat_interleave(rows))
+            copies = {join: len(chunk)}
         logp = batch.log_probs(model.run(batch.ids, attention_mask=batch.mask, edits=edits, copies=copies).logits)
         shifts.append(batch.preference(batch.scores(logp)) - base_pref)
         kls.append(batch.kl(base_logp, logp))

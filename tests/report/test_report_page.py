@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
 from mechscope.report.figures import problems
 
@@ -148,3 +149,26 @@ def test_modadd_report_tells_no_one_to_shorten_anything_and_has_no_empty_panel(m
     spectra = next(fig for title, _, fig in seen if "per-head circuits" in title)
     assert len(spectra.axes) == 1  # no blank "whole matrices" panel
     assert [t.get_text() for t in spectra.axes[0].get_xticklabels()] == ["0"]  # one layer: one tick
+
+
+def test_patching_cost_is_bounded_on_long_prompts_and_the_page_says_so(monkeypatch):
+    import mechscope.patching as package
+    from mechscope.report import patching
+
+    from ..models.tiny import tiny_model
+
+    model = tiny_model("llama")
+    ids = torch.randint(3, 97, (1, 60), generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(patching, "MAX_CONTEXT", 32)  # the tiny model reads 64 positions
+    swept = []
+    original = package.sweep
+
+    def spy(model, task, *args, **kwargs):
+        swept.append((task.clean.shape[1], len(kwargs["positions"])))
+        return original(model, task, *args, **kwargs)
+
+    monkeypatch.setattr(package, "sweep", spy)  # the section imports it from mechscope.patching when called
+    text = patching.section(model, model.run(ids))
+    assert swept == [(patching.MAX_CONTEXT, swept[0][1])] and swept[0][1] <= patching.MAX_POSITIONS
+    assert "The prompt has 60 tokens: patching runs on its first token and its last 31" in text
+    assert "<img" in text

@@ -19,6 +19,9 @@ from .sections import _png, heading
 MAX_POSITIONS = 24
 """The sweep (n_layers x positions patches, batched) and the search for the token to swap
 cover at most the prompt's last this many tokens."""
+MAX_CONTEXT = 64
+"""Longer prompts are patched on their first token (often BOS) and last MAX_CONTEXT - 1
+tokens: every patched run reads the whole clean prompt, so its length bounds the cost."""
 CHUNK = 8
 """Corrupted candidates per forward pass while searching for the token to swap."""
 TITLE = "Activation patching"
@@ -46,6 +49,15 @@ def _swap_candidates(model, clean: torch.Tensor, answer: int, base: float) -> tu
     return positions[best], corrupt, drops[best]
 
 
+def _clean_ids(run) -> torch.Tensor:
+    """The report prompt's ids, or its first and last MAX_CONTEXT - 1 tokens when longer."""
+    length = int(run.lengths[0])
+    ids = run.tokens[:1, :length].cpu()
+    if length <= MAX_CONTEXT:
+        return ids
+    return torch.cat([ids[:, :1], ids[:, length - MAX_CONTEXT + 1 :]], 1)
+
+
 def _auto_task(model, run):
     """(task, swapped position, drop in log p(answer), reason when there is no task)."""
     from ..patching import Task
@@ -53,8 +65,9 @@ def _auto_task(model, run):
     length = int(run.lengths[0])
     if length < 3:
         return None, 0, 0.0, f"the prompt has {length} token{'s' * (length != 1)}; patching needs at least 3"
-    clean = run.tokens[:1, :length].cpu()
-    last = run.logits[0, length - 1].float()
+    clean = _clean_ids(run)
+    with torch.no_grad():
+        last = run.logits[0, length - 1].float() if length <= MAX_CONTEXT else model.run(clean).logits[0, -1].float()
     answer = int(last.argmax())
     pos, corrupt, drop = _swap_candidates(model, clean, answer, float(torch.log_softmax(last, -1)[answer]))
     with torch.no_grad():
@@ -84,6 +97,12 @@ def section(model, run) -> str:
     decode = (lambda t: model.tokenizer.decode([t])) if model.tokenizer is not None else str  # noqa: E731
     before, after = decode(int(task.clean[0, pos])), decode(int(task.corrupt[0, pos]))
     searched = length - 1 - max(1, length - MAX_POSITIONS)
+    cut = (
+        f" The prompt has {int(run.lengths[0]):,} tokens: patching runs on its first token and its last "
+        f"{MAX_CONTEXT - 1} (positions below count in that shortened prompt), which bounds the cost."
+        if int(run.lengths[0]) > MAX_CONTEXT
+        else ""
+    )
     weak = (
         " <b>The swap barely moves the answer</b>, so the colours below are mostly noise."
         if abs(result.clean_metric - result.corrupt_metric) < 0.1
@@ -96,5 +115,5 @@ def section(model, run) -> str:
         "the clean <code>blocks.{l}.hook_resid_pre</code> at one position into the corrupted run; colour: share "
         f"of the {html.escape(metric.name)} gap restored (clean {result.clean_metric:.3f}, corrupted "
         f"{result.corrupt_metric:.3f}; 1 = fully restored). Positions before {pos} are the same in both "
-        f"prompts and are left out.{weak}</p>" + _png(result.plot())
+        f"prompts and are left out.{cut}{weak}</p>" + _png(result.plot())
     )

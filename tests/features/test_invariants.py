@@ -92,6 +92,12 @@ def test_neighbours_and_co_occurrence(built):
         tops = [e.token_index for e in f.top]
         for other, n in f.co_occurring:  # each listed latent is active at that many top tokens
             assert 0 < n <= sum(1 for t in tops if acts[t, other] > 0)
+        co_ids = store.array("co_ids")[lat]
+        for r, t in enumerate(tops):  # at each top token: the strongest other latents there, in order
+            row = acts[t].clone()
+            row[lat] = 0
+            order = sorted((j for j in range(len(row)) if row[j] > 0), key=lambda j: (-float(row[j]), j))
+            assert [j for j in co_ids[r].tolist() if j >= 0] == order[: CFG.co_active]
 
 
 def test_two_halves_equal_one_build(built, tmp_path):

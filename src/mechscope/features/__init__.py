@@ -19,6 +19,7 @@ from .accumulate import Accumulator, bin_edges
 from .build import build, dictionary_identity
 from .config import BuildConfig
 from .neuronpedia import export_neuronpedia, neuronpedia_feature
+from .reader import LatentReader
 from .schema import SCHEMA_VERSION
 from .store import Example, Feature, FeatureStore, Page, open_store, set_explanations
 
@@ -30,6 +31,7 @@ __all__ = [
     "Example",
     "Feature",
     "FeatureStore",
+    "LatentReader",
     "Page",
     "SCHEMA_VERSION",
     "bin_edges",

@@ -120,46 +120,46 @@ class Accumulator:
         self.total.index_add_(0, lat, val.double())
         bins = bin_of(val)
         self.hist += torch.bincount(lat * N_BINS + bins, minlength=d * N_BINS).view(d, N_BINS)
-        self._top(flat, tokens, t, lat, val, p)
+        self._top(flat, tokens, (t, lat, val), p)
         self._samples(gidx, lat, val, bins)
         self.n_tokens += b * p
 
-    def _top(self, flat: Tensor, tokens: Tensor, t: Tensor, lat: Tensor, val: Tensor, p: int) -> None:
+    def _top(self, flat: Tensor, tokens: Tensor, active: tuple[Tensor, Tensor, Tensor], p: int) -> None:
         k = self.cfg.k
+        t, lat, val = active
         pick, _ = first_k(lat, val, k, descending=True)  # the batch's own top-k: fewer to merge
         t, lat, val = t[pick], lat[pick], val[pick]
-        old_l, old_r = (self.top_idx >= 0).nonzero().unbind(1)
+        # only a value above a full list's last one can enter (on a tie the earlier token stays)
+        floor = torch.where(self.top_idx[:, -1] >= 0, self.top_val[:, -1], -torch.inf)
+        enter = val > floor[lat]
+        t, lat, val = t[enter], lat[enter], val[enter]
+        if len(lat) == 0:
+            return
+        rows = torch.unique(lat)  # the latents whose lists change; only they are rewritten
+        old_row, old_r = (self.top_idx[rows] >= 0).nonzero().unbind(1)
+        old_l = rows[old_row]
         n_old = len(old_l)
         all_l = torch.cat([old_l, lat])
         all_v = torch.cat([self.top_val[old_l, old_r], val])
         keep, rank = first_k(all_l, all_v, k, descending=True)  # old entries first: earlier tokens win ties
-        kl = all_l[keep]
+        local = torch.searchsorted(rows, all_l[keep])
         from_old = keep < n_old
-        new_val = torch.zeros_like(self.top_val)
-        new_idx = torch.full_like(self.top_idx, -1)
-        new_acts, new_toks = torch.zeros_like(self.top_acts), torch.full_like(self.top_toks, -1)
-        new_co, new_cv = torch.full_like(self.co_ids, -1), torch.zeros_like(self.co_val)
+        arrays = ("top_val", "top_idx", "top_acts", "top_toks", "co_ids", "co_val")
+        fills = (0, -1, 0, -1, -1, 0)
+        new = {a: torch.full_like(getattr(self, a)[rows], f) for a, f in zip(arrays, fills)}
         o = keep[from_old]
-        src = (old_l[o], old_r[o])
-        dst = (kl[from_old], rank[from_old])
-        for new, old in (
-            (new_val, self.top_val),
-            (new_idx, self.top_idx),
-            (new_acts, self.top_acts),
-            (new_toks, self.top_toks),
-            (new_co, self.co_ids),
-            (new_cv, self.co_val),
-        ):
-            new[dst] = old[src]
+        dst = (local[from_old], rank[from_old])
+        for a in arrays:
+            new[a][dst] = getattr(self, a)[old_l[o], old_r[o]]
         fresh = keep[~from_old] - n_old
-        dst = (kl[~from_old], rank[~from_old])
+        dst = (local[~from_old], rank[~from_old])
         tf, lf = t[fresh], lat[fresh]
-        new_val[dst] = val[fresh]
-        new_idx[dst] = tf + self.n_tokens
-        new_acts[dst], new_toks[dst] = self._windows(flat, tokens, tf, lf, p)
-        new_co[dst], new_cv[dst] = self._co_active(flat, tf, lf)
-        self.top_val, self.top_idx, self.top_acts, self.top_toks = new_val, new_idx, new_acts, new_toks
-        self.co_ids, self.co_val = new_co, new_cv
+        new["top_val"][dst] = val[fresh]
+        new["top_idx"][dst] = tf + self.n_tokens
+        new["top_acts"][dst], new["top_toks"][dst] = self._windows(flat, tokens, tf, lf, p)
+        new["co_ids"][dst], new["co_val"][dst] = self._co_active(active, tf, lf)
+        for a in arrays:
+            getattr(self, a)[rows] = new[a]
 
     def _windows(self, flat: Tensor, tokens: Tensor, t: Tensor, lat: Tensor, p: int) -> tuple[Tensor, Tensor]:
         """Each entry's window: the latent's activation and the token at every position (-1 outside the context)."""
@@ -171,21 +171,29 @@ class Accumulator:
         toks = torch.where(inside, tokens.reshape(-1)[rows], -1).to(torch.int32)
         return acts, toks
 
-    def _co_active(self, flat: Tensor, t: Tensor, lat: Tensor) -> tuple[Tensor, Tensor]:
+    def _co_active(self, active: tuple[Tensor, Tensor, Tensor], t: Tensor, lat: Tensor) -> tuple[Tensor, Tensor]:
+        """The `co_active` strongest other latents at each entry's token, from the batch's
+        non-zero triples (never a top-k over a dense row of d_sae)."""
         m = self.cfg.co_active
+        ids = torch.full((len(t), m), -1, dtype=torch.int32)
+        vals = torch.zeros(len(t), m)
         if m == 0 or len(t) == 0:
-            return torch.full((len(t), m), -1, dtype=torch.int32), torch.zeros(len(t), m)
+            return ids, vals
+        all_t, all_l, all_v = active
         tokens, where = torch.unique(t, return_inverse=True)
-        top = flat[tokens].topk(min(m + 1, self.d), dim=-1)
-        ids, vals = top.indices[where], top.values[where]
-        vals = torch.where(ids == lat[:, None], -1.0, vals)  # the latent itself goes last
-        order = vals.topk(min(m, ids.shape[1]), dim=-1).indices
-        ids, vals = ids.gather(1, order), vals.gather(1, order)
-        ids = torch.where(vals > 0, ids, -1).to(torch.int32)
-        vals = vals.clamp_min(0)
-        if ids.shape[1] < m:
-            ids = torch.cat([ids, torch.full((len(t), m - ids.shape[1]), -1, dtype=torch.int32)], 1)
-            vals = torch.cat([vals, torch.zeros(len(t), m - vals.shape[1])], 1)
+        sel = torch.isin(all_t, tokens)
+        st, sl, sv = all_t[sel], all_l[sel], all_v[sel]
+        pick, rank = first_k(st, sv, m + 1, descending=True)
+        table_ids = torch.full((len(tokens), m + 1), -1, dtype=torch.int64)
+        table_val = torch.full((len(tokens), m + 1), -1.0)
+        row = torch.searchsorted(tokens, st[pick])
+        table_ids[row, rank], table_val[row, rank] = sl[pick], sv[pick]
+        cand_ids, cand_val = table_ids[where], table_val[where]
+        cand_val = torch.where(cand_ids == lat[:, None], -2.0, cand_val)  # the latent itself goes last
+        order = torch.sort(cand_val, dim=-1, descending=True, stable=True).indices[:, :m]
+        cand_ids, cand_val = cand_ids.gather(1, order), cand_val.gather(1, order)
+        ids[:, : cand_ids.shape[1]] = torch.where(cand_val > 0, cand_ids, -1).to(torch.int32)
+        vals[:, : cand_val.shape[1]] = cand_val.clamp_min(0)
         return ids, vals
 
     def _samples(self, gidx: Tensor, lat: Tensor, val: Tensor, bins: Tensor) -> None:
@@ -197,21 +205,21 @@ class Accumulator:
         pick, _ = first_k(seg, pri, s, descending=False)
         seg, pri, gidx, val = seg[pick], pri[pick], gidx[pick], val[pick]
         flat_pri, flat_idx, flat_val = self.s_pri.view(-1, s), self.s_idx.view(-1, s), self.s_val.view(-1, s)
-        old_seg, old_slot = (flat_idx >= 0).nonzero().unbind(1)
+        enter = pri < flat_pri[seg, -1]  # below the largest kept priority (EMPTY where a slot is free)
+        seg, pri, gidx, val = seg[enter], pri[enter], gidx[enter], val[enter]
+        if len(seg) == 0:
+            return
+        rows = torch.unique(seg)
+        old_row, old_slot = (flat_idx[rows] >= 0).nonzero().unbind(1)
+        old_seg = rows[old_row]
         all_seg = torch.cat([old_seg, seg])
         all_pri = torch.cat([flat_pri[old_seg, old_slot], pri])
         all_idx = torch.cat([flat_idx[old_seg, old_slot], gidx])
         all_val = torch.cat([flat_val[old_seg, old_slot], val])
         keep, rank = first_k(all_seg, all_pri, s, descending=False)
-        new_pri, new_idx, new_val = (
-            torch.full_like(flat_pri, EMPTY),
-            torch.full_like(flat_idx, -1),
-            torch.zeros_like(flat_val),
-        )
-        dst = (all_seg[keep], rank)
+        dst = (torch.searchsorted(rows, all_seg[keep]), rank)
+        new_pri = torch.full((len(rows), s), EMPTY, dtype=torch.int64)
+        new_idx = torch.full((len(rows), s), -1, dtype=torch.int64)
+        new_val = torch.zeros(len(rows), s)
         new_pri[dst], new_idx[dst], new_val[dst] = all_pri[keep], all_idx[keep], all_val[keep]
-        self.s_pri, self.s_idx, self.s_val = (
-            new_pri.view_as(self.s_pri),
-            new_idx.view_as(self.s_idx),
-            new_val.view_as(self.s_val),
-        )
+        flat_pri[rows], flat_idx[rows], flat_val[rows] = new_pri, new_idx, new_val

@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import Tensor
 
 from .. import io
@@ -42,8 +43,20 @@ def _vocab(db: sqlite3.Connection, model) -> dict[int, str]:
     return vocab
 
 
-def _arrays(folder: Path, acc: Accumulator, coder: SparseCoder, model) -> None:
+def _weight_arrays(folder: Path, acc: Accumulator, coder: SparseCoder, model) -> dict[str, Tensor]:
+    """Logit effects and neighbours: from the weights alone, so an add reuses the last build's."""
+    path = folder / ARRAYS_FILE
+    if path.exists():  # the build checked the dictionary is the same one
+        with safe_open(str(path), "pt") as f:
+            names = [n for n in f.keys() if n.startswith(("logit_", "neighbour_"))]
+            old = {n: f.get_tensor(n) for n in names}
+        if "neighbour_ids" in old and old["neighbour_ids"].shape[1] == min(acc.cfg.neighbours, acc.d - 1):
+            return old
     nb_ids, nb_cos = neighbours(coder, acc.cfg.neighbours)
+    return {"neighbour_ids": nb_ids, "neighbour_cos": nb_cos, **logit_effects(model, coder, acc.cfg.logits)}
+
+
+def _arrays(folder: Path, acc: Accumulator, coder: SparseCoder, model) -> None:
     arrays: dict[str, Tensor] = {
         "count": acc.count,
         "total": acc.total,
@@ -51,9 +64,7 @@ def _arrays(folder: Path, acc: Accumulator, coder: SparseCoder, model) -> None:
         "top_val": acc.top_val,
         "co_ids": acc.co_ids,
         "co_val": acc.co_val,
-        "neighbour_ids": nb_ids,
-        "neighbour_cos": nb_cos,
-        **logit_effects(model, coder, acc.cfg.logits),
+        **_weight_arrays(folder, acc, coder, model),
     }
     io.write_tensors(folder / ARRAYS_FILE, arrays, metadata={"n_tokens": str(acc.n_tokens)}, durable=True)
 
@@ -78,16 +89,10 @@ def _latent_rows(acc: Accumulator, vocab: dict[int, str], kinds: list[str]):
 
 def _top_rows(acc: Accumulator):
     lat, rank = (acc.top_idx >= 0).nonzero().unbind(1)
-    for l_, r in zip(lat.tolist(), rank.tolist()):
-        yield (
-            l_,
-            "top",
-            r,
-            int(acc.top_idx[l_, r]),
-            float(acc.top_val[l_, r]),
-            acc.top_toks[l_, r].numpy().tobytes(),
-            acc.top_acts[l_, r].numpy().tobytes(),
-        )
+    idx, val = acc.top_idx[lat, rank].tolist(), acc.top_val[lat, rank].tolist()
+    toks, acts = acc.top_toks[lat, rank].numpy(), acc.top_acts[lat, rank].numpy()
+    for i, (l_, r) in enumerate(zip(lat.tolist(), rank.tolist())):
+        yield (l_, "top", r, idx[i], val[i], toks[i].tobytes(), acts[i].tobytes())
 
 
 def _sample_rows(db: sqlite3.Connection, acc: Accumulator):
@@ -99,18 +104,20 @@ def _sample_rows(db: sqlite3.Connection, acc: Accumulator):
     order = torch.argsort(gidx, stable=True)
     lat, slot, gidx = lat[order], slot[order], gidx[order]
     vals = acc.s_val.reshape(acc.d, -1)[lat, slot]
-    i = 0
-    for first, blob in db.execute("SELECT first_token, tokens FROM corpus ORDER BY first_token"):
+    offsets = torch.arange(-before, after + 1)
+    for first, blob in db.execute("SELECT first_token, tokens FROM corpus ORDER BY first_token").fetchall():
         tokens = torch.frombuffer(bytearray(blob), dtype=torch.int32)
-        end = first + len(tokens)
-        while i < len(gidx) and gidx[i] < end:
-            g = int(gidx[i]) - first
-            start = g - g % ctx
-            pos = torch.arange(g - before, g + after + 1)
-            inside = (pos >= start) & (pos < start + ctx)
-            window = torch.where(inside, tokens[pos.clamp(start, start + ctx - 1)], -1).to(torch.int32)
-            yield (int(lat[i]), "sample", int(slot[i]), int(gidx[i]), float(vals[i]), window.numpy().tobytes(), None)
-            i += 1
+        lo, hi = torch.searchsorted(gidx, torch.tensor([first, first + len(tokens)])).tolist()
+        if lo == hi:
+            continue
+        g = gidx[lo:hi] - first
+        start = (g - g % ctx)[:, None]
+        pos = g[:, None] + offsets
+        inside = (pos >= start) & (pos < start + ctx)
+        windows = torch.where(inside, tokens[torch.minimum(pos.clamp_min(0), start + ctx - 1)], -1).numpy()
+        rows = zip(lat[lo:hi].tolist(), slot[lo:hi].tolist(), gidx[lo:hi].tolist(), vals[lo:hi].tolist())
+        for i, (l_, s_, g_, v_) in enumerate(rows):
+            yield (l_, "sample", s_, g_, v_, windows[i].astype("int32").tobytes(), None)
 
 
 def finalize(db: sqlite3.Connection, folder: Path, acc: Accumulator, coder: SparseCoder, models: dict) -> None:

@@ -33,6 +33,21 @@ class LatentReader:
         if not self.plan[0][1]:
             raise MechscopeError("the dictionary names no site (cfg.hook_name is empty): set it before building")
 
+    @property
+    def single(self) -> bool:
+        """Whether one model feeds every block (so one run's cache can be encoded)."""
+        return len({label for label, _ in self.plan}) == 1
+
+    @property
+    def sites(self) -> list[str]:
+        return [site for _, site in self.plan]
+
+    @torch.no_grad()
+    def encode(self, cache: dict[str, Tensor]) -> Float[Tensor, "batch pos d_sae"]:
+        """Latents from recorded activations of a single-model dictionary's `sites`."""
+        x = torch.cat([cache[site].reshape(*cache[site].shape[:2], -1) for site in self.sites], dim=-1)
+        return self.coder.encode(x.to(self.coder.W_enc.device, self.coder.W_enc.dtype)).float().cpu()
+
     @torch.no_grad()
     def __call__(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_sae"]:
         recorded: dict[tuple[str, str], Tensor] = {}

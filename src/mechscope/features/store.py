@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -59,7 +59,10 @@ class Feature:
     """(latent, how many of this latent's top examples it is also active at), most first."""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain JSON-ready data (shallow: dataclasses.asdict's deep copies cost more than the query)."""
+        out = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        out["top"], out["samples"] = [vars(e) for e in self.top], [vars(e) for e in self.samples]
+        return out
 
 
 @dataclass

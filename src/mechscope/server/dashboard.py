@@ -155,24 +155,27 @@ class Dashboard:
 
 
 def _routes(d: Dashboard) -> list:
+    from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
     async def browser(request):
-        name, query, page = d.search(request.query_params)
+        name, query, page = await run_in_threadpool(d.search, request.query_params)
         return HTMLResponse(pages.browser_page(list(d.stores), name or "", query, page))
 
     async def api_features(request):
-        name, query, page = d.search(request.query_params)
+        name, query, page = await run_in_threadpool(d.search, request.query_params)
         return JSONResponse({"store": name, "query": query, **page})
 
     async def feature(request):
         name, latent = request.path_params["store"], request.path_params["latent"]
-        return HTMLResponse(pages.feature_page(name, d.feature(name, latent)))
+        return HTMLResponse(pages.feature_page(name, await run_in_threadpool(d.feature, name, latent)))
 
     async def api_feature(request):
-        return JSONResponse(d.feature(request.path_params["store"], request.path_params["latent"]))
+        return JSONResponse(
+            await run_in_threadpool(d.feature, request.path_params["store"], request.path_params["latent"])
+        )
 
     async def api_stores(request):
         return JSONResponse({n: s.info() for n, s in d.stores.items()})

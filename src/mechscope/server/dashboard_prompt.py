@@ -47,8 +47,7 @@ def _tokens(model, prompt: str, limit: int) -> torch.Tensor:
     return torch.tensor([ids])
 
 
-def _latents(reader, tokens: torch.Tensor) -> list[list[tuple[int, float]]]:
-    acts = reader(tokens)[0]
+def _latents(acts: torch.Tensor) -> list[list[tuple[int, float]]]:
     top = acts.topk(min(TOP_LATENTS, acts.shape[-1]), dim=-1)
     return [
         [(int(i), round(float(v), 5)) for i, v in zip(ids, vals) if v > 0]
@@ -78,14 +77,14 @@ def analyse(model, prompt: str, readers: dict, probe, limit: int) -> dict:
     `readers`: a `features.LatentReader` per store whose dictionary this model can run."""
     tokens = _tokens(model, prompt, limit)
     patterns = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.dims.n_layers)]
-    record = sorted(set(patterns) | ({probe.site} if probe is not None else set()))
+    shared = [s for r in readers.values() if r.single for s in r.sites]  # read from this one run
+    record = sorted(set(patterns) | set(shared) | ({probe.site} if probe is not None else set()))
     run = model.run(tokens, record=record)
     out: dict = {"tokens": run.str_tokens(0), "latents": {}, "probe": None}
     for name, reader in readers.items():
-        out["latents"][name] = _latents(reader, tokens)
-    out["attention"] = [
-        [[[round(float(v), 3) for v in row] for row in head] for head in run.cache[p][0]] for p in patterns
-    ]
+        out["latents"][name] = _latents((reader.encode(run.cache) if reader.single else reader(tokens))[0])
+    attention = torch.stack([run.cache[p][0] for p in patterns]).float()  # [layer, head, query, key]
+    out["attention"] = ((attention * 1000).round() / 1000).tolist()
     out["lens"] = _lens(model, tokens)
     if probe is not None:
         x = run.cache[probe.site]

@@ -3,8 +3,9 @@ prompts differ are the same in every patched copy (a causal model computes posit
 positions <= p only, and no patch changes them), so they run once, into a KV cache, and
 each patched forward computes only the suffix, attending to that cache.
 
-    prefix = shared_prefix(task, source.cache, base_run.cache, sites, read)   # P, or 0
-    state = run_prefix(model, base, mask, P, full_logits)                     # one forward of P tokens
+    clean, corrupt = record(model, task, sites, read, plans=[capture := CaptureCache()])
+    P = shared_prefix(task.clean, task.corrupt, mask, source.cache, base_run.cache, sites, read)  # or 0
+    state = from_cache(model, capture.cache, base_rows, P, logits)   # (or run_prefix: one forward of P tokens)
     ... model.run(base[:, P:], attention_mask=mask[:, P:], plans=[PastPrefix(state, copies, tile), ...])
 
 Only where it is exact: Hugging Face models whose cache is full attention in every layer
@@ -17,7 +18,7 @@ metric that reads past the prefix.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -99,12 +100,28 @@ def _full_attention_kv(cache) -> list[tuple[Tensor, Tensor]] | None:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
+def shareable(model) -> bool:
+    """A Hugging Face model (its forward takes use_cache) with no edits held by `model.edit`."""
+    from ..model import Model
+
+    return isinstance(model, Model) and not model._held_edits
+
+
+def from_cache(model, cache, rows: slice, length: int, logits: Tensor | None) -> PrefixState | None:
+    """The prefix of rows `rows` of a whole run whose KV cache `CaptureCache` kept (a causal
+    model's keys and values at positions < P do not depend on later tokens): no extra forward.
+    `logits`: the run's logits of those rows, when the metric reads every position."""
+    kv = _full_attention_kv(cache) if shareable(model) else None
+    if kv is None or len(kv) != model.dims.n_layers:
+        return None
+    cut = [(k[rows, ..., :length, :].contiguous(), v[rows, ..., :length, :].contiguous()) for k, v in kv]
+    return PrefixState(length, cut, None if logits is None else logits[:, :length])
+
+
 def run_prefix(model, base: Tensor, mask: Tensor, length: int, full_logits: bool) -> PrefixState | None:
     """One forward of the base rows' first `length` tokens, keeping the KV cache; None when
     this model's cache cannot be shared exactly (see the module's docstring)."""
-    from ..model import Model
-
-    if not isinstance(model, Model) or model._held_edits:
+    if not shareable(model):
         return None
     capture = CaptureCache()
     with torch.no_grad():
@@ -159,3 +176,18 @@ class PastPrefix(Plan):
             "attention_mask": torch.cat([ones, suffix], 1),
         }
         return args, {**kwargs, **extra}
+
+
+def after(n: int, groups: Sequence[Sequence], source: dict[str, Tensor], base: Tensor, mask: Tensor, read):
+    """The patch groups, sources, tokens, mask and read positions of the positions from `n`
+    on; a patch inside the prefix writes the base's own values there and is left out."""
+    shifted = [
+        tuple(
+            replace(p, position=None if p.position is None else p.position - n)
+            for p in group
+            if p.position is None or p.position >= n
+        )
+        for group in groups
+    ]
+    cut = {k: v[:, n:] for k, v in source.items()}
+    return shifted, cut, base[:, n:], mask[:, n:], None if read is None else read - n

@@ -38,7 +38,17 @@ from ..hooks import CopyRows, GatherLogits, Plan
 from ..plots import visible
 from ..run import Cache, Run
 from .metrics import Metric, MetricFn, as_metric
-from .prefix import PastPrefix, PrefixState, multiples, run_prefix, shared_prefix
+from .prefix import (
+    CaptureCache,
+    PastPrefix,
+    PrefixState,
+    after,
+    from_cache,
+    multiples,
+    run_prefix,
+    shareable,
+    shared_prefix,
+)
 from .result import PatchResult, normalise
 from .task import Task
 
@@ -103,11 +113,12 @@ def plan(
     return patches, axes, tuple(shape), (chosen if per_pos else [])
 
 
-def record(model, task: Task, sites: Sequence[str], logit_positions: Tensor | None = None):
+def record(model, task: Task, sites: Sequence[str], logit_positions: Tensor | None = None, plans: Sequence[Plan] = ()):
     """(clean run, corrupted run), each recording `sites`, without gradients, in one forward
-    of both batches. logit_positions: unembed only there (`GatherLogits`: logits [batch, vocab])."""
+    of both batches. logit_positions: unembed only there (`GatherLogits`: logits [batch, vocab]).
+    plans: more plans for that forward (the sweep's `prefix.CaptureCache`)."""
     mask, rows = task.attention_mask(), len(task)
-    plans = [] if logit_positions is None else [GatherLogits(logit_positions.repeat(2))]
+    plans = [*plans] + ([] if logit_positions is None else [GatherLogits(logit_positions.repeat(2))])
     with torch.no_grad():
         both = model.run(
             torch.cat([task.clean, task.corrupt]), record=list(sites), attention_mask=mask.repeat(2, 1), plans=plans
@@ -218,7 +229,7 @@ def _forward(
     tile = 1 if copies else len(chunk)
     plans: list[Plan] = [CopyRows(copies)] if copies else []
     if prefix is not None:
-        chunk, source, base, mask, logit_positions = _after(prefix.length, chunk, source, base, mask, logit_positions)
+        chunk, source, base, mask, logit_positions = after(prefix.length, chunk, source, base, mask, logit_positions)
         plans.append(PastPrefix(prefix, multiples(copies, tile, model.dims.n_layers)))
     by_site: dict[str, list] = defaultdict(list)
     for copy, group in enumerate(chunk):
@@ -240,21 +251,6 @@ def _forward(
     return logits
 
 
-def _after(n: int, chunk: Sequence[Group], source: dict[str, Tensor], base: Tensor, mask: Tensor, read):
-    """The patches, sources, tokens, mask and read positions of the positions from `n` on;
-    a patch inside the prefix writes the base's own values there and is left out."""
-    shifted = [
-        tuple(
-            Patch(p.site, None if p.position is None else p.position - n, p.head)
-            for p in group
-            if p.position is None or p.position >= n
-        )
-        for group in chunk
-    ]
-    cut = {k: v[:, n:] for k, v in source.items()}
-    return shifted, cut, base[:, n:], mask[:, n:], None if read is None else read - n
-
-
 def read_positions(metric: Metric, task: Task) -> Tensor | None:
     """The one position per row the metric reads, when it declares them for this task."""
     ok = metric.positions is not None and len(metric.positions) == len(task)
@@ -272,7 +268,7 @@ def run_groups(
     progress: bool = False,
     extra: Sequence[E.Edit] = (),
     share: bool = True,
-    prefix: int = 0,
+    prefix: int | PrefixState = 0,
 ) -> Tensor:
     """The metric of each group's patched run: `base` tokens, `source` activations written
     at the group's patches. Groups ride the batch dimension, `batch_size` rows a forward.
@@ -285,7 +281,7 @@ def run_groups(
     prefix=P > 0 (with share, without `extra`): the caller has checked that the first P
     positions are the same in every copy (`prefix.shared_prefix`); they run once into a KV
     cache and each forward computes only the rest (prefix.py; whole runs where the model's
-    cache cannot be shared)."""
+    cache cannot be shared). A `PrefixState` gives that cache already made."""
     if batch_size is not None and batch_size < 1:
         raise MechscopeError(f"batch_size must be at least 1 (rows per forward), got {batch_size}")
     rows = len(task)
@@ -293,7 +289,9 @@ def run_groups(
     mask = task.attention_mask()
     positions = read_positions(metric, task) if share else None
     values = torch.zeros(len(groups))
-    state = run_prefix(model, base, mask, prefix, positions is None) if prefix > 0 and share and not extra else None
+    state = prefix if isinstance(prefix, PrefixState) else None
+    if isinstance(prefix, int) and prefix > 0 and share and not extra:
+        state = run_prefix(model, base, mask, prefix, positions is None)
     for copies, idx in tqdm(
         _chunks(model, groups, per_forward, share), desc="patching", disable=not progress, leave=False
     ):
@@ -338,7 +336,8 @@ def sweep(
     patches, axes, shape, chosen = plan(model, sweep, task.clean.shape[1], positions)
     sites = sorted({p.site for p in patches}, key=model.table.order.__getitem__)
     read = read_positions(metric, task) if share else None
-    clean, corrupt = record(model, task, sites, read)
+    capture = CaptureCache()  # the joint run's KV cache: the base rows' prefix comes from it
+    clean, corrupt = record(model, task, sites, read, plans=[capture] if share and prefix and shareable(model) else [])
     with torch.no_grad():
         m_clean, m_corrupt = float(metric(clean.logits)), float(metric(corrupt.logits))
     source, base = (clean, task.corrupt) if direction == "denoise" else (corrupt, task.clean)
@@ -351,9 +350,20 @@ def sweep(
         if share and prefix
         else 0
     )
+    rows = slice(len(task), 2 * len(task)) if direction == "denoise" else slice(0, len(task))
+    state = from_cache(model, capture.cache, rows, n, base_run.logits if read is None else None) if n else None
     if todo:
         values[~same] = run_groups(
-            model, task, [(p,) for p in todo], source.cache, base, metric, batch_size, progress, share=share, prefix=n
+            model,
+            task,
+            [(p,) for p in todo],
+            source.cache,
+            base,
+            metric,
+            batch_size,
+            progress,
+            share=share,
+            prefix=state or 0,
         )
     values = values.reshape(shape)
     scores, normalized = normalise(values, m_clean, m_corrupt, direction)

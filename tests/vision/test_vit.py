@@ -121,3 +121,33 @@ def test_hugging_face_vit_gradcam():
         vision.attribute(hf, torch.randn(2, 1, 16, 16), method="gradcam")
     with pytest.raises(MechscopeError, match="attention-probability sites"):
         vision.attribute(hf, x, method="rollout")
+
+
+def test_layers_of_vits_from_the_top_down():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from mechscope.vision.randomise import top_down
+
+    config = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64, num_labels=5)  # fmt: skip
+    assert top_down(ViTForImageClassification(config)) == [
+        "classifier", "vit.layernorm", "vit.layers.1", "vit.layers.0", "vit.embeddings",
+    ]  # fmt: skip
+    assert top_down(tiny_vit(8, 2)) == ["head", "norm", "blocks.1", "blocks.0", "patch_embed", ":params"]
+
+
+def test_plain_rollout_ignores_the_classifier_head():
+    """Rollout reads attention only: randomising the head and final norm leaves its maps exactly
+    as they were (Spearman 1), so it fails the top-layer test; its gradient-weighted form and
+    Grad-CAM move at once."""
+    import mechscope as ms
+    from mechscope.vision.images import read_images
+
+    model, x = ms.load("zoo:vit-digits"), read_images("digits:0-5")
+    plain = vision.sanity(model, "rollout", x, deletion=False)
+    assert plain.stages[:2] == ["head", "norm"] and plain.stages[-1] == "root params"
+    assert torch.allclose(plain.spearman[:2], torch.ones(2, 6), atol=1e-6)
+    assert plain.failed == ["top-layer randomisation"]
+    for method in ("grad_rollout", "gradcam"):
+        report = vision.sanity(model, method, x, deletion=False)
+        assert report.ok("top-layer randomisation") and report.ok("randomisation"), (method, report.lines())

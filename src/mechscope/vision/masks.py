@@ -31,6 +31,13 @@ def patch_mask(images: Tensor, patch: int) -> Tensor:
     return ids.expand(b, 1, h, w).contiguous().to(images.device)
 
 
+def _grid_cells(h: int, w: int, n: int) -> Tensor:
+    """Ids of a rows x cols grid with rows * cols close to n, cells of near-equal size."""
+    rows = min(h, max(1, round(math.sqrt(n * h / w))))
+    cols = min(w, max(1, round(n / rows)))
+    return (torch.arange(h)[:, None] * rows // h) * cols + torch.arange(w)[None, :] * cols // w
+
+
 def superpixel_mask(images: Tensor, n_segments: int = 16, compactness: float = 1.0, iters: int = 10) -> Tensor:
     """Superpixel ids per image: k-means on (y, x, intensity), centres seeded on a grid;
     `compactness` weighs position against intensity (both scaled to unit spread)."""
@@ -45,7 +52,7 @@ def superpixel_mask(images: Tensor, n_segments: int = 16, compactness: float = 1
         value = image.mean(0).reshape(-1, 1)
         value = (value - value.mean()) / value.std().clamp_min(1e-8)
         points = torch.cat([position, value], 1)  # [pixels, 3]
-        seeds = patch_mask(image[None], max(1, round(step)))[0, 0].reshape(-1)
+        seeds = _grid_cells(h, w, n_segments).reshape(-1)
         centres = torch.stack([points[seeds == s].mean(0) for s in seeds.unique()])
         for _ in range(iters):
             assign = torch.cdist(points, centres).argmin(1)

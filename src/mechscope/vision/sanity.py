@@ -6,7 +6,9 @@ faithfulness measures, and reports every one as passed or failed (never hidden):
 
 - cascading parameter randomisation: layers re-initialised from the top down, cumulatively;
   Spearman rank correlation of each stage's maps with the original maps (|map| for signed
-  methods). Pass: mean correlation after the last stage below `threshold`.
+  methods). Two checks: the mean correlation once the output layer alone is randomised
+  ('top-layer randomisation': a map of the class decision must already move), and after
+  the last stage ('randomisation'), each below `threshold`.
 - label randomisation (when `labels=(images, classes)` are given): the same architecture
   trained from scratch on shuffled labels; its maps should not match the real model's.
 - deletion / insertion AUC (`faithfulness.py`) against the mean of random pixel orders.
@@ -222,6 +224,9 @@ def sanity(
         else torch.zeros(0, len(images))
     )
     if stage_names:
+        # the first stage randomises only the output layer: a map of the class decision must move already
+        top = rho[0].mean()
+        checks.append(_check("top-layer randomisation", top, f"< {threshold} ({stage_names[0]} only)", top < threshold))
         checks.append(_check("randomisation", rho[-1].mean(), f"< {threshold}", rho[-1].mean() < threshold))
     extra: dict = {}
     if labels is not None:

@@ -105,3 +105,17 @@ def test_bad_input_is_refused_in_one_line():
         p.predict(torch.randn(3, 7))
     with pytest.raises(MechscopeError, match="no activations at"):
         probe(data, "layer9")
+
+
+def test_saving_is_whole_and_never_replaces_other_files(sweep, tmp_path):
+    p = sweep.probes[2]
+    p.save(tmp_path / "p")
+    p.save(tmp_path / "p")  # a saved artefact may be replaced
+    assert sorted(f.name for f in (tmp_path / "p").iterdir()) == ["cfg.json", "metrics.json", "probe.safetensors"]
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(MechscopeError, match="holds other files"):
+        p.save(other)
+    assert (other / "notes.txt").read_text() == "keep me"
+    assert [f.name for f in tmp_path.iterdir() if f.name.startswith(".")] == []  # no staging left behind

@@ -74,6 +74,9 @@ def test_disk_cache_gives_the_same_rows(model, tmp_path):
         assert torch.equal(d.labels, memory.labels) and d.classes == memory.classes
         assert torch.equal(d.groups, memory.groups) and torch.equal(d.texts, memory.texts)
         torch.testing.assert_close(d.x(SITE), memory.x(SITE), atol=1e-5, rtol=1e-5)
+    # a probe trains from the cache rows as from memory (same rows, same split)
+    a, b = probe(memory, SITE, **FAST).metrics, probe(disk, SITE, **FAST).metrics
+    assert a["n_test"] == b["n_test"] and abs(a["test_accuracy"] - b["test_accuracy"]) < 0.02
 
 
 def test_sequence_and_function_labels(model):

@@ -28,6 +28,7 @@ from .correctness import Correctness, next_token_correctness
 from .heads import ProbeConfig
 from .metrics import Reliability, auroc, brier, reliability
 from .probe import Probe, check_labels, fit_rows
+from .saving import save_folder
 
 log = logging.getLogger(__name__)
 SPLITS = (0.4, 0.2, 0.2, 0.2)
@@ -76,12 +77,14 @@ class ConfidenceProbe:
         return fig
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        self.probe.save(path / "probe")
+        """A folder: cfg.json, calibration.safetensors, metrics.json, probe/ (written whole)."""
+        return save_folder(path, self._write)
+
+    def _write(self, path: Path) -> None:
+        self.probe.write(path / "probe")
         write_tensors(path / "calibration.safetensors", self.params or {"none": torch.zeros(1)})
         write_json(path / "metrics.json", self.metrics)
         write_json(path / "cfg.json", {"type": "confidence", "calibration": self.calibration, "site": self.site})
-        return path
 
     @classmethod
     def load(cls, path: str | Path) -> ConfidenceProbe:

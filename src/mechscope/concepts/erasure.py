@@ -30,6 +30,7 @@ from ..io import read_json, read_tensors, write_json, write_tensors
 from .collect import Prepared, prepare
 from .labelled import Labelled, check_finite
 from .labels import Labeller
+from .saving import save_folder
 
 log = logging.getLogger(__name__)
 METHODS = ("leace", "orth")
@@ -76,12 +77,14 @@ class Eraser:
                 raise MechscopeError(f"the eraser at {site} reads width {p['bias'].shape[0]} but the site has {width}")
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
+        """A folder: cfg.json + eraser.safetensors (written whole)."""
+        return save_folder(path, self._write)
+
+    def _write(self, path: Path) -> None:
         tensors = {f"{i}.{k}": v for i, p in enumerate(self.parts.values()) for k, v in p.items()}
         write_tensors(path / "eraser.safetensors", tensors)
         cfg = {"type": "eraser", "model": self.model, "method": self.method, "classes": list(self.classes)}
         write_json(path / "cfg.json", {**cfg, "sites": self.sites})
-        return path
 
     @classmethod
     def load(cls, path: str | Path) -> Eraser:

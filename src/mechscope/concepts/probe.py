@@ -24,6 +24,7 @@ from ..errors import MechscopeError
 from ..io import read_json, read_tensors, write_json, write_tensors
 from .heads import ProbeConfig, accuracy, forward, predict, standardiser, train_heads
 from .labelled import Labelled
+from .saving import save_folder
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +106,16 @@ class Probe:
             raise MechscopeError(f"this probe reads {self.d_model} features but {self.site} has {width}")
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
+        """A folder: cfg.json + probe.safetensors + metrics.json (written whole)."""
+        return save_folder(path, self.write)
+
+    def write(self, path: Path) -> None:
+        """The files into `path` (one by one: `save` makes the folder whole)."""
         tensors = {"mean": self.mean, "scale": self.scale, **self.params}
         write_tensors(path / "probe.safetensors", tensors)
         write_json(path / "metrics.json", self.metrics)
         cfg = {"type": "probe", "kind": self.kind, "site": self.site, "model": self.model}
         write_json(path / "cfg.json", {**cfg, "classes": list(self.classes), "l2": self.l2})
-        return path
 
     @classmethod
     def load(cls, path: str | Path) -> Probe:

@@ -25,6 +25,7 @@ from ..io import read_json, write_json
 from .heads import ProbeConfig
 from .labelled import Labelled
 from .probe import Probe, probe
+from .saving import save_folder
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +92,14 @@ class ProbeSweep:
         return fig
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        for i, p in enumerate(self.probes):
-            p.save(path / f"probe-{i:02d}")
-        write_json(path / "sweep.json", {"type": "probe-sweep", "majority": self.majority, "rows": self.table()})
-        return path
+        """A folder: sweep.json + one probe folder per site (written whole)."""
+
+        def write(folder: Path) -> None:
+            for i, p in enumerate(self.probes):
+                p.write(folder / f"probe-{i:02d}")
+            write_json(folder / "sweep.json", {"type": "probe-sweep", "majority": self.majority, "rows": self.table()})
+
+        return save_folder(path, write)
 
     @classmethod
     def load(cls, path: str | Path) -> ProbeSweep:

@@ -92,3 +92,21 @@ def test_bad_input(tmp_path):
     db.close()
     with pytest.raises(MechscopeError, match="schema 99"):
         features.open(out)
+
+
+def test_model_diffing_crosscoder_store(tmp_path):
+    """A crosscoder over two models (blocks "A:site", "B:site") reads each block from its model."""
+    model = pycode()
+    tokens = corpus_tokens(model, texts())[:8]
+    sites = ("A:blocks.1.hook_resid_post", "B:blocks.3.hook_resid_post")
+    torch.manual_seed(1)
+    coder = build_coder(CoderConfig("crosscoder", 512, 10, hook_name="+".join(sites), blocks=sites)).eval()
+    with pytest.raises(MechscopeError, match="no model is labelled 'A'"):
+        features.build(model, coder, tokens, tmp_path / "x", cfg=CFG)
+    store = features.build({"A": model, "B": model}, coder, tokens, tmp_path / "diff", cfg=CFG)
+    with torch.no_grad():
+        cache = model.run(tokens, record=["blocks.1.hook_resid_post", "blocks.3.hook_resid_post"], logits=False).cache
+        x = torch.cat([cache["blocks.1.hook_resid_post"], cache["blocks.3.hook_resid_post"]], -1)
+        acts = coder.encode(x).reshape(-1, 10)
+    _top_matches(store, acts, range(10))
+    assert set(store.info()["models"]) == {"A", "B"}

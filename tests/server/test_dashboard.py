@@ -163,3 +163,27 @@ def test_bad_stores(setup, tmp_path):
 
     with pytest.raises(MechscopeError, match="built on zoo:pycode, not zoo:induction"):
         dashboard_app([store], model=ms.load("zoo:induction"))
+
+
+class _StandInProbe:
+    """The shape of a `mechscope.concepts` confidence probe (a site, called on its activations)."""
+
+    site = "blocks.1.hook_resid_post"
+
+    def __call__(self, x):
+        return torch.sigmoid(x[..., 0])
+
+
+def test_probe_row_and_explanation_search(setup):
+    model, _, store, _, _ = setup
+    features.set_explanations(store, {LATENT: "detects one token (planted)"})
+    with Running(dashboard_app([store], model=model, probe=_StandInProbe())) as server:
+        found = httpx.get(server.url + "/api/features", params={"explanation": "PLANTED"}).json()
+        assert [r["id"] for r in found["rows"]] == [LATENT] and found["rows"][0]["explanation"].startswith("detects")
+        assert "detects one token (planted)" in httpx.get(f"{server.url}/feature/store/{LATENT}").text
+        prompt = "def f(x):\n    return x"
+        data = httpx.post(server.url + "/api/prompt", json={"prompt": prompt}, timeout=60).json()
+        ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            x = model.run(torch.tensor([ids]), record=[_StandInProbe.site]).cache[_StandInProbe.site]
+        assert data["probe"] == pytest.approx(torch.sigmoid(x[0, :, 0]).tolist(), abs=1e-4)

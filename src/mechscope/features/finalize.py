@@ -105,7 +105,7 @@ def _sample_rows(db: sqlite3.Connection, acc: Accumulator):
     lat, slot, gidx = lat[order], slot[order], gidx[order]
     vals = acc.s_val.reshape(acc.d, -1)[lat, slot]
     offsets = torch.arange(-before, after + 1)
-    for first, blob in db.execute("SELECT first_token, tokens FROM corpus ORDER BY first_token").fetchall():
+    for first, blob in db.execute("SELECT first_token, tokens FROM corpus ORDER BY first_token"):  # lazily: bounded
         tokens = torch.frombuffer(bytearray(blob), dtype=torch.int32)
         lo, hi = torch.searchsorted(gidx, torch.tensor([first, first + len(tokens)])).tolist()
         if lo == hi:

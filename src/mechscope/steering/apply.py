@@ -8,7 +8,9 @@ or clamps in one forward (search's strength grid, the server's requests).
 
 `prompt` / `generated` need to know where each forward's positions start; the `Offsets`
 plan notes it, so they run inside `steered(model, ...)` (or `generate(model, ...)`).
-During generation the prompt is left-padded to one width P; positions >= P are generated.
+During generation the prompt is left-padded to one width P; positions >= P are generated
+(with the KV cache, `generate`'s default: without it every forward starts at 0 and counts
+as a prompt).
 The first generated token is predicted from the prompt, so where="generated" changes
 tokens from the second one on.
 """

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import edits as edit_ops
+from . import plan_cache
 from .edits import Edit
 from .errors import MechscopeError
 from .hooks import Plan, StopForward, hooked, per_row, resolve_edits, shortcut_plans
@@ -109,7 +110,7 @@ class HookedModel:
         one absolute position per prompt (logits [rows, vocab]). Both need one batch.
         """
         plans = [*plans, *shortcut_plans(copies, logit_positions)]
-        names = self.table.resolve(record) if record else []
+        names = plan_cache.resolve(self.table, record) if record else []  # cached per signature
         inputs = self.tokenize(prompts, attention_mask)
         ids = next(iter(inputs.values()))
         self._check_tokens(inputs)

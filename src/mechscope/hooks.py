@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast, overload
 import torch
 from torch import Tensor, nn
 
+from . import plan_cache
 from .edits import Edit
 from .errors import MechscopeError
 from .sites import Site, SiteTable
@@ -107,7 +108,7 @@ def resolve_edits(table: SiteTable, edits: Sequence[Edit]) -> dict[str, list[Edi
             raise MechscopeError(
                 f"edits must be made with mechscope.edits (replace, add, ...), got {type(edit).__name__}"
             )
-        for name in table.resolve(edit.site):
+        for name in plan_cache.resolve(table, edit.site):
             site = table[name]
             if (edit.changes and not site.view.editable) or not site.module:
                 why = getattr(site.view, "reason", "") or (
@@ -178,18 +179,15 @@ class RecordEdit(Plan):
     def install(self, model: nn.Module, table: SiteTable, handles: list) -> None:
         self.wanted = {n for n in self.record if table[n].module}
         self.remaining = set(self.wanted)
-        groups: dict[tuple[str, str], list[Site]] = defaultdict(list)
-        for name in sorted(self.wanted | set(self.edits), key=table.order.__getitem__):
-            site = table[name]
-            groups[(site.module, site.boundary)].append(site)
-        self.shapes = RowShapes({s.rows_from for sites in groups.values() for s in sites if s.rows_from})
+        groups, rows_from = plan_cache.layout(table, self.wanted | set(self.edits))  # per signature, once
+        self.shapes = RowShapes(set(rows_from))
         self.shapes.install(model, table, handles)
-        for (path, boundary), sites in groups.items():
+        for (path, boundary), sites in groups:
             module = model.get_submodule(path)
             if boundary == "out":
-                handles.append(module.register_forward_hook(self._out_hook(sites)))
+                handles.append(module.register_forward_hook(self._out_hook(list(sites))))
             else:
-                handles.append(module.register_forward_pre_hook(self._in_hook(sites), with_kwargs=True))
+                handles.append(module.register_forward_pre_hook(self._in_hook(list(sites)), with_kwargs=True))
 
     def _process(
         self, raw_of: Callable[[int | None], Any], set_raw: Callable[[int | None, Any], None], sites: list[Site]

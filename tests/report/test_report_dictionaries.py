@@ -72,3 +72,14 @@ def test_a_crosscoder_of_another_model_is_flagged(model, run, tmp_path, caplog):
     assert "trained on EleutherAI/pythia-70m, not on tiny-gpt2" in text and "pythia-70m" in caplog.text
     assert "trained on base and tuned" in crosscoder_section(model, run, tmp_path / "pair")
     assert "class='warn'" not in crosscoder_section(model, run, tmp_path / "mine")  # one of the pair is this model
+
+
+def test_silent_latents_are_not_shown_as_the_prompts_features(model, run, tmp_path):
+    sae = build(CoderConfig("relu", 32, 64, hook_name=SITE, model_name=model.name))
+    with torch.no_grad():
+        sae.b_enc.fill_(-1e6)  # nothing fires
+    sae.save(tmp_path / "silent")
+    with checking() as seen:
+        text = sae_section(model, run, tmp_path / "silent")
+    assert "No latent is active anywhere on the prompt" in text and "<h4>feature" not in text
+    assert not [found for _, found, _ in seen if found]

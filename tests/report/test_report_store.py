@@ -29,17 +29,19 @@ LATENT = 5
 def built(tmp_path_factory):
     model, docs = pycode(), texts()[:2]
     tokens = corpus_tokens(model, docs, n_tokens=32 * 8)
-    coder = planted_coder(model, _planted_token(model, tokens), latent=LATENT)
+    token = _planted_token(model, tokens)
+    coder = planted_coder(model, token, latent=LATENT)
     folder = tmp_path_factory.mktemp("store")
     coder.save(folder / "sae")
     store = features.build(model, coder, docs, folder / "store", tokens=tokens.numel(), cfg=CFG)
-    return model, folder, store
+    prompt = tokens[(tokens == token).any(1)][:1]  # a corpus context holding the planted token
+    return model, folder, store, prompt
 
 
 @requires_pycode
 def test_store_gives_the_dead_fraction_density_and_contexts(built):
-    model, folder, store = built
-    run = model.run("def f(x):\n    return x")
+    model, folder, store, prompt = built
+    run = model.run(prompt)
     with checking() as seen:
         text = section(model, run, folder / "sae", store_dir=folder / "store", n_features=24)
     page = Page(text)
@@ -58,7 +60,7 @@ def test_store_gives_the_dead_fraction_density_and_contexts(built):
 def test_a_store_of_another_dictionary_or_without_sae_is_refused(built, tmp_path, capsys):
     from mechscope.cli import main
 
-    model, folder, _ = built
+    model, folder, _, _ = built
     other = build_coder(CoderConfig("relu", model.dims.d_model, 24, hook_name=SITE))
     other.save(tmp_path / "other")
     run = model.run(torch.tensor([[1, 2, 3]]))

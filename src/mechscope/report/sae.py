@@ -59,13 +59,15 @@ def _prompt_part(model, coder, run, n_features: int) -> tuple[dict, str, list[in
     metrics["dead_fraction"] = None
     site = coder.cfg.hook_name
     acts = coder.encode(model.run(ids, record=[site], logits=False).cache[site].flatten(2)[0].float())
-    strongest = acts.max(0).values.topk(min(n_features, coder.cfg.d_sae)).indices.tolist()
-    found = top_contexts(model, coder, ids, strongest, k=3, context=6)
-    shown = (
-        _png(_l0_figure(model, ids[0], (acts > 0).sum(-1), site))
-        + "<p>Features most active on the prompt, with their strongest positions:</p>"
-        + found.to_html()
-    )
+    peak = acts.max(0).values
+    top = peak.topk(min(n_features, coder.cfg.d_sae))
+    strongest = [i for i, v in zip(top.indices.tolist(), top.values.tolist()) if v > 0]  # a silent latent says nothing
+    shown = _png(_l0_figure(model, ids[0], (acts > 0).sum(-1), site))
+    if strongest:
+        found = top_contexts(model, coder, ids, strongest, k=3, context=6)
+        shown += "<p>Features most active on the prompt, with their strongest positions:</p>" + found.to_html()
+    else:
+        shown += "<p><b>No latent is active anywhere on the prompt.</b></p>"
     return metrics, shown, strongest
 
 
@@ -81,6 +83,7 @@ def _l0_figure(model, ids, l0, site: str):
     else:
         ax.set_xlabel("prompt position")
     ax.set_ylabel("active latents (L0)")
+    ax.set_ylim(0, max(1.0, float(l0.max())) * 1.1)
     ax.set_title(f"{site}: active latents per token on the report prompt", fontsize=9)
     return fig
 

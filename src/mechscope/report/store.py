@@ -73,6 +73,8 @@ def _context(example) -> str:
 
 def _feature(store, latent: int) -> str:
     f = store.feature(latent)
+    if f.count == 0:
+        return f"<h4>feature {latent} in the corpus</h4><p>Never active on the store's corpus.</p>"
     promoted = ", ".join(f"<span class='tok'>{html.escape(visible(t))}</span>" for t, _ in f.logits_up[:5])
     rows = "".join(_context(e) for e in f.top[:TOP_CONTEXTS])
     explanation = f" — {html.escape(f.explanation)}" if f.explanation else ""

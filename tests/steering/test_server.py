@@ -7,8 +7,9 @@ import threading
 
 import httpx
 import pytest
+import torch
 
-from mechscope import steering
+from mechscope import dictionary, steering
 from mechscope.cli import main
 from mechscope.errors import MechscopeError
 from mechscope.server.core import Running
@@ -25,7 +26,11 @@ def served(pycode, tmp_path_factory):
     plus = steering.contrast(pycode, PAIRS, "blocks.2.hook_resid_post", progress=False)
     plus.save(root / "plus")
     (-1.0 * steering.contrast(pycode, PAIRS, "blocks.1.hook_resid_post", progress=False)).save(root / "minus")
-    service = SteerService(pycode, root)
+    saes = tmp_path_factory.mktemp("saes")
+    torch.manual_seed(0)
+    cfg = dictionary.CoderConfig(arch="topk", d_in=256, d_sae=64, k=8, hook_name="blocks.2.hook_resid_post")
+    dictionary.build(cfg).save(saes / "res2")
+    service = SteerService(pycode, root, saes=saes)
     with Running(steer_app(service, wait=0.3), port=0) as server:
         yield server, service, root
 
@@ -97,3 +102,16 @@ def test_nan_strength_and_non_local_bind(served, capsys):
         Running(steer_app(service), host="0.0.0.0", port=0)
     assert main(["serve-steer", "zoo:pycode", "--vectors", ".", "--host", "0.0.0.0"]) == 2
     assert "without a token" in capsys.readouterr().err
+
+
+def test_clamp_request_matches_a_separate_clamp(pycode, served):
+    server, service, _ = served
+    item = {"sae": "res2", "latent": 3, "clamp": 40.0, "where": "generated"}
+    body = {"prompt": PROMPT_A, "max_tokens": 8, "steering": [item]}
+    got = httpx.post(server.url + "/v1/completions", json=body, timeout=120)
+    assert got.status_code == 200, got.text
+    edit = steering.clamp(service.saes["res2"], {3: 40.0}, where="generated")
+    alone = steering.generate(pycode, PROMPT_A, edit, max_new_tokens=8)
+    assert PROMPT_A + got.json()["choices"][0]["text"] == alone != pycode.generate(PROMPT_A, max_new_tokens=8)
+    bad = httpx.post(server.url + "/v1/completions", json={**body, "steering": [{**item, "latent": 64}]})
+    assert bad.status_code == 400 and "'latent' must be an integer in 0-63" in bad.json()["error"]["message"]

@@ -136,3 +136,19 @@ def test_forensics_result_round_trips_and_plots(planted, tmp_path):
     assert torch.allclose(again.update(NAME), found.update(NAME))
     for fig in (found.plot_spectra(), found.plot_keys(), found.plot_promoted()):
         assert fig.axes
+
+
+def test_corpus_tokens_alone_find_the_subject(planted):
+    """Without candidates: every token of a corpus is matched; the subject's occurrences (as
+    'os' or ' os') get the largest response and their contexts carry the promotion of the
+    new object."""
+    base, edited, *_ = planted
+    docs = [d for d in stdlib_documents(split="heldout") if "\nimport os\n" in d][:3]
+    found = st.edit_forensics(base, edited, docs, max_tokens=3000, kinds=("W_out",))
+    reading = found.readings[NAME]
+    shown = [(k["name"], round(k["score"], 2)) for k in reading["keys"][:5]]
+    assert [k["name"].strip() for k in reading["keys"][:2]] == [SUBJECT, SUBJECT], shown  # 'os' and ' os'
+    assert reading["keys"][1]["score"] > 1.2 * reading["keys"][2]["score"], shown  # measured 7.73 vs 6.04 ('tools')
+    assert reading["promoted"][0]["token"] == NEW_OBJECT
+    with pytest.raises(ms.errors.MechscopeError, match="non-empty"):
+        st.edit_forensics(base, edited, candidates=["os", ""], kinds=("W_out",))

@@ -111,6 +111,9 @@ def _print(found, top: int) -> None:
     for name, reading in found.readings.items():
         keys = ", ".join(f"{k['name']!r} {k['score']:.3g}" for k in reading["keys"][:top])
         print(f"\n{name} is rank one: key matches (response |uᵀk|): {keys}")
+        if reading.get("corpus_keys"):
+            tokens = ", ".join(f"{k['name']!r} {k['score']:.3g}" for k in reading["corpus_keys"][:top])
+            print(f"corpus tokens: {tokens}")
         if reading["promoted"]:
             tokens = ", ".join(f"{t['token']!r} {t['score']:+.3g}" for t in reading["promoted"][:top])
             print(f"promotes (mean Δ log p through the later layers): {tokens}")

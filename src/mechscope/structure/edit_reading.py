@@ -54,6 +54,8 @@ def candidate_keys(model, site: str, candidates: Sequence[str], templates: Seque
     """(keys [n_cand, d] averaged over templates at each name's last token, the texts, their
     subject positions counted from the end, and the key at each text's subject position
     [n_cand · n_templates, d])."""
+    if any(not isinstance(n, str) or not n for n in candidates):
+        raise MechscopeError("every candidate must be a non-empty string (a subject name)")
     texts, negs = [], []
     for name in candidates:
         for t in templates:

@@ -138,19 +138,11 @@ def attribute(
         out = run(request)
     except (RuntimeError, ValueError, IndexError) as err:
         raise read_error(model, images, err) from None
+    cpu = lambda t: None if t is None else t.detach().cpu()  # noqa: E731
     return Attribution(
-        name,
-        model.name,
-        signed,
-        targets,
-        out.maps.detach().cpu(),
-        images.detach().cpu(),
-        site,
-        None if out.attributions is None else out.attributions.cpu(),
-        out.delta,
-        out.output_diff,
-        None if out.layer_maps is None else out.layer_maps.detach().cpu(),
-    )
+        name, model.name, signed, targets, out.maps.detach().cpu(), images.detach().cpu(), site,
+        cpu(out.attributions), out.delta, out.output_diff, cpu(out.layer_maps),
+    )  # fmt: skip
 
 
 def _custom(model: ModuleModel, images: Tensor, targets: Tensor, method) -> Attribution:

@@ -182,6 +182,42 @@ def _faithfulness(model, images, target, attr, steps, n_random, seed, baseline) 
     return checks, out
 
 
+def _prep(result: Attribution):
+    """What the rank correlation compares: |map| for signed methods (a sign flip is no change
+    in where the model looks), the map itself otherwise."""
+    return (lambda m: m.abs()) if result.signed else (lambda m: m)
+
+
+def _cascade(model: ModuleModel, images, target, method, batch_size, kwargs, original, threshold, seed):
+    """(stage names, stage maps, Spearman [stages, batch], checks) of the top-down cascade."""
+    names, maps = [], []
+    total = len(randomise.top_down(model.hf))  # stages share one module: use each before the next
+    for name, module in tqdm(randomise.cascade(model.hf, seed), total=total, desc="cascade", leave=False):
+        stage = ModuleModel(module, name=f"{model.name} (randomised to {name})")
+        names.append(name)
+        maps.append(_maps(stage, images, target, method, batch_size, kwargs).maps)
+    prep = _prep(original)
+    rho = torch.stack([rank_correlation(prep(original.maps), prep(m)) for m in maps])
+    # the first stage randomises only the output layer: a map of the class decision must move already
+    top, full = rho[0].mean(), rho[-1].mean()
+    checks = [
+        _check("top-layer randomisation", top, f"< {threshold} ({names[0]} only)", top < threshold),
+        _check("randomisation", full, f"< {threshold}", full < threshold),
+    ]
+    return names, maps, rho, checks
+
+
+def _labels(model, images, target, method, batch_size, kwargs, original, labels, epochs, threshold, seed):
+    """(extra report fields, check) of the label randomisation test."""
+    shuffled, accuracy = _label_model(model, labels, epochs, seed)
+    maps = _maps(shuffled, images, target, method, batch_size, kwargs).maps
+    rho = rank_correlation(_prep(original)(original.maps), _prep(original)(maps))
+    logger.info("random-label model fits its shuffled labels to %.2f accuracy", accuracy)
+    value = rho.mean()
+    check = _check("labels", value, f"< {threshold} (random-label fit {accuracy:.2f})", value < threshold)
+    return {"label_maps": maps, "label_spearman": rho}, check
+
+
 def sanity(
     model,
     method="gradcam",
@@ -210,36 +246,18 @@ def sanity(
     images = check_images(model, inputs)
     target = targets_for(model, images, target)
     original = _maps(model, images, target, method, batch_size, attribute_kwargs)
-    prep = (lambda m: m.abs()) if original.signed else (lambda m: m)
-    stage_names, stage_maps, checks = [], [original.maps], []
-    if randomisation:
-        total = len(randomise.top_down(model.hf))  # stages share one module: use each before the next
-        for name, module in tqdm(randomise.cascade(model.hf, seed), total=total, desc="cascade", leave=False):
-            stage = ModuleModel(module, name=f"{model.name} (randomised to {name})")
-            stage_names.append(name)
-            stage_maps.append(_maps(stage, images, target, method, batch_size, attribute_kwargs).maps)
-    rho = (
-        torch.stack([rank_correlation(prep(original.maps), prep(m)) for m in stage_maps[1:]])
-        if stage_names
-        else torch.zeros(0, len(images))
+    common = (images, target, method, batch_size, attribute_kwargs, original)
+    names, maps, rho, checks = (
+        _cascade(model, *common, threshold, seed) if randomisation else ([], [], torch.zeros(0, len(images)), [])
     )
-    if stage_names:
-        # the first stage randomises only the output layer: a map of the class decision must move already
-        top = rho[0].mean()
-        checks.append(_check("top-layer randomisation", top, f"< {threshold} ({stage_names[0]} only)", top < threshold))
-        checks.append(_check("randomisation", rho[-1].mean(), f"< {threshold}", rho[-1].mean() < threshold))
     extra: dict = {}
     if labels is not None:
-        shuffled, accuracy = _label_model(model, labels, label_epochs, seed)
-        extra["label_maps"] = _maps(shuffled, images, target, method, batch_size, attribute_kwargs).maps
-        extra["label_spearman"] = rank_correlation(prep(original.maps), prep(extra["label_maps"]))
-        logger.info("random-label model fits its shuffled labels to %.2f accuracy", accuracy)
-        value = extra["label_spearman"].mean()
-        checks.append(_check("labels", value, f"< {threshold} (random-label fit {accuracy:.2f})", value < threshold))
+        fields, check = _labels(model, *common, labels, label_epochs, threshold, seed)
+        extra.update(fields)
+        checks.append(check)
     if deletion:
-        more, curves = _faithfulness(
-            model, images, target, original, deletion_steps, n_random, seed, attribute_kwargs.get("baseline")
-        )
+        baseline = attribute_kwargs.get("baseline")
+        more, curves = _faithfulness(model, images, target, original, deletion_steps, n_random, seed, baseline)
         checks += more
         extra.update(curves)
     if original.completeness is not None:
@@ -247,6 +265,6 @@ def sanity(
         checks.append(_check("completeness", worst, f"<= {completeness_tol}", worst <= completeness_tol))
         extra["completeness"] = original.completeness
     return SanityReport(
-        original.method, model.name, original.signed, threshold, stage_names, checks, images.cpu(), target,
-        torch.stack(stage_maps), rho, **extra,
+        original.method, model.name, original.signed, threshold, names, checks, images.cpu(), target,
+        torch.stack([original.maps, *maps]), rho, **extra,
     )  # fmt: skip

@@ -20,7 +20,9 @@ def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("forensics")
     model = tiny_model("llama")
     model.hf.save_pretrained(root / "base")
-    word_tokenizer().save_pretrained(root / "base")
+    tokenizer = word_tokenizer()
+    tokenizer.eos_token = "[PAD]"  # a corpus is read as documents separated by EOS
+    tokenizer.save_pretrained(root / "base")
     edited = copy.deepcopy(model.hf)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # a rank-one update of layer 1's down projection
@@ -39,14 +41,19 @@ def folders(tmp_path_factory):
 
 def test_forensics_json_and_plots(folders, capsys, tmp_path):
     argv = ["forensics", folders["base"], folders["edited"], "--candidates", "x,y,a,b,add,print"]
-    assert main([*argv, "--template", "{}", "--template", "print ( {}", "--json", "--plots", str(tmp_path)]) == 0
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("def add ( a , b ) : return a + b\nprint ( x , y )\n" * 40)
+    options = ["--template", "{}", "--template", "print ( {}", "--corpus", str(corpus), "--max-tokens", "500"]
+    assert main([*argv, *options, "--json", "--plots", str(tmp_path / "plots")]) == 0
     out = json.loads(capsys.readouterr().out)
     changed = [m for m in out["matrices"] if m["rank"] > 0]
     assert [m["name"] for m in changed] == ["blocks.1.mlp.W_out"] and changed[0]["rank"] == 1
     reading = out["readings"]["blocks.1.mlp.W_out"]
     assert len(reading["keys"]) == 6 and len(reading["promoted"]) == 10
+    words = {k["name"] for k in reading["corpus_keys"]}
+    assert words and words <= {"def", "add", "(", "a", ",", "b", ")", ":", "return", "+", "print", "x", "y"}
     assert {"spectra.png", "keys_blocks.1.mlp.W_out.png", "promoted_blocks.1.mlp.W_out.png"} <= {
-        p.name for p in tmp_path.iterdir()
+        p.name for p in (tmp_path / "plots").iterdir()
     }
     assert main(argv) == 0
     text = capsys.readouterr().out

@@ -133,7 +133,8 @@ def read_update(base, row: dict, svd: LowRankSVD, corpus, candidates, templates,
         found = candidate_keys(base, key_site, candidates, templates or TEMPLATES)
         reading = _read_candidates(base, svd, found, candidates, value_site, top)
         if from_corpus is not None:  # both: the corpus tokens' matches beside the candidates'
-            reading["corpus_keys"] = _corpus_matches(base, svd, *from_corpus, top)[0]
+            ids, keys = from_corpus
+            reading["corpus_keys"] = _corpus_matches(base, svd, ids, keys, top)[0]
         return reading
 
 

@@ -119,8 +119,21 @@ def test_hugging_face_vit_gradcam():
     assert ig.completeness.max() <= 1e-2
     with pytest.raises(MechscopeError, match="3-channel"):
         vision.attribute(hf, torch.randn(2, 1, 16, 16), method="gradcam")
-    with pytest.raises(MechscopeError, match="attention-probability sites"):
-        vision.attribute(hf, x, method="rollout")
+    # rollout from the model's own attentions (captum has none for ViTs, pytorch/captum#916)
+    hf.config._attn_implementation = "eager"
+    out = hf(x, output_attentions=True)
+    grads = torch.autograd.grad(out.logits[:, 2].sum(), out.attentions)
+    plain, weighted = torch.eye(17).repeat(2, 1, 1), torch.eye(17).repeat(2, 1, 1)
+    for a, g in zip(out.attentions, grads):
+        mixed = 0.5 * a.mean(1) + 0.5 * torch.eye(17)
+        plain = torch.bmm(mixed / mixed.sum(-1, keepdim=True), plain)
+        weighted = weighted + torch.bmm((g * a).clamp_min(0).mean(1), weighted)
+    hf.config._attn_implementation = "sdpa"
+    rollout = vision.attribute(hf, x, method="rollout")
+    assert torch.allclose(rollout.layer_maps, plain[:, 0, 1:].reshape(2, 4, 4).detach(), atol=1e-6)
+    grad_rollout = vision.attribute(hf, x, 2, method="grad_rollout")
+    assert torch.allclose(grad_rollout.layer_maps, weighted[:, 0, 1:].reshape(2, 4, 4).detach(), atol=1e-6)
+    assert hf.config._attn_implementation == "sdpa"  # switched for the call only
 
 
 def test_layers_of_vits_from_the_top_down():

@@ -269,11 +269,15 @@ def occlusion(req: Request) -> Maps:
     return Maps(_channel_sum(attr).detach(), attr.detach())
 
 
-def _pattern_sites(req: Request) -> str:
+def _pattern_sites(req: Request) -> str | None:
+    """The attention-probability sites: site=, the model's own `pattern_sites`, or None for a
+    Hugging Face model (its `output_attentions`)."""
     sites = req.site or getattr(req.model.hf, "pattern_sites", None)
-    if not isinstance(sites, str):
-        raise MechscopeError(f"name {req.model.name}'s attention-probability sites with site= (a glob)")
-    return sites
+    if isinstance(sites, str):
+        return sites
+    if getattr(req.model.hf, "config", None) is not None and vit.patch_size(req.model) is not None:
+        return None
+    raise MechscopeError(f"name {req.model.name}'s attention-probability sites with site= (a glob)")
 
 
 def attention_rollout(req: Request) -> Maps:

@@ -73,7 +73,17 @@ def token_gradcam(model: ModuleModel, images: Tensor, target: Tensor, site: str)
     return F.relu((a * weights[:, None, None, :]).sum(-1))
 
 
-def _patterns(model: ModuleModel, images: Tensor, sites: str | list[str], grad: bool):
+def _patterns(model: ModuleModel, images: Tensor, sites: str | list[str] | None, grad: bool):
+    """(logits, attention probabilities per layer [batch, head, token, token]) from the named
+    sites, or, with sites=None, from a Hugging Face model's own `output_attentions` (eager
+    attention for this call; held edits do not apply on that path)."""
+    if sites is None:
+        with torch.enable_grad() if grad else torch.no_grad(), model._eager_attention(True):
+            out = model.hf(images, output_attentions=True)
+        attentions = getattr(out, "attentions", None)
+        if not attentions:
+            raise MechscopeError(f"{model.name} returns no attentions: name its attention-probability sites with site=")
+        return out.logits, list(attentions)
     names = model.table.resolve(sites)
     run = model.run(images, record=names, grad=grad)
     patterns = [run.cache[n] for n in names]
@@ -83,11 +93,12 @@ def _patterns(model: ModuleModel, images: Tensor, sites: str | list[str], grad: 
             f"attention rollout needs attention probabilities [batch, head, token, token] at every site; "
             f"{bad[0] if bad else sites} is not one"
         )
-    return run, patterns
+    assert run.output is not None  # a module model always returns its output
+    return run.output, patterns
 
 
 def rollout(
-    model: ModuleModel, images: Tensor, target: Tensor | None, sites: str | list[str], gradient: bool
+    model: ModuleModel, images: Tensor, target: Tensor | None, sites: str | list[str] | None, gradient: bool
 ) -> Tensor:
     """Attention rollout (Abnar & Zuidema 2020) or its gradient-weighted form (Chefer et al.
     2021) from the class token to the patches, [batch, rows, cols].
@@ -95,11 +106,11 @@ def rollout(
     Plain: R = prod_l norm(0.5 * mean_heads(A_l) + 0.5 * I), first layer applied first.
     Gradient-weighted: R <- R + mean_heads(relu(dScore/dA_l * A_l)) @ R, starting from I.
     """
-    run, patterns = _patterns(model, images, sites, gradient)
+    logits, patterns = _patterns(model, images, sites, gradient)
     grads: list[Tensor | None] = [None] * len(patterns)
     if gradient:
         assert target is not None
-        score = run.output.gather(1, target[:, None].to(run.output.device)).sum()
+        score = logits.gather(1, target[:, None].to(logits.device)).sum()
         grads = list(torch.autograd.grad(score, patterns))
     b, _, t, _ = patterns[0].shape
     eye = torch.eye(t, device=patterns[0].device).expand(b, t, t)

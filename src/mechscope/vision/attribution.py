@@ -8,6 +8,7 @@ is explained by Integrated Gradients over its token embeddings (`hook_embed`) in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -88,7 +89,7 @@ def attribute(
     inputs,
     target=None,
     *,
-    method: str = "gradcam",
+    method: str | Callable[[ModuleModel, Tensor, Tensor], Tensor] = "gradcam",
     site: str | None = None,
     steps: int = 50,
     baseline: Tensor | float | None = None,

@@ -12,6 +12,7 @@ from mechscope import structure as st
 from mechscope.errors import MechscopeError
 from mechscope.model import Model
 
+from ..commands.test_structure_cli import word_tokenizer
 from ..models.tiny import tiny_model
 
 
@@ -74,6 +75,8 @@ def test_unchanged_models_and_bad_input():
     with pytest.raises(MechscopeError) as err:
         st.edit_forensics(model, tiny_model("gpt2"))
     assert "same architecture" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(MechscopeError, match="shapes differ"):  # same family, other sizes
+        st.edit_forensics(model, tiny_model("mistral"))
     with pytest.raises(MechscopeError, match="unknown matrix kind"):
         st.edit_forensics(model, model, kinds=("W_X",))
     with pytest.raises(MechscopeError, match="not edit forensics"):
@@ -84,3 +87,29 @@ def _tmp():
     import tempfile
 
     return tempfile.mkdtemp()
+
+
+def test_key_responses_of_an_attention_output_update_against_recorded_z():
+    """A rank-one update of W_O is read at attn.hook_z (heads and d_head joined): each
+    candidate's score is |uᵀ z| of its z at the name's last token, averaged over templates,
+    recomputed here from a plain recording."""
+    model = tiny_model("llama")
+    model = Model(model.hf, word_tokenizer(), name="tiny")
+    g = torch.Generator().manual_seed(3)
+    edited = _edited(
+        model,
+        "model.layers.0.self_attn.o_proj",
+        torch.outer(torch.randn(32, generator=g), torch.randn(32, generator=g)),
+    )
+    templates = ["{}", "print ( {} )"]
+    found = st.edit_forensics(model, edited, candidates=["x", "y", "a", "b"], templates=templates, top=5)
+    reading = found.readings["blocks.0.attn.W_O"]
+    u = found.tensors["blocks.0.attn.W_O.U"][:, 0].double()
+    for key in reading["keys"]:
+        texts = [t.format(key["name"]) for t in templates]
+        run = model.run(texts, record="blocks.0.attn.hook_z")
+        z = run.cache["blocks.0.attn.hook_z"].flatten(2).double()
+        at = torch.stack([z[0, 0], z[1, 2]])  # 'x' alone, and at position 2 of 'print ( x )'
+        assert key["score"] == pytest.approx(float((at.mean(0) @ u).abs()), rel=1e-9)
+    assert [k["score"] for k in reading["keys"]] == sorted((k["score"] for k in reading["keys"]), reverse=True)
+    assert len(reading["promoted"]) == 5 and len(reading["contexts"]) == 2

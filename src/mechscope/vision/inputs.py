@@ -4,7 +4,9 @@ plain `images -> logits` function that captum differentiates."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -61,10 +63,26 @@ class LogitsModule(nn.Module):
         return self._forward(x)
 
 
-def input_channels(module: nn.Module) -> int | None:
-    """Channels the model's first convolution reads (None when it has none)."""
+_STRUCTURE: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+
+
+def structural(module: nn.Module, key: str, compute: Callable[[nn.Module], Any]) -> Any:
+    """`compute(module)`, remembered per module: facts about its layout (channels, head size,
+    last conv), which a walk over its submodules would otherwise cost on every call."""
+    facts = _STRUCTURE.setdefault(module, {})
+    if key not in facts:
+        facts[key] = compute(module)
+    return facts[key]
+
+
+def _first_conv_channels(module: nn.Module) -> int | None:
     conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
     return conv.in_channels if conv is not None else None
+
+
+def input_channels(module: nn.Module) -> int | None:
+    """Channels the model's first convolution reads (None when it has none)."""
+    return structural(module, "channels", _first_conv_channels)
 
 
 def check_images(model: ModuleModel, images) -> Tensor:
@@ -87,14 +105,18 @@ def check_images(model: ModuleModel, images) -> Tensor:
     return images.to(model.device)
 
 
-def declared_classes(module: nn.Module) -> int | None:
-    """Classes the model declares without running it: the output size of its last layer when
-    that is a linear classifier head (None otherwise)."""
+def _head_size(module: nn.Module) -> int | None:
     from .randomise import layers
 
     found = layers(module)
     last = module.get_submodule(found[-1]) if found and ":" not in found[-1] else None
     return last.out_features if isinstance(last, nn.Linear) else None
+
+
+def declared_classes(module: nn.Module) -> int | None:
+    """Classes the model declares without running it: the output size of its last layer when
+    that is a linear classifier head (None otherwise)."""
+    return structural(module, "classes", _head_size)
 
 
 def read_error(model: ModuleModel, images: Tensor, err: Exception) -> MechscopeError:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from ..errors import MechscopeError
 from ..module_model import ModuleModel
 from . import vit
-from .inputs import Forward, LogitsModule
+from .inputs import Forward, LogitsModule, structural
 from .masks import default_patch, feature_mask
 
 DEFAULT_SITES = {
@@ -103,7 +103,7 @@ def default_site(model: ModuleModel) -> str:
         for pattern in DEFAULT_SITES[config.model_type]:
             if pattern.format(last=config.num_hidden_layers - 1) in names:
                 return pattern.format(last=config.num_hidden_layers - 1)
-    convs = [path for path, m in model.hf.named_modules() if isinstance(m, nn.Conv2d)]
+    convs = structural(model.hf, "convs", lambda m: [p for p, sub in m.named_modules() if isinstance(sub, nn.Conv2d)])
     if not convs:
         raise MechscopeError(f"{model.name} has no convolution: name Grad-CAM's site with site=")
     return f"{convs[-1]}.hook_out"

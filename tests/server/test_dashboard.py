@@ -82,6 +82,8 @@ def test_search_sort_and_paging(setup):
     low = httpx.get(url + "/api/features", params={"max_density": 0.01, "sort": "density", "asc": 1}).json()
     assert all(r["density"] <= 0.01 for r in low["rows"])
     assert [r["density"] for r in low["rows"]] == sorted(r["density"] for r in low["rows"])
+    with_dead = httpx.get(url + "/api/features", params={"dead": 1}).json()
+    assert with_dead["total"] == s.d_sae == page["total"] + len(s.dead())
     bad = httpx.get(url + "/api/features", params={"sort": "nonsense"})
     assert bad.status_code == 400 and "unknown sort" in bad.json()["error"]["message"]
 

@@ -125,41 +125,57 @@ class Accumulator:
         self.n_tokens += b * p
 
     def _top(self, flat: Tensor, tokens: Tensor, active: tuple[Tensor, Tensor, Tensor], p: int) -> None:
+        """Merge the batch into the top-k lists. A list's k slots are unordered (`sorted_top`
+        orders them): an entering activation takes the slot of the one it pushes out, so only
+        entering entries write their windows."""
         k = self.cfg.k
         t, lat, val = active
         pick, _ = first_k(lat, val, k, descending=True)  # the batch's own top-k: fewer to merge
         t, lat, val = t[pick], lat[pick], val[pick]
-        # only a value above a full list's last one can enter (on a tie the earlier token stays)
-        floor = torch.where(self.top_idx[:, -1] >= 0, self.top_val[:, -1], -torch.inf)
+        # only a value above a full list's least one can enter (on a tie the earlier token stays)
+        full = (self.top_idx >= 0).all(dim=1)
+        floor = torch.where(full, self.top_val.min(dim=1).values, -torch.inf)
         enter = val > floor[lat]
         t, lat, val = t[enter], lat[enter], val[enter]
         if len(lat) == 0:
             return
-        rows = torch.unique(lat)  # the latents whose lists change; only they are rewritten
-        old_row, old_r = (self.top_idx[rows] >= 0).nonzero().unbind(1)
-        old_l = rows[old_row]
-        n_old = len(old_l)
-        all_l = torch.cat([old_l, lat])
-        all_v = torch.cat([self.top_val[old_l, old_r], val])
-        keep, rank = first_k(all_l, all_v, k, descending=True)  # old entries first: earlier tokens win ties
-        local = torch.searchsorted(rows, all_l[keep])
-        from_old = keep < n_old
-        arrays = ("top_val", "top_idx", "top_acts", "top_toks", "co_ids", "co_val")
-        fills = (0, -1, 0, -1, -1, 0)
-        new = {a: torch.full_like(getattr(self, a)[rows], f) for a, f in zip(arrays, fills)}
-        o = keep[from_old]
-        dst = (local[from_old], rank[from_old])
-        for a in arrays:
-            new[a][dst] = getattr(self, a)[old_l[o], old_r[o]]
-        fresh = keep[~from_old] - n_old
-        dst = (local[~from_old], rank[~from_old])
-        tf, lf = t[fresh], lat[fresh]
-        new["top_val"][dst] = val[fresh]
-        new["top_idx"][dst] = tf + self.n_tokens
-        new["top_acts"][dst], new["top_toks"][dst] = self._windows(flat, tokens, tf, lf, p)
-        new["co_ids"][dst], new["co_val"][dst] = self._co_active(active, tf, lf)
-        for a in arrays:
-            getattr(self, a)[rows] = new[a]
+        rows = torch.unique(lat)  # the latents whose lists change
+        old_row, old_slot = (self.top_idx[rows] >= 0).nonzero().unbind(1)
+        order = torch.argsort(self.top_idx[rows[old_row], old_slot], stable=True)  # old entries by token
+        old_row, old_slot = old_row[order], old_slot[order]
+        n_old = len(old_row)
+        all_l = torch.cat([rows[old_row], lat])
+        all_v = torch.cat([self.top_val[rows[old_row], old_slot], val])
+        keep, _ = first_k(all_l, all_v, k, descending=True)  # by token within ties: earlier tokens win
+        kept = torch.zeros(len(rows), k, dtype=torch.bool)
+        kept_old = keep[keep < n_old]
+        kept[old_row[kept_old], old_slot[kept_old]] = True
+        free_row, free_slot = (~kept).nonzero().unbind(1)  # row-major: each row's free slots in order
+        free_rank = torch.arange(len(free_row)) - torch.searchsorted(free_row, free_row)
+        fresh = keep[keep >= n_old] - n_old
+        tf, lf, vf = t[fresh], lat[fresh], val[fresh]
+        by_row = torch.argsort(lf, stable=True)
+        tf, lf, vf = tf[by_row], lf[by_row], vf[by_row]
+        new_row = torch.searchsorted(rows, lf)
+        new_rank = torch.arange(len(new_row)) - torch.searchsorted(new_row, new_row)
+        slot = free_slot[torch.searchsorted(free_row * k + free_rank, new_row * k + new_rank)]
+        dst = (lf, slot)
+        self.top_val[dst], self.top_idx[dst] = vf, tf + self.n_tokens
+        self.top_acts[dst], self.top_toks[dst] = self._windows(flat, tokens, tf, lf, p)
+        self.co_ids[dst], self.co_val[dst] = self._co_active(active, tf, lf)
+
+    def sorted_top(self) -> dict[str, Tensor]:
+        """The top-k arrays with each latent's slots ordered: strongest first, earlier token first on ties."""
+        key_idx = torch.where(self.top_idx >= 0, self.top_idx, torch.iinfo(torch.int64).max)
+        by_token = torch.argsort(key_idx, dim=1, stable=True)
+        vals = torch.where(self.top_idx >= 0, self.top_val, -torch.inf).gather(1, by_token)
+        order = by_token.gather(1, torch.argsort(vals, dim=1, descending=True, stable=True))
+        out = {}
+        for name in ("top_val", "top_idx", "top_acts", "top_toks", "co_ids", "co_val"):
+            a = getattr(self, name)
+            index = order.view(*order.shape, *([1] * (a.dim() - 2))).expand(*order.shape, *a.shape[2:])
+            out[name] = a.gather(1, index)
+        return out
 
     def _windows(self, flat: Tensor, tokens: Tensor, t: Tensor, lat: Tensor, p: int) -> tuple[Tensor, Tensor]:
         """Each entry's window: the latent's activation and the token at every position (-1 outside the context)."""

@@ -4,6 +4,7 @@ arrays.safetensors and, in one SQLite transaction, the latents table, the exampl
 
 from __future__ import annotations
 
+import copy
 import logging
 import sqlite3
 from pathlib import Path
@@ -122,6 +123,8 @@ def _sample_rows(db: sqlite3.Connection, acc: Accumulator):
 
 def finalize(db: sqlite3.Connection, folder: Path, acc: Accumulator, coder: SparseCoder, models: dict) -> None:
     model = next(iter(models.values()))
+    acc = copy.copy(acc)  # the same statistics with each top-k list in rank order (read-only here)
+    vars(acc).update(acc.sorted_top())
     _arrays(folder, acc, coder, model)
     kinds = latent_kinds(coder)
     with db:  # one transaction: a reader sees the old tables or the new ones

@@ -104,7 +104,9 @@ class Dashboard:
     def search(self, params) -> tuple[str | None, dict, dict]:
         name, store = self.store(params.get("store"))
         query = {
-            k: params[k] for k in ("token", "explanation", "min_density", "max_density", "sort", "asc") if params.get(k)
+            k: params[k]
+            for k in ("token", "explanation", "min_density", "max_density", "sort", "asc", "dead")
+            if params.get(k)
         }
         if store is None:
             return name, query, {"total": 0, "rows": [], "page": 0, "per_page": 50}
@@ -118,6 +120,7 @@ class Dashboard:
                 descending=not query.get("asc"),
                 page=int(params.get("page", 0)),
                 per_page=int(params.get("per_page", 50)),
+                include_dead=bool(query.get("dead")),
             )
         except ValueError:
             raise MechscopeError("density bounds, page and per_page must be numbers") from None

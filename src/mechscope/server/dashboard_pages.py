@@ -97,6 +97,8 @@ def browser_page(stores: list[str], store: str, query: dict, page: dict) -> str:
         f"<label>≤ <input name='max_density' size='6' value='{esc(query.get('max_density', ''))}'></label>"
         f"<label>sort <select name='sort'>{sorts}</select></label>"
         f"<label><input type='checkbox' name='asc' value='1'{' checked' if query.get('asc') else ''}> ascending</label>"
+        f"<label><input type='checkbox' name='dead' value='1'{' checked' if query.get('dead') else ''}> "
+        "include dead latents</label>"
         "<button>search</button></form>"
     )
     rows = "".join(

@@ -119,3 +119,24 @@ def test_saving_is_whole_and_never_replaces_other_files(sweep, tmp_path):
         p.save(other)
     assert (other / "notes.txt").read_text() == "keep me"
     assert [f.name for f in tmp_path.iterdir() if f.name.startswith(".")] == []  # no staging left behind
+
+
+@pytest.mark.parametrize(
+    "kind,c,n_classes", [("logistic", 1, 2), ("logistic", 4, 4), ("linear", 1, 2), ("linear", 3, 3)]
+)
+def test_closed_form_gradients_equal_autograd(kind, c, n_classes):
+    from mechscope.concepts.heads import _linear_grads, forward, row_loss
+
+    g = torch.Generator().manual_seed(0)
+    m, d, b = 3, 5, 7
+    params = {"weight": torch.randn(m, d, c, generator=g), "bias": torch.randn(m, c, generator=g)}
+    for p in params.values():
+        p.requires_grad_(True)
+    z, y = torch.randn(b, d, generator=g), torch.randint(0, n_classes, (b,), generator=g)
+    weight, l2 = torch.rand(m, b, generator=g), torch.rand(m, generator=g)
+    per = (row_loss(kind, forward(params, z), y) * weight).sum(1)
+    (per + 0.5 * l2 * (params["weight"] ** 2).flatten(1).sum(1)).sum().backward()
+    expected = {k: v.grad.clone() for k, v in params.items()}
+    _linear_grads(kind, params, z, y, weight, l2)
+    for k in params:
+        torch.testing.assert_close(params[k].grad, expected[k], atol=1e-6, rtol=1e-5)

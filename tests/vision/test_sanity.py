@@ -5,6 +5,7 @@ that never looks at the model) is reported as failing the randomisation test."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -75,3 +76,16 @@ def test_report_round_trips(digits_model, images, tmp_path):
     loaded = vision.SanityReport.load(report.save(tmp_path / "sanity"))
     assert loaded.checks == report.checks and torch.equal(loaded.spearman, report.spearman)
     assert torch.equal(loaded.deletion_curve, report.deletion_curve) and loaded.label_maps is None
+
+
+def test_rank_correlation_equals_scipy_with_ties():
+    from scipy.stats import spearmanr
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 5, (6, 40), generator=gen).float()  # many ties
+    b = a + torch.randint(0, 3, (6, 40), generator=gen).float()
+    ours = vision.rank_correlation(a, b)
+    expected = torch.tensor([spearmanr(x, y).statistic for x, y in zip(a.numpy(), b.numpy())])
+    assert torch.allclose(ours.double(), expected.double(), atol=1e-6)
+    assert vision.rank_correlation(torch.ones(1, 9), a[:1, :9]).item() == 0.0  # a constant map ranks nothing
+    assert vision.rank_correlation(a[:1], -a[:1]).item() == pytest.approx(-1.0)

@@ -7,7 +7,8 @@
 - `attach(model, coder, site, replace=, keep_error=)`: latents on the fly, reconstructions
   spliced into the forward; `feature_acts`, `top_contexts`, `logit_effect`, `direction`.
 - `SourceConfig` / `ActivationSource` (activations from a model over a local corpus),
-  `write_cache` / `CacheReader` (sharded on-disk cache), `TrainConfig` / `train` /
+  `write_cache` / `CacheReader` (sharded on-disk cache; `ShardStream` streams one larger
+  than memory), `TrainConfig` / `train` /
   `train_from_cache` / `Trainer` (resumable, DDP), `evaluate` -> `DictionaryEvaluation`.
 - Transcoders (`CoderConfig(d_out=, target_hook=, skip=)`, `transcoder_config`, `splice`),
   meta-SAEs (`train_meta` -> `MetaSAE`), SAE error analysis (`error_analysis`).
@@ -41,6 +42,7 @@ from .meta import MetaSAE, RowStream, train_meta
 from .relu import ReluSAE
 from .source import ActivationSource, SourceConfig
 from .stacked import StackedSource, crosscoder_config, diff_source, layer_source, train_crosscoder
+from .streaming import ShardStream
 from .switch import SwitchSAE
 from .topk import TopKSAE
 from .train import Trainer, train, train_from_cache
@@ -105,6 +107,7 @@ __all__ = [
     "splice",
     "transcoder_config",
     "CacheReader",
+    "ShardStream",
     "DictionaryEvaluation",
     "SourceConfig",
     "TrainConfig",

@@ -151,7 +151,6 @@ def _write_manifests(model, names: list[str], folder: Path, meta: dict, n_shards
         )
     write_json(folder / "cfg.json", {**meta, "n_tokens": sum(sizes), "shards": sizes}, durable=True)
     (folder / "progress.json").unlink()
-    return folder
 
 
 def _write_shards(

@@ -95,9 +95,11 @@ def _full_attention_kv(cache) -> list[tuple[Tensor, Tensor]] | None:
         return None
     if type(cache) is not DynamicCache or not cache.layers:
         return None
-    if any(type(layer) is not DynamicLayer or getattr(layer, "keys", None) is None for layer in cache.layers):
+    if any(type(layer) is not DynamicLayer for layer in cache.layers):
         return None
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    kv = [(getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in cache.layers]
+    pairs = [(k, v) for k, v in kv if isinstance(k, Tensor) and isinstance(v, Tensor)]
+    return pairs if len(pairs) == len(kv) else None  # a layer not filled (KV sharing): run whole
 
 
 def shareable(model) -> bool:

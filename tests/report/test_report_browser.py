@@ -66,7 +66,7 @@ def test_index_links_land_on_their_sections_and_each_says_what_it_shows(page):
     assert all(len(s["what"]) > 30 for s in sections), [s["id"] for s in sections if len(s["what"]) <= 30]
     page.click(f"nav.toc a[href='{links[4]}']")
     top = page.evaluate(f"document.getElementById('{sections[4]['id']}').getBoundingClientRect().top")
-    assert 0 <= top < 50  # scrolled to the heading
+    assert -2 < top < 50  # scrolled to the heading (to within sub-pixel rounding)
 
 
 def test_token_cells_render_visibly_on_one_line(page):

@@ -29,6 +29,7 @@ h1 {{ font-size: 1.6em; margin-bottom: 0; }} h2 {{ border-bottom: 1px solid #d8d
 table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ border: 1px solid #e2e5ec; padding: 3px 7px; text-align: left; vertical-align: top; }}
 th {{ background: #f3f5f9; }} code, .tok {{ font-family: ui-monospace, monospace; white-space: pre; background: #f3f5f9; border-radius: 3px; padding: 0 3px; }}
 .kv td:first-child {{ color: #556; }} img {{ max-width: 100%; }} details {{ margin: .5em 0; }}
+.wide {{ overflow-x: auto; }} .wide img {{ max-width: none; }}
 .bar {{ display: inline-block; height: 9px; background: #4c78a8; margin-right: 4px; vertical-align: middle; }}
 .what {{ color: #445; background: #f6f8fb; border-left: 3px solid #4c78a8; padding: .3em .6em; }}
 nav.toc {{ background: #f6f8fb; border: 1px solid #e2e5ec; padding: .4em 1em; margin-top: 1em; }}

@@ -15,6 +15,8 @@ from ..plots import figure, visible
 
 MAX_TABLE_POSITIONS = 128
 """The predictions table lists at most the prompt's last this many positions."""
+WIDE_PIXELS = 1500
+"""Figures wider than this many pixels keep their size and scroll sideways in the page."""
 MAX_LABELLED_POSITIONS = 128
 """Per-position figures name every token up to this many positions; longer prompts keep
 all positions in a figure of this width, with position numbers for ticks (a figure wider
@@ -30,7 +32,11 @@ def _png(fig) -> str:
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     alt = html.escape(describe(fig), quote=True)
-    return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    data = buf.getvalue()
+    image = f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+    width = int.from_bytes(data[16:20], "big")  # the PNG header's IHDR width
+    # shrunk to the page, a very wide figure's labels become unreadable: it scrolls instead
+    return f'<div class="wide">{image}</div>' if width > WIDE_PIXELS else image
 
 
 def _figure(width: float, height: float):

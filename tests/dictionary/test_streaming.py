@@ -49,6 +49,7 @@ def test_each_epoch_visits_every_row_once_in_windows_of_shards():
 def test_streamed_batches_equal_the_in_memory_order_holding_at_most_max_shards(acts, window, cap):
     whole = everything(acts)
     streamed = ShardStream(acts, batch_tokens=24, seed=5, window_shards=window, max_shards=cap)
+    assert not any(shards.maps for shards in streamed._maps.values())  # nothing mapped (no descriptor per shard)
     memory = ShardStream(acts, batch_tokens=24, seed=5, window_shards=window, in_memory=True)
     steps = 3 * streamed.n_tokens // 24 + 2  # three epochs and more
     a, b = streamed.batches(), memory.batches()

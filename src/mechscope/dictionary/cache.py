@@ -267,7 +267,11 @@ class CacheReader:
             raise MechscopeError(f"the cache in '{folder}' holds no tokens")
         self.widths = {s: int(json.loads((self.folder / s / "cfg.json").read_text())["d_in"]) for s in self.sites}
         self.offsets = np.cumsum([0, *self.meta["shards"]])
-        self._maps = {
+        self._maps = self._map_shards()
+
+    def _map_shards(self) -> dict[str, Sequence[np.ndarray]]:
+        """Every shard of every site, memory-mapped (`rows` reads them)."""
+        return {
             s: [np.load(self.folder / s / _shard(i), mmap_mode="r") for i in range(len(self.meta["shards"]))]
             for s in self.sites
         }

@@ -96,6 +96,22 @@ class ShardOrder:
         return torch.cat(parts)
 
 
+class _Mapped(Sequence[np.ndarray]):
+    """A site's shards, each memory-mapped the first time it is indexed."""
+
+    def __init__(self, folder: Path, n: int):
+        self.folder, self.n = folder, n
+        self.maps: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if i not in self.maps:
+            self.maps[i] = np.load(self.folder / shard_name(i), mmap_mode="r")
+        return self.maps[i]
+
+
 class _Window:
     """One window's rows, in stored dtype, with its shuffle: the unit the reader holds."""
 
@@ -134,6 +150,11 @@ class ShardStream(CacheReader):
         self.held, self.peak_held = 0, 0  # shards in memory now / at most (the tests read it)
         self._lock = threading.Lock()
         self._whole: dict[str, Tensor] | None = None
+
+    def _map_shards(self) -> dict[str, Sequence[np.ndarray]]:
+        """Shards mapped when `rows` first reads them: a cache of many thousand shards would
+        otherwise hold a file descriptor per shard (Python's mmap keeps one) from the start."""
+        return {s: _Mapped(self.folder / s, len(self.meta["shards"])) for s in self.sites}
 
     def identity(self) -> dict:
         """What decides the batches beyond the cache's rows (recorded in checkpoints)."""

@@ -118,11 +118,8 @@ def load_task(path: str | Path, template: Template | None = None) -> Task:
 
 PYCODE_TEMPLATE = Template(pair="{x}{y}", separator="\n")
 """pycode's tasks are lines of code: the demonstration is the line itself."""
-PYCODE_WORDS = (
-    "name value data path size key text args mode count items parent result index line error node config source "
-    "target buffer offset level timeout root label state width height start end prefix"
-).split()
-"""Attribute names that zoo:pycode's tokenizer writes as one token after a space."""
+PYCODE_WORDS = ("name value data path size key text args mode count items parent result index line error").split()
+"""Common attribute names, each one token after a space for zoo:pycode's tokenizer."""
 
 
 def _pycode_tasks() -> dict[str, Task]:

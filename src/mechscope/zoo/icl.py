@@ -53,10 +53,13 @@ class IclRecipe:
     """Seeds the fixed permutation of the `permutation` task."""
     n_demos: int = 6
     """Demonstrations per training sequence (the loss is taken at each of them)."""
-    max_prefix: int = 8
+    max_prefix: int = 0
     """Each training sequence starts with 0..max_prefix filler separators after BOS, so that
     a position does not tell how many demonstrations came before it."""
-    n_layers: int = 4
+    zero_shot_loss: bool = False
+    """Train the answer after the first arrow too (no demonstration before it). Off: the
+    model is never taught a zero-shot prior, so nothing there overrides a task signal."""
+    n_layers: int = 3
     """Transformer blocks (attention + MLP, pre-LayerNorm)."""
     d_model: int = 64
     """Width of the residual stream."""
@@ -154,7 +157,10 @@ def batch_for_step(step: int, recipe: IclRecipe) -> tuple[Tensor, Tensor]:
             for i, (row, shift) in enumerate(zip(tokens, shifts))
         ]
     )
-    return tokens, tokens == 2
+    arrows = tokens == 2
+    if not recipe.zero_shot_loss:  # the first arrow of each row has no demonstration before it
+        arrows[torch.arange(len(tokens)), arrows.float().argmax(1)] = False
+    return tokens, arrows
 
 
 def build_model(recipe: IclRecipe) -> ToyTransformer:

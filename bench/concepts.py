@@ -55,7 +55,7 @@ def timed(fn, repeats: int = 1):
     return statistics.median(times), out
 
 
-def bench_probe(data, l2: float) -> None:
+def bench_probe(data, l2: float, repeats: int) -> None:
     from sklearn.linear_model import LogisticRegression
 
     train, test = split_texts(data.texts, 0.2, 0)
@@ -63,10 +63,11 @@ def bench_probe(data, l2: float) -> None:
     x = (data.x(SITE) - norm[0]) / norm[1]
     y = data.labels
     c = 1.0 / (l2 * len(train))  # sklearn: C * sum(loss) + |w|^2 / 2  ==  mean(loss) + l2 / 2 |w|^2
-    sk_time, sk = timed(lambda: LogisticRegression(C=c, max_iter=1000).fit(x[train].numpy(), y[train].numpy()))
+    sk_time, sk = timed(lambda: LogisticRegression(C=c, max_iter=1000).fit(x[train].numpy(), y[train].numpy()), repeats)
     sk_acc = float((torch.from_numpy(sk.predict(x[test].numpy())) == y[test]).float().mean())
     print(
-        f"probe: {len(train)} training rows, {len(test)} held-out, {data.width(SITE)} dims, {len(data.classes)} classes"
+        f"probe (medians of {repeats}): {len(train)} training rows, {len(test)} held-out, "
+        f"{data.width(SITE)} dims, {len(data.classes)} classes"
     )
     print(
         f"  sklearn LogisticRegression (lbfgs): {sk_time:.2f} s, {len(train) / sk_time:,.0f} rows/s, "
@@ -76,7 +77,7 @@ def bench_probe(data, l2: float) -> None:
     reached = None
     for steps in (50, 100, 200, 400, 800):
         cfg = ProbeConfig(epochs=1, min_steps=steps, batch_size=1024)
-        t, params = timed(lambda: train_heads(data, SITE, train, one, torch.tensor([l2]), cfg, norm))
+        t, params = timed(lambda: train_heads(data, SITE, train, one, torch.tensor([l2]), cfg, norm), repeats)
         acc = float(accuracy(data, SITE, test, all_test, params, "logistic", norm)[0])
         print(f"  mechscope probe, {steps:>4} steps: {t:.2f} s, {len(train) / t:,.0f} rows/s, held-out {acc:.4f}")
         if acc >= sk_acc - 0.005 and reached is None:
@@ -123,7 +124,7 @@ def bench_score(model, repeats: int) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--texts", type=int, default=40, help="stdlib pieces to collect token kinds from")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timings are medians of this many runs")
     p.add_argument("--l2", type=float, default=1e-3)
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -131,7 +132,7 @@ def main(argv=None) -> None:
     print("note: a shared machine; figures are under the load shown (start and end)")
     model = ms.load("zoo:pycode")
     data = collect(model, stdlib_texts(args.texts), python_token_kinds, SITE)
-    bench_probe(data, args.l2)
+    bench_probe(data, args.l2, args.repeats)
     bench_leace(data, args.repeats)
     bench_score(model, args.repeats)
     print(f"load at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")

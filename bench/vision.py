@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # the cascade's progress bars would drown the figures
-
-import torch  # noqa: E402
+import torch
 from _machine import load_line, machine_info, machine_line
 from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion
 

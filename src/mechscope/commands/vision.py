@@ -155,7 +155,7 @@ def execute_sanity(args: argparse.Namespace) -> int:
     kwargs = {k: v for k, v in _kwargs(args).items() if k != "method"}
     report = sanity(
         model, args.method, read_images(args.inputs), args.target, labels=labels, label_epochs=args.label_epochs,
-        deletion=not args.no_deletion, threshold=args.threshold, batch_size=args.batch_size, **kwargs,
+        deletion=not args.no_deletion, threshold=args.threshold, batch_size=args.batch_size, progress=True, **kwargs,
     )  # fmt: skip
     plots = []
     if args.plots:

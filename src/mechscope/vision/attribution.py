@@ -8,6 +8,7 @@ is explained by Integrated Gradients over its token embeddings (`hook_embed`) in
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -136,7 +137,10 @@ def attribute(
         upsample, internal_batch_size, seed, options,
     )  # fmt: skip
     try:
-        out = run(request)
+        with warnings.catch_warnings():  # captum's notes on what it does on purpose: not news to the user
+            warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
+            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+            out = run(request)
     except (RuntimeError, ValueError, IndexError) as err:
         raise read_error(model, images, err) from None
     cpu = lambda t: None if t is None else t.detach().cpu()  # noqa: E731

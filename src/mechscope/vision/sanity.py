@@ -148,7 +148,7 @@ def _maps(model: ModuleModel, images: Tensor, target: Tensor, method, batch_size
     return first
 
 
-def _label_model(model: ModuleModel, labels, epochs: int, seed: int) -> tuple[ModuleModel, float]:
+def _label_model(model: ModuleModel, labels, epochs: int, seed: int, progress: bool) -> tuple[ModuleModel, float]:
     """The same architecture, re-initialised and trained on shuffled labels; its accuracy on them."""
     x, y = labels
     x, y = check_images(model, x), torch.as_tensor(y).long().to(model.device)
@@ -160,7 +160,7 @@ def _label_model(model: ModuleModel, labels, epochs: int, seed: int) -> tuple[Mo
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     forward = forward_fn(ModuleModel(module))
     module.train()
-    for _ in tqdm(range(epochs), desc="random labels", unit="epoch", disable=epochs < 5, leave=False):
+    for _ in tqdm(range(epochs), desc="random labels", unit="epoch", disable=not progress):
         for batch in torch.randperm(len(y), generator=gen).split(64):
             loss = F.cross_entropy(forward(x[batch]), shuffled[batch])
             opt.zero_grad(set_to_none=True)
@@ -198,11 +198,12 @@ def _prep(result: Attribution):
     return (lambda m: m.abs()) if result.signed else (lambda m: m)
 
 
-def _cascade(model: ModuleModel, images, target, method, batch_size, kwargs, original, threshold, seed):
+def _cascade(model: ModuleModel, images, target, method, batch_size, kwargs, original, threshold, seed, progress):
     """(stage names, stage maps, Spearman [stages, batch], checks) of the top-down cascade."""
     names, maps = [], []
     total = len(randomise.top_down(model.hf))  # stages share one module: use each before the next
-    for name, module in tqdm(randomise.cascade(model.hf, seed), total=total, desc="cascade", leave=False):
+    stages = tqdm(randomise.cascade(model.hf, seed), total=total, desc="cascade", unit="stage", disable=not progress)
+    for name, module in stages:
         stage = ModuleModel(module, name=f"{model.name} (randomised to {name})")
         names.append(name)
         maps.append(_maps(stage, images, target, method, batch_size, kwargs).maps)
@@ -217,9 +218,9 @@ def _cascade(model: ModuleModel, images, target, method, batch_size, kwargs, ori
     return names, maps, rho, checks
 
 
-def _labels(model, images, target, method, batch_size, kwargs, original, labels, epochs, threshold, seed):
+def _labels(model, images, target, method, batch_size, kwargs, original, labels, epochs, threshold, seed, progress):
     """(extra report fields, check) of the label randomisation test."""
-    shuffled, accuracy = _label_model(model, labels, epochs, seed)
+    shuffled, accuracy = _label_model(model, labels, epochs, seed, progress)
     maps = _maps(shuffled, images, target, method, batch_size, kwargs).maps
     rho = rank_correlation(_prep(original)(original.maps), _prep(original)(maps))
     logger.info("random-label model fits its shuffled labels to %.2f accuracy", accuracy)
@@ -244,12 +245,14 @@ def sanity(
     completeness_tol: float = 1e-2,
     batch_size: int | None = None,
     seed: int = 0,
+    progress: bool = False,
     **attribute_kwargs,
 ) -> SanityReport:
     """Run the sanity checks on `method` (a name `attribute` knows, or a callable
     `(model, images, target) -> maps`) for `inputs` and their `target` classes (None: the
     model's predictions, kept fixed through every stage). batch_size: images per attribute
-    call (None: all at once). Other keyword arguments go to `attribute`."""
+    call (None: all at once). progress: tqdm bars over the stages and the random-label
+    epochs. Other keyword arguments go to `attribute`."""
     if inputs is None:
         raise MechscopeError("sanity needs inputs: a batch of images [batch, channels, height, width]")
     model = as_image_model(model)
@@ -258,11 +261,13 @@ def sanity(
     original = _maps(model, images, target, method, batch_size, attribute_kwargs)
     common = (images, target, method, batch_size, attribute_kwargs, original)
     names, maps, rho, checks = (
-        _cascade(model, *common, threshold, seed) if randomisation else ([], [], torch.zeros(0, len(images)), [])
+        _cascade(model, *common, threshold, seed, progress)
+        if randomisation
+        else ([], [], torch.zeros(0, len(images)), [])
     )
     extra: dict = {}
     if labels is not None:
-        fields, check = _labels(model, *common, labels, label_epochs, threshold, seed)
+        fields, check = _labels(model, *common, labels, label_epochs, threshold, seed, progress)
         extra.update(fields)
         checks.append(check)
     if deletion:

@@ -172,3 +172,20 @@ def test_patching_cost_is_bounded_on_long_prompts_and_the_page_says_so(monkeypat
     assert swept == [(patching.MAX_CONTEXT, swept[0][1])] and swept[0][1] <= patching.MAX_POSITIONS
     assert "The prompt has 60 tokens: patching runs on its first token and its last 31" in text
     assert "<img" in text
+
+
+@pytest.mark.parametrize("kind", ["gpt2"])  # the demo covers llama (zoo:pycode)
+def test_every_section_on_a_model_without_tokenizer_draws_readable_figures(kind):
+    from mechscope.report.figures import checking
+    from mechscope.report.sections import SECTIONS
+
+    from ..models.tiny import tiny_model
+
+    model = tiny_model(kind)
+    run = model.run(
+        torch.randint(3, 97, (1, 30), generator=torch.Generator().manual_seed(0)), record="blocks.*.hook_resid_post"
+    )
+    with checking() as seen:
+        parts = [section(model, run) for section in SECTIONS]
+    assert len(seen) >= 10 and not {title: found for title, found, _ in seen if found}
+    assert sum(part.count("<img") for part in parts) == len(seen)

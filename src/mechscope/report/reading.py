@@ -22,7 +22,7 @@ def attribution(model, run) -> str:
     top2 = run.logits[0, length - 1].topk(2).indices.tolist()
     ids = run.tokens[:1, :length]
     dla = direct_logit_attribution(model, ids, top2[0], vs=top2[1], positions=-1)
-    first, second = (_tok(model.tokenizer.decode([t])) for t in top2)
+    first, second = (_tok(model.tokenizer.decode([t]) if model.tokenizer is not None else str(t)) for t in top2)
     return (
         heading(
             "Direct logit attribution",

@@ -13,8 +13,11 @@ ZOO = Path(zoo.__file__).parent
 UPPER = {
     "attribution",
     "circuits",
+    "concepts",
     "dictionary",
+    "features",
     "heads",
+    "incontext",
     "lens",
     "patching",
     "probes",

@@ -11,6 +11,7 @@ import torch
 from mechscope import features
 from mechscope.dictionary import CoderConfig
 from mechscope.dictionary import build as build_coder
+from mechscope.errors import MechscopeError
 from tests.conftest import requires_pycode
 
 from .helpers import CFG, SITE, assert_same_store, brute_force, corpus_tokens, pycode, texts
@@ -112,6 +113,8 @@ def test_two_halves_equal_one_build(built, tmp_path):
     again = features.build(model, coder, tokens[half:], tmp_path / "halves", cfg=CFG)  # the same corpus: no-op
     assert again.info()["n_tokens"] == tokens.numel()
     assert_same_store(tmp_path / "once", tmp_path / "halves")
+    with pytest.raises(MechscopeError, match="already holds this corpus"):  # the same text, read further
+        features.build(model, coder, tokens[half:], tmp_path / "halves", tokens=64, cfg=CFG)
 
 
 def test_neuronpedia_export(built, tmp_path):

@@ -104,6 +104,13 @@ def _source(db: sqlite3.Connection, identity: dict, acc: Accumulator) -> tuple[i
     for sid, ident, first, done in rows:
         if ident == text:
             return sid, acc.n_tokens - first if not done else 0, bool(done)
+    for _, ident, _, _ in rows:
+        saved = json.loads(ident)
+        if {**saved, "max_tokens": None} == {**identity, "max_tokens": None}:
+            raise MechscopeError(
+                f"this store already holds this corpus read to another --tokens ({saved.get('max_tokens')}): "
+                "adding it again would count its text twice; build a new store, or add other text"
+            )
     unfinished = [json.loads(ident) for _, ident, _, done in rows if not done]
     if unfinished:
         raise MechscopeError(
@@ -156,21 +163,23 @@ def build(
             db.commit()
             acc = Accumulator(coder.cfg.d_sae, cfg)
             _load_state(folder, acc)
-            _stream_source(db, folder, acc, reader, models, corpus, tokens, cfg, text_field)
-            finalize(db, folder, acc, coder, models)
+            added = _stream_source(db, folder, acc, reader, models, corpus, tokens, cfg, text_field)
+            if added or read_meta(db, "finalized_tokens") != acc.n_tokens:
+                finalize(db, folder, acc, coder, models)
         finally:
             db.close()
     return FeatureStore(folder)
 
 
-def _stream_source(db, folder, acc, reader, models, corpus, tokens, cfg, text_field) -> None:
+def _stream_source(db, folder, acc, reader, models, corpus, tokens, cfg, text_field) -> bool:
+    """Read the corpus into `acc` (resuming where a killed build stopped); False if it was already in."""
     first_model = next(iter(models.values()))
     tokenizer = getattr(first_model, "tokenizer", None)
     identity = corpus_mod.identity(corpus, cfg.ctx_len, tokens, text_field)
     sid, done_tokens, done = _source(db, identity, acc)
     if done:
         log.info("this corpus is already in the store: nothing to add")
-        return
+        return False
     first = acc.n_tokens - done_tokens
     stream = corpus_mod.contexts(corpus, tokenizer, cfg.ctx_len, tokens, text_field)
     _skip(stream, done_tokens // cfg.ctx_len, db, first, cfg.ctx_len)
@@ -194,3 +203,4 @@ def _stream_source(db, folder, acc, reader, models, corpus, tokens, cfg, text_fi
     _checkpoint(db, folder, acc)
     db.execute("UPDATE sources SET done = 1 WHERE id = ?", (sid,))
     db.commit()
+    return True

@@ -4,7 +4,8 @@
     model = ms.load("zoo:pycode")
     run = model.run("def add(a, b):\\n    return", record="blocks.*.hook_resid_post")
 
-The method packages (`ms.lens`, `ms.patching`, `ms.circuits`, `ms.dictionary`, ...) and
+The method packages (`ms.lens`, `ms.patching`, `ms.circuits`, `ms.dictionary`, `ms.steering`,
+`ms.concepts`, `ms.incontext`, `ms.vision`, `ms.features`, ...) and
 the core (`ms.load`, `ms.Model`, `ms.Run`, `ms.edits`: torch) load on first use, so that
 `import mechscope` and the command line start quickly.
 """
@@ -15,7 +16,20 @@ from . import toys  # registers the zoo's analyses with mechscope.zoo (imports n
 from .errors import MechscopeError
 
 __version__ = "0.1.0"
-METHODS = ("attribution", "circuits", "dictionary", "heads", "lens", "patching", "structure")
+METHODS = (
+    "attribution",
+    "circuits",
+    "concepts",
+    "dictionary",
+    "features",
+    "heads",
+    "incontext",
+    "lens",
+    "patching",
+    "steering",
+    "structure",
+    "vision",
+)
 CORE = {
     "load": ("models.loading", "load"),
     "Model": ("model", "Model"),

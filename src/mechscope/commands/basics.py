@@ -117,6 +117,19 @@ def configure_report(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="a crosscoder folder (from `mechscope crosscoder train`) to show in the report",
     )
+    parser.add_argument(
+        "--vector",
+        metavar="DIR",
+        help="a steering vector (from `mechscope steer vector`): its projection on the prompt and steered text",
+    )
+    parser.add_argument(
+        "--probe",
+        metavar="DIR",
+        help="a probe or confidence probe (from `mechscope probe train` / `confidence train`): per-token scores",
+    )
+    parser.add_argument(
+        "--eraser", metavar="DIR", help="a LEACE eraser (from `mechscope erase fit`): what erasing costs on the prompt"
+    )
 
 
 def execute_report(args) -> int:
@@ -132,6 +145,9 @@ def execute_report(args) -> int:
         sae_dir=args.sae,
         crosscoder_dir=args.crosscoder,
         store_dir=args.store,
+        vector_dir=args.vector,
+        probe_dir=args.probe,
+        eraser_dir=args.eraser,
     )
     print(f"wrote {path}")
     return 0

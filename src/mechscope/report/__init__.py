@@ -16,8 +16,8 @@ from pathlib import Path
 from ..errors import MechscopeError
 from ..finite import SHOWN, first_nonfinite, nonfinite_parameters
 from ..io import write_text
-from . import crosscoder, sae
-from .sections import SECTIONS
+from . import concepts, crosscoder, sae, steering, vision
+from .sections import SECTIONS, sites
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -50,6 +50,9 @@ def build_report(
     sae_dir: str | Path | None = None,
     crosscoder_dir: str | Path | None = None,
     store_dir: str | Path | None = None,
+    vector_dir: str | Path | None = None,
+    probe_dir: str | Path | None = None,
+    eraser_dir: str | Path | None = None,
 ) -> Path:
     """Run `model` on `prompt` and write `out_dir/index.html` (images inlined).
 
@@ -57,7 +60,9 @@ def build_report(
     does not read text (toy models, CNNs); zoo models add their figures. `sae_dir`, a
     dictionary folder, adds its metrics and features; `store_dir`, a feature store built from
     that dictionary (`mechscope features build`), adds the corpus's view of them;
-    `crosscoder_dir` a crosscoder's."""
+    `crosscoder_dir` a crosscoder's; `vector_dir` a steering vector (`mechscope steer vector`);
+    `probe_dir` a probe or confidence probe and `eraser_dir` a LEACE eraser (`mechscope probe`,
+    `confidence`, `erase`). Image classifiers get attribution maps and their sanity checks."""
     if store_dir is not None and sae_dir is None:
         raise MechscopeError(f"--store {store_dir} needs --sae DIR: the dictionary the store was built from")
     _refuse_nonfinite_weights(model)
@@ -75,6 +80,11 @@ def build_report(
                 "would show nothing; try another --prompt or a higher-precision --dtype"
             )
     sections = list(SECTIONS)
+    sections.insert(sections.index(sites), vision.section)  # "" unless the model classifies images
+    if vector_dir is not None:
+        sections.append(functools.partial(steering.section, vector_dir=vector_dir))
+    if probe_dir is not None or eraser_dir is not None:
+        sections.append(functools.partial(concepts.section, probe_dir=probe_dir, eraser_dir=eraser_dir))
     if sae_dir is not None:
         sections.append(functools.partial(sae.section, sae_dir=sae_dir, store_dir=store_dir))
     if crosscoder_dir is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from .sections import _png
+from .sections import _png, heading
 
 MAX_STRIP = 200
 """The strip shows at most the prompt's last this many tokens."""
@@ -117,7 +117,13 @@ def section(model, run, *, probe_dir: str | Path | None = None, eraser_dir: str 
     """The probe's and eraser's view of the report prompt; "" when neither is given."""
     if run is None or (probe_dir is None and eraser_dir is None):
         return ""
-    parts = ["<h2>Concepts</h2>"]
+    parts = [
+        heading(
+            "Concepts",
+            "what linear probes read from the residual stream on this prompt (per token, coloured by the "
+            "probe's probability), how well they did on held-out data, and what erasing a concept costs.",
+        )
+    ]
     if probe_dir is not None:
         folder = Path(probe_dir)
         confidence = (folder / "calibration.safetensors").is_file()

@@ -126,8 +126,10 @@ def test_prompt_page_shows_per_token_latents(page, served, artefacts):
 def test_circuit_page_draws_the_graph(page, served, artefacts):
     _, _, _, url = served
     page.goto(url + "/circuit/circuit")
-    page.locator("svg#circuit line").first.wait_for(state="attached")
-    assert page.locator("svg#circuit line").count() == 14
+    page.locator("svg#circuit path").first.wait_for(state="attached")
+    assert page.locator("svg#circuit path").count() == 14
+    dashed = page.locator("svg#circuit path[stroke-dasharray='5 3']").count()
+    assert dashed == 7  # the scores run from 1 to -1: half of them negative
     node = page.locator("svg#circuit g[data-node]").first
     name = node.get_attribute("data-node")
     node.click()

@@ -156,8 +156,13 @@ const mechscope = (() => {
     const colours = { q: "#1565c0", k: "#2e7d32", v: "#c62828", "": "#616161" };
     const lines = data.edges.map((e) => {
       const a = pos[e.from], b = pos[e.to];
-      const line = svgEl("line", { x1: a.x, y1: a.y, x2: b.x, y2: b.y, stroke: colours[e.channel] || "#616161",
-        "stroke-width": 0.5 + (4 * Math.abs(e.score)) / top, "data-from": e.from, "data-to": e.to });
+      // q, k and v edges between the same two nodes bend apart instead of hiding each other
+      const bend = { q: 0, k: 14, v: -14 }[e.channel] || 0;
+      const len = Math.hypot(b.x - a.x, b.y - a.y) || 1;
+      const cx = (a.x + b.x) / 2 - (bend * (b.y - a.y)) / len, cy = (a.y + b.y) / 2 + (bend * (b.x - a.x)) / len;
+      const line = svgEl("path", { d: `M ${a.x} ${a.y} Q ${cx} ${cy} ${b.x} ${b.y}`, fill: "none",
+        stroke: colours[e.channel] || "#616161", "stroke-width": 0.5 + (4 * Math.abs(e.score)) / top,
+        "stroke-dasharray": e.score < 0 ? "5 3" : "none", "data-from": e.from, "data-to": e.to });
       const title = svgEl("title");
       title.textContent = `${e.from} → ${e.receiver}: ${e.score.toPrecision(3)}`;
       line.append(title);
@@ -179,7 +184,7 @@ const mechscope = (() => {
       svg.append(g);
     }
     const legend = svgEl("text", { x: 10, y: 16 });
-    legend.textContent = "edge colour: query blue, key green, value red, residual grey";
+    legend.textContent = "edge colour: into a query blue, key green, value red, elsewhere grey; dashed: negative score";
     svg.append(legend);
   }
 

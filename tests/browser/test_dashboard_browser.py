@@ -5,7 +5,6 @@ temporary folder) as test artefacts."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,14 @@ from mechscope.circuits.circuit import Circuit
 from mechscope.circuits.graph import Graph
 from mechscope.server.core import Running
 from mechscope.server.dashboard import dashboard_app
-from tests.conftest import requires_pycode
+from tests.conftest import chromium_path, requires_chromium, requires_pycode
 from tests.features.helpers import SCRIPT_TOKEN, dashboard_store
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = chromium_path()
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [
     requires_pycode,
-    pytest.mark.skipif(not Path(CHROMIUM).exists() and not shutil.which("chromium"), reason="no chromium installed"),
+    requires_chromium,
 ]
 LATENT = 5
 
@@ -38,9 +37,7 @@ def artefacts(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def browser():
     with playwright.sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"), headless=True
-        )
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True)
         yield chromium
         chromium.close()
 

@@ -7,18 +7,17 @@ render visibly on one line. A full-page screenshot is written as a test artefact
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-from ..conftest import requires_pycode
+from ..conftest import chromium_path, requires_chromium, requires_pycode
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = chromium_path()
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [
     requires_pycode,
-    pytest.mark.skipif(not Path(CHROMIUM).exists() and not shutil.which("chromium"), reason="no chromium installed"),
+    requires_chromium,
 ]
 
 FIGURES = """() => [...document.images].map(img => ({
@@ -36,9 +35,7 @@ SECTIONS = """() => [...document.querySelectorAll('h2')].map(h => ({
 def page(demo_report):
     path = demo_report[3]
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"), headless=True
-        )
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
         tab = browser.new_page(viewport={"width": 1200, "height": 900})
         tab.goto(path.resolve().as_uri())
         tab.wait_for_load_state("load")

@@ -1,6 +1,7 @@
 """`mechscope fv MODEL --task NAME|FILE`: fit a function vector (heads, insertion layer,
-accuracies, prompt compression); `mechscope fv apply MODEL --vector DIR PROMPT`: the next
-token with and without a saved vector. `mechscope relation MODEL --samples FILE
+accuracies, prompt compression); `mechscope fv apply MODEL PROMPT --vector DIR`: the next
+token with and without a saved vector (the positionals come together, before the options:
+argparse cannot split them). `mechscope relation MODEL --samples FILE
 --subject-site S --object-site O`: fit a linear relational embedding and measure it.
 Maps onto `mechscope.incontext`; no science here."""
 
@@ -15,7 +16,7 @@ from ..errors import MechscopeError
 
 def configure_fv(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
-        "model", help="hub id, local folder or zoo:NAME (e.g. zoo:icl); or `apply` then MODEL (apply a saved vector)"
+        "model", help="hub id, local folder or zoo:NAME (e.g. zoo:icl); or `apply` (then MODEL PROMPT --vector DIR)"
     )
     parser.add_argument("prompt", nargs="*", help="with `apply`: the model, then the prompt to run")
     parser.add_argument("--task", help="built-in task name (e.g. icl/successor) or a .jsonl/.csv file of pairs")
@@ -82,7 +83,7 @@ def _apply(args: argparse.Namespace) -> int:
     from ..tokens import decode
 
     if len(args.prompt) != 2 or not args.vector:
-        raise MechscopeError("usage: mechscope fv apply MODEL --vector DIR PROMPT")
+        raise MechscopeError("usage: mechscope fv apply MODEL PROMPT --vector DIR")
     model = load(args.prompt[0])
     fv = FunctionVector.load(args.vector)
     if fv.vector.shape[-1] != model.dims.d_model or fv.layer >= model.dims.n_layers:

@@ -28,6 +28,7 @@ RECIPES = {
     "induction": ("mechscope.zoo.induction", "InductionRecipe"),
     "chain": ("mechscope.zoo.chain", "ChainRecipe"),
     "digits": ("mechscope.zoo.digits", "DigitsRecipe"),
+    "icl": ("mechscope.zoo.icl", "IclRecipe"),
     "vit-digits": ("mechscope.zoo.vit_digits", "VitDigitsRecipe"),
 }
 DESCRIPTIONS = {
@@ -37,6 +38,7 @@ DESCRIPTIONS = {
     "induction": "2-layer attention-only transformer with a previous-token and an induction head",
     "chain": "stacked attention heads: multi-hop variable binding, one layer per hop",
     "digits": "small CNN on scikit-learn's 8x8 digits",
+    "icl": "small transformer doing hidden in-context tasks (successor, permutation, ...): function vectors",
     "vit-digits": "tiny ViT (2x2 patches + class token) on scikit-learn's 8x8 digits",
 }
 

@@ -148,11 +148,21 @@ def _pycode(old: dict, new: dict) -> list[Check]:
     ]
 
 
+
+def _icl(old: dict, new: dict) -> list[Check]:
+    tol, a, b = old["tolerance"], old["metrics"], new["metrics"]
+    return [
+        near(f"{kind} {task}", a[kind][task], b[kind][task], tol[f"{kind}_abs"])
+        for kind in ("icl_accuracy", "zero_shot_accuracy")
+        for task in a[kind]
+    ]
+
 COMPARISONS: dict[str, Callable[[dict, dict], list[Check]]] = {
     "induction": _induction,
     "chain": _chain,
     "superposition": _superposition,
     "digits": _digits,
+    "icl": _icl,
     "vit-digits": _digits,  # the same measures: test and train accuracy within the card's tolerance
     "modadd": _modadd,
     "pycode": _pycode,

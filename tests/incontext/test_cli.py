@@ -1,0 +1,56 @@
+"""`mechscope fv` and `mechscope relation` from the command line (called in-process)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mechscope.cli import main
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_fv_fit_save_plot_and_apply(tmp_path, capsys):
+    args = ["fv", "zoo:icl", "--task", "icl/successor", "--heads", "3", "--shots", "4", "--prompts", "24"]
+    assert main([*args, "--save", str(tmp_path / "fv"), "--plots", str(tmp_path / "plots"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["task"] == "icl/successor" and len(out["heads"]) == 3 and out["tokens_saved"] == 16
+    assert (tmp_path / "fv" / "cfg.json").is_file() and (tmp_path / "plots" / "fv_icl_successor.png").is_file()
+    assert main(["fv", "apply", "zoo:icl", "n7 ->", "--vector", str(tmp_path / "fv"), "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)["top"]
+    assert set(top) == {"with", "without"}
+    if out["fv_accuracy"] >= 0.8:
+        assert top["with"][0][0].strip() == "n8"
+
+
+def test_fv_bad_input(tmp_path, capsys):
+    (tmp_path / "one.jsonl").write_text('{"input": "n1", "output": "n2"}\n')
+    assert main(["fv", "zoo:icl", "--task", str(tmp_path / "one.jsonl")]) == 2
+    assert "at least 2" in capsys.readouterr().err
+    assert main(["fv", "zoo:icl"]) == 2
+    assert "--task" in capsys.readouterr().err
+    assert main(["fv", "apply", "zoo:icl", "n7 ->"]) == 2
+    assert "usage" in capsys.readouterr().err
+    assert main(["fv", "apply", "zoo:icl", "n7 ->", "--vector", str(tmp_path / "none")]) == 2
+    assert "no saved function_vector" in capsys.readouterr().err
+
+
+def test_relation_command(tmp_path, capsys):
+    # subjects are matched as the first substring: skip n1 (a prefix of n10..n15)
+    items = [i for i in range(16) if i != 1]
+    rows = [{"prompt": f"n{(s + 5) % 16} -> n{(s + 6) % 16} ; n{s} ->", "subject": f"n{s}"} for s in items]
+    (tmp_path / "succ.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = ["relation", "zoo:icl", "--samples", str(tmp_path / "succ.jsonl"), "--subject-site"]
+    args = [*base, "blocks.0.hook_resid_post", "--object-site", "blocks.2.hook_resid_post", "--json"]
+    assert main([*args, "--plots", str(tmp_path / "p"), "--save", str(tmp_path / "lre")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0 <= out["faithfulness"] <= 1 and out["n_fit"] == 7 and out["n_test"] == 8
+    assert (tmp_path / "p" / "relation_succ.png").is_file() and (tmp_path / "lre" / "cfg.json").is_file()
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "n1 ->", "subject": "n9"}\n{"prompt": "n2 ->", "subject": "n2"}\n')
+    bad = ["relation", "zoo:icl", "--samples", str(tmp_path / "bad.jsonl"), "--subject-site"]
+    assert main([*bad, "blocks.0.hook_resid_post", "--object-site", "blocks.2.hook_resid_post"]) == 2
+    assert "not in the prompt" in capsys.readouterr().err

@@ -148,7 +148,6 @@ def _pycode(old: dict, new: dict) -> list[Check]:
     ]
 
 
-
 def _icl(old: dict, new: dict) -> list[Check]:
     tol, a, b = old["tolerance"], old["metrics"], new["metrics"]
     return [
@@ -156,6 +155,7 @@ def _icl(old: dict, new: dict) -> list[Check]:
         for kind in ("icl_accuracy", "zero_shot_accuracy")
         for task in a[kind]
     ]
+
 
 COMPARISONS: dict[str, Callable[[dict, dict], list[Check]]] = {
     "induction": _induction,

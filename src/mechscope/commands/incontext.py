@@ -71,9 +71,9 @@ def execute_fv(args: argparse.Namespace) -> int:
         f"  prompt compression: {result.tokens_saved:.1f} tokens replaced, {result.accuracy_kept:.0f}% of the "
         "k-shot accuracy kept"
     )
-    for key in ("saved", "plot"):
+    for key, what in (("saved", "the result"), ("plot", "the figure")):
         if key in summary:
-            print(f"wrote {key} to {summary[key]}")
+            print(f"wrote {what} to {summary[key]}")
     return 0
 
 
@@ -151,7 +151,7 @@ def execute_relation(args: argparse.Namespace) -> int:
         f"{result.n_fit} fitting / {result.n_test} held-out samples"
     )
     print(f"  causality {result.causality:.3f} at rank {result.rank}")
-    for key in ("saved", "plot"):
+    for key, what in (("saved", "the result"), ("plot", "the figure")):
         if key in summary:
-            print(f"wrote {key} to {summary[key]}")
+            print(f"wrote {what} to {summary[key]}")
     return 0

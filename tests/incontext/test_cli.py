@@ -7,6 +7,7 @@ import json
 import pytest
 
 from mechscope.cli import main
+from mechscope.incontext import FunctionVectorResult, RelationResult
 
 
 @pytest.fixture(autouse=True)
@@ -16,8 +17,10 @@ def offline(monkeypatch):
 
 def test_fv_fit_save_plot_and_apply(tmp_path, capsys):
     args = ["fv", "zoo:icl", "--task", "icl/successor", "--heads", "3", "--shots", "4", "--prompts", "24"]
-    assert main([*args, "--save", str(tmp_path / "fv"), "--plots", str(tmp_path / "plots"), "--json"]) == 0
+    saves = ["--save", str(tmp_path / "fv"), "--save-result", str(tmp_path / "res"), "--plots", str(tmp_path / "plots")]
+    assert main([*args, *saves, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
+    assert FunctionVectorResult.load(tmp_path / "res").fv_accuracy == out["fv_accuracy"]
     assert out["task"] == "icl/successor" and len(out["heads"]) == 3 and out["tokens_saved"] == 16
     assert (tmp_path / "fv" / "cfg.json").is_file() and (tmp_path / "plots" / "fv_icl_successor.png").is_file()
     assert main(["fv", "apply", "zoo:icl", "n7 ->", "--vector", str(tmp_path / "fv"), "--json"]) == 0
@@ -46,10 +49,24 @@ def test_relation_command(tmp_path, capsys):
     (tmp_path / "succ.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     base = ["relation", "zoo:icl", "--samples", str(tmp_path / "succ.jsonl"), "--subject-site"]
     args = [*base, "blocks.0.hook_resid_post", "--object-site", "blocks.2.hook_resid_post", "--json"]
-    assert main([*args, "--plots", str(tmp_path / "p"), "--save", str(tmp_path / "lre")]) == 0
+    assert (
+        main(
+            [
+                *args,
+                "--plots",
+                str(tmp_path / "p"),
+                "--save",
+                str(tmp_path / "lre"),
+                "--save-result",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert 0 <= out["faithfulness"] <= 1 and out["n_fit"] == 7 and out["n_test"] == 8
     assert (tmp_path / "p" / "relation_succ.png").is_file() and (tmp_path / "lre" / "cfg.json").is_file()
+    assert RelationResult.load(tmp_path / "r").faithfulness == out["faithfulness"]
     (tmp_path / "bad.jsonl").write_text('{"prompt": "n1 ->", "subject": "n9"}\n{"prompt": "n2 ->", "subject": "n2"}\n')
     bad = ["relation", "zoo:icl", "--samples", str(tmp_path / "bad.jsonl"), "--subject-site"]
     assert main([*bad, "blocks.0.hook_resid_post", "--object-site", "blocks.2.hook_resid_post"]) == 2

@@ -28,6 +28,7 @@ def configure_fv(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--vector", metavar="DIR", help="with `apply`: a saved function vector")
     parser.add_argument("--scale", type=float, default=1.0, help="with `apply`: multiply the vector by this")
     parser.add_argument("--save", metavar="DIR", help="save the function vector (cfg.json + tensors) here")
+    parser.add_argument("--save-result", metavar="DIR", help="save the whole result (effects, accuracies) here")
     parser.add_argument("--plots", metavar="DIR", help="write the indirect-effect and layer figures here")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -56,6 +57,8 @@ def execute_fv(args: argparse.Namespace) -> int:
     summary = result.summary()
     if args.save:
         summary["saved"] = str(result.vector_artifact().save(args.save))
+    if args.save_result:
+        summary["result"] = str(result.save(args.save_result))
     if args.plots:
         summary["plot"] = str(_write_plot(result.plot(), args.plots, f"fv_{result.task.replace('/', '_')}.png"))
     if args.json:
@@ -71,7 +74,7 @@ def execute_fv(args: argparse.Namespace) -> int:
         f"  prompt compression: {result.tokens_saved:.1f} tokens replaced, {result.accuracy_kept:.0f}% of the "
         "k-shot accuracy kept"
     )
-    for key, what in (("saved", "the result"), ("plot", "the figure")):
+    for key, what in (("saved", "the linear relation"), ("result", "the result"), ("plot", "the figure")):
         if key in summary:
             print(f"wrote {what} to {summary[key]}")
     return 0
@@ -110,6 +113,7 @@ def configure_relation(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--object-site", required=True, help="e.g. blocks.5.hook_resid_post (at the last token)")
     parser.add_argument("--beta", type=float, default=1.0, help="scale of the mean Jacobian (default 1)")
     parser.add_argument("--save", metavar="DIR", help="save the linear relation (cfg.json + tensors) here")
+    parser.add_argument("--save-result", metavar="DIR", help="save the whole result (sweeps, measures) here")
     parser.add_argument("--plots", metavar="DIR", help="write the β and rank sweep figure here")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -140,6 +144,8 @@ def execute_relation(args: argparse.Namespace) -> int:
     summary = result.summary()
     if args.save:
         summary["saved"] = str(result.relation_map().save(args.save))
+    if args.save_result:
+        summary["result"] = str(result.save(args.save_result))
     if args.plots:
         summary["plot"] = str(_write_plot(result.plot(), args.plots, f"relation_{result.name}.png"))
     if args.json:
@@ -151,7 +157,7 @@ def execute_relation(args: argparse.Namespace) -> int:
         f"{result.n_fit} fitting / {result.n_test} held-out samples"
     )
     print(f"  causality {result.causality:.3f} at rank {result.rank}")
-    for key, what in (("saved", "the result"), ("plot", "the figure")):
+    for key, what in (("saved", "the linear relation"), ("result", "the result"), ("plot", "the figure")):
         if key in summary:
             print(f"wrote {what} to {summary[key]}")
     return 0

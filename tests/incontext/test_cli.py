@@ -28,6 +28,9 @@ def test_fv_fit_save_plot_and_apply(tmp_path, capsys):
     assert set(top) == {"with", "without"}
     if out["fv_accuracy"] >= 0.8:
         assert top["with"][0][0].strip() == "n8"
+    report = ["report", "zoo:icl", "--prompt", "n3 -> n4 ; n7 ->", "--out", str(tmp_path / "report")]
+    assert main([*report, "--fv", str(tmp_path / "res")]) == 0
+    assert "Function vector: icl/successor" in (tmp_path / "report" / "index.html").read_text()
 
 
 def test_fv_bad_input(tmp_path, capsys):
@@ -67,6 +70,9 @@ def test_relation_command(tmp_path, capsys):
     assert 0 <= out["faithfulness"] <= 1 and out["n_fit"] == 7 and out["n_test"] == 8
     assert (tmp_path / "p" / "relation_succ.png").is_file() and (tmp_path / "lre" / "cfg.json").is_file()
     assert RelationResult.load(tmp_path / "r").faithfulness == out["faithfulness"]
+    report = ["report", "zoo:icl", "--out", str(tmp_path / "report"), "--relation", str(tmp_path / "r")]
+    assert main(report) == 0
+    assert "relation" in (tmp_path / "report" / "index.html").read_text().lower()
     (tmp_path / "bad.jsonl").write_text('{"prompt": "n1 ->", "subject": "n9"}\n{"prompt": "n2 ->", "subject": "n2"}\n')
     bad = ["relation", "zoo:icl", "--samples", str(tmp_path / "bad.jsonl"), "--subject-site"]
     assert main([*bad, "blocks.0.hook_resid_post", "--object-site", "blocks.2.hook_resid_post"]) == 2

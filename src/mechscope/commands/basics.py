@@ -130,6 +130,14 @@ def configure_report(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--eraser", metavar="DIR", help="a LEACE eraser (from `mechscope erase fit`): what erasing costs on the prompt"
     )
+    parser.add_argument(
+        "--fv", metavar="DIR", help="a function vector's saved result (`mechscope fv ... --save-result DIR`)"
+    )
+    parser.add_argument(
+        "--relation",
+        metavar="DIR",
+        help="a linear relation's saved result (`mechscope relation ... --save-result DIR`)",
+    )
 
 
 def execute_report(args) -> int:
@@ -148,6 +156,8 @@ def execute_report(args) -> int:
         vector_dir=args.vector,
         probe_dir=args.probe,
         eraser_dir=args.eraser,
+        fv_result=args.fv,
+        relation_result=args.relation,
     )
     print(f"wrote {path}")
     return 0

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import MechscopeError
 from ..finite import SHOWN, first_nonfinite, nonfinite_parameters
 from ..io import write_text
-from . import concepts, crosscoder, sae, steering, vision
+from . import concepts, crosscoder, incontext, sae, steering, vision
 from .sections import SECTIONS, sites
 
 PAGE = """<!doctype html>
@@ -53,6 +53,8 @@ def build_report(
     vector_dir: str | Path | None = None,
     probe_dir: str | Path | None = None,
     eraser_dir: str | Path | None = None,
+    fv_result: str | Path | None = None,
+    relation_result: str | Path | None = None,
 ) -> Path:
     """Run `model` on `prompt` and write `out_dir/index.html` (images inlined).
 
@@ -62,7 +64,9 @@ def build_report(
     that dictionary (`mechscope features build`), adds the corpus's view of them;
     `crosscoder_dir` a crosscoder's; `vector_dir` a steering vector (`mechscope steer vector`);
     `probe_dir` a probe or confidence probe and `eraser_dir` a LEACE eraser (`mechscope probe`,
-    `confidence`, `erase`). Image classifiers get attribution maps and their sanity checks."""
+    `confidence`, `erase`); `fv_result` / `relation_result` a function vector's or a linear
+    relation's saved result (`mechscope fv|relation ... --save-result DIR`). Image classifiers
+    get attribution maps and their sanity checks."""
     if store_dir is not None and sae_dir is None:
         raise MechscopeError(f"--store {store_dir} needs --sae DIR: the dictionary the store was built from")
     _refuse_nonfinite_weights(model)
@@ -85,6 +89,10 @@ def build_report(
         sections.append(functools.partial(steering.section, vector_dir=vector_dir))
     if probe_dir is not None or eraser_dir is not None:
         sections.append(functools.partial(concepts.section, probe_dir=probe_dir, eraser_dir=eraser_dir))
+    if fv_result is not None:
+        sections.append(_saved(incontext.fv_section, "incontext.function_vector", "FunctionVectorResult", fv_result))
+    if relation_result is not None:
+        sections.append(_saved(incontext.relation_section, "incontext.relation", "RelationResult", relation_result))
     if sae_dir is not None:
         sections.append(functools.partial(sae.section, sae_dir=sae_dir, store_dir=store_dir))
     if crosscoder_dir is not None:
@@ -99,6 +107,18 @@ def build_report(
         body=body,
     )
     return write_text(Path(out_dir) / "index.html", page)
+
+
+def _saved(section, module: str, name: str, folder: str | Path):
+    """A section drawn from a result saved in `folder` (read when the report is built)."""
+
+    def draw(model, run) -> str:
+        import importlib
+
+        result_type = getattr(importlib.import_module(f"..{module}", __package__), name)
+        return section(result_type.load(folder))
+
+    return draw
 
 
 def _index(body: str) -> tuple[str, str]:

@@ -189,3 +189,45 @@ def test_probe_row_and_explanation_search(setup):
         with torch.no_grad():
             x = model.run(torch.tensor([ids]), record=[_StandInProbe.site]).cache[_StandInProbe.site]
         assert data["probe"] == pytest.approx(torch.sigmoid(x[0, :, 0]).tolist(), abs=1e-4)
+
+
+def test_lens_strip_is_the_logit_lens_from_one_forward(setup, monkeypatch):
+    model, _, _, _, url = setup
+    from mechscope.lens import logit_lens
+
+    prompt = "def add(a, b):\n    return a + b\n\nprint(add(1, 2))"
+    forwards = []
+    original = type(model).run
+    monkeypatch.setattr(type(model), "run", lambda self, *a, **k: forwards.append(1) or original(self, *a, **k))
+    data = httpx.post(url + "/api/prompt", json={"prompt": prompt}, timeout=60).json()
+    assert len(forwards) == 1  # the run, the latents and the lens strip all read one recorded forward
+    monkeypatch.undo()
+    ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    lens = logit_lens(model, torch.tensor([ids]), k=1, include_mid=False)
+    assert data["lens"]["layers"] == lens.layers
+    for li in range(len(lens.layers)):
+        assert data["lens"]["top"][li] == [lens.text(lens.top_ids[li, 0, p, 0]) for p in range(len(ids))]
+        assert data["lens"]["prob"][li] == pytest.approx(lens.top_probs[li, 0, :, 0].tolist(), abs=1e-4)
+    with torch.no_grad():  # the last stream is the model's own next-token prediction
+        final = model.run(torch.tensor([ids])).logits[0].softmax(-1).max(-1).values
+    assert data["lens"]["prob"][-1] == pytest.approx(final.tolist(), abs=1e-4)
+
+
+def test_repeated_prompt_is_answered_from_the_cache(setup, monkeypatch):
+    _, _, _, _, url = setup
+    from mechscope.server.dashboard_prompt import Analyser
+
+    prompt = "import os\nos.path.join('a', 'b')"
+    first = httpx.post(url + "/api/prompt", json={"prompt": prompt}, timeout=60)
+    calls = []
+    original = Analyser.analyse
+    monkeypatch.setattr(Analyser, "analyse", lambda self, *a: calls.append(a) or original(self, *a))
+    again = httpx.post(url + "/api/prompt", json={"prompt": prompt, "stores": ["store"]}, timeout=60)
+    assert first.status_code == again.status_code == 200 and first.content == again.content
+    assert calls == []  # answered from the cache: no analysis, no model call
+    other = httpx.post(url + "/api/prompt", json={"prompt": prompt, "stores": []}, timeout=60).json()
+    assert other == first.json()  # [] means every store, as before
+    none = httpx.post(url + "/api/prompt", json={"prompt": prompt, "stores": ["nope"]}, timeout=60).json()
+    assert none["latents"] == {} and none["lens"] == first.json()["lens"]
+    bad = httpx.post(url + "/api/prompt", json={"prompt": prompt, "stores": "store"})
+    assert bad.status_code == 400 and "list of store names" in bad.json()["error"]["message"]

@@ -21,6 +21,17 @@ from ..errors import MechscopeError
 from .accumulate import bin_edges
 from .schema import ARRAYS_FILE, connect
 
+FEATURE_ARRAYS = (
+    "hist",
+    "logit_up_ids",
+    "logit_up_val",
+    "logit_down_ids",
+    "logit_down_val",
+    "neighbour_ids",
+    "neighbour_cos",
+    "co_ids",
+)
+"""The per-latent array rows a feature page reads."""
 SORTS = {"id": "id", "density": "density", "max": "max", "mean": "mean", "count": "count"}
 """Sort keys of `search` (a table the code owns: never a column name from a request)."""
 
@@ -93,11 +104,29 @@ class FeatureStore:
         if int((self._arrays.metadata() or {}).get("n_tokens", -1)) != done:
             raise MechscopeError(f"{folder}: {ARRAYS_FILE} does not match the database; rerun the build to repair it")
         self._lock = threading.Lock()
+        self._local = threading.local()  # one read-only connection per thread, kept (see `_reader`)
+        self._readers: list[sqlite3.Connection] = []
         self.d_sae = int(self.meta["d_sae"])
         self.cfg = self.meta["cfg"]
 
     def _db(self) -> sqlite3.Connection:
         return connect(self.folder, readonly=True)
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection, opened once: a server's per-request queries skip
+        the open and schema check, and sqlite3 keeps each statement prepared per connection."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._db()
+            with self._lock:
+                self._readers.append(db)
+        return db
+
+    def _rows(self, names: tuple[str, ...], i: int) -> dict[str, torch.Tensor]:
+        """Row `i` of several arrays, read under one lock."""
+        with self._lock:
+            keys = set(self._arrays.keys())
+            return {n: self._arrays.get_slice(n)[i : i + 1][0] if n in keys else torch.zeros(0) for n in names}
 
     def _row(self, name: str, i: int) -> torch.Tensor:
         with self._lock:
@@ -153,51 +182,53 @@ class FeatureStore:
 
     def examples(self, latent: int) -> tuple[list[Example], list[Example]]:
         """(top examples, strongest first; sampled examples, weakest bin first)."""
-        db = self._db()
-        try:
-            rows = db.execute(
+        rows = (
+            self._reader()
+            .execute(
                 "SELECT kind, rank, token_index, value, tokens, acts FROM examples WHERE latent = ? "
                 "ORDER BY kind, rank",
                 (self.check_latent(latent),),
-            ).fetchall()
-        finally:
-            db.close()
+            )
+            .fetchall()
+        )
         return [self._example(r) for r in rows if r[0] == "top"], [self._example(r) for r in rows if r[0] == "sample"]
 
-    def histogram(self, latent: int) -> dict:
-        heights = self._row("hist", latent)
+    def histogram(self, latent: int, heights: torch.Tensor | None = None) -> dict:
+        heights = self._row("hist", latent) if heights is None else heights
         nz = heights.nonzero().flatten()
         if len(nz) == 0:
             return {"edges": [], "heights": []}
         lo, hi = int(nz[0]), int(nz[-1]) + 1
         return {"edges": bin_edges()[lo : hi + 1].tolist(), "heights": heights[lo:hi].tolist()}
 
-    def _pairs(self, ids: str, vals: str, latent: int) -> list[tuple[str, float]]:
-        i, v = self._row(ids, latent), self._row(vals, latent)
+    def _pairs(self, i: torch.Tensor, v: torch.Tensor) -> list[tuple[str, float]]:
         return [(self.text(int(a)), float(b)) for a, b in zip(i.tolist(), v.tolist())]
 
-    def co_occurring(self, latent: int, n: int = 10) -> list[tuple[int, int]]:
-        ids = self._row("co_ids", latent).flatten()
+    def co_occurring(self, latent: int, n: int = 10, co_ids: torch.Tensor | None = None) -> list[tuple[int, int]]:
+        ids = (self._row("co_ids", latent) if co_ids is None else co_ids).flatten()
         ids = ids[ids >= 0].long()
         if len(ids) == 0:
             return []
-        counts = torch.bincount(ids, minlength=self.d_sae)
-        top = counts.topk(min(n, int((counts > 0).sum())))
-        return [(int(i), int(c)) for i, c in zip(top.indices.tolist(), top.values.tolist())]
+        # counts over the few ids present (not a d_sae-long bincount); most first, then lowest id
+        found, counts = ids.unique(return_counts=True)
+        order = sorted(zip(counts.tolist(), found.tolist()), key=lambda c: (-c[0], c[1]))[:n]
+        return [(i, c) for c, i in order]
 
     def feature(self, latent: int) -> Feature:
-        """Everything about one latent (see `Feature`)."""
-        db = self._db()
-        try:
-            row = db.execute(
-                "SELECT count, density, mean, max, kind FROM latents WHERE id = ?", (self.check_latent(latent),)
-            ).fetchone()
-            expl = db.execute("SELECT text FROM explanations WHERE latent = ?", (latent,)).fetchone()
-        finally:
-            db.close()
+        """Everything about one latent (see `Feature`): one query for its row and explanation,
+        one for its examples, one locked read of its array rows."""
+        row = (
+            self._reader()
+            .execute(
+                "SELECT l.count, l.density, l.mean, l.max, l.kind, coalesce(e.text, '') "
+                "FROM latents l LEFT JOIN explanations e ON e.latent = l.id WHERE l.id = ?",
+                (self.check_latent(latent),),
+            )
+            .fetchone()
+        )
         top, samples = self.examples(latent)
-        nb = self._row("neighbour_ids", latent).tolist(), self._row("neighbour_cos", latent).tolist()
-        count, density, mean, top_value, kind = row
+        a = self._rows(FEATURE_ARRAYS, latent)
+        count, density, mean, top_value, kind, explanation = row
         return Feature(
             id=latent,
             count=count,
@@ -205,14 +236,14 @@ class FeatureStore:
             mean=mean,
             max=top_value,
             kind=kind,
-            explanation=expl[0] if expl else "",
+            explanation=explanation,
             top=top,
             samples=samples,
-            histogram=self.histogram(latent),
-            logits_up=self._pairs("logit_up_ids", "logit_up_val", latent),
-            logits_down=self._pairs("logit_down_ids", "logit_down_val", latent),
-            neighbours=[(int(i), float(c)) for i, c in zip(*nb)],
-            co_occurring=self.co_occurring(latent),
+            histogram=self.histogram(latent, a["hist"]),
+            logits_up=self._pairs(a["logit_up_ids"], a["logit_up_val"]),
+            logits_down=self._pairs(a["logit_down_ids"], a["logit_down_val"]),
+            neighbours=[(int(i), float(c)) for i, c in zip(a["neighbour_ids"].tolist(), a["neighbour_cos"].tolist())],
+            co_occurring=self.co_occurring(latent, co_ids=a["co_ids"]),
         )
 
     def dead(self) -> list[int]:
@@ -273,6 +304,11 @@ class FeatureStore:
         return Page(total, [dict(zip(keys, r)) for r in rows], page, per_page)
 
     def close(self) -> None:
+        with self._lock:
+            for db in self._readers:
+                db.close()
+            self._readers.clear()
+        self._local = threading.local()
         self._arrays = None  # type: ignore[assignment]
 
 

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from ..errors import MechscopeError
 from . import dashboard_pages as pages
 from .core import ModelWorker, make_app
-from .dashboard_prompt import PromptTooLong, analyse
+from .dashboard_prompt import Analyser, PromptTooLong
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class Dashboard:
         self.stores = dict(zip(_names([s.folder for s in opened]), opened))
         self.model, self.probe, self.max_prompt_tokens = model, probe, max_prompt_tokens
         self.readers = self._readers() if model is not None else {}
+        self.analyser = Analyser(model, self.readers, probe, max_prompt_tokens) if model is not None else None
         from ..circuits.circuit import Circuit
 
         loaded = [(Path(c), Circuit.load(c)) for c in circuits]
@@ -130,16 +131,19 @@ class Dashboard:
         _, store = self.store(name)
         return {"store": name, **store.feature(latent).to_dict()}
 
-    async def prompt(self, payload: Any) -> dict:
-        if self.model is None:
+    async def prompt(self, payload: Any) -> bytes:
+        """The prompt page's analysis as JSON bytes; a prompt seen lately is answered from the
+        cache here, without queueing behind the model thread."""
+        if self.analyser is None:
             raise MechscopeError("this server has no model: start it with --model to analyse prompts")
         if not isinstance(payload, dict) or not isinstance(payload.get("prompt"), str):
             raise MechscopeError('send JSON {"prompt": "...", "stores": [names]}')
         wanted = payload.get("stores") or list(self.readers)
-        readers = {n: self.readers[n] for n in wanted if n in self.readers}
-        return await self.worker.call(
-            analyse, self.model, payload["prompt"], readers, self.probe, self.max_prompt_tokens
-        )
+        if not isinstance(wanted, list):
+            raise MechscopeError('"stores" must be a list of store names')
+        names = tuple(dict.fromkeys(n for n in wanted if isinstance(n, str) and n in self.readers))
+        hit = self.analyser.cached((payload["prompt"], names))
+        return hit if hit is not None else await self.worker.call(self.analyser.answer, payload["prompt"], names)
 
     def circuit(self, name: str) -> dict:
         from starlette.exceptions import HTTPException
@@ -192,7 +196,7 @@ def _routes(d: Dashboard) -> list:
         except ValueError:
             raise MechscopeError('send JSON {"prompt": "..."}') from None
         try:
-            return JSONResponse(await d.prompt(payload))
+            return Response(await d.prompt(payload), media_type="application/json")
         except PromptTooLong as err:
             return JSONResponse({"error": {"status": 413, "message": str(err)}}, status_code=413)
 

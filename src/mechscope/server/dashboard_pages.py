@@ -4,6 +4,7 @@ in a corpus shows as text); attribute values are quoted and escaped the same way
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 from urllib.parse import urlencode
@@ -31,6 +32,13 @@ def layout(title: str, body: str, scripts: str = "") -> str:
     )
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _shown(token: str) -> tuple[str, str]:
+    """(escaped repr for the title, escaped visible text) of a token: a vocabulary's worth of
+    strings, escaped once per server rather than once per token of every page."""
+    return esc(repr(token)), esc(visible(token))
+
+
 def tokens_html(tokens: list[str], acts: list[float] | None, centre: int, top: float, value=None) -> str:
     """A context as spans; each carries its activation (`data-act`) and shows it on hover
     (a sample knows only its centre's activation, `value`)."""
@@ -39,11 +47,13 @@ def tokens_html(tokens: list[str], acts: list[float] | None, centre: int, top: f
         act = acts[j] if acts is not None else (value if j == centre else None)
         alpha = 0.0 if not act or top <= 0 else min(1.0, act / top)
         cls = "tok centre" if j == centre else "tok"
-        data = f' data-act="{act!r}"' if act is not None else ""
-        label = f"{tok!r} = {act:.4g}" if act is not None else repr(tok)
+        title, text = _shown(tok)
+        if act is not None:  # a number's text needs no escaping
+            data, title = f' data-act="{act!r}"', f"{title} = {act:.4g}"
+        else:
+            data = ""
         out.append(
-            f'<span class="{cls}"{data} title="{esc(label)}" style="background:rgba(255,120,0,{alpha:.3f})">'
-            f"{esc(visible(tok))}</span>"
+            f'<span class="{cls}"{data} title="{title}" style="background:rgba(255,120,0,{alpha:.3f})">{text}</span>'
         )
     return f'<div class="ctx">{"".join(out)}</div>'
 

@@ -1,12 +1,16 @@
 """What the dashboard's prompt page shows, read from the methods: per-token top latents of a
-store's dictionary (`SparseCoder.encode`), the logit-lens strip (`lens.logit_lens`), every
-head's attention pattern (recorded `attn.hook_pattern`), and, when a confidence probe is
-given and `mechscope.concepts` is installed, its calibrated P(the model is right) per token.
-Runs on the `ModelWorker` thread; holds no science of its own."""
+store's dictionary (`SparseCoder.encode`), the logit-lens strip (`lens.logit_lens`'s
+statistics), every head's attention pattern (recorded `attn.hook_pattern`), and, when a
+confidence probe is given and `mechscope.concepts` is installed, its calibrated P(the model
+is right) per token. One forward pass records everything; runs on the `ModelWorker` thread;
+holds no science of its own."""
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -55,38 +59,76 @@ def _latents(acts: torch.Tensor) -> list[list[tuple[int, float]]]:
     ]
 
 
-def _lens(model, tokens: torch.Tensor) -> dict:
-    from ..lens import logit_lens
+def lens_strip(model, run, streams: list, texts: dict[int, str]) -> dict:
+    """The logit-lens strip (top-1 token and its probability per stream x position) of a
+    recorded run: `lens.logit_lens`'s own statistics (final norm + unembedding, one GEMM per
+    chunk) over the streams `run` recorded, so the prompt needs one forward pass, not two.
+    `texts`: every token id's text (decoded once per model)."""
+    from ..lens.logit import _statistics
 
-    lens = logit_lens(model, tokens, k=1, include_mid=False)
+    stats = _statistics(model, [run.cache[s.site] for s in streams], None, None, [], 1)
+    ids, probs = stats["top_ids"][:, 0, :, 0].tolist(), stats["top_probs"][:, 0, :, 0].tolist()
     return {
-        "layers": list(lens.layers),
-        "top": [
-            [lens.text(lens.top_ids[li, 0, p, 0]) for p in range(tokens.shape[1])] for li in range(len(lens.layers))
-        ],
-        "prob": [
-            [round(float(lens.top_probs[li, 0, p, 0]), 4) for p in range(tokens.shape[1])]
-            for li in range(len(lens.layers))
-        ],
+        "layers": [s.label for s in streams],
+        "top": [[texts.get(t, str(t)) for t in row] for row in ids],
+        "prob": [[round(p, 4) for p in row] for row in probs],
     }
 
 
-@torch.no_grad()
-def analyse(model, prompt: str, readers: dict, probe, limit: int) -> dict:
-    """{tokens, latents: {store: [[(latent, act)] per token]}, lens, attention, probe};
-    `readers`: a `features.LatentReader` per store whose dictionary this model can run."""
-    tokens = _tokens(model, prompt, limit)
-    patterns = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.dims.n_layers)]
-    shared = [s for r in readers.values() if r.single for s in r.sites]  # read from this one run
-    record = sorted(set(patterns) | set(shared) | ({probe.site} if probe is not None else set()))
-    run = model.run(tokens, record=record)
-    out: dict = {"tokens": run.str_tokens(0), "latents": {}, "probe": None}
-    for name, reader in readers.items():
-        out["latents"][name] = _latents((reader.encode(run.cache) if reader.single else reader(tokens))[0])
-    attention = torch.stack([run.cache[p][0] for p in patterns]).float()  # [layer, head, query, key]
-    out["attention"] = ((attention * 1000).round() / 1000).tolist()
-    out["lens"] = _lens(model, tokens)
-    if probe is not None:
-        x = run.cache[probe.site]
-        out["probe"] = [round(float(p), 4) for p in probe(x.flatten(2))[0].tolist()]
-    return out
+class Analyser:
+    """The prompt page's analysis, with what does not depend on the prompt worked out once
+    per model (sites to record, lens streams, token texts) and the last `cache_size` answers
+    kept as encoded JSON (a researcher re-sends the same prompt often; a hit costs no model call)."""
+
+    def __init__(self, model, readers: dict, probe, limit: int, cache_size: int = 64):
+        from ..lens import _common as lens_common
+        from ..tokens import decode_many
+
+        self.model, self.readers, self.probe, self.limit = model, readers, probe, limit
+        # the model's own output is the last block's resid_post: one forward gives every stream
+        self.streams = lens_common.streams(model, include_mid=False)
+        self.patterns = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.dims.n_layers)]
+        self.texts = decode_many(model, range(model.dims.d_vocab))
+        self.cache: OrderedDict[tuple, bytes] = OrderedDict()
+        self.cache_size, self._lock = cache_size, threading.Lock()
+
+    def _record(self, readers: dict) -> list[str]:
+        shared = [s for r in readers.values() if r.single for s in r.sites]  # read from this one run
+        sites = set(self.patterns) | {s.site for s in self.streams} | set(shared)
+        sites |= {self.probe.site} if self.probe is not None else set()
+        return sorted(sites, key=self.model.table.order.__getitem__)
+
+    def cached(self, key: tuple) -> bytes | None:
+        with self._lock:
+            if key in self.cache:
+                self.cache.move_to_end(key)
+                return self.cache[key]
+        return None
+
+    @torch.no_grad()
+    def analyse(self, prompt: str, names: tuple[str, ...]) -> dict:
+        """{tokens, latents: {store: [[(latent, act)] per token]}, lens, attention, probe}
+        for the stores `names` (each a `features.LatentReader` this model can run)."""
+        model, readers = self.model, {n: self.readers[n] for n in names}
+        tokens = _tokens(model, prompt, self.limit)
+        run = model.run(tokens, record=self._record(readers), logits=False)
+        out: dict = {"tokens": run.str_tokens(0), "latents": {}, "probe": None}
+        for name, reader in readers.items():
+            out["latents"][name] = _latents((reader.encode(run.cache) if reader.single else reader(tokens))[0])
+        attention = torch.stack([run.cache[p][0] for p in self.patterns]).float()  # [layer, head, query, key]
+        out["attention"] = ((attention * 1000).round() / 1000).tolist()
+        out["lens"] = lens_strip(model, run, self.streams, self.texts)
+        if self.probe is not None:
+            x = run.cache[self.probe.site]
+            out["probe"] = [round(float(p), 4) for p in self.probe(x.flatten(2))[0].tolist()]
+        return out
+
+    def answer(self, prompt: str, names: tuple[str, ...]) -> bytes:
+        """The analysis as JSON bytes (encoded here, on the model thread, not on the event loop), cached."""
+        body = json.dumps(self.analyse(prompt, names), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        data = body.encode("utf-8")
+        with self._lock:
+            self.cache[(prompt, names)] = data
+            while len(self.cache) > self.cache_size:
+                self.cache.popitem(last=False)
+        return data

@@ -243,3 +243,26 @@ def test_cli_bad_numbers_paths_and_files_are_one_line(setup, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["sae", "features", str(model), str(built), *data, "--features", "a,b"])
     assert exit_.value.code == 2 and "expected comma-separated integers" in capsys.readouterr().err
+
+
+def test_bf16_cache_streamed_with_a_shard_cap(setup, capsys):
+    """`sae cache --dtype bfloat16` then `sae train --cache --max-shards 1`: the CLI trains what
+    `train_from_cache(max_shards=1)` trains."""
+    from mechscope.dictionary.config import CoderConfig
+    from mechscope.dictionary.train import train_from_cache
+    from mechscope.dictionary.trainer_config import TrainConfig
+
+    tmp, model, corpus = setup
+    data = ["--data", str(corpus), "--ctx", "16"]
+    cache = ["cache", str(model), "--site", SITE, "--out", str(tmp / "bf"), "--shard-contexts", "4", "--dtype"]
+    cached = json.loads(call([*cache, "bfloat16", *data, "--json", "--no-progress"], capsys))
+    assert cached["shards"] > 1
+    schedule = ["--width", "32", "--k", "4", "--total-tokens", "128", "--batch-tokens", "32", "--warmup", "1"]
+    cli = ["train", str(model), "--cache", str(tmp / "bf"), "--out", str(tmp / "s1"), *schedule, "--max-shards", "1"]
+    call([*cli, "--json", "--no-progress"], capsys)
+    d_in = ms.dictionary.load(tmp / "s1").cfg.d_in
+    cfg = CoderConfig("topk", d_in, 32, k=4, hook_name=SITE, model_name=ms.dictionary.load(tmp / "s1").cfg.model_name)
+    again = train_from_cache(
+        tmp / "bf", cfg, TrainConfig(total_tokens=128, batch_tokens=32, warmup_steps=1), progress=False, max_shards=1
+    )
+    assert torch.equal(again.W_dec, ms.dictionary.load(tmp / "s1").W_dec)

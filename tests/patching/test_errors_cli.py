@@ -86,6 +86,11 @@ def test_patch_command_json_and_bad_file(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert len(out["exact"]) == 2 and len(out["exact"][0]) == 4 and -1 <= out["agreement"]["pearson"] <= 1
     assert len(out["plots"]) == 2
+    scores = []
+    for flag in ([], ["--no-prefix"]):  # prefix sharing (the default) changes no score
+        assert cmd.execute_patch(_parse(cmd.configure_patch, ["zoo:induction", str(good), "--json", *flag])) == 0
+        scores.append(torch.tensor(json.loads(capsys.readouterr().out)["exact"]))
+    torch.testing.assert_close(scores[0], scores[1], atol=1e-5, rtol=0)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"clean": [[0, 1, 2]], "corrupt": [[0, 1]], "answers": [3]}))
     assert cmd.execute_patch(_parse(cmd.configure_patch, ["zoo:induction", str(bad)])) == 2

@@ -45,6 +45,12 @@ def configure_patch(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="also estimate the sweep by attribution patching and report its agreement with the exact sweep",
     )
     parser.add_argument("--batch-size", type=int, default=128, help="rows (patches x prompts) per forward")
+    parser.add_argument(
+        "--no-prefix",
+        action="store_true",
+        help="run every patched copy whole (default: the positions before the first token where clean and "
+        "corrupted differ come from the KV cache, computed once)",
+    )
     parser.add_argument("--top", type=count, default=10, help="how many patches to list")
     parser.add_argument("--json", action="store_true", help="machine-readable output (every score)")
     parser.add_argument("--plots", metavar="DIR", help="write heatmaps (PNG) here")
@@ -97,6 +103,7 @@ def _patch(args: argparse.Namespace) -> int:
         direction=args.direction,
         batch_size=args.batch_size,
         progress=not args.json,
+        prefix=not args.no_prefix,
     )
     results = {"exact": result}
     if args.attribution:

@@ -1,7 +1,8 @@
 """`mechscope sae cache|train`: record activations into a cache, train dictionaries on them.
 
-`train` resumes when --out holds a checkpoint, and runs under `torchrun --nproc_per_node N
--m mechscope sae train ...` (DDP; rank 0 writes and prints).
+`train` resumes when --out holds a checkpoint; `cache` and `train` run under `torchrun
+--nproc_per_node N -m mechscope sae cache|train ...` (cache: each rank records its shards;
+train: DDP; rank 0 writes the manifests and the dictionary, and prints).
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ def cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--site", action="append", required=True, help="site to record (repeat for several; globs work)")
     p.add_argument("--out", required=True, help="cache folder (resumes a partial one)")
     p.add_argument("--shard-contexts", type=int, default=256, help="contexts per shard file")
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="storage dtype")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default="float32",
+        help="storage dtype (float16 / bfloat16 halve the disk; their cost in FVU is in bench/README.md)",
+    )
     p.add_argument("--model-batch", type=int, default=source.default("model_batch"), help=source["model_batch"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     data_args(p)
@@ -75,11 +81,37 @@ def train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--eval-contexts", type=count, default=64, help="held-out contexts for the final evaluation (0: none)"
     )
+    p.add_argument(
+        "--max-shards",
+        type=count,
+        help="with --cache: stream it, holding at most this many shards in memory (default: map the whole cache)",
+    )
+    p.add_argument(
+        "--window-shards",
+        type=count,
+        default=1,
+        help="with --max-shards: shards shuffled together (at most --max-shards)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     data_args(p, required=False)
 
 
-def run_cache(args) -> dict:
+def run_cache(args) -> dict | None:
+    """Under `torchrun`, rank r records shards r, r + world, ...; the cache equals a one-rank one."""
+    from ..distributed import init_distributed
+
+    rank, world = init_distributed()
+    try:
+        meta = _cache_ranked(args, rank)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    return meta if rank == 0 else None
+
+
+def _cache_ranked(args, rank: int) -> dict:
     from ..dictionary.cache import write_cache
     from ..dictionary.source import SourceConfig
     from ..models.loading import load
@@ -95,8 +127,10 @@ def run_cache(args) -> dict:
         cfg=SourceConfig(model_batch=args.model_batch),
         shard_contexts=args.shard_contexts,
         dtype=args.dtype,
-        progress=not args.no_progress and not args.json,
+        progress=not args.no_progress and not args.json and rank == 0,
     )
+    if rank != 0:  # rank 0 writes the manifest once every rank's shards are there
+        return {}
     meta = json.loads((folder / "cfg.json").read_text())
     return {"out": str(folder), "sites": meta["sites"], "n_tokens": meta["n_tokens"], "shards": len(meta["shards"])}
 
@@ -152,7 +186,15 @@ def _train_ranked(args, rank: int, world: int) -> dict | None:
     progress = not args.no_progress and not args.json
     data = corpus_tokens(args, model) if args.data else None
     if args.cache:
-        coders = train_from_cache(args.cache, cfgs, cfg, out=args.out, progress=progress)
+        coders = train_from_cache(
+            args.cache,
+            cfgs,
+            cfg,
+            out=args.out,
+            progress=progress,
+            max_shards=args.max_shards,
+            window_shards=args.window_shards,
+        )
     else:
         assert data is not None  # --data is given when --cache is not (checked above)
         coders = train(

@@ -11,7 +11,15 @@ memory at two corpus lengths, and the dashboard's latency under concurrent clien
 2. Peak memory (max RSS of a fresh process) of builds over two corpus lengths (goal: flat).
 3. Dashboard latency p50/p95 with concurrent clients on 127.0.0.1 over the 16384-latent store:
    feature pages (HTML, random latents; goal p95 < 100 ms) and the prompt page's analysis of a
-   64-token prompt (goal p95 < 300 ms).
+   64-token prompt (goal p95 < 300 ms), each request a prompt the server has not seen (its
+   cache of analysed prompts never answers); a repeated prompt (the cache answers) apart.
+
+    .venv/bin/python bench/features.py --store STORE            # latency only, on a built store
+    .venv/bin/python bench/features.py --store STORE --nodelay  # with TCP_NODELAY on the server socket
+
+`--nodelay` sets TCP_NODELAY on the listening socket `server.core.bind_socket` makes (accepted
+sockets inherit it): core creates it without IPPROTO_TCP, so asyncio leaves Nagle's algorithm on
+and every response waits ~40 ms for the client's delayed ACK. It shows what that fix gives.
 """
 
 from __future__ import annotations
@@ -168,11 +176,31 @@ def prompts(model, docs, n: int, length: int = 64) -> list[str]:
     return out
 
 
+def nodelay() -> None:
+    """TCP_NODELAY on the server's listening socket (see the module docstring)."""
+    import socket
+
+    from mechscope.server import core
+
+    original = core.bind_socket
+
+    def bind_socket(host: str, port: int) -> socket.socket:
+        sock = original(host, port)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    core.bind_socket = bind_socket
+
+
 def latency(model, docs, store: Path, args) -> dict:
     import httpx
 
     from mechscope.server.core import Running
     from mechscope.server.dashboard import dashboard_app
+
+    if args.nodelay:
+        nodelay()
+    print(f"server socket: {'TCP_NODELAY set' if args.nodelay else 'as server.core makes it'}", flush=True)
 
     texts = prompts(model, docs, 1 + args.requests * (1 + args.clients))
     fresh = iter(texts[1:])
@@ -218,6 +246,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40, help="feature-page requests per client")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--store", type=Path, help="latency only, on this built 16384-latent pycode store")
+    parser.add_argument("--nodelay", action="store_true", help="TCP_NODELAY on the server socket (see above)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(machine_line(), flush=True)

@@ -208,9 +208,12 @@ def test_lens_strip_is_the_logit_lens_from_one_forward(setup, monkeypatch):
     for li in range(len(lens.layers)):
         assert data["lens"]["top"][li] == [lens.text(lens.top_ids[li, 0, p, 0]) for p in range(len(ids))]
         assert data["lens"]["prob"][li] == pytest.approx(lens.top_probs[li, 0, :, 0].tolist(), abs=1e-4)
+    patterns = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.dims.n_layers)]
     with torch.no_grad():  # the last stream is the model's own next-token prediction
-        final = model.run(torch.tensor([ids])).logits[0].softmax(-1).max(-1).values
-    assert data["lens"]["prob"][-1] == pytest.approx(final.tolist(), abs=1e-4)
+        run = model.run(torch.tensor([ids]), record=patterns)
+    assert data["lens"]["prob"][-1] == pytest.approx(run.logits[0].softmax(-1).max(-1).values.tolist(), abs=1e-4)
+    expected = torch.stack([run.cache[p][0] for p in patterns])  # [layer, head, query, key], to 3 decimals
+    assert (torch.tensor(data["attention"]) - expected).abs().max() <= 5e-4 + 1e-6
 
 
 def test_repeated_prompt_is_answered_from_the_cache(setup, monkeypatch):

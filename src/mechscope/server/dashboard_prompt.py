@@ -59,6 +59,22 @@ def _latents(acts: torch.Tensor) -> list[list[tuple[int, float]]]:
     ]
 
 
+MILLI = [repr(i / 1000) for i in range(1001)]
+"""The JSON text of every probability rounded to 3 decimals."""
+
+
+def attention_json(attention: torch.Tensor) -> str:
+    """[layer][head][query][key] probabilities, rounded to 3 decimals, as JSON text: each value
+    is looked up among the 1001 possible strings (json.dumps of the 65k floats of a 64-token
+    prompt on pycode costs more than its forward pass)."""
+    n_layers, n_heads, n_query, _ = attention.shape
+    milli = (attention.float() * 1000).round().clamp(0, 1000).to(torch.int16).flatten(0, 2).tolist()
+    rows = ["[" + ",".join([MILLI[v] for v in row]) + "]" for row in milli]
+    heads = ["[" + ",".join(rows[i : i + n_query]) + "]" for i in range(0, len(rows), n_query)]
+    layers = ["[" + ",".join(heads[i : i + n_heads]) + "]" for i in range(0, len(heads), n_heads)]
+    return "[" + ",".join(layers) + "]"
+
+
 def lens_strip(model, run, streams: list, texts: dict[int, str]) -> dict:
     """The logit-lens strip (top-1 token and its probability per stream x position) of a
     recorded run: `lens.logit_lens`'s own statistics (final norm + unembedding, one GEMM per
@@ -108,15 +124,15 @@ class Analyser:
     @torch.no_grad()
     def analyse(self, prompt: str, names: tuple[str, ...]) -> dict:
         """{tokens, latents: {store: [[(latent, act)] per token]}, lens, attention, probe}
-        for the stores `names` (each a `features.LatentReader` this model can run)."""
+        for the stores `names` (each a `features.LatentReader` this model can run);
+        `attention` is a tensor [layer, head, query, key] (see `answer` for its JSON)."""
         model, readers = self.model, {n: self.readers[n] for n in names}
         tokens = _tokens(model, prompt, self.limit)
         run = model.run(tokens, record=self._record(readers), logits=False)
         out: dict = {"tokens": run.str_tokens(0), "latents": {}, "probe": None}
         for name, reader in readers.items():
             out["latents"][name] = _latents((reader.encode(run.cache) if reader.single else reader(tokens))[0])
-        attention = torch.stack([run.cache[p][0] for p in self.patterns]).float()  # [layer, head, query, key]
-        out["attention"] = ((attention * 1000).round() / 1000).tolist()
+        out["attention"] = torch.stack([run.cache[p][0] for p in self.patterns])  # [layer, head, query, key]
         out["lens"] = lens_strip(model, run, self.streams, self.texts)
         if self.probe is not None:
             x = run.cache[self.probe.site]
@@ -125,8 +141,10 @@ class Analyser:
 
     def answer(self, prompt: str, names: tuple[str, ...]) -> bytes:
         """The analysis as JSON bytes (encoded here, on the model thread, not on the event loop), cached."""
-        body = json.dumps(self.analyse(prompt, names), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        data = body.encode("utf-8")
+        out = self.analyse(prompt, names)
+        attention = attention_json(out.pop("attention"))
+        body = json.dumps(out, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        data = f'{body[:-1]},"attention":{attention}}}'.encode("utf-8")
         with self._lock:
             self.cache[(prompt, names)] = data
             while len(self.cache) > self.cache_size:

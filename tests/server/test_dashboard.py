@@ -234,3 +234,20 @@ def test_repeated_prompt_is_answered_from_the_cache(setup, monkeypatch):
     assert none["latents"] == {} and none["lens"] == first.json()["lens"]
     bad = httpx.post(url + "/api/prompt", json={"prompt": prompt, "stores": "store"})
     assert bad.status_code == 400 and "list of store names" in bad.json()["error"]["message"]
+
+
+def test_concurrent_feature_pages_agree_with_the_store(setup):
+    """The server's threads each keep a connection to the store: answers under concurrent
+    clients are the store's own, latent for latent."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, _, store, _, url = setup
+    s = features.open(store)
+    latents = list(range(s.d_sae)) * 3
+    with httpx.Client() as http, ThreadPoolExecutor(8) as pool:
+        pages = list(pool.map(lambda i: http.get(f"{url}/api/feature/store/{i}").json(), latents))
+    for i, page in zip(latents, pages):
+        expected = s.feature(i).to_dict()
+        assert page["id"] == i and page["count"] == expected["count"] and page["max"] == expected["max"]
+        assert [e["token_index"] for e in page["top"]] == [e["token_index"] for e in expected["top"]]
+        assert [list(p) for p in expected["co_occurring"]] == page["co_occurring"]

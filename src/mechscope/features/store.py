@@ -288,18 +288,16 @@ class FeatureStore:
             args.append(max_density)
         if not include_dead:
             where.append("l.count > 0")
-        sql = f"FROM latents l LEFT JOIN explanations e ON e.latent = l.id WHERE {' AND '.join(where)}"
+        join = "JOIN" if explanation else "LEFT JOIN"  # only explained latents can match: start from those
+        sql = f"FROM latents l {join} explanations e ON e.latent = l.id WHERE {' AND '.join(where)}"
         order = f"l.{SORTS[sort]} {'DESC' if descending else 'ASC'}, l.id"
-        db = self._db()
-        try:
-            total = db.execute(f"SELECT count(*) {sql}", args).fetchone()[0]
-            rows = db.execute(
-                f"SELECT l.id, l.count, l.density, l.mean, l.max, l.kind, l.top_token, coalesce(e.text, '') {sql} "
-                f"ORDER BY {order} LIMIT ? OFFSET ?",
-                [*args, per_page, page * per_page],
-            ).fetchall()
-        finally:
-            db.close()
+        db = self._reader()
+        total = db.execute(f"SELECT count(*) {sql}", args).fetchone()[0]
+        rows = db.execute(
+            f"SELECT l.id, l.count, l.density, l.mean, l.max, l.kind, l.top_token, coalesce(e.text, '') {sql} "
+            f"ORDER BY {order} LIMIT ? OFFSET ?",
+            [*args, per_page, page * per_page],
+        ).fetchall()
         keys = ("id", "count", "density", "mean", "max", "kind", "top_token", "explanation")
         return Page(total, [dict(zip(keys, r)) for r in rows], page, per_page)
 

@@ -251,3 +251,17 @@ def test_concurrent_feature_pages_agree_with_the_store(setup):
         assert page["id"] == i and page["count"] == expected["count"] and page["max"] == expected["max"]
         assert [e["token_index"] for e in page["top"]] == [e["token_index"] for e in expected["top"]]
         assert [list(p) for p in expected["co_occurring"]] == page["co_occurring"]
+
+
+def test_prompt_cache_is_bounded(setup):
+    from mechscope.server.dashboard_prompt import Analyser
+
+    model = setup[0]
+    analyser = Analyser(model, {}, None, 256, cache_size=2)
+    for prompt in ("a = 1", "b = 2", "c = 3"):
+        analyser.answer(prompt, ())
+    assert [k[0] for k in analyser.cache] == ["b = 2", "c = 3"]  # the oldest went first
+    small = Analyser(model, {}, None, 256, cache_bytes=len(analyser.cache[("c = 3", ())]) + 1)
+    small.answer("a = 1", ())
+    small.answer("b = 2", ())
+    assert small.cached(("b = 2", ())) is not None and small.cached(("a = 1", ())) is None

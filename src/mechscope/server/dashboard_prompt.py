@@ -94,9 +94,10 @@ def lens_strip(model, run, streams: list, texts: dict[int, str]) -> dict:
 class Analyser:
     """The prompt page's analysis, with what does not depend on the prompt worked out once
     per model (sites to record, lens streams, token texts) and the last `cache_size` answers
-    kept as encoded JSON (a researcher re-sends the same prompt often; a hit costs no model call)."""
+    kept as encoded JSON, at most `cache_bytes` of it (a 256-token answer is ~5 MB of attention);
+    a researcher re-sends the same prompt often, and a hit costs no model call."""
 
-    def __init__(self, model, readers: dict, probe, limit: int, cache_size: int = 64):
+    def __init__(self, model, readers: dict, probe, limit: int, cache_size: int = 64, cache_bytes: int = 64 << 20):
         from ..lens import _common as lens_common
         from ..tokens import decode_many
 
@@ -106,7 +107,7 @@ class Analyser:
         self.patterns = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.dims.n_layers)]
         self.texts = decode_many(model, range(model.dims.d_vocab))
         self.cache: OrderedDict[tuple, bytes] = OrderedDict()
-        self.cache_size, self._lock = cache_size, threading.Lock()
+        self.cache_size, self.cache_bytes, self._lock = cache_size, cache_bytes, threading.Lock()
 
     def _record(self, readers: dict) -> list[str]:
         shared = [s for r in readers.values() if r.single for s in r.sites]  # read from this one run
@@ -147,6 +148,7 @@ class Analyser:
         data = f'{body[:-1]},"attention":{attention}}}'.encode("utf-8")
         with self._lock:
             self.cache[(prompt, names)] = data
-            while len(self.cache) > self.cache_size:
-                self.cache.popitem(last=False)
+            held = sum(map(len, self.cache.values()))
+            while len(self.cache) > self.cache_size or (held > self.cache_bytes and len(self.cache) > 1):
+                held -= len(self.cache.popitem(last=False)[1])
         return data

@@ -180,7 +180,7 @@ def test_plot_draws_the_top_contributions_by_sign():
     assert [p.get_width() for p in ax.patches] == pytest.approx([v for _, v in top])
     assert [to_hex(p.get_facecolor()) for p in ax.patches] == ["#4c78a8" if v >= 0 else "#e45756" for _, v in top]
     assert {to_hex(p.get_facecolor()) for p in ax.patches} == {"#4c78a8", "#e45756"}  # both signs drawn
-    assert ax.get_xlabel() == "direct contribution to logit ' a' - logit ' x'"
+    assert ax.get_xlabel() == "direct contribution to logit ' a' - logit ' x' (logit units)"
     last = int(result.positions[0, -1])
     assert (
         ax.get_title() == f"zoo:pycode, position {last} ({result.text(result.tokens[0, -1])!r}): "

@@ -12,6 +12,7 @@ from torch import nn
 
 import mechscope as ms
 from mechscope.attribution import direct_logit_attribution
+from mechscope.plots import visible
 
 from ..models.tiny import tiny_model
 
@@ -183,7 +184,7 @@ def test_plot_draws_the_top_contributions_by_sign():
     assert ax.get_xlabel() == "direct contribution to logit ' a' - logit ' x' (logit units)"
     last = int(result.positions[0, -1])
     assert (
-        ax.get_title() == f"zoo:pycode, position {last} ({result.text(result.tokens[0, -1])!r}): "
+        ax.get_title() == f"zoo:pycode, position {last} ({visible(result.text(result.tokens[0, -1]))}): "
         f"total {float(result.logit[0, -1]):.3f}"
     )
     assert any(list(line.get_xdata()) == [0, 0] for line in ax.lines)  # the zero line

@@ -1,5 +1,6 @@
 """The bundled `zoo:icl` model: in-context tasks it reproduces as its card says, with
-zero-shot accuracy near chance; and a recipe that trains deterministically."""
+zero-shot accuracy near chance, each task answering in its own vocabulary; and a recipe that
+trains deterministically."""
 
 from __future__ import annotations
 
@@ -75,6 +76,18 @@ def test_tasks_are_told_apart_by_one_demonstration():
     for i in range(n):
         outputs = [pairs[t][i][1] for t in TASKS]
         assert len(set(outputs)) == len(TASKS)
+
+
+def test_each_task_answers_in_its_own_vocabulary():
+    vocab = set(icl.vocabulary(IclRecipe().n_items))
+    own = {t: {y for _, y in p} for t, p in task_pairs(IclRecipe()).items()}
+    assert all(ys <= vocab for ys in own.values())
+    assert all(not (own[a] & own[b]) for a in TASKS for b in TASKS if a < b)
+    assert (
+        own["successor"] == {f"n{i}" for i in range(16)} and [y for _, y in task_pairs(IclRecipe())["copy"]][3] == "c3"
+    )
+    shared = task_pairs(dataclasses.replace(IclRecipe(), own_outputs=False))  # the item tasks share the items
+    assert {y for t in ("copy", "successor", "predecessor", "permutation") for _, y in shared[t]} == own["successor"]
 
 
 def test_batches_depend_only_on_the_step():

@@ -2,10 +2,15 @@
 
 A prompt is a list of demonstrations of one hidden task, then a query:
 ``<s> n3 -> n4 ; n10 -> n11 ; n7 ->`` -> ``n8`` (successor). The tasks map items
-``n0 .. n{N-1}`` to items or to a class word (`TASKS`): copy, successor, predecessor, a
-fixed permutation, parity (``even`` / ``odd``). Training sequences hold `n_demos`
-demonstrations of one task drawn at random, and the loss is taken at every arrow, so the
-model learns to infer the task from the demonstrations before it (0 of them: a guess).
+``n0 .. n{N-1}`` (`TASKS`): copy, successor, predecessor, a fixed permutation, parity. Each
+task answers in its own output vocabulary (`OUTPUT_FORMS`: copy ``n3 -> c3``, successor
+``n3 -> n4``, predecessor ``n3 -> p2``, permutation ``n3 -> q12``, parity ``n3 -> odd``), as
+the function-vector paper's tasks do (capitals, antonyms, translations are different word
+sets). With ``own_outputs=False`` the four item tasks all answer with items; the model then
+still learns them in context, but their function vectors did not make zero-shot prompts do
+them (numbers in CARD.md). Training sequences hold `n_demos` demonstrations of one task
+drawn at random, and the loss is taken at every arrow, so the model learns to infer the
+task from the demonstrations before it (0 of them: a guess).
 This is the model organism of function vectors (Todd et al. 2024): a few heads carry
 "which task" from the demonstrations to the last token.
 
@@ -39,6 +44,8 @@ ARROW, SEP, BOS, PAD = "->", ";", "<s>", "<pad>"
 CLASSES = ("even", "odd")
 TASKS = ("copy", "successor", "predecessor", "permutation", "parity")
 """The hidden tasks, in the order of their task ids."""
+OUTPUT_FORMS = {"copy": "c", "successor": "n", "predecessor": "p", "permutation": "q"}
+"""Prefix of each item task's answers (``own_outputs``): successor answers with the items."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,9 @@ class IclRecipe:
     """Items n0 .. n{N-1} that the tasks map."""
     permutation_seed: int = 7
     """Seeds the fixed permutation of the `permutation` task."""
+    own_outputs: bool = True
+    """Each task answers in its own vocabulary (`OUTPUT_FORMS`); False: the item tasks all
+    answer with the items n0 .. n{N-1}, told apart only by the relation to the input."""
     n_demos: int = 6
     """Demonstrations per training sequence (the loss is taken at each of them)."""
     max_prefix: int = 0
@@ -72,7 +82,7 @@ class IclRecipe:
     """Hidden width of each block's MLP."""
     batch_size: int = 64
     """Sequences per optimizer step."""
-    steps: int = 1500
+    steps: int = 1000
     """Optimizer steps."""
     lr: float = 3e-3
     """Peak AdamW learning rate (linear warmup, cosine decay to a tenth)."""
@@ -89,8 +99,11 @@ class IclRecipe:
 
 
 def vocabulary(n_items: int) -> list[str]:
-    """Token strings in id order: BOS, padding, arrow, separator, items, class words."""
-    return [BOS, PAD, ARROW, SEP, *(f"n{i}" for i in range(n_items)), *CLASSES]
+    """Token strings in id order: BOS, padding, arrow, separator, items, class words, then
+    the items' other output forms (c, p, q; `OUTPUT_FORMS`)."""
+    forms = [f for f in OUTPUT_FORMS.values() if f != "n"]
+    return [BOS, PAD, ARROW, SEP, *(f"n{i}" for i in range(n_items)), *CLASSES,
+            *(f"{f}{i}" for f in forms for i in range(n_items))]  # fmt: skip
 
 
 def permutation(recipe: IclRecipe) -> list[int]:
@@ -106,11 +119,12 @@ def permutation(recipe: IclRecipe) -> list[int]:
 def task_functions(recipe: IclRecipe) -> dict[str, Callable[[int], str]]:
     """Task name -> f(item index) -> output word."""
     n, perm = recipe.n_items, permutation(recipe)
+    c, p, q = (OUTPUT_FORMS[t] if recipe.own_outputs else "n" for t in ("copy", "predecessor", "permutation"))
     return {
-        "copy": lambda i: f"n{i}",
+        "copy": lambda i: f"{c}{i}",
         "successor": lambda i: f"n{(i + 1) % n}",
-        "predecessor": lambda i: f"n{(i - 1) % n}",
-        "permutation": lambda i: f"n{perm[i]}",
+        "predecessor": lambda i: f"{p}{(i - 1) % n}",
+        "permutation": lambda i: f"{q}{perm[i]}",
         "parity": lambda i: CLASSES[i % 2],
     }
 

@@ -9,6 +9,21 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 
+def _outputs(recipe: dict) -> str:
+    if not recipe.get("own_outputs", False):
+        return "The four item tasks all answer with items."
+    return (
+        "Each task answers in its own output vocabulary: copy `n3 -> c3`, successor `n3 -> n4`, "
+        "predecessor `n3 -> p2`, permutation `n3 -> q12`, parity `n3 -> odd`. This is what makes "
+        "function vectors work here: with all four item tasks answering with items (the previous "
+        "weights: `own_outputs=False`, 1500 steps), 5-shot accuracy was 1.0 but their function "
+        "vectors (3 heads, 4 shots, held-out queries) lifted zero-shot accuracy only to 0.12 (copy), "
+        "0.38 (successor), 0.25 (predecessor), 0.38 (permutation); parity, alone in its vocabulary, "
+        "reached 1.0: consistent with mean head outputs that carry the answers' vocabulary rather "
+        "than the relation to the query."
+    )
+
+
 def render_card(card: dict) -> str:
     """The human-readable model card (``CARD.md``)."""
     r, m = card["recipe"], card["metrics"]
@@ -22,8 +37,8 @@ def render_card(card: dict) -> str:
 In-context learning of hidden tasks. A prompt is demonstrations of one task, then a query:
 `<s> n3 -> n4 ; n10 -> n11 ; n7 ->` -> `n8`. Items `n0`..`n{r["n_items"] - 1}`; tasks: copy,
 successor, predecessor (mod {r["n_items"]}), a fixed permutation `{card["permutation"]}`, parity
-(`even`/`odd`). The task is never named; training sequences hold {r["n_demos"]} demonstrations of one
-random task and the loss is taken at every arrow.
+(`even`/`odd`). {_outputs(r)} The task is never named; training sequences hold {r["n_demos"]}
+demonstrations of one random task and the loss is taken at every arrow.
 
 | | |
 |---|---|

@@ -41,13 +41,14 @@ def warn_if_other_model(model, coder) -> None:
     fine-tune, a renamed copy) but said, naming both: its features may mean nothing there.
     Two spellings of one local folder (relative, absolute) are the same model."""
     trained_on = getattr(coder.cfg, "model_name", "")
-    if trained_on and not _same_model(trained_on, model.name):
+    if trained_on and not same_model(trained_on, model.name):
         log.warning(
             "this dictionary was trained on %s, not %s: its features may not carry over", trained_on, model.name
         )
 
 
-def _same_model(a: str, b: str) -> bool:
+def same_model(a: str, b: str) -> bool:
+    """Whether two model names mean the same model: equal, or two paths to one folder."""
     if a == b:
         return True
     pa, pb = Path(a).expanduser(), Path(b).expanduser()

@@ -30,11 +30,11 @@ def other_model_warning(model, coder) -> str:
     report's; "" when it was trained on this one or does not say."""
     import logging
 
-    from ..dictionary.attach import _same_model
+    from ..dictionary.attach import same_model
 
     trained_on = getattr(coder.cfg, "model_name", "") or ""
     names = [n.strip() for n in trained_on.split(" vs ")] if trained_on else []
-    if model is None or not names or any(_same_model(n, model.name) for n in names):
+    if model is None or not names or any(same_model(n, model.name) for n in names):
         return ""
     text = (
         f"This {'crosscoder' if coder.cfg.blocks else 'dictionary'} was trained on {' and '.join(names)}, not on "

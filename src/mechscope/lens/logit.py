@@ -204,7 +204,7 @@ def logit_lens(
     resids = [C.translated(model, run, s, translator) for s in chosen]
     reuse = translator is None and chosen[-1].site == last  # the last stream is the model's own output
     size = model.dims.d_vocab if vocab_ids is None else len(vocab_ids)
-    stats = _statistics(model, resids, None if reuse else run.cache[last], vocab_ids, target_ids, min(k, size))
+    stats = stream_statistics(model, resids, None if reuse else run.cache[last], vocab_ids, target_ids, min(k, size))
     tokens = run.tokens.cpu().gather(1, absolute.clamp(max=run.tokens.shape[1] - 1))
     seen = torch.cat([tokens[mask], stats["top_ids"].flatten(), torch.tensor(target_ids, dtype=torch.long)])
     return LogitLens(
@@ -223,7 +223,7 @@ def logit_lens(
     )
 
 
-def _statistics(
+def stream_statistics(
     model, resids: list[Tensor], final: Tensor | None, vocab_ids: Tensor | None, target_ids: list[int], k: int
 ) -> dict[str, Any]:
     """Top-k, entropy, KL to the final distribution and target probabilities / ranks of

@@ -80,9 +80,9 @@ def lens_strip(model, run, streams: list, texts: dict[int, str]) -> dict:
     recorded run: `lens.logit_lens`'s own statistics (final norm + unembedding, one GEMM per
     chunk) over the streams `run` recorded, so the prompt needs one forward pass, not two.
     `texts`: every token id's text (decoded once per model)."""
-    from ..lens.logit import _statistics
+    from ..lens.logit import stream_statistics
 
-    stats = _statistics(model, [run.cache[s.site] for s in streams], None, None, [], 1)
+    stats = stream_statistics(model, [run.cache[s.site] for s in streams], None, None, [], 1)
     ids, probs = stats["top_ids"][:, 0, :, 0].tolist(), stats["top_probs"][:, 0, :, 0].tolist()
     return {
         "layers": [s.label for s in streams],

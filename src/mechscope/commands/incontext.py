@@ -34,6 +34,19 @@ def configure_fv(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _write_outputs(args, result, artifact, plot_name: str) -> dict:
+    """The result's summary, after saving what --save (the applied `artifact()`), --save-result
+    (the whole result) and --plots (its figure, as `plot_name`) ask for; their paths added."""
+    summary = result.summary()
+    if args.save:
+        summary["saved"] = str(artifact().save(args.save))
+    if args.save_result:
+        summary["result"] = str(result.save(args.save_result))
+    if args.plots:
+        summary["plot"] = str(_write_plot(result.plot(), args.plots, plot_name))
+    return summary
+
+
 def _write_plot(fig, folder: str, name: str) -> Path:
     from ..io import make_folder, write_figure
 
@@ -54,13 +67,7 @@ def execute_fv(args: argparse.Namespace) -> int:
     result = function_vector(
         model, args.task, n_heads=args.heads, shots=args.shots, n_prompts=args.prompts, layer=args.layer, seed=args.seed
     )
-    summary = result.summary()
-    if args.save:
-        summary["saved"] = str(result.vector_artifact().save(args.save))
-    if args.save_result:
-        summary["result"] = str(result.save(args.save_result))
-    if args.plots:
-        summary["plot"] = str(_write_plot(result.plot(), args.plots, f"fv_{result.task.replace('/', '_')}.png"))
+    summary = _write_outputs(args, result, result.vector_artifact, f"fv_{result.task.replace('/', '_')}.png")
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -141,13 +148,7 @@ def execute_relation(args: argparse.Namespace) -> int:
     result = relation(
         model, prompts, subjects, args.subject_site, args.object_site, name=Path(args.samples).stem, beta=args.beta
     )
-    summary = result.summary()
-    if args.save:
-        summary["saved"] = str(result.relation_map().save(args.save))
-    if args.save_result:
-        summary["result"] = str(result.save(args.save_result))
-    if args.plots:
-        summary["plot"] = str(_write_plot(result.plot(), args.plots, f"relation_{result.name}.png"))
+    summary = _write_outputs(args, result, result.relation_map, f"relation_{result.name}.png")
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

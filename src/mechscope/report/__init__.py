@@ -90,9 +90,9 @@ def build_report(
     if probe_dir is not None or eraser_dir is not None:
         sections.append(functools.partial(concepts.section, probe_dir=probe_dir, eraser_dir=eraser_dir))
     if fv_result is not None:
-        sections.append(_saved(incontext.fv_section, "incontext.function_vector", "FunctionVectorResult", fv_result))
+        sections.append(functools.partial(incontext.saved_fv_section, folder=fv_result))
     if relation_result is not None:
-        sections.append(_saved(incontext.relation_section, "incontext.relation", "RelationResult", relation_result))
+        sections.append(functools.partial(incontext.saved_relation_section, folder=relation_result))
     if sae_dir is not None:
         sections.append(functools.partial(sae.section, sae_dir=sae_dir, store_dir=store_dir))
     if crosscoder_dir is not None:
@@ -107,18 +107,6 @@ def build_report(
         body=body,
     )
     return write_text(Path(out_dir) / "index.html", page)
-
-
-def _saved(section, module: str, name: str, folder: str | Path):
-    """A section drawn from a result saved in `folder` (read when the report is built)."""
-
-    def draw(model, run) -> str:
-        import importlib
-
-        result_type = getattr(importlib.import_module(f"..{module}", __package__), name)
-        return section(result_type.load(folder))
-
-    return draw
 
 
 def _index(body: str) -> tuple[str, str]:

@@ -1,6 +1,7 @@
 """Report sections for in-context results: a fitted function vector and a linear relation
 (`mechscope fv ... --save` / `mechscope relation ...`); the report wires them when given a
-saved `FunctionVectorResult` or `RelationResult`."""
+saved `FunctionVectorResult` or `RelationResult` folder (`saved_fv_section`,
+`saved_relation_section`)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,17 @@ def relation_section(result) -> str:
         f"causality {result.causality:.3f} at rank {result.rank}; {result.n_fit} fitting and "
         f"{result.n_test} held-out samples.</p>" + _png(result.plot())
     )
+
+
+def saved_fv_section(model, run, *, folder) -> str:
+    """`fv_section` of the result saved in `folder` (`mechscope fv ... --save-result`)."""
+    from ..incontext import FunctionVectorResult
+
+    return fv_section(FunctionVectorResult.load(folder))
+
+
+def saved_relation_section(model, run, *, folder) -> str:
+    """`relation_section` of the result saved in `folder` (`mechscope relation ... --save-result`)."""
+    from ..incontext import RelationResult
+
+    return relation_section(RelationResult.load(folder))

@@ -4,8 +4,10 @@
     mechscope features show runs/store 12 [--json]
     mechscope features export-neuronpedia runs/store runs/np
 
-`build` resumes an interrupted build, and adds a new corpus to an existing store. Each maps
-onto one call of `mechscope.features`; no science here.
+`build` resumes an interrupted build, and adds a new corpus to an existing store; under
+`torchrun --nproc_per_node N mechscope features build ...` the ranks share the batches and
+rank 0 writes a store equal to a one-process build. Each maps onto one call of
+`mechscope.features`; no science here.
 """
 
 from __future__ import annotations
@@ -42,6 +44,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _build(args) -> int:
+    """Under `torchrun` every rank builds (its share of the batches); rank 0 reports."""
+    from ..distributed import init_distributed
+
+    rank, world = init_distributed()
+    try:
+        return _build_ranked(args, rank)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _build_ranked(args, rank: int) -> int:
     from ..dictionary import read
     from ..features import BuildConfig, build
     from ..models.loading import load
@@ -52,7 +68,8 @@ def _build(args) -> int:
     cfg = BuildConfig(ctx_len=context_length(model, args.ctx, 64), batch_size=args.batch_size, k=args.k)
     store = build(model, coder, args.data, args.out, tokens=args.tokens, cfg=cfg, text_field=args.text_field)
     info = store.info()
-    print(f"feature store {args.out}: {info['d_sae']} latents over {info['n_tokens']} tokens, {info['dead']} dead")
+    if rank == 0:
+        print(f"feature store {args.out}: {info['d_sae']} latents over {info['n_tokens']} tokens, {info['dead']} dead")
     return 0
 
 

@@ -9,6 +9,8 @@ streaming pass and queried by the dashboard (`mechscope serve`) and from Python.
 
 - `build` (`BuildConfig`): streaming, bounded memory, resumable after a kill, incremental
   (building into a store with a new corpus adds it); SAEs, transcoders and crosscoders.
+  Under `torchrun` the ranks share the batches and rank 0 writes a store equal, bit for bit,
+  to a one-process build (`merge`).
 - Storage: a folder with store.sqlite (WAL; metadata, examples, vocabulary; schema
   versioned), arrays.safetensors (dense per-latent arrays) and state.safetensors (the build's
   mergeable state).

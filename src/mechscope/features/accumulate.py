@@ -4,7 +4,9 @@ Every statistic is a pure function of the set of (token index, latent, activatio
 never of the order or batching in which they arrive, so a build in two halves equals a build
 at once and a build resumed from a checkpoint equals one never stopped:
 
-- count, sum: non-zero activations (a latent is active where its activation is > 0);
+- count, sum: non-zero activations (a latent is active where its activation is > 0); the sum
+  is kept exactly, in fixed point (`fixed_point`), so that sums added in any grouping (the
+  ranks of a distributed build, `merge`) are the same bits;
 - hist: counts in fixed log-spaced bins (HIST_LO..HIST_HI decades, BINS_PER_DECADE per decade;
   values beyond the ends fall into the end bins), so heights sum to `count`;
 - top-k: the k largest activations, ties broken by the earlier token (exact, not sampled),
@@ -29,6 +31,12 @@ SAMPLE_GROUP = 5
 N_SAMPLE_BINS = N_BINS // SAMPLE_GROUP
 EMPTY = torch.iinfo(torch.int64).max
 _M1, _M2, _M3 = 0x1E3779B97F4A7C15, 0x42B2AE3D27D4EB4F, 0x7F51AFD7ED558CCD
+SUM_BITS, LIMB_BITS = 40, 32
+"""The sum of activations is an integer count of 2**-SUM_BITS (9e-13) units, in two int64
+limbs of LIMB_BITS: exact for any order of addition, unlike a float sum."""
+SUM_CAP = 2.0**23
+"""Activations above this count as this much in the sum (it keeps one fixed-point value in int64)."""
+_LIMB_MASK = (1 << LIMB_BITS) - 1
 
 
 def bin_edges() -> Float[Tensor, " edge"]:
@@ -39,6 +47,13 @@ def bin_edges() -> Float[Tensor, " edge"]:
 def bin_of(values: Tensor) -> Tensor:
     b = torch.floor((torch.log10(values.double()) - HIST_LO) * BINS_PER_DECADE)
     return b.clamp(0, N_BINS - 1).to(torch.int64)
+
+
+def fixed_point(values: Tensor) -> tuple[Tensor, Tensor]:
+    """Non-negative values as (high, low) int64 limbs of floor(value * 2**SUM_BITS): float32
+    values scaled by a power of two are exact in float64, so only the floor rounds."""
+    q = torch.floor(values.double().clamp(0, SUM_CAP - 1) * 2.0**SUM_BITS).to(torch.int64)
+    return q >> LIMB_BITS, q & _LIMB_MASK
 
 
 def priority(index: Tensor, latent: Tensor) -> Tensor:
@@ -62,6 +77,20 @@ def first_k(segment: Tensor, order_key: Tensor, k: int, descending: bool) -> tup
     return by_seg[keep], rank[keep]
 
 
+def top_order(val: Tensor, idx: Tensor) -> Tensor:
+    """Per row, the slots strongest first, earlier token first on ties, empty slots (idx -1) last."""
+    key_idx = torch.where(idx >= 0, idx, torch.iinfo(torch.int64).max)
+    by_token = torch.argsort(key_idx, dim=1, stable=True)
+    vals = torch.where(idx >= 0, val, -torch.inf).gather(1, by_token)
+    return by_token.gather(1, torch.argsort(vals, dim=1, descending=True, stable=True))
+
+
+def take(a: Tensor, order: Tensor) -> Tensor:
+    """`a` [rows, slots, ...] with each row's slots picked by `order` [rows, n]."""
+    index = order.view(*order.shape, *([1] * (a.dim() - 2))).expand(*order.shape, *a.shape[2:])
+    return a.gather(1, index)
+
+
 class Accumulator:
     """Running statistics of `d_sae` latents (see the module docstring)."""
 
@@ -70,7 +99,9 @@ class Accumulator:
         k, w, s, m = cfg.k, cfg.window, cfg.samples, cfg.co_active
         self.n_tokens = 0
         self.count = torch.zeros(d_sae, dtype=torch.int64)
-        self.total = torch.zeros(d_sae, dtype=torch.float64)
+        self.total = torch.zeros(d_sae, dtype=torch.float64)  # from the limbs below, for readers
+        self.total_hi = torch.zeros(d_sae, dtype=torch.int64)
+        self.total_lo = torch.zeros(d_sae, dtype=torch.int64)
         self.hist = torch.zeros(d_sae, N_BINS, dtype=torch.int64)
         self.top_val = torch.zeros(d_sae, k)
         self.top_idx = torch.full((d_sae, k), -1, dtype=torch.int64)
@@ -85,6 +116,8 @@ class Accumulator:
     STATE = (
         "count",
         "total",
+        "total_hi",
+        "total_lo",
         "hist",
         "top_val",
         "top_idx",
@@ -101,30 +134,55 @@ class Accumulator:
         return {name: getattr(self, name) for name in self.STATE}
 
     def load(self, state: dict[str, Tensor], n_tokens: int) -> Accumulator:
+        if "total_hi" not in state:  # a state saved before the sum was fixed-point: take its float sum
+            hi = torch.floor(state["total"] * 2.0 ** (SUM_BITS - LIMB_BITS))
+            lo = torch.floor((state["total"] * 2.0 ** (SUM_BITS - LIMB_BITS) - hi) * 2.0**LIMB_BITS)
+            state = {**state, "total_hi": hi.to(torch.int64), "total_lo": lo.to(torch.int64)}
         for name in self.STATE:
             if tuple(state[name].shape) != tuple(getattr(self, name).shape):
                 raise ValueError(f"state tensor {name} has shape {list(state[name].shape)}")
             setattr(self, name, state[name].clone())
         self.n_tokens = n_tokens
+        self.carry()
+        return self
+
+    def carry(self) -> None:
+        """Move the low limbs' overflow into the high ones, and `total` from the limbs."""
+        self.total_hi += self.total_lo >> LIMB_BITS
+        self.total_lo &= _LIMB_MASK
+        self.total = self.total_hi.double() * 2.0 ** (LIMB_BITS - SUM_BITS) + self.total_lo.double() * 2.0**-SUM_BITS
+
+    def canonical(self) -> Accumulator:
+        """Each top-k list in rank order (its slots otherwise keep the order entries came in):
+        a build's final state is then a function of its statistics alone."""
+        vars(self).update(self.sorted_top())
         return self
 
     @torch.no_grad()
-    def update(self, acts: Float[Tensor, "batch pos d_sae"], tokens: Int[Tensor, "batch pos"]) -> None:
-        """Add one batch of contexts (its tokens follow every token added so far)."""
+    def update(
+        self, acts: Float[Tensor, "batch pos d_sae"], tokens: Int[Tensor, "batch pos"], at: int | None = None
+    ) -> None:
+        """Add one batch of contexts. `at`: the corpus index of its first token (by default
+        right after every token added so far); one rank of a distributed build gives it, its
+        batches being every world-th one, and adds them in corpus order."""
         b, p, d = acts.shape
+        start = self.n_tokens if at is None else at
         flat = acts.reshape(b * p, d).float()
         t, lat = (flat > 0).nonzero().unbind(1)  # row-major: token order within each latent
         val = flat[t, lat]
-        gidx = t + self.n_tokens
+        gidx = t + start
         self.count += torch.bincount(lat, minlength=d)
-        self.total.index_add_(0, lat, val.double())
+        hi, lo = fixed_point(val)
+        self.total_hi.index_add_(0, lat, hi)
+        self.total_lo.index_add_(0, lat, lo)  # < 2**32 each: no overflow in a batch of < 2**31 tokens
+        self.carry()
         bins = bin_of(val)
         self.hist += torch.bincount(lat * N_BINS + bins, minlength=d * N_BINS).view(d, N_BINS)
-        self._top(flat, tokens, (t, lat, val), p)
+        self._top(flat, tokens, (t, lat, val), p, start)
         self._samples(gidx, lat, val, bins)
-        self.n_tokens += b * p
+        self.n_tokens = start + b * p
 
-    def _top(self, flat: Tensor, tokens: Tensor, active: tuple[Tensor, Tensor, Tensor], p: int) -> None:
+    def _top(self, flat: Tensor, tokens: Tensor, active: tuple[Tensor, Tensor, Tensor], p: int, start: int) -> None:
         """Merge the batch into the top-k lists. A list's k slots are unordered (`sorted_top`
         orders them): an entering activation takes the slot of the one it pushes out, so only
         entering entries write their windows."""
@@ -160,22 +218,17 @@ class Accumulator:
         new_rank = torch.arange(len(new_row)) - torch.searchsorted(new_row, new_row)
         slot = free_slot[torch.searchsorted(free_row * k + free_rank, new_row * k + new_rank)]
         dst = (lf, slot)
-        self.top_val[dst], self.top_idx[dst] = vf, tf + self.n_tokens
+        self.top_val[dst], self.top_idx[dst] = vf, tf + start
         self.top_acts[dst], self.top_toks[dst] = self._windows(flat, tokens, tf, lf, p)
         self.co_ids[dst], self.co_val[dst] = self._co_active(active, tf, lf)
 
+    TOP = ("top_val", "top_idx", "top_acts", "top_toks", "co_ids", "co_val")
+    """The arrays of the top-k lists (slot j of each is one entry)."""
+
     def sorted_top(self) -> dict[str, Tensor]:
         """The top-k arrays with each latent's slots ordered: strongest first, earlier token first on ties."""
-        key_idx = torch.where(self.top_idx >= 0, self.top_idx, torch.iinfo(torch.int64).max)
-        by_token = torch.argsort(key_idx, dim=1, stable=True)
-        vals = torch.where(self.top_idx >= 0, self.top_val, -torch.inf).gather(1, by_token)
-        order = by_token.gather(1, torch.argsort(vals, dim=1, descending=True, stable=True))
-        out = {}
-        for name in ("top_val", "top_idx", "top_acts", "top_toks", "co_ids", "co_val"):
-            a = getattr(self, name)
-            index = order.view(*order.shape, *([1] * (a.dim() - 2))).expand(*order.shape, *a.shape[2:])
-            out[name] = a.gather(1, index)
-        return out
+        order = top_order(self.top_val, self.top_idx)
+        return {name: take(getattr(self, name), order) for name in self.TOP}
 
     def _windows(self, flat: Tensor, tokens: Tensor, t: Tensor, lat: Tensor, p: int) -> tuple[Tensor, Tensor]:
         """Each entry's window: the latent's activation and the token at every position (-1 outside the context)."""

@@ -266,3 +266,31 @@ def test_bf16_cache_streamed_with_a_shard_cap(setup, capsys):
         tmp / "bf", cfg, TrainConfig(total_tokens=128, batch_tokens=32, warmup_steps=1), progress=False, max_shards=1
     )
     assert torch.equal(again.W_dec, ms.dictionary.load(tmp / "s1").W_dec)
+
+
+def test_train_adam_lazy_reaches_the_trainer(setup, capsys):
+    """`sae train --adam lazy` trains what `train_from_cache(TrainConfig(adam="lazy"))` trains,
+    and a non-top-k architecture is refused in one line."""
+    from mechscope.dictionary.config import CoderConfig
+    from mechscope.dictionary.train import train_from_cache
+    from mechscope.dictionary.trainer_config import TrainConfig
+
+    tmp, model, corpus = setup
+    data = ["--data", str(corpus), "--ctx", "16", "--json", "--no-progress"]
+    call(["cache", str(model), "--site", SITE, "--out", str(tmp / "lz"), "--shard-contexts", "4", *data], capsys)
+    schedule = ["--width", "32", "--k", "4", "--total-tokens", "128", "--batch-tokens", "32", "--warmup", "1"]
+    cli = ["train", str(model), "--cache", str(tmp / "lz"), *schedule, "--adam", "lazy", "--json", "--no-progress"]
+    call([*cli, "--out", str(tmp / "lazy")], capsys)
+    saved = ms.dictionary.load(tmp / "lazy")
+    cfg = CoderConfig("topk", saved.cfg.d_in, 32, k=4, hook_name=SITE, model_name=saved.cfg.model_name)
+    again = train_from_cache(
+        tmp / "lz", cfg, TrainConfig(total_tokens=128, batch_tokens=32, warmup_steps=1, adam="lazy"), progress=False
+    )
+    assert torch.equal(again.W_dec, saved.W_dec)
+    dense = train_from_cache(tmp / "lz", cfg, TrainConfig(total_tokens=128, batch_tokens=32, warmup_steps=1))
+    assert not torch.equal(dense.W_dec, saved.W_dec)  # the flag changed the optimiser
+    parser = argparse.ArgumentParser()
+    sae.configure(parser)
+    args = parser.parse_args([*cli, "--out", str(tmp / "relu"), "--arch", "relu"])
+    with pytest.raises(ms.MechscopeError, match="lazy Adam needs"):
+        sae.execute(args)

@@ -145,13 +145,9 @@ def test_trainer_dead_counts_from_sparse_latents_equal_dense_ones():
         dense = coder(x).acts
         with coder.sparse_acts():
             sparse = coder(x).acts
-    trainer.dead[0].fill_(100)
-    trainer._count_dead(0, sparse)
-    via_sparse = trainer.dead[0].clone()
-    trainer.dead[0].fill_(100)
-    trainer._count_dead(0, dense)
-    assert torch.equal(via_sparse, trainer.dead[0])
-    assert 0 < int((via_sparse == 0).sum()) < 256
+    via_sparse, via_dense = trainer._fired(sparse), trainer._fired(dense)
+    assert torch.equal(via_sparse, via_dense)
+    assert 0 < int(via_sparse.sum()) < 256
 
 
 def test_encoder_init_scale_is_the_least_squares_scale_at_init():

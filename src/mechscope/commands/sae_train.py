@@ -79,6 +79,9 @@ def train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, default=0, help=train["eval_every"])
     p.add_argument("--dead-window", type=int, help=train["dead_window"])
     p.add_argument(
+        "--adam", choices=constant("dictionary.trainer_config", "ADAMS"), default="dense", help=train["adam"]
+    )
+    p.add_argument(
         "--eval-contexts", type=count, default=64, help="held-out contexts for the final evaluation (0: none)"
     )
     p.add_argument(
@@ -182,7 +185,9 @@ def _train_ranked(args, rank: int, world: int) -> dict | None:
         )
         for s in sites
     ]
-    cfg = training_schedule(args, warn=rank == 0, eval_every=args.eval_every, dead_window=args.dead_window)
+    cfg = training_schedule(
+        args, warn=rank == 0, eval_every=args.eval_every, dead_window=args.dead_window, adam=args.adam
+    )
     progress = not args.no_progress and not args.json
     data = corpus_tokens(args, model) if args.data else None
     if args.cache:

@@ -73,6 +73,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dead-window", type=int, help=train["dead_window"])
     p.add_argument(
+        "--adam", choices=constant("dictionary.trainer_config", "ADAMS"), default="dense", help=train["adam"]
+    )
+    p.add_argument(
         "--eval-contexts", type=count, default=64, help="held-out contexts for the final evaluation (0: none)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -135,7 +138,7 @@ def _train_ranked(args, rank: int) -> dict | None:
         l0_coeff=args.l0,
         skip=args.skip,
     )
-    train_cfg = training_schedule(args, warn=rank == 0, dead_window=args.dead_window)
+    train_cfg = training_schedule(args, warn=rank == 0, dead_window=args.dead_window, adam=args.adam)
     progress = not args.no_progress and not args.json
     data = corpus_tokens(args, model) if args.data else None
     if args.cache:

@@ -84,6 +84,9 @@ class SparseCoder(nn.Module):
     ARCH = ""
     UNIT_NORM = False
     """Keep decoder rows at unit norm (and project their gradient) — the topk family."""
+    LAZY_ADAM = False
+    """Gradient only on latents that fired (or are dead, under AuxK), and before/after_step are
+    exactly the unit-norm projection and renormalisation: lazy Adam applies (lazy_adam.py)."""
 
     def __init__(self, cfg: CoderConfig):
         super().__init__()

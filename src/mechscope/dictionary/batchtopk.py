@@ -33,6 +33,7 @@ def batch_topk(pre: Tensor, k: int) -> Tensor:
 @register
 class BatchTopKSAE(SparseCoder):
     ARCH = "batchtopk"
+    LAZY_ADAM = True
     UNIT_NORM = True
     threshold: Tensor  # buffer (register_buffer in __init__)
 

@@ -34,10 +34,13 @@ def run_identity(trainer: Trainer) -> dict:
     if trainer._data is None:  # hashing the contexts once is enough: they do not change
         trainer._data = data_identity(trainer.stream)
     cfgs = [c.replace(norm_scale=1.0).to_dict() for c in trainer.cfgs]
+    train = asdict(trainer.cfg)
+    if train["adam"] == "dense":  # the default: checkpoints written before the option still resume
+        del train["adam"]
     return json.loads(
         json.dumps(
             {
-                "train": asdict(trainer.cfg),
+                "train": train,
                 "coders": cfgs,
                 "sites": list(trainer.stream.sites),
                 "data": trainer._data,

@@ -341,3 +341,122 @@ void select_candidates(float *cv, int64_t *cand, const int64_t *count, int64_t c
         memcpy(indices + b * k, cand + b * cap, k * sizeof(int64_t));
     }
 }
+
+/* Lazy Adam (lazy_adam.py): torch.optim.Adam's update at the latents `rows` only. The
+   parameter is viewed as [outer, width, inner] with latents along `width` (W_dec: 1 x d_sae x
+   d; W_enc: d_in x d_sae x 1; b_enc: 1 x d_sae x 1); gradient and moments share its layout.
+   `rows` is sorted and unique (lazy_adam.touched_latents). W_dec's rows are contiguous;
+   W_enc's latents are columns, walked as runs of consecutive latents when few, as whole rows
+   with a blend when many (then the work is dense Adam's, never more). */
+static inline void adam_span(float *restrict p, const float *restrict g, float *restrict m, float *restrict v,
+                             int64_t n, float a1, float b2, float a2, float eps, float step_size, float inv_bc2) {
+    for (int64_t t = 0; t < n; t++) {
+        const float gt = g[t];
+        const float mt = m[t] + a1 * (gt - m[t]);
+        const float vt = v[t] * b2 + a2 * gt * gt;
+        m[t] = mt;
+        v[t] = vt;
+        p[t] -= step_size * mt / (sqrtf(vt) * inv_bc2 + eps);
+    }
+}
+
+static inline float select_bits(uint32_t mask, float a, float b) {
+    uint32_t x, y;
+    memcpy(&x, &a, 4);
+    memcpy(&y, &b, 4);
+    x = (x & mask) | (y & ~mask);
+    memcpy(&a, &x, 4);
+    return a;
+}
+
+void adam_rows(float *restrict p, const float *restrict g, float *restrict m, float *restrict v,
+               const int64_t *rows, int64_t nrows, int64_t outer, int64_t width, int64_t inner, float b1,
+               float b2, float eps, float step_size, float bc2_sqrt, int threads) {
+    const float a1 = 1.0f - b1, a2 = 1.0f - b2, inv_bc2 = 1.0f / bc2_sqrt;
+    if (inner == 1 && nrows * 8 > width) {
+        /* Many columns: nearly every cache line of a W_enc row holds one, so walk whole rows
+           and keep the untouched entries by a bitwise select (it vectorises where a ?: does
+           not): they are stored back bit for bit. */
+        uint32_t *keep = calloc(width, sizeof(uint32_t));
+        if (!keep) return;
+        for (int64_t j = 0; j < nrows; j++) keep[rows[j]] = 0xffffffffu;
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t o = 0; o < outer; o++) {
+            float *restrict po = p + o * width, *restrict mo = m + o * width, *restrict vo = v + o * width;
+            const float *restrict go = g + o * width;
+            for (int64_t t = 0; t < width; t++) {
+                const float gt = go[t], m0 = mo[t], v0 = vo[t], p0 = po[t];
+                const float mt = m0 + a1 * (gt - m0);
+                const float vt = v0 * b2 + a2 * gt * gt;
+                const float pt = p0 - step_size * mt / (sqrtf(vt) * inv_bc2 + eps);
+                mo[t] = select_bits(keep[t], mt, m0);
+                vo[t] = select_bits(keep[t], vt, v0);
+                po[t] = select_bits(keep[t], pt, p0);
+            }
+        }
+        free(keep);
+        return;
+    }
+    if (inner == 1) {
+        /* Few columns: runs of consecutive latents, each one contiguous stretch of a row. */
+        int64_t *start = malloc(2 * (nrows + 1) * sizeof(int64_t)), *len, nruns = 0;
+        if (!start) return;
+        len = start + nrows + 1;
+        for (int64_t j = 0; j < nrows; j++) {
+            if (nruns && rows[j] == start[nruns - 1] + len[nruns - 1]) {
+                len[nruns - 1]++;
+            } else {
+                start[nruns] = rows[j];
+                len[nruns++] = 1;
+            }
+        }
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t o = 0; o < outer; o++) {
+            const int64_t off = o * width;
+            for (int64_t r = 0; r < nruns; r++) {
+                const int64_t s = off + start[r];
+                adam_span(p + s, g + s, m + s, v + s, len[r], a1, b2, a2, eps, step_size, inv_bc2);
+            }
+        }
+        free(start);
+        return;
+    }
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t j = 0; j < nrows; j++) {
+        const int64_t s = rows[j] * inner;
+        adam_span(p + s, g + s, m + s, v + s, inner, a1, b2, a2, eps, step_size, inv_bc2);
+    }
+}
+
+/* The unit-norm decoder's two row operations at the touched rows only (topk.py):
+   project_rows removes each gradient row's component along its decoder row
+   (g -= (g.w / w.w) w), normalise_rows rescales each decoder row to unit norm. */
+void project_rows(const float *restrict w, float *restrict g, const int64_t *rows, int64_t nrows, int64_t d,
+                  int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t j = 0; j < nrows; j++) {
+        const float *wr = w + rows[j] * d;
+        float *gr = g + rows[j] * d;
+        float gw = 0.0f, ww = 0.0f;
+#pragma omp simd reduction(+ : gw, ww)
+        for (int64_t t = 0; t < d; t++) {
+            gw += gr[t] * wr[t];
+            ww += wr[t] * wr[t];
+        }
+        const float coef = gw / (ww > 1e-12f ? ww : 1e-12f);
+        for (int64_t t = 0; t < d; t++) gr[t] -= coef * wr[t];
+    }
+}
+
+void normalise_rows(float *restrict w, const int64_t *rows, int64_t nrows, int64_t d, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t j = 0; j < nrows; j++) {
+        float *wr = w + rows[j] * d;
+        float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+        for (int64_t t = 0; t < d; t++) ss += wr[t] * wr[t];
+        const float norm = sqrtf(ss);
+        const float inv = norm > 1e-12f ? norm : 1e-12f;
+        for (int64_t t = 0; t < d; t++) wr[t] /= inv;
+    }
+}

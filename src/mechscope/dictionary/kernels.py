@@ -76,6 +76,13 @@ def load() -> ctypes.CDLL | None:
         ctypes.c_int,
     ]
     lib.bf16_candidates.restype = i64
+    f32 = ctypes.c_float
+    lib.adam_rows.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, f32, f32, f32, f32, f32, ctypes.c_int]
+    lib.adam_rows.restype = None
+    lib.project_rows.argtypes = [ptr, ptr, ptr, i64, i64, ctypes.c_int]
+    lib.project_rows.restype = None
+    lib.normalise_rows.argtypes = [ptr, ptr, i64, i64, ctypes.c_int]
+    lib.normalise_rows.restype = None
     lib.candidate_dots.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, i64, i64, i64, ptr, ctypes.c_int]
     lib.candidate_dots.restype = None
     lib.select_candidates.argtypes = [ptr, ptr, ptr, i64, i64, i64, ptr, ptr, ctypes.c_int]
@@ -150,6 +157,55 @@ def scatter_columns(indices: Tensor, weights: Tensor, x: Tensor, rows: int) -> T
         out.data_ptr(), rows, indices.data_ptr(), weights.data_ptr(), x.data_ptr(), n, k, d, torch.get_num_threads()
     )
     return None if failed else out
+
+
+def adam_rows(p: Tensor, g: Tensor, m: Tensor, v: Tensor, rows: Tensor, axis: int, hyper: tuple[float, ...]) -> bool:
+    """Adam's update in place at the latents `rows` along `axis` of p (and its moments m, v),
+    hyper = (beta1, beta2, eps, step size, sqrt of the second bias correction); False, with
+    nothing changed, without the kernels or for tensors it does not take (the caller then
+    updates with torch)."""
+    lib = load()
+    if lib is None or p.dim() > 2 or axis >= p.dim() or rows.dtype != torch.long:
+        return False
+    if not (p.dtype == g.dtype == m.dtype == v.dtype == torch.float32) or not _usable(p, g, m, v, rows):
+        return False
+    shape = p.shape if p.dim() == 2 else (p.shape[0], 1)
+    outer, width, inner = (1, shape[0], shape[1]) if axis == 0 else (shape[0], shape[1], 1)
+    lib.adam_rows(
+        p.data_ptr(),
+        g.data_ptr(),
+        m.data_ptr(),
+        v.data_ptr(),
+        rows.data_ptr(),
+        rows.numel(),
+        outer,
+        width,
+        inner,
+        *hyper,
+        torch.get_num_threads(),
+    )
+    return True
+
+
+def project_rows(w: Tensor, g: Tensor, rows: Tensor) -> bool:
+    """g[r] -= (g[r].w[r] / w[r].w[r]) w[r] in place at the given rows of a [n, d] decoder
+    and its gradient; False, with nothing changed, where the kernels do not take them."""
+    lib = load()
+    if lib is None or w.dim() != 2 or rows.dtype != torch.long or not (w.dtype == g.dtype == torch.float32):
+        return False
+    if not _usable(w, g, rows):
+        return False
+    lib.project_rows(w.data_ptr(), g.data_ptr(), rows.data_ptr(), rows.numel(), w.shape[1], torch.get_num_threads())
+    return True
+
+
+def normalise_rows(w: Tensor, rows: Tensor) -> bool:
+    """w[r] /= max(|w[r]|, 1e-12) in place at the given rows; False as project_rows."""
+    lib = load()
+    if lib is None or w.dim() != 2 or rows.dtype != torch.long or w.dtype != torch.float32 or not _usable(w, rows):
+        return False
+    lib.normalise_rows(w.data_ptr(), rows.data_ptr(), rows.numel(), w.shape[1], torch.get_num_threads())
+    return True
 
 
 def decode_backward(

@@ -293,12 +293,29 @@ def fast_mse(x_hat: Tensor, target: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def project_decoder_grad(coder: SparseCoder) -> None:
-    """SparseCoder.before_step for unit-norm decoders, in place: g -= (g.w / w.w) w per row."""
+def project_decoder_grad(coder: SparseCoder, rows: Tensor | None = None) -> None:
+    """SparseCoder.before_step for unit-norm decoders, in place: g -= (g.w / w.w) w per row
+    (only the given rows: the others' gradient is zero under lazy Adam)."""
     W, g = coder.W_dec, coder.W_dec.grad
-    if coder.UNIT_NORM and g is not None:
+    if not coder.UNIT_NORM or g is None:
+        return
+    if rows is None:
         coef = torch.linalg.vecdot(g, W) / torch.linalg.vecdot(W, W).clamp_min(1e-12)
         g.addcmul_(W, coef[:, None], value=-1.0)
+        return
+    if kernels.project_rows(W, g, rows):
+        return
+    W_r, g_r = W.index_select(0, rows), g.index_select(0, rows)
+    coef = torch.linalg.vecdot(g_r, W_r) / torch.linalg.vecdot(W_r, W_r).clamp_min(1e-12)
+    g.index_copy_(0, rows, g_r.addcmul_(W_r, coef[:, None], value=-1.0))
+
+
+@torch.no_grad()
+def renormalise_rows(coder: SparseCoder, rows: Tensor) -> None:
+    """SparseCoder.after_step at the given decoder rows only (the rows lazy Adam moved)."""
+    if coder.UNIT_NORM and not kernels.normalise_rows(coder.W_dec.data, rows):
+        W_r = coder.W_dec.index_select(0, rows)
+        coder.W_dec.index_copy_(0, rows, W_r.div_(W_r.norm(dim=-1, keepdim=True).clamp_min(1e-12)))
 
 
 def init_encoder_scale(coder: SparseCoder) -> None:
@@ -312,6 +329,7 @@ def init_encoder_scale(coder: SparseCoder) -> None:
 class TopKSAE(SparseActs, SparseCoder):
     ARCH = "topk"
     UNIT_NORM = True
+    LAZY_ADAM = True
     fast: bool = True
     """Use the sparse encoder backward and the gathered decoder (same values, cheaper)."""
 

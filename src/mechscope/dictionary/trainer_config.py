@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ..errors import MechscopeError
 
 DECAYS = ("linear", "cosine", "none")
+ADAMS = ("dense", "lazy")
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,17 @@ class TrainConfig:
     """Batches used to estimate the input scale (sqrt(d_in) / mean norm) and to initialise b_dec; 0: neither."""
     autocast: bool = True
     """bf16 autocast of the dictionaries' forward on CUDA (ignored on CPU)."""
+    adam: str = "dense"
+    """dense: torch's Adam over every parameter; lazy: only the latents a step touched are
+    updated (top-k family; see lazy_adam.py for what that changes and its bound)."""
 
     def __post_init__(self):
         if self.batch_tokens < 1 or self.total_tokens < self.batch_tokens:
             raise MechscopeError(
                 f"need total_tokens >= batch_tokens >= 1, got {self.total_tokens} and {self.batch_tokens}"
             )
+        if self.adam not in ADAMS:
+            raise MechscopeError(f"adam must be one of {', '.join(ADAMS)}, got {self.adam!r}")
         if self.decay not in DECAYS:
             raise MechscopeError(f"decay must be one of {', '.join(DECAYS)}, got {self.decay!r}")
         if not 0 <= self.decay_fraction <= 1:

@@ -44,10 +44,13 @@ def _dense_reference(x, W, b, k, b_dec):
     return torch.zeros_like(pre).scatter(1, idx, values.relu())
 
 
+@pytest.mark.parametrize("tiled", [False, True], ids=["rows", "tiles"])
 @pytest.mark.parametrize("centred", [True, False])
 @pytest.mark.parametrize("x_grad", [True, False])
-def test_chunked_encoder_and_sparse_backward_equal_dense_autograd(monkeypatch, centred, x_grad):
+def test_chunked_encoder_and_sparse_backward_equal_dense_autograd(monkeypatch, centred, x_grad, tiled):
     monkeypatch.setattr(topk_module, "CHUNK_ELEMENTS", 7 * 512)  # 7-row chunks, a partial last one
+    if tiled:  # tiles of 96 latents (5 whole, a partial 32-wide one) and 37 rows (a partial last chunk)
+        monkeypatch.setattr(topk_module, "TILE_COLUMNS", 96)
     gen = torch.Generator().manual_seed(1)
     n, d_in, d_sae, k = 40, 12, 512, 4
     leaves = [
@@ -79,6 +82,20 @@ def test_chunked_encoder_and_sparse_backward_equal_dense_autograd(monkeypatch, c
     for got, want in zip(fast_grads, ref_grads):
         assert got.shape == want.shape and got.is_contiguous()
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
+def test_the_tiled_encoder_selects_what_whole_rows_select(monkeypatch):
+    """Width 10,000 with 2,048-latent tiles (a partial last one), float32 and the native
+    kernels: the same values and columns as the whole-row path."""
+    gen = torch.Generator().manual_seed(3)
+    x, W, b = torch.randn(300, 64, generator=gen), torch.randn(64, 10_000, generator=gen), torch.randn(10_000) * 0.1
+    assert topk_module._tile_columns(x, 10_000, 32) == 2048
+    tiled = TopKEncode.apply(x, W, b, 32)
+    monkeypatch.setattr(topk_module, "TILE_COLUMNS", 10**6)  # whole rows
+    rows = TopKEncode.apply(x, W, b, 32)
+    order_t, order_r = tiled[1].argsort(-1), rows[1].argsort(-1)
+    assert torch.equal(tiled[1].gather(1, order_t), rows[1].gather(1, order_r))
+    assert torch.equal(tiled[0].gather(1, order_t), rows[0].gather(1, order_r))
 
 
 def test_sparse_backward_passes_gradcheck_with_b_dec():

@@ -27,11 +27,13 @@ import time
 import torch
 from _machine import load_line, machine_line
 
+from mechscope.dictionary import kernels
 from mechscope.dictionary.base import build
 from mechscope.dictionary.config import CoderConfig
 from mechscope.dictionary.lazy_adam import LazyAdam, touched_latents
 from mechscope.dictionary.topk import project_decoder_grad, renormalise_rows
 
+REUSE_GRADS = True
 PARTS = ("forward", "backward", "before_step", "adam", "zero_grad", "after_step", "dead count")
 
 
@@ -69,6 +71,9 @@ class Variant:
         marks.append(time.perf_counter())
         self.opt.step() if rows is None else self.opt.step(rows)
         marks.append(time.perf_counter())
+        if REUSE_GRADS:  # as Trainer.step: the next sparse backward overwrites these in place
+            kernels.give_back(coder.W_enc, coder.W_enc.grad)
+            kernels.give_back(coder.W_dec, coder.W_dec.grad)
         self.opt.zero_grad(set_to_none=True)
         marks.append(time.perf_counter())
         coder.after_step() if rows is None else renormalise_rows(coder, rows)
@@ -96,12 +101,17 @@ def profile(width: int, d_in: int, k: int, batch: int, steps: int, adams: list[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", default="4096,16384,65536")
+    parser.add_argument(
+        "--no-reuse", action="store_true", help="fresh W_enc/W_dec gradients every step (before kernels.give_back)"
+    )
     parser.add_argument("--d-in", type=int, default=256)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--adam", default="dense", help="comma list of dense, lazy")
     args = parser.parse_args()
+    global REUSE_GRADS
+    REUSE_GRADS = not args.no_reuse
     torch.set_num_threads(1)
     print(machine_line())
     print(f"d_in {args.d_in}, k {args.k}, batch {args.batch}, float32, 1 thread; ms per part (share of the step)")

@@ -155,3 +155,34 @@ def test_bf16_selection_declines_nan_and_can_be_switched_off(monkeypatch):
     assert kernels.encode_topk_bf16(x, W, b, 4, chunk_rows=8) is None  # the fp32 path ranks NaN first
     monkeypatch.setattr(kernels, "bf16_selection", lambda: False)
     assert kernels.encode_topk_bf16(torch.randn(20, 32), W, b, 4, chunk_rows=8) is None
+
+
+@needs_kernels
+def test_handed_back_gradients_are_overwritten_in_place_with_fresh_values():
+    """The trainer hands W_enc's and W_dec's used gradients back (`kernels.give_back`); the
+    next sparse backward writes into those very tensors, and every entry equals what a fresh
+    tensor would hold (stale contents, here NaN, never leak through)."""
+    torch.manual_seed(0)
+    coder = build(CoderConfig("topk", 32, 512, k=4))
+    x = torch.randn(64, 32)
+
+    def grads():
+        coder.zero_grad(set_to_none=True)
+        with coder.sparse_acts():
+            coder(x).loss.backward()
+        return coder.W_enc.grad, coder.W_dec.grad
+
+    fresh = [g.clone() for g in grads()]
+    kernels.give_back(coder.W_enc, torch.full_like(fresh[0], float("nan")))
+    kernels.give_back(coder.W_dec, torch.full_like(fresh[1], float("nan")))
+    # only the spares hold them now, as in the trainer (a second reference would make
+    # autograd copy the gradient instead of keeping it)
+    handed = [t.data_ptr() for t in kernels._spares.values()]
+    try:
+        reused = grads()
+        assert [g.data_ptr() for g in reused] == handed  # the same memory
+        for got, want in zip(reused, fresh):
+            assert torch.equal(got, want)
+    finally:
+        kernels.drop_spares()
+    assert not kernels._spares and not kernels._scratches

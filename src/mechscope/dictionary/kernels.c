@@ -147,16 +147,18 @@ static void scatter_range(float *restrict buf, int64_t lo, int64_t hi, const int
    x [n, d]: column r of out is the sum of g[b, j] x[b] over the pairs with idx[b, j] = r
    (the gradient of W_enc [d_in, d_sae] in its own layout). Threads own disjoint column
    ranges; each sums its columns as rows of a buffer, then writes them down in blocks of 16
-   (one cache line of each output row). Returns 1 when out of memory (out is then void). */
-int scatter_columns(float *out, int64_t rows, const int64_t *idx, const float *g, const float *x, int64_t n,
-                    int64_t k, int64_t d, int threads) {
+   (one cache line of each output row). `scratch`, when not NULL, holds those rows (rows x d
+   floats). Returns 1 when out of memory (out is then void). */
+int scatter_columns(float *out, float *scratch, int64_t rows, const int64_t *idx, const float *g, const float *x,
+                    int64_t n, int64_t k, int64_t d, int threads) {
     int failed = 0;
     (void)threads;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
         int64_t parts = omp_get_num_threads(), me = omp_get_thread_num();
         int64_t lo = rows * me / parts, hi = rows * (me + 1) / parts;
-        float *buf = malloc(((hi - lo) * d + 1) * sizeof(float));
+        /* scratch (rows x d floats, the caller's, reused between steps) or a buffer of our own */
+        float *buf = scratch ? scratch + lo * d : malloc(((hi - lo) * d + 1) * sizeof(float));
         if (!buf) {
             failed = 1;
         } else {
@@ -167,7 +169,7 @@ int scatter_columns(float *out, int64_t rows, const int64_t *idx, const float *g
                     for (int64_t r = r0; r < r1; r++) out[c * rows + r] = buf[(r - lo) * d + c];
             }
         }
-        free(buf);
+        if (!scratch) free(buf);
     }
     return failed;
 }

@@ -49,7 +49,7 @@ def load() -> ctypes.CDLL | None:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.topk_rows.argtypes = [ptr, ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_int]
     lib.topk_rows.restype = i64
-    lib.scatter_columns.argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
+    lib.scatter_columns.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
     lib.scatter_columns.restype = ctypes.c_int
     lib.decode_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int]
     lib.decode_backward.restype = None
@@ -142,21 +142,68 @@ def _sparse_args(indices: Tensor, weights: Tensor, x: Tensor) -> tuple[Tensor, T
     return (indices, weights, x) if _usable(indices, weights, x) else None
 
 
-def scatter_columns(indices: Tensor, weights: Tensor, x: Tensor, rows: int) -> Tensor | None:
+def scatter_columns(
+    indices: Tensor, weights: Tensor, x: Tensor, rows: int, weight: Tensor | None = None
+) -> Tensor | None:
     """x^T G [d, rows] for the sparse [n, rows] matrix G holding weights [n, k] at columns
     indices [n, k] (column indices[b, j] gets weights[b, j] x[b]; indices outside 0..rows-1
-    are dropped): W_enc's gradient in W_enc's layout. float32 CPU; None without the
-    kernels or memory."""
+    are dropped): W_enc's gradient in W_enc's layout, written into the gradient handed back
+    for `weight` when there is one (`give_back`). float32 CPU; None without the kernels or
+    memory."""
     lib, args = load(), _sparse_args(indices, weights, x)
     if lib is None or args is None:
         return None
     indices, weights, x = args
     (n, k), d = indices.shape, x.shape[1]
-    out = x.new_empty(d, rows)
+    out = _take_spare(weight, (d, rows)) if weight is not None else None
+    out = x.new_empty(d, rows) if out is None else out
+    scratch = _scratch(rows * d)
     failed = lib.scatter_columns(
-        out.data_ptr(), rows, indices.data_ptr(), weights.data_ptr(), x.data_ptr(), n, k, d, torch.get_num_threads()
+        out.data_ptr(),
+        scratch.data_ptr(),
+        rows,
+        indices.data_ptr(),
+        weights.data_ptr(),
+        x.data_ptr(),
+        n,
+        k,
+        d,
+        torch.get_num_threads(),
     )
     return None if failed else out
+
+
+# Wide dictionaries: a fresh [d, width] gradient every step is memory the kernel must map and
+# zero page by page (most of the backward's time at 262k latents). The trainer hands each
+# finished gradient back (`give_back`) and the next backward overwrites it in place; the
+# scatter's row buffer is kept between calls the same way. Only memory is reused: every
+# entry is written again, so the values are those of a fresh tensor.
+_spares: dict[tuple[int, tuple[int, ...]], Tensor] = {}
+_scratches: list[Tensor] = []
+
+
+def give_back(weight: Tensor, grad: Tensor | None) -> None:
+    """`grad`, a used gradient of `weight`, for the next backward of `weight` to overwrite.
+    The caller drops its own references (`zero_grad(set_to_none=True)`) right after."""
+    if grad is not None and grad.dtype == torch.float32 and _usable(grad) and not grad.requires_grad:
+        _spares[(weight.data_ptr(), tuple(grad.shape))] = grad
+
+
+def drop_spares() -> None:
+    """Free what `give_back` and the scatter kept (the end of a training run)."""
+    _spares.clear()
+    _scratches.clear()
+
+
+def _take_spare(weight: Tensor, shape: tuple[int, ...]) -> Tensor | None:
+    return _spares.pop((weight.data_ptr(), tuple(shape)), None)
+
+
+def _scratch(numel: int) -> Tensor:
+    """A float32 buffer of at least `numel` entries, kept for the next call (the largest one)."""
+    if not _scratches or _scratches[0].numel() < numel:
+        _scratches[:] = [torch.empty(numel, dtype=torch.float32)]
+    return _scratches[0]
 
 
 def adam_rows(p: Tensor, g: Tensor, m: Tensor, v: Tensor, rows: Tensor, axis: int, hyper: tuple[float, ...]) -> bool:
@@ -220,7 +267,8 @@ def decode_backward(
     indices, values, e = args
     (n, k), (rows, d) = indices.shape, w.shape
     grad_v = e.new_empty(n, k) if need_values else None
-    grad_w = w.new_empty(rows, d) if need_w else None
+    grad_w = _take_spare(w, (rows, d)) if need_w else None
+    grad_w = w.new_empty(rows, d) if need_w and grad_w is None else grad_w
     # rows of grad_v whose index lies outside w would stay unwritten: refuse those
     low, high = torch.aminmax(indices)
     if int(low) < 0 or int(high) >= rows:

@@ -192,7 +192,7 @@ class TopKEncode(torch.autograd.Function):
         if need_b or need_bdec:
             grad_b = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, flat_idx, flat_g)
         if need_W:  # x_c^T G, as (G^T x_c)^T
-            grad_W = kernels.scatter_columns(indices, g, x_c.to(W_enc.dtype), d_sae)
+            grad_W = kernels.scatter_columns(indices, g, x_c.to(W_enc.dtype), d_sae, weight=W_enc)
         if need_W and grad_W is None:
             sample = torch.arange(n, device=g.device).repeat_interleave(k)
             G_t = torch.sparse_coo_tensor(torch.stack([flat_idx, sample]), flat_g, (d_sae, n), check_invariants=False)

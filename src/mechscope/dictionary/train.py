@@ -50,13 +50,14 @@ from ..distributed import distributed
 from ..errors import MechscopeError
 from ..io import folder_lock, write_json
 from ..models.loading import resolve_device
+from . import kernels
 from .base import SparseCoder, build
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import CoderConfig
 from .lazy_adam import LazyAdam, touched_latents
 from .numerics import check_finite, fvu
 from .source import ActivationSource, Batch, SourceConfig, estimate_norm_scale, first_batches, resolve_sites
-from .topk import project_decoder_grad, renormalise_rows
+from .topk import TopKSAE, project_decoder_grad, renormalise_rows
 from .trainer_config import TrainConfig
 
 
@@ -190,6 +191,9 @@ class Trainer:
             if self.cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(coder.parameters(), self.cfg.grad_clip)
             opt.step(rows) if isinstance(opt, LazyAdam) else opt.step()
+            if isinstance(coder, TopKSAE) and coder.fast:  # its sparse backward overwrites them next step
+                kernels.give_back(coder.W_enc, coder.W_enc.grad)
+                kernels.give_back(coder.W_dec, coder.W_dec.grad)
             opt.zero_grad(set_to_none=True)
             coder.after_step() if rows is None else renormalise_rows(coder, rows)
             self.dead[i] = torch.where(fired.bool(), 0, self.dead[i] + self.cfg.batch_tokens)
@@ -274,17 +278,22 @@ class Trainer:
             disable=not progress or self.rank != 0,
         )
         target = self.cfg.steps if stop_after is None else min(self.cfg.steps, stop_after)
-        while self.step_count < target:
-            batch, position = next(batches)
-            metrics = self.step(batch)
-            self.position = position
-            bar.update()
-            bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()})
-            last = self.step_count == self.cfg.steps
-            if heldout is not None and ((self.cfg.eval_every and self.step_count % self.cfg.eval_every == 0) or last):
-                self.evaluate(heldout)
-            if checkpoint_dir is not None and (self.step_count % self.cfg.checkpoint_every == 0 or last):
-                self.checkpoint(checkpoint_dir)
+        try:
+            while self.step_count < target:
+                batch, position = next(batches)
+                metrics = self.step(batch)
+                self.position = position
+                bar.update()
+                bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()})
+                last = self.step_count == self.cfg.steps
+                if heldout is not None and (
+                    (self.cfg.eval_every and self.step_count % self.cfg.eval_every == 0) or last
+                ):
+                    self.evaluate(heldout)
+                if checkpoint_dir is not None and (self.step_count % self.cfg.checkpoint_every == 0 or last):
+                    self.checkpoint(checkpoint_dir)
+        finally:
+            kernels.drop_spares()  # the gradients kept for reuse between steps
         bar.close()
         return [coder.fold_norm_scale() for coder in self.coders]
 

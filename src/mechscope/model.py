@@ -148,9 +148,8 @@ class Model(HookedModel, WeightAccess):
         if isinstance(prompts, Tensor):
             ids = prompts.unsqueeze(0) if prompts.dim() == 1 else prompts
             mask = torch.ones_like(ids) if attention_mask is None else attention_mask
-            return _fit_context(
-                self, {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}, truncate
-            )
+            device = self.device
+            return _fit_context(self, {"input_ids": ids.to(device), "attention_mask": mask.to(device)}, truncate)
         if self.tokenizer is None:
             raise MechscopeError(f"{self.name} has no tokenizer: pass token ids (a LongTensor) instead of text")
         texts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -197,7 +196,11 @@ class Model(HookedModel, WeightAccess):
 
     @property
     def has_lm_head(self) -> bool:
-        return self.hf.get_output_embeddings() is not None
+        # asked on every run: transformers' lookup costs ~25 us, and a wrapped model keeps its head
+        head = self.__dict__.get("_has_lm_head")
+        if head is None:
+            head = self.__dict__["_has_lm_head"] = self.hf.get_output_embeddings() is not None
+        return head
 
     def _call(self, inputs: dict[str, Tensor]) -> Tensor:
         """The wrapped model's own forward; returns its main output."""

@@ -14,13 +14,24 @@ own training-step recipe (loss, AuxK with a dead mask, decoder-norm constraint);
 through its own `SAETrainer.step`. `sparsify-bare` is sparsify without its b_dec init (the
 bench before 2026-12-07). Prints one JSON
 line: seconds per timed step, tokens/s, the held-out FVU after the run and, with `--curve`,
-the held-out FVU after every step (evaluated outside the timed region).
+the held-out FVU after every step (evaluated outside the timed region), and this process's
+peak RSS (VmHWM in /proc/self/status) read twice: after the training steps
+(before the final held-out evaluation; with `--curve` it includes the per-step evaluations)
+and at the end. One process times one trainer at one width, so each reading is that
+trainer's alone (the held-out rows and the torch import included; the same for every library).
+
+`--adam lazy` (mechscope only) sets `TrainConfig.adam = "lazy"` (Adam updates only the
+latents that received gradient); it fails with a one-line message where this mechscope's
+`TrainConfig` has no `adam` field. `--eval-chunk N` reconstructs the held-out rows N at a
+time (a width-262k dictionary's dense pre-activations of 8192 rows would take 8.6 GB).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import resource
 import sys
 import time
 import warnings
@@ -35,6 +46,24 @@ warnings.filterwarnings("ignore")
 
 def fvu(x, x_hat) -> float:
     return float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+
+
+def heldout_fvu(held, reconstruct, chunk: int) -> float:
+    """FVU of the held-out rows; reconstructed `chunk` rows at a time (0: all at once)."""
+    if not chunk:
+        return fvu(held, reconstruct(held))
+    return fvu(held, torch.cat([reconstruct(held[i : i + chunk]) for i in range(0, len(held), chunk)]))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set in MB: VmHWM, the high-water mark of this address
+    space. Not ru_maxrss: Linux carries that across exec from the forking parent (the bench's
+    own RSS), which would give every worker the same floor."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**10  # kB
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # kB on Linux
 
 
 # Each maker returns (step(x, s) -> None, reconstruct(x) -> x_hat, version).
@@ -58,7 +87,11 @@ def mechscope_trainer(d_in, args):
                 yield {"x": self.train[s * args.batch : (s + 1) * args.batch]}, s + 1
                 s += 1
 
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if args.adam != "dense" and "adam" not in fields:
+        raise SystemExit(f"this mechscope's TrainConfig has no 'adam' field: cannot time adam={args.adam!r}")
     cfg = TrainConfig(
+        **({"adam": args.adam} if "adam" in fields else {}),
         total_tokens=10**12,
         batch_tokens=args.batch,
         lr=args.lr,
@@ -188,6 +221,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--norm-batches", type=int, default=1, help="mechscope: batches for the input scale and b_dec init")
     p.add_argument("--curve", action="store_true", help="held-out FVU after every step (untimed)")
+    p.add_argument("--adam", default="dense", help="mechscope: TrainConfig.adam (dense or lazy)")
+    p.add_argument("--eval-chunk", type=int, default=0, help="held-out rows reconstructed at a time (0: all)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -203,9 +238,10 @@ def main() -> None:
             times.append(time.perf_counter() - start)
         if args.curve:
             with torch.no_grad():
-                curve.append(fvu(held, reconstruct(held)))
+                curve.append(heldout_fvu(held, reconstruct, args.eval_chunk))
+    rss_train = peak_rss_mb()
     with torch.no_grad():
-        quality = curve[-1] if curve else fvu(held, reconstruct(held))
+        quality = curve[-1] if curve else heldout_fvu(held, reconstruct, args.eval_chunk)
     result = {
         "lib": args.lib,
         "version": version,
@@ -214,8 +250,14 @@ def main() -> None:
         "fvu": quality,
         "fvu_curve": curve,
         "steps": args.warmup + args.steps,
+        "width": args.width,
+        "batch": args.batch,
+        "peak_rss_train_mb": rss_train,
+        "peak_rss_mb": peak_rss_mb(),
     }
-    if args.lib == "mechscope":  # whether the encoder GEMM ran in bfloat16 (selection only; see kernels.py)
+    if args.lib == "mechscope":
+        result["adam"] = args.adam
+        # whether the encoder GEMM ran in bfloat16 (selection only; see kernels.py)
         from mechscope.dictionary import kernels
 
         result["bf16_selection"] = kernels.bf16_selection()

@@ -218,7 +218,9 @@ def bench_model(name: str, args, tmp: Path) -> dict | None:
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     model = ms.Model(hf, None, name=name)
     n_layers = hf.config.num_hidden_layers
-    mid = n_layers // 2
+    # a middle block, never the last: HF's last hidden state has the final norm applied, so
+    # the early variants' check against it would compare different things (2-layer toy: block 0)
+    mid = (n_layers - 1) // 2
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, hf.config.vocab_size, (args.batch, args.seq), generator=gen)
     mask = torch.ones_like(ids)

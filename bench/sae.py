@@ -45,6 +45,19 @@ over 1000 steps, which would leave it untrained in a 10-step bench), the same ba
 same order. Each library's own loss and decoder constraint. `--with-bare` adds the old
 sparsify variant without its b_dec init ("sparsify-bare"), to show what that line is worth.
 
+Width sweep (issue 24): `--widths 4096,16384,65536,262144` times every trainer at every width
+instead, each (trainer, width, round) in its own interpreter so that each peak RSS
+(VmHWM, printed per width) is that trainer's alone; `--sweep-batch` and
+`--sweep-steps` (one value, or one per width) set tokens per step and timed steps (after 2
+warm-up steps); `--mechscope-adam dense,lazy` times mechscope with each optimiser. A width
+whose estimated need (`memory_needed`) exceeds MemAvailable is skipped and says so. Goal:
+mechscope >= 3x sparsify's tokens/s up to 65,536 latents, >= 2x at 262,144. The held-out
+FVU after the few sweep steps is printed to show that every trainer trained, not to rank
+them (the single-width bench above does that).
+
+    .venv/bin/python bench/sae.py --widths 4096,16384,65536,262144 --sweep-steps 4,3,2,2 \
+        --mechscope-adam dense,lazy --threads 1 --json out/sae-sweep.json
+
 Peers' environments (git-ignored; torch first and pinned, so that no CUDA build is pulled):
 
     python3.11 -m venv bench/.peers/sparsify && bench/.peers/sparsify/bin/pip install torch==2.13.0
@@ -121,7 +134,9 @@ def matmul_flops(d_in: int, width: int, batch: int, threads: int, dtype=torch.fl
     return 2 * batch * d_in * width / best
 
 
-def run_worker(lib: str, acts: Path, args) -> dict:
+def run_worker(lib: str, acts: Path, args, extra: tuple[str, ...] = (), curve: bool = True) -> dict:
+    """One trainer in its own interpreter; `extra` flags (a sweep's width, batch, ...) come
+    after the single-width ones and override them."""
     python = sys.executable if lib == "mechscope" else str(PYTHON[lib])
     cmd = [
         python,
@@ -132,7 +147,7 @@ def run_worker(lib: str, acts: Path, args) -> dict:
         str(args.steps),
         "--warmup",
         "2",
-        "--curve",
+        *(["--curve"] if curve else []),
         "--width",
         str(args.width),
         "--k",
@@ -143,6 +158,7 @@ def run_worker(lib: str, acts: Path, args) -> dict:
         str(args.threads),
         "--lr",
         str(args.lr),
+        *extra,
     ]
     done = subprocess.run(
         cmd,
@@ -158,6 +174,8 @@ def run_worker(lib: str, acts: Path, args) -> dict:
         },
     )
     if done.returncode != 0:
+        if done.returncode < 0:  # e.g. SIGKILL from the kernel's OOM killer: no traceback
+            return {"lib": lib, "error": f"killed by signal {-done.returncode} (out of memory?)"}
         return {"lib": lib, "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -179,8 +197,23 @@ def main(argv=None) -> int:
         action="store_true",
         help="also time sparsify without its trainer's b_dec init (what this bench did until 2026-12-07)",
     )
+    p.add_argument(
+        "--widths",
+        help="comma list: run the width sweep (see the module docstring) instead of the single-width bench",
+    )
+    p.add_argument("--sweep-batch", default="1024", help="sweep: tokens per step, one value or one per width")
+    p.add_argument("--sweep-steps", default="3", help="sweep: timed steps after 2 warm-up, one value or one per width")
+    p.add_argument(
+        "--mechscope-adam",
+        default="dense",
+        help="sweep: comma list of TrainConfig.adam variants to time mechscope with (dense, lazy)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.widths:
+        return sweep(p, args)
+    if args.mechscope_adam != "dense":
+        p.error("--mechscope-adam applies to the width sweep (--widths)")
     machine = machine_info()
     print(machine_line(machine), flush=True)
     if (args.steps + 2) * args.batch > args.tokens * 0.85:
@@ -206,6 +239,197 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
+
+
+def per_width(p, flag: str, text: str, widths: list[int]) -> list[int]:
+    """One positive int per width from "N" (every width) or "N1,N2,..." (one each)."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        p.error(f"{flag}: expected comma-separated integers, got {text!r}")
+    if len(values) == 1:
+        values *= len(widths)
+    if len(values) != len(widths) or min(values) < 1:
+        p.error(f"{flag}: give one positive value or one per width ({len(widths)}), got {text!r}")
+    return values
+
+
+def adam_variants(p, text: str) -> list[str]:
+    """The requested mechscope Adam variants this mechscope has (a note for each it lacks)."""
+    from dataclasses import fields
+
+    from mechscope.dictionary.trainer_config import TrainConfig
+
+    wanted = [v.strip() for v in text.split(",") if v.strip()]
+    if not wanted or set(wanted) - {"dense", "lazy"}:
+        p.error(f"--mechscope-adam: a comma list of dense and lazy, got {text!r}")
+    if "adam" in {f.name for f in fields(TrainConfig)}:
+        return wanted
+    for v in wanted:
+        if v != "dense":
+            print(f"note: this mechscope's TrainConfig has no 'adam' field: adam={v!r} not timed", flush=True)
+    return ["dense"] if "dense" in wanted else []
+
+
+def mem_available() -> int:
+    """Bytes the kernel says a new process could use without swapping (0 where unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def memory_needed(d_in: int, width: int, batch: int) -> int:
+    """A generous estimate of one trainer's peak at this width: parameters, gradients and
+    Adam's two moments (4 copies of (2 d_in + 1) floats per latent), about six dense
+    [batch, width] float tensors (SAELens' step keeps pre-activations, the TopK output and
+    their gradients dense), 1 GB for torch, the data and the rest."""
+    return 16 * (2 * d_in + 1) * width + 6 * 4 * batch * width + 2**30
+
+
+def sparsify_goal(width: int) -> float:
+    """Issue 24's goal for mechscope / sparsify tokens/s at this width."""
+    return 3.0 if width <= 65536 else 2.0
+
+
+def sweep(p, args) -> int:
+    """Every trainer at every width, one interpreter per (trainer, width, round); see the docstring."""
+    from safetensors import safe_open
+
+    widths = [int(w) for w in args.widths.split(",")]
+    batches = per_width(p, "--sweep-batch", args.sweep_batch, widths)
+    steps = per_width(p, "--sweep-steps", args.sweep_steps, widths)
+    machine = machine_info()
+    print(machine_line(machine), flush=True)
+    variants = adam_variants(p, args.mechscope_adam)
+    acts = prepare(Path(args.out), args.tokens)
+    with safe_open(str(acts), "pt") as f:
+        n_train, d_in = f.get_slice("train").get_shape()
+    for w, b, n in zip(widths, batches, steps):
+        if (n + 2) * b > n_train:
+            p.error(f"width {w}: {n + 2} steps of {b} tokens need more than the {n_train} cached rows")
+    peers = [lib for lib, py in PEERS.items() if py.is_file()]
+    # label -> (worker lib, extra worker flags)
+    trainers = {f"mechscope-{v}": ("mechscope", ("--adam", v)) for v in variants}
+    trainers.update({lib: (lib, ()) for lib in peers})
+    print(
+        f"TopK SAE width sweep: d_in {d_in}, k {args.k}, lr {args.lr}, {args.threads} threads, 2 warm-up steps, "
+        f"{args.rounds} rounds in rotating order; each (trainer, width, round) in its own interpreter",
+        flush=True,
+    )
+    report = {
+        "mode": "sweep",
+        "config": vars(args),
+        "machine": machine,
+        "d_in": d_in,
+        "missing_peers": [lib for lib, py in PEERS.items() if not py.is_file()],
+        "mechscope_adam": variants,
+        "widths": [],
+    }
+    for width, batch, n_steps in zip(widths, batches, steps):
+        report["widths"].append(sweep_width(trainers, acts, args, width, batch, n_steps, d_in))
+    print_sweep_summary(report)
+    for lib in report["missing_peers"]:
+        print(f"{lib}: not installed (see bench/README.md); not timed")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def sweep_width(trainers: dict, acts: Path, args, width: int, batch: int, n_steps: int, d_in: int) -> dict:
+    start = machine_info()
+    print(f"\n== width {width:,}: batch {batch}, 2 warm-up + {n_steps} timed steps x {args.rounds} rounds ==")
+    print(machine_line(start), flush=True)
+    need, free = memory_needed(d_in, width, batch), mem_available()
+    entry = {"width": width, "batch": batch, "steps": n_steps, "warmup": 2, "machine_start": start}
+    entry["memory_needed_gb"], entry["memory_available_gb"] = need / 2**30, free / 2**30
+    if free and need > free:
+        print(f"skipped: needs about {need / 2**30:.1f} GB per trainer, {free / 2**30:.1f} GB available", flush=True)
+        entry["skipped"] = "memory"
+        return entry
+    flags = ("--width", str(width), "--batch", str(batch), "--steps", str(n_steps), "--eval-chunk", str(batch))
+    labels = list(trainers)
+    runs: dict[str, list[dict]] = {label: [] for label in labels}
+    for r in range(args.rounds):
+        for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
+            lib, extra = trainers[label]
+            runs[label].append(run_worker(lib, acts, args, (*flags, *extra), curve=False))
+    rows = {}
+    for label, results in runs.items():
+        ok = [x for x in results if "error" not in x]
+        if not ok:
+            rows[label] = {"error": results[0]["error"]}
+            continue
+        rows[label] = {
+            "version": ok[0]["version"],
+            "tokens_per_s": statistics.median(x["tokens_per_s"] for x in ok),
+            "tokens_per_s_each_round": [x["tokens_per_s"] for x in ok],
+            "fvu": statistics.median(x["fvu"] for x in ok),
+            "peak_rss_train_mb": max(x["peak_rss_train_mb"] for x in ok),
+            "peak_rss_mb": max(x["peak_rss_mb"] for x in ok),
+        }
+    ratios = {}
+    for label, row in rows.items():
+        if label.startswith("mechscope") and "tokens_per_s" in row:
+            ratios[label] = {
+                peer: row["tokens_per_s"] / rows[peer]["tokens_per_s"]
+                for peer in rows
+                if not peer.startswith("mechscope") and "tokens_per_s" in rows[peer]
+            }
+    entry.update(rows=rows, ratios=ratios, sparsify_goal=sparsify_goal(width), machine_end=machine_info())
+    print_sweep_width(entry)
+    return entry
+
+
+def print_sweep_width(e: dict) -> None:
+    steps = e["warmup"] + e["steps"]
+    print(
+        f"{'trainer':<16}{'version':<12}{'tokens/s':>10}{f'FVU@{steps}':>10}{'peak RSS MB':>13}"
+        f"{'(+eval)':>9}  tokens/s per round"
+    )
+    for label, row in e["rows"].items():
+        if "error" in row:
+            print(f"{label:<16}error: {row['error']}")
+            continue
+        rounds = " ".join(f"{t:,.0f}" for t in row["tokens_per_s_each_round"])
+        print(
+            f"{label:<16}{row['version']:<12}{row['tokens_per_s']:>10,.0f}{row['fvu']:>10.4f}"
+            f"{row['peak_rss_train_mb']:>13,.0f}{row['peak_rss_mb']:>9,.0f}  {rounds}"
+        )
+    for label, by_peer in e["ratios"].items():
+        for peer, ratio in by_peer.items():
+            goal = ""
+            if peer == "sparsify":
+                met = "met" if ratio >= e["sparsify_goal"] else "NOT met"
+                goal = f"  (goal >= {e['sparsify_goal']:.0f}x: {met})"
+            print(f"{label} / {peer}: {ratio:.2f}x{goal}")
+    print(machine_line(e["machine_end"]), flush=True)
+
+
+def print_sweep_summary(report: dict) -> None:
+    """One markdown table of every width, for bench/README.md."""
+    peers = [lib for lib in PEERS if lib not in report["missing_peers"]]
+    print("\n| width | batch x steps | trainer | tokens/s | " + " | ".join(f"mechscope / {p}" for p in peers), end="")
+    print(" | held-out FVU | peak RSS (train / +eval) | 1-min load start / end |")
+    print("| --- " * (7 + len(peers)) + "|")
+    for e in report["widths"]:
+        load = f"{e['machine_start']['load_average'][0]:.2f}"
+        if "skipped" in e:
+            print(f"| {e['width']:,} | | skipped: {e['skipped']} | " + "| " * (len(peers) + 3) + f"{load} / |")
+            continue
+        load += f" / {e['machine_end']['load_average'][0]:.2f}"
+        for label, row in e["rows"].items():
+            cells = [f"{e['width']:,}", f"{e['batch']} x {e['warmup']}+{e['steps']}", label]
+            if "error" in row:
+                print("| " + " | ".join(cells + [f"error: {row['error']}"] + [""] * (len(peers) + 2) + [load]) + " |")
+                continue
+            ratios = e["ratios"].get(label, {})
+            cells.append(f"{row['tokens_per_s']:,.0f}")
+            cells += [f"{ratios[p]:.2f}" if p in ratios else "" for p in peers]
+            cells += [f"{row['fvu']:.4f}", f"{row['peak_rss_train_mb']:,.0f} / {row['peak_rss_mb']:,.0f} MB", load]
+            print("| " + " | ".join(cells) + " |")
+    print(load_line())
 
 
 def steps_to(curve: list[float], target: float) -> int | None:

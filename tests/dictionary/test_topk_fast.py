@@ -207,3 +207,24 @@ def test_sparse_decode_backward_equals_embedding_bag_autograd():
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
     args = [t.clone().requires_grad_() for t in leaves]
     assert torch.autograd.gradcheck(lambda v, W, b: sparse_decode(v, idx, W, b), args)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_decoder_projection_and_renormalisation_equal_the_plain_formulas(arch):
+    """before_step / after_step (one native pass over every row where the kernels are built)
+    give SparseCoder's plain torch formulas, up to summation order."""
+    from mechscope.dictionary.base import SparseCoder
+
+    torch.manual_seed(0)
+    coder = build(CoderConfig(arch, 24, 300, k=4))
+    with torch.no_grad():
+        coder.W_dec.mul_(torch.rand(300, 1) + 0.5)  # rows off unit norm
+    coder.W_dec.grad = torch.randn(300, 24)
+    grad, weights = coder.W_dec.grad.clone(), coder.W_dec.detach().clone()
+    coder.before_step()
+    reference = grad - (grad * weights).sum(-1, keepdim=True) * weights / weights.pow(2).sum(-1, keepdim=True)
+    torch.testing.assert_close(coder.W_dec.grad, reference, rtol=1e-5, atol=1e-6)
+    coder.after_step()
+    torch.testing.assert_close(coder.W_dec.detach(), weights / weights.norm(dim=-1, keepdim=True))
+    SparseCoder.after_step(coder)  # the plain formula on unit rows changes nothing more
+    torch.testing.assert_close(coder.W_dec.detach(), weights / weights.norm(dim=-1, keepdim=True))

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .base import SparseCoder, mse, register
-from .topk import aux_loss, init_encoder_scale, project_decoder_grad
+from .topk import aux_loss, init_encoder_scale, project_decoder_grad, renormalise_rows
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,9 @@ class BatchTopKSAE(SparseCoder):
 
     def before_step(self) -> None:
         project_decoder_grad(self)
+
+    def after_step(self) -> None:
+        renormalise_rows(self)
 
     @torch.no_grad()
     def update_threshold(self, acts: Tensor) -> None:

@@ -338,7 +338,9 @@ def project_decoder_grad(coder: SparseCoder, rows: Tensor | None = None) -> None
     W, g = coder.W_dec, coder.W_dec.grad
     if not coder.UNIT_NORM or g is None:
         return
-    if rows is None:
+    if rows is None:  # every row: the native pass is 10-30x torch's at 16k-262k latents (bench/README.md)
+        if kernels.project_rows(W, g, torch.arange(W.shape[0], device=W.device)):
+            return
         coef = torch.linalg.vecdot(g, W) / torch.linalg.vecdot(W, W).clamp_min(1e-12)
         g.addcmul_(W, coef[:, None], value=-1.0)
         return
@@ -350,9 +352,16 @@ def project_decoder_grad(coder: SparseCoder, rows: Tensor | None = None) -> None
 
 
 @torch.no_grad()
-def renormalise_rows(coder: SparseCoder, rows: Tensor) -> None:
-    """SparseCoder.after_step at the given decoder rows only (the rows lazy Adam moved)."""
-    if coder.UNIT_NORM and not kernels.normalise_rows(coder.W_dec.data, rows):
+def renormalise_rows(coder: SparseCoder, rows: Tensor | None = None) -> None:
+    """SparseCoder.after_step at the given decoder rows only (the rows lazy Adam moved), or
+    at every row (in one native pass where it can)."""
+    if not coder.UNIT_NORM:
+        return
+    if rows is None:
+        if not kernels.normalise_rows(coder.W_dec.data, torch.arange(coder.W_dec.shape[0], device=coder.W_dec.device)):
+            SparseCoder.after_step(coder)
+        return
+    if not kernels.normalise_rows(coder.W_dec.data, rows):
         W_r = coder.W_dec.index_select(0, rows)
         coder.W_dec.index_copy_(0, rows, W_r.div_(W_r.norm(dim=-1, keepdim=True).clamp_min(1e-12)))
 
@@ -382,6 +391,9 @@ class TopKSAE(SparseActs, SparseCoder):
 
     def before_step(self) -> None:
         project_decoder_grad(self)
+
+    def after_step(self) -> None:
+        renormalise_rows(self)
 
     def compute(self, xs, ts, dead_mask):
         b_dec = self.b_dec if self.autoencoder else None

@@ -27,22 +27,19 @@ import time
 import torch
 from _machine import load_line, machine_line
 
-from mechscope.dictionary import kernels
 from mechscope.dictionary.base import build
 from mechscope.dictionary.config import CoderConfig
 from mechscope.dictionary.lazy_adam import LazyAdam, touched_latents
-from mechscope.dictionary.topk import project_decoder_grad, renormalise_rows
 
-REUSE_GRADS = True
 PARTS = ("forward", "backward", "before_step", "adam", "zero_grad", "after_step", "dead count")
 
 
 class Variant:
     """One dictionary and its optimiser (dense fused Adam or lazy Adam), stepped part by part."""
 
-    def __init__(self, adam: str, width: int, d_in: int, k: int, batch: int):
+    def __init__(self, adam: str, width: int, d_in: int, k: int, batch: int, reuse: bool):
         torch.manual_seed(0)
-        self.adam, self.batch = adam, batch
+        self.adam, self.batch, self.reuse = adam, batch, reuse
         self.coder = build(CoderConfig("topk", d_in, width, k=k, aux_k=2 * k))
         self.opt = (
             LazyAdam(self.coder.named_parameters(), lr=1e-4)
@@ -67,16 +64,15 @@ class Variant:
             0, acts._indices()[1], (acts._values() != 0).to(torch.int32), "amax"
         )
         rows = touched_latents(fired, dead_mask) if self.adam == "lazy" else None
-        coder.before_step() if rows is None else project_decoder_grad(coder, rows)
+        coder.before_step(rows)
         marks.append(time.perf_counter())
         self.opt.step() if rows is None else self.opt.step(rows)
         marks.append(time.perf_counter())
-        if REUSE_GRADS:  # as Trainer.step: the next sparse backward overwrites these in place
-            kernels.give_back(coder.W_enc, coder.W_enc.grad)
-            kernels.give_back(coder.W_dec, coder.W_dec.grad)
+        if self.reuse:  # as Trainer.step: the next sparse backward overwrites these in place
+            coder.recycle_grads()
         self.opt.zero_grad(set_to_none=True)
         marks.append(time.perf_counter())
-        coder.after_step() if rows is None else renormalise_rows(coder, rows)
+        coder.after_step(rows)
         marks.append(time.perf_counter())
         self.dead = torch.where(fired.bool(), 0, self.dead + self.batch)
         marks.append(time.perf_counter())
@@ -89,8 +85,8 @@ class Variant:
         return {p: statistics.median(t) for p, t in self.times.items()}
 
 
-def profile(width: int, d_in: int, k: int, batch: int, steps: int, adams: list[str]) -> dict[str, Variant]:
-    variants = {a: Variant(a, width, d_in, k, batch) for a in adams}
+def profile(width: int, d_in: int, k: int, batch: int, steps: int, adams: list[str], reuse: bool) -> dict[str, Variant]:
+    variants = {a: Variant(a, width, d_in, k, batch, reuse) for a in adams}
     for step in range(steps + 1):
         x = torch.randn(batch, d_in)
         for v in variants.values():  # alternating: both see the same drift of the machine's load
@@ -110,14 +106,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--adam", default="dense", help="comma list of dense, lazy")
     args = parser.parse_args()
-    global REUSE_GRADS
-    REUSE_GRADS = not args.no_reuse
     torch.set_num_threads(1)
     print(machine_line())
     print(f"d_in {args.d_in}, k {args.k}, batch {args.batch}, float32, 1 thread; ms per part (share of the step)")
     parser_adams = [a for a in args.adam.split(",") if a]
     for width in sorted(int(w) for w in args.widths.split(",")):
-        variants = profile(width, args.d_in, args.k, args.batch, args.steps, parser_adams)
+        variants = profile(width, args.d_in, args.k, args.batch, args.steps, parser_adams, not args.no_reuse)
         per_latent = 4 * (2 * args.d_in + 1) * 4 + 8  # params, grads, Adam m and v; the dead counter
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # kB on Linux
         steps = {}

@@ -220,17 +220,24 @@ class SparseCoder(nn.Module):
 
     # Training hooks
 
+    def recycle_grads(self) -> None:
+        """Call after the optimiser step, before zero_grad: hand gradients that the next
+        backward overwrites whole to be written in place (nothing by default; see TopKSAE)."""
+
     @torch.no_grad()
-    def before_step(self) -> None:
+    def before_step(self, rows: Tensor | None = None) -> None:
         """Call after backward, before the optimiser step: remove the gradient component
-        parallel to each unit-norm decoder row (the row norm stays put to first order)."""
+        parallel to each unit-norm decoder row (the row norm stays put to first order).
+        rows: the latents this step touched (lazy Adam); a coder may work on those alone,
+        the others' gradient being zero (here every row is done, which is the same)."""
         if self.UNIT_NORM and self.W_dec.grad is not None:
             W, g = self.W_dec, self.W_dec.grad
             g -= (g * W).sum(-1, keepdim=True) * W / W.pow(2).sum(-1, keepdim=True).clamp_min(1e-12)
 
     @torch.no_grad()
-    def after_step(self) -> None:
-        """Call after the optimiser step: renormalise decoder rows where the method keeps them unit-norm."""
+    def after_step(self, rows: Tensor | None = None) -> None:
+        """Call after the optimiser step: renormalise decoder rows where the method keeps them
+        unit-norm (rows: as in before_step, the only rows the step moved)."""
         if self.UNIT_NORM:
             self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from .base import SparseCoder, mse, register
-from .topk import aux_loss, init_encoder_scale, project_decoder_grad, renormalise_rows
+from .topk import aux_loss, init_encoder_scale
+from .unit_norm import project_decoder_grad, renormalise_rows
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,11 @@ class BatchTopKSAE(SparseCoder):
             return torch.zeros_like(pre).scatter(-1, indices, values.relu())
         return pre.relu() * (pre > self.threshold.to(pre.dtype))
 
-    def before_step(self) -> None:
-        project_decoder_grad(self)
+    def before_step(self, rows: Tensor | None = None) -> None:
+        project_decoder_grad(self, rows)
 
-    def after_step(self) -> None:
-        renormalise_rows(self)
+    def after_step(self, rows: Tensor | None = None) -> None:
+        renormalise_rows(self, rows)
 
     @torch.no_grad()
     def update_threshold(self, acts: Tensor) -> None:

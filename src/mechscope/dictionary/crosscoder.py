@@ -215,15 +215,15 @@ class WeaklyCausalCrosscoder(Crosscoder):
         self.W_dec.mul_(self.dec_mask.to(self.W_dec.dtype))
 
     @torch.no_grad()
-    def before_step(self) -> None:
-        super().before_step()
+    def before_step(self, rows: Tensor | None = None) -> None:
+        super().before_step(rows)
         for w, m in ((self.W_enc, self.enc_mask), (self.W_dec, self.dec_mask)):
             if w.grad is not None:
                 w.grad.mul_(m.to(w.grad.dtype))
 
     @torch.no_grad()
-    def after_step(self) -> None:
-        super().after_step()
+    def after_step(self, rows: Tensor | None = None) -> None:
+        super().after_step(rows)
         self._apply_masks()
 
 

@@ -35,7 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from .base import SparseCoder, mse, register
-from .topk import encoder_init_scale, project_decoder_grad
+from .topk import encoder_init_scale
+from .unit_norm import project_decoder_grad
 
 
 @register
@@ -53,8 +54,8 @@ class GatedSAE(SparseCoder):
         self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae, dtype=self.W_enc.dtype))
         self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae, dtype=self.W_enc.dtype))
 
-    def before_step(self) -> None:
-        project_decoder_grad(self)
+    def before_step(self, rows: Tensor | None = None) -> None:
+        project_decoder_grad(self, rows)
 
     def paths(self, x_c: Tensor) -> tuple[Tensor, Tensor]:
         """(pi_gate, pi_mag)."""

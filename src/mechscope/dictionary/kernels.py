@@ -155,8 +155,7 @@ def scatter_columns(
         return None
     indices, weights, x = args
     (n, k), d = indices.shape, x.shape[1]
-    out = _take_spare(weight, (d, rows)) if weight is not None else None
-    out = x.new_empty(d, rows) if out is None else out
+    out = _output(weight, (d, rows), x)
     scratch = _scratch(rows * d)
     failed = lib.scatter_columns(
         out.data_ptr(),
@@ -195,8 +194,10 @@ def drop_spares() -> None:
     _scratches.clear()
 
 
-def _take_spare(weight: Tensor, shape: tuple[int, ...]) -> Tensor | None:
-    return _spares.pop((weight.data_ptr(), tuple(shape)), None)
+def _output(weight: Tensor | None, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """The gradient handed back for `weight` when it has this shape, else a new tensor."""
+    spare = None if weight is None else _spares.pop((weight.data_ptr(), shape), None)
+    return like.new_empty(shape) if spare is None else spare
 
 
 def _scratch(numel: int) -> Tensor:
@@ -266,13 +267,12 @@ def decode_backward(
         return None
     indices, values, e = args
     (n, k), (rows, d) = indices.shape, w.shape
-    grad_v = e.new_empty(n, k) if need_values else None
-    grad_w = _take_spare(w, (rows, d)) if need_w else None
-    grad_w = w.new_empty(rows, d) if need_w and grad_w is None else grad_w
     # rows of grad_v whose index lies outside w would stay unwritten: refuse those
     low, high = torch.aminmax(indices)
     if int(low) < 0 or int(high) >= rows:
         return None
+    grad_v = e.new_empty(n, k) if need_values else None
+    grad_w = _output(w, (rows, d), w) if need_w else None
     lib.decode_backward(
         None if grad_v is None else grad_v.data_ptr(),
         None if grad_w is None else grad_w.data_ptr(),

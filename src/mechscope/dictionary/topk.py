@@ -35,6 +35,7 @@ from torch import Tensor
 
 from . import kernels
 from .base import SparseCoder, mse, normalized_mse, register
+from .unit_norm import project_decoder_grad, renormalise_rows
 
 if TYPE_CHECKING:
     from .config import CoderConfig
@@ -331,41 +332,6 @@ def fast_mse(x_hat: Tensor, target: Tensor) -> Tensor:
     return F.mse_loss(x_hat.float(), target.float(), reduction="sum") / max(1, x_hat.shape[0])
 
 
-@torch.no_grad()
-def project_decoder_grad(coder: SparseCoder, rows: Tensor | None = None) -> None:
-    """SparseCoder.before_step for unit-norm decoders, in place: g -= (g.w / w.w) w per row
-    (only the given rows: the others' gradient is zero under lazy Adam)."""
-    W, g = coder.W_dec, coder.W_dec.grad
-    if not coder.UNIT_NORM or g is None:
-        return
-    if rows is None:  # every row: the native pass is 10-30x torch's at 16k-262k latents (bench/README.md)
-        if kernels.project_rows(W, g, torch.arange(W.shape[0], device=W.device)):
-            return
-        coef = torch.linalg.vecdot(g, W) / torch.linalg.vecdot(W, W).clamp_min(1e-12)
-        g.addcmul_(W, coef[:, None], value=-1.0)
-        return
-    if kernels.project_rows(W, g, rows):
-        return
-    W_r, g_r = W.index_select(0, rows), g.index_select(0, rows)
-    coef = torch.linalg.vecdot(g_r, W_r) / torch.linalg.vecdot(W_r, W_r).clamp_min(1e-12)
-    g.index_copy_(0, rows, g_r.addcmul_(W_r, coef[:, None], value=-1.0))
-
-
-@torch.no_grad()
-def renormalise_rows(coder: SparseCoder, rows: Tensor | None = None) -> None:
-    """SparseCoder.after_step at the given decoder rows only (the rows lazy Adam moved), or
-    at every row (in one native pass where it can)."""
-    if not coder.UNIT_NORM:
-        return
-    if rows is None:
-        if not kernels.normalise_rows(coder.W_dec.data, torch.arange(coder.W_dec.shape[0], device=coder.W_dec.device)):
-            SparseCoder.after_step(coder)
-        return
-    if not kernels.normalise_rows(coder.W_dec.data, rows):
-        W_r = coder.W_dec.index_select(0, rows)
-        coder.W_dec.index_copy_(0, rows, W_r.div_(W_r.norm(dim=-1, keepdim=True).clamp_min(1e-12)))
-
-
 def init_encoder_scale(coder: SparseCoder) -> None:
     """Scale the initial W_enc (= W_dec^T) by `encoder_init_scale` (autoencoders of the topk family)."""
     if coder.autoencoder:
@@ -389,11 +355,16 @@ class TopKSAE(SparseActs, SparseCoder):
         values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
         return dense(values.relu(), indices, self.cfg.d_sae)
 
-    def before_step(self) -> None:
-        project_decoder_grad(self)
+    def before_step(self, rows: Tensor | None = None) -> None:
+        project_decoder_grad(self, rows)
 
-    def after_step(self) -> None:
-        renormalise_rows(self)
+    def after_step(self, rows: Tensor | None = None) -> None:
+        renormalise_rows(self, rows)
+
+    def recycle_grads(self) -> None:
+        if self.fast:  # the sparse backward writes every entry of both (kernels.give_back)
+            kernels.give_back(self.W_enc, self.W_enc.grad)
+            kernels.give_back(self.W_dec, self.W_dec.grad)
 
     def compute(self, xs, ts, dead_mask):
         b_dec = self.b_dec if self.autoencoder else None

@@ -54,10 +54,9 @@ from . import kernels
 from .base import SparseCoder, build
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import CoderConfig
-from .lazy_adam import LazyAdam, touched_latents
+from .lazy_adam import LazyAdam, optimiser, touched_latents
 from .numerics import check_finite, fvu
 from .source import ActivationSource, Batch, SourceConfig, estimate_norm_scale, first_batches, resolve_sites
-from .topk import TopKSAE, project_decoder_grad, renormalise_rows
 from .trainer_config import TrainConfig
 
 
@@ -144,21 +143,8 @@ class Trainer:
                 torch.manual_seed(self.cfg.seed * 1_000 + i)
                 self.coders.append(build(c).to(self.device))
         self.modules = [nn.parallel.DistributedDataParallel(m) if self.world > 1 else m for m in self.coders]
-        if self.cfg.adam == "lazy":
-            if lacking := [c.cfg.arch for c in self.coders if not c.LAZY_ADAM]:
-                raise MechscopeError(
-                    f"lazy Adam needs dictionaries whose gradient is on the latents that fired (topk, "
-                    f"batchtopk, matryoshka); {lacking[0]} is not one: train it with adam='dense'"
-                )
-            self.opts: list[torch.optim.Optimizer] = [
-                LazyAdam(m.named_parameters(), lr=self.cfg.peak_lr(m.cfg.d_sae), betas=self.cfg.betas)
-                for m in self.coders
-            ]
-            return
-        fused = self.device.type in ("cpu", "cuda")  # one kernel per parameter: ~4 ms less per CPU step at width 4096
         self.opts = [
-            torch.optim.Adam(m.parameters(), lr=self.cfg.peak_lr(m.cfg.d_sae), betas=self.cfg.betas, fused=fused)
-            for m in self.coders
+            optimiser(m, self.cfg.adam, self.cfg.peak_lr(m.cfg.d_sae), self.cfg.betas, self.device) for m in self.coders
         ]
 
     # One step
@@ -187,15 +173,13 @@ class Trainer:
             result.loss.backward()
             fired = self._fired(result.acts.detach())
             rows = touched_latents(fired, dead_mask) if isinstance(opt, LazyAdam) else None
-            coder.before_step() if rows is None else project_decoder_grad(coder, rows)
+            coder.before_step(rows)
             if self.cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(coder.parameters(), self.cfg.grad_clip)
             opt.step(rows) if isinstance(opt, LazyAdam) else opt.step()
-            if isinstance(coder, TopKSAE) and coder.fast:  # its sparse backward overwrites them next step
-                kernels.give_back(coder.W_enc, coder.W_enc.grad)
-                kernels.give_back(coder.W_dec, coder.W_dec.grad)
+            coder.recycle_grads()
             opt.zero_grad(set_to_none=True)
-            coder.after_step() if rows is None else renormalise_rows(coder, rows)
+            coder.after_step(rows)
             self.dead[i] = torch.where(fired.bool(), 0, self.dead[i] + self.cfg.batch_tokens)
             tag = "" if len(self.coders) == 1 else f"{i}."
             out |= {

@@ -38,6 +38,54 @@ def test_native_topk_selects_what_torch_topk_selects(d, k, blocks):
 
 
 @needs_kernels
+@pytest.mark.parametrize("data", ["normal", "ties", "constant", "clamped"])
+def test_merging_tiles_natively_selects_what_torch_topk_selects(monkeypatch, data):
+    """The tiled encoder's native merge (a partial last tile, several row chunks, the bias
+    added on the fly) against torch.topk over whole rows; ties may pick other columns of
+    equal value."""
+    monkeypatch.setattr(topk_module, "TILE_COLUMNS", 256)  # 12 tiles, the last 240 wide
+    monkeypatch.setattr(topk_module, "CHUNK_ELEMENTS", 256 * 37)  # chunks of 37 rows
+    gen = torch.Generator().manual_seed(5)
+    n, d_in, d_sae, k = 100, 8, 3056, 16
+    x = torch.randn(n, d_in, generator=gen)
+    W = {
+        "normal": torch.randn(d_in, d_sae, generator=gen),
+        "ties": torch.randint(0, 2, (d_in, d_sae), generator=gen).float(),
+        "constant": torch.ones(d_in, d_sae),
+        "clamped": torch.randn(d_in, d_sae, generator=gen),
+    }[data]
+    b = torch.randn(d_sae, generator=gen) * 0.1 if data in ("normal", "clamped") else torch.zeros(d_sae)
+    if data == "clamped":
+        x = x.abs()
+        W = W.clamp(max=0.0)  # many pre-activations exactly 0 + bias: ties at the top
+        b = b.clamp(max=0.0)
+    calls = []
+    merge = kernels.topk_merge
+    monkeypatch.setattr(kernels, "topk_merge", lambda *a: calls.append(1) or merge(*a))
+    values, idx = topk_module.encode_tiled(x, W, b, k, 256)
+    assert calls, "the native merge did not run"
+    pre = x @ W + b
+    torch.testing.assert_close(values.sort(-1).values, pre.topk(k, dim=-1).values.sort(-1).values)
+    torch.testing.assert_close(pre.gather(1, idx), values)
+    assert bool((idx.sort(-1).values.diff(dim=-1) > 0).all())  # k distinct columns
+
+
+@needs_kernels
+@pytest.mark.parametrize("where", [100, 2900])  # the first tile, a later one
+def test_merging_tiles_falls_back_to_torch_on_nan(where):
+    gen = torch.Generator().manual_seed(6)
+    x, W, b = torch.randn(20, 8, generator=gen), torch.randn(8, 3056, generator=gen), torch.zeros(3056)
+    W[:, where] = float("nan")  # NaN in every row at one column
+    values, idx = topk_module.encode_tiled(x, W, b, 8, 256)
+    assert bool((idx == where).any(-1).all()) and bool(values.isnan().any(-1).all())  # torch ranks NaN first
+    if where >= 2816:  # the kernel itself declines a tile with NaN
+        pre, floor = x @ W[:, 2816:], torch.zeros(20)
+        assert not kernels.topk_merge(
+            pre, b[2816:], 2816, torch.zeros(20, 8), torch.zeros(20, 8, dtype=torch.long), floor
+        )
+
+
+@needs_kernels
 def test_native_topk_declines_rows_with_nan_and_unsupported_input():
     pre = torch.randn(8, 512)
     pre[3, 7] = float("nan")

@@ -124,6 +124,58 @@ int64_t topk_rows(float *pre, const float *bias, int64_t n, int64_t d, int64_t n
     return failed;
 }
 
+/* One more tile of a row's top k: pre [n, d] (columns col0.. of the full width), bias [d]
+   or NULL. values/indices [n, k] hold each row's top k of the tiles before, floor [n] their
+   smallest value. Only entries above the floor can enter, and after the first few tiles a
+   row has few: each chunk of 16 entries is first tested as a whole (vectorised), the
+   entries of a chunk that passes join the row's k current ones and a quickselect keeps
+   the top k. pre is not written. Returns the number of rows with NaN (torch ranks NaN
+   first: the caller selects those with torch) or without memory; their state is void. */
+#define MERGE_CHUNK 64
+int64_t topk_merge_rows(const float *pre, const float *bias, int64_t n, int64_t d, int64_t col0, int64_t k,
+                        float *values, int64_t *indices, float *floor, int threads) {
+    int64_t failed = 0;
+    (void)threads;
+    #pragma omp parallel num_threads(threads) reduction(+:failed)
+    {
+        float *cv = malloc((k + d + 1) * sizeof(float));
+        int64_t *ci = malloc((k + d + 1) * sizeof(int64_t));
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < n; r++) {
+            const float *restrict row = pre + r * d;
+            float low = floor[r];
+            int64_t m = 0;
+            int nan = 0;
+            for (int64_t c0 = 0; c0 < d; c0 += MERGE_CHUNK) {
+                int64_t c1 = c0 + MERGE_CHUNK < d ? c0 + MERGE_CHUNK : d;
+                int pass = 0;
+                for (int64_t c = c0; c < c1; c++) pass |= !((bias ? row[c] + bias[c] : row[c]) <= low);  /* NaN passes */
+                if (!pass || !cv || !ci) continue;
+                for (int64_t c = c0; c < c1; c++) {
+                    float x = bias ? row[c] + bias[c] : row[c];
+                    nan |= x != x;
+                    cv[k + m] = x; ci[k + m] = col0 + c; m += x > low;
+                }
+            }
+            if (!cv || !ci || nan) { failed++; continue; }
+            if (m == 0) continue;
+            float *v = values + r * k;
+            int64_t *ix = indices + r * k;
+            memcpy(cv, v, k * sizeof(float));
+            memcpy(ci, ix, k * sizeof(int64_t));
+            top_front(cv, ci, k + m, k);
+            memcpy(v, cv, k * sizeof(float));
+            memcpy(ix, ci, k * sizeof(int64_t));
+            low = cv[0];
+            for (int64_t j = 1; j < k; j++) low = cv[j] < low ? cv[j] : low;
+            floor[r] = low;
+        }
+        free(cv);
+        free(ci);
+    }
+    return failed;
+}
+
 /* Rows lo..hi of G^T x into buf [hi - lo, d]: g[b, j] x[b] added at row idx[b, j]. The
    pairs are visited in batch order: x[b] stays in L1 for its k pairs, and a thread's rows
    of the output (half of 4 MB at width 4096, d 256, 2 threads) stay in its L2. (Bucketing

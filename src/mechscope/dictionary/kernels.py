@@ -49,6 +49,8 @@ def load() -> ctypes.CDLL | None:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.topk_rows.argtypes = [ptr, ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_int]
     lib.topk_rows.restype = i64
+    lib.topk_merge_rows.argtypes = [ptr, ptr, i64, i64, i64, i64, ptr, ptr, ptr, ctypes.c_int]
+    lib.topk_merge_rows.restype = i64
     lib.scatter_columns.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
     lib.scatter_columns.restype = ctypes.c_int
     lib.decode_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int]
@@ -133,6 +135,41 @@ def topk_rows(pre: Tensor, k: int, blocks: int, bias: Tensor | None = None) -> t
     # NaN in a row (torch ranks it first, so a NaN weight shows in the loss) or no memory:
     # pre holds pre + bias all the same
     return pre.topk(k, dim=-1, sorted=False) if failed else (values, indices)
+
+
+def topk_merge(pre: Tensor, bias: Tensor, start: int, values: Tensor, indices: Tensor, floor: Tensor) -> bool:
+    """Merge the tile pre [n, d] (+ bias [d]; columns start.. of the full width) into each
+    row's running top k (values, indices [n, k], updated in place) and its smallest value
+    floor [n] (see kernels.c). False, with the state void, when the kernels are not there,
+    a tensor is not float32 contiguous CPU, or a row holds NaN: the caller then selects
+    with torch."""
+    lib = load()
+    tensors = (pre, bias, values, floor)
+    if lib is None or any(t.dtype != torch.float32 for t in tensors) or not _usable(*tensors, indices):
+        return False
+    n, d = pre.shape
+    if (
+        indices.dtype != torch.long
+        or bias.shape != (d,)
+        or values.shape != indices.shape
+        or floor.shape != (n,)
+        or len(values) != n
+    ):
+        return False
+    k = values.shape[1]
+    failed = lib.topk_merge_rows(
+        pre.data_ptr(),
+        bias.data_ptr(),
+        n,
+        d,
+        start,
+        k,
+        values.data_ptr(),
+        indices.data_ptr(),
+        floor.data_ptr(),
+        torch.get_num_threads(),
+    )
+    return failed == 0
 
 
 def _sparse_args(indices: Tensor, weights: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:

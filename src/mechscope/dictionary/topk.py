@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 CHUNK_ELEMENTS = 2**21
 """Pre-activations per CPU chunk (8 MB in fp32): below the mmap threshold, inside L3 (512
 rows at width 4096 measured a little faster than 256 or 1024 on 1 and 2 threads)."""
+MERGE_ROWS = 128
+"""Rows per chunk when tiles merge natively: a chunk's pre-activations (1 MB at 2,048
+latents) are still in cache when they are merged."""
 TILE_COLUMNS = 2048
 """Wider than 2 tiles, the CPU encoder works on tiles of rows x TILE_COLUMNS latents (1024 x
 2048 in one chunk) and merges each row's per-tile top k: whole rows would leave a chunk only
@@ -120,28 +123,62 @@ def _tile_columns(x: Tensor, d_sae: int, k: int) -> int | None:
 
 
 def encode_tiled(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, cols: int) -> tuple[Tensor, Tensor]:
-    """The top k of each row of x_c W_enc + b_enc, from tiles of rows x `cols` latents: each
-    tile's top k are candidates, and the top k of a row's candidates are its top k (any entry
-    among the row's k largest is among its tile's k largest). Never more than one tile of
-    pre-activations exists; W_enc is read once per CHUNK_ELEMENTS / cols rows."""
+    """The top k of each row of x_c W_enc + b_enc, from tiles of rows x `cols` latents.
+    Never more than one tile of pre-activations exists; W_enc is read once per
+    CHUNK_ELEMENTS / cols rows. With the native kernels each later tile merges into the
+    rows' running top k (`kernels.topk_merge`: only entries above a row's k-th largest so
+    far are looked at twice); otherwise each tile's top k are candidates and the top k of a
+    row's candidates are its top k (any entry among the row's k largest is among its tile's
+    k largest)."""
     n, d_sae = x_c.shape[0], W_enc.shape[1]
     rows = min(n, max(1, CHUNK_ELEMENTS // cols))
     tiles = [(c, min(c + cols, d_sae)) for c in range(0, d_sae, cols)]
-    kept = [min(k, end - start) for start, end in tiles]
     scratch = x_c.new_empty(rows * cols)  # flat: a narrower last tile is a contiguous view too
+    values, indices = x_c.new_empty(n, k), torch.empty(n, k, dtype=torch.long, device=x_c.device)
+
+    def tile(s: int, r: int, start: int, end: int) -> Tensor:
+        return torch.mm(x_c[s : s + r], W_enc[:, start:end], out=scratch[: r * (end - start)].view(r, end - start))
+
+    native = x_c.dtype == torch.float32 and kernels.load() is not None
+    if native and k <= tiles[0][1] and _merged(tile, n, min(rows, MERGE_ROWS), tiles, b_enc, values, indices):
+        return values, indices
+    kept = [min(k, end - start) for start, end in tiles]
     cand_values = x_c.new_empty(rows, sum(kept))
     cand_indices = torch.empty(rows, sum(kept), dtype=torch.long, device=x_c.device)
-    values, indices = x_c.new_empty(n, k), torch.empty(n, k, dtype=torch.long, device=x_c.device)
     for s in range(0, n, rows):
         r, at = min(rows, n - s), 0
         for (start, end), kk in zip(tiles, kept):
-            pre = torch.mm(x_c[s : s + r], W_enc[:, start:end], out=scratch[: r * (end - start)].view(r, end - start))
-            v, i = topk_select(pre, kk, b_enc[start:end])  # the bias added there
+            v, i = topk_select(tile(s, r, start, end), kk, b_enc[start:end])  # the bias added there
             cand_values[:r, at : at + kk], cand_indices[:r, at : at + kk] = v, i + start
             at += kk
         v, pos = topk_select(cand_values[:r], k)
         values[s : s + r], indices[s : s + r] = v, cand_indices[:r].gather(1, pos)
     return values, indices
+
+
+def _merged(tile, n: int, rows: int, tiles, b_enc: Tensor, values: Tensor, indices: Tensor) -> bool:
+    """encode_tiled with the native merge: the first tile's top k, then each later tile
+    merged in, tile by tile (W_enc's tile stays in cache over the row chunks, and a chunk of
+    pre-activations is still in cache when it is merged). False (values void) where the
+    kernels cannot serve (absent, or NaN)."""
+    k = values.shape[1]
+    (start, end), *later = tiles
+    floor = values.new_empty(n)
+    for s in range(0, n, rows):
+        r = min(rows, n - s)
+        v, i = topk_select(tile(s, r, start, end), k, b_enc[start:end])
+        values[s : s + r], indices[s : s + r], floor[s : s + r] = v, i, v.amin(1)
+    if bool(floor.isnan().any()):  # NaN in the first tile: torch ranks it first
+        return False
+    for start, end in later:
+        for s in range(0, n, rows):
+            r = min(rows, n - s)
+            pre = tile(s, r, start, end)
+            if not kernels.topk_merge(
+                pre, b_enc[start:end], start, values[s : s + r], indices[s : s + r], floor[s : s + r]
+            ):
+                return False
+    return True
 
 
 class TopKEncode(torch.autograd.Function):

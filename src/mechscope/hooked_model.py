@@ -223,9 +223,12 @@ class HookedModel:
     @contextmanager
     def _eager_attention(self, needed: bool) -> Iterator[None]:
         """Attention patterns exist only with eager attention; switch for this forward."""
+        if not needed:  # first: reading a transformers config attribute costs microseconds
+            yield
+            return
         config = getattr(self.hf, "config", None)
         before = getattr(config, "_attn_implementation", None)
-        if not needed or before == "eager":
+        if before == "eager":
             yield
             return
         assert config is not None  # attention patterns are Hugging Face sites: the model has a config
@@ -276,6 +279,8 @@ def _select_positions(value: Tensor, site: Site, positions, lengths: Tensor | No
 
 def _concat(parts: list[Tensor], seq: int, dims: tuple[str, ...], pad_dims: set[str]) -> Tensor:
     """Join chunk results along batch, zero-padding the axes named in `pad_dims` to `seq`."""
+    if len(parts) == 1 and all(parts[0].shape[i] == seq for i, d in enumerate(dims[: parts[0].dim()]) if d in pad_dims):
+        return parts[0]  # the usual one chunk, nothing to pad
     padded = []
     for part in parts:
         pads = []

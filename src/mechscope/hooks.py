@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from . import plan_cache
 from .edits import Edit
 from .errors import MechscopeError
+from .module_path import submodule
 from .sites import Site, SiteTable
 
 if TYPE_CHECKING:
@@ -137,7 +138,7 @@ class RowShapes(Plan):
 
     def install(self, model: nn.Module, table: SiteTable, handles: list) -> None:
         for path in self.paths:
-            handles.append(model.get_submodule(path).register_forward_pre_hook(self._note(path), with_kwargs=True))
+            handles.append(submodule(model, path).register_forward_pre_hook(self._note(path), with_kwargs=True))
 
     def _note(self, path: str):
         def fn(module, args, kwargs):
@@ -183,7 +184,7 @@ class RecordEdit(Plan):
         self.shapes = RowShapes(set(rows_from))
         self.shapes.install(model, table, handles)
         for (path, boundary), sites in groups:
-            module = model.get_submodule(path)
+            module = submodule(model, path)
             if boundary == "out":
                 handles.append(module.register_forward_hook(self._out_hook(list(sites))))
             else:
@@ -295,7 +296,7 @@ class CopyRows(Plan):
             )
         self.prompts = 0  # P, read at the first block that forks
         for layer in range(min(self.copies), table.n_layers):
-            block = model.get_submodule(table[f"blocks.{layer}.hook_resid_pre"].module)
+            block = submodule(model, table[f"blocks.{layer}.hook_resid_pre"].module)
             handles.append(block.register_forward_pre_hook(self._hook(layer), with_kwargs=True))
 
     def _hook(self, layer: int):

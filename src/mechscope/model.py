@@ -16,6 +16,7 @@ from .errors import MechscopeError
 from .hooked_model import HookedModel, Prompts
 from .hooks import hooked, resolve_edits
 from .models.families import adapter_for, check_supported
+from .module_path import submodule
 from .sites import Dims, SiteTable, build_sites
 from .weights import WeightAccess
 
@@ -108,13 +109,13 @@ class Model(HookedModel, WeightAccess):
 
     def _has_module(self, path: str) -> bool:
         try:
-            return isinstance(self.hf.get_submodule(self._prefix + path), nn.Module)
+            return isinstance(submodule(self.hf, self._prefix + path), nn.Module)
         except AttributeError:
             return False
 
     def module(self, path: str) -> nn.Module:
         """A module by path relative to the base model (as written in adapter tables)."""
-        return self.hf.get_submodule(self._prefix + path)
+        return submodule(self.hf, self._prefix + path)
 
     def block_module(self, layer: int, path: str) -> nn.Module:
         if not 0 <= layer < self.dims.n_layers:
@@ -130,12 +131,10 @@ class Model(HookedModel, WeightAccess):
     def context_length(self) -> int | None:
         """The most positions this model reads: max_position_embeddings (n_positions, n_ctx)
         in its config; None when the config names no limit."""
-        config = self.hf.config
-        for key in ("max_position_embeddings", "n_positions", "n_ctx"):
-            value = getattr(config, key, None)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-        return None
+        # asked on every run: a transformers config attribute costs microseconds, and it stays
+        if "_context_length" not in self.__dict__:
+            self.__dict__["_context_length"] = _context_length(self.hf.config)
+        return self.__dict__["_context_length"]
 
     def tokenize(
         self, prompts: Prompts, attention_mask: Tensor | None = None, *, truncate: bool = False
@@ -233,6 +232,14 @@ class Model(HookedModel, WeightAccess):
             )
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         return texts[0] if single else texts
+
+
+def _context_length(config) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def _fit_context(

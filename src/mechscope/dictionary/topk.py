@@ -43,9 +43,6 @@ if TYPE_CHECKING:
 CHUNK_ELEMENTS = 2**21
 """Pre-activations per CPU chunk (8 MB in fp32): below the mmap threshold, inside L3 (512
 rows at width 4096 measured a little faster than 256 or 1024 on 1 and 2 threads)."""
-MERGE_ROWS = 128
-"""Rows per chunk when tiles merge natively: a chunk's pre-activations (1 MB at 2,048
-latents) are still in cache when they are merged."""
 TILE_COLUMNS = 2048
 """Wider than 2 tiles, the CPU encoder works on tiles of rows x TILE_COLUMNS latents (1024 x
 2048 in one chunk) and merges each row's per-tile top k: whole rows would leave a chunk only
@@ -140,7 +137,7 @@ def encode_tiled(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, cols: int) -
         return torch.mm(x_c[s : s + r], W_enc[:, start:end], out=scratch[: r * (end - start)].view(r, end - start))
 
     native = x_c.dtype == torch.float32 and kernels.load() is not None
-    if native and k <= tiles[0][1] and _merged(tile, n, min(rows, MERGE_ROWS), tiles, b_enc, values, indices):
+    if native and k <= tiles[0][1] and _merged(tile, n, rows, tiles, b_enc, values, indices):
         return values, indices
     kept = [min(k, end - start) for start, end in tiles]
     cand_values = x_c.new_empty(rows, sum(kept))
@@ -158,9 +155,9 @@ def encode_tiled(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, cols: int) -
 
 def _merged(tile, n: int, rows: int, tiles, b_enc: Tensor, values: Tensor, indices: Tensor) -> bool:
     """encode_tiled with the native merge: the first tile's top k, then each later tile
-    merged in, tile by tile (W_enc's tile stays in cache over the row chunks, and a chunk of
-    pre-activations is still in cache when it is merged). False (values void) where the
-    kernels cannot serve (absent, or NaN)."""
+    merged in, tile by tile (W_enc's tile stays in cache over the row chunks; chunks of 128
+    rows, whose pre-activations would still be in cache when merged, measured slower: the
+    GEMM loses more). False (values void) where the kernels cannot serve (absent, or NaN)."""
     k = values.shape[1]
     (start, end), *later = tiles
     floor = values.new_empty(n)

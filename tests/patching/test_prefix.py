@@ -9,8 +9,7 @@ import mechscope as ms
 import mechscope.patching.prefix as prefix_module
 from mechscope.patching import Task, logit_diff, sweep
 from mechscope.patching.metrics import Metric
-from mechscope.patching.prefix import multiples, record_sharing, shared_prefix
-from mechscope.patching.sweep import record
+from mechscope.patching.prefix import multiples, shared_prefix
 from tests.conftest import requires_pycode
 from tests.models.tiny import tiny_model
 
@@ -111,26 +110,3 @@ def test_shared_prefix_equals_whole_runs_on_pycode(forwards):
         shared, whole = _both(model, task, metric, kind)
         torch.testing.assert_close(shared.patched, whole.patched, rtol=0, atol=1e-5)
     assert forwards and min(forwards) >= 4
-
-
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-@pytest.mark.parametrize("reads", [False, True])
-def test_the_shared_recording_equals_both_runs_whole(family, reads, forwards):
-    """The corrupted run from the prefix on, attending to the clean prefix, records what the
-    whole corrupted run records (every site, every position; logits at the read positions
-    or everywhere), and the clean run is the clean run."""
-    model, task = tiny_model(family), _task(pad=family == "llama")
-    sites = [f"blocks.{layer}.{s}" for layer in range(2) for s in ("hook_resid_pre", "attn.hook_z", "hook_mlp_out")]
-    read = logit_diff(task).positions if reads else None
-    clean, corrupt, state = record_sharing(model, task, sites, read)
-    assert state is not None and state.length == 4 and forwards == [4]
-    whole = record(model, task, sites, read)
-    for shared, run in zip((clean, corrupt), whole):
-        assert shared.logits.shape == run.logits.shape
-        torch.testing.assert_close(shared.logits, run.logits, rtol=0, atol=1e-5)
-        for site in sites:
-            torch.testing.assert_close(shared.cache[site], run.cache[site], rtol=0, atol=1e-5)
-    # nothing to share: the first token differs, or the prompts are the same
-    first = _task(first=0)
-    assert record_sharing(model, first, sites, None) is None
-    assert record_sharing(model, Task(task.clean, task.clean, task.answers, task.wrong), sites, None) is None

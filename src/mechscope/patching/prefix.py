@@ -24,8 +24,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..hooks import GatherLogits, Plan
-from ..run import Cache, Run
+from ..hooks import Plan
 from ..sites import SiteTable
 
 ATOL = 1e-6
@@ -43,18 +42,6 @@ class PrefixState:
     logits: Tensor | None
 
 
-def token_prefix(clean: Tensor, corrupt: Tensor, mask: Tensor, read: Tensor | None) -> int:
-    """P from the tokens alone: the positions [0, P) shared by every row of the clean and
-    corrupted tokens, inside every row's length and before every position the metric reads,
-    with at least one token left to run (0 when nothing can be shared)."""
-    differs = (clean != corrupt).any(0).nonzero()
-    length = int(differs[0]) if len(differs) else clean.shape[1]
-    length = min(length, int(mask.sum(-1).min()), clean.shape[1] - 1)
-    if read is not None:
-        length = min(length, int(read.min()))
-    return max(length, 0)
-
-
 def shared_prefix(
     clean: Tensor,
     corrupt: Tensor,
@@ -64,9 +51,14 @@ def shared_prefix(
     sites: Sequence[str],
     read: Tensor | None,
 ) -> int:
-    """P: `token_prefix`, where the source also equals the base run at every site there; 0
-    when nothing can be shared."""
-    length = token_prefix(clean, corrupt, mask, read)
+    """P: the positions [0, P) shared by every row of the clean and corrupted tokens, inside
+    every row's length, before every position the metric reads, where the source equals the
+    base run at every site; 0 when nothing can be shared (at least one token is left to run)."""
+    differs = (clean != corrupt).any(0).nonzero()
+    length = int(differs[0]) if len(differs) else clean.shape[1]
+    length = min(length, int(mask.sum(-1).min()), clean.shape[1] - 1)
+    if read is not None:
+        length = min(length, int(read.min()))
     if length < 1:
         return 0
     for site in sites:
@@ -74,47 +66,6 @@ def shared_prefix(
         if a.shape != b.shape or not torch.allclose(a.float(), b.float(), rtol=0, atol=ATOL):
             return 0
     return length
-
-
-def record_sharing(
-    model, task, sites: Sequence[str], read: Tensor | None
-) -> tuple[Run, Run, PrefixState | None] | None:
-    """The sweep's recording (clean and corrupted runs of `sites`, logits at `read` or
-    everywhere) with the prefix shared: the clean run whole, keeping its KV cache, then the
-    corrupted run from the prefix on, attending to the clean prefix's keys and values (the
-    same tokens: a causal model gives them the same activations, which the corrupted run
-    takes from the clean one). Also gives the `PrefixState` the patched forwards share (None
-    where the model's cache cannot be shared: the corrupted run is then whole too). None
-    where nothing can be shared (see the module's docstring); nothing has run then."""
-    mask = task.attention_mask()
-    length = token_prefix(task.clean, task.corrupt, mask, read)
-    if length < 1 or not shareable(model) or any(model.table[s].dims[1:2] != ("pos",) for s in sites):
-        return None
-    if torch.equal(task.clean, task.corrupt):  # one run, bit for bit (the identity sweep)
-        return None
-    capture = CaptureCache()
-    gather = [] if read is None else [GatherLogits(read)]
-    with torch.no_grad():
-        clean = model.run(task.clean, record=list(sites), attention_mask=mask, plans=[capture, *gather])
-    if clean.logits is None:
-        return None  # no LM head: `record` says so
-    state = from_cache(model, capture.cache, slice(None), length, clean.logits if read is None else None)
-    if state is None:  # this model's cache cannot be shared: the corrupted run whole
-        with torch.no_grad():
-            corrupt = model.run(task.corrupt, record=list(sites), attention_mask=mask, plans=gather)
-        return clean, corrupt, None
-    gather = [] if read is None else [GatherLogits(read - length)]
-    with torch.no_grad():
-        tail = model.run(
-            task.corrupt[:, length:],
-            record=list(sites),
-            attention_mask=mask[:, length:],
-            plans=[PastPrefix(state, [1] * model.dims.n_layers), *gather],
-        )
-    assert clean.logits is not None and tail.logits is not None  # the same model as the clean run
-    cache = Cache({s: torch.cat([clean.cache[s][:, :length], tail.cache[s]], 1) for s in sites})
-    logits = tail.logits if read is not None else torch.cat([clean.logits[:, :length], tail.logits], 1)
-    return clean, Run(task.corrupt, mask, logits, cache, logits, model.tokenizer), state
 
 
 class CaptureCache(Plan):

@@ -38,7 +38,17 @@ from ..hooks import CopyRows, GatherLogits, Plan
 from ..plots import visible
 from ..run import Cache, Run
 from .metrics import Metric, MetricFn, as_metric
-from .prefix import PastPrefix, PrefixState, after, multiples, record_sharing, run_prefix, shared_prefix
+from .prefix import (
+    CaptureCache,
+    PastPrefix,
+    PrefixState,
+    after,
+    from_cache,
+    multiples,
+    run_prefix,
+    shareable,
+    shared_prefix,
+)
 from .result import PatchResult, normalise
 from .task import Task
 
@@ -106,7 +116,7 @@ def plan(
 def record(model, task: Task, sites: Sequence[str], logit_positions: Tensor | None = None, plans: Sequence[Plan] = ()):
     """(clean run, corrupted run), each recording `sites`, without gradients, in one forward
     of both batches. logit_positions: unembed only there (`GatherLogits`: logits [batch, vocab]).
-    plans: more plans for that forward."""
+    plans: more plans for that forward (the sweep's `prefix.CaptureCache`)."""
     mask, rows = task.attention_mask(), len(task)
     plans = [*plans] + ([] if logit_positions is None else [GatherLogits(logit_positions.repeat(2))])
     with torch.no_grad():
@@ -326,9 +336,8 @@ def sweep(
     patches, axes, shape, chosen = plan(model, sweep, task.clean.shape[1], positions)
     sites = sorted({p.site for p in patches}, key=model.table.order.__getitem__)
     read = read_positions(metric, task) if share else None
-    # the corrupted run from the shared prefix on; else both whole in one forward
-    shared = record_sharing(model, task, sites, read) if share and prefix else None
-    clean, corrupt = shared[:2] if shared else record(model, task, sites, read)
+    capture = CaptureCache()  # the joint run's KV cache: the base rows' prefix comes from it
+    clean, corrupt = record(model, task, sites, read, plans=[capture] if share and prefix and shareable(model) else [])
     with torch.no_grad():
         m_clean, m_corrupt = float(metric(clean.logits)), float(metric(corrupt.logits))
     source, base = (clean, task.corrupt) if direction == "denoise" else (corrupt, task.clean)
@@ -341,7 +350,8 @@ def sweep(
         if share and prefix
         else 0
     )
-    state = shared[2] if shared and n else None  # the clean prefix: the base rows' too
+    rows = slice(len(task), 2 * len(task)) if direction == "denoise" else slice(0, len(task))
+    state = from_cache(model, capture.cache, rows, n, base_run.logits if read is None else None) if n else None
     if todo:
         values[~same] = run_groups(
             model,

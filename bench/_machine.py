@@ -79,3 +79,16 @@ def machine_line(info: dict | None = None) -> str:
 def load_line() -> str:
     """The load average alone, for the end of a long bench."""
     return "load average (1/5/15 min) " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set in MiB: VmHWM, the high-water mark of its own address
+    space. Not ru_maxrss: Linux carries that across exec from the forking parent (a bench's
+    own RSS), which would give every child process the bench's floor."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**10  # kB
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # kB on Linux

@@ -31,12 +31,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import resource
 import sys
 import time
 import warnings
 
 import torch
+from _machine import peak_rss_mib
 from safetensors.torch import load_file
 
 _OUT = sys.stdout
@@ -56,14 +56,7 @@ def heldout_fvu(held, reconstruct, chunk: int) -> float:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set in MB: VmHWM, the high-water mark of this address
-    space. Not ru_maxrss: Linux carries that across exec from the forking parent (the bench's
-    own RSS), which would give every worker the same floor."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**10  # kB
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # kB on Linux
+    return peak_rss_mib()  # VmHWM (see _machine.py)
 
 
 # Each maker returns (step(x, s) -> None, reconstruct(x) -> x_hat, version).

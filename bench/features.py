@@ -112,8 +112,9 @@ def throughput(model, docs, args, folder: Path) -> dict:
 
 
 MEMORY_SCRIPT = """
-import resource, sys, tempfile, torch
+import sys, tempfile, torch
 sys.path.insert(0, sys.argv[3])
+from _machine import peak_rss_mib
 import mechscope as ms
 from mechscope import features
 from mechscope.data import stdlib_documents
@@ -124,7 +125,7 @@ docs = stdlib_documents(int(sys.argv[2]))
 sae = coder(4096)
 features.build(model, sae, docs, tempfile.mkdtemp() + "/s", tokens=int(sys.argv[1]),
                cfg=features.BuildConfig(ctx_len=64, batch_size=16))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(peak_rss_mib())  # VmHWM: ru_maxrss would carry this bench's own RSS across exec
 """
 
 
@@ -137,7 +138,7 @@ def memory(args) -> dict:
             text=True,
             check=True,
         )
-        out[tokens] = int(proc.stdout.strip().splitlines()[-1]) / 1024
+        out[tokens] = float(proc.stdout.strip().splitlines()[-1])
         print(f"peak RSS of a build over {tokens:7d} tokens (4096 latents): {out[tokens]:7.0f} MiB", flush=True)
     return out
 

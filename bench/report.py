@@ -83,6 +83,18 @@ def prompts(model_name: str, lengths: list[int]) -> tuple[dict[int, str], int | 
     return out, limit
 
 
+PEAK_WRAPPER = """
+import atexit, runpy, sys
+sys.path.insert(0, {bench!r})
+from _machine import peak_rss_mib
+peak_file = sys.argv[1]
+atexit.register(lambda: open(peak_file, "w").write(str(peak_rss_mib())))
+sys.argv = ["mechscope", *sys.argv[2:]]
+runpy.run_module("mechscope", run_name="__main__", alter_sys=True)
+""".format(bench=str(Path(__file__).resolve().parent))
+"""Runs the mechscope command line and writes its peak RSS (MiB) to argv[1] at exit."""
+
+
 def time_report(model: str, prompt: str, out: Path, src: str | None, threads: int, timeout: float) -> dict:
     """Wall seconds and peak RSS (MiB) of one `mechscope report` in a fresh process."""
     env = {
@@ -94,7 +106,8 @@ def time_report(model: str, prompt: str, out: Path, src: str | None, threads: in
     }
     if src:
         env["PYTHONPATH"] = src
-    cmd = [sys.executable, "-m", "mechscope", "report", model, "--prompt", prompt, "--out", str(out)]
+    peak_file = out.parent / f".{out.name}.peak"
+    cmd = [sys.executable, "-c", PEAK_WRAPPER, str(peak_file), "report", model, "--prompt", prompt, "--out", str(out)]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = start + timeout
@@ -105,12 +118,17 @@ def time_report(model: str, prompt: str, out: Path, src: str | None, threads: in
         if time.perf_counter() > deadline:
             proc.kill()
             pid, status, usage = os.wait4(proc.pid, 0)
-            return {"seconds": float("nan"), "peak_mib": usage.ru_maxrss / 1024, "error": f"killed at {timeout:.0f} s"}
+            return {"seconds": float("nan"), "peak_mib": float("nan"), "error": f"killed at {timeout:.0f} s"}
         time.sleep(0.05)
     seconds = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read().strip().splitlines()
-    result = {"seconds": seconds, "peak_mib": usage.ru_maxrss / 1024}
+    try:  # the child's own VmHWM: its ru_maxrss would include this bench's RSS, carried across exec
+        peak = float(peak_file.read_text())
+        peak_file.unlink()
+    except (OSError, ValueError):
+        peak = float("nan")
+    result = {"seconds": seconds, "peak_mib": peak}
     if proc.returncode != 0:
         result["error"] = err[-1] if err else f"exit code {proc.returncode}"
     return result

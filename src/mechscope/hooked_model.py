@@ -119,13 +119,14 @@ class HookedModel:
         inputs = self.tokenize(prompts, attention_mask)
         ids = next(iter(inputs.values()))
         self._check_tokens(inputs)
-        size = self._batch_size(batch_size, len(ids), plans)
+        n = ids.shape[0]  # not len(): torch's __len__ is a Python-level call
+        size = self._batch_size(batch_size, n, plans)
         # token ids without a mask have no padding: the wrapped model then gets no mask either, as
         # in its own plain call (on a GPU a mask costs mask-building kernels and a host sync)
         unpadded = isinstance(prompts, Tensor) and attention_mask is None
         chunks = [
             self._forward(
-                {k: v[i : i + size] for k, v in inputs.items()},
+                inputs if size >= n else {k: v[i : i + size] for k, v in inputs.items()},
                 names,
                 positions,
                 edits,
@@ -135,7 +136,7 @@ class HookedModel:
                 plans,
                 unpadded,
             )
-            for i in range(0, len(ids), size)
+            for i in range(0, n, size)
         ]
         return self._assemble(chunks, ids, inputs.get("attention_mask"), names, positions, plans)
 
@@ -161,7 +162,7 @@ class HookedModel:
         pad = {"k_pos"} if isinstance(positions, (int, list, tuple)) else {"pos", "q_pos", "k_pos"}
         pad = pad if mask is not None else set()
         out_dims: tuple[str, ...] = ("batch", "pos", "vocab")
-        rows = len(ids)
+        rows = prompts = ids.shape[0]
         for plan in plans:
             out_dims, rows = plan.output_dims(out_dims), plan.rows(rows)
         out = _concat([c[0] for c in chunks], seq, out_dims, {"pos"} & pad) if chunks[0][0] is not None else None
@@ -170,8 +171,8 @@ class HookedModel:
         )
         if "logits" in names:
             cache["logits"] = out
-        if rows != len(ids):
-            copies = rows // len(ids)
+        if rows != prompts:
+            copies = rows // prompts
             ids, mask = ids.repeat(copies, 1), None if mask is None else mask.repeat(copies, 1)
         return Run(ids, mask, out if self.output_is_logits else None, cache, out, self.tokenizer)
 

@@ -157,6 +157,21 @@ def test_bad_input_fails_clearly(tmp_path):
         Trainer(CacheReader(write_cache(model, SITE, data, tmp_path / "acts"), batch_tokens=16), [CODER], small())
 
 
+def test_a_run_whose_training_state_would_not_fit_is_refused_before_it_starts(tmp_path, monkeypatch):
+    import mechscope.dictionary.memory as memory
+
+    model = tiny_model("gpt2")
+    acts = CacheReader(write_cache(model, SITE, contexts(), tmp_path / "acts"), batch_tokens=32)
+    wide = CODER.replace(d_sae=4096)  # 4 copies x (32 + 32 + 3) floats x 4096 latents = 4.4 MB
+    assert memory.training_bytes(wide) == 4 * memory.parameter_count(wide) * 4 + 8 * 4096
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 3_000_000)
+    with pytest.raises(ms.MechscopeError, match=r"needs at least 4 MB .* every weight\) but 3 MB is free on cpu"):
+        Trainer(acts, [wide], small())
+    Trainer(acts, [CODER], small())  # 64 latents: 70 kB, fits
+    monkeypatch.setattr(memory, "available_bytes", lambda device: None)  # unknown: no refusal
+    Trainer(acts, [wide], small())
+
+
 class Poisoned(CacheReader):
     """A cache whose batch at step 5 holds a NaN."""
 

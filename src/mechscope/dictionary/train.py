@@ -55,6 +55,7 @@ from .base import SparseCoder, build
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import CoderConfig
 from .lazy_adam import LazyAdam, optimiser, touched_latents
+from .memory import check_training_memory
 from .numerics import check_finite, fvu
 from .source import ActivationSource, Batch, SourceConfig, estimate_norm_scale, first_batches, resolve_sites
 from .trainer_config import TrainConfig
@@ -82,6 +83,7 @@ class Trainer:
                 f"{cfg.batch_tokens}: make them equal"
             )
         self.cfgs = [self._checked(c) for c in cfgs]
+        check_training_memory(self.cfgs, self.device)  # now, not at the first optimiser step
         self.coders: list[SparseCoder] = []
         self.step_count, self.position = 0, stream.start
         self.history: list[list[dict]] = []

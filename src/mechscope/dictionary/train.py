@@ -256,11 +256,13 @@ class Trainer:
         if checkpoint_dir is None or not self.load_checkpoint(checkpoint_dir):
             self.setup()
         batches = self.stream.batches(self.position, rank=self.rank, world=self.world)
+        tokens = self.cfg.batch_tokens  # the bar counts tokens: tokens/s and tokens left are what one plans by
         bar = tqdm(
-            total=self.cfg.steps,
-            initial=self.step_count,
+            total=self.cfg.steps * tokens,
+            initial=self.step_count * tokens,
             desc="dictionary",
-            unit="step",
+            unit="tok",
+            unit_scale=True,
             disable=not progress or self.rank != 0,
         )
         target = self.cfg.steps if stop_after is None else min(self.cfg.steps, stop_after)
@@ -269,7 +271,7 @@ class Trainer:
                 batch, position = next(batches)
                 metrics = self.step(batch)
                 self.position = position
-                bar.update()
+                bar.update(tokens)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()})
                 last = self.step_count == self.cfg.steps
                 if heldout is not None and (

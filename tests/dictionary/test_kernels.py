@@ -8,8 +8,7 @@ import shutil
 import pytest
 import torch
 
-from mechscope.dictionary import CoderConfig, build, kernels
-from mechscope.dictionary import topk as topk_module
+from mechscope.dictionary import CoderConfig, build, kernels, selection
 
 needs_kernels = pytest.mark.skipif(kernels.load() is None, reason="no C compiler: the torch kernels run instead")
 
@@ -43,8 +42,8 @@ def test_merging_tiles_natively_selects_what_torch_topk_selects(monkeypatch, dat
     """The tiled encoder's native merge (a partial last tile, several row chunks, the bias
     added on the fly) against torch.topk over whole rows; ties may pick other columns of
     equal value."""
-    monkeypatch.setattr(topk_module, "TILE_COLUMNS", 256)  # 12 tiles, the last 240 wide
-    monkeypatch.setattr(topk_module, "CHUNK_ELEMENTS", 256 * 37)  # chunks of 37 rows
+    monkeypatch.setattr(selection, "TILE_COLUMNS", 256)  # 12 tiles, the last 240 wide
+    monkeypatch.setattr(selection, "CHUNK_ELEMENTS", 256 * 37)  # chunks of 37 rows
     gen = torch.Generator().manual_seed(5)
     n, d_in, d_sae, k = 100, 8, 3056, 16
     x = torch.randn(n, d_in, generator=gen)
@@ -62,7 +61,7 @@ def test_merging_tiles_natively_selects_what_torch_topk_selects(monkeypatch, dat
     calls = []
     merge = kernels.topk_merge
     monkeypatch.setattr(kernels, "topk_merge", lambda *a: calls.append(1) or merge(*a))
-    values, idx = topk_module.encode_tiled(x, W, b, k, 256)
+    values, idx = selection.encode_tiled(x, W, b, k, 256)
     assert calls, "the native merge did not run"
     pre = x @ W + b
     torch.testing.assert_close(values.sort(-1).values, pre.topk(k, dim=-1).values.sort(-1).values)
@@ -76,7 +75,7 @@ def test_merging_tiles_falls_back_to_torch_on_nan(where):
     gen = torch.Generator().manual_seed(6)
     x, W, b = torch.randn(20, 8, generator=gen), torch.randn(8, 3056, generator=gen), torch.zeros(3056)
     W[:, where] = float("nan")  # NaN in every row at one column
-    values, idx = topk_module.encode_tiled(x, W, b, 8, 256)
+    values, idx = selection.encode_tiled(x, W, b, 8, 256)
     assert bool((idx == where).any(-1).all()) and bool(values.isnan().any(-1).all())  # torch ranks NaN first
     if where >= 2816:  # the kernel itself declines a tile with NaN
         pre, floor = x @ W[:, 2816:], torch.zeros(20)
@@ -93,7 +92,7 @@ def test_native_topk_declines_rows_with_nan_and_unsupported_input():
     assert torch.isnan(values[3]).any() and not torch.isnan(values[[0, 1, 2, 4, 5, 6, 7]]).any()
     assert kernels.topk_rows(torch.randn(8, 512, dtype=torch.float64), 4, 32) is None
     assert kernels.topk_rows(torch.randn(512, 8).T, 4, 32) is None  # not contiguous
-    values, _ = topk_module.topk_select(pre, 4)  # and topk_select still answers
+    values, _ = selection.topk_select(pre, 4)  # and topk_select still answers
     assert values.shape == (8, 4)
 
 
@@ -141,7 +140,7 @@ def _step(coder, x, dead):
 
 @pytest.mark.parametrize("bf16", [True, False], ids=["bf16-selection", "fp32-selection"])
 def test_a_training_step_is_the_same_with_and_without_the_native_kernels(monkeypatch, bf16):
-    monkeypatch.setattr(topk_module, "CHUNK_ELEMENTS", 64 * 2048)  # several chunks
+    monkeypatch.setattr(selection, "CHUNK_ELEMENTS", 64 * 2048)  # several chunks
     if not bf16:
         monkeypatch.setattr(kernels, "bf16_selection", lambda: False)
     torch.manual_seed(0)

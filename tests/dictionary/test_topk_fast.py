@@ -7,14 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mechscope.dictionary import CoderConfig, build
-from mechscope.dictionary import topk as topk_module
-from mechscope.dictionary.topk import (
-    TopKEncode,
-    encoder_init_scale,
-    sparse_decode,
-    topk_select,
-)
+from mechscope.dictionary import CoderConfig, build, selection
+from mechscope.dictionary.selection import topk_select
+from mechscope.dictionary.topk import TopKEncode, encoder_init_scale, sparse_decode
 
 
 @pytest.mark.parametrize("d, k", [(4096, 32), (1000, 8), (512, 4), (96, 6), (64, 64)])
@@ -48,9 +43,9 @@ def _dense_reference(x, W, b, k, b_dec):
 @pytest.mark.parametrize("centred", [True, False])
 @pytest.mark.parametrize("x_grad", [True, False])
 def test_chunked_encoder_and_sparse_backward_equal_dense_autograd(monkeypatch, centred, x_grad, tiled):
-    monkeypatch.setattr(topk_module, "CHUNK_ELEMENTS", 7 * 512)  # 7-row chunks, a partial last one
+    monkeypatch.setattr(selection, "CHUNK_ELEMENTS", 7 * 512)  # 7-row chunks, a partial last one
     if tiled:  # tiles of 96 latents (5 whole, a partial 32-wide one) and 37 rows (a partial last chunk)
-        monkeypatch.setattr(topk_module, "TILE_COLUMNS", 96)
+        monkeypatch.setattr(selection, "TILE_COLUMNS", 96)
     gen = torch.Generator().manual_seed(1)
     n, d_in, d_sae, k = 40, 12, 512, 4
     leaves = [
@@ -89,9 +84,9 @@ def test_the_tiled_encoder_selects_what_whole_rows_select(monkeypatch):
     kernels: the same values and columns as the whole-row path."""
     gen = torch.Generator().manual_seed(3)
     x, W, b = torch.randn(300, 64, generator=gen), torch.randn(64, 10_000, generator=gen), torch.randn(10_000) * 0.1
-    assert topk_module._tile_columns(x, 10_000, 32) == 2048
+    assert selection._tile_columns(x, 10_000, 32) == 2048
     tiled = TopKEncode.apply(x, W, b, 32)
-    monkeypatch.setattr(topk_module, "TILE_COLUMNS", 10**6)  # whole rows
+    monkeypatch.setattr(selection, "TILE_COLUMNS", 10**6)  # whole rows
     rows = TopKEncode.apply(x, W, b, 32)
     order_t, order_r = tiled[1].argsort(-1), rows[1].argsort(-1)
     assert torch.equal(tiled[1].gather(1, order_t), rows[1].gather(1, order_r))
@@ -113,7 +108,7 @@ def test_sparse_backward_passes_gradcheck_with_b_dec():
 def test_training_step_matches_the_dense_path_with_sparse_latents_and_auxk(monkeypatch, arch):
     """A coder in sparse-latent mode (the trainer's) gives the same loss, reconstruction and
     gradients as with dense latents, and its sparse latents densify to the dense ones."""
-    monkeypatch.setattr(topk_module, "CHUNK_ELEMENTS", 8 * 1024)
+    monkeypatch.setattr(selection, "CHUNK_ELEMENTS", 8 * 1024)
     torch.manual_seed(0)
     coder = build(CoderConfig(arch, 32, 1024, k=6, norm_scale=1.4, aux_k=16))
     with torch.no_grad():

@@ -3,7 +3,7 @@
    OpenMP threads: loaded into a process where torch has loaded its libgomp.so.1, the
    kernels share torch's thread pool (whose idle workers spin for a while after each torch
    op, so threads of our own would fight them for the cores). Same results as the torch
-   fallbacks in topk.py. */
+   fallbacks in selection.py, topk.py and unit_norm.py. */
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -482,7 +482,7 @@ void adam_rows(float *restrict p, const float *restrict g, float *restrict m, fl
     }
 }
 
-/* The unit-norm decoder's two row operations at the touched rows only (topk.py):
+/* The unit-norm decoder's two row operations at the touched rows only (unit_norm.py):
    project_rows removes each gradient row's component along its decoder row
    (g -= (g.w / w.w) w), normalise_rows rescales each decoder row to unit norm. */
 void project_rows(const float *restrict w, float *restrict g, const int64_t *rows, int64_t nrows, int64_t d,

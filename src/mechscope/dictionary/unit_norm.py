@@ -20,8 +20,7 @@ def project_decoder_grad(coder: SparseCoder, rows: Tensor | None = None) -> None
     if not coder.UNIT_NORM or g is None or kernels.project_rows(W, g, _all_rows(W) if rows is None else rows):
         return
     if rows is None:
-        coef = torch.linalg.vecdot(g, W) / torch.linalg.vecdot(W, W).clamp_min(1e-12)
-        g.addcmul_(W, coef[:, None], value=-1.0)
+        SparseCoder.before_step(coder)
         return
     W_r, g_r = W.index_select(0, rows), g.index_select(0, rows)
     coef = torch.linalg.vecdot(g_r, W_r) / torch.linalg.vecdot(W_r, W_r).clamp_min(1e-12)

@@ -98,7 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", default="4096,16384,65536")
     parser.add_argument(
-        "--no-reuse", action="store_true", help="fresh W_enc/W_dec gradients every step (before kernels.give_back)"
+        "--no-reuse", action="store_true", help="fresh W_enc/W_dec gradients every step (before grad_spares.give_back)"
     )
     parser.add_argument("--d-in", type=int, default=256)
     parser.add_argument("--k", type=int, default=32)

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from mechscope.dictionary import CoderConfig, build, kernels, selection
+from mechscope.dictionary import CoderConfig, build, grad_spares, kernels, selection
 
 needs_kernels = pytest.mark.skipif(kernels.load() is None, reason="no C compiler: the torch kernels run instead")
 
@@ -206,7 +206,7 @@ def test_bf16_selection_declines_nan_and_can_be_switched_off(monkeypatch):
 
 @needs_kernels
 def test_handed_back_gradients_are_overwritten_in_place_with_fresh_values():
-    """The trainer hands W_enc's and W_dec's used gradients back (`kernels.give_back`); the
+    """The trainer hands W_enc's and W_dec's used gradients back (`grad_spares.give_back`); the
     next sparse backward writes into those very tensors, and every entry equals what a fresh
     tensor would hold (stale contents, here NaN, never leak through)."""
     torch.manual_seed(0)
@@ -220,16 +220,16 @@ def test_handed_back_gradients_are_overwritten_in_place_with_fresh_values():
         return coder.W_enc.grad, coder.W_dec.grad
 
     fresh = [g.clone() for g in grads()]
-    kernels.give_back(coder.W_enc, torch.full_like(fresh[0], float("nan")))
-    kernels.give_back(coder.W_dec, torch.full_like(fresh[1], float("nan")))
+    grad_spares.give_back(coder.W_enc, torch.full_like(fresh[0], float("nan")))
+    grad_spares.give_back(coder.W_dec, torch.full_like(fresh[1], float("nan")))
     # only the spares hold them now, as in the trainer (a second reference would make
     # autograd copy the gradient instead of keeping it)
-    handed = [t.data_ptr() for t in kernels._spares.values()]
+    handed = [t.data_ptr() for t in grad_spares._spares.values()]
     try:
         reused = grads()
         assert [g.data_ptr() for g in reused] == handed  # the same memory
         for got, want in zip(reused, fresh):
             assert torch.equal(got, want)
     finally:
-        kernels.drop_spares()
-    assert not kernels._spares and not kernels._scratches
+        grad_spares.drop_spares()
+    assert not grad_spares._spares and not grad_spares._scratches

@@ -21,6 +21,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from . import grad_spares as spares
 from .kernel_cache import FLAGS as FLAGS
 from .kernel_cache import build_or_reuse as _build_or_reuse
 from .kernel_cache import cpu_id
@@ -185,15 +186,15 @@ def scatter_columns(
     """x^T G [d, rows] for the sparse [n, rows] matrix G holding weights [n, k] at columns
     indices [n, k] (column indices[b, j] gets weights[b, j] x[b]; indices outside 0..rows-1
     are dropped): W_enc's gradient in W_enc's layout, written into the gradient handed back
-    for `weight` when there is one (`give_back`). float32 CPU; None without the kernels or
+    for `weight` when there is one (`grad_spares.give_back`). float32 CPU; None without the kernels or
     memory."""
     lib, args = load(), _sparse_args(indices, weights, x)
     if lib is None or args is None:
         return None
     indices, weights, x = args
     (n, k), d = indices.shape, x.shape[1]
-    out = _output(weight, (d, rows), x)
-    scratch = _scratch(rows * d)
+    out = spares.output(weight, (d, rows), x)
+    scratch = spares.scratch(rows * d)
     failed = lib.scatter_columns(
         out.data_ptr(),
         scratch.data_ptr(),
@@ -207,41 +208,6 @@ def scatter_columns(
         torch.get_num_threads(),
     )
     return None if failed else out
-
-
-# Wide dictionaries: a fresh [d, width] gradient every step is memory the kernel must map and
-# zero page by page (most of the backward's time at 262k latents). The trainer hands each
-# finished gradient back (`give_back`) and the next backward overwrites it in place; the
-# scatter's row buffer is kept between calls the same way. Only memory is reused: every
-# entry is written again, so the values are those of a fresh tensor.
-_spares: dict[tuple[int, tuple[int, ...]], Tensor] = {}
-_scratches: list[Tensor] = []
-
-
-def give_back(weight: Tensor, grad: Tensor | None) -> None:
-    """`grad`, a used gradient of `weight`, for the next backward of `weight` to overwrite.
-    The caller drops its own references (`zero_grad(set_to_none=True)`) right after."""
-    if grad is not None and grad.dtype == torch.float32 and _usable(grad) and not grad.requires_grad:
-        _spares[(weight.data_ptr(), tuple(grad.shape))] = grad
-
-
-def drop_spares() -> None:
-    """Free what `give_back` and the scatter kept (the end of a training run)."""
-    _spares.clear()
-    _scratches.clear()
-
-
-def _output(weight: Tensor | None, shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """The gradient handed back for `weight` when it has this shape, else a new tensor."""
-    spare = None if weight is None else _spares.pop((weight.data_ptr(), shape), None)
-    return like.new_empty(shape) if spare is None else spare
-
-
-def _scratch(numel: int) -> Tensor:
-    """A float32 buffer of at least `numel` entries, kept for the next call (the largest one)."""
-    if not _scratches or _scratches[0].numel() < numel:
-        _scratches[:] = [torch.empty(numel, dtype=torch.float32)]
-    return _scratches[0]
 
 
 def adam_rows(p: Tensor, g: Tensor, m: Tensor, v: Tensor, rows: Tensor, axis: int, hyper: tuple[float, ...]) -> bool:
@@ -309,7 +275,7 @@ def decode_backward(
     if int(low) < 0 or int(high) >= rows:
         return None
     grad_v = e.new_empty(n, k) if need_values else None
-    grad_w = _output(w, (rows, d), w) if need_w else None
+    grad_w = spares.output(w, (rows, d), w) if need_w else None
     lib.decode_backward(
         None if grad_v is None else grad_v.data_ptr(),
         None if grad_w is None else grad_w.data_ptr(),

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from . import kernels
+from . import grad_spares, kernels
 from .base import SparseCoder, mse, normalized_mse, register
 from .selection import encode_topk
 from .unit_norm import project_decoder_grad, renormalise_rows
@@ -268,9 +268,9 @@ class TopKSAE(SparseActs, SparseCoder):
         renormalise_rows(self, rows)
 
     def recycle_grads(self) -> None:
-        if self.fast:  # the sparse backward writes every entry of both (kernels.give_back)
-            kernels.give_back(self.W_enc, self.W_enc.grad)
-            kernels.give_back(self.W_dec, self.W_dec.grad)
+        if self.fast:  # the sparse backward writes every entry of both (grad_spares.give_back)
+            grad_spares.give_back(self.W_enc, self.W_enc.grad)
+            grad_spares.give_back(self.W_dec, self.W_dec.grad)
 
     def compute(self, xs, ts, dead_mask):
         b_dec = self.b_dec if self.autoencoder else None

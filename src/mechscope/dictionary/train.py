@@ -50,7 +50,7 @@ from ..distributed import distributed
 from ..errors import MechscopeError
 from ..io import folder_lock, write_json
 from ..models.loading import resolve_device
-from . import kernels
+from . import grad_spares
 from .base import SparseCoder, build
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import CoderConfig
@@ -281,7 +281,7 @@ class Trainer:
                 if checkpoint_dir is not None and (self.step_count % self.cfg.checkpoint_every == 0 or last):
                     self.checkpoint(checkpoint_dir)
         finally:
-            kernels.drop_spares()  # the gradients kept for reuse between steps
+            grad_spares.drop_spares()  # the gradients kept for reuse between steps
         bar.close()
         return [coder.fold_norm_scale() for coder in self.coders]
 

@@ -403,7 +403,3 @@ def train_from_cache(
         held = reader.rows(torch.arange(reader.n_tokens - n, reader.n_tokens))
     coders = fit_and_save(Trainer(reader, cfgs, cfg), out, heldout=held, progress=progress, stop_after=stop_after)
     return coders[0] if single else coders
-
-
-def steps_note(cfg: TrainConfig) -> str:
-    return f"{cfg.steps} steps x {cfg.batch_tokens} tokens ({cfg.steps * cfg.batch_tokens:,} tokens)"
